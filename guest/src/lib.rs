@@ -1,0 +1,9 @@
+//! husk-init: the guest side of husk.
+//!
+//! The binary (`main.rs`) is PID 1 inside every husk microVM. The library holds
+//! what the host crate shares with it ([`proto`]) and the init logic ([`init`]),
+//! which reaches the operating system only through the [`init::Os`] trait so it
+//! can be unit-tested on the host.
+
+pub mod init;
+pub mod proto;

@@ -1,0 +1,11 @@
+//! husk: an OCI runtime that runs every container in its own KVM microVM.
+//!
+//! The binary (`main.rs`) parses the command line and dispatches; everything
+//! else lives in these modules so tests can reach it.
+
+pub mod check;
+pub mod paths;
+pub mod rootfs;
+
+/// The guest side's shared definitions (host↔guest protocol).
+pub use husk_init::proto;

@@ -1,0 +1,181 @@
+//! Shared helpers of the end-to-end suites. These suites boot real guests, so
+//! they need a KVM with hardware virtualization: `make test` runs them through
+//! `tests/testhost/run`. Run by hand elsewhere, they fail and say why; they
+//! never skip.
+
+#![allow(dead_code)]
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use husk::proto::{self, BootCommand};
+use husk::rootfs::{image, initramfs};
+
+/// Panics (fails the test) unless this process can boot guest kernels.
+pub fn require_kvm() {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let has_virt = husk::check::virt_extension(&cpuinfo).is_some();
+    let has_kvm = Path::new("/dev/kvm").exists();
+    assert!(
+        has_virt && has_kvm,
+        "this end-to-end test boots real guests and needs /dev/kvm with vmx/svm \
+         (have /dev/kvm: {has_kvm}, vmx/svm: {has_virt}); run it through the KVM test \
+         host: `make test`, or `tests/testhost/run -- cargo test --test NAME`"
+    );
+}
+
+/// The guest kernel under test.
+pub fn kernel() -> PathBuf {
+    let k = husk::paths::default_kernel();
+    assert!(
+        k.is_file(),
+        "guest kernel {} missing: run `make kernel` or set HUSK_KERNEL",
+        k.display()
+    );
+    k
+}
+
+/// The guest init under test.
+pub fn init_binary() -> PathBuf {
+    let init = husk::paths::default_init();
+    assert!(
+        init.is_file(),
+        "guest init {} missing: run `make build` or set HUSK_INIT",
+        init.display()
+    );
+    init
+}
+
+/// Path of a static busybox (Debian's busybox-static).
+pub const BUSYBOX: &str = "/bin/busybox";
+
+/// A directory with busybox and its applet links, as a minimal rootfs.
+pub fn busybox_rootfs(dir: &Path) {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for sub in ["etc", "proc", "sys", "dev", "tmp", "root"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    std::fs::copy(BUSYBOX, bin.join("busybox")).expect("copy /bin/busybox (busybox-static)");
+    let list = Command::new(BUSYBOX).arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" {
+            std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+        }
+    }
+    std::fs::write(dir.join("etc/hostname"), "husk-guest\n").unwrap();
+}
+
+/// Files for one boot: initramfs with husk-init, ext4 rootfs image.
+pub struct BootFiles {
+    pub dir: tempfile::TempDir,
+    pub initramfs: PathBuf,
+    pub image: PathBuf,
+}
+
+pub fn boot_files() -> BootFiles {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("rootfs");
+    busybox_rootfs(&root);
+    let image = dir.path().join("rootfs.ext4");
+    image::build_ext4(&root, &image).unwrap();
+    let initramfs = dir.path().join("initramfs.cpio");
+    let init = std::fs::read(init_binary()).unwrap();
+    let mut out = std::fs::File::create(&initramfs).unwrap();
+    initramfs::write_archive(&mut out, &initramfs::husk_initramfs(init)).unwrap();
+    BootFiles {
+        dir,
+        initramfs,
+        image,
+    }
+}
+
+/// The kernel command line that makes husk-init mount `/dev/vda` and run `args`.
+pub fn guest_cmdline(args: &[&str]) -> String {
+    let cmd = BootCommand {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        env: vec![],
+        cwd: "/".into(),
+    };
+    format!(
+        "console=ttyS0 reboot=k panic=-1 {}=/dev/vda {}={}",
+        proto::PARAM_ROOT,
+        proto::PARAM_CMD,
+        proto::encode_command(&cmd)
+    )
+}
+
+/// What a finished child printed and how it ended.
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+/// Waits for `child` at most `limit`; kills it and fails the test on expiry.
+pub fn wait_bounded(mut child: Child, limit: Duration, what: &str) -> Finished {
+    let start = Instant::now();
+    let mut out_pipe = child.stdout.take().unwrap();
+    let mut err_pipe = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = out_pipe.read_to_end(&mut s);
+        String::from_utf8_lossy(&s).into_owned()
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err_pipe.read_to_end(&mut s);
+        String::from_utf8_lossy(&s).into_owned()
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            let out = out_reader.join().unwrap_or_default();
+            panic!("{what} did not finish within {limit:?}; output so far:\n{out}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Finished {
+        status,
+        stdout: out_reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+        elapsed: start.elapsed(),
+    }
+}
+
+/// Boots our kernel under QEMU `-M microvm` with the files and command line,
+/// the way husk's own VMM will: serial console on stdout, root on virtio-blk,
+/// init's exit port wired to QEMU's isa-debug-exit.
+pub fn qemu_microvm(files: &BootFiles, cmdline: &str) -> Command {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-M", "microvm,acpi=off,rtc=off,x-option-roms=off"])
+        .args(["-accel", "kvm", "-cpu", "host", "-m", "256", "-smp", "1"])
+        .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+        .args(["-serial", "stdio"])
+        .arg("-kernel")
+        .arg(kernel())
+        .arg("-initrd")
+        .arg(&files.initramfs)
+        .args(["-append", cmdline])
+        .arg("-drive")
+        .arg(format!(
+            "id=root,file={},format=raw,if=none",
+            files.image.display()
+        ))
+        .args(["-device", "virtio-blk-device,drive=root"])
+        .args([
+            "-device",
+            &format!("isa-debug-exit,iobase={:#x},iosize=4", proto::EXIT_PORT),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
