@@ -6,6 +6,7 @@
 //! Format: `Documentation/driver-api/early-userspace/buffer-format.rst`.
 
 use std::io::{self, Write};
+use std::path::PathBuf;
 
 /// `c_magic` of the newc format (no checksum).
 const NEWC_MAGIC: &str = "070701";
@@ -48,6 +49,8 @@ pub enum Entry {
 pub enum CpioError {
     #[error("cpio entry {path}: {reason}")]
     BadEntry { path: String, reason: &'static str },
+    #[error("reading guest init {path}: {source}")]
+    ReadInit { path: PathBuf, source: io::Error },
     #[error("writing cpio archive: {0}")]
     Io(#[from] io::Error),
 }
@@ -199,6 +202,26 @@ pub fn husk_initramfs(init: Vec<u8>) -> Vec<Entry> {
     ]
 }
 
+/// Writes husk's initramfs around the init binary at `init` to `output`. A
+/// failed write leaves no file behind.
+pub fn write_file(output: &std::path::Path, init: &std::path::Path) -> Result<(), CpioError> {
+    let data = std::fs::read(init).map_err(|source| CpioError::ReadInit {
+        path: init.to_path_buf(),
+        source,
+    })?;
+    let result = std::fs::File::create(output)
+        .map_err(CpioError::Io)
+        .and_then(|file| {
+            let mut out = io::BufWriter::new(file);
+            write_archive(&mut out, &husk_initramfs(data))?;
+            out.flush().map_err(CpioError::Io)
+        });
+    if result.is_err() {
+        let _ = std::fs::remove_file(output);
+    }
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,6 +276,15 @@ mod tests {
         write_archive(&mut a, &husk_initramfs(vec![1, 2, 3])).unwrap();
         write_archive(&mut b, &husk_initramfs(vec![1, 2, 3])).unwrap();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn write_file_reports_a_missing_init_and_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("i.cpio");
+        let err = write_file(&out, &tmp.path().join("no-init")).unwrap_err();
+        assert!(err.to_string().contains("no-init"), "{err}");
+        assert!(!out.exists());
     }
 
     #[test]

@@ -1,0 +1,48 @@
+# husk: `make demo` and `make test` work on a fresh Debian 12 machine as root.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+
+INIT_TARGET := x86_64-unknown-linux-musl
+TESTHOST    := $(CURDIR)/tests/testhost/run
+export HUSK_INIT := $(CURDIR)/target/$(INIT_TARGET)/release/husk-init
+
+.PHONY: all deps kernel build demo test unit lint e2e clean
+
+all: build
+
+## Debian packages and the Rust musl target (idempotent).
+deps:
+	scripts/install-deps.sh
+
+## The guest kernel, cached outside the checkout (kernels/build.sh).
+kernel: deps
+	kernels/build.sh >/dev/null
+
+## husk (host) and husk-init (static guest init).
+build: deps
+	cargo build --release --bin husk
+	cargo build --release -p husk-init --target $(INIT_TARGET)
+
+## Boot a microVM and run a command in it (through the KVM test host when
+## this machine has no vmx/svm).
+demo: kernel build
+	$(TESTHOST) -- scripts/demo.sh
+
+## The whole suite: lints, unit tests, end-to-end tests in real guests.
+test: kernel build lint unit e2e
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets --release -- -D warnings
+
+unit:
+	cargo test --release --workspace --lib --bins
+
+## End-to-end suites (tests/e2e_*.rs) boot real guests: each test binary runs
+## inside the KVM test host, used as cargo's runner.
+e2e: kernel build
+	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$(TESTHOST) --" \
+		cargo test --release --test 'e2e_*'
+
+clean:
+	cargo clean
