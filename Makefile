@@ -6,7 +6,7 @@ INIT_TARGET := x86_64-unknown-linux-musl
 TESTHOST    := $(CURDIR)/tests/testhost/run
 export HUSK_INIT := $(CURDIR)/target/$(INIT_TARGET)/release/husk-init
 
-.PHONY: all deps kernel build demo test unit lint e2e clean
+.PHONY: all deps kernel build demo test unit lint e2e bench bench-boot clean
 
 all: build
 
@@ -43,6 +43,12 @@ unit:
 e2e: kernel build
 	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$(TESTHOST) --" \
 		cargo test --release --test 'e2e_*'
+
+## Benchmarks (results go to docs/benchmarks.md by hand, with the machine named).
+bench: bench-boot
+
+bench-boot: kernel build
+	$(TESTHOST) -- python3 benches/boot.py --runs $${RUNS:-10}
 
 clean:
 	cargo clean

@@ -3,9 +3,11 @@
 //! The binary (`main.rs`) parses the command line and dispatches; everything
 //! else lives in these modules so tests can reach it.
 
+pub mod boot;
 pub mod check;
 pub mod paths;
 pub mod rootfs;
+pub mod vmm;
 
 /// The guest side's shared definitions (host↔guest protocol).
 pub use husk_init::proto;

@@ -21,6 +21,8 @@ struct Cli {
 enum Command {
     /// Tell whether this host can run husk microVMs, and if not, why.
     Check,
+    /// Boot a microVM, run COMMAND in it, print its output, exit with its status.
+    Boot(BootArgs),
     /// Build an ext4 block image from a root filesystem directory.
     Image {
         /// The directory to pack.
@@ -39,8 +41,70 @@ enum Command {
     },
 }
 
+/// Arguments of `husk boot`.
+#[derive(Debug, clap::Args)]
+struct BootArgs {
+    /// Guest kernel, ELF vmlinux or bzImage (default: the one `make kernel` built).
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Root filesystem: a directory (packed into a temporary ext4 image) or an
+    /// ext4 image (used in place). Default: a read-only busybox image.
+    #[arg(long)]
+    rootfs: Option<PathBuf>,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = husk::vmm::config::DEFAULT_MEM_MIB)]
+    mem: u32,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = husk::vmm::config::DEFAULT_VCPUS)]
+    vcpus: u32,
+    /// Extra kernel command-line parameters.
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// Stop the VM after this many seconds (exit status 124).
+    #[arg(long)]
+    timeout: Option<u64>,
+    /// Environment variable for the command (KEY=VALUE), repeatable.
+    #[arg(long = "env", short = 'e')]
+    env: Vec<String>,
+    /// Working directory of the command inside the guest.
+    #[arg(long, default_value = "/")]
+    cwd: String,
+    /// Write the guest console (kernel messages and the command's output)
+    /// to this file instead of standard output.
+    #[arg(long)]
+    console_log: Option<PathBuf>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
+    let req = husk::boot::BootRequest {
+        kernel: args.kernel,
+        rootfs: args.rootfs,
+        mem_mib: args.mem,
+        vcpus: args.vcpus,
+        extra_cmdline: args.cmdline,
+        timeout: args.timeout.map(std::time::Duration::from_secs),
+        command: args.command,
+        env: args.env,
+        cwd: args.cwd,
+        console: match args.console_log {
+            Some(path) => husk::vmm::config::ConsoleOutput::File(path),
+            None => husk::vmm::config::ConsoleOutput::Stdout,
+        },
+    };
+    let exit = husk::boot::run(&req)?;
+    let (code, message) = husk::boot::exit_status(&exit);
+    if let Some(message) = message {
+        eprintln!("husk: {message}");
+    }
+    Ok(ExitCode::from(code))
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Boot(args) => boot(args),
         Command::Check => {
             let report = husk::check::run(&husk::check::HostFacts::probe());
             print!("{}", report.render());

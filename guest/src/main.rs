@@ -231,8 +231,19 @@ fn main() {
         std::process::exit(2);
     }
     let mut os = RealOs;
+    if std::env::var_os(proto::ENV_BOOTMARK).is_some_and(|v| v == "1") {
+        os.console(proto::BOOT_MARK);
+    }
     let ending = init::boot(&mut os);
-    os.console(&ending.report_line());
+    let quiet = std::fs::read_to_string("/proc/cmdline")
+        .map(|c| {
+            c.split_whitespace()
+                .any(|w| w == format!("{}=1", proto::PARAM_QUIET))
+        })
+        .unwrap_or(false);
+    if !quiet {
+        os.console(&ending.report_line());
+    }
     nix::unistd::sync();
     report_to_port(ending);
     // If nothing acted on the port, reboot: the kernel runs with reboot=k and

@@ -20,8 +20,18 @@ pub const PARAM_ROOT: &str = "husk.root";
 pub const PARAM_ROOTFSTYPE: &str = "husk.rootfstype";
 /// Kernel command-line parameter: mount the root filesystem read-only (`1`).
 pub const PARAM_RO: &str = "husk.ro";
+/// Kernel command-line parameter: `1` makes init print no report line (the
+/// VMM reads the exit port; the console is the command's output).
+pub const PARAM_QUIET: &str = "husk.quiet";
 /// Kernel command-line parameter: the command, as [`encode_command`] output.
 pub const PARAM_CMD: &str = "husk.cmd";
+
+/// Environment variable (set by putting `HUSK_BOOTMARK=1` on the kernel
+/// command line, which the kernel hands to init's environment) that makes
+/// init print [`BOOT_MARK`] first thing: benchmarks time boot-to-init by it.
+pub const ENV_BOOTMARK: &str = "HUSK_BOOTMARK";
+/// The line printed when [`ENV_BOOTMARK`] is set.
+pub const BOOT_MARK: &str = "husk-init: started";
 
 /// Prefix of every line init prints on the console.
 pub const LOG_PREFIX: &str = "husk-init:";

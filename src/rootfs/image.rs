@@ -106,6 +106,22 @@ pub fn build_ext4(dir: &Path, image: &Path) -> Result<(), ImageError> {
     outcome
 }
 
+/// Offset of the ext2/3/4 superblock magic (superblock at 1024, magic at 0x38).
+const EXT_MAGIC_OFFSET: u64 = 1024 + 0x38;
+const EXT_MAGIC: [u8; 2] = [0x53, 0xef];
+
+/// Whether `path` is a file holding an ext2/3/4 filesystem.
+pub fn is_ext_image(path: &Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::FileExt as _;
+    let file = std::fs::File::open(path)?;
+    let mut magic = [0u8; 2];
+    match file.read_exact_at(&mut magic, EXT_MAGIC_OFFSET) {
+        Ok(()) => Ok(magic == EXT_MAGIC),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,8 +144,8 @@ mod tests {
         let img = tmp.path().join("root.img");
         build_ext4(&root, &img).unwrap();
         // The ext4 superblock magic 0xEF53 sits at byte 1024 + 0x38.
-        let data = std::fs::read(&img).unwrap();
-        assert_eq!(&data[1024 + 0x38..1024 + 0x3a], &[0x53, 0xef]);
+        assert!(is_ext_image(&img).unwrap());
+        assert!(!is_ext_image(&root.join("etc/hello")).unwrap());
         // debugfs (also e2fsprogs) reads the file back out of the image.
         let out = Command::new("debugfs")
             .args(["-R", "cat /etc/hello"])

@@ -1,0 +1,493 @@
+//! The one function that turns a [`VmConfig`] into a running microVM.
+//!
+//! Order (each step needs the ones before it):
+//! 1. validate the config; open KVM; check the vCPU count against KVM's limit
+//! 2. create the VM, its in-kernel irqchip (IOAPIC + PIC + local APICs) and PIT
+//! 3. guest memory around the MMIO gap (anonymous, mapped lazily), registered
+//!    with KVM slot by slot
+//! 4. load the kernel (ELF vmlinux, else bzImage) and the initramfs
+//! 5. devices: COM1 serial, i8042 (reset), exit port on the port I/O bus;
+//!    virtio-mmio disks on the MMIO bus, each with an irqfd and an ioeventfd;
+//!    their `virtio_mmio.device=` entries go onto the command line
+//! 6. command line, zero page (e820), MP table
+//! 7. vCPUs: CPUID, MSRs, registers, segments and page tables, FPU, LAPIC;
+//!    one thread each
+//! 8. the event loop (devices, exit/reset events, timeout) until the VM ends;
+//!    then the vCPU threads are stopped and joined.
+
+use std::fs::File;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
+use linux_loader::cmdline::Cmdline;
+use linux_loader::loader::{bzimage::BzImage, elf::Elf, KernelLoader, KernelLoaderResult};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::timerfd::TimerFd;
+
+use super::arch::x86_64 as arch;
+use super::arch::x86_64::layout;
+use super::bus::{lock, Bus, BusError};
+use super::config::{ConfigError, ConsoleOutput, Initramfs, VmConfig};
+use super::devices::exit_port::{self, ExitPort, Reported};
+use super::devices::i8042::{self, I8042};
+use super::devices::serial::{self, ConsoleTail, ConsoleWriter, Serial};
+use super::devices::virtio::block::Block;
+use super::devices::virtio::mmio::MmioTransport;
+use super::devices::virtio::VirtioDevice;
+use super::vcpu::{self, VcpuShared, VcpuStop};
+use crate::proto::Ending;
+
+/// How a VM ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmExit {
+    /// husk-init reported how the guest's command ended.
+    Guest(Ending),
+    /// The guest reset or shut down without a report; `panic` quotes the
+    /// kernel's panic message when the console showed one.
+    Reset { panic: Option<String> },
+    /// The configured timeout passed.
+    TimedOut(Duration),
+    /// KVM stopped running the guest.
+    Failed(String),
+}
+
+/// Why a VM could not be built or run.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot use /dev/kvm: {0} (run `husk check`)")]
+    Kvm(kvm_ioctls::Error),
+    #[error("{requested} vCPUs requested, but this host's KVM allows at most {max}")]
+    TooManyVcpus { requested: u32, max: usize },
+    #[error("KVM {op}: {source}")]
+    KvmOp {
+        op: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error("guest memory of {mib} MiB: {reason}")]
+    Memory { mib: u32, reason: String },
+    #[error("kernel {path}: {reason}")]
+    Kernel { path: PathBuf, reason: String },
+    #[error("initramfs {path}: {reason}")]
+    Initramfs { path: PathBuf, reason: String },
+    #[error("kernel command line: {0}")]
+    Cmdline(String),
+    #[error("disk {path}: {reason}")]
+    Block { path: PathBuf, reason: String },
+    #[error("console output {path}: {source}")]
+    Console {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("setting up the guest: {0}")]
+    Arch(#[from] arch::ArchError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("event loop: {0:?}")]
+    Events(event_manager::Error),
+}
+
+fn kvm_op(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {
+    move |source| BuildError::KvmOp { op, source }
+}
+
+fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> BuildError {
+    move |source| BuildError::Io { what, source }
+}
+
+/// Address of the TSS KVM needs on Intel (three pages just below the BIOS area).
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+/// Offset of the bzImage's 64-bit entry point from where it is loaded.
+const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
+/// How long one event loop wait lasts before the loop checks for the end.
+const EVENT_WAIT_MS: i32 = 100;
+
+/// Builds the VM described by `config`, runs it to its end, and tears it
+/// down. Errors are setup failures; how the guest ended is the `VmExit`.
+pub fn build_and_run(config: &VmConfig) -> Result<VmExit, BuildError> {
+    // 1. config and KVM.
+    config.validate()?;
+    let kvm = Kvm::new().map_err(BuildError::Kvm)?;
+    let max = kvm.get_max_vcpus();
+    let vcpus = u8::try_from(config.vcpus)
+        .ok()
+        .filter(|n| usize::from(*n) <= max)
+        .ok_or(BuildError::TooManyVcpus {
+            requested: config.vcpus,
+            max,
+        })?;
+
+    // 2. VM, irqchip, PIT.
+    let vm = kvm.create_vm().map_err(kvm_op("KVM_CREATE_VM"))?;
+    vm.set_tss_address(KVM_TSS_ADDRESS)
+        .map_err(kvm_op("KVM_SET_TSS_ADDR"))?;
+    vm.create_irq_chip().map_err(kvm_op("KVM_CREATE_IRQCHIP"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(kvm_op("KVM_CREATE_PIT2"))?;
+
+    // 3. memory.
+    let mem = create_memory(&vm, config)?;
+
+    // 4. kernel and initramfs.
+    let kernel = load_kernel(&mem, &config.kernel)?;
+    let initrd = match &config.initramfs {
+        Some(initramfs) => Some(load_initramfs(&mem, initramfs, kernel.kernel_end)?),
+        None => None,
+    };
+
+    // 5. devices.
+    let exit_evt = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(io("exit eventfd"))?);
+    let reset_evt = EventFd::new(EFD_NONBLOCK).map_err(io("reset eventfd"))?;
+    let reported = Reported::default();
+    let tail = ConsoleTail::default();
+    let mut pio = Bus::new();
+    let mut mmio = Bus::new();
+    let mut cmdline =
+        Cmdline::new(layout::CMDLINE_MAX_SIZE).map_err(|e| BuildError::Cmdline(e.to_string()))?;
+    cmdline
+        .insert_str(&config.cmdline)
+        .map_err(|e| BuildError::Cmdline(e.to_string()))?;
+
+    let console_sink: Option<Box<dyn std::io::Write + Send>> = match &config.console {
+        ConsoleOutput::Stdout => Some(Box::new(std::io::stdout())),
+        ConsoleOutput::File(path) => Some(Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| BuildError::Console {
+                    path: path.clone(),
+                    source,
+                })?,
+        )),
+        ConsoleOutput::Discard => None,
+    };
+    let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(io("serial irqfd"))?;
+    vm.register_irqfd(&serial_irq, serial::COM1_IRQ)
+        .map_err(kvm_op("KVM_IRQFD (serial)"))?;
+    pio.insert(
+        Arc::new(Mutex::new(Serial::new(
+            serial_irq,
+            ConsoleWriter::new(console_sink, tail.clone()),
+        ))),
+        serial::COM1_BASE,
+        serial::COM1_LEN,
+    )?;
+    pio.insert(
+        Arc::new(Mutex::new(I8042::new(
+            reset_evt.try_clone().map_err(io("reset eventfd"))?,
+        ))),
+        i8042::I8042_BASE,
+        i8042::I8042_LEN,
+    )?;
+    pio.insert(
+        Arc::new(Mutex::new(ExitPort::new(
+            reported.clone(),
+            exit_evt.try_clone().map_err(io("exit eventfd"))?,
+        ))),
+        exit_port::EXIT_PORT_BASE,
+        exit_port::EXIT_PORT_LEN,
+    )?;
+
+    let mut event_manager: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
+        EventManager::new().map_err(BuildError::Events)?;
+    for (index, disk) in config.block.iter().enumerate() {
+        let index = u32::try_from(index).map_err(|_| BuildError::Block {
+            path: disk.path.clone(),
+            reason: "too many disks".into(),
+        })?;
+        let irq = layout::VIRTIO_IRQ_BASE + index;
+        if irq > layout::IRQ_MAX {
+            return Err(BuildError::Block {
+                path: disk.path.clone(),
+                reason: format!(
+                    "no IRQ line left (at most {} virtio devices)",
+                    layout::IRQ_MAX - layout::VIRTIO_IRQ_BASE + 1
+                ),
+            });
+        }
+        let base = layout::VIRTIO_MMIO_START + u64::from(index) * layout::VIRTIO_MMIO_SIZE;
+        let block =
+            Block::new(&disk.path, disk.read_only, &disk.id).map_err(|e| BuildError::Block {
+                path: disk.path.clone(),
+                reason: e.to_string(),
+            })?;
+        let block = Arc::new(Mutex::new(block));
+        for (queue, evt) in lock(&block).queue_events().iter().enumerate() {
+            let queue = u32::try_from(queue).unwrap_or(u32::MAX);
+            vm.register_ioevent(
+                evt,
+                &IoEventAddress::Mmio(base + MmioTransport::queue_notify_offset()),
+                queue,
+            )
+            .map_err(kvm_op("KVM_IOEVENTFD"))?;
+        }
+        let irq_evt = EventFd::new(EFD_NONBLOCK).map_err(io("virtio irqfd"))?;
+        vm.register_irqfd(&irq_evt, irq)
+            .map_err(kvm_op("KVM_IRQFD (virtio)"))?;
+        let transport = MmioTransport::new(mem.clone(), block.clone(), irq_evt);
+        mmio.insert(
+            Arc::new(Mutex::new(transport)),
+            base,
+            layout::VIRTIO_MMIO_SIZE,
+        )?;
+        event_manager.add_subscriber(block);
+        cmdline
+            .add_virtio_mmio_device(layout::VIRTIO_MMIO_SIZE, GuestAddress(base), irq, None)
+            .map_err(|e| BuildError::Cmdline(e.to_string()))?;
+    }
+
+    // 6. command line, zero page, MP table.
+    arch::configure_system(&mem, &cmdline, initrd, vcpus, kernel.setup_header)?;
+
+    // 7. vCPUs.
+    let entry = match kernel.setup_header {
+        Some(_) => GuestAddress(kernel.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET),
+        None => kernel.kernel_load,
+    };
+    vcpu::install_kick_handler().map_err(|e| BuildError::Io {
+        what: "installing the vCPU kick signal handler",
+        source: std::io::Error::from_raw_os_error(e.errno()),
+    })?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let shared = VcpuShared {
+        pio,
+        mmio,
+        stop: stop.clone(),
+        exit_evt: exit_evt.clone(),
+        outcome: Arc::default(),
+    };
+    let mut vcpu_fds = Vec::with_capacity(usize::from(vcpus));
+    for id in 0..vcpus {
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(kvm_op("KVM_CREATE_VCPU"))?;
+        let cpuid = arch::setup_cpuid(&kvm, id, vcpus)?;
+        fd.set_cpuid2(&cpuid).map_err(kvm_op("KVM_SET_CPUID2"))?;
+        arch::setup_msrs(&fd)?;
+        arch::setup_regs(&fd, entry)?;
+        arch::setup_sregs(&mem, &fd)?;
+        arch::setup_fpu(&fd)?;
+        arch::set_lint(&fd)?;
+        vcpu_fds.push(fd);
+    }
+    let mut threads = Vec::with_capacity(vcpu_fds.len());
+    for (id, fd) in vcpu_fds.into_iter().enumerate() {
+        let shared = shared.clone();
+        let id = u8::try_from(id).unwrap_or(u8::MAX);
+        let thread = std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || vcpu::run(fd, id, shared))
+            .map_err(io("starting a vCPU thread"))?;
+        threads.push(thread);
+    }
+
+    // 8. event loop.
+    let watcher = Arc::new(Mutex::new(EndWatcher::new(
+        exit_evt,
+        reset_evt,
+        config.timeout,
+    )?));
+    event_manager.add_subscriber(watcher.clone());
+    let ended = loop {
+        if let Some(end) = lock(&watcher).ended {
+            break end;
+        }
+        event_manager
+            .run_with_timeout(EVENT_WAIT_MS)
+            .map_err(BuildError::Events)?;
+    };
+    let stuck = vcpu::stop_all(threads, &stop);
+    if stuck > 0 {
+        log::warn!("{stuck} vCPU thread(s) did not stop");
+    }
+    let _ = std::io::stdout().flush();
+
+    let reported = *lock(&reported);
+    let vcpu_stop = lock(&shared.outcome).clone();
+    Ok(match (ended, reported, vcpu_stop) {
+        (_, Some(ending), _) => VmExit::Guest(ending),
+        (End::TimedOut(d), None, _) => VmExit::TimedOut(d),
+        (_, None, Some(VcpuStop::Error(e))) => VmExit::Failed(e),
+        _ => VmExit::Reset {
+            panic: tail.panic_message(),
+        },
+    })
+}
+
+fn create_memory(vm: &VmFd, config: &VmConfig) -> Result<GuestMemoryMmap, BuildError> {
+    let regions = arch::memory_regions(config.mem_bytes());
+    let mem = GuestMemoryMmap::from_ranges(&regions).map_err(|e| BuildError::Memory {
+        mib: config.mem_mib,
+        reason: e.to_string(),
+    })?;
+    for (slot, region) in mem.iter().enumerate() {
+        let host = mem
+            .get_host_address(region.start_addr())
+            .map_err(|e| BuildError::Memory {
+                mib: config.mem_mib,
+                reason: e.to_string(),
+            })?;
+        let kvm_region = kvm_userspace_memory_region {
+            slot: u32::try_from(slot).unwrap_or(u32::MAX),
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mapping owned by `mem`, which the
+        // caller keeps alive for as long as the VM runs.
+        unsafe { vm.set_user_memory_region(kvm_region) }
+            .map_err(kvm_op("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+    Ok(mem)
+}
+
+fn load_kernel(mem: &GuestMemoryMmap, path: &PathBuf) -> Result<KernelLoaderResult, BuildError> {
+    let fail = |reason: String| BuildError::Kernel {
+        path: path.clone(),
+        reason,
+    };
+    let mut file = File::open(path).map_err(|e| fail(e.to_string()))?;
+    if !file.metadata().map_err(|e| fail(e.to_string()))?.is_file() {
+        return Err(fail("not a regular file".into()));
+    }
+    let himem = Some(GuestAddress(layout::HIMEM_START));
+    match Elf::load(mem, None, &mut file, himem) {
+        Ok(result) => Ok(result),
+        Err(linux_loader::loader::Error::Elf(
+            linux_loader::loader::elf::Error::InvalidElfMagicNumber,
+        )) => BzImage::load(mem, None, &mut file, himem)
+            .map_err(|e| fail(format!("neither an ELF vmlinux nor a bzImage ({e})"))),
+        Err(e) => Err(fail(format!("cannot load the ELF kernel: {e}"))),
+    }
+}
+
+fn load_initramfs(
+    mem: &GuestMemoryMmap,
+    initramfs: &Initramfs,
+    kernel_end: u64,
+) -> Result<arch::InitrdInfo, BuildError> {
+    let path = match initramfs {
+        Initramfs::File(path) => path.clone(),
+        Initramfs::Bytes(_) => PathBuf::from("(built in memory)"),
+    };
+    let fail = |reason: String| BuildError::Initramfs {
+        path: path.clone(),
+        reason,
+    };
+    let owned;
+    let data: &[u8] = match initramfs {
+        Initramfs::File(p) => {
+            owned = std::fs::read(p).map_err(|e| fail(e.to_string()))?;
+            &owned
+        }
+        Initramfs::Bytes(b) => b,
+    };
+    let addr = arch::initrd_load_addr(mem, data.len()).map_err(|e| fail(e.to_string()))?;
+    if addr.0 < kernel_end {
+        return Err(fail(format!(
+            "does not fit between the kernel (ending at {kernel_end:#x}) and the end of low memory; give the VM more memory"
+        )));
+    }
+    mem.write_slice(data, addr)
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(arch::InitrdInfo {
+        addr,
+        size: data.len(),
+    })
+}
+
+/// Why the event loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The exit port or a vCPU signalled the end.
+    Exit,
+    /// The guest asked the i8042 for a reset.
+    Reset,
+    TimedOut(Duration),
+}
+
+/// Watches the exit and reset events and the timeout timer.
+struct EndWatcher {
+    exit: Arc<EventFd>,
+    reset: EventFd,
+    timer: Option<(TimerFd, Duration)>,
+    ended: Option<End>,
+}
+
+impl EndWatcher {
+    fn new(
+        exit: Arc<EventFd>,
+        reset: EventFd,
+        timeout: Option<Duration>,
+    ) -> Result<Self, BuildError> {
+        let timer = match timeout {
+            Some(d) => {
+                let errno = |e: vmm_sys_util::errno::Error| BuildError::Io {
+                    what: "timeout timerfd",
+                    source: std::io::Error::from_raw_os_error(e.errno()),
+                };
+                let mut t = TimerFd::new().map_err(errno)?;
+                t.reset(d, None).map_err(errno)?;
+                Some((t, d))
+            }
+            None => None,
+        };
+        Ok(EndWatcher {
+            exit,
+            reset,
+            timer,
+            ended: None,
+        })
+    }
+}
+
+impl MutEventSubscriber for EndWatcher {
+    fn init(&mut self, ops: &mut EventOps) {
+        let mut fds = vec![Events::new(&*self.exit, event_manager::EventSet::IN)];
+        fds.push(Events::new(&self.reset, event_manager::EventSet::IN));
+        if let Some((t, _)) = &self.timer {
+            fds.push(Events::new(t, event_manager::EventSet::IN));
+        }
+        for e in fds {
+            if let Err(err) = ops.add(e) {
+                log::error!("event loop: registering an end event: {err:?}");
+                self.ended = Some(End::Exit);
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        use std::os::unix::io::AsRawFd as _;
+        let fd = events.fd();
+        if fd == self.exit.as_raw_fd() {
+            let _ = self.exit.read();
+            self.ended.get_or_insert(End::Exit);
+        } else if fd == self.reset.as_raw_fd() {
+            let _ = self.reset.read();
+            self.ended.get_or_insert(End::Reset);
+        } else if let Some((t, d)) = &mut self.timer {
+            if fd == t.as_raw_fd() {
+                let _ = t.wait();
+                self.ended.get_or_insert(End::TimedOut(*d));
+            }
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! The plain-data description of a microVM. Nothing here touches the host;
+//! [`super::builder`] turns it into a running VM.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default guest RAM.
+pub const DEFAULT_MEM_MIB: u32 = 128;
+/// Smallest guest RAM the kernel and init boot in.
+pub const MIN_MEM_MIB: u32 = 32;
+/// Largest guest RAM accepted (1 TiB).
+pub const MAX_MEM_MIB: u32 = 1 << 20;
+/// Default vCPU count.
+pub const DEFAULT_VCPUS: u32 = 1;
+/// Most vCPUs husk gives a VM (APIC ids in the MP table are 8-bit).
+pub const MAX_VCPUS: u32 = 254;
+
+/// Kernel command line husk starts from: serial console, reboot through the
+/// i8042 (the VMM stops on it), reboot at once on panic, no timer probing.
+pub const BASE_CMDLINE: &str =
+    "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 no_timer_check quiet";
+
+/// Where the guest's serial console goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsoleOutput {
+    /// The VMM's standard output.
+    Stdout,
+    /// Appended to a file.
+    File(PathBuf),
+    /// Dropped (the VMM still keeps the last lines for error messages).
+    Discard,
+}
+
+/// The initramfs the kernel unpacks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Initramfs {
+    /// A cpio file.
+    File(PathBuf),
+    /// A cpio archive already in memory (husk builds its own around husk-init).
+    Bytes(std::sync::Arc<Vec<u8>>),
+}
+
+/// One virtio-blk disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockConfig {
+    /// A raw image file.
+    pub path: PathBuf,
+    pub read_only: bool,
+    /// Serial the guest reads with `VIRTIO_BLK_T_GET_ID` (at most 20 bytes).
+    pub id: String,
+}
+
+/// A microVM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    /// ELF vmlinux or bzImage.
+    pub kernel: PathBuf,
+    /// Optional initramfs.
+    pub initramfs: Option<Initramfs>,
+    /// Command line; the VMM appends its `virtio_mmio.device=` entries.
+    pub cmdline: String,
+    pub mem_mib: u32,
+    pub vcpus: u32,
+    /// Disks, in the order the guest sees them (`/dev/vda`, `/dev/vdb`, ...).
+    pub block: Vec<BlockConfig>,
+    pub console: ConsoleOutput,
+    /// The VM is stopped after this long.
+    pub timeout: Option<Duration>,
+}
+
+/// A configuration that cannot describe a VM.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("guest memory of {mem_mib} MiB is outside {MIN_MEM_MIB}..={MAX_MEM_MIB} MiB")]
+    Memory { mem_mib: u32 },
+    #[error("a VM needs at least one vCPU")]
+    NoVcpus,
+    #[error("{vcpus} vCPUs requested; husk supports at most {MAX_VCPUS}")]
+    TooManyVcpus { vcpus: u32 },
+    #[error("block device id {id:?} is longer than 20 bytes")]
+    BlockId { id: String },
+}
+
+impl VmConfig {
+    /// A VM booting `kernel` with the defaults.
+    pub fn new(kernel: PathBuf) -> Self {
+        VmConfig {
+            kernel,
+            initramfs: None,
+            cmdline: BASE_CMDLINE.to_owned(),
+            mem_mib: DEFAULT_MEM_MIB,
+            vcpus: DEFAULT_VCPUS,
+            block: Vec::new(),
+            console: ConsoleOutput::Stdout,
+            timeout: None,
+        }
+    }
+
+    /// Checks what can be checked without touching the host.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(MIN_MEM_MIB..=MAX_MEM_MIB).contains(&self.mem_mib) {
+            return Err(ConfigError::Memory {
+                mem_mib: self.mem_mib,
+            });
+        }
+        if self.vcpus == 0 {
+            return Err(ConfigError::NoVcpus);
+        }
+        if self.vcpus > MAX_VCPUS {
+            return Err(ConfigError::TooManyVcpus { vcpus: self.vcpus });
+        }
+        if let Some(b) = self.block.iter().find(|b| b.id.len() > 20) {
+            return Err(ConfigError::BlockId { id: b.id.clone() });
+        }
+        Ok(())
+    }
+
+    /// Guest RAM in bytes.
+    pub fn mem_bytes(&self) -> u64 {
+        u64::from(self.mem_mib) << 20
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = VmConfig::new("/k".into());
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.mem_bytes(), 128 << 20);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let mut c = VmConfig::new("/k".into());
+        c.mem_mib = 4;
+        assert_eq!(c.validate(), Err(ConfigError::Memory { mem_mib: 4 }));
+        c.mem_mib = 64;
+        c.vcpus = 0;
+        assert_eq!(c.validate(), Err(ConfigError::NoVcpus));
+        c.vcpus = 1;
+        c.block.push(BlockConfig {
+            path: "/x".into(),
+            read_only: false,
+            id: "x".repeat(21),
+        });
+        assert!(matches!(c.validate(), Err(ConfigError::BlockId { .. })));
+    }
+}

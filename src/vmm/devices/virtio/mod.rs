@@ -1,0 +1,81 @@
+//! Virtio devices over the virtio-mmio transport (virtio 1.x).
+//!
+//! The contract between the transport ([`mmio::MmioTransport`]) and a device:
+//! the device owns one notification [`EventFd`] per queue from construction
+//! on (the VMM registers them with KVM as ioeventfds on the transport's
+//! `QueueNotify` register before the guest runs), advertises its features
+//! and config space, and is handed guest memory, its queues and an
+//! [`Interrupt`] when the driver sets `DRIVER_OK`. From then on the device
+//! does its work when a queue event fires (it is also an event-manager
+//! subscriber) and signals used buffers through the interrupt.
+
+pub mod block;
+pub mod mmio;
+
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+/// `VIRTIO_F_VERSION_1` (virtio 1.2, section 6): the device is modern.
+pub const VIRTIO_F_VERSION_1: u32 = 32;
+
+/// Device type ids (virtio 1.2, section 5).
+pub const TYPE_NET: u32 = 1;
+pub const TYPE_BLOCK: u32 = 2;
+pub const TYPE_VSOCK: u32 = 19;
+
+/// `InterruptStatus` bits (virtio 1.2, section 4.2.2).
+pub const INTERRUPT_USED_BUFFER: u32 = 0x1;
+pub const INTERRUPT_CONFIG_CHANGE: u32 = 0x2;
+
+/// How a device interrupts the driver. The transport's implementation sets
+/// the bits in its `InterruptStatus` register and injects the device's IRQ
+/// (an irqfd); tests use a recording double.
+pub trait Interrupt: Send + Sync {
+    /// Sets `status` bits ([`INTERRUPT_USED_BUFFER`], ...) and raises the IRQ.
+    fn trigger(&self, status: u32) -> std::io::Result<()>;
+}
+
+/// Why a device refused activation.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    #[error("virtio device expects {expected} queues, the driver set up {got}")]
+    QueueCount { expected: usize, got: usize },
+    #[error("virtio queue {index} is not valid (size, addresses or ready flag)")]
+    BadQueue { index: usize },
+    #[error("virtio device activation: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A virtio device as the transport sees it.
+pub trait VirtioDevice: Send {
+    /// Device type id ([`TYPE_BLOCK`], ...).
+    fn device_type(&self) -> u32;
+    /// Maximum size of each queue; its length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Feature bits the device offers (including [`VIRTIO_F_VERSION_1`]).
+    fn avail_features(&self) -> u64;
+    /// Feature bits the driver accepted (a subset of `avail_features`).
+    fn set_acked_features(&mut self, acked: u64);
+    /// Reads device config space at `offset` (out-of-range bytes read as 0).
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes device config space (most devices ignore writes).
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// The per-queue notification events, one per queue, created with the
+    /// device (the VMM registers them with KVM as ioeventfds).
+    fn queue_events(&self) -> &[EventFd];
+    /// Starts the device with the driver's queues.
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn Interrupt>,
+        queues: Vec<Queue>,
+    ) -> Result<(), ActivateError>;
+    /// Whether the device is activated.
+    fn is_activated(&self) -> bool;
+    /// Returns the device to its initial state after a driver reset; `false`
+    /// when the device cannot be reset (the transport then marks it failed).
+    fn reset(&mut self) -> bool;
+}
