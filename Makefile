@@ -42,7 +42,7 @@ unit:
 ## inside the KVM test host, used as cargo's runner.
 e2e: kernel build
 	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$(TESTHOST) --" \
-		cargo test --release --test 'e2e_*'
+		cargo test --release --no-fail-fast --test 'e2e_*'
 
 ## Benchmarks (results go to docs/benchmarks.md by hand, with the machine named).
 bench: bench-boot

@@ -5,8 +5,10 @@
 
 pub mod boot;
 pub mod check;
+pub mod cli;
 pub mod paths;
 pub mod rootfs;
+pub mod runtime;
 pub mod vmm;
 
 /// The guest side's shared definitions (host↔guest protocol).

@@ -369,14 +369,37 @@ fn load_kernel(mem: &GuestMemoryMmap, path: &PathBuf) -> Result<KernelLoaderResu
         return Err(fail("not a regular file".into()));
     }
     let himem = Some(GuestAddress(layout::HIMEM_START));
-    match Elf::load(mem, None, &mut file, himem) {
-        Ok(result) => Ok(result),
-        Err(linux_loader::loader::Error::Elf(
-            linux_loader::loader::elf::Error::InvalidElfMagicNumber,
-        )) => BzImage::load(mem, None, &mut file, himem)
-            .map_err(|e| fail(format!("neither an ELF vmlinux nor a bzImage ({e})"))),
-        Err(e) => Err(fail(format!("cannot load the ELF kernel: {e}"))),
+    let mut head = [0u8; BZIMAGE_MAGIC_OFFSET + 4];
+    let head_len = read_head(&mut file, &mut head).map_err(|e| fail(e.to_string()))?;
+    let head = &head[..head_len];
+    if head.starts_with(ELF_MAGIC) {
+        Elf::load(mem, None, &mut file, himem)
+            .map_err(|e| fail(format!("cannot load the ELF kernel: {e}")))
+    } else if head.get(BZIMAGE_MAGIC_OFFSET..) == Some(BZIMAGE_MAGIC) {
+        BzImage::load(mem, None, &mut file, himem)
+            .map_err(|e| fail(format!("cannot load the bzImage: {e}")))
+    } else {
+        Err(fail("neither an ELF vmlinux nor a bzImage".into()))
     }
+}
+
+/// ELF files start with this.
+const ELF_MAGIC: &[u8] = b"\x7fELF";
+/// A bzImage's setup header carries "HdrS" at this offset.
+const BZIMAGE_MAGIC_OFFSET: usize = 0x202;
+const BZIMAGE_MAGIC: &[u8] = b"HdrS";
+
+/// Reads up to `buf.len()` bytes from the start of `file`.
+fn read_head(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    use std::io::Read as _;
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
 }
 
 fn load_initramfs(
