@@ -227,7 +227,7 @@ pub fn run(req: &BootRequest) -> Result<VmExit, BootError> {
     config.block = vec![root.block.clone()];
     config.console = req.console.clone();
     config.timeout = req.timeout;
-    let exit = vmm::build_and_run(&config)?;
+    let exit = vmm::build_and_run(config)?;
     drop(root);
     Ok(exit)
 }

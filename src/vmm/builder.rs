@@ -117,7 +117,9 @@ const EVENT_WAIT_MS: i32 = 100;
 
 /// Builds the VM described by `config`, runs it to its end, and tears it
 /// down. Errors are setup failures; how the guest ended is the `VmExit`.
-pub fn build_and_run(config: &VmConfig) -> Result<VmExit, BuildError> {
+/// The config is consumed: an in-memory initramfs is freed as soon as it is
+/// in guest memory, so it does not count against the VMM's footprint.
+pub fn build_and_run(mut config: VmConfig) -> Result<VmExit, BuildError> {
     // 1. config and KVM.
     config.validate()?;
     let kvm = Kvm::new().map_err(BuildError::Kvm)?;
@@ -142,12 +144,12 @@ pub fn build_and_run(config: &VmConfig) -> Result<VmExit, BuildError> {
     vm.create_pit2(pit).map_err(kvm_op("KVM_CREATE_PIT2"))?;
 
     // 3. memory.
-    let mem = create_memory(&vm, config)?;
+    let mem = create_memory(&vm, &config)?;
 
     // 4. kernel and initramfs.
     let kernel = load_kernel(&mem, &config.kernel)?;
-    let initrd = match &config.initramfs {
-        Some(initramfs) => Some(load_initramfs(&mem, initramfs, kernel.kernel_end)?),
+    let initrd = match config.initramfs.take() {
+        Some(initramfs) => Some(load_initramfs(&mem, &initramfs, kernel.kernel_end)?),
         None => None,
     };
 

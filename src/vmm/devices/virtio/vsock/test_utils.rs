@@ -145,6 +145,11 @@ impl GuestQueue {
             .unwrap()
     }
 
+    /// Chains made available and not yet used.
+    pub fn outstanding(&self) -> u16 {
+        self.avail_idx.wrapping_sub(self.used_idx())
+    }
+
     /// The next used element not yet seen: (descriptor id, length).
     pub fn pop_used(&mut self) -> Option<(u32, u32)> {
         if self.used_seen == self.used_idx() {
