@@ -120,6 +120,8 @@ const EVENT_WAIT_MS: i32 = 100;
 /// The config is consumed: an in-memory initramfs is freed as soon as it is
 /// in guest memory, so it does not count against the VMM's footprint.
 pub fn build_and_run(mut config: VmConfig) -> Result<VmExit, BuildError> {
+    let started = std::time::Instant::now();
+    let step = |name: &str| log::debug!("vmm: {name} at {:.1} ms", started.elapsed().as_secs_f64() * 1e3);
     // 1. config and KVM.
     config.validate()?;
     let kvm = Kvm::new().map_err(BuildError::Kvm)?;
@@ -132,6 +134,7 @@ pub fn build_and_run(mut config: VmConfig) -> Result<VmExit, BuildError> {
             max,
         })?;
 
+    step("KVM opened");
     // 2. VM, irqchip, PIT.
     let vm = kvm.create_vm().map_err(kvm_op("KVM_CREATE_VM"))?;
     vm.set_tss_address(KVM_TSS_ADDRESS)
@@ -143,9 +146,11 @@ pub fn build_and_run(mut config: VmConfig) -> Result<VmExit, BuildError> {
     };
     vm.create_pit2(pit).map_err(kvm_op("KVM_CREATE_PIT2"))?;
 
+    step("VM and irqchip created");
     // 3. memory.
     let mem = create_memory(&vm, &config)?;
 
+    step("guest memory mapped");
     // 4. kernel and initramfs.
     let kernel = load_kernel(&mem, &config.kernel)?;
     let initrd = match config.initramfs.take() {
@@ -153,6 +158,7 @@ pub fn build_and_run(mut config: VmConfig) -> Result<VmExit, BuildError> {
         None => None,
     };
 
+    step("kernel and initramfs loaded");
     // 5. devices.
     let exit_evt = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(io("exit eventfd"))?);
     let reset_evt = EventFd::new(EFD_NONBLOCK).map_err(io("reset eventfd"))?;
@@ -255,9 +261,11 @@ pub fn build_and_run(mut config: VmConfig) -> Result<VmExit, BuildError> {
             .map_err(|e| BuildError::Cmdline(e.to_string()))?;
     }
 
+    step("devices set up");
     // 6. command line, zero page, MP table.
     arch::configure_system(&mem, &cmdline, initrd, vcpus, kernel.setup_header)?;
 
+    step("boot structures written");
     // 7. vCPUs.
     let entry = match kernel.setup_header {
         Some(_) => GuestAddress(kernel.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET),
@@ -300,6 +308,7 @@ pub fn build_and_run(mut config: VmConfig) -> Result<VmExit, BuildError> {
         threads.push(thread);
     }
 
+    step("vCPUs started");
     // 8. event loop.
     let watcher = Arc::new(Mutex::new(EndWatcher::new(
         exit_evt,
