@@ -6,10 +6,12 @@
 pub mod boot;
 pub mod check;
 pub mod cli;
+pub mod control;
 pub mod paths;
 pub mod rootfs;
 pub mod runtime;
 pub mod vmm;
 
 /// The guest side's shared definitions (host↔guest protocol).
+pub use husk_init::agent_proto;
 pub use husk_init::proto;

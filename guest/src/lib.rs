@@ -5,5 +5,6 @@
 //! which reaches the operating system only through the [`init::Os`] trait so it
 //! can be unit-tested on the host.
 
+pub mod agent_proto;
 pub mod init;
 pub mod proto;

@@ -23,6 +23,13 @@ pub const PARAM_RO: &str = "husk.ro";
 /// Kernel command-line parameter: `1` makes init print no report line (the
 /// VMM reads the exit port; the console is the command's output).
 pub const PARAM_QUIET: &str = "husk.quiet";
+/// Kernel command-line parameter: `1` makes init serve the agent protocol
+/// ([`crate::agent_proto`]) instead of running [`PARAM_CMD`].
+pub const PARAM_AGENT: &str = "husk.agent";
+/// Kernel command-line parameter: `1` mounts the root device read-only
+/// under a tmpfs-backed overlay, so the container can write without touching
+/// the (shared, cached) image.
+pub const PARAM_OVERLAY: &str = "husk.overlay";
 /// Kernel command-line parameter: the command, as [`encode_command`] output.
 pub const PARAM_CMD: &str = "husk.cmd";
 

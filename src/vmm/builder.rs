@@ -40,6 +40,7 @@ use super::devices::i8042::{self, I8042};
 use super::devices::serial::{self, ConsoleTail, ConsoleWriter, Serial};
 use super::devices::virtio::block::Block;
 use super::devices::virtio::mmio::MmioTransport;
+use super::devices::virtio::vsock::Vsock;
 use super::devices::virtio::VirtioDevice;
 use super::vcpu::{self, VcpuShared, VcpuStop};
 use crate::proto::Ending;
@@ -56,6 +57,8 @@ pub enum VmExit {
     TimedOut(Duration),
     /// KVM stopped running the guest.
     Failed(String),
+    /// The host stopped it ([`RunControls::stop`]).
+    Stopped,
 }
 
 /// Why a VM could not be built or run.
@@ -82,6 +85,8 @@ pub enum BuildError {
     Cmdline(String),
     #[error("disk {path}: {reason}")]
     Block { path: PathBuf, reason: String },
+    #[error("vsock {path}: {reason}")]
+    Vsock { path: PathBuf, reason: String },
     #[error("console output {path}: {source}")]
     Console {
         path: PathBuf,
@@ -119,7 +124,19 @@ const EVENT_WAIT_MS: i32 = 100;
 /// down. Errors are setup failures; how the guest ended is the `VmExit`.
 /// The config is consumed: an in-memory initramfs is freed as soon as it is
 /// in guest memory, so it does not count against the VMM's footprint.
-pub fn build_and_run(mut config: VmConfig) -> Result<VmExit, BuildError> {
+pub fn build_and_run(config: VmConfig) -> Result<VmExit, BuildError> {
+    run_with(config, RunControls::default())
+}
+
+/// What the caller can do to a running VM from another thread.
+#[derive(Default, Clone)]
+pub struct RunControls {
+    /// Written to stop the VM ([`VmExit::Stopped`]).
+    pub stop: Option<Arc<EventFd>>,
+}
+
+/// [`build_and_run`] with [`RunControls`].
+pub fn run_with(mut config: VmConfig, controls: RunControls) -> Result<VmExit, BuildError> {
     let started = std::time::Instant::now();
     let step = |name: &str| log::debug!("vmm: {name} at {:.1} ms", started.elapsed().as_secs_f64() * 1e3);
     // 1. config and KVM.
@@ -215,50 +232,30 @@ pub fn build_and_run(mut config: VmConfig) -> Result<VmExit, BuildError> {
 
     let mut event_manager: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
         EventManager::new().map_err(BuildError::Events)?;
-    for (index, disk) in config.block.iter().enumerate() {
-        let index = u32::try_from(index).map_err(|_| BuildError::Block {
+    let mut attach = MmioAttach {
+        vm: &vm,
+        mem: &mem,
+        mmio: &mut mmio,
+        cmdline: &mut cmdline,
+        next: 0,
+    };
+    for disk in &config.block {
+        let block = Block::new(&disk.path, disk.read_only, &disk.id).map_err(|e| BuildError::Block {
             path: disk.path.clone(),
-            reason: "too many disks".into(),
+            reason: e.to_string(),
         })?;
-        let irq = layout::VIRTIO_IRQ_BASE + index;
-        if irq > layout::IRQ_MAX {
-            return Err(BuildError::Block {
-                path: disk.path.clone(),
-                reason: format!(
-                    "no IRQ line left (at most {} virtio devices)",
-                    layout::IRQ_MAX - layout::VIRTIO_IRQ_BASE + 1
-                ),
-            });
-        }
-        let base = layout::VIRTIO_MMIO_START + u64::from(index) * layout::VIRTIO_MMIO_SIZE;
-        let block =
-            Block::new(&disk.path, disk.read_only, &disk.id).map_err(|e| BuildError::Block {
-                path: disk.path.clone(),
-                reason: e.to_string(),
-            })?;
         let block = Arc::new(Mutex::new(block));
-        for (queue, evt) in lock(&block).queue_events().iter().enumerate() {
-            let queue = u32::try_from(queue).unwrap_or(u32::MAX);
-            vm.register_ioevent(
-                evt,
-                &IoEventAddress::Mmio(base + MmioTransport::queue_notify_offset()),
-                queue,
-            )
-            .map_err(kvm_op("KVM_IOEVENTFD"))?;
-        }
-        let irq_evt = EventFd::new(EFD_NONBLOCK).map_err(io("virtio irqfd"))?;
-        vm.register_irqfd(&irq_evt, irq)
-            .map_err(kvm_op("KVM_IRQFD (virtio)"))?;
-        let transport = MmioTransport::new(mem.clone(), block.clone(), irq_evt);
-        mmio.insert(
-            Arc::new(Mutex::new(transport)),
-            base,
-            layout::VIRTIO_MMIO_SIZE,
-        )?;
+        attach.attach(block.clone(), &disk.path)?;
         event_manager.add_subscriber(block);
-        cmdline
-            .add_virtio_mmio_device(layout::VIRTIO_MMIO_SIZE, GuestAddress(base), irq, None)
-            .map_err(|e| BuildError::Cmdline(e.to_string()))?;
+    }
+    if let Some(vs) = &config.vsock {
+        let vsock = Vsock::new(vs.guest_cid, &vs.uds_path).map_err(|e| BuildError::Vsock {
+            path: vs.uds_path.clone(),
+            reason: e.to_string(),
+        })?;
+        let vsock = Arc::new(Mutex::new(vsock));
+        attach.attach(vsock.clone(), &vs.uds_path)?;
+        event_manager.add_subscriber(vsock);
     }
 
     step("devices set up");
@@ -313,6 +310,7 @@ pub fn build_and_run(mut config: VmConfig) -> Result<VmExit, BuildError> {
     let watcher = Arc::new(Mutex::new(EndWatcher::new(
         exit_evt,
         reset_evt,
+        controls.stop,
         config.timeout,
     )?));
     event_manager.add_subscriber(watcher.clone());
@@ -335,11 +333,65 @@ pub fn build_and_run(mut config: VmConfig) -> Result<VmExit, BuildError> {
     Ok(match (ended, reported, vcpu_stop) {
         (_, Some(ending), _) => VmExit::Guest(ending),
         (End::TimedOut(d), None, _) => VmExit::TimedOut(d),
+        (End::Stopped, None, _) => VmExit::Stopped,
         (_, None, Some(VcpuStop::Error(e))) => VmExit::Failed(e),
         _ => VmExit::Reset {
             panic: tail.panic_message(),
         },
     })
+}
+
+/// Puts virtio devices on the MMIO bus one window after the other, each with
+/// its IRQ (irqfd), its queue notifications (ioeventfds) and its
+/// `virtio_mmio.device=` command-line entry.
+struct MmioAttach<'a> {
+    vm: &'a VmFd,
+    mem: &'a GuestMemoryMmap,
+    mmio: &'a mut Bus,
+    cmdline: &'a mut Cmdline,
+    next: u32,
+}
+
+impl MmioAttach<'_> {
+    fn attach<D: VirtioDevice + 'static>(
+        &mut self,
+        device: Arc<Mutex<D>>,
+        backing: &std::path::Path,
+    ) -> Result<(), BuildError> {
+        let index = self.next;
+        let irq = layout::VIRTIO_IRQ_BASE + index;
+        if irq > layout::IRQ_MAX {
+            return Err(BuildError::Block {
+                path: backing.to_path_buf(),
+                reason: format!(
+                    "no IRQ line left (at most {} virtio devices)",
+                    layout::IRQ_MAX - layout::VIRTIO_IRQ_BASE + 1
+                ),
+            });
+        }
+        self.next += 1;
+        let base = layout::VIRTIO_MMIO_START + u64::from(index) * layout::VIRTIO_MMIO_SIZE;
+        for (queue, evt) in lock(&device).queue_events().iter().enumerate() {
+            let queue = u32::try_from(queue).unwrap_or(u32::MAX);
+            self.vm
+                .register_ioevent(
+                    evt,
+                    &IoEventAddress::Mmio(base + MmioTransport::queue_notify_offset()),
+                    queue,
+                )
+                .map_err(kvm_op("KVM_IOEVENTFD"))?;
+        }
+        let irq_evt = EventFd::new(EFD_NONBLOCK).map_err(io("virtio irqfd"))?;
+        self.vm
+            .register_irqfd(&irq_evt, irq)
+            .map_err(kvm_op("KVM_IRQFD (virtio)"))?;
+        let transport = MmioTransport::new(self.mem.clone(), device, irq_evt);
+        self.mmio
+            .insert(Arc::new(Mutex::new(transport)), base, layout::VIRTIO_MMIO_SIZE)?;
+        self.cmdline
+            .add_virtio_mmio_device(layout::VIRTIO_MMIO_SIZE, GuestAddress(base), irq, None)
+            .map_err(|e| BuildError::Cmdline(e.to_string()))
+    }
 }
 
 fn create_memory(vm: &VmFd, config: &VmConfig) -> Result<GuestMemoryMmap, BuildError> {
@@ -456,12 +508,15 @@ enum End {
     /// The guest asked the i8042 for a reset.
     Reset,
     TimedOut(Duration),
+    /// The host asked for the VM to stop.
+    Stopped,
 }
 
 /// Watches the exit and reset events and the timeout timer.
 struct EndWatcher {
     exit: Arc<EventFd>,
     reset: EventFd,
+    stop: Option<Arc<EventFd>>,
     timer: Option<(TimerFd, Duration)>,
     ended: Option<End>,
 }
@@ -470,6 +525,7 @@ impl EndWatcher {
     fn new(
         exit: Arc<EventFd>,
         reset: EventFd,
+        stop: Option<Arc<EventFd>>,
         timeout: Option<Duration>,
     ) -> Result<Self, BuildError> {
         let timer = match timeout {
@@ -487,6 +543,7 @@ impl EndWatcher {
         Ok(EndWatcher {
             exit,
             reset,
+            stop,
             timer,
             ended: None,
         })
@@ -499,6 +556,9 @@ impl MutEventSubscriber for EndWatcher {
         fds.push(Events::new(&self.reset, event_manager::EventSet::IN));
         if let Some((t, _)) = &self.timer {
             fds.push(Events::new(t, event_manager::EventSet::IN));
+        }
+        if let Some(stop) = &self.stop {
+            fds.push(Events::new(&**stop, event_manager::EventSet::IN));
         }
         for e in fds {
             if let Err(err) = ops.add(e) {
@@ -517,6 +577,11 @@ impl MutEventSubscriber for EndWatcher {
         } else if fd == self.reset.as_raw_fd() {
             let _ = self.reset.read();
             self.ended.get_or_insert(End::Reset);
+        } else if self.stop.as_ref().is_some_and(|s| s.as_raw_fd() == fd) {
+            if let Some(stop) = &self.stop {
+                let _ = stop.read();
+            }
+            self.ended.get_or_insert(End::Stopped);
         } else if let Some((t, d)) = &mut self.timer {
             if fd == t.as_raw_fd() {
                 let _ = t.wait();

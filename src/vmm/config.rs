@@ -50,6 +50,14 @@ pub struct BlockConfig {
     pub id: String,
 }
 
+/// The virtio-vsock device: the guest's CID and the host Unix socket that
+/// stands for it (see the vsock device docs for the `CONNECT` protocol).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockConfig {
+    pub guest_cid: u64,
+    pub uds_path: PathBuf,
+}
+
 /// A microVM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConfig {
@@ -64,6 +72,8 @@ pub struct VmConfig {
     /// Disks, in the order the guest sees them (`/dev/vda`, `/dev/vdb`, ...).
     pub block: Vec<BlockConfig>,
     pub console: ConsoleOutput,
+    /// The host<->guest channel, if any.
+    pub vsock: Option<VsockConfig>,
     /// The VM is stopped after this long.
     pub timeout: Option<Duration>,
 }
@@ -92,6 +102,7 @@ impl VmConfig {
             vcpus: DEFAULT_VCPUS,
             block: Vec::new(),
             console: ConsoleOutput::Stdout,
+            vsock: None,
             timeout: None,
         }
     }

@@ -1,0 +1,339 @@
+//! The host↔guest agent protocol, spoken over virtio-vsock streams.
+//!
+//! husk-init, started with [`crate::proto::PARAM_AGENT`]`=1`, listens on vsock
+//! port [`AGENT_PORT`]. The host reaches it through the VMM's vsock Unix
+//! socket (`CONNECT 1024\n`, answered `OK <port>\n`). Every connection carries
+//! [`Frame`]s: a little-endian `u32` length (of kind + payload), a kind byte,
+//! then the payload. Control frames carry JSON ([`Request`], [`Response`],
+//! [`Event`]); stream frames carry raw bytes.
+//!
+//! Sessions (one per connection):
+//! - **main**: the VMM sends [`Request::Create`] right after boot; init
+//!   prepares the container (hostname, mounts, files, sysctls) and answers
+//!   [`Response::Created`]. The container's process does not run yet. From
+//!   [`Request::Start`] (sent on another connection by `husk start`) on, its
+//!   stdout/stderr arrive on this connection as [`FrameKind::Stdout`] /
+//!   [`FrameKind::Stderr`] frames, stdin goes the other way, and its end
+//!   comes as [`Event::Exited`], after all its output.
+//! - **exec**: [`Request::Exec`] starts an extra process in the container;
+//!   the connection then carries its stdio the same way and ends with
+//!   [`Event::Exited`].
+//! - **one-shot**: [`Request::Start`], [`Request::Signal`], [`Request::Ps`]
+//!   each get one [`Response`] and the connection closes.
+//!
+//! With a terminal, the process's pty output comes as Stdout frames and
+//! Stdin frames are typed into it; [`Request::Resize`] on the same
+//! connection resizes it.
+
+use serde::{Deserialize, Serialize};
+
+/// Vsock port the agent listens on.
+pub const AGENT_PORT: u32 = 1024;
+/// Largest frame accepted (kind + payload), to bound memory.
+pub const MAX_FRAME: u32 = 1 << 20;
+/// Largest stream payload a sender puts in one frame.
+pub const MAX_DATA: usize = 64 * 1024;
+
+/// What a frame carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameKind {
+    /// JSON [`Request`], host to guest.
+    Request = 1,
+    /// JSON [`Response`], guest to host.
+    Response = 2,
+    /// JSON [`Event`], guest to host.
+    Event = 3,
+    /// Bytes for the process's stdin (or terminal), host to guest.
+    Stdin = 0x10,
+    /// The host's stdin ended: close the process's stdin.
+    StdinEof = 0x11,
+    /// Bytes from the process's stdout (or terminal), guest to host.
+    Stdout = 0x20,
+    /// Bytes from the process's stderr, guest to host.
+    Stderr = 0x21,
+}
+
+impl FrameKind {
+    pub fn from_u8(v: u8) -> Option<FrameKind> {
+        Some(match v {
+            1 => FrameKind::Request,
+            2 => FrameKind::Response,
+            3 => FrameKind::Event,
+            0x10 => FrameKind::Stdin,
+            0x11 => FrameKind::StdinEof,
+            0x20 => FrameKind::Stdout,
+            0x21 => FrameKind::Stderr,
+            _ => return None,
+        })
+    }
+}
+
+/// One frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub kind: FrameKind,
+    pub payload: Vec<u8>,
+}
+
+/// Errors reading or writing frames.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("agent connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("agent frame of {len} bytes exceeds the limit of {MAX_FRAME}")]
+    TooLarge { len: u32 },
+    #[error("agent frame of length 0")]
+    Empty,
+    #[error("unknown agent frame kind {kind:#x}")]
+    UnknownKind { kind: u8 },
+    #[error("agent message is not valid JSON for {what}: {source}")]
+    Json {
+        what: &'static str,
+        source: serde_json::Error,
+    },
+}
+
+impl Frame {
+    pub fn new(kind: FrameKind, payload: Vec<u8>) -> Self {
+        Frame { kind, payload }
+    }
+
+    /// A JSON control frame.
+    pub fn json<T: Serialize>(kind: FrameKind, msg: &T) -> Self {
+        // Serializing these plain types cannot fail.
+        Frame::new(kind, serde_json::to_vec(msg).unwrap_or_default())
+    }
+
+    /// Decodes the JSON payload of a control frame.
+    pub fn parse<'a, T: Deserialize<'a>>(&'a self, what: &'static str) -> Result<T, FrameError> {
+        serde_json::from_slice(&self.payload).map_err(|source| FrameError::Json { what, source })
+    }
+
+    /// The frame as bytes on the wire.
+    pub fn encode(&self) -> Vec<u8> {
+        let len = u32::try_from(self.payload.len() + 1).unwrap_or(u32::MAX);
+        let mut out = Vec::with_capacity(self.payload.len() + 5);
+        out.extend_from_slice(&len.to_le_bytes());
+        out.push(self.kind as u8);
+        out.extend_from_slice(&self.payload);
+        out
+    }
+
+    /// Writes the frame.
+    pub fn write_to(&self, w: &mut impl std::io::Write) -> Result<(), FrameError> {
+        w.write_all(&self.encode())?;
+        Ok(())
+    }
+
+    /// Reads one frame; `Ok(None)` on a clean end of stream between frames.
+    pub fn read_from(r: &mut impl std::io::Read) -> Result<Option<Frame>, FrameError> {
+        let mut len = [0u8; 4];
+        let mut got = 0;
+        while got < len.len() {
+            match r.read(&mut len[got..]) {
+                Ok(0) if got == 0 => return Ok(None),
+                Ok(0) => return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into())),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let len = u32::from_le_bytes(len);
+        if len == 0 {
+            return Err(FrameError::Empty);
+        }
+        if len > MAX_FRAME {
+            return Err(FrameError::TooLarge { len });
+        }
+        let mut body = vec![0u8; len as usize];
+        r.read_exact(&mut body)?;
+        let kind = FrameKind::from_u8(body[0]).ok_or(FrameError::UnknownKind { kind: body[0] })?;
+        body.remove(0);
+        Ok(Some(Frame { kind, payload: body }))
+    }
+}
+
+/// A resource limit (`setrlimit`), by its OCI name (`RLIMIT_NOFILE`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    pub kind: String,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// Capability sets, by name (`CAP_CHOWN`, ...). `None` leaves a set as is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    pub bounding: Option<Vec<String>>,
+    pub effective: Option<Vec<String>>,
+    pub inheritable: Option<Vec<String>>,
+    pub permitted: Option<Vec<String>>,
+    pub ambient: Option<Vec<String>>,
+}
+
+/// A process to run in the container (from the OCI `process` object).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessSpec {
+    pub args: Vec<String>,
+    /// `KEY=VALUE`.
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    #[serde(default)]
+    pub additional_gids: Vec<u32>,
+    pub umask: Option<u32>,
+    #[serde(default)]
+    pub terminal: bool,
+    /// Initial terminal size (rows, columns).
+    pub console_size: Option<(u16, u16)>,
+    #[serde(default)]
+    pub rlimits: Vec<Rlimit>,
+    pub capabilities: Option<Capabilities>,
+    #[serde(default)]
+    pub no_new_privileges: bool,
+    /// OCI `process.oomScoreAdj`.
+    pub oom_score_adj: Option<i32>,
+}
+
+/// A mount inside the container (OCI `mounts`), after the host filtered out
+/// what the guest cannot do (directory bind mounts) and turned file bind
+/// mounts into [`ContainerFile`]s.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountSpec {
+    pub destination: String,
+    pub fstype: String,
+    pub source: String,
+    /// OCI options (`nosuid`, `ro`, `mode=755`, `size=65536k`, ...).
+    pub options: Vec<String>,
+}
+
+/// A file the host copies into the container at create (what engines
+/// bind-mount: `/etc/hosts`, `/etc/resolv.conf`, `/etc/hostname`, secrets).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerFile {
+    pub path: String,
+    pub mode: u32,
+    #[serde(default)]
+    pub read_only: bool,
+    pub contents: Vec<u8>,
+}
+
+/// Everything init needs to set the container up.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    pub id: String,
+    pub hostname: Option<String>,
+    pub process: ProcessSpec,
+    /// Mount the root filesystem read-only (OCI `root.readonly`).
+    #[serde(default)]
+    pub readonly_root: bool,
+    #[serde(default)]
+    pub mounts: Vec<MountSpec>,
+    #[serde(default)]
+    pub files: Vec<ContainerFile>,
+    #[serde(default)]
+    pub masked_paths: Vec<String>,
+    #[serde(default)]
+    pub readonly_paths: Vec<String>,
+    /// OCI `linux.sysctl`.
+    #[serde(default)]
+    pub sysctl: Vec<(String, String)>,
+}
+
+/// Host to guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Prepare the container; this connection becomes the main session.
+    Create { spec: ContainerSpec },
+    /// Run the prepared container process.
+    Start,
+    /// Run an extra process; this connection becomes its session.
+    Exec { process: ProcessSpec },
+    /// Send a signal to the container process, or (`all`) to every process
+    /// in the container.
+    Signal { signal: i32, all: bool },
+    /// Resize the terminal of this connection's process.
+    Resize { rows: u16, cols: u16 },
+    /// List the container's processes.
+    Ps,
+}
+
+/// A process as `ps` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    pub pid: i32,
+    pub ppid: i32,
+    pub uid: u32,
+    /// `/proc/PID/stat` state letter.
+    pub state: String,
+    pub cmdline: Vec<String>,
+}
+
+/// Guest to host: the answer to a [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    Created,
+    /// The process runs; `pid` is its pid inside the guest.
+    Started { pid: i32 },
+    Ok,
+    Ps { processes: Vec<ProcessInfo> },
+    /// The request failed; `message` says why, for the user.
+    Error { message: String },
+}
+
+/// Guest to host, unprompted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// The session's process ended (after all its output was sent).
+    Exited { code: Option<i32>, signal: Option<i32> },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_end_cleanly() {
+        let frames = vec![
+            Frame::json(FrameKind::Request, &Request::Signal { signal: 9, all: true }),
+            Frame::new(FrameKind::Stdout, b"hello".to_vec()),
+            Frame::new(FrameKind::StdinEof, vec![]),
+        ];
+        let mut wire = Vec::new();
+        for f in &frames {
+            f.write_to(&mut wire).unwrap();
+        }
+        let mut r = &wire[..];
+        for f in &frames {
+            assert_eq!(Frame::read_from(&mut r).unwrap().as_ref(), Some(f));
+        }
+        assert!(Frame::read_from(&mut r).unwrap().is_none());
+    }
+
+    #[test]
+    fn bad_frames_are_errors_not_panics() {
+        let mut r: &[u8] = &[0, 0, 0, 0];
+        assert!(matches!(Frame::read_from(&mut r), Err(FrameError::Empty)));
+        let mut r: &[u8] = &(MAX_FRAME + 1).to_le_bytes();
+        assert!(matches!(Frame::read_from(&mut r), Err(FrameError::TooLarge { .. })));
+        let mut r: &[u8] = &[1, 0, 0, 0, 0x7f];
+        assert!(matches!(Frame::read_from(&mut r), Err(FrameError::UnknownKind { kind: 0x7f })));
+        let mut r: &[u8] = &[5, 0, 0, 0, 1, b'{'];
+        assert!(matches!(Frame::read_from(&mut r), Err(FrameError::Io(_))));
+        let f = Frame::new(FrameKind::Request, b"{nope".to_vec());
+        assert!(matches!(f.parse::<Request>("request"), Err(FrameError::Json { .. })));
+    }
+
+    #[test]
+    fn messages_are_tagged_json() {
+        let text = String::from_utf8(Frame::json(FrameKind::Response, &Response::Started { pid: 7 }).payload).unwrap();
+        assert_eq!(text, r#"{"result":"started","pid":7}"#);
+        let e: Event = serde_json::from_str(r#"{"event":"exited","code":3,"signal":null}"#).unwrap();
+        assert_eq!(e, Event::Exited { code: Some(3), signal: None });
+    }
+}
