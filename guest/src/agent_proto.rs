@@ -150,7 +150,10 @@ impl Frame {
         r.read_exact(&mut body)?;
         let kind = FrameKind::from_u8(body[0]).ok_or(FrameError::UnknownKind { kind: body[0] })?;
         body.remove(0);
-        Ok(Some(Frame { kind, payload: body }))
+        Ok(Some(Frame {
+            kind,
+            payload: body,
+        }))
     }
 }
 
@@ -278,19 +281,31 @@ pub struct ProcessInfo {
 pub enum Response {
     Created,
     /// The process runs; `pid` is its pid inside the guest.
-    Started { pid: i32 },
+    Started {
+        pid: i32,
+    },
     Ok,
-    Ps { processes: Vec<ProcessInfo> },
+    Ps {
+        processes: Vec<ProcessInfo>,
+    },
     /// The request failed; `message` says why, for the user.
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 /// Guest to host, unprompted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
+    /// The main session's process started (sent on the main connection when
+    /// `Start` arrives on another one); stdin frames are read from then on.
+    Started { pid: i32 },
     /// The session's process ended (after all its output was sent).
-    Exited { code: Option<i32>, signal: Option<i32> },
+    Exited {
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
 }
 
 #[cfg(test)]
@@ -300,7 +315,13 @@ mod tests {
     #[test]
     fn frames_round_trip_and_end_cleanly() {
         let frames = vec![
-            Frame::json(FrameKind::Request, &Request::Signal { signal: 9, all: true }),
+            Frame::json(
+                FrameKind::Request,
+                &Request::Signal {
+                    signal: 9,
+                    all: true,
+                },
+            ),
             Frame::new(FrameKind::Stdout, b"hello".to_vec()),
             Frame::new(FrameKind::StdinEof, vec![]),
         ];
@@ -320,20 +341,39 @@ mod tests {
         let mut r: &[u8] = &[0, 0, 0, 0];
         assert!(matches!(Frame::read_from(&mut r), Err(FrameError::Empty)));
         let mut r: &[u8] = &(MAX_FRAME + 1).to_le_bytes();
-        assert!(matches!(Frame::read_from(&mut r), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            Frame::read_from(&mut r),
+            Err(FrameError::TooLarge { .. })
+        ));
         let mut r: &[u8] = &[1, 0, 0, 0, 0x7f];
-        assert!(matches!(Frame::read_from(&mut r), Err(FrameError::UnknownKind { kind: 0x7f })));
+        assert!(matches!(
+            Frame::read_from(&mut r),
+            Err(FrameError::UnknownKind { kind: 0x7f })
+        ));
         let mut r: &[u8] = &[5, 0, 0, 0, 1, b'{'];
         assert!(matches!(Frame::read_from(&mut r), Err(FrameError::Io(_))));
         let f = Frame::new(FrameKind::Request, b"{nope".to_vec());
-        assert!(matches!(f.parse::<Request>("request"), Err(FrameError::Json { .. })));
+        assert!(matches!(
+            f.parse::<Request>("request"),
+            Err(FrameError::Json { .. })
+        ));
     }
 
     #[test]
     fn messages_are_tagged_json() {
-        let text = String::from_utf8(Frame::json(FrameKind::Response, &Response::Started { pid: 7 }).payload).unwrap();
+        let text = String::from_utf8(
+            Frame::json(FrameKind::Response, &Response::Started { pid: 7 }).payload,
+        )
+        .unwrap();
         assert_eq!(text, r#"{"result":"started","pid":7}"#);
-        let e: Event = serde_json::from_str(r#"{"event":"exited","code":3,"signal":null}"#).unwrap();
-        assert_eq!(e, Event::Exited { code: Some(3), signal: None });
+        let e: Event =
+            serde_json::from_str(r#"{"event":"exited","code":3,"signal":null}"#).unwrap();
+        assert_eq!(
+            e,
+            Event::Exited {
+                code: Some(3),
+                signal: None
+            }
+        );
     }
 }

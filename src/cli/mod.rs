@@ -24,6 +24,7 @@ pub mod create;
 pub mod delete;
 pub mod exec;
 pub mod features;
+pub mod husk_verbs;
 pub mod kill;
 pub mod list;
 pub mod ps;
@@ -178,6 +179,18 @@ pub enum Command {
     Features(FeaturesArgs),
     /// Write a starter config.json.
     Spec(SpecArgs),
+    /// Tell whether this host can run husk microVMs, and if not, why.
+    Check(husk_verbs::CheckArgs),
+    /// Boot a microVM, run COMMAND in it, print its output, exit with its status.
+    Boot(husk_verbs::BootArgs),
+    /// Build an ext4 block image from a root filesystem directory.
+    Image(husk_verbs::ImageArgs),
+    /// Write the initramfs that carries husk-init (to boot husk's kernel
+    /// under another VMM, e.g. QEMU, with the same init).
+    Initramfs(husk_verbs::InitramfsArgs),
+    /// Internal: the VMM process of a container (started by create).
+    #[command(hide = true)]
+    Vmm(husk_verbs::VmmArgs),
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Host side of the agent protocol ([`crate::agent_proto`]): connections to
 //! husk-init through the VMM's vsock Unix socket.
 
-use std::io::{BufRead as _, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -12,7 +12,10 @@ use crate::agent_proto::{Frame, FrameError, FrameKind, Request, Response, AGENT_
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     #[error("connecting to the VM at {path}: {source}")]
-    Connect { path: PathBuf, source: std::io::Error },
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the guest agent did not answer at {path} within {secs} s")]
     NotReady { path: PathBuf, secs: u64 },
     #[error("the VM's vsock socket {path} refused the agent connection: {line:?}")]
@@ -48,7 +51,9 @@ impl AgentConn {
             path: uds.to_path_buf(),
             source,
         };
-        stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(io_err)?;
+        stream
+            .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+            .map_err(io_err)?;
         stream
             .write_all(format!("CONNECT {AGENT_PORT}\n").as_bytes())
             .map_err(io_err)?;
@@ -154,7 +159,9 @@ mod tests {
             let mut w = stream;
             w.write_all(b"OK 1073741824\n").unwrap();
             let req = Frame::read_from(&mut reader).unwrap().unwrap();
-            Frame::json(FrameKind::Response, &answer).write_to(&mut w).unwrap();
+            Frame::json(FrameKind::Response, &answer)
+                .write_to(&mut w)
+                .unwrap();
             req.parse::<Request>("request").unwrap()
         })
     }
@@ -165,7 +172,10 @@ mod tests {
         let path = dir.path().join("vsock");
         let agent = fake_agent(&path, Response::Started { pid: 9 });
         let mut conn = AgentConn::connect(&path, Duration::from_secs(2), &|| true).unwrap();
-        assert_eq!(conn.request(&Request::Start).unwrap(), Response::Started { pid: 9 });
+        assert_eq!(
+            conn.request(&Request::Start).unwrap(),
+            Response::Started { pid: 9 }
+        );
         assert_eq!(agent.join().unwrap(), Request::Start);
     }
 

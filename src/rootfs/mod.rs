@@ -2,5 +2,6 @@
 //! made from directories.
 
 pub mod busybox;
+pub mod cache;
 pub mod image;
 pub mod initramfs;

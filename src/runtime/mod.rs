@@ -9,11 +9,15 @@
 //! * [`features`], [`spec`]: `husk features` and `husk spec`.
 
 pub mod bundle;
+pub mod container;
 pub mod features;
+pub mod guest_spec;
 pub mod output;
 pub mod spec;
 pub mod state;
+pub mod vm_plan;
 pub mod vm_spec;
+pub mod vmm_process;
 
 pub use bundle::{Bundle, BundleError};
 pub use spec::SpecError;

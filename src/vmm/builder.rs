@@ -138,7 +138,12 @@ pub struct RunControls {
 /// [`build_and_run`] with [`RunControls`].
 pub fn run_with(mut config: VmConfig, controls: RunControls) -> Result<VmExit, BuildError> {
     let started = std::time::Instant::now();
-    let step = |name: &str| log::debug!("vmm: {name} at {:.1} ms", started.elapsed().as_secs_f64() * 1e3);
+    let step = |name: &str| {
+        log::debug!(
+            "vmm: {name} at {:.1} ms",
+            started.elapsed().as_secs_f64() * 1e3
+        )
+    };
     // 1. config and KVM.
     config.validate()?;
     let kvm = Kvm::new().map_err(BuildError::Kvm)?;
@@ -240,10 +245,11 @@ pub fn run_with(mut config: VmConfig, controls: RunControls) -> Result<VmExit, B
         next: 0,
     };
     for disk in &config.block {
-        let block = Block::new(&disk.path, disk.read_only, &disk.id).map_err(|e| BuildError::Block {
-            path: disk.path.clone(),
-            reason: e.to_string(),
-        })?;
+        let block =
+            Block::new(&disk.path, disk.read_only, &disk.id).map_err(|e| BuildError::Block {
+                path: disk.path.clone(),
+                reason: e.to_string(),
+            })?;
         let block = Arc::new(Mutex::new(block));
         attach.attach(block.clone(), &disk.path)?;
         event_manager.add_subscriber(block);
@@ -386,8 +392,11 @@ impl MmioAttach<'_> {
             .register_irqfd(&irq_evt, irq)
             .map_err(kvm_op("KVM_IRQFD (virtio)"))?;
         let transport = MmioTransport::new(self.mem.clone(), device, irq_evt);
-        self.mmio
-            .insert(Arc::new(Mutex::new(transport)), base, layout::VIRTIO_MMIO_SIZE)?;
+        self.mmio.insert(
+            Arc::new(Mutex::new(transport)),
+            base,
+            layout::VIRTIO_MMIO_SIZE,
+        )?;
         self.cmdline
             .add_virtio_mmio_device(layout::VIRTIO_MMIO_SIZE, GuestAddress(base), irq, None)
             .map_err(|e| BuildError::Cmdline(e.to_string()))

@@ -1,0 +1,543 @@
+//! The container lifecycle: what each runc verb does to a husk container.
+//!
+//! The container's pid (for engines) is its VMM process: `husk vmm ID`,
+//! spawned by `create`, which boots the VM, has husk-init prepare the
+//! container, reports readiness on a pipe, relays the container process's
+//! stdio, and exits with its status when it ends (see [`super::vmm_process`]).
+
+use std::io::{Read as _, Write as _};
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::agent_proto::{ProcessSpec, Request, Response};
+use crate::control::{AgentConn, ControlError};
+use crate::rootfs::cache::{self, CacheError};
+use crate::runtime::bundle::{self, BundleError};
+use crate::runtime::guest_spec::{self, GuestSpecError};
+use crate::runtime::state::{self, Operation, ProcProbe, State, StateError, Status};
+use crate::runtime::vm_plan::{PlanError, VmPlan};
+use crate::runtime::vm_spec::{self, VmSpecError};
+
+/// Environment variable carrying the readiness pipe's fd to the VMM process.
+pub const ENV_READY_FD: &str = "_HUSK_READY_FD";
+/// How long `create` waits for the VM to boot and the container to be set
+/// up (`HUSK_CREATE_TIMEOUT` seconds overrides).
+pub const CREATE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a verb waits for the agent to answer.
+const AGENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `delete --force` and `kill` wait for a VMM to die.
+const DEATH_WAIT: Duration = Duration::from_secs(10);
+
+/// Errors of the lifecycle verbs.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    VmSpec(#[from] VmSpecError),
+    #[error(transparent)]
+    GuestSpec(#[from] GuestSpecError),
+    #[error(transparent)]
+    Rootfs(#[from] CacheError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error("guest kernel {path} does not exist (run `make kernel`, or set HUSK_KERNEL)")]
+    KernelMissing { path: PathBuf },
+    #[error("guest init {path} does not exist (run `make build`, or set HUSK_INIT)")]
+    InitMissing { path: PathBuf },
+    #[error("cannot allocate tty if husk will detach without setting console socket")]
+    NoConsoleSocket,
+    #[error("console socket {path}: {reason}")]
+    ConsoleSocket { path: PathBuf, reason: String },
+    #[error("starting the VMM process: {0}")]
+    Spawn(std::io::Error),
+    #[error("the VM did not come up: {0}")]
+    Boot(String),
+    #[error("writing pid file {path}: {source}")]
+    PidFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("reading process spec {path}: {reason}")]
+    ProcessFile { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Io(String),
+}
+
+/// What `create` needs besides the CLI arguments.
+#[derive(Debug, Clone)]
+pub struct CreateRequest {
+    pub root: PathBuf,
+    pub id: String,
+    pub bundle: PathBuf,
+    pub pid_file: Option<PathBuf>,
+    pub console_socket: Option<PathBuf>,
+    /// The husk executable to run as the VMM (normally the running one).
+    pub husk_exe: PathBuf,
+    /// Whether the VMM gets the log settings (`--log`, `--debug`).
+    pub vmm_args: Vec<String>,
+}
+
+fn create_timeout() -> Duration {
+    std::env::var("HUSK_CREATE_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(CREATE_TIMEOUT)
+}
+
+/// `create`: boots the VM and leaves the container `created`. Returns the
+/// VMM's pid. On failure nothing is left: no VMM, no state directory.
+pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
+    let b = bundle::load_for_create(&req.bundle, &req.root, &req.id)?;
+    let sizing = vm_spec::vm_sizing(&b.spec)?;
+    let container =
+        guest_spec::container_spec(&req.id, &b.spec, &b.path, &guest_spec::read_bind_source)?;
+    let terminal = container.process.terminal;
+    if terminal && req.console_socket.is_none() {
+        return Err(ContainerError::NoConsoleSocket);
+    }
+    let kernel = crate::paths::default_kernel();
+    if !kernel.is_file() {
+        return Err(ContainerError::KernelMissing { path: kernel });
+    }
+    let init = crate::paths::default_init();
+    if !init.is_file() {
+        return Err(ContainerError::InitMissing { path: init });
+    }
+    let mut state = State::create(
+        &req.root,
+        &req.id,
+        b.path.clone(),
+        b.rootfs.clone(),
+        b.annotations(),
+    )?;
+    let dir = state::container_dir(&req.root, &req.id);
+    let mut guard = CreateGuard {
+        dir: dir.clone(),
+        vmm: None,
+        armed: true,
+    };
+    let image = cache::image_for(&b.rootfs, &crate::paths::cache_dir())?;
+    state.rootfs_image = Some(image.clone());
+    let plan = VmPlan {
+        kernel,
+        init,
+        mem_mib: sizing.mem_mib,
+        vcpus: sizing.vcpus,
+        rootfs_image: image,
+        control_socket: state.control_socket.clone(),
+        console_log: state.console_log.clone(),
+        container,
+    };
+    plan.save(&dir)?;
+    state.save(&req.root)?;
+
+    // The terminal: a host pty whose master goes to the engine; the VMM
+    // relays the slave to the guest's pty.
+    let pty_slave = if terminal {
+        let socket = req.console_socket.as_deref().unwrap_or(Path::new(""));
+        Some(send_pty_master(socket)?)
+    } else {
+        None
+    };
+
+    let (ready_r, ready_w) =
+        pipe_cloexec().map_err(|e| ContainerError::Io(format!("pipe: {e}")))?;
+    let mut cmd = Command::new(&req.husk_exe);
+    cmd.args(&req.vmm_args)
+        .arg("--root")
+        .arg(&req.root)
+        .arg("vmm")
+        .arg(&req.id)
+        .env(ENV_READY_FD, ready_w.as_raw_fd().to_string())
+        .process_group(0);
+    if let Some(slave) = &pty_slave {
+        let dup = |fd: &OwnedFd| fd.try_clone().map(Stdio::from);
+        cmd.stdin(dup(slave).map_err(ContainerError::Spawn)?)
+            .stdout(dup(slave).map_err(ContainerError::Spawn)?)
+            .stderr(dup(slave).map_err(ContainerError::Spawn)?);
+    }
+    clear_cloexec(&ready_w).map_err(ContainerError::Spawn)?;
+    let child = cmd.spawn().map_err(ContainerError::Spawn)?;
+    drop(ready_w);
+    drop(pty_slave);
+    let pid = child.id();
+    guard.vmm = Some(pid);
+    // The VMM outlives us; whoever reaps orphans (the engine's subreaper)
+    // waits for it.
+    std::mem::forget(child);
+
+    let mut ready = std::fs::File::from(ready_r);
+    let answer = read_ready(&mut ready, create_timeout())?;
+    if answer != "ready" {
+        let reason = answer.strip_prefix("error ").unwrap_or(&answer).to_owned();
+        return Err(ContainerError::Boot(if reason.is_empty() {
+            format!(
+                "the VMM exited during boot (see {})",
+                state.vmm_log.display()
+            )
+        } else {
+            reason
+        }));
+    }
+    let pid_i32 = i32::try_from(pid).unwrap_or(i32::MAX);
+    state.set_process(pid_i32, &ProcProbe);
+    state.status = Status::Created;
+    state.save(&req.root)?;
+    if let Some(path) = &req.pid_file {
+        write_pid_file(path, pid_i32)?;
+    }
+    guard.armed = false;
+    Ok(pid)
+}
+
+/// Undoes a failed create: kills the VMM and removes the state directory.
+struct CreateGuard {
+    dir: PathBuf,
+    vmm: Option<u32>,
+    armed: bool,
+}
+
+impl Drop for CreateGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Some(pid) = self.vmm {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(0));
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(pid, None);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn pipe_cloexec() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)
+}
+
+fn clear_cloexec(fd: &OwnedFd) -> std::io::Result<()> {
+    nix::fcntl::fcntl(
+        fd.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .map(|_| ())
+    .map_err(std::io::Error::from)
+}
+
+/// Reads the VMM's one-line readiness answer (`ready` or `error MESSAGE`).
+fn read_ready(pipe: &mut std::fs::File, limit: Duration) -> Result<String, ContainerError> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd as _;
+    let start = Instant::now();
+    let mut buf = Vec::new();
+    loop {
+        let left = limit.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return Err(ContainerError::Boot(format!(
+                "no answer from the VM within {} s",
+                limit.as_secs()
+            )));
+        }
+        let ms = u16::try_from(left.as_millis().min(10_000)).unwrap_or(10_000);
+        let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(ContainerError::Io(format!("waiting for the VM: {e}"))),
+        }
+        let mut chunk = [0u8; 512];
+        match pipe.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                if buf.contains(&b'\n') {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(ContainerError::Io(format!("waiting for the VM: {e}"))),
+        }
+    }
+    let text = String::from_utf8_lossy(&buf);
+    Ok(text.lines().next().unwrap_or("").trim().to_owned())
+}
+
+/// Writes a pid file the way runc does (no newline; atomic rename).
+pub fn write_pid_file(path: &Path, pid: i32) -> Result<(), ContainerError> {
+    let err = |source| ContainerError::PidFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = path.with_extension("husk-tmp");
+    std::fs::write(&tmp, pid.to_string()).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// Opens a pty, sends its master over the console socket (SCM_RIGHTS, as
+/// runc), and returns the slave, set raw (the guest's pty does the line
+/// discipline).
+pub fn send_pty_master(socket: &Path) -> Result<OwnedFd, ContainerError> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let fail = |reason: String| ContainerError::ConsoleSocket {
+        path: socket.to_path_buf(),
+        reason,
+    };
+    let pty = nix::pty::openpty(None, None).map_err(|e| fail(format!("openpty: {e}")))?;
+    let mut tio =
+        nix::sys::termios::tcgetattr(&pty.slave).map_err(|e| fail(format!("tcgetattr: {e}")))?;
+    nix::sys::termios::cfmakeraw(&mut tio);
+    nix::sys::termios::tcsetattr(&pty.slave, nix::sys::termios::SetArg::TCSANOW, &tio)
+        .map_err(|e| fail(format!("tcsetattr: {e}")))?;
+    let stream =
+        std::os::unix::net::UnixStream::connect(socket).map_err(|e| fail(e.to_string()))?;
+    let fds = [pty.master.as_raw_fd()];
+    let name = b"/dev/ptmx";
+    let iov = [std::io::IoSlice::new(name)];
+    sendmsg::<()>(
+        stream.as_raw_fd(),
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map_err(|e| fail(format!("sendmsg: {e}")))?;
+    Ok(pty.slave)
+}
+
+fn load_fresh(root: &Path, id: &str) -> Result<State, ContainerError> {
+    bundle::validate_id(id)?;
+    let mut st = State::load(root, id)?;
+    if st.refresh(&ProcProbe) {
+        st.save(root)?;
+    }
+    Ok(st)
+}
+
+fn connect(st: &State) -> Result<AgentConn, ContainerError> {
+    let pid = st.pid.unwrap_or(0);
+    let alive = move || vmm_alive(pid);
+    Ok(AgentConn::connect(
+        &st.control_socket,
+        AGENT_TIMEOUT,
+        &alive,
+    )?)
+}
+
+fn vmm_alive(pid: i32) -> bool {
+    use crate::runtime::state::ProcessProbe as _;
+    ProcProbe.start_time(pid).is_some()
+}
+
+/// `start`.
+pub fn start(root: &Path, id: &str) -> Result<(), ContainerError> {
+    let mut st = load_fresh(root, id)?;
+    st.ensure(Operation::Start)?;
+    let mut conn = connect(&st)?;
+    match conn.request(&Request::Start)? {
+        Response::Started { .. } => {}
+        other => {
+            return Err(ContainerError::Io(format!(
+                "unexpected answer to start: {other:?}"
+            )))
+        }
+    }
+    // The VMM may already have recorded the end of a short-lived process.
+    let mut now = State::load(root, id)?;
+    if now.status == Status::Created {
+        now.status = Status::Running;
+        now.save(root)?;
+    }
+    st.status = now.status;
+    Ok(())
+}
+
+/// `state`: the OCI state JSON.
+pub fn state(root: &Path, id: &str) -> Result<String, ContainerError> {
+    let st = load_fresh(root, id)?;
+    Ok(crate::runtime::output::render_state(&st))
+}
+
+fn vmm_pid(st: &State) -> Option<nix::unistd::Pid> {
+    st.pid.filter(|p| *p > 0).map(nix::unistd::Pid::from_raw)
+}
+
+/// Waits until the VMM process is gone (or the limit passes).
+fn wait_gone(st: &State, limit: Duration) -> bool {
+    let start = Instant::now();
+    let Some(pid) = st.pid else { return true };
+    while start.elapsed() < limit {
+        if !vmm_alive(pid) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// `kill`.
+pub fn kill(root: &Path, id: &str, signal: i32, all: bool) -> Result<(), ContainerError> {
+    let st = load_fresh(root, id)?;
+    st.ensure(Operation::Kill)?;
+    if st.status == Status::Created {
+        // No process runs yet: the signal ends the container, as it would
+        // runc's waiting init. Only the VMM exists to receive it.
+        if let Some(pid) = vmm_pid(&st) {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            wait_gone(&st, DEATH_WAIT);
+        }
+        let mut now = State::load(root, id)?;
+        now.set_stopped(Some(state::ExitStatus::Signal(signal)));
+        now.save(root)?;
+        return Ok(());
+    }
+    let mut conn = connect(&st)?;
+    conn.request(&Request::Signal { signal, all })?;
+    Ok(())
+}
+
+/// `delete`.
+pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), ContainerError> {
+    let st = match load_fresh(root, id) {
+        Ok(st) => st,
+        Err(ContainerError::State(StateError::NotFound { .. })) if force => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !st.status.can_delete() {
+        if !force {
+            st.ensure(Operation::Delete)?;
+        }
+        if let Some(pid) = vmm_pid(&st) {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        if !wait_gone(&st, DEATH_WAIT) {
+            return Err(ContainerError::Io(format!(
+                "the VMM process {} of container {id} did not exit",
+                st.pid.unwrap_or(0)
+            )));
+        }
+    }
+    State::remove(root, id)?;
+    Ok(())
+}
+
+/// `ps`: the container's processes.
+pub fn ps(root: &Path, id: &str) -> Result<Vec<crate::agent_proto::ProcessInfo>, ContainerError> {
+    let st = load_fresh(root, id)?;
+    if st.status == Status::Stopped {
+        return Ok(Vec::new());
+    }
+    let mut conn = connect(&st)?;
+    match conn.request(&Request::Ps)? {
+        Response::Ps { processes } => Ok(processes),
+        other => Err(ContainerError::Io(format!(
+            "unexpected answer to ps: {other:?}"
+        ))),
+    }
+}
+
+/// The process of an `exec`: `--process FILE`, or the container's own
+/// process object with the command line's overrides (as runc does).
+pub fn exec_process(
+    st: &State,
+    args: &crate::cli::ExecArgs,
+) -> Result<ProcessSpec, ContainerError> {
+    if let Some(path) = &args.process {
+        let fail = |reason: String| ContainerError::ProcessFile {
+            path: path.clone(),
+            reason,
+        };
+        let text = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+        let p: oci_spec::runtime::Process =
+            serde_json::from_slice(&text).map_err(|e| fail(e.to_string()))?;
+        return Ok(guest_spec::process_spec(&p)?);
+    }
+    let b = bundle::load(&st.bundle)?;
+    let base = b.spec.process().clone().unwrap_or_default();
+    let mut p = guest_spec::process_spec(&base).unwrap_or_default();
+    p.args = args.command.clone();
+    if p.args.is_empty() {
+        return Err(GuestSpecError::NoArgs.into());
+    }
+    p.env.extend(args.env.iter().cloned());
+    if let Some(cwd) = &args.cwd {
+        p.cwd = cwd.clone();
+    }
+    if let Some(user) = &args.user {
+        p.uid = user.uid;
+        p.gid = user.gid.unwrap_or(0);
+    }
+    if !args.additional_gids.is_empty() {
+        p.additional_gids = args.additional_gids.clone();
+    }
+    p.terminal = args.tty;
+    if args.no_new_privs {
+        p.no_new_privileges = true;
+    }
+    Ok(p)
+}
+
+/// Checks that `exec` may run.
+pub fn exec_target(root: &Path, id: &str) -> Result<State, ContainerError> {
+    let st = load_fresh(root, id)?;
+    st.ensure(Operation::Exec)?;
+    Ok(st)
+}
+
+/// Opens an exec session: the process runs when this returns.
+pub fn exec_open(st: &State, process: ProcessSpec) -> Result<(AgentConn, i32), ContainerError> {
+    let mut conn = connect(st)?;
+    match conn.request(&Request::Exec { process })? {
+        Response::Started { pid } => Ok((conn, pid)),
+        other => Err(ContainerError::Io(format!(
+            "unexpected answer to exec: {other:?}"
+        ))),
+    }
+}
+
+/// Waits for a process that is our child (the VMM of `run`), returning its
+/// wait status.
+pub fn wait_child(pid: u32) -> nix::sys::wait::WaitStatus {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(0));
+    loop {
+        match nix::sys::wait::waitpid(pid, None) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Ok(status) => return status,
+            Err(_) => return nix::sys::wait::WaitStatus::Exited(pid, 255),
+        }
+    }
+}
+
+/// Writes to a file descriptor inherited from the environment (the VMM's
+/// readiness pipe), once.
+pub fn take_ready_fd() -> Option<std::fs::File> {
+    let fd: i32 = std::env::var(ENV_READY_FD).ok()?.parse().ok()?;
+    std::env::remove_var(ENV_READY_FD);
+    if nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).is_err() {
+        return None;
+    }
+    // SAFETY: the fd was inherited from `create` for exactly this purpose and
+    // nothing else in this process owns it.
+    let file = unsafe { std::fs::File::from_raw_fd(fd) };
+    let _ = nix::fcntl::fcntl(
+        fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
+    Some(file)
+}
+
+/// Sends the readiness answer.
+pub fn answer_ready(pipe: &mut Option<std::fs::File>, answer: &str) {
+    if let Some(mut p) = pipe.take() {
+        let _ = p.write_all(format!("{answer}\n").as_bytes());
+    }
+}

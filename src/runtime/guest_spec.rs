@@ -1,0 +1,400 @@
+//! OCI `config.json` -> what husk-init needs ([`ContainerSpec`]): a pure
+//! translation, with the host-side parts (reading bind-mounted files) behind
+//! a small reader function so it is unit-tested without a bundle.
+//!
+//! What changes on the way into a VM:
+//! - file bind mounts (`/etc/hosts`, `/etc/resolv.conf`, `/etc/hostname`,
+//!   `/run/.containerenv`, secrets) are copied into the guest at create;
+//! - directory bind mounts are refused until husk has file sharing;
+//! - a tmpfs on `/dev` becomes the guest's devtmpfs (the VM is the
+//!   container: its devices are the container's);
+//! - `cgroup` (v1) mounts become cgroup2, the guest kernel's only hierarchy.
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{Mount, Process, Spec};
+
+use crate::agent_proto::{
+    Capabilities, ContainerFile, ContainerSpec, MountSpec, ProcessSpec, Rlimit,
+};
+
+/// Errors translating a spec.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum GuestSpecError {
+    #[error("config.json has no process")]
+    NoProcess,
+    #[error("process.args must not be empty")]
+    NoArgs,
+    #[error(
+        "mount {destination}: directory bind mounts are not supported yet \
+         (source {source_dir}; husk has no host file sharing)"
+    )]
+    DirectoryBind {
+        destination: String,
+        source_dir: PathBuf,
+    },
+    #[error("mount {destination}: cannot read bind source {source_path}: {reason}")]
+    BindSource {
+        destination: String,
+        source_path: PathBuf,
+        reason: String,
+    },
+    #[error("mount {destination}: bind source {source_path} is {kind}; only regular files can be copied into the VM")]
+    BindKind {
+        destination: String,
+        source_path: PathBuf,
+        kind: &'static str,
+    },
+    #[error("process.{field}: {reason}")]
+    Process { field: &'static str, reason: String },
+}
+
+/// What a bind source is, as far as the translation cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BindSource {
+    File { mode: u32, contents: Vec<u8> },
+    Directory,
+    Device,
+    Other,
+}
+
+/// Reads a bind source on the host.
+pub fn read_bind_source(path: &Path) -> Result<BindSource, String> {
+    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    let ft = meta.file_type();
+    Ok(if ft.is_file() {
+        BindSource::File {
+            mode: meta.permissions().mode() & 0o7777,
+            contents: std::fs::read(path).map_err(|e| e.to_string())?,
+        }
+    } else if ft.is_dir() {
+        BindSource::Directory
+    } else if ft.is_char_device() || ft.is_block_device() {
+        BindSource::Device
+    } else {
+        BindSource::Other
+    })
+}
+
+fn is_bind(m: &Mount) -> bool {
+    m.typ().as_deref() == Some("bind")
+        || m.options()
+            .as_ref()
+            .is_some_and(|o| o.iter().any(|x| x == "bind" || x == "rbind"))
+}
+
+/// The whole translation. `bundle` resolves relative bind sources;
+/// `read_source` reads them (use [`read_bind_source`]).
+pub fn container_spec(
+    id: &str,
+    spec: &Spec,
+    bundle: &Path,
+    read_source: &dyn Fn(&Path) -> Result<BindSource, String>,
+) -> Result<ContainerSpec, GuestSpecError> {
+    let process = process_spec(spec.process().as_ref().ok_or(GuestSpecError::NoProcess)?)?;
+    let mut mounts = Vec::new();
+    let mut files = Vec::new();
+    for m in spec.mounts().as_deref().unwrap_or_default() {
+        let destination = m.destination().to_string_lossy().into_owned();
+        let options = m.options().clone().unwrap_or_default();
+        if is_bind(m) {
+            let source = m.source().clone().unwrap_or_default();
+            let source = if source.is_absolute() {
+                source
+            } else {
+                bundle.join(source)
+            };
+            let read = read_source(&source).map_err(|reason| GuestSpecError::BindSource {
+                destination: destination.clone(),
+                source_path: source.clone(),
+                reason,
+            })?;
+            match read {
+                BindSource::File { mode, contents } => files.push(ContainerFile {
+                    path: destination,
+                    mode,
+                    read_only: options.iter().any(|o| o == "ro"),
+                    contents,
+                }),
+                BindSource::Directory => {
+                    return Err(GuestSpecError::DirectoryBind {
+                        destination,
+                        source_dir: source,
+                    })
+                }
+                BindSource::Device => {
+                    // The guest's devtmpfs has its own device nodes.
+                    log::warn!(
+                        "mount {destination}: device bind from {} uses the guest's own device",
+                        source.display()
+                    );
+                }
+                BindSource::Other => {
+                    return Err(GuestSpecError::BindKind {
+                        destination,
+                        source_path: source,
+                        kind: "neither a file nor a directory",
+                    })
+                }
+            }
+            continue;
+        }
+        let mut fstype = m.typ().clone().unwrap_or_else(|| "none".into());
+        let mut source = m
+            .source()
+            .as_ref()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| fstype.clone());
+        let mut options = options;
+        if destination == "/dev" && fstype == "tmpfs" {
+            fstype = "devtmpfs".into();
+            source = "devtmpfs".into();
+            options.retain(|o| !o.starts_with("size="));
+        }
+        if fstype == "cgroup" {
+            fstype = "cgroup2".into();
+            source = "cgroup2".into();
+        }
+        mounts.push(MountSpec {
+            destination,
+            fstype,
+            source,
+            options,
+        });
+    }
+    let linux = spec.linux().as_ref();
+    let mut sysctl: Vec<(String, String)> = linux
+        .and_then(|l| l.sysctl().clone())
+        .map(|m| m.into_iter().collect())
+        .unwrap_or_default();
+    sysctl.sort();
+    Ok(ContainerSpec {
+        id: id.to_owned(),
+        hostname: spec.hostname().clone(),
+        process,
+        readonly_root: spec
+            .root()
+            .as_ref()
+            .and_then(|r| r.readonly())
+            .unwrap_or(false),
+        mounts,
+        files,
+        masked_paths: linux
+            .and_then(|l| l.masked_paths().clone())
+            .unwrap_or_default(),
+        readonly_paths: linux
+            .and_then(|l| l.readonly_paths().clone())
+            .unwrap_or_default(),
+        sysctl,
+    })
+}
+
+fn serde_name<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn cap_names(set: &Option<oci_spec::runtime::Capabilities>) -> Option<Vec<String>> {
+    set.as_ref().map(|s| {
+        let mut names: Vec<String> = s.iter().map(serde_name).collect();
+        names.sort();
+        names
+    })
+}
+
+/// The `process` object (also used for `exec --process`).
+pub fn process_spec(p: &Process) -> Result<ProcessSpec, GuestSpecError> {
+    let args = p.args().clone().unwrap_or_default();
+    if args.is_empty() {
+        return Err(GuestSpecError::NoArgs);
+    }
+    let user = p.user();
+    let rlimits = p
+        .rlimits()
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .map(|r| Rlimit {
+            kind: serde_name(&r.typ()),
+            soft: r.soft(),
+            hard: r.hard(),
+        })
+        .collect();
+    let capabilities = p.capabilities().as_ref().map(|c| Capabilities {
+        bounding: cap_names(c.bounding()),
+        effective: cap_names(c.effective()),
+        inheritable: cap_names(c.inheritable()),
+        permitted: cap_names(c.permitted()),
+        ambient: cap_names(c.ambient()),
+    });
+    let console_size = p.console_size().as_ref().map(|b| {
+        (
+            u16::try_from(b.height()).unwrap_or(u16::MAX),
+            u16::try_from(b.width()).unwrap_or(u16::MAX),
+        )
+    });
+    Ok(ProcessSpec {
+        args,
+        env: p.env().clone().unwrap_or_default(),
+        cwd: p.cwd().to_string_lossy().into_owned(),
+        uid: user.uid(),
+        gid: user.gid(),
+        additional_gids: user.additional_gids().clone().unwrap_or_default(),
+        umask: user.umask(),
+        terminal: p.terminal().unwrap_or(false),
+        console_size,
+        rlimits,
+        capabilities,
+        no_new_privileges: p.no_new_privileges().unwrap_or(false),
+        oom_score_adj: p.oom_score_adj(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: &str) -> Spec {
+        serde_json::from_str(json).unwrap()
+    }
+
+    const BASE: &str = r#"{
+        "ociVersion": "1.0.2",
+        "process": {"terminal": false, "user": {"uid": 1000, "gid": 100, "additionalGids": [10], "umask": 18},
+            "args": ["sh", "-c", "id"], "env": ["PATH=/bin", "A=b"], "cwd": "/work",
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 512}],
+            "capabilities": {"bounding": ["CAP_KILL", "CAP_CHOWN"], "effective": ["CAP_KILL"]},
+            "noNewPrivileges": true, "consoleSize": {"height": 24, "width": 80}},
+        "root": {"path": "rootfs", "readonly": true},
+        "hostname": "box",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["ro"]},
+            {"destination": "/etc/hosts", "type": "bind", "source": "/h/hosts", "options": ["rbind", "ro"]},
+            {"destination": "/etc/resolv.conf", "source": "resolv.conf", "options": ["bind"]}
+        ],
+        "linux": {"maskedPaths": ["/proc/kcore"], "readonlyPaths": ["/proc/sys"], "sysctl": {"net.ipv4.ip_forward": "1"}}
+    }"#;
+
+    fn files(path: &Path) -> Result<BindSource, String> {
+        match path.to_str().unwrap() {
+            "/h/hosts" => Ok(BindSource::File {
+                mode: 0o644,
+                contents: b"127.0.0.1 localhost\n".to_vec(),
+            }),
+            "/bundle/resolv.conf" => Ok(BindSource::File {
+                mode: 0o600,
+                contents: b"nameserver 1.1.1.1\n".to_vec(),
+            }),
+            "/h/dir" => Ok(BindSource::Directory),
+            "/dev/null" => Ok(BindSource::Device),
+            other => Err(format!("{other}: No such file or directory")),
+        }
+    }
+
+    #[test]
+    fn translates_process_mounts_files_and_linux_fields() {
+        let c = container_spec("c1", &spec(BASE), Path::new("/bundle"), &files).unwrap();
+        let p = &c.process;
+        assert_eq!(p.args, ["sh", "-c", "id"]);
+        assert_eq!((p.uid, p.gid, p.umask), (1000, 100, Some(18)));
+        assert_eq!(p.additional_gids, [10]);
+        assert_eq!(p.cwd, "/work");
+        assert_eq!(
+            p.rlimits,
+            [Rlimit {
+                kind: "RLIMIT_NOFILE".into(),
+                soft: 512,
+                hard: 1024
+            }]
+        );
+        let caps = p.capabilities.as_ref().unwrap();
+        assert_eq!(
+            caps.bounding.as_deref(),
+            Some(&["CAP_CHOWN".to_string(), "CAP_KILL".to_string()][..])
+        );
+        assert_eq!(caps.permitted, None);
+        assert!(p.no_new_privileges);
+        assert_eq!(p.console_size, Some((24, 80)));
+        assert_eq!(c.hostname.as_deref(), Some("box"));
+        assert!(c.readonly_root);
+        let dests: Vec<(&str, &str)> = c
+            .mounts
+            .iter()
+            .map(|m| (m.destination.as_str(), m.fstype.as_str()))
+            .collect();
+        assert_eq!(
+            dests,
+            [
+                ("/proc", "proc"),
+                ("/dev", "devtmpfs"),
+                ("/sys/fs/cgroup", "cgroup2")
+            ]
+        );
+        assert!(!c.mounts[1].options.iter().any(|o| o.starts_with("size=")));
+        assert_eq!(c.files.len(), 2);
+        assert_eq!(c.files[0].path, "/etc/hosts");
+        assert!(c.files[0].read_only);
+        assert_eq!(c.files[1].path, "/etc/resolv.conf");
+        assert_eq!(c.files[1].mode, 0o600);
+        assert!(!c.files[1].read_only);
+        assert_eq!(c.masked_paths, ["/proc/kcore"]);
+        assert_eq!(c.readonly_paths, ["/proc/sys"]);
+        assert_eq!(
+            c.sysctl,
+            [("net.ipv4.ip_forward".to_string(), "1".to_string())]
+        );
+    }
+
+    #[test]
+    fn a_directory_bind_is_refused_naming_the_mount() {
+        let json = BASE.replace("\"/h/hosts\"", "\"/h/dir\"");
+        let err = container_spec("c", &spec(&json), Path::new("/bundle"), &files).unwrap_err();
+        assert_eq!(
+            err,
+            GuestSpecError::DirectoryBind {
+                destination: "/etc/hosts".into(),
+                source_dir: "/h/dir".into()
+            }
+        );
+        assert!(err.to_string().contains("not supported yet"));
+    }
+
+    #[test]
+    fn a_missing_bind_source_is_an_error_and_devices_are_skipped() {
+        let json = BASE.replace("\"/h/hosts\"", "\"/h/missing\"");
+        let err = container_spec("c", &spec(&json), Path::new("/bundle"), &files).unwrap_err();
+        assert!(matches!(err, GuestSpecError::BindSource { .. }), "{err}");
+        let json = BASE.replace("\"/h/hosts\"", "\"/dev/null\"");
+        let c = container_spec("c", &spec(&json), Path::new("/bundle"), &files).unwrap();
+        assert!(!c.files.iter().any(|f| f.path == "/etc/hosts"));
+    }
+
+    #[test]
+    fn a_process_needs_args() {
+        let json = BASE.replace(r#""args": ["sh", "-c", "id"],"#, "");
+        let err = container_spec("c", &spec(&json), Path::new("/bundle"), &files).unwrap_err();
+        assert_eq!(err, GuestSpecError::NoArgs);
+    }
+
+    #[test]
+    fn reads_real_bind_sources() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f");
+        std::fs::write(&f, b"x").unwrap();
+        assert!(matches!(
+            read_bind_source(&f).unwrap(),
+            BindSource::File { .. }
+        ));
+        assert_eq!(read_bind_source(dir.path()).unwrap(), BindSource::Directory);
+        assert_eq!(
+            read_bind_source(Path::new("/dev/null")).unwrap(),
+            BindSource::Device
+        );
+        assert!(read_bind_source(&dir.path().join("none")).is_err());
+    }
+}

@@ -1,0 +1,298 @@
+//! `husk vmm ID`: the process that *is* a husk container for its engine.
+//!
+//! Spawned by `create` with the engine's stdio (or the host end of the
+//! console pty), it boots the VM from the container's plan, has husk-init
+//! set the container up ([`Request::Create`]), tells `create` it is ready,
+//! then relays the container process's stdio over the main agent session and
+//! ends as the process ends: exit code for exit code, and death by the same
+//! signal for a signal. Signals sent to it (SIGTERM from an engine, say) are
+//! forwarded to the container process.
+
+use std::io::{Read as _, Write as _};
+use std::os::fd::AsRawFd as _;
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::agent_proto::{Event, Frame, FrameKind, Request, Response, MAX_DATA};
+use crate::control::AgentConn;
+use crate::runtime::container::{answer_ready, take_ready_fd};
+use crate::runtime::state::{self, ExitStatus, State};
+use crate::runtime::vm_plan::VmPlan;
+use crate::vmm::{self, builder::RunControls, VmExit};
+
+/// How long the VMM waits for husk-init's agent after starting the VM.
+const AGENT_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Exit status when the container ended without a status (VM crash).
+const EXIT_NO_STATUS: i32 = 255;
+/// Signals forwarded to the container process.
+const FORWARDED: [nix::sys::signal::Signal; 6] = [
+    nix::sys::signal::Signal::SIGTERM,
+    nix::sys::signal::Signal::SIGINT,
+    nix::sys::signal::Signal::SIGHUP,
+    nix::sys::signal::Signal::SIGQUIT,
+    nix::sys::signal::Signal::SIGUSR1,
+    nix::sys::signal::Signal::SIGUSR2,
+];
+
+/// Runs the container's VMM; returns how the container ended.
+pub fn run(root: &Path, id: &str) -> Option<ExitStatus> {
+    let mut ready = take_ready_fd();
+    let fail = |ready: &mut Option<std::fs::File>, msg: String| {
+        log::error!("container {id}: {msg}");
+        answer_ready(ready, &format!("error {msg}"));
+        None
+    };
+    let st = match State::load(root, id) {
+        Ok(st) => st,
+        Err(e) => return fail(&mut ready, e.to_string()),
+    };
+    let dir = state::container_dir(root, id);
+    let plan = match VmPlan::load(&dir) {
+        Ok(p) => p,
+        Err(e) => return fail(&mut ready, e.to_string()),
+    };
+    let initramfs = match crate::boot::initramfs_bytes(&plan.init) {
+        Ok(b) => b,
+        Err(e) => return fail(&mut ready, e.to_string()),
+    };
+    // Forwarded signals are blocked in every thread and read from a
+    // signalfd by one.
+    let mut mask = nix::sys::signal::SigSet::empty();
+    for s in FORWARDED {
+        mask.add(s);
+    }
+    let _ = mask.thread_block();
+
+    let stop = match EventFd::new(EFD_NONBLOCK) {
+        Ok(e) => Arc::new(e),
+        Err(e) => return fail(&mut ready, format!("eventfd: {e}")),
+    };
+    let config = plan.vm_config(initramfs);
+    let controls = RunControls {
+        stop: Some(stop.clone()),
+    };
+    let vm = std::thread::Builder::new()
+        .name("vmm".into())
+        .spawn(move || vmm::builder::run_with(config, controls));
+    let vm = match vm {
+        Ok(t) => t,
+        Err(e) => return fail(&mut ready, format!("starting the VM thread: {e}")),
+    };
+    let stop_vm = |vm: std::thread::JoinHandle<Result<VmExit, vmm::builder::BuildError>>| {
+        let _ = stop.write(1);
+        match vm.join() {
+            Ok(Ok(exit)) => log::info!("container {id}: VM ended: {exit:?}"),
+            Ok(Err(e)) => log::error!("container {id}: VM failed: {e}"),
+            Err(_) => log::error!("container {id}: VM thread panicked"),
+        }
+    };
+
+    let alive = || !vm.is_finished();
+    let mut conn = match AgentConn::connect(&plan.control_socket, AGENT_BOOT_TIMEOUT, &alive) {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = if vm.is_finished() {
+                let console = std::fs::read_to_string(&plan.console_log).unwrap_or_default();
+                let tail: Vec<&str> = console.lines().rev().take(5).collect();
+                format!(
+                    "the VM stopped before its agent answered: {}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                )
+            } else {
+                e.to_string()
+            };
+            stop_vm(vm);
+            return fail(&mut ready, msg);
+        }
+    };
+    match conn.request(&Request::Create {
+        spec: plan.container.clone(),
+    }) {
+        Ok(Response::Created) => {}
+        Ok(other) => {
+            stop_vm(vm);
+            return fail(
+                &mut ready,
+                format!("unexpected answer to create: {other:?}"),
+            );
+        }
+        Err(e) => {
+            stop_vm(vm);
+            return fail(&mut ready, e.to_string());
+        }
+    }
+    answer_ready(&mut ready, "ready");
+    log::info!("container {id}: created");
+
+    spawn_signal_forwarder(mask, plan.control_socket.clone());
+    let ending = relay(conn, true);
+    log::info!("container {id}: process ended: {ending:?}");
+    if let Ok(mut now) = State::load(root, id) {
+        now.set_stopped(ending);
+        let _ = now.save(root);
+    }
+    let _ = st;
+    stop_vm(vm);
+    ending
+}
+
+/// Forwards signals the VMM receives to the container process.
+fn spawn_signal_forwarder(mask: nix::sys::signal::SigSet, socket: std::path::PathBuf) {
+    let Ok(sfd) = nix::sys::signalfd::SignalFd::new(&mask) else {
+        return;
+    };
+    let _ = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            match sfd.read_signal() {
+                Ok(Some(info)) => {
+                    let signal = i32::try_from(info.ssi_signo).unwrap_or(0);
+                    log::info!("forwarding signal {signal} to the container");
+                    match AgentConn::connect_once(&socket) {
+                        Ok(mut c) => {
+                            if let Err(e) = c.request(&Request::Signal { signal, all: false }) {
+                                log::warn!("forwarding signal {signal}: {e}");
+                            }
+                        }
+                        Err(e) => log::warn!("forwarding signal {signal}: {e}"),
+                    }
+                }
+                Ok(None) => {}
+                Err(_) => return,
+            }
+        });
+}
+
+/// Relays a session (the main one, or an exec) until its process ends:
+/// output frames to our stdout/stderr, our stdin to the process (for the
+/// main session only once it has started), terminal size changes.
+pub fn relay(conn: AgentConn, wait_for_start: bool) -> Option<ExitStatus> {
+    let writer = match conn.stream.try_clone() {
+        Ok(w) => Arc::new(Mutex::new(w)),
+        Err(e) => {
+            log::error!("cloning the agent connection: {e}");
+            return None;
+        }
+    };
+    let (started_tx, started_rx) = mpsc::channel::<()>();
+    {
+        let writer = writer.clone();
+        let _ = std::thread::Builder::new()
+            .name("stdin".into())
+            .spawn(move || {
+                if started_rx.recv().is_err() {
+                    return;
+                }
+                pump_stdin(&writer);
+            });
+    }
+    if nix::unistd::isatty(std::io::stdin().as_raw_fd()).unwrap_or(false) {
+        let writer = writer.clone();
+        let _ = std::thread::Builder::new()
+            .name("winsize".into())
+            .spawn(move || watch_winsize(&writer));
+    }
+    let mut reader = conn.stream;
+    let mut started = Some(started_tx);
+    if !wait_for_start {
+        if let Some(tx) = started.take() {
+            let _ = tx.send(());
+        }
+    }
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    loop {
+        let frame = match Frame::read_from(&mut reader) {
+            Ok(Some(f)) => f,
+            Ok(None) => return None,
+            Err(e) => {
+                log::error!("main session: {e}");
+                return None;
+            }
+        };
+        match frame.kind {
+            FrameKind::Stdout => {
+                let mut out = stdout.lock();
+                let _ = out.write_all(&frame.payload);
+                let _ = out.flush();
+            }
+            FrameKind::Stderr => {
+                let mut err = stderr.lock();
+                let _ = err.write_all(&frame.payload);
+                let _ = err.flush();
+            }
+            FrameKind::Event => match frame.parse::<Event>("event") {
+                Ok(Event::Started { .. }) => {
+                    if let Some(tx) = started.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(Event::Exited { code, signal }) => {
+                    return Some(match (code, signal) {
+                        (_, Some(sig)) => ExitStatus::Signal(sig),
+                        (Some(c), None) => ExitStatus::Code(c),
+                        (None, None) => ExitStatus::Code(EXIT_NO_STATUS),
+                    })
+                }
+                Err(e) => log::warn!("main session: {e}"),
+            },
+            FrameKind::Response => {}
+            other => log::warn!("main session: unexpected frame {other:?}"),
+        }
+    }
+}
+
+/// Copies our stdin to the container process, then closes its stdin.
+fn pump_stdin(writer: &Mutex<std::os::unix::net::UnixStream>) {
+    let mut stdin = std::io::stdin().lock();
+    let mut buf = vec![0u8; MAX_DATA];
+    loop {
+        match stdin.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let frame = Frame::new(FrameKind::Stdin, buf[..n].to_vec());
+                if frame.write_to(&mut *crate::vmm::bus::lock(writer)).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    let _ = Frame::new(FrameKind::StdinEof, vec![]).write_to(&mut *crate::vmm::bus::lock(writer));
+}
+
+/// Forwards changes of our terminal's size to the container's terminal.
+fn watch_winsize(writer: &Mutex<std::os::unix::net::UnixStream>) {
+    let mut last = (0u16, 0u16);
+    loop {
+        let mut ws = libc::winsize {
+            ws_row: 0,
+            ws_col: 0,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCGWINSZ writes a winsize into the struct we own.
+        let rc = unsafe { libc::ioctl(std::io::stdin().as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
+        if rc != 0 {
+            return;
+        }
+        let now = (ws.ws_row, ws.ws_col);
+        if now != last && now != (0, 0) {
+            last = now;
+            let req = Frame::json(
+                FrameKind::Request,
+                &Request::Resize {
+                    rows: now.0,
+                    cols: now.1,
+                },
+            );
+            if req.write_to(&mut *crate::vmm::bus::lock(writer)).is_err() {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
