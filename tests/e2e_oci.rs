@@ -1,0 +1,387 @@
+//! End to end, in the KVM test host: husk as an OCI runtime, driven through
+//! its runc-compatible command line on busybox bundles made by the tests.
+
+mod common;
+
+use std::io::{Read as _, Write as _};
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const LIMIT: Duration = Duration::from_secs(180);
+
+/// A state root and bundles for one test.
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        require_kvm();
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// A bundle whose process runs `args`; `edit` adjusts config.json.
+    fn bundle(&self, name: &str, args: &[&str], edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+        let b = self.dir.path().join(name);
+        busybox_rootfs(&b.join("rootfs"));
+        let mut config = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {
+                "terminal": false,
+                "user": {"uid": 0, "gid": 0},
+                "args": args,
+                "env": ["PATH=/usr/local/bin:/usr/bin:/bin", "TERM=xterm"],
+                "cwd": "/",
+                "noNewPrivileges": true
+            },
+            "root": {"path": "rootfs"},
+            "hostname": "husk-test",
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+                {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+                {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+                {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}
+            ],
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}]}
+        });
+        edit(&mut config);
+        std::fs::write(b.join("config.json"), serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+        b
+    }
+
+    fn husk(&self, args: &[&str]) -> Finished {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_husk"));
+        cmd.arg("--root").arg(self.root()).args(args);
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let done = wait_bounded(cmd.spawn().unwrap(), LIMIT, "husk");
+        eprintln!("husk {args:?}: {:?}\nstdout: {}\nstderr: {}", done.status, done.stdout, done.stderr);
+        done
+    }
+
+    fn state(&self, id: &str) -> serde_json::Value {
+        let done = self.husk(&["state", id]);
+        assert!(done.status.success(), "{}", done.stderr);
+        serde_json::from_str(&done.stdout).unwrap()
+    }
+
+    /// Polls `state` until the status is `want`.
+    fn wait_status(&self, id: &str, want: &str) {
+        for _ in 0..300 {
+            if self.state(id)["status"] == want {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("container {id} never became {want}");
+    }
+
+    /// Nothing of `id` is left: no state dir, no VMM process.
+    fn assert_gone(&self, id: &str) {
+        assert!(!self.root().join(id).exists(), "state dir of {id} left behind");
+        let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+        let text = String::from_utf8_lossy(&ps.stdout);
+        let root = self.root();
+        let needle = format!("{} vmm {id}", root.display());
+        assert!(!text.lines().any(|l| l.contains(&needle)), "VMM of {id} still running:\n{text}");
+    }
+}
+
+fn b(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn create_start_kill_delete_walks_the_lifecycle() {
+    let env = Env::new();
+    let bundle = env.bundle("b", &["sleep", "1000"], |_| {});
+    let pid_file = env.dir.path().join("pid");
+    let done = env.husk(&["create", "--bundle", b(&bundle), "--pid-file", b(&pid_file), "c1"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let st = env.state("c1");
+    assert_eq!(st["status"], "created");
+    assert_eq!(st["id"], "c1");
+    assert_eq!(st["bundle"], b(&bundle));
+    let pid = st["pid"].as_i64().unwrap();
+    assert!(pid > 0);
+    assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), pid.to_string());
+
+    assert!(env.husk(&["start", "c1"]).status.success());
+    assert_eq!(env.state("c1")["status"], "running");
+    let again = env.husk(&["start", "c1"]);
+    assert!(!again.status.success());
+    assert!(again.stderr.contains("cannot start"), "{}", again.stderr);
+
+    let not_stopped = env.husk(&["delete", "c1"]);
+    assert!(!not_stopped.status.success());
+    assert!(not_stopped.stderr.contains("not stopped"), "{}", not_stopped.stderr);
+
+    assert!(env.husk(&["kill", "c1", "KILL"]).status.success());
+    env.wait_status("c1", "stopped");
+    assert_eq!(env.state("c1")["pid"], 0);
+    assert!(env.husk(&["delete", "c1"]).status.success());
+    env.assert_gone("c1");
+    let gone = env.husk(&["state", "c1"]);
+    assert!(!gone.status.success());
+    assert!(gone.stderr.contains("does not exist"), "{}", gone.stderr);
+}
+
+fn run(env: &Env, id: &str, args: &[&str]) -> Finished {
+    let bundle = env.bundle(id, args, |_| {});
+    env.husk(&["run", "--bundle", b(&bundle), id])
+}
+
+#[test]
+fn run_returns_the_exit_code_and_signal() {
+    let env = Env::new();
+    let ok = run(&env, "r0", &["true"]);
+    assert_eq!(ok.status.code(), Some(0));
+    let three = run(&env, "r3", &["sh", "-c", "exit 3"]);
+    assert_eq!(three.status.code(), Some(3));
+    let killed = run(&env, "rk", &["sh", "-c", "kill -9 $$"]);
+    use std::os::unix::process::ExitStatusExt as _;
+    assert!(
+        killed.status.signal() == Some(9) || killed.status.code() == Some(137),
+        "{:?}",
+        killed.status
+    );
+    for id in ["r0", "r3", "rk"] {
+        env.assert_gone(id);
+    }
+}
+
+#[test]
+fn the_process_spec_is_honoured_inside() {
+    let env = Env::new();
+    let bundle = env.bundle(
+        "spec",
+        &["sh", "-c", "echo env=$GREETING; pwd; id -u; id -g; hostname; ulimit -n; cat /etc/hosts"],
+        |c| {
+            let p = &mut c["process"];
+            p["env"].as_array_mut().unwrap().push("GREETING=hello there".into());
+            p["cwd"] = "/tmp".into();
+            p["user"] = serde_json::json!({"uid": 1000, "gid": 1000});
+            p["rlimits"] = serde_json::json!([{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 333}]);
+        },
+    );
+    let hosts = env.dir.path().join("hosts");
+    std::fs::write(&hosts, "10.1.2.3 from-the-engine\n").unwrap();
+    let config_path = bundle.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&config_path).unwrap()).unwrap();
+    config["mounts"].as_array_mut().unwrap().push(serde_json::json!(
+        {"destination": "/etc/hosts", "type": "bind", "source": b(&hosts), "options": ["rbind", "ro"]}
+    ));
+    std::fs::write(&config_path, serde_json::to_vec(&config).unwrap()).unwrap();
+    let done = env.husk(&["run", "--bundle", b(&bundle), "spec"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let lines: Vec<&str> = done.stdout.lines().collect();
+    assert_eq!(lines[0], "env=hello there");
+    assert_eq!(lines[1], "/tmp");
+    assert_eq!(lines[2], "1000");
+    assert_eq!(lines[3], "1000");
+    assert_eq!(lines[4], "husk-test");
+    assert_eq!(lines[5], "333");
+    assert!(done.stdout.contains("from-the-engine"), "{}", done.stdout);
+}
+
+#[test]
+fn exec_enters_the_same_vm_and_sees_its_files() {
+    let env = Env::new();
+    let bundle = env.bundle("ex", &["sh", "-c", "echo made-by-main > /tmp/shared; sleep 1000"], |_| {});
+    assert!(env.husk(&["run", "-d", "--bundle", b(&bundle), "ex"]).status.success());
+    let mut seen = String::new();
+    for _ in 0..100 {
+        let done = env.husk(&["exec", "ex", "cat", "/tmp/shared"]);
+        if done.status.success() {
+            seen = done.stdout;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(seen.trim(), "made-by-main");
+    let code = env.husk(&["exec", "ex", "sh", "-c", "exit 5"]);
+    assert_eq!(code.status.code(), Some(5));
+    let missing = env.husk(&["exec", "ex", "/no/such/program"]);
+    assert!(!missing.status.success());
+    assert!(missing.stderr.contains("/no/such/program"), "{}", missing.stderr);
+    let ps = env.husk(&["ps", "--format", "json", "ex"]);
+    let pids: Vec<i64> = serde_json::from_str(&ps.stdout).unwrap();
+    assert!(!pids.is_empty());
+    assert!(env.husk(&["delete", "--force", "ex"]).status.success());
+    env.assert_gone("ex");
+    let stopped = env.husk(&["exec", "ex", "true"]);
+    assert!(!stopped.status.success());
+}
+
+#[test]
+fn stdin_is_piped_through_and_eof_propagates() {
+    let env = Env::new();
+    let bundle = env.bundle("in", &["sh", "-c", "tr a-z A-Z"], |_| {});
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_husk"));
+    cmd.arg("--root").arg(env.root()).args(["run", "--bundle", b(&bundle), "in"]);
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(b"hello from stdin\n").unwrap();
+    let done = wait_bounded(child, LIMIT, "husk run with stdin");
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(done.stdout, "HELLO FROM STDIN\n");
+}
+
+/// Receives the pty master a runtime sends over a console socket.
+fn receive_pty(listener: std::os::unix::net::UnixListener) -> std::thread::JoinHandle<OwnedFd> {
+    std::thread::spawn(move || {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+        let (stream, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 64];
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let msg = recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::empty()).unwrap();
+        for c in msg.cmsgs().unwrap() {
+            if let ControlMessageOwned::ScmRights(fds) = c {
+                // SAFETY: the fd was just received and is owned by nobody else.
+                return unsafe { OwnedFd::from_raw_fd(fds[0]) };
+            }
+        }
+        panic!("no fd received");
+    })
+}
+
+#[test]
+fn a_terminal_comes_through_the_console_socket() {
+    let env = Env::new();
+    let bundle = env.bundle("tty", &["sh", "-c", "tty; read line; echo got:$line"], |c| {
+        c["process"]["terminal"] = true.into();
+    });
+    let sock = env.dir.path().join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let receiver = receive_pty(listener);
+    let done = env.husk(&["create", "--bundle", b(&bundle), "--console-socket", b(&sock), "tty"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let master = receiver.join().unwrap();
+    assert!(env.husk(&["start", "tty"]).status.success());
+    let mut file = std::fs::File::from(master);
+    file.write_all(b"typed\r").unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 256];
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !String::from_utf8_lossy(&out).contains("got:typed") && std::time::Instant::now() < deadline {
+        match file.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("/dev/pts/"), "{text}");
+    assert!(text.contains("got:typed"), "{text}");
+    env.wait_status("tty", "stopped");
+    assert!(env.husk(&["delete", "tty"]).status.success());
+}
+
+#[test]
+fn five_containers_run_at_once() {
+    let env = Env::new();
+    let ids = ["m1", "m2", "m3", "m4", "m5"];
+    for id in ids {
+        let bundle = env.bundle(id, &["sleep", "1000"], |_| {});
+        let done = env.husk(&["run", "-d", "--bundle", b(&bundle), id]);
+        assert!(done.status.success(), "{id}: {}", done.stderr);
+    }
+    let list = env.husk(&["list", "--format", "json"]);
+    let all: Vec<serde_json::Value> = serde_json::from_str(&list.stdout).unwrap();
+    assert_eq!(all.len(), 5);
+    assert!(all.iter().all(|c| c["status"] == "running"), "{all:?}");
+    for id in ids {
+        assert!(env.husk(&["delete", "--force", id]).status.success());
+        env.assert_gone(id);
+    }
+}
+
+#[test]
+fn bad_input_fails_clearly_and_leaves_nothing() {
+    let env = Env::new();
+    // No config.json.
+    let empty = env.dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let done = env.husk(&["create", "--bundle", b(&empty), "x1"]);
+    assert!(!done.status.success());
+    assert!(done.stderr.contains("config.json"), "{}", done.stderr);
+    env.assert_gone("x1");
+    // Malformed config.json.
+    let bad = env.dir.path().join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(bad.join("config.json"), "{not json").unwrap();
+    let done = env.husk(&["create", "--bundle", b(&bad), "x2"]);
+    assert!(!done.status.success());
+    env.assert_gone("x2");
+    // Unknown major version.
+    let v2 = env.bundle("v2", &["true"], |c| c["ociVersion"] = "2.0.0".into());
+    let done = env.husk(&["create", "--bundle", b(&v2), "x3"]);
+    assert!(!done.status.success());
+    assert!(done.stderr.contains("2.0.0"), "{}", done.stderr);
+    env.assert_gone("x3");
+    // Missing rootfs.
+    let norootfs = env.bundle("nr", &["true"], |c| c["root"]["path"] = "missing".into());
+    let done = env.husk(&["create", "--bundle", b(&norootfs), "x4"]);
+    assert!(!done.status.success());
+    env.assert_gone("x4");
+    // Invalid ID.
+    let good = env.bundle("good", &["sleep", "100"], |_| {});
+    let done = env.husk(&["create", "--bundle", b(&good), "../evil"]);
+    assert!(!done.status.success());
+    assert!(done.stderr.contains("invalid container ID"), "{}", done.stderr);
+    // Directory bind mount.
+    let dirbind = env.bundle("db", &["true"], |c| {
+        c["mounts"].as_array_mut().unwrap().push(serde_json::json!(
+            {"destination": "/data", "type": "bind", "source": "/tmp", "options": ["rbind"]}
+        ));
+    });
+    let done = env.husk(&["create", "--bundle", b(&dirbind), "x5"]);
+    assert!(!done.status.success());
+    assert!(done.stderr.contains("not supported yet") && done.stderr.contains("/data"), "{}", done.stderr);
+    env.assert_gone("x5");
+    // Duplicate ID, then a bad signal, then the VMM killed mid-run.
+    assert!(env.husk(&["create", "--bundle", b(&good), "dup"]).status.success());
+    let done = env.husk(&["create", "--bundle", b(&good), "dup"]);
+    assert!(!done.status.success());
+    assert!(done.stderr.contains("already exists"), "{}", done.stderr);
+    let done = env.husk(&["kill", "dup", "NOTASIGNAL"]);
+    assert!(!done.status.success());
+    assert!(done.stderr.contains("unknown signal"), "{}", done.stderr);
+    assert!(env.husk(&["start", "dup"]).status.success());
+    let pid = env.state("dup")["pid"].as_i64().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    env.wait_status("dup", "stopped");
+    assert!(env.husk(&["delete", "dup"]).status.success());
+    env.assert_gone("dup");
+    // delete --force of something that does not exist is fine, as in runc.
+    assert!(env.husk(&["delete", "--force", "never-was"]).status.success());
+}
+
+#[test]
+fn state_list_and_features_have_runcs_shapes() {
+    let env = Env::new();
+    let features = env.husk(&["features"]);
+    let f: serde_json::Value = serde_json::from_str(&features.stdout).unwrap();
+    assert!(f["ociVersionMin"].is_string() && f["ociVersionMax"].is_string());
+    let bundle = env.bundle("shape", &["sleep", "100"], |_| {});
+    assert!(env.husk(&["create", "--bundle", b(&bundle), "shape"]).status.success());
+    let st = env.state("shape");
+    let keys: Vec<&str> = st.as_object().unwrap().keys().map(String::as_str).collect();
+    for k in ["ociVersion", "id", "pid", "status", "bundle", "rootfs", "created", "owner"] {
+        assert!(keys.contains(&k), "state lacks {k}: {keys:?}");
+    }
+    let table = env.husk(&["list"]);
+    assert!(table.stdout.starts_with("ID"), "{}", table.stdout);
+    assert!(table.stdout.contains("shape") && table.stdout.contains("created"));
+    assert!(env.husk(&["delete", "--force", "shape"]).status.success());
+}
