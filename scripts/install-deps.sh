@@ -7,6 +7,7 @@ log() { printf 'install-deps: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 # Debian packages: tool -> package (checked by command), then plain packages.
+# runc and crun are the speed floor the benchmarks compare against.
 declare -A tools=(
     [qemu-system-x86_64]=qemu-system-x86
     [busybox]=busybox-static
@@ -21,6 +22,8 @@ declare -A tools=(
     [flex]=flex
     [xz]=xz-utils
     [python3]=python3
+    [runc]=runc
+    [crun]=crun
 )
 want=()
 for tool in "${!tools[@]}"; do
