@@ -2,9 +2,12 @@
 //!
 //! [`boot`] does everything PID 1 does between the kernel handing over and the
 //! final report: mount the pseudo filesystems, read the plan from the kernel
-//! command line, mount the root block device and switch into it, start the
-//! command, and reap children until it ends. Every side effect goes through
-//! [`Os`], so the order and the error handling are tested with a double.
+//! command line, mount the root block device (alone, or read-only under a
+//! tmpfs-backed overlay) and switch into it, then either start the command
+//! and reap children until it ends, or serve the agent protocol
+//! ([`crate::agent`]) until the host stops the VM. Every side effect goes
+//! through [`Os`], so the order and the error handling are tested with a
+//! double.
 
 use crate::proto::{self, BootCommand, Ending, ProtoError};
 
@@ -102,6 +105,8 @@ pub enum InitError {
     Proto(#[from] ProtoError),
     #[error("kernel command line has no {param}=: nothing to run")]
     NoCommand { param: &'static str },
+    #[error("agent: {reason}")]
+    Agent { reason: String },
 }
 
 /// A child that ended.
@@ -130,6 +135,8 @@ pub trait Os {
     fn kill_all(&mut self);
     /// Prints one line on the console.
     fn console(&mut self, line: &str);
+    /// Serves the agent protocol; returns only if it cannot.
+    fn serve_agent(&mut self) -> Result<Ending, InitError>;
 }
 
 /// Exit code reported when the command's program does not exist (as shells do).
@@ -137,12 +144,25 @@ pub const NOT_FOUND_CODE: u8 = 127;
 
 /// Where the root block device is mounted before init switches into it.
 pub const NEW_ROOT: &str = "/newroot";
+/// With an overlay: where the root device is mounted read-only.
+pub const OVERLAY_LOWER: &str = "/lower";
+/// With an overlay: the tmpfs holding its upper and work directories.
+pub const OVERLAY_RW: &str = "/rw";
+
+/// What init does once the root is in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Run this command and report how it ended.
+    Command(BootCommand),
+    /// Serve the agent protocol.
+    Agent,
+}
 
 /// What the kernel command line asks of init.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub root: Option<RootDevice>,
-    pub command: BootCommand,
+    pub mode: Mode,
 }
 
 /// The root filesystem's block device.
@@ -151,6 +171,8 @@ pub struct RootDevice {
     pub device: String,
     pub fstype: String,
     pub read_only: bool,
+    /// Mount the device read-only under a tmpfs overlay.
+    pub overlay: bool,
 }
 
 const DEFAULT_ROOT_FSTYPE: &str = "ext4";
@@ -161,6 +183,8 @@ pub fn parse_cmdline(cmdline: &str) -> Result<Plan, InitError> {
     let mut device = None;
     let mut fstype = DEFAULT_ROOT_FSTYPE.to_owned();
     let mut read_only = false;
+    let mut overlay = false;
+    let mut agent = false;
     let mut command = None;
     for word in cmdline.split_ascii_whitespace() {
         let Some((key, value)) = word.split_once('=') else {
@@ -170,20 +194,28 @@ pub fn parse_cmdline(cmdline: &str) -> Result<Plan, InitError> {
             proto::PARAM_ROOT => device = Some(value.to_owned()),
             proto::PARAM_ROOTFSTYPE => fstype = value.to_owned(),
             proto::PARAM_RO => read_only = value == "1",
-            proto::PARAM_CMD => command = Some(proto::decode_command(value)?),
+            proto::PARAM_OVERLAY => overlay = value == "1",
+            proto::PARAM_AGENT => agent = value == "1",
+            proto::PARAM_CMD => command = Some(value),
             _ => {}
         }
     }
-    let command = command.ok_or(InitError::NoCommand {
-        param: proto::PARAM_CMD,
-    })?;
+    let mode = if agent {
+        Mode::Agent
+    } else {
+        let text = command.ok_or(InitError::NoCommand {
+            param: proto::PARAM_CMD,
+        })?;
+        Mode::Command(proto::decode_command(text)?)
+    };
     Ok(Plan {
         root: device.map(|device| RootDevice {
             device,
             fstype,
             read_only,
+            overlay,
         }),
-        command,
+        mode,
     })
 }
 
@@ -225,6 +257,62 @@ fn mount_all(os: &mut impl Os, mounts: &[Mount]) -> Result<(), InitError> {
     Ok(())
 }
 
+/// Puts the root filesystem at [`NEW_ROOT`]: the device itself, or
+/// (overlay) the device read-only at [`OVERLAY_LOWER`], a tmpfs at
+/// [`OVERLAY_RW`] holding `upper/` and `work/`, and an overlay of the two, so
+/// the container's writes land in guest memory and the (shared) image stays
+/// untouched.
+fn mount_root(os: &mut impl Os, root: &RootDevice) -> Result<(), InitError> {
+    let flags = MountFlags {
+        read_only: root.read_only,
+        ..MountFlags::default()
+    };
+    if !root.overlay {
+        return mount_all(
+            os,
+            &[Mount::new(
+                &root.device,
+                NEW_ROOT,
+                &root.fstype,
+                flags,
+                None,
+            )],
+        );
+    }
+    let lower_flags = MountFlags {
+        read_only: true,
+        ..MountFlags::default()
+    };
+    mount_all(
+        os,
+        &[
+            Mount::new(&root.device, OVERLAY_LOWER, &root.fstype, lower_flags, None),
+            Mount::new(
+                "tmpfs",
+                OVERLAY_RW,
+                "tmpfs",
+                MountFlags::default(),
+                Some("mode=0755"),
+            ),
+        ],
+    )?;
+    for dir in ["upper", "work"] {
+        os.mkdir_all(&format!("{OVERLAY_RW}/{dir}"))?;
+    }
+    let data =
+        format!("lowerdir={OVERLAY_LOWER},upperdir={OVERLAY_RW}/upper,workdir={OVERLAY_RW}/work");
+    mount_all(
+        os,
+        &[Mount::new(
+            "overlay",
+            NEW_ROOT,
+            "overlay",
+            flags,
+            Some(&data),
+        )],
+    )
+}
+
 /// Everything before the command starts: returns the plan it followed.
 pub fn prepare(os: &mut impl Os) -> Result<Plan, InitError> {
     mount_all(
@@ -243,20 +331,7 @@ pub fn prepare(os: &mut impl Os) -> Result<Plan, InitError> {
     let plan = parse_cmdline(&os.read_to_string("/proc/cmdline")?)?;
     match &plan.root {
         Some(root) => {
-            let flags = MountFlags {
-                read_only: root.read_only,
-                ..MountFlags::default()
-            };
-            mount_all(
-                os,
-                &[Mount::new(
-                    &root.device,
-                    NEW_ROOT,
-                    &root.fstype,
-                    flags,
-                    None,
-                )],
-            )?;
+            mount_root(os, root)?;
             for pseudo in ["/proc", "/dev"] {
                 let target = format!("{NEW_ROOT}{pseudo}");
                 os.mkdir_all(&target)?;
@@ -300,7 +375,10 @@ pub fn run_command(os: &mut impl Os, cmd: &BootCommand) -> Result<Ending, InitEr
 
 /// All of init's work; the caller reports the result and powers off.
 pub fn boot(os: &mut impl Os) -> Ending {
-    let result = prepare(os).and_then(|plan| run_command(os, &plan.command));
+    let result = prepare(os).and_then(|plan| match plan.mode {
+        Mode::Command(cmd) => run_command(os, &cmd),
+        Mode::Agent => os.serve_agent(),
+    });
     match result {
         Ok(ending) => ending,
         Err(err) => {
@@ -324,6 +402,7 @@ mod tests {
         waits: VecDeque<Option<Reaped>>,
         spawned: Vec<BootCommand>,
         console: Vec<String>,
+        agent_error: Option<String>,
     }
 
     impl Os for FakeOs {
@@ -371,6 +450,12 @@ mod tests {
         fn console(&mut self, line: &str) {
             self.console.push(line.to_owned());
         }
+        fn serve_agent(&mut self) -> Result<Ending, InitError> {
+            self.calls.push("serve_agent".into());
+            Err(InitError::Agent {
+                reason: self.agent_error.clone().unwrap_or_else(|| "stopped".into()),
+            })
+        }
     }
 
     fn cmdline_for(args: &[&str], extra: &str) -> String {
@@ -398,10 +483,101 @@ mod tests {
             Some(RootDevice {
                 device: "/dev/vda".into(),
                 fstype: "ext2".into(),
-                read_only: true
+                read_only: true,
+                overlay: false,
             })
         );
-        assert_eq!(plan.command.args, ["echo", "hi"]);
+        let Mode::Command(cmd) = plan.mode else {
+            panic!("command mode expected");
+        };
+        assert_eq!(cmd.args, ["echo", "hi"]);
+    }
+
+    #[test]
+    fn agent_mode_needs_no_command() {
+        let plan =
+            parse_cmdline("console=ttyS0 husk.root=/dev/vda husk.overlay=1 husk.agent=1").unwrap();
+        assert_eq!(plan.mode, Mode::Agent);
+        assert!(plan.root.unwrap().overlay);
+        // A malformed husk.cmd does not matter in agent mode.
+        let plan = parse_cmdline("husk.agent=1 husk.cmd=!!!").unwrap();
+        assert_eq!(plan.mode, Mode::Agent);
+    }
+
+    #[test]
+    fn overlay_root_mounts_lower_ro_then_tmpfs_then_overlay_and_serves_the_agent() {
+        let mut os = FakeOs {
+            cmdline: "husk.root=/dev/vda husk.overlay=1 husk.agent=1".into(),
+            agent_error: Some("no vsock".into()),
+            ..Default::default()
+        };
+        assert_eq!(boot(&mut os), Ending::InitFailed);
+        let order: Vec<&str> = os.calls.iter().map(String::as_str).collect();
+        let pos = |needle: &str| {
+            order
+                .iter()
+                .position(|c| *c == needle)
+                .unwrap_or_else(|| panic!("{needle} not in {order:?}"))
+        };
+        assert!(pos("mount ext4 /dev/vda /lower") < pos("mount tmpfs tmpfs /rw"));
+        assert!(pos("mount tmpfs tmpfs /rw") < pos("mkdir /rw/upper"));
+        assert!(pos("mkdir /rw/work") < pos("mount overlay overlay /newroot"));
+        assert!(pos("mount overlay overlay /newroot") < pos("move /proc /newroot/proc"));
+        assert!(pos("switch_root /newroot") < pos("serve_agent"));
+        assert!(!order.iter().any(|c| c.starts_with("spawn")));
+        assert!(
+            os.console[0].contains("agent: no vsock"),
+            "{:?}",
+            os.console
+        );
+    }
+
+    #[test]
+    fn overlay_lower_is_read_only_and_overlay_data_names_the_dirs() {
+        let root = RootDevice {
+            device: "/dev/vda".into(),
+            fstype: "ext4".into(),
+            read_only: false,
+            overlay: true,
+        };
+        struct Mounts(Vec<Mount>, FakeOs);
+        impl Os for Mounts {
+            fn mkdir_all(&mut self, p: &str) -> Result<(), InitError> {
+                self.1.mkdir_all(p)
+            }
+            fn mount(&mut self, m: &Mount) -> Result<(), InitError> {
+                self.0.push(m.clone());
+                Ok(())
+            }
+            fn move_mount(&mut self, f: &str, t: &str) -> Result<(), InitError> {
+                self.1.move_mount(f, t)
+            }
+            fn read_to_string(&mut self, p: &str) -> Result<String, InitError> {
+                self.1.read_to_string(p)
+            }
+            fn switch_root(&mut self, p: &str) -> Result<(), InitError> {
+                self.1.switch_root(p)
+            }
+            fn spawn(&mut self, c: &BootCommand) -> Result<i32, InitError> {
+                self.1.spawn(c)
+            }
+            fn wait_any(&mut self) -> Result<Option<Reaped>, InitError> {
+                self.1.wait_any()
+            }
+            fn kill_all(&mut self) {}
+            fn console(&mut self, _: &str) {}
+            fn serve_agent(&mut self) -> Result<Ending, InitError> {
+                self.1.serve_agent()
+            }
+        }
+        let mut os = Mounts(Vec::new(), FakeOs::default());
+        mount_root(&mut os, &root).unwrap();
+        assert!(os.0[0].flags.read_only);
+        assert_eq!(
+            os.0[2].data.as_deref(),
+            Some("lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work")
+        );
+        assert!(!os.0[2].flags.read_only);
     }
 
     #[test]
@@ -521,6 +697,9 @@ mod tests {
             }
             fn console(&mut self, line: &str) {
                 self.0.console(line)
+            }
+            fn serve_agent(&mut self) -> Result<Ending, InitError> {
+                self.0.serve_agent()
             }
         }
         let mut os = NoProgram(FakeOs {

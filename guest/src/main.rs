@@ -182,6 +182,15 @@ impl Os for RealOs {
         let _ = writeln!(std::io::stdout(), "{line}");
         let _ = std::io::stdout().flush();
     }
+
+    fn serve_agent(&mut self) -> Result<Ending, InitError> {
+        match husk_init::agent::serve() {
+            Ok(never) => match never {},
+            Err(e) => Err(InitError::Agent {
+                reason: e.to_string(),
+            }),
+        }
+    }
 }
 
 /// The command's environment: its own entries, plus a default PATH.

@@ -109,7 +109,11 @@ mod tests {
 
     #[test]
     fn masks_skip_what_the_kernel_lacks() {
-        let names = vec!["CAP_KILL".to_owned(), "CAP_BPF".to_owned(), "CAP_X".to_owned()];
+        let names = vec![
+            "CAP_KILL".to_owned(),
+            "CAP_BPF".to_owned(),
+            "CAP_X".to_owned(),
+        ];
         let (bits, unknown) = mask(&names, 37);
         assert_eq!(bits, 1 << 5);
         assert_eq!(unknown, ["CAP_BPF", "CAP_X"]);

@@ -44,6 +44,9 @@ pub enum SpawnError {
     NoArgs,
     #[error("exec: \"{program}\": executable file not found in $PATH")]
     NotFound { program: String },
+    /// A program given by path that is not there (runc's words).
+    #[error("exec: \"{program}\": stat {program}: {}", errno_text(*errno))]
+    Stat { program: String, errno: Errno },
     #[error("{what} contains a NUL byte")]
     Nul { what: &'static str },
     #[error("unknown rlimit type {name}")]
@@ -68,6 +71,7 @@ impl SpawnError {
     pub fn shell_code(&self) -> i32 {
         match self {
             SpawnError::NotFound { .. } => 127,
+            SpawnError::Stat { errno, .. } if *errno == Errno::ENOENT => 127,
             SpawnError::Child { errno, .. } if *errno == Errno::ENOENT => 127,
             _ => 126,
         }
@@ -127,7 +131,8 @@ pub struct Prepared {
     caps: Option<CapPlan>,
     terminal: bool,
     console_size: Option<(u16, u16)>,
-    /// Names in `capabilities` this kernel does not know (ignored, as runc).
+    /// Names in `capabilities` this kernel does not know (ignored, as runc:
+    /// the caller reports them).
     pub unknown_caps: Vec<String>,
 }
 
@@ -230,6 +235,12 @@ impl Prepared {
         if searched && !found.iter().any(|c| Path::new(cwd).join(c).is_file()) {
             return Err(SpawnError::NotFound { program });
         }
+        if !searched {
+            if let Err(e) = std::fs::metadata(Path::new(cwd).join(&program)) {
+                let errno = Errno::from_raw(e.raw_os_error().unwrap_or(libc::ENOENT));
+                return Err(SpawnError::Stat { program, errno });
+            }
+        }
         let limits = spec
             .rlimits
             .iter()
@@ -248,7 +259,11 @@ impl Prepared {
             .collect::<Result<Vec<_>, SpawnError>>()?;
         let mut unknown_caps = Vec::new();
         let caps = spec.capabilities.as_ref().map(|c| {
-            let last = caps::last_cap(std::fs::read_to_string(caps::CAP_LAST_CAP_PATH).ok().as_deref());
+            let last = caps::last_cap(
+                std::fs::read_to_string(caps::CAP_LAST_CAP_PATH)
+                    .ok()
+                    .as_deref(),
+            );
             let mut set = |names: &Option<Vec<String>>| {
                 names.as_ref().map(|n| {
                     let (bits, unknown) = caps::mask(n, last);
@@ -261,7 +276,11 @@ impl Prepared {
             let permitted = set(&c.permitted);
             let inheritable = set(&c.inheritable);
             let ambient = set(&c.ambient);
-            let to_list = |bits: u64| (0..=last.min(63)).filter(|cap| bits & (1 << cap) != 0).collect::<Vec<u32>>();
+            let to_list = |bits: u64| {
+                (0..=last.min(63))
+                    .filter(|cap| bits & (1 << cap) != 0)
+                    .collect::<Vec<u32>>()
+            };
             CapPlan {
                 bounding_drop: bounding.map(|b| to_list(!b)).unwrap_or_default(),
                 effective,
@@ -333,9 +352,10 @@ impl Prepared {
             Step::NoNewPrivs => "prctl(PR_SET_NO_NEW_PRIVS)".into(),
             Step::Exec => format!(
                 "exec {}",
-                at(index)
-                    .and_then(|i| self.candidates.get(i))
-                    .map_or_else(|| self.program.clone(), |c| c.to_string_lossy().into_owned())
+                at(index).and_then(|i| self.candidates.get(i)).map_or_else(
+                    || self.program.clone(),
+                    |c| c.to_string_lossy().into_owned()
+                )
             ),
             Step::ExecNotFound => format!("exec: {:?}", self.program),
         }
@@ -498,7 +518,12 @@ fn child_main(ctx: &ChildCtx) -> ! {
     }
     for (target, fd) in (0..).zip(stdio) {
         // SAFETY: dup2 between descriptors of this process.
-        check(ctx, unsafe { libc::dup2(fd, target) }.into(), Step::Stdio, 0);
+        check(
+            ctx,
+            unsafe { libc::dup2(fd, target) }.into(),
+            Step::Stdio,
+            0,
+        );
     }
     // Nothing but stdio survives exec, whatever other threads had open at
     // fork time (Linux 5.11+; older kernels rely on O_CLOEXEC everywhere).
@@ -548,7 +573,8 @@ fn child_main(ctx: &ChildCtx) -> ! {
     if let Some(plan) = &p.caps {
         for &cap in &plan.bounding_drop {
             // SAFETY: prctl with integer arguments only.
-            let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) };
+            let rc =
+                unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) };
             check(ctx, rc.into(), Step::Bounding, cap);
         }
         // SAFETY: prctl with integer arguments only.
@@ -564,9 +590,19 @@ fn child_main(ctx: &ChildCtx) -> ! {
         check(ctx, rc, Step::Setgroups, 0);
     }
     // SAFETY: setgid/setuid take integers.
-    check(ctx, unsafe { libc::syscall(libc::SYS_setgid, p.gid) }, Step::Setgid, 0);
+    check(
+        ctx,
+        unsafe { libc::syscall(libc::SYS_setgid, p.gid) },
+        Step::Setgid,
+        0,
+    );
     // SAFETY: as above.
-    check(ctx, unsafe { libc::syscall(libc::SYS_setuid, p.uid) }, Step::Setuid, 0);
+    check(
+        ctx,
+        unsafe { libc::syscall(libc::SYS_setuid, p.uid) },
+        Step::Setuid,
+        0,
+    );
 
     // 6. Capability sets.
     if let Some(plan) = &p.caps {
@@ -580,7 +616,13 @@ fn child_main(ctx: &ChildCtx) -> ! {
         let mut data = [CapData::default(); 2];
         // SAFETY: capget reads the header and fills two CapData structs (the
         // v3 layout), both live locals.
-        let rc = unsafe { libc::syscall(libc::SYS_capget, &header as *const CapHeader, data.as_mut_ptr()) };
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_capget,
+                &header as *const CapHeader,
+                data.as_mut_ptr(),
+            )
+        };
         check(ctx, rc, Step::Capset, 0);
         let split = |bits: u64| [(bits & 0xffff_ffff) as u32, (bits >> 32) as u32];
         for (i, slot) in data.iter_mut().enumerate() {
@@ -595,19 +637,32 @@ fn child_main(ctx: &ChildCtx) -> ! {
             }
         }
         // SAFETY: capset reads the header and two CapData structs.
-        let rc = unsafe { libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) };
+        let rc =
+            unsafe { libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) };
         check(ctx, rc, Step::Capset, 0);
         if let Some(ambient) = &plan.ambient {
             // Ambient capabilities need the kernel's support and the cap in
             // permitted and inheritable; like runc, a failure is not fatal.
             // SAFETY: prctl with integer arguments only.
             unsafe {
-                libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+                libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                    0,
+                    0,
+                    0,
+                )
             };
             for &cap in ambient {
                 // SAFETY: prctl with integer arguments only.
                 unsafe {
-                    libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE, libc::c_ulong::from(cap), 0, 0)
+                    libc::prctl(
+                        libc::PR_CAP_AMBIENT,
+                        libc::PR_CAP_AMBIENT_RAISE,
+                        libc::c_ulong::from(cap),
+                        0,
+                        0,
+                    )
                 };
             }
         }
@@ -620,7 +675,12 @@ fn child_main(ctx: &ChildCtx) -> ! {
     }
     if !cwd_done {
         // SAFETY: chdir reads a NUL-terminated path.
-        check(ctx, unsafe { libc::chdir(p.cwd.as_ptr()) }.into(), Step::Chdir, 0);
+        check(
+            ctx,
+            unsafe { libc::chdir(p.cwd.as_ptr()) }.into(),
+            Step::Chdir,
+            0,
+        );
     }
     if p.no_new_privileges {
         // SAFETY: prctl with integer arguments only.
@@ -873,12 +933,21 @@ mod tests {
             soft: 1,
             hard: 1,
         });
-        assert!(matches!(Prepared::new(&bad), Err(SpawnError::UnknownRlimit { .. })));
+        assert!(matches!(
+            Prepared::new(&bad),
+            Err(SpawnError::UnknownRlimit { .. })
+        ));
         let mut nul = spec(&["sh"]);
         nul.env.push("A=\0".into());
         assert!(matches!(Prepared::new(&nul), Err(SpawnError::Nul { .. })));
-        // A path with a slash is not looked up now: exec reports it.
-        assert!(Prepared::new(&spec(&["/bin/nope"])).is_ok());
+        // A path is checked now too, as runc does at create.
+        let err = Prepared::new(&spec(&["/bin/nope"])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "exec: \"/bin/nope\": stat /bin/nope: no such file or directory"
+        );
+        assert_eq!(err.shell_code(), 127);
+        assert!(Prepared::new(&spec(&["/bin/sh"])).is_ok());
     }
 
     #[test]

@@ -1,0 +1,602 @@
+//! The agent: init's side of [`crate::agent_proto`], served when the kernel
+//! command line has [`crate::proto::PARAM_AGENT`]`=1`.
+//!
+//! [`serve`] listens on vsock port [`AGENT_PORT`] and runs
+//! [`handle_connection`] on a thread per connection. The container's state
+//! lives in an [`Agent`]: nothing before `Create`; `Create` applies the
+//! container-wide setup and prepares the main process; `Start` runs it;
+//! it ends when the main process has exited. Every child is reaped by one
+//! [`reaper::Reaper`] thread, which hands exit statuses to the sessions.
+//!
+//! Guarantees a host can rely on:
+//! - `Created` is the first frame on the main connection and comes after the
+//!   whole setup. At `Start`, once the program was executed, the main
+//!   connection gets `Event::Started{pid}` before any output, and the `Start`
+//!   connection `Response::Started{pid}`. `Response::Started{pid}` is the
+//!   first frame on an exec connection, also after the program was executed
+//!   (a failed exec is an `Error`).
+//! - Stdin frames that arrive on the main connection before `Start` wait
+//!   (the connection's reader blocks) and reach the process once it runs.
+//! - On a session connection, `Exited` is the last frame: after it the
+//!   connection is shut down. It follows all the process's output: output is
+//!   read until EOF on every output (the pty's hang-up with a terminal), or,
+//!   if something the process left behind keeps them open, until they stay
+//!   silent for [`conn::DRAIN_IDLE`] after the process exited.
+//! - When the main process exits, every other process in the guest is
+//!   killed (as when a pid namespace's init dies), then `Exited` follows its
+//!   output. Init stays up; the host stops the VM.
+//! - A failed `Start` (the program could not be executed) answers `Error`
+//!   on the `Start` connection and ends the main session with `Exited` with
+//!   code 127 (not found) or 126 (other), as a shell would.
+//! - One-shot requests (`Start`, `Signal`, `Ps`), and a `Create` or `Exec`
+//!   that fails, get one response and the connection is closed.
+//! - A frame init cannot decode gets `Error`; if the stream can no longer
+//!   be followed (bad length or kind), the connection's input is closed too.
+
+pub mod caps;
+pub mod conn;
+pub mod ps;
+pub mod reaper;
+pub mod setup;
+pub mod spawn;
+pub mod vsock;
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+
+use crate::agent_proto::{
+    ContainerSpec, Event, Frame, FrameError, FrameKind, ProcessInfo, ProcessSpec, Request,
+    Response, AGENT_PORT,
+};
+use conn::{pump_output, Connection, FrameSink, FrameWriter, IoSlot, ProcIo, DRAIN_IDLE};
+use reaper::{ExitStatus, Reaper};
+use setup::SetupError;
+use spawn::{errno_text, Prepared, SpawnError, Spawned};
+
+/// Errors that stop the agent from serving at all.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("listening on vsock port {port}: {}", errno_text(*errno))]
+    Listen { port: u32, errno: Errno },
+    #[error("starting the reaper thread: {source}")]
+    Reaper { source: std::io::Error },
+}
+
+/// What the agent does to the system beyond starting processes, so the
+/// session logic runs on a host in tests.
+pub trait Platform: Send + Sync + 'static {
+    /// The container-wide setup of `Create` (see [`setup::apply`]).
+    fn setup(&self, spec: &ContainerSpec) -> Result<(), SetupError>;
+    /// Sends `signal` to every process but init (`kill(-1, signal)`).
+    fn signal_all(&self, signal: i32) -> Result<(), Errno>;
+    /// The main process ended: end every other process, as the kernel does
+    /// when a pid namespace's init dies, so its output reaches EOF.
+    fn main_exited(&self);
+    /// One line on the console.
+    fn log(&self, line: &str);
+}
+
+/// The real guest.
+pub struct GuestPlatform;
+
+impl Platform for GuestPlatform {
+    fn setup(&self, spec: &ContainerSpec) -> Result<(), SetupError> {
+        setup::apply(spec, &mut setup::RealSetupOs)
+    }
+
+    fn signal_all(&self, signal: i32) -> Result<(), Errno> {
+        // SAFETY: kill has no memory effects; from PID 1, pid -1 reaches
+        // every process except init itself.
+        Errno::result(unsafe { libc::kill(-1, signal) }).map(drop)
+    }
+
+    fn main_exited(&self) {
+        let _ = self.signal_all(libc::SIGKILL);
+    }
+
+    fn log(&self, line: &str) {
+        eprintln!("{} {line}", crate::proto::LOG_PREFIX);
+    }
+}
+
+/// The container's main process, through its life.
+enum Main {
+    /// No `Create` yet.
+    Empty,
+    /// Set up; the process is prepared, its session waits for it.
+    Created {
+        id: String,
+        prepared: Box<Prepared>,
+        sink: Arc<dyn FrameSink>,
+        slot: Arc<IoSlot>,
+    },
+    /// Started; `exited` once the reaper has its status.
+    Running { id: String, pid: i32, exited: bool },
+    /// Its session is over (or it never ran).
+    Stopped { id: String },
+}
+
+/// Largest signal number accepted.
+const MAX_SIGNAL: i32 = 64;
+
+/// The container, as `Create`, `Start`, `Exec`, `Signal` and `Ps` see it.
+pub struct Agent<P: Platform> {
+    platform: Arc<P>,
+    reaper: Arc<Reaper>,
+    main: Arc<Mutex<Main>>,
+}
+
+/// Why `Start` failed, and how the main session ends if it must.
+struct StartFailure {
+    message: String,
+    main_end: Option<(Arc<dyn FrameSink>, ExitStatus)>,
+}
+
+/// What a session thread needs besides its process's outputs.
+struct SessionEnd {
+    wake: File,
+    exits: mpsc::Receiver<ExitStatus>,
+}
+
+impl<P: Platform> Agent<P> {
+    pub fn new(platform: P, reaper: Arc<Reaper>) -> Self {
+        Agent {
+            platform: Arc::new(platform),
+            reaper,
+            main: Arc::new(Mutex::new(Main::Empty)),
+        }
+    }
+
+    fn lock_main(&self) -> MutexGuard<'_, Main> {
+        self.main.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn report_unknown_caps(&self, prepared: &Prepared) {
+        if !prepared.unknown_caps.is_empty() {
+            self.platform.log(&format!(
+                "ignoring capabilities this kernel does not have: {}",
+                prepared.unknown_caps.join(", ")
+            ));
+        }
+    }
+
+    /// Spawns `prepared` with an exit callback that also runs `also` (on the
+    /// reaper thread), returning the process and what its session waits on.
+    fn spawn_session(
+        &self,
+        prepared: &Prepared,
+        also: impl FnOnce() + Send + 'static,
+    ) -> Result<(Spawned, SessionEnd), SpawnError> {
+        let (wake, wake_w) =
+            nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| SpawnError::Stdio {
+                what: "exit notification pipe",
+                source: e.into(),
+            })?;
+        let (tx, exits) = mpsc::channel();
+        let on_exit = Box::new(move |status: ExitStatus| {
+            also();
+            let _ = tx.send(status);
+            // Closing the write end wakes the session's poll.
+            drop(wake_w);
+        });
+        let spawned = spawn::spawn(prepared, &self.reaper, on_exit)?;
+        Ok((
+            spawned,
+            SessionEnd {
+                wake: File::from(wake),
+                exits,
+            },
+        ))
+    }
+
+    /// Runs a session's output pump and its end on a new thread.
+    fn start_session_thread(
+        &self,
+        outputs: Vec<(File, FrameKind)>,
+        end: SessionEnd,
+        sink: Arc<dyn FrameSink>,
+        is_main: bool,
+    ) -> std::io::Result<()> {
+        let platform = Arc::clone(&self.platform);
+        let main = Arc::clone(&self.main);
+        std::thread::Builder::new()
+            .name(
+                if is_main {
+                    "main-session"
+                } else {
+                    "exec-session"
+                }
+                .into(),
+            )
+            .spawn(move || {
+                let status = pump_output(outputs, end.wake, &end.exits, &*sink, DRAIN_IDLE, || {
+                    if is_main {
+                        platform.main_exited();
+                    }
+                });
+                if is_main {
+                    // Taking the lock also waits for a `Start` or `Signal`
+                    // answer being sent: it goes out before `Exited`.
+                    let mut main = main.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Main::Running { id, .. } = &*main {
+                        *main = Main::Stopped { id: id.clone() };
+                    }
+                }
+                sink.send(&Frame::json(FrameKind::Event, &status.event()));
+                sink.close();
+            })
+            .map(drop)
+    }
+
+    /// `Create`: sets the container up, prepares its process and answers
+    /// `Created` on `sink` (before any other request can start it). The
+    /// returned slot gets the process at `Start`.
+    pub fn create(
+        &self,
+        spec: ContainerSpec,
+        sink: Arc<dyn FrameSink>,
+    ) -> Result<Arc<IoSlot>, String> {
+        let mut main = self.lock_main();
+        match &*main {
+            Main::Empty => {}
+            Main::Created { id, .. } | Main::Running { id, .. } | Main::Stopped { id } => {
+                return Err(format!("container {id} already created"));
+            }
+        }
+        self.platform.setup(&spec).map_err(|e| e.to_string())?;
+        let prepared = Prepared::new(&spec.process).map_err(|e| e.to_string())?;
+        self.report_unknown_caps(&prepared);
+        let slot = IoSlot::pending();
+        sink.send(&Frame::json(FrameKind::Response, &Response::Created));
+        *main = Main::Created {
+            id: spec.id,
+            prepared: Box::new(prepared),
+            sink,
+            slot: Arc::clone(&slot),
+        };
+        Ok(slot)
+    }
+
+    /// `Start`: runs the prepared main process; its session (on the `Create`
+    /// connection) streams its stdio and ends with `Exited`. The answer goes
+    /// to `reply` before the main session can end: the host stops the VM at
+    /// `Exited`, and the answer must not be lost with it.
+    pub fn start(&self, reply: &dyn FrameSink) {
+        let mut main = self.lock_main();
+        match self.start_locked(&mut main) {
+            Ok(pid) => respond(reply, &Response::Started { pid }),
+            Err(failure) => {
+                error(reply, failure.message);
+                if let Some((sink, status)) = failure.main_end {
+                    sink.send(&Frame::json(FrameKind::Event, &status.event()));
+                    sink.close();
+                }
+            }
+        }
+    }
+
+    fn start_locked(&self, main: &mut Main) -> Result<i32, StartFailure> {
+        let refuse = |message: String| StartFailure {
+            message,
+            main_end: None,
+        };
+        let id = match &*main {
+            Main::Empty => return Err(refuse("container not created".into())),
+            Main::Running { id, .. } | Main::Stopped { id } => {
+                return Err(refuse(format!("container {id} already started")));
+            }
+            Main::Created { id, .. } => id.clone(),
+        };
+        let Main::Created {
+            prepared,
+            sink,
+            slot,
+            ..
+        } = std::mem::replace(main, Main::Stopped { id: id.clone() })
+        else {
+            return Err(refuse("container not created".into()));
+        };
+        let state = Arc::clone(&self.main);
+        let mark_exited = move || {
+            let mut main = state.lock().unwrap_or_else(|e| e.into_inner());
+            if let Main::Running { exited, .. } = &mut *main {
+                *exited = true;
+            }
+        };
+        let (spawned, end) = match self.spawn_session(&prepared, mark_exited) {
+            Ok(s) => s,
+            Err(err) => {
+                // Like runc: a container whose process cannot start stops.
+                slot.abandon();
+                return Err(StartFailure {
+                    message: err.to_string(),
+                    main_end: Some((sink, ExitStatus::Code(err.shell_code()))),
+                });
+            }
+        };
+        let pid = spawned.pid;
+        *main = Main::Running {
+            id,
+            pid,
+            exited: false,
+        };
+        // Before any output: the host starts sending stdin on this event.
+        sink.send(&Frame::json(FrameKind::Event, &Event::Started { pid }));
+        slot.fill(Arc::new(ProcIo::new(pid, spawned.stdin, spawned.terminal)));
+        if let Err(e) = self.start_session_thread(spawned.outputs, end, sink, true) {
+            // SAFETY: kill has no memory effects; the pid is our unreaped child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            return Err(refuse(format!("starting the session thread: {e}")));
+        }
+        Ok(pid)
+    }
+
+    /// `Exec`: runs an extra process in the container, answers
+    /// `Started{pid}` on `sink` and streams its stdio there.
+    pub fn exec(
+        &self,
+        process: ProcessSpec,
+        sink: Arc<dyn FrameSink>,
+    ) -> Result<Arc<IoSlot>, String> {
+        match &*self.lock_main() {
+            Main::Empty => return Err("container not created".into()),
+            Main::Running { exited: true, .. } | Main::Stopped { .. } => {
+                return Err("cannot exec in a stopped container".into());
+            }
+            Main::Created { .. } | Main::Running { .. } => {}
+        }
+        let prepared = Prepared::new(&process).map_err(|e| e.to_string())?;
+        self.report_unknown_caps(&prepared);
+        let (spawned, end) = self
+            .spawn_session(&prepared, || {})
+            .map_err(|e| e.to_string())?;
+        let pid = spawned.pid;
+        sink.send(&Frame::json(
+            FrameKind::Response,
+            &Response::Started { pid },
+        ));
+        let io = Arc::new(ProcIo::new(pid, spawned.stdin, spawned.terminal));
+        if let Err(e) = self.start_session_thread(spawned.outputs, end, Arc::clone(&sink), false) {
+            // SAFETY: kill has no memory effects; the pid is our unreaped child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            self.platform
+                .log(&format!("exec session thread for pid {pid}: {e}"));
+            sink.close();
+        }
+        Ok(IoSlot::ready(io))
+    }
+
+    /// `Signal`: to the main process, or (`all`) every process but init.
+    /// The answer goes to `reply` before the main session can end (see
+    /// [`Agent::start`]).
+    pub fn signal(&self, signal: i32, all: bool, reply: &dyn FrameSink) {
+        // The lock is held so the reaper cannot mark the process exited (and
+        // its pid be reused) in between, and `Exited` waits for the answer.
+        let main = self.lock_main();
+        match self.signal_locked(&main, signal, all) {
+            Ok(()) => respond(reply, &Response::Ok),
+            Err(message) => error(reply, message),
+        }
+    }
+
+    fn signal_locked(&self, main: &Main, signal: i32, all: bool) -> Result<(), String> {
+        if !(0..=MAX_SIGNAL).contains(&signal) {
+            return Err(format!("invalid signal {signal}"));
+        }
+        let Main::Running {
+            pid, exited: false, ..
+        } = main
+        else {
+            return Err("container not running".into());
+        };
+        let result = if all {
+            self.platform.signal_all(signal)
+        } else {
+            // SAFETY: kill has no memory effects; `pid` is our child and not
+            // yet reaped (checked under the lock).
+            Errno::result(unsafe { libc::kill(*pid, signal) }).map(drop)
+        };
+        result.map_err(|e| format!("sending signal {signal}: {}", errno_text(e)))
+    }
+
+    /// `Ps`.
+    pub fn ps(&self) -> Result<Vec<ProcessInfo>, String> {
+        ps::list(Path::new("/proc")).map_err(|e| format!("listing /proc: {e}"))
+    }
+}
+
+fn respond(sink: &dyn FrameSink, response: &Response) {
+    sink.send(&Frame::json(FrameKind::Response, response));
+}
+
+fn error(sink: &dyn FrameSink, message: impl Into<String>) {
+    respond(
+        sink,
+        &Response::Error {
+            message: message.into(),
+        },
+    );
+}
+
+/// The name of a request, for messages.
+fn op_name(request: &Request) -> &'static str {
+    match request {
+        Request::Create { .. } => "create",
+        Request::Start => "start",
+        Request::Exec { .. } => "exec",
+        Request::Signal { .. } => "signal",
+        Request::Resize { .. } => "resize",
+        Request::Ps => "ps",
+    }
+}
+
+/// Handles a frame on a connection that has no session yet. Returns the
+/// session's slot once it has one, `Err(())` to close the connection.
+fn idle_frame<P: Platform>(
+    agent: &Agent<P>,
+    sink: &Arc<dyn FrameSink>,
+    frame: Frame,
+) -> Result<Option<Arc<IoSlot>>, ()> {
+    if frame.kind != FrameKind::Request {
+        error(
+            &**sink,
+            format!("expected a request, got a {:?} frame", frame.kind),
+        );
+        return Err(());
+    }
+    let request: Request = match frame.parse("request") {
+        Ok(r) => r,
+        Err(e) => {
+            error(&**sink, e.to_string());
+            return Err(());
+        }
+    };
+    let session = match request {
+        Request::Create { spec } => agent.create(spec, Arc::clone(sink)),
+        Request::Exec { process } => agent.exec(process, Arc::clone(sink)),
+        Request::Start => {
+            agent.start(&**sink);
+            return Err(());
+        }
+        Request::Signal { signal, all } => {
+            agent.signal(signal, all, &**sink);
+            return Err(());
+        }
+        Request::Ps => {
+            match agent.ps() {
+                Ok(processes) => respond(&**sink, &Response::Ps { processes }),
+                Err(m) => error(&**sink, m),
+            }
+            return Err(());
+        }
+        Request::Resize { .. } => Err("resize: this connection has no process".into()),
+    };
+    match session {
+        Ok(slot) => Ok(Some(slot)),
+        Err(m) => {
+            error(&**sink, m);
+            Err(())
+        }
+    }
+}
+
+/// Handles a frame on a session connection (main or exec).
+fn session_frame<P: Platform>(agent: &Agent<P>, sink: &dyn FrameSink, slot: &IoSlot, frame: Frame) {
+    match frame.kind {
+        FrameKind::Stdin => {
+            if let Some(io) = slot.wait() {
+                io.write_stdin(&frame.payload);
+            }
+        }
+        FrameKind::StdinEof => {
+            if let Some(io) = slot.wait() {
+                io.close_stdin();
+            }
+        }
+        FrameKind::Request => match frame.parse::<Request>("request") {
+            Ok(Request::Resize { rows, cols }) => {
+                if let Some(io) = slot.wait() {
+                    if let Err(e) = io.resize(rows, cols) {
+                        agent
+                            .platform
+                            .log(&format!("resizing the terminal of pid {}: {e}", io.pid));
+                    }
+                }
+            }
+            Ok(other) => error(
+                sink,
+                format!(
+                    "{} is not accepted on a session connection",
+                    op_name(&other)
+                ),
+            ),
+            Err(e) => error(sink, e.to_string()),
+        },
+        kind => error(sink, format!("unexpected {kind:?} frame from the host")),
+    }
+}
+
+/// Serves one connection until the host closes it (see the module docs for
+/// the sessions). Never panics on what the host sends.
+pub fn handle_connection<C: Connection, P: Platform>(agent: &Agent<P>, mut conn: C) {
+    let sink: Arc<dyn FrameSink> = match conn.try_clone() {
+        Ok(w) => Arc::new(FrameWriter::new(w)),
+        Err(e) => {
+            agent.platform.log(&format!("agent connection: {e}"));
+            return;
+        }
+    };
+    let mut session: Option<Arc<IoSlot>> = None;
+    loop {
+        let frame = match Frame::read_from(&mut conn) {
+            Ok(Some(frame)) => frame,
+            Ok(None) | Err(FrameError::Io(_)) => break,
+            Err(e) => {
+                // The stream cannot be followed past a bad length or kind.
+                error(&*sink, e.to_string());
+                break;
+            }
+        };
+        match &session {
+            None => match idle_frame(agent, &sink, frame) {
+                Ok(slot) => session = slot,
+                Err(()) => break,
+            },
+            Some(slot) => session_frame(agent, &*sink, slot, frame),
+        }
+    }
+    match session {
+        // No more input can come: the process's stdin ends.
+        Some(slot) => {
+            if let Some(io) = slot.wait() {
+                io.close_stdin();
+            }
+        }
+        None => sink.close(),
+    }
+}
+
+/// Serves the agent protocol on vsock port [`AGENT_PORT`]; returns only if
+/// it cannot start.
+pub fn serve() -> Result<std::convert::Infallible, AgentError> {
+    let reaper = Reaper::start().map_err(|source| AgentError::Reaper { source })?;
+    let listener = vsock::VsockListener::bind(AGENT_PORT).map_err(|errno| AgentError::Listen {
+        port: AGENT_PORT,
+        errno,
+    })?;
+    let agent = Arc::new(Agent::new(GuestPlatform, reaper));
+    agent
+        .platform
+        .log(&format!("agent listening on vsock port {AGENT_PORT}"));
+    loop {
+        match listener.accept() {
+            Ok(conn) => {
+                let agent = Arc::clone(&agent);
+                let started = std::thread::Builder::new()
+                    .name("agent-conn".into())
+                    .spawn(move || handle_connection(&agent, conn));
+                if let Err(e) = started {
+                    eprintln!(
+                        "{} agent: no thread for a connection: {e}",
+                        crate::proto::LOG_PREFIX
+                    );
+                }
+            }
+            Err(Errno::EINTR | Errno::ECONNABORTED) => {}
+            Err(e) => {
+                agent
+                    .platform
+                    .log(&format!("agent: accept: {}", errno_text(e)));
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1302 @@
+//! Container-wide setup at `Create`: hostname, mounts, files, sysctls,
+//! masked and read-only paths, read-only root.
+//!
+//! [`apply`] does it in this order (every step before the next):
+//! 1. hostname;
+//! 2. `mounts`, in the spec's order (a tmpfs on `/dev` gets the default
+//!    device nodes and links, as runc creates them);
+//! 3. `files` (after the mounts, so a file under a mounted tmpfs such as
+//!    `/dev/termination-log` lands on top of it);
+//! 4. `sysctl` (before `/proc/sys` may become read-only);
+//! 5. `masked_paths`; 6. `readonly_paths`; 7. the read-only root.
+//!
+//! The translation from OCI options to mount calls ([`parse_options`],
+//! [`plan_mount`], [`plan_masked`], [`plan_readonly`]) is pure; the side
+//! effects go through [`SetupOs`].
+
+use std::io;
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::mount::MsFlags;
+
+use super::spawn::errno_text;
+use crate::agent_proto::{ContainerSpec, MountSpec};
+
+/// What is at a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathKind {
+    Missing,
+    Dir,
+    /// Anything else: a file, a device node, a socket.
+    File,
+}
+
+/// One `mount(2)` call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountCall {
+    pub source: Option<String>,
+    pub target: String,
+    pub fstype: Option<String>,
+    pub flags: MsFlags,
+    pub data: Option<String>,
+}
+
+impl MountCall {
+    fn bind(source: &str, target: &str, flags: MsFlags) -> Self {
+        MountCall {
+            source: Some(source.to_owned()),
+            target: target.to_owned(),
+            fstype: None,
+            flags: MsFlags::MS_BIND | flags,
+            data: None,
+        }
+    }
+
+    /// A remount of a bind mount (changes only per-mount flags).
+    fn remount(target: &str, flags: MsFlags) -> Self {
+        MountCall {
+            source: None,
+            target: target.to_owned(),
+            fstype: None,
+            flags: MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags,
+            data: None,
+        }
+    }
+
+    fn describe(&self) -> String {
+        if self.flags.contains(MsFlags::MS_REMOUNT) {
+            return format!("remounting {} ({:?})", self.target, self.flags);
+        }
+        if self.flags.contains(MsFlags::MS_BIND) {
+            return format!(
+                "bind-mounting {} on {}",
+                self.source.as_deref().unwrap_or("?"),
+                self.target
+            );
+        }
+        match &self.fstype {
+            Some(fstype) => format!(
+                "mounting {fstype} {} on {}",
+                self.source.as_deref().unwrap_or("none"),
+                self.target
+            ),
+            None => format!("changing propagation of {} ({:?})", self.target, self.flags),
+        }
+    }
+}
+
+/// Errors of container setup; each names the step and the path.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("setting hostname {name:?}: {}", errno_text(*errno))]
+    Hostname { name: String, errno: Errno },
+    #[error("{step}: {call}: {}", errno_text(*errno))]
+    Mount {
+        step: &'static str,
+        call: String,
+        errno: Errno,
+    },
+    #[error("{step}: creating {path}: {source}")]
+    Create {
+        step: &'static str,
+        path: String,
+        source: io::Error,
+    },
+    #[error("{step}: {path} is not an absolute path")]
+    NotAbsolute { step: &'static str, path: String },
+    #[error("mount of {target}: bind source {source_path} does not exist")]
+    BindSource { source_path: String, target: String },
+    #[error("writing file {path}: {source}")]
+    File { path: String, source: io::Error },
+    #[error("sysctl {key}: invalid key")]
+    SysctlKey { key: String },
+    #[error("sysctl {key}: writing {path}: {source}")]
+    Sysctl {
+        key: String,
+        path: String,
+        source: io::Error,
+    },
+}
+
+/// The operating system as container setup sees it.
+pub trait SetupOs {
+    fn kind(&mut self, path: &str) -> PathKind;
+    /// Creates a directory and its parents; an existing one is fine.
+    fn mkdir_all(&mut self, path: &str) -> io::Result<()>;
+    /// Creates an empty file if nothing is there (a bind mount target).
+    fn touch(&mut self, path: &str) -> io::Result<()>;
+    /// Creates or replaces a file with `contents`, mode `mode` exactly.
+    fn write_file(&mut self, path: &str, contents: &[u8], mode: u32) -> io::Result<()>;
+    /// Writes to an existing file (a `/proc/sys` entry).
+    fn write_existing(&mut self, path: &str, contents: &[u8]) -> io::Result<()>;
+    fn mount(&mut self, call: &MountCall) -> Result<(), Errno>;
+    /// The per-mount flags of the mount holding `path` (`MS_RDONLY`,
+    /// `MS_NOSUID`, ...), to keep them when remounting it read-only.
+    fn mount_flags(&mut self, path: &str) -> MsFlags;
+    /// The text of `/proc/filesystems` (empty when unreadable).
+    fn filesystems(&mut self) -> String;
+    /// The file system type of the topmost mount at exactly `path`, if
+    /// `path` is a mount point.
+    fn mounted_fstype(&mut self, path: &str) -> Option<String>;
+    fn sethostname(&mut self, name: &str) -> Result<(), Errno>;
+    /// Creates a character device node with exactly `mode`.
+    fn mknod_char(&mut self, path: &str, major: u32, minor: u32, mode: u32) -> io::Result<()>;
+    fn symlink(&mut self, target: &str, path: &str) -> io::Result<()>;
+    /// Reports something skipped (a line on the console).
+    fn log(&mut self, line: &str);
+}
+
+/// OCI mount options that are mount flags: (name, clears, flags).
+const FLAG_OPTIONS: [(&str, bool, MsFlags); 30] = [
+    ("defaults", false, MsFlags::empty()),
+    ("ro", false, MsFlags::MS_RDONLY),
+    ("rw", true, MsFlags::MS_RDONLY),
+    ("suid", true, MsFlags::MS_NOSUID),
+    ("nosuid", false, MsFlags::MS_NOSUID),
+    ("dev", true, MsFlags::MS_NODEV),
+    ("nodev", false, MsFlags::MS_NODEV),
+    ("exec", true, MsFlags::MS_NOEXEC),
+    ("noexec", false, MsFlags::MS_NOEXEC),
+    ("sync", false, MsFlags::MS_SYNCHRONOUS),
+    ("async", true, MsFlags::MS_SYNCHRONOUS),
+    ("dirsync", false, MsFlags::MS_DIRSYNC),
+    ("remount", false, MsFlags::MS_REMOUNT),
+    ("mand", false, MsFlags::MS_MANDLOCK),
+    ("nomand", true, MsFlags::MS_MANDLOCK),
+    ("atime", true, MsFlags::MS_NOATIME),
+    ("noatime", false, MsFlags::MS_NOATIME),
+    ("diratime", true, MsFlags::MS_NODIRATIME),
+    ("nodiratime", false, MsFlags::MS_NODIRATIME),
+    ("relatime", false, MsFlags::MS_RELATIME),
+    ("norelatime", true, MsFlags::MS_RELATIME),
+    ("strictatime", false, MsFlags::MS_STRICTATIME),
+    ("nostrictatime", true, MsFlags::MS_STRICTATIME),
+    ("lazytime", false, MsFlags::MS_LAZYTIME),
+    ("nolazytime", true, MsFlags::MS_LAZYTIME),
+    ("silent", false, MsFlags::MS_SILENT),
+    ("loud", true, MsFlags::MS_SILENT),
+    ("bind", false, MsFlags::MS_BIND),
+    ("rbind", false, MsFlags::MS_BIND.union(MsFlags::MS_REC)),
+    // runc's recursive read-only; per-mount read-only is the closest.
+    ("rro", false, MsFlags::MS_RDONLY),
+];
+
+/// Propagation options: each is a separate mount call after the mount.
+const PROPAGATION_OPTIONS: [(&str, MsFlags); 8] = [
+    ("private", MsFlags::MS_PRIVATE),
+    ("rprivate", MsFlags::MS_PRIVATE.union(MsFlags::MS_REC)),
+    ("shared", MsFlags::MS_SHARED),
+    ("rshared", MsFlags::MS_SHARED.union(MsFlags::MS_REC)),
+    ("slave", MsFlags::MS_SLAVE),
+    ("rslave", MsFlags::MS_SLAVE.union(MsFlags::MS_REC)),
+    ("unbindable", MsFlags::MS_UNBINDABLE),
+    ("runbindable", MsFlags::MS_UNBINDABLE.union(MsFlags::MS_REC)),
+];
+
+/// Options runc understands that mean nothing here.
+const IGNORED_OPTIONS: [&str; 4] = ["tmpcopyup", "idmap", "ridmap", "rrw"];
+
+/// OCI mount options, translated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountOptions {
+    pub flags: MsFlags,
+    pub propagation: Vec<MsFlags>,
+    /// The rest (`mode=755`, `size=64m`, `newinstance`), for the data string.
+    pub data: Vec<String>,
+}
+
+impl MountOptions {
+    fn data_string(&self) -> Option<String> {
+        (!self.data.is_empty()).then(|| self.data.join(","))
+    }
+}
+
+/// Translates OCI mount options, later ones winning (`ro` then `rw` is rw).
+pub fn parse_options(options: &[String]) -> MountOptions {
+    let mut out = MountOptions {
+        flags: MsFlags::empty(),
+        propagation: Vec::new(),
+        data: Vec::new(),
+    };
+    for option in options {
+        let option = option.as_str();
+        if let Some((_, clear, flags)) = FLAG_OPTIONS.iter().find(|(n, _, _)| *n == option) {
+            if *clear {
+                out.flags.remove(*flags);
+            } else {
+                out.flags.insert(*flags);
+            }
+        } else if let Some((_, flags)) = PROPAGATION_OPTIONS.iter().find(|(n, _)| *n == option) {
+            out.propagation.push(*flags);
+        } else if !IGNORED_OPTIONS.contains(&option) && !option.is_empty() {
+            out.data.push(option.to_owned());
+        }
+    }
+    out
+}
+
+/// Whether `/proc/filesystems` text lists `fstype`.
+pub fn has_filesystem(filesystems: &str, fstype: &str) -> bool {
+    filesystems
+        .lines()
+        .any(|line| line.split_whitespace().last() == Some(fstype))
+}
+
+/// File systems a container spec mounts that a minimal guest kernel may
+/// lack; their mounts are skipped (with a console line) rather than failing
+/// every container.
+const OPTIONAL_FILESYSTEMS: [&str; 3] = ["mqueue", "cgroup", "cgroup2"];
+
+/// Undoes the octal escapes (`\040` for a space) of `/proc/self/mountinfo`.
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)))
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .and_then(|d| u8::from_str_radix(d, 8).ok());
+        match octal {
+            Some(byte) => {
+                out.push(byte);
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The file system type of the last (topmost) mount at `path` in the text of
+/// `/proc/self/mountinfo`.
+pub fn mountinfo_fstype(mountinfo: &str, path: &str) -> Option<String> {
+    mountinfo.lines().rev().find_map(|line| {
+        let (mount, fs) = line.split_once(" - ")?;
+        let point = unescape_mountinfo(mount.split_whitespace().nth(4)?);
+        let fstype = fs.split_whitespace().next()?;
+        (point == path).then(|| fstype.to_owned())
+    })
+}
+
+/// What one spec mount needs: the kind of target to create, and the calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountPlan {
+    /// `Dir` or `File` (a bind of a file needs a file to mount on).
+    pub target_kind: PathKind,
+    pub calls: Vec<MountCall>,
+    /// A tmpfs (or devtmpfs) on `/dev`: create the default devices and
+    /// links in it (those a devtmpfs has already are kept).
+    pub default_devices: bool,
+    /// The file system type actually mounted (`None` for binds).
+    pub fstype: Option<String>,
+}
+
+/// Plans one spec mount. `source_kind` is what is at the source (matters for
+/// binds); `filesystems` is `/proc/filesystems`. `Ok(None)`: skip it, the
+/// kernel lacks an optional file system (see [`OPTIONAL_FILESYSTEMS`]).
+/// `cgroup` is mounted as `cgroup2` where the kernel has it, as runc does on
+/// a unified-hierarchy host.
+pub fn plan_mount(
+    m: &MountSpec,
+    source_kind: PathKind,
+    filesystems: &str,
+) -> Result<Option<MountPlan>, SetupError> {
+    let target = m.destination.as_str();
+    if !target.starts_with('/') {
+        return Err(SetupError::NotAbsolute {
+            step: "mount destination",
+            path: target.to_owned(),
+        });
+    }
+    let opts = parse_options(&m.options);
+    let mut calls = Vec::new();
+    let bind = m.fstype == "bind" || opts.flags.contains(MsFlags::MS_BIND);
+    let (target_kind, fstype) = if bind {
+        if source_kind == PathKind::Missing {
+            return Err(SetupError::BindSource {
+                source_path: m.source.clone(),
+                target: target.to_owned(),
+            });
+        }
+        let recursive = opts.flags & MsFlags::MS_REC;
+        calls.push(MountCall::bind(&m.source, target, recursive));
+        let rest = opts.flags - (MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
+        if !rest.is_empty() {
+            calls.push(MountCall::remount(target, rest));
+        }
+        (source_kind, None)
+    } else {
+        let known = !filesystems.trim().is_empty();
+        let fstype = match m.fstype.as_str() {
+            "cgroup" if !known || has_filesystem(filesystems, "cgroup2") => "cgroup2",
+            other => other,
+        };
+        if known && OPTIONAL_FILESYSTEMS.contains(&fstype) && !has_filesystem(filesystems, fstype) {
+            return Ok(None);
+        }
+        let source = if m.source.is_empty() {
+            fstype
+        } else {
+            &m.source
+        };
+        calls.push(MountCall {
+            source: Some(source.to_owned()),
+            target: target.to_owned(),
+            fstype: Some(fstype.to_owned()),
+            flags: opts.flags,
+            data: opts.data_string(),
+        });
+        (PathKind::Dir, Some(fstype.to_owned()))
+    };
+    for propagation in &opts.propagation {
+        calls.push(MountCall {
+            source: None,
+            target: target.to_owned(),
+            fstype: None,
+            flags: *propagation,
+            data: None,
+        });
+    }
+    let default_devices = target.trim_end_matches('/') == "/dev"
+        && matches!(fstype.as_deref(), Some("tmpfs" | "devtmpfs"));
+    Ok(Some(MountPlan {
+        target_kind,
+        calls,
+        default_devices,
+        fstype,
+    }))
+}
+
+/// Masks paths as runc does: an empty read-only tmpfs over a directory,
+/// `/dev/null` over anything else; missing paths are skipped.
+pub fn plan_masked(paths: &[String], mut kind: impl FnMut(&str) -> PathKind) -> Vec<MountCall> {
+    paths
+        .iter()
+        .filter_map(|path| match kind(path) {
+            PathKind::Missing => None,
+            PathKind::Dir => Some(MountCall {
+                source: Some("tmpfs".into()),
+                target: path.clone(),
+                fstype: Some("tmpfs".into()),
+                flags: MsFlags::MS_RDONLY,
+                data: None,
+            }),
+            PathKind::File => Some(MountCall::bind("/dev/null", path, MsFlags::empty())),
+        })
+        .collect()
+}
+
+/// Flags a read-only remount keeps from the mount it covers.
+const KEPT_FLAGS: MsFlags = MsFlags::MS_NOSUID
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC)
+    .union(MsFlags::MS_NOATIME)
+    .union(MsFlags::MS_NODIRATIME)
+    .union(MsFlags::MS_RELATIME);
+
+/// Makes paths read-only: bind each over itself, then remount the bind
+/// read-only keeping its other flags; missing paths are skipped.
+pub fn plan_readonly(
+    paths: &[String],
+    mut kind: impl FnMut(&str) -> PathKind,
+    mut flags_of: impl FnMut(&str) -> MsFlags,
+) -> Vec<MountCall> {
+    let mut calls = Vec::new();
+    for path in paths {
+        if kind(path) == PathKind::Missing {
+            continue;
+        }
+        let kept = flags_of(path) & KEPT_FLAGS;
+        calls.push(MountCall::bind(path, path, MsFlags::MS_REC));
+        calls.push(MountCall::remount(path, MsFlags::MS_RDONLY | kept));
+    }
+    calls
+}
+
+/// The default device nodes runc gives a container with a tmpfs `/dev`:
+/// (path, major, minor), all mode 0666.
+pub const DEFAULT_DEVICES: [(&str, u32, u32); 6] = [
+    ("/dev/null", 1, 3),
+    ("/dev/zero", 1, 5),
+    ("/dev/full", 1, 7),
+    ("/dev/random", 1, 8),
+    ("/dev/urandom", 1, 9),
+    ("/dev/tty", 5, 0),
+];
+/// Mode of the default devices.
+const DEVICE_MODE: u32 = 0o666;
+/// The default links in `/dev`: (target, path).
+pub const DEFAULT_LINKS: [(&str, &str); 5] = [
+    ("/proc/self/fd", "/dev/fd"),
+    ("/proc/self/fd/0", "/dev/stdin"),
+    ("/proc/self/fd/1", "/dev/stdout"),
+    ("/proc/self/fd/2", "/dev/stderr"),
+    ("pts/ptmx", "/dev/ptmx"),
+];
+
+/// The devpts a tmpfs `/dev` gets when the spec mounts none over it.
+fn fallback_devpts() -> MountCall {
+    MountCall {
+        source: Some("devpts".into()),
+        target: "/dev/pts".into(),
+        fstype: Some("devpts".into()),
+        flags: MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        data: Some("newinstance,ptmxmode=0666,mode=0620".into()),
+    }
+}
+
+/// `/proc/sys` path of a sysctl key (`net.ipv4.ip_forward`, or with
+/// slashes for keys whose parts contain dots).
+pub fn sysctl_path(key: &str) -> Result<String, SetupError> {
+    let relative = if key.contains('/') {
+        key.to_owned()
+    } else {
+        key.replace('.', "/")
+    };
+    let valid = !relative.is_empty()
+        && relative
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..");
+    if !valid {
+        return Err(SetupError::SysctlKey {
+            key: key.to_owned(),
+        });
+    }
+    Ok(format!("/proc/sys/{relative}"))
+}
+
+fn run_mount(
+    os: &mut impl SetupOs,
+    step: &'static str,
+    call: &MountCall,
+) -> Result<(), SetupError> {
+    os.mount(call).map_err(|errno| SetupError::Mount {
+        step,
+        call: call.describe(),
+        errno,
+    })
+}
+
+fn mkdir(os: &mut impl SetupOs, step: &'static str, path: &str) -> Result<(), SetupError> {
+    os.mkdir_all(path).map_err(|source| SetupError::Create {
+        step,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn absolute(step: &'static str, path: &str) -> Result<(), SetupError> {
+    if path.starts_with('/') {
+        Ok(())
+    } else {
+        Err(SetupError::NotAbsolute {
+            step,
+            path: path.to_owned(),
+        })
+    }
+}
+
+fn parent_of(path: &str) -> Option<&str> {
+    Path::new(path)
+        .parent()
+        .and_then(|p| p.to_str())
+        .filter(|p| !p.is_empty())
+}
+
+fn default_devices(os: &mut impl SetupOs) -> Result<(), SetupError> {
+    for (path, major, minor) in DEFAULT_DEVICES {
+        os.mknod_char(path, major, minor, DEVICE_MODE)
+            .map_err(|source| SetupError::Create {
+                step: "default devices",
+                path: path.to_owned(),
+                source,
+            })?;
+    }
+    for (target, path) in DEFAULT_LINKS {
+        os.symlink(target, path)
+            .map_err(|source| SetupError::Create {
+                step: "default devices",
+                path: path.to_owned(),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+/// Sets the container up (see the module docs for the order).
+pub fn apply(spec: &ContainerSpec, os: &mut impl SetupOs) -> Result<(), SetupError> {
+    if let Some(name) = spec.hostname.as_deref().filter(|n| !n.is_empty()) {
+        os.sethostname(name).map_err(|errno| SetupError::Hostname {
+            name: name.to_owned(),
+            errno,
+        })?;
+    }
+
+    let filesystems = os.filesystems();
+    let mut dev_tmpfs = false;
+    let mut dev_pts = false;
+    for m in &spec.mounts {
+        let source_kind = if m.source.starts_with('/') {
+            os.kind(&m.source)
+        } else {
+            PathKind::Missing
+        };
+        let Some(plan) = plan_mount(m, source_kind, &filesystems)? else {
+            os.log(&format!(
+                "skipping mount of {} on {}: the kernel has no {} file system",
+                m.fstype, m.destination, m.fstype
+            ));
+            continue;
+        };
+        match plan.target_kind {
+            PathKind::File => {
+                if let Some(parent) = parent_of(&m.destination) {
+                    mkdir(os, "mount destination", parent)?;
+                }
+                os.touch(&m.destination)
+                    .map_err(|source| SetupError::Create {
+                        step: "mount destination",
+                        path: m.destination.clone(),
+                        source,
+                    })?;
+            }
+            _ => mkdir(os, "mount destination", &m.destination)?,
+        }
+        let mut calls = plan.calls.iter();
+        if let (Some(first), Some(fstype)) = (calls.next(), plan.fstype.as_deref()) {
+            match os.mount(first) {
+                Ok(()) => {}
+                // Init mounted this file system there already (sysfs on
+                // /sys, the guest's devtmpfs on /dev) and the kernel has one
+                // instance of it: keep it, with the spec's flags.
+                Err(Errno::EBUSY)
+                    if os.mounted_fstype(&m.destination).as_deref() == Some(fstype) =>
+                {
+                    let flags = first.flags - MsFlags::MS_REMOUNT;
+                    run_mount(os, "mount", &MountCall::remount(&m.destination, flags))?;
+                }
+                Err(errno) => {
+                    return Err(SetupError::Mount {
+                        step: "mount",
+                        call: first.describe(),
+                        errno,
+                    })
+                }
+            }
+        } else if let Some(first) = plan.calls.first() {
+            run_mount(os, "mount", first)?;
+        }
+        for call in plan.calls.iter().skip(1) {
+            run_mount(os, "mount", call)?;
+        }
+        if plan.default_devices {
+            default_devices(os)?;
+            // A devtmpfs keeps init's /dev/pts underneath; a tmpfs needs one.
+            dev_tmpfs = plan.fstype.as_deref() == Some("tmpfs");
+            dev_pts = false;
+        }
+        if m.destination.trim_end_matches('/') == "/dev/pts" && plan.fstype.is_some() {
+            dev_pts = true;
+        }
+    }
+    if dev_tmpfs && !dev_pts {
+        mkdir(os, "mount destination", "/dev/pts")?;
+        run_mount(os, "mount", &fallback_devpts())?;
+    }
+
+    for file in &spec.files {
+        absolute("file", &file.path)?;
+        if let Some(parent) = parent_of(&file.path) {
+            mkdir(os, "file", parent)?;
+        }
+        os.write_file(&file.path, &file.contents, file.mode & 0o7777)
+            .map_err(|source| SetupError::File {
+                path: file.path.clone(),
+                source,
+            })?;
+        if file.read_only {
+            for call in plan_readonly(
+                std::slice::from_ref(&file.path),
+                |_| PathKind::File,
+                |p| os.mount_flags(p),
+            ) {
+                run_mount(os, "read-only file", &call)?;
+            }
+        }
+    }
+
+    for (key, value) in &spec.sysctl {
+        let path = sysctl_path(key)?;
+        os.write_existing(&path, value.as_bytes())
+            .map_err(|source| SetupError::Sysctl {
+                key: key.clone(),
+                path,
+                source,
+            })?;
+    }
+
+    for path in &spec.masked_paths {
+        absolute("masked path", path)?;
+    }
+    let masked = plan_masked(&spec.masked_paths, |p| os.kind(p));
+    for call in &masked {
+        match os.mount(call) {
+            // Gone since it was looked at: nothing to mask.
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(errno) => {
+                return Err(SetupError::Mount {
+                    step: "masked path",
+                    call: call.describe(),
+                    errno,
+                })
+            }
+        }
+    }
+
+    for path in &spec.readonly_paths {
+        absolute("read-only path", path)?;
+    }
+    let mut seen = std::collections::HashMap::new();
+    for path in &spec.readonly_paths {
+        let kind = os.kind(path);
+        let flags = if kind == PathKind::Missing {
+            MsFlags::empty()
+        } else {
+            os.mount_flags(path)
+        };
+        seen.insert(path.as_str(), (kind, flags));
+    }
+    let readonly = plan_readonly(
+        &spec.readonly_paths,
+        |p| seen.get(p).map_or(PathKind::Missing, |s| s.0),
+        |p| seen.get(p).map_or(MsFlags::empty(), |s| s.1),
+    );
+    for call in &readonly {
+        run_mount(os, "read-only path", call)?;
+    }
+
+    if spec.readonly_root {
+        let kept = os.mount_flags("/") & KEPT_FLAGS;
+        run_mount(
+            os,
+            "read-only root",
+            &MountCall::remount("/", MsFlags::MS_RDONLY | kept),
+        )?;
+    }
+    Ok(())
+}
+
+/// [`SetupOs`] on the real system.
+pub struct RealSetupOs;
+
+impl SetupOs for RealSetupOs {
+    fn kind(&mut self, path: &str) -> PathKind {
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => PathKind::Dir,
+            Ok(_) => PathKind::File,
+            Err(_) => PathKind::Missing,
+        }
+    }
+
+    fn mkdir_all(&mut self, path: &str) -> io::Result<()> {
+        match std::fs::create_dir_all(path) {
+            Err(_) if Path::new(path).is_dir() => Ok(()),
+            other => other,
+        }
+    }
+
+    fn touch(&mut self, path: &str) -> io::Result<()> {
+        if Path::new(path).exists() {
+            return Ok(());
+        }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map(drop)
+    }
+
+    fn write_file(&mut self, path: &str, contents: &[u8], mode: u32) -> io::Result<()> {
+        use std::io::Write as _;
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(path)?;
+        file.write_all(contents)?;
+        file.set_permissions(std::fs::Permissions::from_mode(mode))
+    }
+
+    fn write_existing(&mut self, path: &str, contents: &[u8]) -> io::Result<()> {
+        use std::io::Write as _;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)?
+            .write_all(contents)
+    }
+
+    fn mount(&mut self, call: &MountCall) -> Result<(), Errno> {
+        nix::mount::mount(
+            call.source.as_deref(),
+            call.target.as_str(),
+            call.fstype.as_deref(),
+            call.flags,
+            call.data.as_deref(),
+        )
+    }
+
+    fn mount_flags(&mut self, path: &str) -> MsFlags {
+        use nix::sys::statvfs::FsFlags;
+        let Ok(stat) = nix::sys::statvfs::statvfs(path) else {
+            return MsFlags::empty();
+        };
+        let have = stat.flags();
+        let mut flags = MsFlags::empty();
+        for (fs, ms) in [
+            (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+            (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+            (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+            (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+            (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+            (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        ] {
+            flags.set(ms, have.contains(fs));
+        }
+        // Not in every libc's FsFlags (musl's lacks it); the kernel's value.
+        const ST_RELATIME: libc::c_ulong = 0x1000;
+        flags.set(MsFlags::MS_RELATIME, have.bits() & ST_RELATIME != 0);
+        flags
+    }
+
+    fn filesystems(&mut self) -> String {
+        std::fs::read_to_string("/proc/filesystems").unwrap_or_default()
+    }
+
+    fn mounted_fstype(&mut self, path: &str) -> Option<String> {
+        let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        mountinfo_fstype(&text, path)
+    }
+
+    fn sethostname(&mut self, name: &str) -> Result<(), Errno> {
+        nix::unistd::sethostname(name)
+    }
+
+    fn mknod_char(&mut self, path: &str, major: u32, minor: u32, mode: u32) -> io::Result<()> {
+        use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+        use std::os::unix::fs::PermissionsExt as _;
+        let perm = Mode::from_bits_truncate(mode);
+        match mknod(
+            path,
+            SFlag::S_IFCHR,
+            perm,
+            makedev(major.into(), minor.into()),
+        ) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+        // mknod applied the umask.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+    }
+
+    fn symlink(&mut self, target: &str, path: &str) -> io::Result<()> {
+        match std::os::unix::fs::symlink(target, path) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            other => other,
+        }
+    }
+
+    fn log(&mut self, line: &str) {
+        eprintln!("{} {line}", crate::proto::LOG_PREFIX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent_proto::ContainerFile;
+    use std::collections::HashMap;
+
+    fn opts(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn option_translation_table() {
+        let cases: &[(&[&str], MsFlags, &[&str])] = &[
+            (&[], MsFlags::empty(), &[]),
+            (&["ro"], MsFlags::MS_RDONLY, &[]),
+            (&["ro", "rw"], MsFlags::empty(), &[]),
+            (
+                &["nosuid", "nodev", "noexec", "relatime"],
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RELATIME,
+                &[],
+            ),
+            (&["nosuid", "suid"], MsFlags::empty(), &[]),
+            (&["strictatime"], MsFlags::MS_STRICTATIME, &[]),
+            (&["noatime", "atime"], MsFlags::empty(), &[]),
+            (&["rbind"], MsFlags::MS_BIND | MsFlags::MS_REC, &[]),
+            (&["bind", "ro"], MsFlags::MS_BIND | MsFlags::MS_RDONLY, &[]),
+            (
+                &["sync", "dirsync"],
+                MsFlags::MS_SYNCHRONOUS | MsFlags::MS_DIRSYNC,
+                &[],
+            ),
+            (&["defaults", "tmpcopyup"], MsFlags::empty(), &[]),
+            (
+                &["nosuid", "mode=755", "size=65536k"],
+                MsFlags::MS_NOSUID,
+                &["mode=755", "size=65536k"],
+            ),
+            (
+                &["newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+                MsFlags::empty(),
+                &["newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+            ),
+        ];
+        for (input, flags, data) in cases {
+            let got = parse_options(&opts(input));
+            assert_eq!(got.flags, *flags, "{input:?}");
+            assert_eq!(got.data, opts(data), "{input:?}");
+            assert!(got.propagation.is_empty(), "{input:?}");
+        }
+        let got = parse_options(&opts(&["rbind", "rprivate", "slave"]));
+        assert_eq!(
+            got.propagation,
+            [MsFlags::MS_PRIVATE | MsFlags::MS_REC, MsFlags::MS_SLAVE]
+        );
+    }
+
+    fn spec_mount(dest: &str, fstype: &str, source: &str, options: &[&str]) -> MountSpec {
+        MountSpec {
+            destination: dest.into(),
+            fstype: fstype.into(),
+            source: source.into(),
+            options: opts(options),
+        }
+    }
+
+    const FILESYSTEMS: &str = "nodev\tsysfs\nnodev\ttmpfs\nnodev\tproc\nnodev\tcgroup\nnodev\tcgroup2\nnodev\tdevpts\n\text4\n";
+
+    #[test]
+    fn plans_a_tmpfs_with_flags_and_data() {
+        let m = spec_mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        );
+        let plan = plan_mount(&m, PathKind::Missing, FILESYSTEMS)
+            .unwrap()
+            .unwrap();
+        assert_eq!(plan.target_kind, PathKind::Dir);
+        assert!(plan.default_devices);
+        assert_eq!(
+            plan.calls,
+            [MountCall {
+                source: Some("tmpfs".into()),
+                target: "/dev".into(),
+                fstype: Some("tmpfs".into()),
+                flags: MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+                data: Some("mode=755,size=65536k".into()),
+            }]
+        );
+    }
+
+    #[test]
+    fn plans_a_read_only_file_bind_as_bind_then_remount() {
+        let m = spec_mount(
+            "/etc/x",
+            "bind",
+            "/run/x",
+            &["rbind", "ro", "nosuid", "rprivate"],
+        );
+        let plan = plan_mount(&m, PathKind::File, FILESYSTEMS)
+            .unwrap()
+            .unwrap();
+        assert_eq!(plan.target_kind, PathKind::File);
+        assert_eq!(plan.calls.len(), 3);
+        assert_eq!(plan.calls[0].flags, MsFlags::MS_BIND | MsFlags::MS_REC);
+        assert_eq!(plan.calls[0].source.as_deref(), Some("/run/x"));
+        assert_eq!(
+            plan.calls[1].flags,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID
+        );
+        assert_eq!(plan.calls[2].flags, MsFlags::MS_PRIVATE | MsFlags::MS_REC);
+        let missing = plan_mount(&m, PathKind::Missing, FILESYSTEMS).unwrap_err();
+        assert!(missing.to_string().contains("/run/x"), "{missing}");
+    }
+
+    #[test]
+    fn cgroup_becomes_cgroup2_and_missing_optional_fs_are_skipped() {
+        let m = spec_mount("/sys/fs/cgroup", "cgroup", "cgroup", &["ro", "nosuid"]);
+        let plan = plan_mount(&m, PathKind::Missing, FILESYSTEMS)
+            .unwrap()
+            .unwrap();
+        assert_eq!(plan.calls[0].fstype.as_deref(), Some("cgroup2"));
+        let v1_only = "nodev\tcgroup\n";
+        let plan = plan_mount(&m, PathKind::Missing, v1_only).unwrap().unwrap();
+        assert_eq!(plan.calls[0].fstype.as_deref(), Some("cgroup"));
+        let mq = spec_mount("/dev/mqueue", "mqueue", "mqueue", &[]);
+        assert_eq!(
+            plan_mount(&mq, PathKind::Missing, FILESYSTEMS).unwrap(),
+            None
+        );
+        let relative = spec_mount("dev", "tmpfs", "tmpfs", &[]);
+        assert!(plan_mount(&relative, PathKind::Missing, FILESYSTEMS).is_err());
+    }
+
+    #[test]
+    fn masked_paths_plan() {
+        let kinds = HashMap::from([
+            ("/proc/kcore", PathKind::File),
+            ("/proc/acpi", PathKind::Dir),
+        ]);
+        let calls = plan_masked(&opts(&["/proc/kcore", "/proc/acpi", "/proc/nope"]), |p| {
+            kinds.get(p).copied().unwrap_or(PathKind::Missing)
+        });
+        assert_eq!(
+            calls,
+            [
+                MountCall::bind("/dev/null", "/proc/kcore", MsFlags::empty()),
+                MountCall {
+                    source: Some("tmpfs".into()),
+                    target: "/proc/acpi".into(),
+                    fstype: Some("tmpfs".into()),
+                    flags: MsFlags::MS_RDONLY,
+                    data: None,
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn readonly_paths_plan_keeps_flags() {
+        let calls = plan_readonly(
+            &opts(&["/proc/sys", "/proc/nope"]),
+            |p| {
+                if p == "/proc/sys" {
+                    PathKind::Dir
+                } else {
+                    PathKind::Missing
+                }
+            },
+            |_| MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_SYNCHRONOUS,
+        );
+        assert_eq!(
+            calls,
+            [
+                MountCall::bind("/proc/sys", "/proc/sys", MsFlags::MS_REC),
+                MountCall::remount(
+                    "/proc/sys",
+                    MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn sysctl_keys_map_to_proc_sys() {
+        assert_eq!(
+            sysctl_path("net.ipv4.ip_forward").unwrap(),
+            "/proc/sys/net/ipv4/ip_forward"
+        );
+        assert_eq!(
+            sysctl_path("net/ipv4/conf/eth0.100/forwarding").unwrap(),
+            "/proc/sys/net/ipv4/conf/eth0.100/forwarding"
+        );
+        for bad in ["", "net..x", "../../etc/passwd", "a/../b", "/abs"] {
+            assert!(sysctl_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Records every call; scripted path kinds and failures.
+    #[derive(Default)]
+    struct FakeOs {
+        calls: Vec<String>,
+        kinds: HashMap<String, PathKind>,
+        fail_target: Option<String>,
+        /// Mounted already: EBUSY for a mount of this type there.
+        mounted: HashMap<String, String>,
+    }
+
+    impl SetupOs for FakeOs {
+        fn kind(&mut self, path: &str) -> PathKind {
+            self.kinds.get(path).copied().unwrap_or(PathKind::Missing)
+        }
+        fn mkdir_all(&mut self, path: &str) -> io::Result<()> {
+            self.calls.push(format!("mkdir {path}"));
+            Ok(())
+        }
+        fn touch(&mut self, path: &str) -> io::Result<()> {
+            self.calls.push(format!("touch {path}"));
+            Ok(())
+        }
+        fn write_file(&mut self, path: &str, contents: &[u8], mode: u32) -> io::Result<()> {
+            self.calls.push(format!(
+                "write {path} {mode:o} {}",
+                String::from_utf8_lossy(contents)
+            ));
+            Ok(())
+        }
+        fn write_existing(&mut self, path: &str, contents: &[u8]) -> io::Result<()> {
+            self.calls.push(format!(
+                "sysctl {path} {}",
+                String::from_utf8_lossy(contents)
+            ));
+            Ok(())
+        }
+        fn mount(&mut self, call: &MountCall) -> Result<(), Errno> {
+            self.calls.push(format!("mount {}", call.describe()));
+            if self.fail_target.as_deref() == Some(call.target.as_str()) {
+                return Err(Errno::ENODEV);
+            }
+            if call.fstype.is_some() && self.mounted.contains_key(&call.target) {
+                return Err(Errno::EBUSY);
+            }
+            Ok(())
+        }
+        fn mount_flags(&mut self, _path: &str) -> MsFlags {
+            MsFlags::MS_NOSUID
+        }
+        fn filesystems(&mut self) -> String {
+            FILESYSTEMS.into()
+        }
+        fn mounted_fstype(&mut self, path: &str) -> Option<String> {
+            self.mounted.get(path).cloned()
+        }
+        fn sethostname(&mut self, name: &str) -> Result<(), Errno> {
+            self.calls.push(format!("hostname {name}"));
+            Ok(())
+        }
+        fn mknod_char(&mut self, path: &str, major: u32, minor: u32, mode: u32) -> io::Result<()> {
+            self.calls
+                .push(format!("mknod {path} {major}:{minor} {mode:o}"));
+            Ok(())
+        }
+        fn symlink(&mut self, target: &str, path: &str) -> io::Result<()> {
+            self.calls.push(format!("symlink {path} -> {target}"));
+            Ok(())
+        }
+        fn log(&mut self, line: &str) {
+            self.calls.push(format!("log {line}"));
+        }
+    }
+
+    fn docker_like_spec() -> ContainerSpec {
+        ContainerSpec {
+            id: "c1".into(),
+            hostname: Some("box".into()),
+            readonly_root: true,
+            mounts: vec![
+                spec_mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
+                spec_mount(
+                    "/dev",
+                    "tmpfs",
+                    "tmpfs",
+                    &["nosuid", "strictatime", "mode=755", "size=65536k"],
+                ),
+                spec_mount(
+                    "/dev/pts",
+                    "devpts",
+                    "devpts",
+                    &[
+                        "nosuid",
+                        "noexec",
+                        "newinstance",
+                        "ptmxmode=0666",
+                        "mode=0620",
+                        "gid=5",
+                    ],
+                ),
+                spec_mount(
+                    "/dev/mqueue",
+                    "mqueue",
+                    "mqueue",
+                    &["nosuid", "noexec", "nodev"],
+                ),
+                spec_mount(
+                    "/sys/fs/cgroup",
+                    "cgroup",
+                    "cgroup",
+                    &["ro", "nosuid", "noexec", "nodev", "relatime"],
+                ),
+            ],
+            files: vec![ContainerFile {
+                path: "/dev/termination-log".into(),
+                mode: 0o100644,
+                read_only: true,
+                contents: b"".to_vec(),
+            }],
+            masked_paths: opts(&["/proc/kcore", "/proc/acpi", "/proc/missing"]),
+            readonly_paths: opts(&["/proc/sys"]),
+            sysctl: vec![("net.ipv4.ip_forward".into(), "1".into())],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn apply_runs_every_step_in_order() {
+        let mut os = FakeOs {
+            kinds: HashMap::from([
+                ("/proc/kcore".into(), PathKind::File),
+                ("/proc/acpi".into(), PathKind::Dir),
+                ("/proc/sys".into(), PathKind::Dir),
+            ]),
+            ..Default::default()
+        };
+        apply(&docker_like_spec(), &mut os).unwrap();
+        let calls = os.calls.clone();
+        let pos = |needle: &str| {
+            calls
+                .iter()
+                .position(|c| c.starts_with(needle))
+                .unwrap_or_else(|| panic!("{needle} not in {calls:#?}"))
+        };
+        assert_eq!(pos("hostname box"), 0);
+        assert!(
+            pos("mount mounting proc proc on /proc") < pos("mount mounting tmpfs tmpfs on /dev")
+        );
+        assert!(pos("mount mounting tmpfs tmpfs on /dev") < pos("mknod /dev/null 1:3 666"));
+        assert!(
+            pos("symlink /dev/ptmx -> pts/ptmx") < pos("mount mounting devpts devpts on /dev/pts")
+        );
+        assert!(pos("log skipping mount of mqueue") > pos("mount mounting devpts"));
+        assert!(
+            pos("mount mounting cgroup2 cgroup on /sys/fs/cgroup")
+                < pos("write /dev/termination-log 644")
+        );
+        assert!(
+            pos("write /dev/termination-log")
+                < pos("mount bind-mounting /dev/termination-log on /dev/termination-log")
+        );
+        assert!(
+            pos("mount remounting /dev/termination-log")
+                < pos("sysctl /proc/sys/net/ipv4/ip_forward 1")
+        );
+        assert!(pos("sysctl") < pos("mount bind-mounting /dev/null on /proc/kcore"));
+        assert!(
+            pos("mount mounting tmpfs tmpfs on /proc/acpi")
+                < pos("mount bind-mounting /proc/sys on /proc/sys")
+        );
+        assert!(pos("mount remounting /proc/sys") < pos("mount remounting / ("));
+        assert!(
+            !calls.iter().any(|c| c.contains("/proc/missing")),
+            "{calls:#?}"
+        );
+        assert!(!calls
+            .iter()
+            .any(|c| c.contains("/dev/pts ") && c.contains("fallback")));
+        assert_eq!(
+            calls.last().map(String::as_str),
+            Some(
+                format!(
+                    "mount {}",
+                    MountCall::remount("/", MsFlags::MS_RDONLY | MsFlags::MS_NOSUID).describe()
+                )
+                .as_str()
+            )
+        );
+    }
+
+    #[test]
+    fn a_file_system_init_mounted_already_is_kept_with_the_spec_flags() {
+        let spec = ContainerSpec {
+            mounts: vec![
+                spec_mount(
+                    "/sys",
+                    "sysfs",
+                    "sysfs",
+                    &["nosuid", "noexec", "nodev", "ro"],
+                ),
+                spec_mount("/dev", "devtmpfs", "devtmpfs", &["nosuid", "mode=755"]),
+            ],
+            ..Default::default()
+        };
+        let mut os = FakeOs {
+            mounted: HashMap::from([
+                ("/sys".into(), "sysfs".into()),
+                ("/dev".into(), "devtmpfs".into()),
+            ]),
+            ..Default::default()
+        };
+        apply(&spec, &mut os).unwrap();
+        let ro = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV | MsFlags::MS_RDONLY;
+        let want = format!("mount {}", MountCall::remount("/sys", ro).describe());
+        assert!(os.calls.contains(&want), "{:#?}", os.calls);
+        // The devtmpfs gets the links it lacks, and keeps init's /dev/pts.
+        assert!(os
+            .calls
+            .contains(&"symlink /dev/fd -> /proc/self/fd".to_owned()));
+        assert!(
+            !os.calls.iter().any(|c| c.contains("devpts")),
+            "{:#?}",
+            os.calls
+        );
+        // Busy for another reason is still an error.
+        let mut os = FakeOs {
+            mounted: HashMap::from([("/sys".into(), "sysfs".into())]),
+            ..Default::default()
+        };
+        let spec = ContainerSpec {
+            mounts: vec![spec_mount("/sys", "tmpfs", "tmpfs", &[])],
+            ..Default::default()
+        };
+        let err = apply(&spec, &mut os).unwrap_err().to_string();
+        assert!(err.contains("busy"), "{err}");
+    }
+
+    #[test]
+    fn mountinfo_gives_the_topmost_fstype() {
+        let info = "22 1 0:21 / /sys rw,nosuid - sysfs sysfs rw\n\
+                    30 22 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n\
+                    40 1 0:5 / /dev rw - devtmpfs devtmpfs rw\n\
+                    41 40 0:30 / /dev rw - tmpfs tmpfs rw\n\
+                    50 1 0:31 / /a\\040b rw shared:1 - tmpfs none rw\n";
+        assert_eq!(mountinfo_fstype(info, "/sys").as_deref(), Some("sysfs"));
+        assert_eq!(mountinfo_fstype(info, "/dev").as_deref(), Some("tmpfs"));
+        assert_eq!(mountinfo_fstype(info, "/a b").as_deref(), Some("tmpfs"));
+        assert_eq!(mountinfo_fstype(info, "/proc"), None);
+    }
+
+    #[test]
+    fn a_tmpfs_dev_without_devpts_gets_one() {
+        let spec = ContainerSpec {
+            mounts: vec![spec_mount("/dev", "tmpfs", "tmpfs", &[])],
+            ..Default::default()
+        };
+        let mut os = FakeOs::default();
+        apply(&spec, &mut os).unwrap();
+        assert!(
+            os.calls
+                .contains(&"mount mounting devpts devpts on /dev/pts".to_owned()),
+            "{:#?}",
+            os.calls
+        );
+    }
+
+    #[test]
+    fn failures_name_the_step_and_path() {
+        let mut os = FakeOs {
+            fail_target: Some("/dev/pts".into()),
+            ..Default::default()
+        };
+        let err = apply(&docker_like_spec(), &mut os).unwrap_err().to_string();
+        assert!(err.contains("mounting devpts devpts on /dev/pts"), "{err}");
+        assert!(err.contains("no such device"), "{err}");
+        let bad = ContainerSpec {
+            sysctl: vec![("../x".into(), "1".into())],
+            ..Default::default()
+        };
+        let err = apply(&bad, &mut FakeOs::default()).unwrap_err().to_string();
+        assert!(err.contains("sysctl ../x"), "{err}");
+    }
+}
