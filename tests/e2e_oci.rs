@@ -31,7 +31,12 @@ impl Env {
     }
 
     /// A bundle whose process runs `args`; `edit` adjusts config.json.
-    fn bundle(&self, name: &str, args: &[&str], edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    fn bundle(
+        &self,
+        name: &str,
+        args: &[&str],
+        edit: impl FnOnce(&mut serde_json::Value),
+    ) -> PathBuf {
         let b = self.dir.path().join(name);
         busybox_rootfs(&b.join("rootfs"));
         let mut config = serde_json::json!({
@@ -56,16 +61,25 @@ impl Env {
             "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}]}
         });
         edit(&mut config);
-        std::fs::write(b.join("config.json"), serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+        std::fs::write(
+            b.join("config.json"),
+            serde_json::to_vec_pretty(&config).unwrap(),
+        )
+        .unwrap();
         b
     }
 
     fn husk(&self, args: &[&str]) -> Finished {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_husk"));
         cmd.arg("--root").arg(self.root()).args(args);
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let done = wait_bounded(cmd.spawn().unwrap(), LIMIT, "husk");
-        eprintln!("husk {args:?}: {:?}\nstdout: {}\nstderr: {}", done.status, done.stdout, done.stderr);
+        eprintln!(
+            "husk {args:?}: {:?}\nstdout: {}\nstderr: {}",
+            done.status, done.stdout, done.stderr
+        );
         done
     }
 
@@ -88,12 +102,18 @@ impl Env {
 
     /// Nothing of `id` is left: no state dir, no VMM process.
     fn assert_gone(&self, id: &str) {
-        assert!(!self.root().join(id).exists(), "state dir of {id} left behind");
+        assert!(
+            !self.root().join(id).exists(),
+            "state dir of {id} left behind"
+        );
         let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
         let text = String::from_utf8_lossy(&ps.stdout);
         let root = self.root();
         let needle = format!("{} vmm {id}", root.display());
-        assert!(!text.lines().any(|l| l.contains(&needle)), "VMM of {id} still running:\n{text}");
+        assert!(
+            !text.lines().any(|l| l.contains(&needle)),
+            "VMM of {id} still running:\n{text}"
+        );
     }
 }
 
@@ -106,7 +126,14 @@ fn create_start_kill_delete_walks_the_lifecycle() {
     let env = Env::new();
     let bundle = env.bundle("b", &["sleep", "1000"], |_| {});
     let pid_file = env.dir.path().join("pid");
-    let done = env.husk(&["create", "--bundle", b(&bundle), "--pid-file", b(&pid_file), "c1"]);
+    let done = env.husk(&[
+        "create",
+        "--bundle",
+        b(&bundle),
+        "--pid-file",
+        b(&pid_file),
+        "c1",
+    ]);
     assert!(done.status.success(), "{}", done.stderr);
     let st = env.state("c1");
     assert_eq!(st["status"], "created");
@@ -124,7 +151,11 @@ fn create_start_kill_delete_walks_the_lifecycle() {
 
     let not_stopped = env.husk(&["delete", "c1"]);
     assert!(!not_stopped.status.success());
-    assert!(not_stopped.stderr.contains("not stopped"), "{}", not_stopped.stderr);
+    assert!(
+        not_stopped.stderr.contains("not stopped"),
+        "{}",
+        not_stopped.stderr
+    );
 
     assert!(env.husk(&["kill", "c1", "KILL"]).status.success());
     env.wait_status("c1", "stopped");
@@ -165,19 +196,28 @@ fn the_process_spec_is_honoured_inside() {
     let env = Env::new();
     let bundle = env.bundle(
         "spec",
-        &["sh", "-c", "echo env=$GREETING; pwd; id -u; id -g; hostname; ulimit -n; cat /etc/hosts"],
+        &[
+            "sh",
+            "-c",
+            "echo env=$GREETING; pwd; id -u; id -g; hostname; ulimit -n; cat /etc/hosts",
+        ],
         |c| {
             let p = &mut c["process"];
-            p["env"].as_array_mut().unwrap().push("GREETING=hello there".into());
+            p["env"]
+                .as_array_mut()
+                .unwrap()
+                .push("GREETING=hello there".into());
             p["cwd"] = "/tmp".into();
             p["user"] = serde_json::json!({"uid": 1000, "gid": 1000});
-            p["rlimits"] = serde_json::json!([{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 333}]);
+            p["rlimits"] =
+                serde_json::json!([{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 333}]);
         },
     );
     let hosts = env.dir.path().join("hosts");
     std::fs::write(&hosts, "10.1.2.3 from-the-engine\n").unwrap();
     let config_path = bundle.join("config.json");
-    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&config_path).unwrap()).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config_path).unwrap()).unwrap();
     config["mounts"].as_array_mut().unwrap().push(serde_json::json!(
         {"destination": "/etc/hosts", "type": "bind", "source": b(&hosts), "options": ["rbind", "ro"]}
     ));
@@ -197,8 +237,15 @@ fn the_process_spec_is_honoured_inside() {
 #[test]
 fn exec_enters_the_same_vm_and_sees_its_files() {
     let env = Env::new();
-    let bundle = env.bundle("ex", &["sh", "-c", "echo made-by-main > /tmp/shared; sleep 1000"], |_| {});
-    assert!(env.husk(&["run", "-d", "--bundle", b(&bundle), "ex"]).status.success());
+    let bundle = env.bundle(
+        "ex",
+        &["sh", "-c", "echo made-by-main > /tmp/shared; sleep 1000"],
+        |_| {},
+    );
+    assert!(env
+        .husk(&["run", "-d", "--bundle", b(&bundle), "ex"])
+        .status
+        .success());
     let mut seen = String::new();
     for _ in 0..100 {
         let done = env.husk(&["exec", "ex", "cat", "/tmp/shared"]);
@@ -213,7 +260,11 @@ fn exec_enters_the_same_vm_and_sees_its_files() {
     assert_eq!(code.status.code(), Some(5));
     let missing = env.husk(&["exec", "ex", "/no/such/program"]);
     assert!(!missing.status.success());
-    assert!(missing.stderr.contains("/no/such/program"), "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("/no/such/program"),
+        "{}",
+        missing.stderr
+    );
     let ps = env.husk(&["ps", "--format", "json", "ex"]);
     let pids: Vec<i64> = serde_json::from_str(&ps.stdout).unwrap();
     assert!(!pids.is_empty());
@@ -228,10 +279,19 @@ fn stdin_is_piped_through_and_eof_propagates() {
     let env = Env::new();
     let bundle = env.bundle("in", &["sh", "-c", "tr a-z A-Z"], |_| {});
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_husk"));
-    cmd.arg("--root").arg(env.root()).args(["run", "--bundle", b(&bundle), "in"]);
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.arg("--root")
+        .arg(env.root())
+        .args(["run", "--bundle", b(&bundle), "in"]);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
-    child.stdin.take().unwrap().write_all(b"hello from stdin\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello from stdin\n")
+        .unwrap();
     let done = wait_bounded(child, LIMIT, "husk run with stdin");
     assert!(done.status.success(), "{}", done.stderr);
     assert_eq!(done.stdout, "HELLO FROM STDIN\n");
@@ -245,7 +305,13 @@ fn receive_pty(listener: std::os::unix::net::UnixListener) -> std::thread::JoinH
         let mut buf = [0u8; 64];
         let mut iov = [std::io::IoSliceMut::new(&mut buf)];
         let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-        let msg = recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::empty()).unwrap();
+        let msg = recvmsg::<()>(
+            stream.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::empty(),
+        )
+        .unwrap();
         for c in msg.cmsgs().unwrap() {
             if let ControlMessageOwned::ScmRights(fds) = c {
                 // SAFETY: the fd was just received and is owned by nobody else.
@@ -259,13 +325,24 @@ fn receive_pty(listener: std::os::unix::net::UnixListener) -> std::thread::JoinH
 #[test]
 fn a_terminal_comes_through_the_console_socket() {
     let env = Env::new();
-    let bundle = env.bundle("tty", &["sh", "-c", "tty; read line; echo got:$line"], |c| {
-        c["process"]["terminal"] = true.into();
-    });
+    let bundle = env.bundle(
+        "tty",
+        &["sh", "-c", "tty; read line; echo got:$line"],
+        |c| {
+            c["process"]["terminal"] = true.into();
+        },
+    );
     let sock = env.dir.path().join("console.sock");
     let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
     let receiver = receive_pty(listener);
-    let done = env.husk(&["create", "--bundle", b(&bundle), "--console-socket", b(&sock), "tty"]);
+    let done = env.husk(&[
+        "create",
+        "--bundle",
+        b(&bundle),
+        "--console-socket",
+        b(&sock),
+        "tty",
+    ]);
     assert!(done.status.success(), "{}", done.stderr);
     let master = receiver.join().unwrap();
     assert!(env.husk(&["start", "tty"]).status.success());
@@ -274,7 +351,9 @@ fn a_terminal_comes_through_the_console_socket() {
     let mut out = Vec::new();
     let mut buf = [0u8; 256];
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !String::from_utf8_lossy(&out).contains("got:typed") && std::time::Instant::now() < deadline {
+    while !String::from_utf8_lossy(&out).contains("got:typed")
+        && std::time::Instant::now() < deadline
+    {
         match file.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => out.extend_from_slice(&buf[..n]),
@@ -338,7 +417,11 @@ fn bad_input_fails_clearly_and_leaves_nothing() {
     let good = env.bundle("good", &["sleep", "100"], |_| {});
     let done = env.husk(&["create", "--bundle", b(&good), "../evil"]);
     assert!(!done.status.success());
-    assert!(done.stderr.contains("invalid container ID"), "{}", done.stderr);
+    assert!(
+        done.stderr.contains("invalid container ID"),
+        "{}",
+        done.stderr
+    );
     // Directory bind mount.
     let dirbind = env.bundle("db", &["true"], |c| {
         c["mounts"].as_array_mut().unwrap().push(serde_json::json!(
@@ -347,10 +430,17 @@ fn bad_input_fails_clearly_and_leaves_nothing() {
     });
     let done = env.husk(&["create", "--bundle", b(&dirbind), "x5"]);
     assert!(!done.status.success());
-    assert!(done.stderr.contains("not supported yet") && done.stderr.contains("/data"), "{}", done.stderr);
+    assert!(
+        done.stderr.contains("not supported yet") && done.stderr.contains("/data"),
+        "{}",
+        done.stderr
+    );
     env.assert_gone("x5");
     // Duplicate ID, then a bad signal, then the VMM killed mid-run.
-    assert!(env.husk(&["create", "--bundle", b(&good), "dup"]).status.success());
+    assert!(env
+        .husk(&["create", "--bundle", b(&good), "dup"])
+        .status
+        .success());
     let done = env.husk(&["create", "--bundle", b(&good), "dup"]);
     assert!(!done.status.success());
     assert!(done.stderr.contains("already exists"), "{}", done.stderr);
@@ -359,12 +449,19 @@ fn bad_input_fails_clearly_and_leaves_nothing() {
     assert!(done.stderr.contains("unknown signal"), "{}", done.stderr);
     assert!(env.husk(&["start", "dup"]).status.success());
     let pid = env.state("dup")["pid"].as_i64().unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     env.wait_status("dup", "stopped");
     assert!(env.husk(&["delete", "dup"]).status.success());
     env.assert_gone("dup");
     // delete --force of something that does not exist is fine, as in runc.
-    assert!(env.husk(&["delete", "--force", "never-was"]).status.success());
+    assert!(env
+        .husk(&["delete", "--force", "never-was"])
+        .status
+        .success());
 }
 
 #[test]
@@ -374,10 +471,22 @@ fn state_list_and_features_have_runcs_shapes() {
     let f: serde_json::Value = serde_json::from_str(&features.stdout).unwrap();
     assert!(f["ociVersionMin"].is_string() && f["ociVersionMax"].is_string());
     let bundle = env.bundle("shape", &["sleep", "100"], |_| {});
-    assert!(env.husk(&["create", "--bundle", b(&bundle), "shape"]).status.success());
+    assert!(env
+        .husk(&["create", "--bundle", b(&bundle), "shape"])
+        .status
+        .success());
     let st = env.state("shape");
     let keys: Vec<&str> = st.as_object().unwrap().keys().map(String::as_str).collect();
-    for k in ["ociVersion", "id", "pid", "status", "bundle", "rootfs", "created", "owner"] {
+    for k in [
+        "ociVersion",
+        "id",
+        "pid",
+        "status",
+        "bundle",
+        "rootfs",
+        "created",
+        "owner",
+    ] {
         assert!(keys.contains(&k), "state lacks {k}: {keys:?}");
     }
     let table = env.husk(&["list"]);

@@ -65,16 +65,17 @@ impl VmPlan {
         serde_json::from_slice(&data).map_err(|source| PlanError::Parse { path, source })
     }
 
-    /// The kernel command line of a container VM.
+    /// The kernel command line of a container VM: the image (read-only
+    /// underneath, the disk is attached read-only) under a writable overlay;
+    /// `root.readonly` is applied by the agent once the container is set up.
     pub fn cmdline(&self) -> String {
         format!(
-            "{} {}=1 {}=1 {}=1 {}=/dev/vda {}=1",
+            "{} {}=1 {}=1 {}=1 {}=/dev/vda",
             config::BASE_CMDLINE,
             proto::PARAM_QUIET,
             proto::PARAM_AGENT,
             proto::PARAM_OVERLAY,
             proto::PARAM_ROOT,
-            proto::PARAM_RO
         )
     }
 

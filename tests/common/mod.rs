@@ -5,7 +5,6 @@
 
 #![allow(dead_code)]
 
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -115,21 +114,35 @@ pub struct Finished {
     pub elapsed: Duration,
 }
 
+/// How long output pipes are still read after the child exited: a runtime's
+/// `create` hands its stdout/stderr to the container, so they stay open.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
+
 /// Waits for `child` at most `limit`; kills it and fails the test on expiry.
+/// Output is whatever arrived until shortly after the child exited.
 pub fn wait_bounded(mut child: Child, limit: Duration, what: &str) -> Finished {
+    use std::sync::{Arc, Mutex};
     let start = Instant::now();
-    let mut out_pipe = child.stdout.take().unwrap();
-    let mut err_pipe = child.stderr.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = out_pipe.read_to_end(&mut s);
-        String::from_utf8_lossy(&s).into_owned()
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = err_pipe.read_to_end(&mut s);
-        String::from_utf8_lossy(&s).into_owned()
-    });
+    let pump = |mut pipe: Box<dyn std::io::Read + Send>| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let sink = buf.clone();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = done.clone();
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            loop {
+                match pipe.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => sink.lock().unwrap().extend_from_slice(&chunk[..n]),
+                }
+            }
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        (buf, done)
+    };
+    let (out, out_done) = pump(Box::new(child.stdout.take().unwrap()));
+    let (err, err_done) = pump(Box::new(child.stderr.take().unwrap()));
+    let text = |b: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&b.lock().unwrap()).into_owned();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
@@ -137,15 +150,25 @@ pub fn wait_bounded(mut child: Child, limit: Duration, what: &str) -> Finished {
         if start.elapsed() > limit {
             let _ = child.kill();
             let _ = child.wait();
-            let out = out_reader.join().unwrap_or_default();
-            panic!("{what} did not finish within {limit:?}; output so far:\n{out}");
+            panic!(
+                "{what} did not finish within {limit:?}; output so far:\n{}\n{}",
+                text(&out),
+                text(&err)
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     };
+    let exited = Instant::now();
+    while exited.elapsed() < DRAIN_AFTER_EXIT
+        && !(out_done.load(std::sync::atomic::Ordering::SeqCst)
+            && err_done.load(std::sync::atomic::Ordering::SeqCst))
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     Finished {
         status,
-        stdout: out_reader.join().unwrap(),
-        stderr: err_reader.join().unwrap(),
+        stdout: text(&out),
+        stderr: text(&err),
         elapsed: start.elapsed(),
     }
 }
