@@ -39,9 +39,10 @@ unit:
 	cargo test --release --workspace --lib --bins
 
 ## End-to-end suites (tests/e2e_*.rs) boot real guests: each test binary runs
-## inside the KVM test host, used as cargo's runner.
+## inside the KVM test host, used as cargo's runner (retried once only when
+## the test host itself failed, never for a failing test).
 e2e: kernel build
-	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$(TESTHOST) --" \
+	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$(CURDIR)/tests/testhost/cargo-runner" \
 		cargo test --release --no-fail-fast --test 'e2e_*'
 
 ## Benchmarks (results go to docs/benchmarks.md by hand, with the machine named).

@@ -1,7 +1,7 @@
 //! Linux capability names and numbers (`include/uapi/linux/capability.h`).
 
-/// `CAP_*` names by number.
-const NAMES: [&str; 41] = [
+/// `CAP_*` names by number (the host's `husk features` lists them too).
+pub const NAMES: [&str; 41] = [
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
     "CAP_DAC_READ_SEARCH",
