@@ -41,6 +41,8 @@ pub enum ContainerError {
     #[error(transparent)]
     VmSpec(#[from] VmSpecError),
     #[error(transparent)]
+    Spec(#[from] crate::runtime::spec::SpecError),
+    #[error(transparent)]
     GuestSpec(#[from] GuestSpecError),
     #[error(transparent)]
     Rootfs(#[from] CacheError),
@@ -539,5 +541,42 @@ pub fn take_ready_fd() -> Option<std::fs::File> {
 pub fn answer_ready(pipe: &mut Option<std::fs::File>, answer: &str) {
     if let Some(mut p) = pipe.take() {
         let _ = p.write_all(format!("{answer}\n").as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_roll_up_with_their_messages() {
+        let e: ContainerError = StateError::NotFound { id: "x".into() }.into();
+        assert_eq!(e.to_string(), "container does not exist");
+        let e: ContainerError = BundleError::NoProcess.into();
+        assert_eq!(e.to_string(), "process property must not be empty");
+        assert!(matches!(e, ContainerError::Bundle(_)));
+    }
+
+    #[test]
+    fn pid_files_have_no_newline_and_replace_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pid");
+        write_pid_file(&p, 1234).unwrap();
+        write_pid_file(&p, 42).unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "42");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn the_ready_answer_is_read_and_a_silent_vmm_times_out() {
+        let (r, w) = pipe_cloexec().unwrap();
+        let mut w = std::fs::File::from(w);
+        w.write_all(b"ready\n").unwrap();
+        let mut r = std::fs::File::from(r);
+        assert_eq!(read_ready(&mut r, Duration::from_secs(1)).unwrap(), "ready");
+        let (r2, _w2) = pipe_cloexec().unwrap();
+        let mut r2 = std::fs::File::from(r2);
+        let err = read_ready(&mut r2, Duration::from_millis(100)).unwrap_err();
+        assert!(err.to_string().contains("no answer"), "{err}");
     }
 }
