@@ -494,3 +494,58 @@ fn state_list_and_features_have_runcs_shapes() {
     assert!(table.stdout.contains("shape") && table.stdout.contains("created"));
     assert!(env.husk(&["delete", "--force", "shape"]).status.success());
 }
+
+#[test]
+fn host_hooks_run_with_the_state_and_guest_hooks_are_refused() {
+    let env = Env::new();
+    let log = env.dir.path().join("hooks.log");
+    let hook = |name: &str| {
+        serde_json::json!({"path": "/bin/sh", "args": ["sh", "-c",
+            format!("printf '%s ' {name} >> {0}; tr -d '\\n' >> {0}; echo >> {0}", log.display())]})
+    };
+    let bundle = env.bundle("hk", &["true"], |c| {
+        c["hooks"] = serde_json::json!({
+            "createRuntime": [hook("createRuntime")],
+            "poststart": [hook("poststart")],
+            "poststop": [hook("poststop")]
+        });
+    });
+    let done = env.husk(&["run", "--bundle", b(&bundle), "hk"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(
+        lines[0].starts_with("createRuntime {") && lines[0].contains("\"id\": \"hk\""),
+        "{text}"
+    );
+    assert!(
+        lines[1].starts_with("poststart ") && lines[1].contains("\"status\": \"running\""),
+        "{text}"
+    );
+    assert!(
+        lines[2].starts_with("poststop ") && lines[2].contains("\"status\": \"stopped\""),
+        "{text}"
+    );
+    env.assert_gone("hk");
+
+    let failing = env.bundle("hf", &["true"], |c| {
+        c["hooks"] = serde_json::json!({"createRuntime": [{"path": "/bin/false"}]});
+    });
+    let done = env.husk(&["create", "--bundle", b(&failing), "hf"]);
+    assert!(!done.status.success());
+    assert!(
+        done.stderr.contains("createRuntime hook /bin/false"),
+        "{}",
+        done.stderr
+    );
+    env.assert_gone("hf");
+
+    let guest = env.bundle("hg", &["true"], |c| {
+        c["hooks"] = serde_json::json!({"startContainer": [{"path": "/bin/true"}]});
+    });
+    let done = env.husk(&["create", "--bundle", b(&guest), "hg"]);
+    assert!(!done.status.success());
+    assert!(done.stderr.contains("startContainer"), "{}", done.stderr);
+    env.assert_gone("hg");
+}

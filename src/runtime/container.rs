@@ -49,6 +49,8 @@ pub enum ContainerError {
     #[error(transparent)]
     Plan(#[from] PlanError),
     #[error(transparent)]
+    Hook(#[from] crate::runtime::hooks::HookError),
+    #[error(transparent)]
     Control(#[from] ControlError),
     #[error("guest kernel {path} does not exist (run `make kernel`, or set HUSK_KERNEL)")]
     KernelMissing { path: PathBuf },
@@ -102,6 +104,7 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
     let sizing = vm_spec::vm_sizing(&b.spec)?;
     let container =
         guest_spec::container_spec(&req.id, &b.spec, &b.path, &guest_spec::read_bind_source)?;
+    crate::runtime::hooks::refuse_guest_hooks(b.spec.hooks().as_ref())?;
     let terminal = container.process.terminal;
     if terminal && req.console_socket.is_none() {
         return Err(ContainerError::NoConsoleSocket);
@@ -140,6 +143,7 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
         container,
     };
     plan.save(&dir)?;
+    crate::runtime::hooks::save(&dir, b.spec.hooks().as_ref())?;
     state.save(&req.root)?;
 
     // The terminal: a host pty whose master goes to the engine; the VMM
@@ -192,6 +196,19 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
     }
     let pid_i32 = i32::try_from(pid).unwrap_or(i32::MAX);
     state.set_process(pid_i32, &ProcProbe);
+    if let Some(h) = b.spec.hooks() {
+        let json = crate::runtime::output::render_state(&state);
+        crate::runtime::hooks::run(
+            "prestart",
+            h.prestart().as_deref().unwrap_or_default(),
+            &json,
+        )?;
+        crate::runtime::hooks::run(
+            "createRuntime",
+            h.create_runtime().as_deref().unwrap_or_default(),
+            &json,
+        )?;
+    }
     state.status = Status::Created;
     state.save(&req.root)?;
     if let Some(path) = &req.pid_file {
@@ -360,6 +377,15 @@ pub fn start(root: &Path, id: &str) -> Result<(), ContainerError> {
         now.save(root)?;
     }
     st.status = now.status;
+    let dir = state::container_dir(root, id);
+    if let Some(h) = crate::runtime::hooks::load(&dir)? {
+        let json = crate::runtime::output::render_state(&st);
+        crate::runtime::hooks::run_logged(
+            "poststart",
+            h.poststart().as_deref().unwrap_or_default(),
+            &json,
+        );
+    }
     Ok(())
 }
 
@@ -427,6 +453,21 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), ContainerError> 
                 st.pid.unwrap_or(0)
             )));
         }
+    }
+    let dir = state::container_dir(root, id);
+    match crate::runtime::hooks::load(&dir) {
+        Ok(Some(h)) => {
+            let mut stopped = st.clone();
+            stopped.status = Status::Stopped;
+            let json = crate::runtime::output::render_state(&stopped);
+            crate::runtime::hooks::run_logged(
+                "poststop",
+                h.poststop().as_deref().unwrap_or_default(),
+                &json,
+            );
+        }
+        Ok(None) => {}
+        Err(e) => log::warn!("{e}"),
     }
     State::remove(root, id)?;
     Ok(())

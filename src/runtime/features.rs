@@ -20,8 +20,9 @@ pub const OCI_VERSION_MAX: &str = oci_spec::runtime::VERSION;
 /// Annotation carrying husk's version.
 pub const ANNOTATION_HUSK_VERSION: &str = "io.husk.version";
 
-/// Lifecycle hooks husk runs. None yet; extend this as they land.
-pub const HOOKS: &[&str] = &[];
+/// Lifecycle hooks husk runs (on the host; createContainer/startContainer
+/// would run in the guest and are refused for now).
+pub const HOOKS: &[&str] = &["prestart", "createRuntime", "poststart", "poststop"];
 
 /// Mount options guest init recognizes (mount(2) flags and propagation).
 pub const MOUNT_OPTIONS: &[&str] = &[
@@ -213,8 +214,7 @@ mod tests {
         }
         assert_eq!(
             v["hooks"],
-            serde_json::json!([]),
-            "empty list: none, not unknown"
+            serde_json::json!(["prestart", "createRuntime", "poststart", "poststop"])
         );
     }
 

@@ -16,6 +16,7 @@ pub mod bundle;
 pub mod container;
 pub mod features;
 pub mod guest_spec;
+pub mod hooks;
 pub mod output;
 pub mod spec;
 pub mod state;
