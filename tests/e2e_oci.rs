@@ -496,7 +496,7 @@ fn state_list_and_features_have_runcs_shapes() {
 }
 
 #[test]
-fn host_hooks_run_with_the_state_and_guest_hooks_are_refused() {
+fn hooks_run_on_the_host_and_in_the_guest_with_the_state() {
     let env = Env::new();
     let log = env.dir.path().join("hooks.log");
     let hook = |name: &str| {
@@ -541,11 +541,31 @@ fn host_hooks_run_with_the_state_and_guest_hooks_are_refused() {
     );
     env.assert_gone("hf");
 
-    let guest = env.bundle("hg", &["true"], |c| {
-        c["hooks"] = serde_json::json!({"startContainer": [{"path": "/bin/true"}]});
+    // createContainer and startContainer run inside the VM, in the container.
+    let guest = env.bundle("hg", &["sh", "-c", "cat /tmp/created; echo; cat /tmp/started"], |c| {
+        c["hooks"] = serde_json::json!({
+            "createContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "tr -d '\\n' > /tmp/created"]}],
+            "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "echo started-hook > /tmp/started"]}]
+        });
     });
-    let done = env.husk(&["create", "--bundle", b(&guest), "hg"]);
-    assert!(!done.status.success());
-    assert!(done.stderr.contains("startContainer"), "{}", done.stderr);
+    let done = env.husk(&["run", "--bundle", b(&guest), "hg"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert!(
+        done.stdout.contains("\"id\": \"hg\"") && done.stdout.contains("\"status\": \"creating\""),
+        "{}",
+        done.stdout
+    );
+    assert!(done.stdout.contains("started-hook"), "{}", done.stdout);
     env.assert_gone("hg");
+    let failing_guest = env.bundle("hgf", &["true"], |c| {
+        c["hooks"] = serde_json::json!({"createContainer": [{"path": "/bin/false"}]});
+    });
+    let done = env.husk(&["create", "--bundle", b(&failing_guest), "hgf"]);
+    assert!(!done.status.success());
+    assert!(
+        done.stderr.contains("createContainer hook /bin/false"),
+        "{}",
+        done.stderr
+    );
+    env.assert_gone("hgf");
 }

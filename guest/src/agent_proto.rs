@@ -223,6 +223,20 @@ pub struct ContainerFile {
     pub contents: Vec<u8>,
 }
 
+/// An OCI hook that runs in the container (`createContainer`,
+/// `startContainer`), with the container's state JSON on stdin.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestHook {
+    pub path: String,
+    /// argv (`args[0]` is replaced by `path` when the process runs).
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Seconds; `None` waits as long as it takes.
+    pub timeout: Option<u32>,
+}
+
 /// Everything init needs to set the container up.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerSpec {
@@ -243,6 +257,15 @@ pub struct ContainerSpec {
     /// OCI `linux.sysctl`.
     #[serde(default)]
     pub sysctl: Vec<(String, String)>,
+    /// Run after the container's mounts are set up, before `Created`.
+    #[serde(default)]
+    pub create_container_hooks: Vec<GuestHook>,
+    /// Run at `Start`, before the process is executed.
+    #[serde(default)]
+    pub start_container_hooks: Vec<GuestHook>,
+    /// The OCI state JSON the hooks get on stdin.
+    #[serde(default)]
+    pub hook_state: String,
 }
 
 /// Host to guest.
@@ -250,11 +273,11 @@ pub struct ContainerSpec {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     /// Prepare the container; this connection becomes the main session.
-    Create { spec: ContainerSpec },
+    Create { spec: Box<ContainerSpec> },
     /// Run the prepared container process.
     Start,
     /// Run an extra process; this connection becomes its session.
-    Exec { process: ProcessSpec },
+    Exec { process: Box<ProcessSpec> },
     /// Send a signal to the container process, or (`all`) to every process
     /// in the container.
     Signal { signal: i32, all: bool },

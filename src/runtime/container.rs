@@ -104,7 +104,6 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
     let sizing = vm_spec::vm_sizing(&b.spec)?;
     let container =
         guest_spec::container_spec(&req.id, &b.spec, &b.path, &guest_spec::read_bind_source)?;
-    crate::runtime::hooks::refuse_guest_hooks(b.spec.hooks().as_ref())?;
     let terminal = container.process.terminal;
     if terminal && req.console_socket.is_none() {
         return Err(ContainerError::NoConsoleSocket);
@@ -539,7 +538,9 @@ pub fn exec_target(root: &Path, id: &str) -> Result<State, ContainerError> {
 /// Opens an exec session: the process runs when this returns.
 pub fn exec_open(st: &State, process: ProcessSpec) -> Result<(AgentConn, i32), ContainerError> {
     let mut conn = connect(st)?;
-    match conn.request(&Request::Exec { process })? {
+    match conn.request(&Request::Exec {
+        process: Box::new(process),
+    })? {
         Response::Started { pid } => Ok((conn, pid)),
         other => Err(ContainerError::Io(format!(
             "unexpected answer to exec: {other:?}"

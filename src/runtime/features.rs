@@ -20,9 +20,15 @@ pub const OCI_VERSION_MAX: &str = oci_spec::runtime::VERSION;
 /// Annotation carrying husk's version.
 pub const ANNOTATION_HUSK_VERSION: &str = "io.husk.version";
 
-/// Lifecycle hooks husk runs (on the host; createContainer/startContainer
-/// would run in the guest and are refused for now).
-pub const HOOKS: &[&str] = &["prestart", "createRuntime", "poststart", "poststop"];
+/// Lifecycle hooks husk runs (createContainer/startContainer in the guest).
+pub const HOOKS: &[&str] = &[
+    "prestart",
+    "createRuntime",
+    "createContainer",
+    "startContainer",
+    "poststart",
+    "poststop",
+];
 
 /// Mount options guest init recognizes (mount(2) flags and propagation).
 pub const MOUNT_OPTIONS: &[&str] = &[
@@ -214,7 +220,14 @@ mod tests {
         }
         assert_eq!(
             v["hooks"],
-            serde_json::json!(["prestart", "createRuntime", "poststart", "poststop"])
+            serde_json::json!([
+                "prestart",
+                "createRuntime",
+                "createContainer",
+                "startContainer",
+                "poststart",
+                "poststop"
+            ])
         );
     }
 

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::{Mount, Process, Spec};
 
 use crate::agent_proto::{
-    Capabilities, ContainerFile, ContainerSpec, MountSpec, ProcessSpec, Rlimit,
+    Capabilities, ContainerFile, ContainerSpec, GuestHook, MountSpec, ProcessSpec, Rlimit,
 };
 
 /// Errors translating a spec.
@@ -164,6 +164,26 @@ pub fn container_spec(
         });
     }
     let linux = spec.linux().as_ref();
+    let guest_hooks = |hooks: Option<&Vec<oci_spec::runtime::Hook>>| -> Vec<GuestHook> {
+        hooks
+            .map(|v| {
+                v.iter()
+                    .map(|h| GuestHook {
+                        path: h.path().to_string_lossy().into_owned(),
+                        args: h.args().clone().unwrap_or_default(),
+                        env: h.env().clone().unwrap_or_default(),
+                        timeout: h
+                            .timeout()
+                            .and_then(|t| u32::try_from(t).ok())
+                            .filter(|t| *t > 0),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let hooks = spec.hooks().as_ref();
+    let create_container_hooks = guest_hooks(hooks.and_then(|h| h.create_container().as_ref()));
+    let start_container_hooks = guest_hooks(hooks.and_then(|h| h.start_container().as_ref()));
     let mut sysctl: Vec<(String, String)> = linux
         .and_then(|l| l.sysctl().clone())
         .map(|m| m.into_iter().collect())
@@ -187,6 +207,9 @@ pub fn container_spec(
             .and_then(|l| l.readonly_paths().clone())
             .unwrap_or_default(),
         sysctl,
+        create_container_hooks,
+        start_container_hooks,
+        hook_state: String::new(),
     })
 }
 

@@ -6,9 +6,8 @@
 //! spec, "Lifecycle").
 //!
 //! `createContainer` and `startContainer` run in the container namespace,
-//! which for husk is inside the guest; the agent cannot run them yet, so
-//! [`refuse_guest_hooks`] rejects specs that have them instead of silently
-//! skipping them.
+//! which for husk is inside the guest: they travel in the container spec and
+//! husk-init's agent runs them (see `agent_proto::GuestHook`).
 
 use std::io::Write as _;
 use std::os::unix::process::CommandExt as _;
@@ -30,26 +29,8 @@ pub enum HookError {
         path: PathBuf,
         reason: String,
     },
-    #[error("{kind} hooks run in the container namespace, inside the VM, which husk does not support yet")]
-    GuestHooks { kind: &'static str },
     #[error("hooks file {path}: {reason}")]
     File { path: PathBuf, reason: String },
-}
-
-/// Rejects hooks husk cannot run where the spec says they run.
-pub fn refuse_guest_hooks(hooks: Option<&Hooks>) -> Result<(), HookError> {
-    let Some(h) = hooks else { return Ok(()) };
-    if h.create_container().as_ref().is_some_and(|v| !v.is_empty()) {
-        return Err(HookError::GuestHooks {
-            kind: "createContainer",
-        });
-    }
-    if h.start_container().as_ref().is_some_and(|v| !v.is_empty()) {
-        return Err(HookError::GuestHooks {
-            kind: "startContainer",
-        });
-    }
-    Ok(())
 }
 
 /// Saves the hooks for later verbs (poststart at start, poststop at delete).
@@ -188,15 +169,8 @@ mod tests {
     }
 
     #[test]
-    fn guest_hooks_are_refused_and_hooks_round_trip() {
-        let hooks: Hooks =
-            serde_json::from_str(r#"{"createContainer": [{"path": "/x"}]}"#).unwrap();
-        assert!(refuse_guest_hooks(Some(&hooks))
-            .unwrap_err()
-            .to_string()
-            .contains("createContainer"));
+    fn hooks_round_trip() {
         let host: Hooks = serde_json::from_str(r#"{"poststop": [{"path": "/x"}]}"#).unwrap();
-        refuse_guest_hooks(Some(&host)).unwrap();
         let dir = tempfile::tempdir().unwrap();
         save(dir.path(), Some(&host)).unwrap();
         assert_eq!(load(dir.path()).unwrap(), Some(host));

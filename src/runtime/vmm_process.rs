@@ -109,8 +109,13 @@ pub fn run(root: &Path, id: &str) -> Option<ExitStatus> {
             return fail(&mut ready, msg);
         }
     };
+    // Hooks in the guest get the state as it is now: creating, this pid.
+    let mut spec = plan.container.clone();
+    let mut hook_view = st.clone();
+    hook_view.pid = i32::try_from(std::process::id()).ok();
+    spec.hook_state = crate::runtime::output::render_state(&hook_view);
     match conn.request(&Request::Create {
-        spec: plan.container.clone(),
+        spec: Box::new(spec),
     }) {
         Ok(Response::Created) => {}
         Ok(other) => {
@@ -135,7 +140,6 @@ pub fn run(root: &Path, id: &str) -> Option<ExitStatus> {
         now.set_stopped(ending);
         let _ = now.save(root);
     }
-    let _ = st;
     stop_vm(vm);
     ending
 }

@@ -111,6 +111,9 @@ enum Main {
     /// Set up; the process is prepared, its session waits for it.
     Created {
         id: String,
+        /// OCI `startContainer` hooks, run at `Start`.
+        start_hooks: Vec<crate::agent_proto::GuestHook>,
+        hook_state: String,
         prepared: Box<Prepared>,
         sink: Arc<dyn FrameSink>,
         slot: Arc<IoSlot>,
@@ -233,6 +236,80 @@ impl<P: Platform> Agent<P> {
             .map(drop)
     }
 
+    /// Runs OCI hooks inside the container, one after the other, each with
+    /// the state on stdin; the first failure (non-zero exit, signal,
+    /// timeout, or a program that cannot run) ends the run.
+    fn run_hooks(
+        &self,
+        kind: &str,
+        hooks: &[crate::agent_proto::GuestHook],
+        state: &str,
+    ) -> Result<(), String> {
+        for hook in hooks {
+            let fail = |why: String| format!("{kind} hook {}: {why}", hook.path);
+            let mut args = if hook.args.is_empty() {
+                vec![hook.path.clone()]
+            } else {
+                hook.args.clone()
+            };
+            args[0] = hook.path.clone();
+            let spec = crate::agent_proto::ProcessSpec {
+                args,
+                env: hook.env.clone(),
+                cwd: "/".into(),
+                ..Default::default()
+            };
+            let prepared = Prepared::new(&spec).map_err(|e| fail(e.to_string()))?;
+            let (tx, rx) = mpsc::channel();
+            let on_exit = Box::new(move |status: ExitStatus| {
+                let _ = tx.send(status);
+            });
+            let spawned =
+                spawn::spawn(&prepared, &self.reaper, on_exit).map_err(|e| fail(e.to_string()))?;
+            if let Some(mut stdin) = spawned.stdin {
+                use std::io::Write as _;
+                let _ = stdin.write_all(state.as_bytes());
+            }
+            let drains: Vec<_> = spawned
+                .outputs
+                .into_iter()
+                .map(|(mut f, kind)| {
+                    std::thread::spawn(move || {
+                        use std::io::Read as _;
+                        let mut text = String::new();
+                        let _ = f.read_to_string(&mut text);
+                        (kind, text)
+                    })
+                })
+                .collect();
+            let limit = std::time::Duration::from_secs(u64::from(hook.timeout.unwrap_or(u32::MAX)));
+            let status = match rx.recv_timeout(limit) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(spawned.pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    return Err(fail(format!(
+                        "timed out after {} s",
+                        hook.timeout.unwrap_or(0)
+                    )));
+                }
+            };
+            let stderr: String = drains
+                .into_iter()
+                .filter_map(|d| d.join().ok())
+                .filter(|(k, _)| *k == FrameKind::Stderr)
+                .map(|(_, t)| t)
+                .collect();
+            match status {
+                ExitStatus::Code(0) => {}
+                other => return Err(fail(format!("{other:?}: {}", stderr.trim()))),
+            }
+        }
+        Ok(())
+    }
+
     /// `Create`: sets the container up, prepares its process and answers
     /// `Created` on `sink` (before any other request can start it). The
     /// returned slot gets the process at `Start`.
@@ -249,12 +326,19 @@ impl<P: Platform> Agent<P> {
             }
         }
         self.platform.setup(&spec).map_err(|e| e.to_string())?;
+        self.run_hooks(
+            "createContainer",
+            &spec.create_container_hooks,
+            &spec.hook_state,
+        )?;
         let prepared = Prepared::new(&spec.process).map_err(|e| e.to_string())?;
         self.report_unknown_caps(&prepared);
         let slot = IoSlot::pending();
         sink.send(&Frame::json(FrameKind::Response, &Response::Created));
         *main = Main::Created {
             id: spec.id,
+            start_hooks: spec.start_container_hooks,
+            hook_state: spec.hook_state,
             prepared: Box::new(prepared),
             sink,
             slot: Arc::clone(&slot),
@@ -296,11 +380,21 @@ impl<P: Platform> Agent<P> {
             prepared,
             sink,
             slot,
+            start_hooks,
+            hook_state,
             ..
         } = std::mem::replace(main, Main::Stopped { id: id.clone() })
         else {
             return Err(refuse("container not created".into()));
         };
+        if let Err(message) = self.run_hooks("startContainer", &start_hooks, &hook_state) {
+            // Like runc: a failed startContainer hook stops the container.
+            slot.abandon();
+            return Err(StartFailure {
+                message,
+                main_end: Some((sink, ExitStatus::Code(1))),
+            });
+        }
         let state = Arc::clone(&self.main);
         let mark_exited = move || {
             let mut main = state.lock().unwrap_or_else(|e| e.into_inner());
@@ -457,8 +551,8 @@ fn idle_frame<P: Platform>(
         }
     };
     let session = match request {
-        Request::Create { spec } => agent.create(spec, Arc::clone(sink)),
-        Request::Exec { process } => agent.exec(process, Arc::clone(sink)),
+        Request::Create { spec } => agent.create(*spec, Arc::clone(sink)),
+        Request::Exec { process } => agent.exec(*process, Arc::clone(sink)),
         Request::Start => {
             agent.start(&**sink);
             return Err(());

@@ -135,11 +135,11 @@ fn created(main: &[&str]) -> (TestAgent, Client) {
     let (agent, platform) = agent();
     let mut c = Client::connect(&agent);
     c.request(&Request::Create {
-        spec: ContainerSpec {
+        spec: Box::new(ContainerSpec {
             id: "t1".into(),
             process: process(main),
             ..Default::default()
-        },
+        }),
     });
     assert_eq!(c.response(), Response::Created);
     assert_eq!(*platform.setups.lock().unwrap(), ["t1"]);
@@ -148,7 +148,9 @@ fn created(main: &[&str]) -> (TestAgent, Client) {
 
 fn exec(agent: &TestAgent, p: ProcessSpec) -> (Client, i32) {
     let mut c = Client::connect(agent);
-    c.request(&Request::Exec { process: p });
+    c.request(&Request::Exec {
+        process: Box::new(p),
+    });
     match c.response() {
         Response::Started { pid } => (c, pid),
         other => panic!("expected Started, got {other:?}"),
@@ -199,7 +201,7 @@ fn exec_of_a_missing_program_is_an_error_naming_it() {
     let r = Client::one_shot(
         &agent,
         &Request::Exec {
-            process: process(&["no-such-program-xyz"]),
+            process: Box::new(process(&["no-such-program-xyz"])),
         },
     );
     assert_eq!(
@@ -211,7 +213,7 @@ fn exec_of_a_missing_program_is_an_error_naming_it() {
     let r = Client::one_shot(
         &agent,
         &Request::Exec {
-            process: process(&["/bin/no-such-program"]),
+            process: Box::new(process(&["/bin/no-such-program"])),
         },
     );
     assert_eq!(
@@ -224,7 +226,7 @@ fn exec_of_a_missing_program_is_an_error_naming_it() {
     let r = Client::one_shot(
         &agent,
         &Request::Exec {
-            process: process(&["/etc/passwd"]),
+            process: Box::new(process(&["/etc/passwd"])),
         },
     );
     assert_eq!(
@@ -235,8 +237,12 @@ fn exec_of_a_missing_program_is_an_error_naming_it() {
     );
     let mut bad_cwd = process(&["true"]);
     bad_cwd.cwd = "/no/such/dir".into();
-    let Response::Error { message } = Client::one_shot(&agent, &Request::Exec { process: bad_cwd })
-    else {
+    let Response::Error { message } = Client::one_shot(
+        &agent,
+        &Request::Exec {
+            process: Box::new(bad_cwd),
+        },
+    ) else {
         panic!("a bad cwd is an error");
     };
     assert!(
@@ -318,7 +324,7 @@ fn main_process_runs_at_start_and_streams_on_the_create_connection() {
     let r = Client::one_shot(
         &agent,
         &Request::Exec {
-            process: process(&["true"]),
+            process: Box::new(process(&["true"])),
         },
     );
     assert_eq!(
@@ -377,11 +383,11 @@ fn signal_all_goes_through_the_platform_and_bad_signals_are_refused() {
     let (agent, platform) = agent();
     let mut main = Client::connect(&agent);
     main.request(&Request::Create {
-        spec: ContainerSpec {
+        spec: Box::new(ContainerSpec {
             id: "t2".into(),
             process: process(&["sleep", "30"]),
             ..Default::default()
-        },
+        }),
     });
     assert_eq!(main.response(), Response::Created);
     let Response::Started { pid } = Client::one_shot(&agent, &Request::Start) else {
@@ -435,7 +441,7 @@ fn requests_out_of_order_are_errors() {
     let exec = Client::one_shot(
         &agent,
         &Request::Exec {
-            process: process(&["true"]),
+            process: Box::new(process(&["true"])),
         },
     );
     assert_eq!(
@@ -448,7 +454,7 @@ fn requests_out_of_order_are_errors() {
     let create = Client::one_shot(
         &agent,
         &Request::Create {
-            spec: ContainerSpec::default(),
+            spec: Box::default(),
         },
     );
     assert_eq!(
@@ -610,11 +616,11 @@ fn create_fails_for_a_missing_program_like_runc() {
     let r = Client::one_shot(
         &agent,
         &Request::Create {
-            spec: ContainerSpec {
+            spec: Box::new(ContainerSpec {
                 id: "t3".into(),
                 process: process(&["no-such-program-xyz"]),
                 ..Default::default()
-            },
+            }),
         },
     );
     assert_eq!(
