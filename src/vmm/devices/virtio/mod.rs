@@ -50,6 +50,19 @@ pub enum ActivateError {
     Io(#[from] std::io::Error),
 }
 
+/// Copies device config space at `offset` into `data`; bytes past the end
+/// (or at an offset that does not fit) read as 0 (virtio 1.2, 4.2.2).
+pub fn read_config_space(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if let Some(src) = config.get(start..) {
+        let n = src.len().min(data.len());
+        data[..n].copy_from_slice(&src[..n]);
+    }
+}
+
 /// A virtio device as the transport sees it.
 pub trait VirtioDevice: Send {
     /// Device type id ([`TYPE_BLOCK`], ...).
