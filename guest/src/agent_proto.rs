@@ -266,6 +266,57 @@ pub struct ContainerSpec {
     /// The OCI state JSON the hooks get on stdin.
     #[serde(default)]
     pub hook_state: String,
+    /// The network of the engine's namespace, replayed on the VM's NICs
+    /// (empty: loopback only).
+    #[serde(default)]
+    pub network: NetSetup,
+}
+
+/// An address with its prefix length (`10.88.0.2/16`, `fd00::2/64`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpPrefix {
+    pub addr: std::net::IpAddr,
+    pub prefix_len: u8,
+}
+
+/// One guest NIC: a virtio-net device standing for one interface of the
+/// engine's network namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestNic {
+    /// The device's MAC (`aa:bb:cc:dd:ee:ff`, lowercase), the same as the
+    /// namespace interface's; the guest finds its interface by it.
+    pub mac: String,
+    /// The name the interface gets in the guest (the namespace's name, e.g. `eth0`).
+    pub name: String,
+    pub mtu: u32,
+    /// Addresses with their prefixes, IPv4 and IPv6.
+    #[serde(default)]
+    pub addrs: Vec<IpPrefix>,
+}
+
+/// One route of the namespace's main table (routes the kernel derives from
+/// an address, the on-link subnet ones, are not listed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestRoute {
+    /// Destination; a prefix length of 0 is the default route.
+    pub dst: IpPrefix,
+    /// Next hop, if any (none: on-link through `dev`).
+    #[serde(default)]
+    pub gateway: Option<std::net::IpAddr>,
+    /// Guest interface name (one of the [`GuestNic::name`]s).
+    pub dev: String,
+    /// Route metric (0: none).
+    #[serde(default)]
+    pub metric: u32,
+}
+
+/// The guest's network: its NICs and routes. Loopback is always brought up.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetSetup {
+    #[serde(default)]
+    pub nics: Vec<GuestNic>,
+    #[serde(default)]
+    pub routes: Vec<GuestRoute>,
 }
 
 /// Host to guest.

@@ -210,6 +210,7 @@ pub fn container_spec(
         create_container_hooks,
         start_container_hooks,
         hook_state: String::new(),
+        network: Default::default(),
     })
 }
 
