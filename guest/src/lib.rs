@@ -9,4 +9,5 @@
 pub mod agent;
 pub mod agent_proto;
 pub mod init;
+pub mod net;
 pub mod proto;
