@@ -11,6 +11,9 @@
 
 pub mod block;
 pub mod mmio;
+pub mod net;
+#[cfg(test)]
+pub(crate) mod test_utils;
 pub mod vsock;
 
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! Test harness: the driver side of the three vsock queues in one guest
-//! memory, built on virtio-blk's harness (its memory and recording
-//! interrupt), and a [`Harness`] that plays the guest against a real
+//! memory, built on the shared virtio harness (memory, recording interrupt,
+//! [`GuestQueue`]), and a [`Harness`] that plays the guest against a real
 //! [`EventManager`].
 
 use std::io::{ErrorKind, Read};
@@ -10,10 +10,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, SubscriberOps};
-use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-pub use crate::vmm::devices::virtio::block::test_utils::{memory, TestInterrupt, F_NEXT, F_WRITE};
+pub use crate::vmm::devices::virtio::test_utils::{
+    memory, Desc, GuestQueue, TestInterrupt, F_WRITE,
+};
 
 use super::packet::Header;
 use super::{
@@ -21,8 +22,7 @@ use super::{
 };
 use crate::vmm::devices::virtio::VirtioDevice;
 
-/// Where each queue's descriptor table starts; its available ring is
-/// 0x1000 and its used ring 0x2000 further (room for 256 entries each).
+/// Where each queue's descriptor table starts (see [`GuestQueue`]).
 pub const RX_BASE: u64 = 0x1000;
 pub const TX_BASE: u64 = 0x4000;
 pub const EVENT_BASE: u64 = 0x7000;
@@ -38,130 +38,6 @@ pub const TX_SLOT_SIZE: u64 = 0x4000;
 
 /// The guest's CID in the tests.
 pub const GUEST_CID: u64 = 3;
-
-/// One descriptor: address, length, flags (`F_NEXT` is added by
-/// [`GuestQueue::add_chain`]).
-pub type Desc = (u64, u32, u16);
-
-/// The driver side of one split virtqueue (section 2.7) whose rings start
-/// at `base`.
-pub struct GuestQueue {
-    mem: GuestMemoryMmap,
-    size: u16,
-    base: u64,
-    next_desc: u16,
-    avail_idx: u16,
-    used_seen: u16,
-}
-
-impl GuestQueue {
-    pub fn new(mem: &GuestMemoryMmap, size: u16, base: u64) -> Self {
-        GuestQueue {
-            mem: mem.clone(),
-            size,
-            base,
-            next_desc: 0,
-            avail_idx: 0,
-            used_seen: 0,
-        }
-    }
-
-    fn desc_table(&self) -> u64 {
-        self.base
-    }
-
-    fn avail_ring(&self) -> u64 {
-        self.base + 0x1000
-    }
-
-    fn used_ring(&self) -> u64 {
-        self.base + 0x2000
-    }
-
-    /// The device side, as the transport would build it.
-    pub fn create_queue(&self) -> Queue {
-        let mut queue = Queue::new(self.size).unwrap();
-        queue
-            .try_set_desc_table_address(GuestAddress(self.desc_table()))
-            .unwrap();
-        queue
-            .try_set_avail_ring_address(GuestAddress(self.avail_ring()))
-            .unwrap();
-        queue
-            .try_set_used_ring_address(GuestAddress(self.used_ring()))
-            .unwrap();
-        queue.set_ready(true);
-        assert!(queue.is_valid(&self.mem));
-        queue
-    }
-
-    /// Writes descriptor `index` (section 2.7.5).
-    pub fn write_desc(&self, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let at = GuestAddress(self.desc_table() + u64::from(index) * 16);
-        let mut raw = [0u8; 16];
-        raw[0..8].copy_from_slice(&addr.to_le_bytes());
-        raw[8..12].copy_from_slice(&len.to_le_bytes());
-        raw[12..14].copy_from_slice(&flags.to_le_bytes());
-        raw[14..16].copy_from_slice(&next.to_le_bytes());
-        self.mem.write_slice(&raw, at).unwrap();
-    }
-
-    /// Makes `head` available (section 2.7.6).
-    pub fn publish(&mut self, head: u16) {
-        let slot = u64::from(self.avail_idx % self.size);
-        self.mem
-            .write_obj(head, GuestAddress(self.avail_ring() + 4 + slot * 2))
-            .unwrap();
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        self.mem
-            .write_obj(self.avail_idx, GuestAddress(self.avail_ring() + 2))
-            .unwrap();
-    }
-
-    /// Writes `descs` as one chain (descriptor indices wrap around the
-    /// table; earlier chains there must have been used) and makes it
-    /// available; returns the head index.
-    pub fn add_chain(&mut self, descs: &[Desc]) -> u16 {
-        let len = u16::try_from(descs.len()).unwrap();
-        if self.next_desc + len > self.size {
-            self.next_desc = 0;
-        }
-        let head = self.next_desc;
-        for (i, &(addr, len, flags)) in descs.iter().enumerate() {
-            let index = head + u16::try_from(i).unwrap();
-            let last = i + 1 == descs.len();
-            let flags = if last { flags } else { flags | F_NEXT };
-            self.write_desc(index, addr, len, flags, index + 1);
-        }
-        self.next_desc += len;
-        self.publish(head);
-        head
-    }
-
-    /// The used ring's `idx` (section 2.7.8).
-    pub fn used_idx(&self) -> u16 {
-        self.mem
-            .read_obj(GuestAddress(self.used_ring() + 2))
-            .unwrap()
-    }
-
-    /// Chains made available and not yet used.
-    pub fn outstanding(&self) -> u16 {
-        self.avail_idx.wrapping_sub(self.used_idx())
-    }
-
-    /// The next used element not yet seen: (descriptor id, length).
-    pub fn pop_used(&mut self) -> Option<(u32, u32)> {
-        if self.used_seen == self.used_idx() {
-            return None;
-        }
-        let at = self.used_ring() + 4 + u64::from(self.used_seen % self.size) * 8;
-        self.used_seen = self.used_seen.wrapping_add(1);
-        let id = self.mem.read_obj(GuestAddress(at)).unwrap();
-        let len = self.mem.read_obj(GuestAddress(at + 4)).unwrap();
-        Some((id, len))
-    }
-}
 
 pub type Manager = EventManager<Arc<Mutex<Vsock>>>;
 

@@ -1,0 +1,1134 @@
+//! The virtio-net device: state, features, config space and the rx / tx
+//! queue processing.
+
+use std::io::ErrorKind;
+use std::sync::Arc;
+
+use log::{debug, warn};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
+use vm_memory::{Bytes, GuestMemoryError, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::tap::{NetBackend, Tap};
+use super::{
+    NetError, CONFIG_MAC_OFFSET, CONFIG_MAX_VQ_PAIRS_OFFSET, CONFIG_MTU_OFFSET, CONFIG_SPACE_SIZE,
+    CONFIG_STATUS_OFFSET, MAC_LEN, MAX_FRAME_SIZE, MIN_MTU, NUM_BUFFERS_OFFSET, NUM_QUEUES,
+    QUEUE_SIZE, RX_QUEUE, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_UFO, TX_QUEUE,
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC,
+    VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP, VNET_HDR_SIZE,
+};
+use crate::vmm::devices::virtio::{
+    ActivateError, Interrupt, VirtioDevice, INTERRUPT_USED_BUFFER, TYPE_NET, VIRTIO_F_VERSION_1,
+};
+
+/// `max_virtqueue_pairs` in config: one rx / tx pair.
+const MAX_VIRTQUEUE_PAIRS: u16 = 1;
+
+/// What the device has been given by the driver.
+pub(super) enum DeviceState {
+    /// Before `DRIVER_OK`, and after a reset.
+    Inactive,
+    /// Between `DRIVER_OK` and a reset.
+    Activated {
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn Interrupt>,
+        /// rx, tx.
+        queues: Vec<Queue>,
+    },
+}
+
+/// What went through the device since it was created.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct NetCounters {
+    /// Frames handed to the guest.
+    pub rx_frames: u64,
+    /// Their bytes, without the virtio-net header.
+    pub rx_bytes: u64,
+    /// Frames from the tap the guest did not get: its buffer was too small
+    /// or malformed, the tap gave a runt, or the device was reset with the
+    /// frame pending.
+    pub rx_dropped: u64,
+    /// Frames sent to the tap.
+    pub tx_frames: u64,
+    /// Their bytes, without the virtio-net header.
+    pub tx_bytes: u64,
+    /// Guest frames not sent: malformed or oversized chains, tap errors.
+    pub tx_dropped: u64,
+}
+
+/// Why one frame was dropped (logged, never fatal).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum FrameError {
+    #[error("descriptor {index} of a tx chain is device-writable")]
+    WritableTx { index: usize },
+    #[error("descriptor {index} of an rx chain is device-readable")]
+    ReadableRx { index: usize },
+    #[error("descriptor {index} ({len} bytes at {addr:#x}) is not in guest memory: {source}")]
+    Memory {
+        index: usize,
+        addr: u64,
+        len: u32,
+        source: GuestMemoryError,
+    },
+    #[error("tx frame is larger than {MAX_FRAME_SIZE} bytes")]
+    TxTooLarge,
+    #[error("tx frame of {len} bytes is shorter than the {VNET_HDR_SIZE}-byte header")]
+    TxShort { len: usize },
+    #[error("rx frame of {frame} bytes does not fit in the {capacity}-byte buffer")]
+    RxTooSmall { frame: usize, capacity: usize },
+    #[error("the tap gave a {len}-byte frame, shorter than the {VNET_HDR_SIZE}-byte header")]
+    Runt { len: usize },
+    #[error("writing to the tap: {0}")]
+    Backend(std::io::Error),
+}
+
+/// A virtio-net device on a tap (or, in tests, another [`NetBackend`]).
+pub struct Net<B: NetBackend = Tap> {
+    /// The log name: the tap's.
+    name: String,
+    pub(super) backend: B,
+    avail_features: u64,
+    pub(super) acked_features: u64,
+    config_space: [u8; CONFIG_SPACE_SIZE],
+    queue_max_sizes: [u16; NUM_QUEUES],
+    /// Signalled by the guest (through KVM's ioeventfd) when it adds
+    /// buffers to a queue.
+    pub(super) queue_events: Vec<EventFd>,
+    /// Written by `activate` so the event-manager thread starts watching
+    /// the queue events and the tap (see the module docs).
+    pub(super) activate_evt: EventFd,
+    /// Whether the queue events are registered with the event manager.
+    pub(super) queue_events_registered: bool,
+    /// Whether the backend's fd is registered with the event manager.
+    pub(super) backend_registered: bool,
+    pub(super) state: DeviceState,
+    /// The frame read from the backend last ([`MAX_FRAME_SIZE`] bytes).
+    rx_buf: Vec<u8>,
+    /// The length of the frame in `rx_buf` still owed to the guest, which
+    /// had no rx buffer for it.
+    pub(super) rx_pending: Option<usize>,
+    /// The frame being gathered from a tx chain ([`MAX_FRAME_SIZE`] bytes).
+    tx_buf: Vec<u8>,
+    counters: NetCounters,
+}
+
+impl<B: NetBackend> std::fmt::Debug for Net<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Net")
+            .field("name", &self.name)
+            .field("mac", &self.mac())
+            .field("acked_features", &self.acked_features)
+            .field("activated", &self.activated())
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether `features` has feature bit `bit`.
+fn has(features: u64, bit: u32) -> bool {
+    features & (1u64 << bit) != 0
+}
+
+/// The tap offloads (`TUN_F_*`) matching the negotiated `GUEST_*`
+/// features: which partial-checksum and GSO frames the guest accepts.
+pub(super) fn tun_offload_flags(acked: u64) -> u32 {
+    [
+        (VIRTIO_NET_F_GUEST_CSUM, TUN_F_CSUM),
+        (VIRTIO_NET_F_GUEST_TSO4, TUN_F_TSO4),
+        (VIRTIO_NET_F_GUEST_TSO6, TUN_F_TSO6),
+        (VIRTIO_NET_F_GUEST_UFO, TUN_F_UFO),
+    ]
+    .into_iter()
+    .filter(|&(bit, _)| has(acked, bit))
+    .fold(0, |flags, (_, flag)| flags | flag)
+}
+
+impl<B: NetBackend> Net<B> {
+    /// A device with MAC address `mac` and MTU `mtu` (advertised to the
+    /// guest) on `backend`; with `offload`, checksum and TCP segmentation
+    /// offload are offered both ways.
+    pub fn new(backend: B, mac: [u8; 6], mtu: u16, offload: bool) -> Result<Self, NetError> {
+        let name = backend.name().to_string();
+        if mtu < MIN_MTU {
+            return Err(NetError::InvalidMtu { tap: name, mtu });
+        }
+        let eventfd = || {
+            EventFd::new(libc::EFD_NONBLOCK).map_err(|source| NetError::EventFd {
+                tap: name.clone(),
+                source,
+            })
+        };
+        let queue_events = (0..NUM_QUEUES)
+            .map(|_| eventfd())
+            .collect::<Result<_, _>>()?;
+        let activate_evt = eventfd()?;
+
+        let mut avail_features = [
+            VIRTIO_F_VERSION_1,
+            VIRTIO_NET_F_MAC,
+            VIRTIO_NET_F_MTU,
+            VIRTIO_NET_F_STATUS,
+        ]
+        .iter()
+        .fold(0u64, |f, &bit| f | 1u64 << bit);
+        if offload {
+            avail_features |= [
+                VIRTIO_NET_F_CSUM,
+                VIRTIO_NET_F_GUEST_CSUM,
+                VIRTIO_NET_F_GUEST_TSO4,
+                VIRTIO_NET_F_GUEST_TSO6,
+                VIRTIO_NET_F_HOST_TSO4,
+                VIRTIO_NET_F_HOST_TSO6,
+            ]
+            .iter()
+            .fold(0u64, |f, &bit| f | 1u64 << bit);
+        }
+
+        let mut config_space = [0u8; CONFIG_SPACE_SIZE];
+        config_space[CONFIG_MAC_OFFSET..CONFIG_MAC_OFFSET + MAC_LEN].copy_from_slice(&mac);
+        config_space[CONFIG_STATUS_OFFSET..CONFIG_STATUS_OFFSET + 2]
+            .copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());
+        config_space[CONFIG_MAX_VQ_PAIRS_OFFSET..CONFIG_MAX_VQ_PAIRS_OFFSET + 2]
+            .copy_from_slice(&MAX_VIRTQUEUE_PAIRS.to_le_bytes());
+        config_space[CONFIG_MTU_OFFSET..CONFIG_MTU_OFFSET + 2].copy_from_slice(&mtu.to_le_bytes());
+
+        debug!(
+            "net {name}: mac {}, mtu {mtu}{}",
+            format_mac(&mac),
+            if offload { ", offloads" } else { "" }
+        );
+        Ok(Net {
+            name,
+            backend,
+            avail_features,
+            acked_features: 0,
+            config_space,
+            queue_max_sizes: [QUEUE_SIZE; NUM_QUEUES],
+            queue_events,
+            activate_evt,
+            queue_events_registered: false,
+            backend_registered: false,
+            state: DeviceState::Inactive,
+            rx_buf: vec![0; MAX_FRAME_SIZE],
+            rx_pending: None,
+            tx_buf: vec![0; MAX_FRAME_SIZE],
+            counters: NetCounters::default(),
+        })
+    }
+
+    /// The log name (the tap's).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The guest's MAC address.
+    pub fn mac(&self) -> [u8; MAC_LEN] {
+        let mut mac = [0u8; MAC_LEN];
+        mac.copy_from_slice(&self.config_space[CONFIG_MAC_OFFSET..CONFIG_MAC_OFFSET + MAC_LEN]);
+        mac
+    }
+
+    /// What went through the device so far.
+    pub fn counters(&self) -> NetCounters {
+        self.counters
+    }
+
+    /// Whether the device is activated ([`VirtioDevice::is_activated`]).
+    pub fn activated(&self) -> bool {
+        matches!(self.state, DeviceState::Activated { .. })
+    }
+
+    /// Moves frames from the backend to rx buffers until either runs out
+    /// (the last frame read stays pending when buffers did), and
+    /// interrupts the driver once if any buffer was used. Returns whether
+    /// any was.
+    pub fn process_rx(&mut self) -> Result<bool, NetError> {
+        let Net {
+            name,
+            state,
+            backend,
+            rx_buf,
+            rx_pending,
+            counters,
+            ..
+        } = self;
+        let DeviceState::Activated {
+            mem,
+            interrupt,
+            queues,
+        } = state
+        else {
+            return Err(NetError::NotActivated { tap: name.clone() });
+        };
+        let mem: &GuestMemoryMmap = mem;
+        let queue = &mut queues[RX_QUEUE];
+        let mut used = false;
+        loop {
+            let len = match rx_pending.take() {
+                Some(len) => len,
+                None => match read_frame(backend, rx_buf, counters, name) {
+                    Some(len) => len,
+                    None => break,
+                },
+            };
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                // Resumed by the rx queue notification.
+                *rx_pending = Some(len);
+                break;
+            };
+            let head = chain.head_index();
+            let used_len = match write_rx_chain(mem, chain, &rx_buf[..len]) {
+                Ok(used_len) => {
+                    counters.rx_frames += 1;
+                    counters.rx_bytes += payload_len(len);
+                    used_len
+                }
+                Err(err) => {
+                    counters.rx_dropped += 1;
+                    log_drop(name, "rx", counters.rx_dropped, &err);
+                    0
+                }
+            };
+            used |= add_used(queue, mem, head, used_len, name, RX_QUEUE)?;
+        }
+        if used {
+            signal_used(queue, mem, interrupt.as_ref(), name, RX_QUEUE)?;
+        }
+        Ok(used)
+    }
+
+    /// Sends every available tx frame to the backend, returns the chains
+    /// and interrupts the driver once if any was. Returns whether any was.
+    pub fn process_tx(&mut self) -> Result<bool, NetError> {
+        let Net {
+            name,
+            state,
+            backend,
+            tx_buf,
+            counters,
+            ..
+        } = self;
+        let DeviceState::Activated {
+            mem,
+            interrupt,
+            queues,
+        } = state
+        else {
+            return Err(NetError::NotActivated { tap: name.clone() });
+        };
+        let mem: &GuestMemoryMmap = mem;
+        let queue = &mut queues[TX_QUEUE];
+        let mut used = false;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let sent = read_tx_chain(mem, chain, tx_buf).and_then(|len| {
+                backend
+                    .write_frame(&tx_buf[..len])
+                    .map(|_| len)
+                    .map_err(FrameError::Backend)
+            });
+            match sent {
+                Ok(len) => {
+                    counters.tx_frames += 1;
+                    counters.tx_bytes += payload_len(len);
+                }
+                Err(err) => {
+                    counters.tx_dropped += 1;
+                    log_drop(name, "tx", counters.tx_dropped, &err);
+                }
+            }
+            // The device writes nothing into tx buffers (section 5.1.6.2).
+            used |= add_used(queue, mem, head, 0, name, TX_QUEUE)?;
+        }
+        if used {
+            signal_used(queue, mem, interrupt.as_ref(), name, TX_QUEUE)?;
+        }
+        Ok(used)
+    }
+}
+
+/// Bytes of a frame of `len` bytes after its header.
+fn payload_len(len: usize) -> u64 {
+    u64::try_from(len.saturating_sub(VNET_HDR_SIZE)).unwrap_or(u64::MAX)
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+fn format_mac(mac: &[u8; MAC_LEN]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Reads the next frame from the backend into `buf` and sets its
+/// `num_buffers` to 1; `None` when the backend has none (or fails).
+fn read_frame<B: NetBackend>(
+    backend: &mut B,
+    buf: &mut [u8],
+    counters: &mut NetCounters,
+    name: &str,
+) -> Option<usize> {
+    loop {
+        match backend.read_frame(buf) {
+            Ok(0) => {
+                // Not something a tap does; don't spin on it.
+                warn!("net {name}: the tap read returned no frame");
+                return None;
+            }
+            Ok(len) if len < VNET_HDR_SIZE => {
+                counters.rx_dropped += 1;
+                log_drop(name, "rx", counters.rx_dropped, &FrameError::Runt { len });
+            }
+            Ok(len) => {
+                // The tap leaves `num_buffers` alone; without
+                // VIRTIO_NET_F_MRG_RXBUF it is 1 (section 5.1.6.3.1).
+                buf[NUM_BUFFERS_OFFSET..VNET_HDR_SIZE].copy_from_slice(&1u16.to_le_bytes());
+                return Some(len.min(buf.len()));
+            }
+            Err(err) if err.kind() == ErrorKind::Interrupted => {}
+            Err(err) if err.kind() == ErrorKind::WouldBlock => return None,
+            Err(err) => {
+                warn!("net {name}: reading from the tap: {err}");
+                return None;
+            }
+        }
+    }
+}
+
+/// Writes `frame` across the device-writable descriptors of `chain`;
+/// returns the used length.
+fn write_rx_chain(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    frame: &[u8],
+) -> Result<u32, FrameError> {
+    let mut written = 0usize;
+    let mut capacity = 0usize;
+    for (index, desc) in chain.enumerate() {
+        if !desc.is_write_only() {
+            return Err(FrameError::ReadableRx { index });
+        }
+        let len = usize::try_from(desc.len()).unwrap_or(usize::MAX);
+        capacity = capacity.saturating_add(len);
+        let n = len.min(frame.len() - written);
+        mem.write_slice(&frame[written..written + n], desc.addr())
+            .map_err(|source| FrameError::Memory {
+                index,
+                addr: desc.addr().0,
+                len: desc.len(),
+                source,
+            })?;
+        written += n;
+        if written == frame.len() {
+            // At most MAX_FRAME_SIZE bytes.
+            return Ok(u32::try_from(written).unwrap_or(u32::MAX));
+        }
+    }
+    Err(FrameError::RxTooSmall {
+        frame: frame.len(),
+        capacity,
+    })
+}
+
+/// Gathers the device-readable descriptors of `chain` into `buf`; returns
+/// the frame length.
+fn read_tx_chain(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    buf: &mut [u8],
+) -> Result<usize, FrameError> {
+    let mut len = 0usize;
+    for (index, desc) in chain.enumerate() {
+        if desc.is_write_only() {
+            return Err(FrameError::WritableTx { index });
+        }
+        let end = usize::try_from(desc.len())
+            .ok()
+            .and_then(|n| len.checked_add(n))
+            .filter(|&end| end <= buf.len())
+            .ok_or(FrameError::TxTooLarge)?;
+        mem.read_slice(&mut buf[len..end], desc.addr())
+            .map_err(|source| FrameError::Memory {
+                index,
+                addr: desc.addr().0,
+                len: desc.len(),
+                source,
+            })?;
+        len = end;
+    }
+    if len < VNET_HDR_SIZE {
+        return Err(FrameError::TxShort { len });
+    }
+    Ok(len)
+}
+
+/// Logs a dropped frame: at warn for the 1st, 2nd, 4th, 8th, ... drop in
+/// that direction, at debug otherwise (a hostile guest can't flood the
+/// log).
+fn log_drop(name: &str, dir: &str, count: u64, err: &FrameError) {
+    if count.is_power_of_two() {
+        warn!("net {name}: dropped an {dir} frame: {err} ({count} {dir} drops so far)");
+    } else {
+        debug!("net {name}: dropped an {dir} frame: {err}");
+    }
+}
+
+/// Returns `head` to the driver; `Ok(false)` when the head index is bad
+/// (the guest only hurts itself).
+fn add_used(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    head: u16,
+    len: u32,
+    name: &str,
+    index: usize,
+) -> Result<bool, NetError> {
+    match queue.add_used(mem, head, len) {
+        Ok(()) => Ok(true),
+        Err(virtio_queue::Error::InvalidDescriptorIndex) => {
+            debug!("net {name}: queue {index}: dropping chain with bad head index {head}");
+            Ok(false)
+        }
+        Err(source) => Err(NetError::Queue {
+            tap: name.to_string(),
+            index,
+            source,
+        }),
+    }
+}
+
+/// Interrupts the driver if queue `index` asks for it (always, unless
+/// `VIRTIO_F_RING_EVENT_IDX` is negotiated).
+fn signal_used(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    interrupt: &dyn Interrupt,
+    name: &str,
+    index: usize,
+) -> Result<(), NetError> {
+    let notify = queue
+        .needs_notification(mem)
+        .map_err(|source| NetError::Queue {
+            tap: name.to_string(),
+            index,
+            source,
+        })?;
+    if notify {
+        interrupt
+            .trigger(INTERRUPT_USED_BUFFER)
+            .map_err(|source| NetError::Interrupt {
+                tap: name.to_string(),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+impl<B: NetBackend + 'static> VirtioDevice for Net<B> {
+    fn device_type(&self) -> u32 {
+        TYPE_NET
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_max_sizes
+    }
+
+    fn avail_features(&self) -> u64 {
+        self.avail_features
+    }
+
+    fn set_acked_features(&mut self, acked: u64) {
+        self.acked_features = acked & self.avail_features;
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        crate::vmm::devices::virtio::read_config_space(&self.config_space, offset, data);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        // The driver must not write any field (section 5.1.4.2).
+        debug!(
+            "net {}: ignoring {}-byte config space write at {offset:#x}",
+            self.name,
+            data.len()
+        );
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_events
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn Interrupt>,
+        queues: Vec<Queue>,
+    ) -> Result<(), ActivateError> {
+        if queues.len() != NUM_QUEUES {
+            return Err(ActivateError::QueueCount {
+                expected: NUM_QUEUES,
+                got: queues.len(),
+            });
+        }
+        if let Some(index) = queues.iter().position(|queue| !queue.is_valid(&mem)) {
+            return Err(ActivateError::BadQueue { index });
+        }
+        if self.activated() {
+            warn!("net {}: activated twice without a reset", self.name);
+        }
+        // The tap must not hand the guest frames it did not agree to
+        // (partial checksums, GSO).
+        let offloads = tun_offload_flags(self.acked_features);
+        self.backend.set_offload(offloads)?;
+        self.state = DeviceState::Activated {
+            mem,
+            interrupt,
+            queues,
+        };
+        if let Err(err) = self.activate_evt.write(1) {
+            self.state = DeviceState::Inactive;
+            return Err(err.into());
+        }
+        debug!(
+            "net {}: activated (features {:#x}, tap offloads {offloads:#x})",
+            self.name, self.acked_features
+        );
+        Ok(())
+    }
+
+    fn is_activated(&self) -> bool {
+        self.activated()
+    }
+
+    fn reset(&mut self) -> bool {
+        if self.rx_pending.take().is_some() {
+            self.counters.rx_dropped += 1;
+        }
+        self.state = DeviceState::Inactive;
+        self.acked_features = 0;
+        debug!("net {}: reset", self.name);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::ErrorKind;
+
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::super::test_utils::{
+        as_delivered, backend, frame, memory, Desc, GuestQueue, Harness, TestInterrupt, BIG_DATA,
+        F_WRITE, MAC, MEM_SIZE, MTU, RX_BASE, RX_DATA, TX_BASE,
+    };
+    use super::super::{MAX_FRAME_PAYLOAD, VIRTIO_NET_F_MRG_RXBUF};
+    use super::*;
+
+    fn bits(list: &[u32]) -> u64 {
+        list.iter().fold(0, |f, &bit| f | 1u64 << bit)
+    }
+
+    /// A 1500-byte-MTU Ethernet frame with its header.
+    const FRAME: usize = VNET_HDR_SIZE + 1514;
+
+    #[test]
+    fn features_with_and_without_offload() {
+        let base = bits(&[
+            VIRTIO_F_VERSION_1,
+            VIRTIO_NET_F_MAC,
+            VIRTIO_NET_F_MTU,
+            VIRTIO_NET_F_STATUS,
+        ]);
+        let offloads = bits(&[
+            VIRTIO_NET_F_CSUM,
+            VIRTIO_NET_F_GUEST_CSUM,
+            VIRTIO_NET_F_GUEST_TSO4,
+            VIRTIO_NET_F_GUEST_TSO6,
+            VIRTIO_NET_F_HOST_TSO4,
+            VIRTIO_NET_F_HOST_TSO6,
+        ]);
+        let plain = Net::new(backend().0, MAC, MTU, false).unwrap();
+        assert_eq!(plain.avail_features(), base);
+        let offload = Net::new(backend().0, MAC, MTU, true).unwrap();
+        assert_eq!(offload.avail_features(), base | offloads);
+        assert_eq!(offload.avail_features() & (1 << VIRTIO_NET_F_MRG_RXBUF), 0);
+        assert_eq!(offload.device_type(), TYPE_NET);
+        assert_eq!(offload.queue_max_sizes(), &[QUEUE_SIZE, QUEUE_SIZE]);
+        assert_eq!(offload.queue_events().len(), NUM_QUEUES);
+        assert_eq!(offload.name(), "testtap");
+        assert_eq!(offload.mac(), MAC);
+
+        // Acked features are limited to the offered ones.
+        let mut net = plain;
+        net.set_acked_features(u64::MAX);
+        assert_eq!(net.acked_features, base);
+    }
+
+    #[test]
+    fn config_space() {
+        let net = Net::new(backend().0, MAC, 9000, false).unwrap();
+        let mut all = [0xffu8; CONFIG_SPACE_SIZE];
+        net.read_config(0, &mut all);
+        let mut expected = MAC.to_vec();
+        expected.extend_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());
+        expected.extend_from_slice(&1u16.to_le_bytes());
+        expected.extend_from_slice(&9000u16.to_le_bytes());
+        assert_eq!(all.to_vec(), expected);
+
+        let read = |offset: u64, len: usize| {
+            let mut data = vec![0xffu8; len];
+            net.read_config(offset, &mut data);
+            data
+        };
+        assert_eq!(read(0, 6), MAC.to_vec());
+        assert_eq!(read(6, 2), vec![1, 0]);
+        assert_eq!(read(8, 2), vec![1, 0]);
+        assert_eq!(read(10, 2), 9000u16.to_le_bytes().to_vec());
+        assert_eq!(read(3, 1), vec![MAC[3]]);
+        // Partly past the end: the tail reads as 0.
+        assert_eq!(read(11, 4), vec![9000u16.to_le_bytes()[1], 0, 0, 0]);
+        assert_eq!(read(12, 4), vec![0; 4]);
+        assert_eq!(read(0x100, 2), vec![0; 2]);
+        assert_eq!(read(u64::MAX, 8), vec![0; 8]);
+
+        // Writes are ignored.
+        let mut net = net;
+        net.write_config(0, &[0; 6]);
+        assert_eq!(net.mac(), MAC);
+    }
+
+    #[test]
+    fn mtu_below_minimum_is_refused() {
+        let err = Net::new(backend().0, MAC, MIN_MTU - 1, false).unwrap_err();
+        assert!(matches!(err, NetError::InvalidMtu { mtu: 67, .. }), "{err}");
+        assert!(Net::new(backend().0, MAC, MIN_MTU, false).is_ok());
+    }
+
+    #[test]
+    fn activation_checks_queues() {
+        let (device_side, handle) = backend();
+        let mut net = Net::new(device_side, MAC, MTU, false).unwrap();
+        let mem = memory();
+        let rxq = GuestQueue::new(&mem, QUEUE_SIZE, RX_BASE);
+        let txq = GuestQueue::new(&mem, QUEUE_SIZE, TX_BASE);
+        let interrupt = Arc::new(TestInterrupt::default());
+
+        for count in [0, 1, 3] {
+            let queues = (0..count).map(|_| rxq.create_queue()).collect();
+            let err = net
+                .activate(mem.clone(), interrupt.clone(), queues)
+                .unwrap_err();
+            assert!(
+                matches!(err, ActivateError::QueueCount { expected: 2, got } if got == count),
+                "{err}"
+            );
+        }
+        let mut bad = txq.create_queue();
+        bad.set_ready(false);
+        let err = net
+            .activate(
+                mem.clone(),
+                interrupt.clone(),
+                vec![rxq.create_queue(), bad],
+            )
+            .unwrap_err();
+        assert!(matches!(err, ActivateError::BadQueue { index: 1 }), "{err}");
+
+        // A tap refusing the offloads refuses activation.
+        handle.state().offload_error = true;
+        let err = net
+            .activate(
+                mem.clone(),
+                interrupt.clone(),
+                vec![rxq.create_queue(), txq.create_queue()],
+            )
+            .unwrap_err();
+        assert!(matches!(err, ActivateError::Io(_)), "{err}");
+        assert!(!net.is_activated());
+        assert!(matches!(
+            net.process_rx(),
+            Err(NetError::NotActivated { .. })
+        ));
+        assert!(matches!(
+            net.process_tx(),
+            Err(NetError::NotActivated { .. })
+        ));
+
+        handle.state().offload_error = false;
+        net.activate(mem, interrupt, vec![rxq.create_queue(), txq.create_queue()])
+            .unwrap();
+        assert!(net.is_activated());
+        assert_eq!(net.activate_evt.read().unwrap(), 1);
+    }
+
+    #[test]
+    fn offload_flags_follow_the_guest_features() {
+        assert_eq!(tun_offload_flags(0), 0);
+        assert_eq!(
+            tun_offload_flags(u64::MAX),
+            TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_UFO
+        );
+        // Host-side (tx) offloads say nothing about what the guest accepts.
+        let host = bits(&[
+            VIRTIO_NET_F_CSUM,
+            VIRTIO_NET_F_HOST_TSO4,
+            VIRTIO_NET_F_HOST_TSO6,
+        ]);
+        assert_eq!(tun_offload_flags(host), 0);
+
+        let cases: [(bool, u64, u32); 5] = [
+            (false, u64::MAX, 0),
+            (true, 0, 0),
+            (true, u64::MAX, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6),
+            (true, bits(&[VIRTIO_NET_F_GUEST_CSUM]), TUN_F_CSUM),
+            (
+                true,
+                bits(&[VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4]) | host,
+                TUN_F_CSUM | TUN_F_TSO4,
+            ),
+        ];
+        for (offload, acked, flags) in cases {
+            let (device_side, handle) = backend();
+            let mut net = Net::new(device_side, MAC, MTU, offload).unwrap();
+            net.set_acked_features(acked);
+            let mem = memory();
+            let queues = vec![
+                GuestQueue::new(&mem, QUEUE_SIZE, RX_BASE).create_queue(),
+                GuestQueue::new(&mem, QUEUE_SIZE, TX_BASE).create_queue(),
+            ];
+            net.activate(mem, Arc::new(TestInterrupt::default()), queues)
+                .unwrap();
+            assert_eq!(handle.state().offloads, vec![flags], "{offload} {acked:#x}");
+        }
+    }
+
+    #[test]
+    fn tx_single_descriptor_frame() {
+        let mut h = Harness::new(false);
+        let f = frame(FRAME, 1);
+        h.send(&f);
+        assert!(h.net().process_tx().unwrap());
+        assert_eq!(h.backend.take_tx(), vec![f]);
+        assert_eq!(h.txq.pop_used(), Some((0, 0)));
+        assert_eq!(h.interrupt.count(), 1);
+        let c = h.net().counters();
+        assert_eq!((c.tx_frames, c.tx_bytes, c.tx_dropped), (1, 1514, 0));
+    }
+
+    #[test]
+    fn tx_multi_descriptor_frames() {
+        let mut h = Harness::new(true);
+        // Header apart (as Linux does), then odd-sized pieces.
+        let f = frame(FRAME, 2);
+        let addr = h.tx_addr(f.len());
+        h.send_split(&f, addr, &[VNET_HDR_SIZE, 1, 300]);
+        // A 64 KiB GSO frame in a header and 16 pages.
+        let big = frame(MAX_FRAME_SIZE, 3);
+        let addr = h.tx_addr(big.len());
+        h.send_split(
+            &big,
+            addr,
+            &[VNET_HDR_SIZE; 1]
+                .iter()
+                .copied()
+                .chain([4096; 15])
+                .collect::<Vec<_>>(),
+        );
+        // Empty descriptors don't matter.
+        let g = frame(100, 4);
+        let addr = h.tx_addr(g.len());
+        h.mem.write_slice(&g, GuestAddress(addr)).unwrap();
+        h.txq.add_chain(&[(addr, 0, 0), (addr, 100, 0), (0, 0, 0)]);
+        assert!(h.net().process_tx().unwrap());
+        assert_eq!(h.backend.take_tx(), vec![f, big, g]);
+        assert_eq!(h.txq.used_idx(), 3);
+        assert_eq!(h.interrupt.count(), 1);
+        let c = h.net().counters();
+        assert_eq!((c.tx_frames, c.tx_dropped), (3, 0));
+        assert_eq!(c.tx_bytes, (1514 + MAX_FRAME_PAYLOAD + 88) as u64);
+    }
+
+    #[test]
+    fn bad_tx_chains_are_dropped_and_used() {
+        let mut h = Harness::new(false);
+        let f = frame(MAX_FRAME_SIZE + 1, 5);
+        let addr = h.tx_addr(f.len());
+        h.mem.write_slice(&f, GuestAddress(addr)).unwrap();
+        let cases: Vec<(&str, Vec<Desc>)> = vec![
+            (
+                "oversized",
+                vec![(addr, u32::try_from(f.len()).unwrap(), 0)],
+            ),
+            (
+                "oversized over descriptors",
+                vec![(addr, 12, 0), (addr, 65550, 0), (addr, 1, 0)],
+            ),
+            ("write-only descriptor", vec![(addr, 100, F_WRITE)]),
+            (
+                "write-only after data",
+                vec![(addr, 100, 0), (addr, 10, F_WRITE)],
+            ),
+            ("shorter than the header", vec![(addr, 11, 0)]),
+            ("header split short", vec![(addr, 5, 0), (addr, 6, 0)]),
+            ("empty", vec![(addr, 0, 0)]),
+            ("outside memory", vec![(MEM_SIZE as u64 - 10, 100, 0)]),
+            ("address overflow", vec![(u64::MAX - 4, 100, 0)]),
+            (
+                "length overflow",
+                vec![(addr, u32::MAX, 0), (addr, u32::MAX, 0)],
+            ),
+        ];
+        let n = cases.len();
+        for (_, descs) in &cases {
+            h.txq.add_chain(descs);
+        }
+        // A good frame after them still goes through.
+        let good = frame(60, 6);
+        h.send(&good);
+        assert!(h.net().process_tx().unwrap());
+        assert_eq!(h.backend.take_tx(), vec![good]);
+        for i in 0..=n {
+            let (_, len) = h
+                .txq
+                .pop_used()
+                .unwrap_or_else(|| panic!("chain {i} not used"));
+            assert_eq!(len, 0);
+        }
+        let c = h.net().counters();
+        assert_eq!((c.tx_frames, c.tx_dropped), (1, n as u64));
+        assert_eq!(h.interrupt.count(), 1);
+    }
+
+    #[test]
+    fn tx_backend_errors_drop_the_frame() {
+        let mut h = Harness::new(false);
+        for kind in [ErrorKind::WouldBlock, ErrorKind::Other] {
+            h.backend.state().write_error = Some(kind);
+            h.send(&frame(FRAME, 7));
+            assert!(h.net().process_tx().unwrap());
+        }
+        h.backend.state().write_error = None;
+        let f = frame(FRAME, 8);
+        h.send(&f);
+        assert!(h.net().process_tx().unwrap());
+        assert_eq!(h.backend.take_tx(), vec![f]);
+        assert_eq!(h.txq.used_idx(), 3);
+        let c = h.net().counters();
+        assert_eq!((c.tx_frames, c.tx_dropped), (1, 2));
+    }
+
+    #[test]
+    fn rx_frame_is_delivered_with_num_buffers_one() {
+        let mut h = Harness::new(false);
+        h.add_rx_buffers(1, 2048);
+        // Stale bytes where num_buffers goes: the tap doesn't write them.
+        h.mem
+            .write_slice(&[0x55; 2048], GuestAddress(RX_DATA))
+            .unwrap();
+        let f = frame(FRAME, 9);
+        h.backend.push(f.clone());
+        assert!(h.net().process_rx().unwrap());
+        let got = h.recv();
+        assert_eq!(got, vec![(FRAME as u32, as_delivered(&f))]);
+        assert_eq!(&got[0].1[10..12], &[1, 0]);
+        assert_eq!(h.interrupt.count(), 1);
+        let c = h.net().counters();
+        assert_eq!((c.rx_frames, c.rx_bytes, c.rx_dropped), (1, 1514, 0));
+        // Nothing else: no interrupt.
+        assert!(!h.net().process_rx().unwrap());
+        assert_eq!(h.interrupt.count(), 1);
+    }
+
+    #[test]
+    fn rx_gso_frame_fills_a_big_packet_chain() {
+        let mut h = Harness::new(true);
+        // Linux's big-packet chain without MRG_RXBUF: the header, the rest
+        // of its page, then 17 pages.
+        let mut descs = vec![(BIG_DATA, VNET_HDR_SIZE as u32, F_WRITE)];
+        descs.push((BIG_DATA + 0x1000, 4096 - 16, F_WRITE));
+        for page in 0..17u64 {
+            descs.push((BIG_DATA + 0x2000 + page * 0x1000, 4096, F_WRITE));
+        }
+        h.rxq.add_chain(&descs);
+        let big = frame(MAX_FRAME_SIZE, 10);
+        h.backend.push(big.clone());
+        assert!(h.net().process_rx().unwrap());
+        let (_, len) = h.rxq.pop_used().unwrap();
+        assert_eq!(len as usize, MAX_FRAME_SIZE);
+        // Gather it back the way the guest would.
+        let mut got = Vec::new();
+        let mut left = MAX_FRAME_SIZE;
+        for &(addr, dlen, _) in &descs {
+            let n = left.min(dlen as usize);
+            let mut part = vec![0u8; n];
+            h.mem.read_slice(&mut part, GuestAddress(addr)).unwrap();
+            got.extend_from_slice(&part);
+            left -= n;
+        }
+        assert_eq!(got, as_delivered(&big));
+        assert_eq!(h.net().counters().rx_bytes, MAX_FRAME_PAYLOAD as u64);
+    }
+
+    #[test]
+    fn rx_without_buffers_keeps_the_frame_pending() {
+        let mut h = Harness::new(false);
+        let f = frame(FRAME, 11);
+        h.backend.push(f.clone());
+        h.drain();
+        assert!(!h.net().process_rx().unwrap());
+        assert_eq!(h.net().rx_pending, Some(FRAME));
+        assert_eq!(h.backend.rx_left(), 0);
+        assert_eq!(h.interrupt.count(), 0);
+        // The guest adds buffers and notifies: the frame arrives.
+        h.add_rx_buffers(2, 2048);
+        h.notify_and_run(RX_QUEUE);
+        assert_eq!(h.recv(), vec![(FRAME as u32, as_delivered(&f))]);
+        assert_eq!(h.net().rx_pending, None);
+        assert_eq!(h.interrupt.count(), 1);
+    }
+
+    #[test]
+    fn rx_frame_larger_than_the_buffer_is_dropped() {
+        let mut h = Harness::new(false);
+        h.add_rx_buffers(2, 1024);
+        let big = frame(FRAME, 12);
+        let small = frame(500, 13);
+        h.backend.push(big);
+        h.backend.push(small.clone());
+        assert!(h.net().process_rx().unwrap());
+        assert_eq!(h.rxq.pop_used(), Some((0, 0)));
+        assert_eq!(h.rxq.pop_used(), Some((1, 500)));
+        let mut got = vec![0u8; 500];
+        h.mem
+            .read_slice(&mut got, GuestAddress(RX_DATA + 0x800))
+            .unwrap();
+        assert_eq!(got, as_delivered(&small));
+        let c = h.net().counters();
+        assert_eq!((c.rx_frames, c.rx_dropped), (1, 1));
+        assert_eq!(h.interrupt.count(), 1);
+    }
+
+    #[test]
+    fn bad_rx_chains_drop_the_frame() {
+        let mut h = Harness::new(false);
+        let cases: Vec<Vec<Desc>> = vec![
+            vec![(RX_DATA, 2048, 0)],
+            vec![(RX_DATA, 12, F_WRITE), (RX_DATA + 0x100, 2048, 0)],
+            vec![(MEM_SIZE as u64 - 100, 2048, F_WRITE)],
+            vec![(u64::MAX - 10, 2048, F_WRITE)],
+            vec![(RX_DATA, 0, F_WRITE)],
+        ];
+        let n = cases.len();
+        for descs in &cases {
+            h.rxq.add_chain(descs);
+            h.backend.push(frame(FRAME, 14));
+        }
+        assert!(h.net().process_rx().unwrap());
+        for _ in 0..n {
+            assert_eq!(h.rxq.pop_used().map(|(_, len)| len), Some(0));
+        }
+        let c = h.net().counters();
+        assert_eq!((c.rx_frames, c.rx_dropped), (0, n as u64));
+    }
+
+    #[test]
+    fn runt_frames_from_the_tap_are_dropped() {
+        let mut h = Harness::new(false);
+        h.add_rx_buffers(1, 2048);
+        h.backend.push(frame(11, 15));
+        let f = frame(FRAME, 16);
+        h.backend.push(f.clone());
+        assert!(h.net().process_rx().unwrap());
+        assert_eq!(h.recv(), vec![(FRAME as u32, as_delivered(&f))]);
+        assert_eq!(h.net().counters().rx_dropped, 1);
+    }
+
+    #[test]
+    fn ring_exhaustion_keeps_order() {
+        let mut h = Harness::new(false);
+        let frames: Vec<Vec<u8>> = (0..6u8).map(|i| frame(100 + usize::from(i), i)).collect();
+        for f in &frames {
+            h.backend.push(f.clone());
+        }
+        h.add_rx_buffers(2, 2048);
+        assert!(h.net().process_rx().unwrap());
+        let first = h.recv();
+        assert_eq!(first.len(), 2);
+        // One frame waits in the device, the rest on the tap.
+        assert_eq!(h.net().rx_pending, Some(102));
+        assert_eq!(h.backend.rx_left(), 3);
+        assert_eq!(h.interrupt.count(), 1);
+
+        h.add_rx_buffers(3, 2048);
+        h.notify_and_run(RX_QUEUE);
+        let second = h.recv();
+        assert_eq!(second.len(), 3);
+        assert_eq!(h.interrupt.count(), 2);
+        h.add_rx_buffers(4, 2048);
+        h.notify_and_run(RX_QUEUE);
+        let third = h.recv();
+        let got: Vec<Vec<u8>> = first
+            .into_iter()
+            .chain(second)
+            .chain(third)
+            .map(|(_, bytes)| bytes)
+            .collect();
+        let expected: Vec<Vec<u8>> = frames.iter().map(|f| as_delivered(f)).collect();
+        assert_eq!(got, expected);
+        assert_eq!(h.net().rx_pending, None);
+        assert_eq!(h.rxq.outstanding(), 3);
+        assert_eq!(h.net().counters().rx_frames, 6);
+    }
+
+    #[test]
+    fn one_interrupt_per_batch() {
+        let mut h = Harness::new(false);
+        h.add_rx_buffers(4, 2048);
+        for i in 0..3 {
+            h.backend.push(frame(200, i));
+        }
+        for i in 0..3 {
+            h.send(&frame(200, 10 + i));
+        }
+        assert!(h.net().process_rx().unwrap());
+        assert_eq!(h.interrupt.count(), 1);
+        assert!(h.net().process_tx().unwrap());
+        assert_eq!(h.interrupt.count(), 2);
+        assert_eq!(
+            h.interrupt.status.load(std::sync::atomic::Ordering::SeqCst),
+            INTERRUPT_USED_BUFFER
+        );
+        assert_eq!(h.rxq.used_idx(), 3);
+        assert_eq!(h.txq.used_idx(), 3);
+        // Nothing new: no interrupt.
+        assert!(!h.net().process_rx().unwrap());
+        assert!(!h.net().process_tx().unwrap());
+        assert_eq!(h.interrupt.count(), 2);
+    }
+
+    #[test]
+    fn reset_drops_the_pending_frame() {
+        let mut h = Harness::new(true);
+        h.backend.push(frame(FRAME, 20));
+        assert!(!h.net().process_rx().unwrap());
+        assert!(h.net().rx_pending.is_some());
+        assert!(h.net().reset());
+        assert!(!h.net().is_activated());
+        assert_eq!(h.net().rx_pending, None);
+        assert_eq!(h.net().acked_features, 0);
+        assert_eq!(h.net().counters().rx_dropped, 1);
+        assert!(h.net().process_rx().is_err());
+
+        // Activation works again, with fresh queues; the dropped frame is
+        // gone, a new one arrives.
+        h.fresh_queues();
+        h.activate();
+        assert!(h.net().is_activated());
+        h.add_rx_buffers(1, 2048);
+        let f = frame(FRAME, 21);
+        h.backend.push(f.clone());
+        assert!(h.net().process_rx().unwrap());
+        assert_eq!(h.recv(), vec![(FRAME as u32, as_delivered(&f))]);
+    }
+}

@@ -1,0 +1,155 @@
+//! virtio-net (virtio 1.2, section 5.1) backed by a tap device.
+//!
+//! - [`tap`]: [`Tap`] (the host side: `/dev/net/tun` with a virtio-net
+//!   header on every frame) and [`NetBackend`], what the device needs from
+//!   it (tests use a double).
+//! - [`device`]: [`Net`], its state (`Inactive` / `Activated`), features,
+//!   config space and the rx / tx queue processing.
+//! - [`event_handler`]: the event-manager side.
+//!
+//! # Frames
+//!
+//! Every frame on either queue starts with the 12-byte `virtio_net_hdr`
+//! (section 5.1.6; `num_buffers` included, as with `VIRTIO_F_VERSION_1`).
+//! The tap is opened with `IFF_VNET_HDR` and a header size of 12, so the
+//! header goes through unchanged both ways: checksum and segmentation
+//! offload requests (`flags`, `gso_type`, ...) are the tap's and the
+//! guest's business. The one exception is `num_buffers`, which the tap
+//! leaves alone on reads: the device sets it to 1 on every rx frame
+//! (section 5.1.6.3.1: without `VIRTIO_NET_F_MRG_RXBUF` it must be 1).
+//!
+//! Without `VIRTIO_NET_F_MRG_RXBUF` each rx frame fills exactly one chain;
+//! Linux then posts "big packet" chains (a header descriptor and 17 pages)
+//! when segmentation offload or a large MTU is negotiated, which hold a
+//! [`MAX_FRAME_SIZE`] frame.
+//!
+//! # Events
+//!
+//! As for the other virtio devices: the VMM hands an `Arc<Mutex<Net>>` to
+//! the [`MmioTransport`](super::mmio::MmioTransport) and registers the same
+//! `Arc` with the `EventManager`; `MutEventSubscriber::init` watches only
+//! the *activate* eventfd. `VirtioDevice::activate` (on a vCPU thread, at
+//! `DRIVER_OK`) sets the tap's offloads from the negotiated features,
+//! stores memory, queues and interrupt, and writes the activate eventfd. On
+//! the event-manager thread that event registers the queue events and the
+//! tap (once; they stay registered across resets), then processes the tx
+//! queue and drains the tap into the rx queue, so frames that reached the
+//! tap before the device was watching it are not stuck.
+//!
+//! The tap is watched edge-triggered: on each readable edge the device
+//! reads frames until the tap is empty or the rx queue has no buffers. In
+//! the latter case the frame read last is kept pending, and the rx queue
+//! notification (the guest adding buffers) resumes the drain. The tx queue
+//! notification sends every available frame. Each pass interrupts the
+//! driver at most once.
+//!
+//! Guest mistakes (a malformed chain, a frame too big, an rx buffer too
+//! small) drop the frame, return the chain with a used length of 0, count
+//! it and log it (at warn for the 1st, 2nd, 4th, 8th, ... drop each way, at
+//! debug otherwise); they never panic.
+
+mod device;
+mod event_handler;
+pub mod tap;
+#[cfg(test)]
+pub(crate) mod test_utils;
+
+pub use device::{Net, NetCounters};
+pub use tap::{NetBackend, Tap, TapError};
+
+/// The device has one receive and one transmit queue (section 5.1.2;
+/// neither `VIRTIO_NET_F_CTRL_VQ` nor `VIRTIO_NET_F_MQ` is offered).
+pub const NUM_QUEUES: usize = 2;
+/// Index of receiveq1.
+pub const RX_QUEUE: usize = 0;
+/// Index of transmitq1.
+pub const TX_QUEUE: usize = 1;
+/// Maximum size of each queue.
+pub const QUEUE_SIZE: u16 = 256;
+
+/// Feature bits (virtio 1.2, section 5.1.3).
+/// `VIRTIO_NET_F_CSUM`: the device handles packets with partial checksum
+/// (guest to host checksum offload).
+pub const VIRTIO_NET_F_CSUM: u32 = 0;
+/// `VIRTIO_NET_F_GUEST_CSUM`: the driver handles packets with partial
+/// checksum.
+pub const VIRTIO_NET_F_GUEST_CSUM: u32 = 1;
+/// `VIRTIO_NET_F_MTU`: `mtu` in config is the maximum MTU.
+pub const VIRTIO_NET_F_MTU: u32 = 3;
+/// `VIRTIO_NET_F_MAC`: `mac` in config is the device's address.
+pub const VIRTIO_NET_F_MAC: u32 = 5;
+/// `VIRTIO_NET_F_GUEST_TSO4`: the driver can receive TSOv4.
+pub const VIRTIO_NET_F_GUEST_TSO4: u32 = 7;
+/// `VIRTIO_NET_F_GUEST_TSO6`: the driver can receive TSOv6.
+pub const VIRTIO_NET_F_GUEST_TSO6: u32 = 8;
+/// `VIRTIO_NET_F_GUEST_UFO`: the driver can receive UFO.
+pub const VIRTIO_NET_F_GUEST_UFO: u32 = 10;
+/// `VIRTIO_NET_F_HOST_TSO4`: the device can receive TSOv4.
+pub const VIRTIO_NET_F_HOST_TSO4: u32 = 11;
+/// `VIRTIO_NET_F_HOST_TSO6`: the device can receive TSOv6.
+pub const VIRTIO_NET_F_HOST_TSO6: u32 = 12;
+/// `VIRTIO_NET_F_HOST_UFO`: the device can receive UFO.
+pub const VIRTIO_NET_F_HOST_UFO: u32 = 14;
+/// `VIRTIO_NET_F_MRG_RXBUF`: the driver can merge receive buffers (not
+/// offered; named for the docs and tests).
+pub const VIRTIO_NET_F_MRG_RXBUF: u32 = 15;
+/// `VIRTIO_NET_F_STATUS`: the config `status` field is available.
+pub const VIRTIO_NET_F_STATUS: u32 = 16;
+
+/// Offload flags of `TUNSETOFFLOAD` (`linux/if_tun.h`): which partial
+/// checksum / GSO frames the tap may hand us, i.e. what the guest accepts.
+pub const TUN_F_CSUM: u32 = libc::TUN_F_CSUM;
+pub const TUN_F_TSO4: u32 = libc::TUN_F_TSO4;
+pub const TUN_F_TSO6: u32 = libc::TUN_F_TSO6;
+pub const TUN_F_UFO: u32 = libc::TUN_F_UFO;
+
+/// `VIRTIO_NET_S_LINK_UP` in the config `status` field (section 5.1.4).
+pub const VIRTIO_NET_S_LINK_UP: u16 = 1;
+
+/// Config space layout (struct `virtio_net_config`, section 5.1.4): `mac`
+/// (6 bytes), le16 `status`, le16 `max_virtqueue_pairs`, le16 `mtu`. Later
+/// fields belong to features this device does not offer.
+pub const CONFIG_MAC_OFFSET: usize = 0;
+pub const CONFIG_STATUS_OFFSET: usize = 6;
+pub const CONFIG_MAX_VQ_PAIRS_OFFSET: usize = 8;
+pub const CONFIG_MTU_OFFSET: usize = 10;
+pub const CONFIG_SPACE_SIZE: usize = 12;
+
+/// Length of a MAC address.
+pub const MAC_LEN: usize = 6;
+
+/// Size of `struct virtio_net_hdr` with `num_buffers` (section 5.1.6),
+/// the header of every frame on both queues and on the tap.
+pub const VNET_HDR_SIZE: usize = 12;
+/// Offset of the le16 `num_buffers` field in the header.
+pub const NUM_BUFFERS_OFFSET: usize = 10;
+
+/// Largest Ethernet frame the device moves: a 64 KiB GSO packet with its
+/// link-level headers.
+pub const MAX_FRAME_PAYLOAD: usize = 65550;
+/// Largest frame with its header, the size of the rx and tx buffers
+/// (section 5.1.6.3.1: with guest TSO or UFO the driver posts rx buffers
+/// of at least 65562 bytes).
+pub const MAX_FRAME_SIZE: usize = VNET_HDR_SIZE + MAX_FRAME_PAYLOAD;
+
+/// Smallest MTU the device may advertise (section 5.1.4.1: "at least 68").
+pub const MIN_MTU: u16 = 68;
+
+/// Errors of the network device.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("creating the eventfds of network device {tap}: {source}")]
+    EventFd { tap: String, source: std::io::Error },
+    #[error("network device {tap}: MTU {mtu} is below the minimum of {MIN_MTU}")]
+    InvalidMtu { tap: String, mtu: u16 },
+    #[error("network device {tap} is not activated")]
+    NotActivated { tap: String },
+    #[error("network device {tap}: queue {index}: {source}")]
+    Queue {
+        tap: String,
+        index: usize,
+        source: virtio_queue::Error,
+    },
+    #[error("network device {tap}: raising the interrupt: {source}")]
+    Interrupt { tap: String, source: std::io::Error },
+}
