@@ -6,7 +6,7 @@ INIT_TARGET := x86_64-unknown-linux-musl
 TESTHOST    := $(CURDIR)/tests/testhost/run
 export HUSK_INIT := $(CURDIR)/target/$(INIT_TARGET)/release/husk-init
 
-.PHONY: all deps kernel build demo test unit lint e2e bench bench-boot bench-run clean
+.PHONY: all deps kernel build demo test unit lint e2e bench bench-boot bench-run bench-net clean
 
 all: build
 
@@ -50,13 +50,16 @@ e2e: kernel build
 		cargo test --release --no-fail-fast --test 'e2e_*'
 
 ## Benchmarks (results go to docs/benchmarks.md by hand, with the machine named).
-bench: bench-boot bench-run
+bench: bench-boot bench-run bench-net
 
 bench-boot: kernel build
 	$(TESTHOST) -- python3 benches/boot.py --runs $${RUNS:-10}
 
 bench-run: kernel build
 	$(TESTHOST) -- python3 benches/run.py --runs $${RUNS:-10}
+
+bench-net: kernel build
+	$(TESTHOST) -- python3 benches/net.py --runs $${RUNS:-3}
 
 clean:
 	cargo clean

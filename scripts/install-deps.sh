@@ -24,6 +24,9 @@ declare -A tools=(
     [python3]=python3
     [runc]=runc
     [crun]=crun
+    [ip]=iproute2
+    [tc]=iproute2
+    [iperf3]=iperf3
 )
 want=()
 for tool in "${!tools[@]}"; do

@@ -52,6 +52,8 @@ pub enum ContainerError {
     Hook(#[from] crate::runtime::hooks::HookError),
     #[error(transparent)]
     Control(#[from] ControlError),
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
     #[error("guest kernel {path} does not exist (run `make kernel`, or set HUSK_KERNEL)")]
     KernelMissing { path: PathBuf },
     #[error("guest init {path} does not exist (run `make build`, or set HUSK_INIT)")]
@@ -108,6 +110,10 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
     if terminal && req.console_socket.is_none() {
         return Err(ContainerError::NoConsoleSocket);
     }
+    let network = crate::runtime::vm_plan::network_plan(&b.spec)?;
+    if let Some(n) = &network {
+        crate::net::open_netns(&n.netns)?;
+    }
     let kernel = crate::paths::default_kernel();
     if !kernel.is_file() {
         return Err(ContainerError::KernelMissing { path: kernel });
@@ -140,6 +146,7 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
         control_socket: state.control_socket.clone(),
         console_log: state.console_log.clone(),
         container,
+        network,
     };
     plan.save(&dir)?;
     crate::runtime::hooks::save(&dir, b.spec.hooks().as_ref())?;
@@ -233,6 +240,9 @@ impl Drop for CreateGuard {
             let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(0));
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
             let _ = nix::sys::wait::waitpid(pid, None);
+        }
+        if let Err(e) = crate::net::cleanup(&self.dir) {
+            log::warn!("{e}");
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -467,6 +477,11 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), ContainerError> 
         }
         Ok(None) => {}
         Err(e) => log::warn!("{e}"),
+    }
+    match crate::net::cleanup(&dir) {
+        Ok(()) => {}
+        Err(e) if force => log::warn!("container {id}: {e}"),
+        Err(e) => return Err(e.into()),
     }
     State::remove(root, id)?;
     Ok(())

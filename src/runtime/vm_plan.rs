@@ -6,14 +6,62 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::agent_proto::ContainerSpec;
+use crate::net::NicPlan;
 use crate::proto;
-use crate::vmm::config::{self, BlockConfig, ConsoleOutput, Initramfs, VmConfig, VsockConfig};
+use crate::vmm::config::{
+    self, BlockConfig, ConsoleOutput, Initramfs, NetConfig, VmConfig, VsockConfig,
+};
 
 /// File name of the plan in the container's state directory.
 pub const PLAN_FILE: &str = "vm.json";
 /// The guest's vsock CID (each VM has its own vsock device, so all can use
 /// the first non-reserved CID).
 pub const GUEST_CID: u64 = 3;
+/// Annotation that turns the NICs' checksum/segmentation offloads off
+/// (`false`) or on (`true`, the default).
+pub const ANNOTATION_NET_OFFLOAD: &str = "io.husk.net.offload";
+
+/// The engine's network namespace the VM's NICs stand for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkPlan {
+    /// `linux.namespaces[type=network].path`.
+    pub netns: PathBuf,
+    /// Offer offloads to the guest ([`ANNOTATION_NET_OFFLOAD`]).
+    pub offload: bool,
+}
+
+/// The network part of a spec: a network namespace with a path is the
+/// engine's, and the VM gets its interfaces. A new namespace (no path) or
+/// none at all gives the guest loopback only: a VM cannot share the host's
+/// network stack.
+pub fn network_plan(spec: &oci_spec::runtime::Spec) -> Result<Option<NetworkPlan>, PlanError> {
+    use oci_spec::runtime::LinuxNamespaceType;
+    let offload = match spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_NET_OFFLOAD))
+    {
+        None => true,
+        Some(v) if v == "true" => true,
+        Some(v) if v == "false" => false,
+        Some(v) => {
+            return Err(PlanError::Annotation {
+                annotation: ANNOTATION_NET_OFFLOAD,
+                value: v.clone(),
+            })
+        }
+    };
+    let netns = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .and_then(|nss| {
+            nss.iter()
+                .find(|ns| ns.typ() == LinuxNamespaceType::Network)
+        })
+        .and_then(|ns| ns.path().clone());
+    Ok(netns.map(|netns| NetworkPlan { netns, offload }))
+}
 
 /// The VM and container a VMM process runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,6 +75,9 @@ pub struct VmPlan {
     pub control_socket: PathBuf,
     pub console_log: PathBuf,
     pub container: ContainerSpec,
+    /// The engine's network, if it gave one.
+    #[serde(default)]
+    pub network: Option<NetworkPlan>,
 }
 
 /// Errors reading or writing a plan.
@@ -46,6 +97,11 @@ pub enum PlanError {
     Parse {
         path: PathBuf,
         source: serde_json::Error,
+    },
+    #[error("annotation {annotation}={value:?} is neither \"true\" nor \"false\"")]
+    Annotation {
+        annotation: &'static str,
+        value: String,
     },
 }
 
@@ -79,8 +135,9 @@ impl VmPlan {
         )
     }
 
-    /// The VM configuration, with the initramfs already built.
-    pub fn vm_config(&self, initramfs: Vec<u8>) -> VmConfig {
+    /// The VM configuration, with the initramfs already built and the
+    /// network attached (`nics` empty without one).
+    pub fn vm_config(&self, initramfs: Vec<u8>, nics: &[NicPlan]) -> VmConfig {
         let mut c = VmConfig::new(self.kernel.clone());
         c.initramfs = Some(Initramfs::Bytes(std::sync::Arc::new(initramfs)));
         c.cmdline = self.cmdline();
@@ -91,6 +148,17 @@ impl VmPlan {
             read_only: true,
             id: "husk-root".into(),
         }];
+        let offload = self.network.as_ref().map_or(true, |n| n.offload);
+        c.net = nics
+            .iter()
+            .map(|n| NetConfig {
+                tap: n.tap.clone(),
+                mac: n.mac,
+                // attach() refused MTUs beyond u16.
+                mtu: u16::try_from(n.mtu).unwrap_or(u16::MAX),
+                offload,
+            })
+            .collect();
         c.console = ConsoleOutput::File(self.console_log.clone());
         c.vsock = Some(VsockConfig {
             guest_cid: GUEST_CID,
@@ -116,14 +184,77 @@ mod tests {
             control_socket: dir.path().join("vsock"),
             console_log: dir.path().join("console.log"),
             container: ContainerSpec::default(),
+            network: Some(NetworkPlan {
+                netns: "/var/run/netns/x".into(),
+                offload: false,
+            }),
         };
         plan.save(dir.path()).unwrap();
         assert_eq!(VmPlan::load(dir.path()).unwrap(), plan);
-        let c = plan.vm_config(vec![1]);
+        let nic = NicPlan {
+            ifname: "eth0".into(),
+            tap: "husktap0".into(),
+            mac: [2, 0, 0, 0, 0, 1],
+            mtu: 1450,
+        };
+        let c = plan.vm_config(vec![1], std::slice::from_ref(&nic));
+        assert_eq!(
+            c.net,
+            vec![NetConfig {
+                tap: "husktap0".into(),
+                mac: [2, 0, 0, 0, 0, 1],
+                mtu: 1450,
+                offload: false,
+            }]
+        );
         assert!(c.cmdline.contains("husk.agent=1") && c.cmdline.contains("husk.overlay=1"));
         assert!(c.block[0].read_only);
         assert_eq!(c.vsock.as_ref().unwrap().guest_cid, GUEST_CID);
         assert!(c.validate().is_ok());
+    }
+
+    fn spec_with(namespaces: &str, annotations: &str) -> oci_spec::runtime::Spec {
+        serde_json::from_str(&format!(
+            r#"{{"ociVersion":"1.0.2","root":{{"path":"rootfs"}},
+               "annotations":{{{annotations}}},
+               "linux":{{"namespaces":[{namespaces}]}}}}"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_network_comes_from_a_namespace_path() {
+        let spec = spec_with(
+            r#"{"type":"pid"},{"type":"network","path":"/run/netns/cni-1"}"#,
+            "",
+        );
+        assert_eq!(
+            network_plan(&spec).unwrap(),
+            Some(NetworkPlan {
+                netns: "/run/netns/cni-1".into(),
+                offload: true
+            })
+        );
+        // A new namespace, or none: loopback only.
+        assert_eq!(
+            network_plan(&spec_with(r#"{"type":"network"}"#, "")).unwrap(),
+            None
+        );
+        assert_eq!(
+            network_plan(&spec_with(r#"{"type":"pid"}"#, "")).unwrap(),
+            None
+        );
+        let off = spec_with(
+            r#"{"type":"network","path":"/n"}"#,
+            r#""io.husk.net.offload":"false""#,
+        );
+        assert!(!network_plan(&off).unwrap().unwrap().offload);
+        let bad = spec_with(
+            r#"{"type":"network","path":"/n"}"#,
+            r#""io.husk.net.offload":"maybe""#,
+        );
+        let err = network_plan(&bad).unwrap_err();
+        assert!(err.to_string().contains("io.husk.net.offload"), "{err}");
     }
 
     #[test]

@@ -38,8 +38,17 @@ const FORWARDED: [nix::sys::signal::Signal; 6] = [
     nix::sys::signal::Signal::SIGUSR2,
 ];
 
-/// Runs the container's VMM; returns how the container ended.
+/// Runs the container's VMM; returns how the container ended. The
+/// container's network plumbing is removed when the VM has ended.
 pub fn run(root: &Path, id: &str) -> Option<ExitStatus> {
+    let ending = run_vm(root, id);
+    if let Err(e) = crate::net::cleanup(&state::container_dir(root, id)) {
+        log::warn!("container {id}: {e}");
+    }
+    ending
+}
+
+fn run_vm(root: &Path, id: &str) -> Option<ExitStatus> {
     let mut ready = take_ready_fd();
     let fail = |ready: &mut Option<std::fs::File>, msg: String| {
         log::error!("container {id}: {msg}");
@@ -71,9 +80,31 @@ pub fn run(root: &Path, id: &str) -> Option<ExitStatus> {
         Ok(e) => Arc::new(e),
         Err(e) => return fail(&mut ready, format!("eventfd: {e}")),
     };
-    let config = plan.vm_config(initramfs);
+    let mut network = crate::agent_proto::NetSetup::default();
+    let mut nics = Vec::new();
+    let mut taps = Vec::new();
+    if let Some(n) = &plan.network {
+        match crate::net::attach(&n.netns, &dir) {
+            Ok(a) => {
+                for w in &a.warnings {
+                    log::warn!("container {id}: {w}");
+                }
+                log::info!(
+                    "container {id}: {} NIC(s) from {}",
+                    a.nics.len(),
+                    n.netns.display()
+                );
+                network = a.setup;
+                nics = a.nics;
+                taps = a.taps;
+            }
+            Err(e) => return fail(&mut ready, e.to_string()),
+        }
+    }
+    let config = plan.vm_config(initramfs, &nics);
     let controls = RunControls {
         stop: Some(stop.clone()),
+        taps,
     };
     let vm = std::thread::Builder::new()
         .name("vmm".into())
@@ -111,6 +142,7 @@ pub fn run(root: &Path, id: &str) -> Option<ExitStatus> {
     };
     // Hooks in the guest get the state as it is now: creating, this pid.
     let mut spec = plan.container.clone();
+    spec.network = network;
     let mut hook_view = st.clone();
     hook_view.pid = i32::try_from(std::process::id()).ok();
     spec.hook_state = crate::runtime::output::render_state(&hook_view);

@@ -40,6 +40,7 @@ use super::devices::i8042::{self, I8042};
 use super::devices::serial::{self, ConsoleTail, ConsoleWriter, Serial};
 use super::devices::virtio::block::Block;
 use super::devices::virtio::mmio::MmioTransport;
+use super::devices::virtio::net::{Net, Tap};
 use super::devices::virtio::vsock::Vsock;
 use super::devices::virtio::VirtioDevice;
 use super::vcpu::{self, VcpuShared, VcpuStop};
@@ -87,6 +88,8 @@ pub enum BuildError {
     Block { path: PathBuf, reason: String },
     #[error("vsock {path}: {reason}")]
     Vsock { path: PathBuf, reason: String },
+    #[error("network device on tap {tap}: {reason}")]
+    Net { tap: String, reason: String },
     #[error("console output {path}: {source}")]
     Console {
         path: PathBuf,
@@ -128,15 +131,19 @@ pub fn build_and_run(config: VmConfig) -> Result<VmExit, BuildError> {
     run_with(config, RunControls::default())
 }
 
-/// What the caller can do to a running VM from another thread.
-#[derive(Default, Clone)]
+/// What the caller can do to a running VM from another thread, and host
+/// resources it prepared for the VM.
+#[derive(Default)]
 pub struct RunControls {
     /// Written to stop the VM ([`VmExit::Stopped`]).
     pub stop: Option<Arc<EventFd>>,
+    /// Taps already open (created in another network namespace, say),
+    /// used for the [`super::config::NetConfig`]s with the same name.
+    pub taps: Vec<Tap>,
 }
 
 /// [`build_and_run`] with [`RunControls`].
-pub fn run_with(mut config: VmConfig, controls: RunControls) -> Result<VmExit, BuildError> {
+pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExit, BuildError> {
     let started = std::time::Instant::now();
     let step = |name: &str| {
         log::debug!(
@@ -253,6 +260,22 @@ pub fn run_with(mut config: VmConfig, controls: RunControls) -> Result<VmExit, B
         let block = Arc::new(Mutex::new(block));
         attach.attach(block.clone(), &disk.path)?;
         event_manager.add_subscriber(block);
+    }
+    for nic in &config.net {
+        let tap = match controls.taps.iter().position(|t| t.name() == nic.tap) {
+            Some(i) => controls.taps.swap_remove(i),
+            None => Tap::open(&nic.tap).map_err(|e| BuildError::Net {
+                tap: nic.tap.clone(),
+                reason: e.to_string(),
+            })?,
+        };
+        let net = Net::new(tap, nic.mac, nic.mtu, nic.offload).map_err(|e| BuildError::Net {
+            tap: nic.tap.clone(),
+            reason: e.to_string(),
+        })?;
+        let net = Arc::new(Mutex::new(net));
+        attach.attach(net.clone(), std::path::Path::new(&nic.tap))?;
+        event_manager.add_subscriber(net);
     }
     if let Some(vs) = &config.vsock {
         let vsock = Vsock::new(vs.guest_cid, &vs.uds_path).map_err(|e| BuildError::Vsock {

@@ -58,6 +58,19 @@ pub struct VsockConfig {
     pub uds_path: PathBuf,
 }
 
+/// One virtio-net NIC on a tap device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The tap's name; the builder opens (creates) it in its thread's
+    /// network namespace unless [`super::builder::RunControls::taps`] hands
+    /// it one already open.
+    pub tap: String,
+    pub mac: [u8; 6],
+    pub mtu: u16,
+    /// Offer checksum and segmentation offloads to the guest.
+    pub offload: bool,
+}
+
 /// A microVM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConfig {
@@ -71,6 +84,8 @@ pub struct VmConfig {
     pub vcpus: u32,
     /// Disks, in the order the guest sees them (`/dev/vda`, `/dev/vdb`, ...).
     pub block: Vec<BlockConfig>,
+    /// NICs, in the order the guest probes them.
+    pub net: Vec<NetConfig>,
     pub console: ConsoleOutput,
     /// The host<->guest channel, if any.
     pub vsock: Option<VsockConfig>,
@@ -101,6 +116,7 @@ impl VmConfig {
             mem_mib: DEFAULT_MEM_MIB,
             vcpus: DEFAULT_VCPUS,
             block: Vec::new(),
+            net: Vec::new(),
             console: ConsoleOutput::Stdout,
             vsock: None,
             timeout: None,

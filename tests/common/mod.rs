@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod oci;
+
 use husk::proto::{self, BootCommand};
 use husk::rootfs::{image, initramfs};
 

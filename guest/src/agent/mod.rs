@@ -86,6 +86,7 @@ pub struct GuestPlatform;
 
 impl Platform for GuestPlatform {
     fn setup(&self, spec: &ContainerSpec) -> Result<(), SetupError> {
+        crate::net::configure(&spec.network)?;
         setup::apply(spec, &mut setup::RealSetupOs)
     }
 

@@ -89,6 +89,8 @@ impl MountCall {
 /// Errors of container setup; each names the step and the path.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
+    #[error("network: {0}")]
+    Net(#[from] crate::net::NetError),
     #[error("setting hostname {name:?}: {}", errno_text(*errno))]
     Hostname { name: String, errno: Errno },
     #[error("{step}: {call}: {}", errno_text(*errno))]

@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""Network benchmark: TCP throughput and round-trip latency to a container,
+husk vs runc, side by side in one run.
+
+Both containers sit in identical network namespaces wired as the CNI bridge
+plugin does (a bridge with the gateway address in this namespace, a veth per
+container namespace with an address and a default route) and run the same
+`iperf3 -s` from the same rootfs (busybox plus iperf3 and its libraries).
+From this namespace: `iperf3 -c` to each (host -> container, and -R for
+container -> host), alternating, N rounds; `ping` for the round trip. husk
+runs twice: with its virtio-net offloads (checksum/TSO) and without.
+Needs a KVM with vmx/svm for husk: run it through tests/testhost/run
+(make bench-net does).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NET = "10.77.0"
+BRIDGE = "hbnet"
+
+
+def sh(cmd, check=True):
+    p = subprocess.run(["bash", "-ec", cmd], capture_output=True, text=True)
+    if check and p.returncode != 0:
+        sys.exit(f"`{cmd}` failed: {p.stdout}{p.stderr}")
+    return p.stdout
+
+
+def copy_with_libs(binary, rootfs):
+    """Copies a dynamic binary and what ldd says it loads, at the same paths."""
+    files = [binary]
+    for line in sh(f"ldd {binary}").splitlines():
+        for word in line.split():
+            if word.startswith("/"):
+                files.append(word)
+    for f in files:
+        real = os.path.realpath(f)
+        dest = os.path.join(rootfs, f.lstrip("/"))
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        if not os.path.exists(dest):
+            shutil.copy(real, dest)
+
+
+def make_bundle(path, netns, annotations):
+    rootfs = os.path.join(path, "rootfs")
+    os.makedirs(os.path.join(rootfs, "bin"))
+    for d in ("etc", "proc", "sys", "dev", "tmp", "root"):
+        os.makedirs(os.path.join(rootfs, d))
+    shutil.copy("/bin/busybox", os.path.join(rootfs, "bin/busybox"))
+    for applet in subprocess.run(["/bin/busybox", "--list"], capture_output=True, text=True).stdout.split():
+        if applet != "busybox":
+            os.symlink("busybox", os.path.join(rootfs, "bin", applet))
+    copy_with_libs(shutil.which("iperf3"), rootfs)
+    config = {
+        "ociVersion": "1.0.2",
+        "process": {"terminal": False, "user": {"uid": 0, "gid": 0},
+                    "args": [shutil.which("iperf3"), "-s"],
+                    "env": ["PATH=/bin:/usr/bin"], "cwd": "/tmp"},
+        "root": {"path": "rootfs"},
+        "hostname": "bench",
+        "annotations": annotations,
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]},
+        ],
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
+                                 {"type": "network", "path": f"/var/run/netns/{netns}"}]},
+    }
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(config, f)
+
+
+def add_netns(name, host):
+    veth = f"hv{name}"
+    sh(f"""ip netns add {name}
+        ip link add {veth} type veth peer name {veth}p
+        ip link set {veth} master {BRIDGE} up
+        ip link set {veth}p netns {name}
+        ip -n {name} link set {veth}p name eth0
+        ip -n {name} addr add {NET}.{host}/24 dev eth0
+        ip -n {name} link set eth0 up
+        ip -n {name} link set lo up
+        ip -n {name} route add default via {NET}.1""")
+
+
+def iperf(ip, seconds, reverse):
+    """Bits per second received, or None when the server did not answer."""
+    argv = ["iperf3", "-c", ip, "-t", str(seconds), "-J"] + (["-R"] if reverse else [])
+    for _ in range(60):
+        p = subprocess.run(argv, capture_output=True, text=True)
+        if p.returncode == 0:
+            return json.loads(p.stdout)["end"]["sum_received"]["bits_per_second"]
+        time.sleep(1)
+    sys.exit(f"iperf3 to {ip} failed: {p.stdout[-500:]}{p.stderr[-500:]}")
+
+
+def ping_ms(ip, count):
+    out = sh(f"ping -c {count} -i 0.2 -W 5 {ip}")
+    # rtt min/avg/max/mdev = 0.123/0.456/0.789/0.012 ms
+    line = [l for l in out.splitlines() if "min/avg/max" in l][0]
+    return float(line.split("=")[1].split("/")[1])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=3)
+    ap.add_argument("--husk", default=os.path.join(ROOT, "target/release/husk"))
+    args = ap.parse_args()
+    for tool in ("iperf3", "ping", "runc", "ip", "tc"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} not found (scripts/install-deps.sh installs it)")
+    setups = {
+        "husk": ([args.husk], {}, 2),
+        "husk (no offload)": ([args.husk], {"io.husk.net.offload": "false"}, 3),
+        "runc": (["runc"], {}, 4),
+    }
+    work = tempfile.mkdtemp()
+    started = []
+    try:
+        sh(f"ip link add {BRIDGE} type bridge && ip addr add {NET}.1/24 dev {BRIDGE} && ip link set {BRIDGE} up")
+        for i, (name, (base, ann, host)) in enumerate(setups.items()):
+            ns = f"hbn{i}"
+            add_netns(ns, host)
+            bundle = os.path.join(work, f"b{i}")
+            os.makedirs(bundle)
+            make_bundle(bundle, ns, ann)
+            argv = base + ["--root", os.path.join(work, f"state{i}"), "run", "-d", "--bundle", bundle, f"c{i}"]
+            p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+            if p.returncode != 0:
+                sys.exit(f"{name}: run failed: {p.stderr}")
+            started.append(base + ["--root", os.path.join(work, f"state{i}"), "delete", "--force", f"c{i}"])
+        results = {name: {"up": [], "down": [], "rtt": []} for name in setups}
+        for _ in range(args.runs):
+            for name, (_, _, host) in setups.items():
+                ip = f"{NET}.{host}"
+                results[name]["up"].append(iperf(ip, args.seconds, False))
+                results[name]["down"].append(iperf(ip, args.seconds, True))
+                results[name]["rtt"].append(ping_ms(ip, 10))
+    finally:
+        for argv in started:
+            subprocess.run(argv, capture_output=True)
+        for i in range(len(setups)):
+            subprocess.run(["ip", "netns", "del", f"hbn{i}"], capture_output=True)
+        subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+    def med(name, key):
+        return statistics.median(results[name][key])
+
+    print(f"network benchmark: iperf3 TCP, {args.seconds} s x {args.runs} rounds each direction; ping RTT (10 x {args.runs})")
+    print()
+    print("| runtime | host -> container | container -> host | RTT | throughput vs runc (->, <-) |")
+    print("|---|---|---|---|---|")
+    for name in setups:
+        up, down, rtt = med(name, "up"), med(name, "down"), med(name, "rtt")
+        print(f"| {name} | {up / 1e6:.0f} Mbit/s ({min(results[name]['up']) / 1e6:.0f}-{max(results[name]['up']) / 1e6:.0f}) "
+              f"| {down / 1e6:.0f} Mbit/s ({min(results[name]['down']) / 1e6:.0f}-{max(results[name]['down']) / 1e6:.0f}) "
+              f"| {rtt:.2f} ms | {up / med('runc', 'up'):.2f}, {down / med('runc', 'down'):.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,389 @@
+//! End to end, in the KVM test host: a husk container keeps the network its
+//! engine gave it. Each test wires namespaces the way the CNI bridge plugin
+//! does (a bridge with the gateway address in the test host's namespace, a
+//! veth per namespace renamed `eth0` inside, an address, a default route),
+//! names the namespace in `linux.namespaces`, and checks traffic both ways.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::oci::*;
+use common::*;
+
+/// How long a service in a just-started container may take to answer.
+const SERVICE_WAIT: Duration = Duration::from_secs(90);
+
+/// Runs a shell command line, panicking with its output on failure.
+fn sh(cmd: &str) -> String {
+    let out = Command::new("bash").args(["-ec", cmd]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A bridge `10.N.0.1/24` + `fdN::1/64` in the test host's namespace and
+/// namespaces plugged into it. Everything is removed on drop.
+struct Lan {
+    tag: String,
+    net: u8,
+    bridge: String,
+    namespaces: Vec<String>,
+}
+
+impl Lan {
+    fn new(tag: &str, net: u8) -> Lan {
+        let bridge = format!("hb{tag}");
+        sh(&format!(
+            "ip link add {bridge} type bridge
+             ip addr add 10.{net}.0.1/24 dev {bridge}
+             ip addr add fd{net}::1/64 dev {bridge} nodad
+             ip link set {bridge} up"
+        ));
+        Lan {
+            tag: tag.to_owned(),
+            net,
+            bridge,
+            namespaces: Vec::new(),
+        }
+    }
+
+    /// A namespace `10.N.0.HOST/24` with `eth0` of `mtu` bytes; returns its
+    /// name (`/var/run/netns/NAME` is its path).
+    fn add(&mut self, host: u8, mtu: u32) -> String {
+        let (tag, net, bridge) = (&self.tag, self.net, &self.bridge);
+        let ns = format!("hn{tag}{host}");
+        let veth = format!("hv{tag}{host}");
+        sh(&format!(
+            "ip netns add {ns}
+             ip link add {veth} mtu {mtu} type veth peer name {veth}p mtu {mtu}
+             ip link set {veth} master {bridge} up
+             ip link set {veth}p netns {ns}
+             ip -n {ns} link set {veth}p name eth0
+             ip -n {ns} addr add 10.{net}.0.{host}/24 dev eth0
+             ip -n {ns} addr add fd{net}::{host}/64 dev eth0 nodad
+             ip -n {ns} link set eth0 up
+             ip -n {ns} link set lo up
+             ip -n {ns} route add default via 10.{net}.0.1
+             ip -n {ns} -6 route add default via fd{net}::1"
+        ));
+        self.namespaces.push(ns.clone());
+        ns
+    }
+
+    fn ip(&self, host: u8) -> String {
+        format!("10.{}.0.{host}", self.net)
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for ns in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .status();
+    }
+}
+
+fn netns_path(ns: &str) -> String {
+    format!("/var/run/netns/{ns}")
+}
+
+/// A bundle running `args` in namespace `ns` (no namespace: a new one),
+/// with ping's capability and `/www/index.html` saying `page`.
+fn net_bundle(env: &Env, name: &str, args: &[&str], ns: Option<&str>, page: &str) -> PathBuf {
+    let path = ns.map(netns_path);
+    let bundle = env.bundle(name, args, |c| {
+        let mut net = serde_json::json!({"type": "network"});
+        if let Some(p) = &path {
+            net["path"] = p.clone().into();
+        }
+        c["linux"]["namespaces"].as_array_mut().unwrap().push(net);
+        let caps = ["CAP_NET_RAW", "CAP_NET_BIND_SERVICE", "CAP_KILL"];
+        c["process"]["capabilities"] = serde_json::json!({
+            "bounding": caps, "effective": caps, "permitted": caps
+        });
+    });
+    let www = bundle.join("rootfs/www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), page).unwrap();
+    bundle
+}
+
+/// Fetches `url` from the namespace `ns` (None: the test host's) with
+/// Python, retrying until it answers or [`SERVICE_WAIT`] passes.
+fn fetch(ns: Option<&str>, url: &str) -> String {
+    let script = format!(
+        "import urllib.request,sys\n\
+         print(urllib.request.urlopen('{url}', timeout=5).read().decode(), end='')"
+    );
+    let start = Instant::now();
+    loop {
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "python3", "-c", &script]);
+                c
+            }
+            None => {
+                let mut c = Command::new("python3");
+                c.args(["-c", &script]);
+                c
+            }
+        };
+        let out = cmd.output().unwrap();
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(
+            start.elapsed() < SERVICE_WAIT,
+            "{url} did not answer from {ns:?} within {SERVICE_WAIT:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// A Python HTTP server serving `dir` on `addr:port` in namespace `ns`.
+struct PeerServer(Child);
+
+impl PeerServer {
+    fn start(ns: &str, addr: &str, port: u16, dir: &Path) -> PeerServer {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "python3", "-m", "http.server"])
+            .arg(port.to_string())
+            .args(["--bind", addr, "--directory"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        PeerServer(child)
+    }
+}
+
+impl Drop for PeerServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+// Debian's busybox-static `wget -T` dies of SIGSEGV (on any host, not only
+// in husk guests), so time-outs come from the `timeout` applet.
+
+/// `husk exec ID sh -c CMD`, asserting success; returns stdout.
+fn exec(env: &Env, id: &str, cmd: &str) -> String {
+    let done = env.husk(&["exec", id, "sh", "-c", cmd]);
+    assert!(done.status.success(), "exec {cmd}: {}", done.stderr);
+    done.stdout
+}
+
+/// The namespace has no husk tap and no redirect left.
+fn assert_netns_clean(ns: &str) {
+    let links = sh(&format!("ip -n {ns} -o link show"));
+    assert!(!links.contains("husktap"), "tap left in {ns}:\n{links}");
+    let qdiscs = sh(&format!("ip netns exec {ns} tc qdisc show"));
+    assert!(
+        !qdiscs.contains("ingress"),
+        "tc ingress left in {ns}:\n{qdiscs}"
+    );
+}
+
+#[test]
+fn a_container_keeps_its_namespace_address_routes_and_dns() {
+    let env = Env::new();
+    let mut lan = Lan::new("a", 91);
+    let ns = lan.add(2, 1400);
+    let peer = lan.add(3, 1500);
+    let link: serde_json::Value =
+        serde_json::from_str(&sh(&format!("ip -n {ns} -j link show eth0"))).unwrap();
+    let ns_mac = link[0]["address"].as_str().unwrap().to_owned();
+
+    let resolv = env.dir.path().join("resolv.conf");
+    std::fs::write(&resolv, "nameserver 10.91.0.1\nsearch husk.test\n").unwrap();
+    let bundle = net_bundle(
+        &env,
+        "web",
+        &["httpd", "-f", "-p", "8080", "-h", "/www"],
+        Some(&ns),
+        "hello from husk\n",
+    );
+    // The engine's resolv.conf, bind-mounted as engines do.
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    config["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "destination": "/etc/resolv.conf", "type": "bind",
+            "source": resolv, "options": ["rbind", "ro"]
+        }));
+    std::fs::write(bundle.join("config.json"), config.to_string()).unwrap();
+
+    let done = env.husk(&["create", "--bundle", b(&bundle), "web"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    // Redirects are in place while the container lives.
+    let qdiscs = sh(&format!(
+        "ip netns exec {ns} tc filter show dev eth0 ingress"
+    ));
+    assert!(qdiscs.contains("husktap0"), "{qdiscs}");
+    assert!(env.husk(&["start", "web"]).status.success());
+
+    // From the test host and from another namespace, at the engine's address.
+    let url = format!("http://{}:8080/", lan.ip(2));
+    assert_eq!(fetch(None, &url), "hello from husk\n");
+    assert_eq!(fetch(Some(&peer), &url), "hello from husk\n");
+
+    // The guest has the namespace's address, MAC, MTU, routes and DNS.
+    let addrs = exec(&env, "web", "ip -o addr show eth0");
+    assert!(addrs.contains("inet 10.91.0.2/24"), "{addrs}");
+    assert!(addrs.contains("inet6 fd91::2/64"), "{addrs}");
+    let link = exec(&env, "web", "ip -o link show eth0");
+    assert!(link.contains("mtu 1400"), "{link}");
+    assert!(
+        link.contains(&ns_mac),
+        "guest MAC differs from {ns_mac}: {link}"
+    );
+    let routes = exec(&env, "web", "ip route; ip -6 route");
+    assert!(
+        routes.contains("default via 10.91.0.1 dev eth0"),
+        "{routes}"
+    );
+    assert!(routes.contains("default via fd91::1 dev eth0"), "{routes}");
+    let dns = exec(&env, "web", "cat /etc/resolv.conf");
+    assert!(dns.contains("nameserver 10.91.0.1"), "{dns}");
+
+    // The container reaches a server in another namespace, and pings both ways.
+    let files = tempfile::tempdir().unwrap();
+    std::fs::write(files.path().join("peer.txt"), "from the peer\n").unwrap();
+    let _server = PeerServer::start(&peer, &lan.ip(3), 8000, files.path());
+    let got = exec(
+        &env,
+        "web",
+        "for i in $(seq 1 60); do timeout 5 wget -q -O - http://10.91.0.3:8000/peer.txt && exit 0; sleep 1; done; exit 1",
+    );
+    assert_eq!(got, "from the peer\n");
+    exec(
+        &env,
+        "web",
+        "ping -c 1 -W 5 10.91.0.1 && ping -c 1 -W 5 10.91.0.3",
+    );
+    sh(&format!("{BUSYBOX} ping -c 1 -W 5 {}", lan.ip(2)));
+    sh(&format!(
+        "ip netns exec {peer} {BUSYBOX} ping -c 1 -W 5 {}",
+        lan.ip(2)
+    ));
+
+    assert!(env.husk(&["kill", "web", "KILL"]).status.success());
+    env.wait_status("web", "stopped");
+    assert!(env.husk(&["delete", "web"]).status.success());
+    env.assert_gone("web");
+    assert_netns_clean(&ns);
+}
+
+#[test]
+fn two_containers_in_two_namespaces_talk() {
+    let env = Env::new();
+    let mut lan = Lan::new("b", 92);
+    let ns1 = lan.add(2, 1500);
+    let ns2 = lan.add(3, 1500);
+    let server = net_bundle(
+        &env,
+        "srv",
+        &["httpd", "-f", "-p", "8080", "-h", "/www"],
+        Some(&ns1),
+        "served by container one\n",
+    );
+    assert!(env
+        .husk(&["run", "-d", "--bundle", b(&server), "srv"])
+        .status
+        .success());
+    // The client runs with offloads off, the other path of the device.
+    let client = env.bundle(
+        "cli",
+        &[
+            "sh",
+            "-c",
+            "for i in $(seq 1 90); do timeout 5 wget -q -O - http://10.92.0.2:8080/ && exit 0; sleep 1; done; exit 1",
+        ],
+        |c| {
+            c["linux"]["namespaces"]
+                .as_array_mut()
+                .unwrap()
+                .push(serde_json::json!({"type": "network", "path": netns_path(&ns2)}));
+            c["annotations"] = serde_json::json!({"io.husk.net.offload": "false"});
+        },
+    );
+    let done = env.husk(&["run", "--bundle", b(&client), "cli"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(done.stdout, "served by container one\n");
+    env.assert_gone("cli");
+    assert_netns_clean(&ns2);
+
+    assert!(env.husk(&["delete", "--force", "srv"]).status.success());
+    env.assert_gone("srv");
+    assert_netns_clean(&ns1);
+}
+
+#[test]
+fn a_new_network_namespace_is_loopback_only() {
+    let env = Env::new();
+    let bundle = net_bundle(
+        &env,
+        "lo",
+        &[
+            "sh",
+            "-c",
+            "ip -o link; ip -o addr; httpd -p 127.0.0.1:8081 -h /www && wget -q -O - http://127.0.0.1:8081/",
+        ],
+        None,
+        "loopback works\n",
+    );
+    let done = env.husk(&["run", "--bundle", b(&bundle), "lo"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let out = done.stdout;
+    assert!(out.contains("inet 127.0.0.1/8"), "{out}");
+    assert!(!out.contains("eth0"), "{out}");
+    assert!(out.ends_with("loopback works\n"), "{out}");
+    env.assert_gone("lo");
+}
+
+#[test]
+fn a_bad_namespace_path_fails_clearly_and_leaves_nothing() {
+    let env = Env::new();
+    let missing = net_bundle(&env, "m", &["true"], Some("husk-no-such-ns"), "");
+    let done = env.husk(&["create", "--bundle", b(&missing), "m"]);
+    assert!(!done.status.success());
+    assert!(
+        done.stderr.contains("/var/run/netns/husk-no-such-ns"),
+        "{}",
+        done.stderr
+    );
+    env.assert_gone("m");
+
+    let not_ns = env.dir.path().join("not-a-netns");
+    std::fs::write(&not_ns, "").unwrap();
+    let bundle = env.bundle("f", &["true"], |c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"type": "network", "path": not_ns}));
+    });
+    let done = env.husk(&["create", "--bundle", b(&bundle), "f"]);
+    assert!(!done.status.success());
+    assert!(
+        done.stderr.contains("is not a network namespace"),
+        "{}",
+        done.stderr
+    );
+    env.assert_gone("f");
+}
