@@ -95,9 +95,13 @@ def add_netns(name, host):
 
 def iperf(ip, seconds, reverse):
     """Bits per second received, or None when the server did not answer."""
-    argv = ["iperf3", "-c", ip, "-t", str(seconds), "-J"] + (["-R"] if reverse else [])
+    argv = ["iperf3", "-c", ip, "-t", str(seconds), "-J", "--connect-timeout", "3000"]
+    argv += ["-R"] if reverse else []
     for _ in range(60):
-        p = subprocess.run(argv, capture_output=True, text=True)
+        try:
+            p = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+        except subprocess.TimeoutExpired:
+            continue
         if p.returncode == 0:
             return json.loads(p.stdout)["end"]["sum_received"]["bits_per_second"]
         time.sleep(1)
@@ -105,8 +109,8 @@ def iperf(ip, seconds, reverse):
 
 
 def ping_ms(ip, count):
-    out = sh(f"ping -c {count} -i 0.2 -W 5 {ip}")
-    # rtt min/avg/max/mdev = 0.123/0.456/0.789/0.012 ms
+    out = sh(f"busybox ping -c {count} -i 0.2 -W 5 {ip}")
+    # round-trip min/avg/max = 0.123/0.456/0.789 ms
     line = [l for l in out.splitlines() if "min/avg/max" in l][0]
     return float(line.split("=")[1].split("/")[1])
 
@@ -117,7 +121,7 @@ def main():
     ap.add_argument("--seconds", type=int, default=3)
     ap.add_argument("--husk", default=os.path.join(ROOT, "target/release/husk"))
     args = ap.parse_args()
-    for tool in ("iperf3", "ping", "runc", "ip", "tc"):
+    for tool in ("iperf3", "busybox", "runc", "ip", "tc"):
         if not shutil.which(tool):
             sys.exit(f"{tool} not found (scripts/install-deps.sh installs it)")
     setups = {
@@ -136,10 +140,13 @@ def main():
             os.makedirs(bundle)
             make_bundle(bundle, ns, ann)
             argv = base + ["--root", os.path.join(work, f"state{i}"), "run", "-d", "--bundle", bundle, f"c{i}"]
-            p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
+            # A detached container keeps the stdio it is given: a file,
+            # not a pipe that would never reach EOF.
+            log = os.path.join(work, f"run{i}.log")
+            with open(log, "w") as f:
+                p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=f, stderr=f)
             if p.returncode != 0:
-                sys.exit(f"{name}: run failed: {p.stderr}")
+                sys.exit(f"{name}: run failed: {open(log).read()}")
             started.append(base + ["--root", os.path.join(work, f"state{i}"), "delete", "--force", f"c{i}"])
         results = {name: {"up": [], "down": [], "rtt": []} for name in setups}
         for _ in range(args.runs):

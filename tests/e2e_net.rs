@@ -57,24 +57,33 @@ impl Lan {
     /// A namespace `10.N.0.HOST/24` with `eth0` of `mtu` bytes; returns its
     /// name (`/var/run/netns/NAME` is its path).
     fn add(&mut self, host: u8, mtu: u32) -> String {
+        let ns = format!("hn{}{host}", self.tag);
+        sh(&format!("ip netns add {ns}; ip -n {ns} link set lo up"));
+        self.namespaces.push(ns.clone());
+        self.plug(&ns, "eth0", host, mtu, true);
+        ns
+    }
+
+    /// Adds interface `ifname` on this LAN to the existing namespace `ns`,
+    /// at `10.N.0.HOST/24` (and the default routes through it if `gateway`).
+    fn plug(&self, ns: &str, ifname: &str, host: u8, mtu: u32, gateway: bool) {
         let (tag, net, bridge) = (&self.tag, self.net, &self.bridge);
-        let ns = format!("hn{tag}{host}");
         let veth = format!("hv{tag}{host}");
         sh(&format!(
-            "ip netns add {ns}
-             ip link add {veth} mtu {mtu} type veth peer name {veth}p mtu {mtu}
+            "ip link add {veth} mtu {mtu} type veth peer name {veth}p mtu {mtu}
              ip link set {veth} master {bridge} up
              ip link set {veth}p netns {ns}
-             ip -n {ns} link set {veth}p name eth0
-             ip -n {ns} addr add 10.{net}.0.{host}/24 dev eth0
-             ip -n {ns} addr add fd{net}::{host}/64 dev eth0 nodad
-             ip -n {ns} link set eth0 up
-             ip -n {ns} link set lo up
-             ip -n {ns} route add default via 10.{net}.0.1
-             ip -n {ns} -6 route add default via fd{net}::1"
+             ip -n {ns} link set {veth}p name {ifname}
+             ip -n {ns} addr add 10.{net}.0.{host}/24 dev {ifname}
+             ip -n {ns} addr add fd{net}::{host}/64 dev {ifname} nodad
+             ip -n {ns} link set {ifname} up"
         ));
-        self.namespaces.push(ns.clone());
-        ns
+        if gateway {
+            sh(&format!(
+                "ip -n {ns} route add default via 10.{net}.0.1
+                 ip -n {ns} -6 route add default via fd{net}::1"
+            ));
+        }
     }
 
     fn ip(&self, host: u8) -> String {
@@ -335,6 +344,40 @@ fn two_containers_in_two_namespaces_talk() {
 }
 
 #[test]
+fn each_interface_of_the_namespace_is_a_nic() {
+    let env = Env::new();
+    let mut front = Lan::new("c", 94);
+    let back = Lan::new("d", 95);
+    let ns = front.add(2, 1500);
+    back.plug(&ns, "eth1", 2, 1400, false);
+    let bundle = net_bundle(
+        &env,
+        "two",
+        &["httpd", "-f", "-p", "8080", "-h", "/www"],
+        Some(&ns),
+        "two nics\n",
+    );
+    assert!(env
+        .husk(&["run", "-d", "--bundle", b(&bundle), "two"])
+        .status
+        .success());
+    assert_eq!(fetch(None, "http://10.94.0.2:8080/"), "two nics\n");
+    assert_eq!(fetch(None, "http://10.95.0.2:8080/"), "two nics\n");
+    let addrs = exec(&env, "two", "ip -o addr; ip -o link");
+    let has = |ifname: &str, what: &str| {
+        addrs
+            .lines()
+            .any(|l| l.contains(&format!(" {ifname}")) && l.contains(what))
+    };
+    assert!(has("eth0", "inet 10.94.0.2/24"), "{addrs}");
+    assert!(has("eth1", "inet 10.95.0.2/24"), "{addrs}");
+    assert!(has("eth1:", "mtu 1400"), "{addrs}");
+    assert!(env.husk(&["delete", "--force", "two"]).status.success());
+    env.assert_gone("two");
+    assert_netns_clean(&ns);
+}
+
+#[test]
 fn a_new_network_namespace_is_loopback_only() {
     let env = Env::new();
     let bundle = net_bundle(
@@ -386,4 +429,26 @@ fn a_bad_namespace_path_fails_clearly_and_leaves_nothing() {
         done.stderr
     );
     env.assert_gone("f");
+
+    // An interface already holding someone else's ingress qdisc: the
+    // create fails naming it, the VM and taps go, the qdisc stays.
+    let mut lan = Lan::new("e", 96);
+    let ns = lan.add(2, 1500);
+    sh(&format!("ip netns exec {ns} tc qdisc add dev eth0 ingress"));
+    let busy = net_bundle(&env, "q", &["true"], Some(&ns), "");
+    let done = env.husk(&["create", "--bundle", b(&busy), "q"]);
+    assert!(!done.status.success());
+    assert!(
+        done.stderr.contains("tc qdisc add dev eth0 ingress"),
+        "{}",
+        done.stderr
+    );
+    env.assert_gone("q");
+    let links = sh(&format!("ip -n {ns} -o link show"));
+    assert!(!links.contains("husktap"), "tap left in {ns}:\n{links}");
+    let qdiscs = sh(&format!("ip netns exec {ns} tc qdisc show dev eth0"));
+    assert!(
+        qdiscs.contains("ingress"),
+        "the engine's qdisc was removed:\n{qdiscs}"
+    );
 }

@@ -38,24 +38,46 @@ fn redirect_one(from: &str, to: &str) -> Result<(), NetError> {
 }
 
 /// Connects `ifname` and `tap` both ways. On failure, what was added is
-/// removed again.
+/// removed again; an ingress qdisc someone else put on `ifname` is refused
+/// and left alone.
 pub fn connect(ifname: &str, tap: &str) -> Result<(), NetError> {
     let result = redirect_one(ifname, tap).and_then(|()| redirect_one(tap, ifname));
-    if result.is_err() {
+    if let Err(e) = result {
         let _ = disconnect(ifname);
-        let _ = disconnect(tap);
+        return Err(e);
     }
-    result
+    Ok(())
 }
 
-/// Removes the ingress qdisc (and with it the redirect filter) from
-/// `ifname`. `Ok(false)` when there was none or the interface is gone.
+/// Removes husk's redirect from `ifname`: its ingress qdisc, if the
+/// filters there redirect to a husk tap (anyone else's ingress qdisc stays).
+/// `Ok(false)` when there was none or the interface is gone.
 pub fn disconnect(ifname: &str) -> Result<bool, NetError> {
+    let filters = match run_tool(
+        "tc",
+        &["filter", "show", "dev", ifname, "parent", INGRESS_PARENT],
+    ) {
+        Ok(out) => out,
+        Err(NetError::Command { stderr, .. }) if is_absent(&stderr) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if !is_ours(&filters) {
+        return Ok(false);
+    }
     match run_tool("tc", &["qdisc", "del", "dev", ifname, "ingress"]) {
         Ok(_) => Ok(true),
         Err(NetError::Command { stderr, .. }) if is_absent(&stderr) => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// Whether `tc filter show` output is husk's redirect to one of its taps.
+fn is_ours(filters: &str) -> bool {
+    let needle = format!("redirect to device {}", super::inspect::TAP_PREFIX);
+    filters.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.contains("mirred") && l.contains(&needle)
+    })
 }
 
 /// Whether `tc`'s complaint means there was nothing to remove.
@@ -71,6 +93,18 @@ fn is_absent(stderr: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_husks_redirects_are_removed() {
+        // `tc filter show dev eth0 parent ffff:` (iproute2 6.1).
+        let ours = "filter protocol all pref 49152 matchall chain 0 \n\
+                    filter protocol all pref 49152 matchall chain 0 handle 0x1 \n  not_in_hw\n\
+                    \taction order 1: mirred (Egress Redirect to device husktap0) stolen\n";
+        assert!(is_ours(ours));
+        let theirs = ours.replace("husktap0", "ifb0");
+        assert!(!is_ours(&theirs));
+        assert!(!is_ours(""));
+    }
 
     #[test]
     fn absence_is_told_from_failure() {
