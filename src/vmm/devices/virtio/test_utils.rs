@@ -60,6 +60,7 @@ pub type Desc = (u64, u32, u16);
 
 /// The driver side of one split virtqueue whose descriptor table starts at
 /// `base`, its available ring 0x1000 and its used ring 0x2000 further.
+#[derive(Clone)]
 pub struct GuestQueue {
     pub mem: GuestMemoryMmap,
     pub size: u16,
@@ -159,6 +160,33 @@ impl GuestQueue {
         self.next_desc = head + len;
         self.publish(head);
         head
+    }
+
+    /// The available ring's `idx` as the driver last published it.
+    pub fn avail_idx(&self) -> u16 {
+        self.avail_idx
+    }
+
+    /// Writes `used_event` (section 2.7.10, after the available ring): with
+    /// `VIRTIO_F_RING_EVENT_IDX`, the driver wants an interrupt once the
+    /// used index moves past it.
+    pub fn set_used_event(&self, value: u16) {
+        let at = self.avail_ring() + 4 + u64::from(self.size) * 2;
+        self.mem.write_obj(value, GuestAddress(at)).unwrap();
+    }
+
+    /// The device's `avail_event` (section 2.7.10, after the used ring).
+    pub fn avail_event(&self) -> u16 {
+        let at = self.used_ring() + 4 + u64::from(self.size) * 8;
+        self.mem.read_obj(GuestAddress(at)).unwrap()
+    }
+
+    /// Whether a driver that moved the available index from `old` to the
+    /// current one must kick, with `VIRTIO_F_RING_EVENT_IDX` (section
+    /// 2.7.10; Linux's `vring_need_event`).
+    pub fn kick_needed(&self, old: u16) -> bool {
+        let new = self.avail_idx;
+        new.wrapping_sub(self.avail_event()).wrapping_sub(1) < new.wrapping_sub(old)
     }
 
     /// The used ring's `idx` (section 2.7.8).

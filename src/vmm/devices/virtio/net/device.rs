@@ -14,9 +14,10 @@ use super::{
     NetError, CONFIG_MAC_OFFSET, CONFIG_MAX_VQ_PAIRS_OFFSET, CONFIG_MTU_OFFSET, CONFIG_SPACE_SIZE,
     CONFIG_STATUS_OFFSET, MAC_LEN, MAX_FRAME_SIZE, MIN_MTU, NUM_BUFFERS_OFFSET, NUM_QUEUES,
     QUEUE_SIZE, RX_QUEUE, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_UFO, TX_QUEUE,
-    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
-    VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC,
-    VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP, VNET_HDR_SIZE,
+    VIRTIO_F_RING_EVENT_IDX, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4,
+    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_HOST_TSO4,
+    VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
+    VIRTIO_NET_S_LINK_UP, VNET_HDR_SIZE,
 };
 use crate::vmm::devices::virtio::{
     ActivateError, Interrupt, VirtioDevice, INTERRUPT_USED_BUFFER, TYPE_NET, VIRTIO_F_VERSION_1,
@@ -169,6 +170,7 @@ impl<B: NetBackend> Net<B> {
             VIRTIO_NET_F_MAC,
             VIRTIO_NET_F_MTU,
             VIRTIO_NET_F_STATUS,
+            VIRTIO_F_RING_EVENT_IDX,
         ]
         .iter()
         .fold(0u64, |f, &bit| f | 1u64 << bit);
@@ -263,6 +265,7 @@ impl<B: NetBackend> Net<B> {
         };
         let mem: &GuestMemoryMmap = mem;
         let queue = &mut queues[RX_QUEUE];
+        let event_idx = queue.event_idx_enabled();
         let mut used = false;
         loop {
             let len = match rx_pending.take() {
@@ -275,6 +278,12 @@ impl<B: NetBackend> Net<B> {
             let Some(chain) = queue.pop_descriptor_chain(mem) else {
                 // Resumed by the rx queue notification.
                 *rx_pending = Some(len);
+                // With EVENT_IDX, ask for that notification (the driver
+                // kicks when it adds the next buffer), and look again:
+                // buffers added before `avail_event` moved bring no kick.
+                if event_idx && enable_notification(queue, mem, name, RX_QUEUE)? {
+                    continue;
+                }
                 break;
             };
             let head = chain.head_index();
@@ -319,33 +328,62 @@ impl<B: NetBackend> Net<B> {
         };
         let mem: &GuestMemoryMmap = mem;
         let queue = &mut queues[TX_QUEUE];
+        let event_idx = queue.event_idx_enabled();
         let mut used = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
-            let sent = read_tx_chain(mem, chain, tx_buf).and_then(|len| {
-                backend
-                    .write_frame(&tx_buf[..len])
-                    .map(|_| len)
-                    .map_err(FrameError::Backend)
-            });
-            match sent {
-                Ok(len) => {
-                    counters.tx_frames += 1;
-                    counters.tx_bytes += payload_len(len);
-                }
-                Err(err) => {
-                    counters.tx_dropped += 1;
-                    log_drop(name, "tx", counters.tx_dropped, &err);
-                }
+        loop {
+            if event_idx {
+                queue
+                    .disable_notification(mem)
+                    .map_err(|source| queue_error(name, TX_QUEUE, source))?;
             }
-            // The device writes nothing into tx buffers (section 5.1.6.2).
-            used |= add_used(queue, mem, head, 0, name, TX_QUEUE)?;
+            used |= send_available(queue, mem, backend, tx_buf, counters, name)?;
+            // Without EVENT_IDX the driver kicks on every chain. With it,
+            // ask for a kick at the next chain, and send what was added
+            // while `avail_event` was stale (no kick comes for it).
+            if !(event_idx && enable_notification(queue, mem, name, TX_QUEUE)?) {
+                break;
+            }
         }
         if used {
             signal_used(queue, mem, interrupt.as_ref(), name, TX_QUEUE)?;
         }
         Ok(used)
     }
+}
+
+/// Sends every chain available on the tx `queue` to `backend` and returns
+/// them; returns whether any was.
+fn send_available<B: NetBackend>(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    backend: &mut B,
+    tx_buf: &mut [u8],
+    counters: &mut NetCounters,
+    name: &str,
+) -> Result<bool, NetError> {
+    let mut used = false;
+    while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        let head = chain.head_index();
+        let sent = read_tx_chain(mem, chain, tx_buf).and_then(|len| {
+            backend
+                .write_frame(&tx_buf[..len])
+                .map(|_| len)
+                .map_err(FrameError::Backend)
+        });
+        match sent {
+            Ok(len) => {
+                counters.tx_frames += 1;
+                counters.tx_bytes += payload_len(len);
+            }
+            Err(err) => {
+                counters.tx_dropped += 1;
+                log_drop(name, "tx", counters.tx_dropped, &err);
+            }
+        }
+        // The device writes nothing into tx buffers (section 5.1.6.2).
+        used |= add_used(queue, mem, head, 0, name, TX_QUEUE)?;
+    }
+    Ok(used)
 }
 
 /// Bytes of a frame of `len` bytes after its header.
@@ -498,6 +536,30 @@ fn add_used(
     }
 }
 
+/// A queue error of queue `index`.
+fn queue_error(name: &str, index: usize, source: virtio_queue::Error) -> NetError {
+    NetError::Queue {
+        tap: name.to_string(),
+        index,
+        source,
+    }
+}
+
+/// Asks the driver to kick queue `index` when it adds the next chain
+/// (with EVENT_IDX: `avail_event` = the next chain the device pops,
+/// section 2.7.10); returns whether chains were added before that took
+/// effect, which no kick will announce.
+fn enable_notification(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    name: &str,
+    index: usize,
+) -> Result<bool, NetError> {
+    queue
+        .enable_notification(mem)
+        .map_err(|source| queue_error(name, index, source))
+}
+
 /// Interrupts the driver if queue `index` asks for it (always, unless
 /// `VIRTIO_F_RING_EVENT_IDX` is negotiated).
 fn signal_used(
@@ -509,11 +571,7 @@ fn signal_used(
 ) -> Result<(), NetError> {
     let notify = queue
         .needs_notification(mem)
-        .map_err(|source| NetError::Queue {
-            tap: name.to_string(),
-            index,
-            source,
-        })?;
+        .map_err(|source| queue_error(name, index, source))?;
     if notify {
         interrupt
             .trigger(INTERRUPT_USED_BUFFER)
@@ -581,6 +639,13 @@ impl<B: NetBackend + 'static> VirtioDevice for Net<B> {
         // (partial checksums, GSO).
         let offloads = tun_offload_flags(self.acked_features);
         self.backend.set_offload(offloads)?;
+        // Notification suppression (section 2.7.10) on both queues, or on
+        // neither.
+        let event_idx = has(self.acked_features, VIRTIO_F_RING_EVENT_IDX);
+        let mut queues = queues;
+        for queue in &mut queues {
+            queue.set_event_idx(event_idx);
+        }
         self.state = DeviceState::Activated {
             mem,
             interrupt,
@@ -639,6 +704,7 @@ mod tests {
             VIRTIO_NET_F_MAC,
             VIRTIO_NET_F_MTU,
             VIRTIO_NET_F_STATUS,
+            VIRTIO_F_RING_EVENT_IDX,
         ]);
         let offloads = bits(&[
             VIRTIO_NET_F_CSUM,
@@ -1130,5 +1196,202 @@ mod tests {
         h.backend.push(f.clone());
         assert!(h.net().process_rx().unwrap());
         assert_eq!(h.recv(), vec![(FRAME as u32, as_delivered(&f))]);
+    }
+
+    /// Whether both queues of the activated device use EVENT_IDX.
+    fn queues_event_idx(h: &Harness) -> Vec<bool> {
+        match &h.net().state {
+            DeviceState::Activated { queues, .. } => {
+                queues.iter().map(|q| q.event_idx_enabled()).collect()
+            }
+            DeviceState::Inactive => panic!("not activated"),
+        }
+    }
+
+    #[test]
+    fn event_idx_is_enabled_on_both_queues_only_when_negotiated() {
+        for offload in [false, true] {
+            let net = Net::new(backend().0, MAC, MTU, offload).unwrap();
+            assert_ne!(net.avail_features() & (1 << VIRTIO_F_RING_EVENT_IDX), 0);
+        }
+        assert_eq!(queues_event_idx(&Harness::new(true)), vec![false, false]);
+        assert_eq!(
+            queues_event_idx(&Harness::with_event_idx(false)),
+            vec![true, true]
+        );
+    }
+
+    #[test]
+    fn rx_interrupts_follow_used_event() {
+        let mut h = Harness::with_event_idx(false);
+        h.add_rx_buffers(8, 2048);
+        // The driver wants an interrupt once used idx passes 2.
+        h.rxq.set_used_event(2);
+        for i in 0..2 {
+            h.backend.push(frame(200, i));
+        }
+        assert!(h.net().process_rx().unwrap());
+        assert_eq!(h.rxq.used_idx(), 2);
+        assert_eq!(h.interrupt.count(), 0);
+        // Used idx 2 -> 3 crosses it.
+        h.backend.push(frame(200, 2));
+        assert!(h.net().process_rx().unwrap());
+        assert_eq!(h.interrupt.count(), 1);
+        // 3 -> 4 does not.
+        h.backend.push(frame(200, 3));
+        assert!(h.net().process_rx().unwrap());
+        assert_eq!(h.interrupt.count(), 1);
+        // A batch that jumps over it (4 -> 7, used_event 5) interrupts once.
+        h.rxq.set_used_event(5);
+        for i in 4..7 {
+            h.backend.push(frame(200, i));
+        }
+        assert!(h.net().process_rx().unwrap());
+        assert_eq!(h.rxq.used_idx(), 7);
+        assert_eq!(h.interrupt.count(), 2);
+        assert_eq!(h.recv().len(), 7);
+    }
+
+    #[test]
+    fn tx_interrupts_follow_used_event() {
+        let mut h = Harness::with_event_idx(false);
+        h.txq.set_used_event(1);
+        h.send(&frame(100, 1));
+        assert!(h.net().process_tx().unwrap());
+        assert_eq!(h.interrupt.count(), 0);
+        h.send(&frame(100, 2));
+        h.send(&frame(100, 3));
+        assert!(h.net().process_tx().unwrap());
+        assert_eq!(h.txq.used_idx(), 3);
+        assert_eq!(h.interrupt.count(), 1);
+        assert_eq!(h.backend.take_tx().len(), 3);
+    }
+
+    #[test]
+    fn without_event_idx_every_pass_interrupts() {
+        let mut h = Harness::new(false);
+        // used_event means nothing without the feature.
+        h.rxq.set_used_event(100);
+        h.txq.set_used_event(100);
+        h.add_rx_buffers(4, 2048);
+        for i in 0..2 {
+            h.backend.push(frame(200, i));
+            assert!(h.net().process_rx().unwrap());
+            h.send(&frame(100, i));
+            assert!(h.net().process_tx().unwrap());
+        }
+        assert_eq!(h.interrupt.count(), 4);
+        // And avail_event is never written.
+        assert_eq!((h.rxq.avail_event(), h.txq.avail_event()), (0, 0));
+    }
+
+    #[test]
+    fn tx_pass_picks_up_chains_added_meanwhile() {
+        let mut h = Harness::with_event_idx(false);
+        let first = frame(100, 1);
+        let second = frame(120, 2);
+        let addr = h.tx_addr(second.len());
+        h.mem.write_slice(&second, GuestAddress(addr)).unwrap();
+        h.send(&first);
+        // While the device sends the first frame, the driver adds a second
+        // chain without kicking (avail_event says it need not).
+        let mut driver = h.txq.clone();
+        let len = u32::try_from(second.len()).unwrap();
+        h.backend.state().on_write = Some(Box::new(move |sent| {
+            if sent == 1 {
+                driver.add_chain(&[(addr, len, 0)]);
+            }
+        }));
+        h.notify_and_run(TX_QUEUE);
+        assert_eq!(h.backend.take_tx(), vec![first, second]);
+        assert_eq!(h.txq.used_idx(), 2);
+        assert_eq!(h.interrupt.count(), 1);
+        // The next chain the driver adds must be kicked.
+        assert_eq!(h.txq.avail_event(), 2);
+    }
+
+    #[test]
+    fn tx_kicks_are_asked_for_at_the_next_chain() {
+        let mut h = Harness::with_event_idx(false);
+        for round in 0..3u8 {
+            let old = h.txq.avail_idx();
+            h.send(&frame(100, round));
+            h.send(&frame(100, round + 10));
+            // The first addition after a pass kicks; the device then
+            // sends both.
+            assert!(h.txq.kick_needed(old), "round {round}");
+            h.notify_and_run(TX_QUEUE);
+            assert_eq!(h.backend.take_tx().len(), 2);
+            assert_eq!(h.txq.avail_event(), h.txq.avail_idx());
+        }
+    }
+
+    #[test]
+    fn rx_asks_for_a_kick_only_when_out_of_buffers() {
+        let mut h = Harness::with_event_idx(false);
+        h.drain();
+        // A frame and no buffer: the device asks for a kick at buffer 0.
+        let f = frame(300, 1);
+        h.backend.push(f.clone());
+        h.drain();
+        assert!(h.net().rx_pending.is_some());
+        assert_eq!(h.rxq.avail_event(), 0);
+        let old = h.rxq.avail_idx();
+        h.add_rx_buffers(1, 2048);
+        assert!(h.rxq.kick_needed(old));
+        h.notify_and_run(RX_QUEUE);
+        assert_eq!(h.recv(), vec![(300, as_delivered(&f))]);
+        assert_eq!(h.interrupt.count(), 1);
+
+        // Buffers to spare: refills need no kick, and frames keep coming.
+        let old = h.rxq.avail_idx();
+        h.add_rx_buffers(8, 2048);
+        assert!(!h.rxq.kick_needed(old));
+        for i in 0..4 {
+            h.backend.push(frame(100, i));
+            h.drain();
+        }
+        assert_eq!(h.recv().len(), 4);
+        let old = h.rxq.avail_idx();
+        h.add_rx_buffers(2, 2048);
+        assert!(!h.rxq.kick_needed(old));
+
+        // Out of buffers again (11 posted, 5 used): the kick is asked for
+        // at buffer 11.
+        for i in 0..7 {
+            h.backend.push(frame(100, 20 + i));
+        }
+        h.drain();
+        assert_eq!(h.recv().len(), 6);
+        assert!(h.net().rx_pending.is_some());
+        assert_eq!(h.rxq.avail_event(), 11);
+        let old = h.rxq.avail_idx();
+        h.add_rx_buffers(1, 2048);
+        assert!(h.rxq.kick_needed(old));
+        h.notify_and_run(RX_QUEUE);
+        assert_eq!(h.recv().len(), 1);
+        assert_eq!(h.net().counters().rx_frames, 12);
+    }
+
+    #[test]
+    fn rx_uses_buffers_added_without_a_kick() {
+        let mut h = Harness::with_event_idx(false);
+        h.drain();
+        let f = frame(300, 1);
+        let g = frame(400, 2);
+        h.backend.push(f.clone());
+        h.drain();
+        assert!(h.net().rx_pending.is_some());
+        // The driver adds a buffer, but its kick is lost or not needed
+        // (e.g. it read a stale avail_event): the next tap edge delivers
+        // the pending frame and the new one once buffers exist.
+        h.add_rx_buffers(2, 2048);
+        h.backend.push(g.clone());
+        h.drain();
+        assert_eq!(
+            h.recv(),
+            vec![(300, as_delivered(&f)), (400, as_delivered(&g))]
+        );
+        assert_eq!(h.net().rx_pending, None);
     }
 }

@@ -43,6 +43,25 @@
 //! notification sends every available frame. Each pass interrupts the
 //! driver at most once.
 //!
+//! # Notification suppression
+//!
+//! With [`VIRTIO_F_RING_EVENT_IDX`] negotiated (sections 2.7.7, 2.7.10),
+//! kicks and interrupts are rationed (each is a VM exit or an injected
+//! interrupt, expensive under nested virtualization):
+//!
+//! - interrupts: after each pass the driver is interrupted only if the
+//!   used index moved past its `used_event`;
+//! - tx: a pass pops every chain, then re-arms `avail_event` at the next
+//!   chain it will pop and looks again (chains added meanwhile are sent in
+//!   the same pass, without a kick);
+//! - rx: `avail_event` is re-armed only when a frame waits and the queue
+//!   has no buffers, so the driver kicks once it adds some; re-arming
+//!   looks at the ring again, so buffers added just before are used at
+//!   once. While buffers are plentiful the driver refills without kicks.
+//!
+//! Without it, the driver kicks on every addition and is interrupted after
+//! every pass that used a buffer.
+//!
 //! Guest mistakes (a malformed chain, a frame too big, an rx buffer too
 //! small) drop the frame, return the chain with a used length of 0, count
 //! it and log it (at warn for the 1st, 2nd, 4th, 8th, ... drop each way, at
@@ -95,6 +114,11 @@ pub const VIRTIO_NET_F_HOST_UFO: u32 = 14;
 pub const VIRTIO_NET_F_MRG_RXBUF: u32 = 15;
 /// `VIRTIO_NET_F_STATUS`: the config `status` field is available.
 pub const VIRTIO_NET_F_STATUS: u32 = 16;
+/// `VIRTIO_F_RING_EVENT_IDX` (section 6; the mechanism in sections 2.7.7
+/// and 2.7.10): the driver says in `used_event` when it wants the next
+/// interrupt, the device in `avail_event` when it wants the next kick.
+/// Offered always; both queues use it when negotiated.
+pub const VIRTIO_F_RING_EVENT_IDX: u32 = 29;
 
 /// Offload flags of `TUNSETOFFLOAD` (`linux/if_tun.h`): which partial
 /// checksum / GSO frames the tap may hand us, i.e. what the guest accepts.

@@ -15,7 +15,10 @@ pub use crate::vmm::devices::virtio::test_utils::{
     memory, Desc, GuestQueue, TestInterrupt, F_WRITE, MEM_SIZE,
 };
 
-use super::{Net, NetBackend, NUM_BUFFERS_OFFSET, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, VNET_HDR_SIZE};
+use super::{
+    Net, NetBackend, NUM_BUFFERS_OFFSET, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, VIRTIO_F_RING_EVENT_IDX,
+    VNET_HDR_SIZE,
+};
 use crate::vmm::devices::virtio::VirtioDevice;
 
 /// Where each queue's descriptor table starts (see [`GuestQueue`]).
@@ -33,7 +36,7 @@ pub const MAC: [u8; 6] = [0x06, 0x00, 0xac, 0x10, 0x00, 0x02];
 pub const MTU: u16 = 1500;
 
 /// What the double holds; tests look at it through [`BackendHandle`].
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct BackendState {
     /// Frames the "tap" has for the guest, headers included.
     pub rx: VecDeque<Vec<u8>>,
@@ -45,6 +48,22 @@ pub struct BackendState {
     pub write_error: Option<ErrorKind>,
     /// Makes `set_offload` fail.
     pub offload_error: bool,
+    /// Called after each frame written (with the number written so far),
+    /// as a guest adding chains while the device works would.
+    pub on_write: Option<Box<dyn FnMut(usize) + Send>>,
+    /// Called on each read, before a frame is taken, as a guest adding
+    /// buffers while the device works would.
+    pub on_read: Option<Box<dyn FnMut() + Send>>,
+}
+
+impl std::fmt::Debug for BackendState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendState")
+            .field("rx", &self.rx.len())
+            .field("tx", &self.tx.len())
+            .field("offloads", &self.offloads)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -104,6 +123,9 @@ impl NetBackend for TestBackend {
     /// header's `num_buffers` bytes left as they were in `buf`.
     fn read_frame(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let mut state = self.0.state.lock().unwrap();
+        if let Some(hook) = state.on_read.as_mut() {
+            hook();
+        }
         let Some(frame) = state.rx.pop_front() else {
             // Drain the eventfd (EAGAIN when already empty).
             let _ = self.0.evt.read();
@@ -124,6 +146,10 @@ impl NetBackend for TestBackend {
             return Err(kind.into());
         }
         state.tx.push(buf.to_vec());
+        let sent = state.tx.len();
+        if let Some(hook) = state.on_write.as_mut() {
+            hook(sent);
+        }
         Ok(buf.len())
     }
 
@@ -173,6 +199,8 @@ pub struct Harness {
     pub rxq: GuestQueue,
     pub txq: GuestQueue,
     pub interrupt: Arc<TestInterrupt>,
+    /// Whether [`Harness::activate`] acks `VIRTIO_F_RING_EVENT_IDX`.
+    pub event_idx: bool,
     /// Where [`Harness::send`] puts the next frame, from [`BIG_DATA`].
     tx_next: u64,
 }
@@ -195,13 +223,24 @@ impl Harness {
             txq: GuestQueue::new(&mem, QUEUE_SIZE, TX_BASE),
             mem,
             interrupt: Arc::new(TestInterrupt::default()),
+            event_idx: false,
             tx_next: BIG_DATA,
         }
     }
 
-    /// An activated device (all features acked) with no rx buffers yet.
+    /// An activated device (all features acked but
+    /// `VIRTIO_F_RING_EVENT_IDX`) with no rx buffers yet.
     pub fn new(offload: bool) -> Self {
         let mut h = Harness::inactive(offload);
+        h.activate();
+        h
+    }
+
+    /// An activated device with every feature acked, notification
+    /// suppression included, and no rx buffers yet.
+    pub fn with_event_idx(offload: bool) -> Self {
+        let mut h = Harness::inactive(offload);
+        h.event_idx = true;
         h.activate();
         h
     }
@@ -222,12 +261,16 @@ impl Harness {
         self.net.lock().unwrap()
     }
 
-    /// Acks every offered feature and activates with fresh queues, without
+    /// Acks every offered feature (`VIRTIO_F_RING_EVENT_IDX` only with
+    /// [`Harness::event_idx`]) and activates with fresh queues, without
     /// running the event loop.
     pub fn activate(&mut self) {
         let queues = vec![self.rxq.create_queue(), self.txq.create_queue()];
         let mut net = self.net.lock().unwrap();
-        let features = net.avail_features();
+        let mut features = net.avail_features();
+        if !self.event_idx {
+            features &= !(1u64 << VIRTIO_F_RING_EVENT_IDX);
+        }
         net.set_acked_features(features);
         net.activate(self.mem.clone(), self.interrupt.clone(), queues)
             .unwrap();
