@@ -10,6 +10,10 @@ use super::{run_tool, NetError};
 
 /// The ingress qdisc's handle.
 const INGRESS_PARENT: &str = "ffff:";
+/// Cookie on husk's mirred actions ("husk" in hex): it tells husk's
+/// redirects from anyone else's, also once the tap (and with it the
+/// redirect's target name) is gone.
+const COOKIE: &str = "6875736b";
 
 /// Redirects everything arriving on `from` to `to`.
 fn redirect_one(from: &str, to: &str) -> Result<(), NetError> {
@@ -32,6 +36,8 @@ fn redirect_one(from: &str, to: &str) -> Result<(), NetError> {
             "redirect",
             "dev",
             to,
+            "cookie",
+            COOKIE,
         ],
     )?;
     Ok(())
@@ -71,13 +77,12 @@ pub fn disconnect(ifname: &str) -> Result<bool, NetError> {
     }
 }
 
-/// Whether `tc filter show` output is husk's redirect to one of its taps.
+/// Whether `tc filter show` output holds husk's redirect.
 fn is_ours(filters: &str) -> bool {
-    let needle = format!("redirect to device {}", super::inspect::TAP_PREFIX);
-    filters.lines().any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.contains("mirred") && l.contains(&needle)
-    })
+    filters.contains("mirred")
+        && filters
+            .lines()
+            .any(|l| l.trim() == format!("cookie {COOKIE}"))
 }
 
 /// Whether `tc`'s complaint means there was nothing to remove.
@@ -99,9 +104,11 @@ mod tests {
         // `tc filter show dev eth0 parent ffff:` (iproute2 6.1).
         let ours = "filter protocol all pref 49152 matchall chain 0 \n\
                     filter protocol all pref 49152 matchall chain 0 handle 0x1 \n  not_in_hw\n\
-                    \taction order 1: mirred (Egress Redirect to device husktap0) stolen\n";
+                    \taction order 1: mirred (Egress Redirect to device *) stolen\n\
+                    \tindex 1 ref 1 bind 1\n\
+                    \tcookie 6875736b\n";
         assert!(is_ours(ours));
-        let theirs = ours.replace("husktap0", "ifb0");
+        let theirs = ours.replace("\tcookie 6875736b\n", "");
         assert!(!is_ours(&theirs));
         assert!(!is_ours(""));
     }
