@@ -23,6 +23,18 @@
 //! when segmentation offload or a large MTU is negotiated, which hold a
 //! [`MAX_FRAME_SIZE`] frame.
 //!
+//! # Copies
+//!
+//! Frames move between the tap and guest memory in one copy, the
+//! kernel's: rx pops a chain and `readv`s the next frame straight into its
+//! buffers (an empty tap puts the chain back on the ring), tx `writev`s a
+//! chain's buffers. A chain takes the bounce buffer path (one more copy)
+//! when it has more than [`MAX_IOVECS`] descriptors, a descriptor outside
+//! one guest memory region, or a bad descriptor (the bounce path reports
+//! and drops it); an rx chain also when it is smaller than the largest
+//! frame the tap may give (a tap read truncates silently), and the frame
+//! read to learn that one waits while the rx queue is empty.
+//!
 //! # Events
 //!
 //! As for the other virtio devices: the VMM hands an `Arc<Mutex<Net>>` to
@@ -155,6 +167,16 @@ pub const MAX_FRAME_PAYLOAD: usize = 65550;
 /// (section 5.1.6.3.1: with guest TSO or UFO the driver posts rx buffers
 /// of at least 65562 bytes).
 pub const MAX_FRAME_SIZE: usize = VNET_HDR_SIZE + MAX_FRAME_PAYLOAD;
+
+/// Most guest buffers one frame moves through in one `readv` / `writev`
+/// (rx and tx chains with more descriptors go through a bounce buffer).
+/// Linux's biggest chains (a header and 17 pages) fit.
+pub const MAX_IOVECS: usize = 64;
+
+/// Ethernet header and VLAN tag (IEEE 802.3, 802.1Q): what an rx frame
+/// holds besides `mtu` payload bytes without segmentation offload.
+pub const ETH_HLEN: usize = 14;
+pub const VLAN_HLEN: usize = 4;
 
 /// Smallest MTU the device may advertise (section 5.1.4.1: "at least 68").
 pub const MIN_MTU: u16 = 68;

@@ -10,10 +10,12 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use libc::{c_int, c_short, c_uint, c_ulong};
+use vm_memory::volatile_memory::{PtrGuard, PtrGuardMut};
+use vm_memory::VolatileSlice;
 use vmm_sys_util::ioctl::{ioctl_with_mut_ref, ioctl_with_ref, ioctl_with_val};
 use vmm_sys_util::ioctl_iow_nr;
 
-use super::VNET_HDR_SIZE;
+use super::{MAX_IOVECS, VNET_HDR_SIZE};
 
 /// The clone device tap interfaces are created through.
 pub const TUN_DEVICE: &str = "/dev/net/tun";
@@ -58,6 +60,13 @@ pub trait NetBackend: AsRawFd + Send {
     fn read_frame(&mut self, buf: &mut [u8]) -> std::io::Result<usize>;
     /// Writes one frame, its 12-byte virtio-net header included.
     fn write_frame(&mut self, buf: &[u8]) -> std::io::Result<usize>;
+    /// Reads one frame, its header included, straight into `bufs` (at most
+    /// [`MAX_IOVECS`] of them, guest memory) in order; a frame longer than
+    /// they hold is truncated; `WouldBlock` when there is none. Like
+    /// [`NetBackend::read_frame`], it leaves `num_buffers` alone.
+    fn read_frame_vectored(&mut self, bufs: &[VolatileSlice<'_>]) -> std::io::Result<usize>;
+    /// Writes one frame gathered from `bufs` (at most [`MAX_IOVECS`]).
+    fn write_frame_vectored(&mut self, bufs: &[VolatileSlice<'_>]) -> std::io::Result<usize>;
     /// Sets which offloads (`TUN_F_*`) frames handed to the guest may use.
     fn set_offload(&mut self, flags: u32) -> std::io::Result<()>;
     /// The name logs use for the device.
@@ -227,6 +236,29 @@ impl Tap {
     }
 }
 
+/// An empty `iovec` to fill arrays with.
+const NO_IOVEC: libc::iovec = libc::iovec {
+    iov_base: std::ptr::null_mut(),
+    iov_len: 0,
+};
+
+/// Refuses more buffers than the iovec arrays hold; returns their count.
+fn iovec_count(bufs: &[VolatileSlice<'_>]) -> std::io::Result<c_int> {
+    if bufs.len() > MAX_IOVECS {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} buffers, more than {MAX_IOVECS}", bufs.len()),
+        ));
+    }
+    // At most MAX_IOVECS, far below c_int::MAX (and IOV_MAX).
+    Ok(c_int::try_from(bufs.len()).unwrap_or(c_int::MAX))
+}
+
+/// Turns a readv/writev return value into a result.
+fn check_len(rc: isize) -> std::io::Result<usize> {
+    usize::try_from(rc).map_err(|_| std::io::Error::last_os_error())
+}
+
 impl AsRawFd for Tap {
     fn as_raw_fd(&self) -> RawFd {
         self.file.as_raw_fd()
@@ -242,6 +274,54 @@ impl NetBackend for Tap {
     fn write_frame(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         // One write(2) on a tap sends exactly one frame.
         self.file.write(buf)
+    }
+
+    fn read_frame_vectored(&mut self, bufs: &[VolatileSlice<'_>]) -> std::io::Result<usize> {
+        let count = iovec_count(bufs)?;
+        // The guards keep each pointer valid until they go out of scope at
+        // the end of this function, after the call (without vm-memory's
+        // `xen` feature they map nothing, but that is theirs to know).
+        let mut guards: [Option<PtrGuardMut>; MAX_IOVECS] = [const { None }; MAX_IOVECS];
+        let mut iovs = [NO_IOVEC; MAX_IOVECS];
+        for ((buf, guard), iov) in bufs.iter().zip(&mut guards).zip(&mut iovs) {
+            let g = guard.insert(buf.ptr_guard_mut());
+            *iov = libc::iovec {
+                iov_base: g.as_ptr().cast(),
+                iov_len: g.len(),
+            };
+        }
+        // SAFETY: the first `count` iovecs describe the `bufs` slices,
+        // each valid for writes of its length while `guards` (and the
+        // borrow of `bufs`) live, i.e. through the call. They are guest
+        // memory, which Rust code only reaches through raw pointers and
+        // volatile accesses (vm-memory hands out no references into it),
+        // so the kernel writing there aliases no Rust reference; the guest
+        // may touch the same bytes concurrently, which only garbles its own
+        // frame. `iovs` outlives the call. One readv(2) on a tap returns
+        // exactly one frame (or EAGAIN).
+        let rc = unsafe { libc::readv(self.file.as_raw_fd(), iovs.as_ptr(), count) };
+        check_len(rc)
+    }
+
+    fn write_frame_vectored(&mut self, bufs: &[VolatileSlice<'_>]) -> std::io::Result<usize> {
+        let count = iovec_count(bufs)?;
+        let mut guards: [Option<PtrGuard>; MAX_IOVECS] = [const { None }; MAX_IOVECS];
+        let mut iovs = [NO_IOVEC; MAX_IOVECS];
+        for ((buf, guard), iov) in bufs.iter().zip(&mut guards).zip(&mut iovs) {
+            let g = guard.insert(buf.ptr_guard());
+            *iov = libc::iovec {
+                iov_base: g.as_ptr().cast_mut().cast(),
+                iov_len: g.len(),
+            };
+        }
+        // SAFETY: the first `count` iovecs describe the `bufs` slices,
+        // each valid for reads of its length while `guards` (and the
+        // borrow of `bufs`) live, i.e. through the call; writev(2) only
+        // reads them (the cast to `*mut` is the iovec type's, nothing is
+        // written). `iovs` outlives the call. One writev(2) on a tap sends
+        // exactly one frame.
+        let rc = unsafe { libc::writev(self.file.as_raw_fd(), iovs.as_ptr(), count) };
+        check_len(rc)
     }
 
     fn set_offload(&mut self, flags: u32) -> std::io::Result<()> {

@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use event_manager::{EventManager, SubscriberOps};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, VolatileSlice};
 use vmm_sys_util::eventfd::EventFd;
 
 pub use crate::vmm::devices::virtio::test_utils::{
@@ -16,8 +16,8 @@ pub use crate::vmm::devices::virtio::test_utils::{
 };
 
 use super::{
-    Net, NetBackend, NUM_BUFFERS_OFFSET, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, VIRTIO_F_RING_EVENT_IDX,
-    VNET_HDR_SIZE,
+    Net, NetBackend, MAX_IOVECS, NUM_BUFFERS_OFFSET, QUEUE_SIZE, RX_QUEUE, TX_QUEUE,
+    VIRTIO_F_RING_EVENT_IDX, VNET_HDR_SIZE,
 };
 use crate::vmm::devices::virtio::VirtioDevice;
 
@@ -48,6 +48,13 @@ pub struct BackendState {
     pub write_error: Option<ErrorKind>,
     /// Makes `set_offload` fail.
     pub offload_error: bool,
+    /// Frames moved by `read_frame` / `write_frame` (the bounce-buffer
+    /// paths) and by their vectored variants (straight from / to guest
+    /// memory).
+    pub reads: usize,
+    pub writes: usize,
+    pub vectored_reads: usize,
+    pub vectored_writes: usize,
     /// Called after each frame written (with the number written so far),
     /// as a guest adding chains while the device works would.
     pub on_write: Option<Box<dyn FnMut(usize) + Send>>,
@@ -62,6 +69,8 @@ impl std::fmt::Debug for BackendState {
             .field("rx", &self.rx.len())
             .field("tx", &self.tx.len())
             .field("offloads", &self.offloads)
+            .field("reads", &(self.reads, self.vectored_reads))
+            .field("writes", &(self.writes, self.vectored_writes))
             .finish_non_exhaustive()
     }
 }
@@ -118,10 +127,10 @@ impl AsRawFd for TestBackend {
     }
 }
 
-impl NetBackend for TestBackend {
-    /// Like a tap: one frame per read, truncated to `buf`, and the
-    /// header's `num_buffers` bytes left as they were in `buf`.
-    fn read_frame(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+impl TestBackend {
+    /// The next frame for the guest (after the read hook), counting the
+    /// read; `WouldBlock` when there is none.
+    fn next_frame(&mut self, vectored: bool) -> std::io::Result<Vec<u8>> {
         let mut state = self.0.state.lock().unwrap();
         if let Some(hook) = state.on_read.as_mut() {
             hook();
@@ -131,6 +140,35 @@ impl NetBackend for TestBackend {
             let _ = self.0.evt.read();
             return Err(ErrorKind::WouldBlock.into());
         };
+        if vectored {
+            state.vectored_reads += 1;
+        } else {
+            state.reads += 1;
+        }
+        Ok(frame)
+    }
+
+    /// Records a frame the guest sent (unless writes fail).
+    fn sent(&mut self, frame: Vec<u8>) -> std::io::Result<usize> {
+        let mut state = self.0.state.lock().unwrap();
+        if let Some(kind) = state.write_error {
+            return Err(kind.into());
+        }
+        let len = frame.len();
+        state.tx.push(frame);
+        let sent = state.tx.len();
+        if let Some(hook) = state.on_write.as_mut() {
+            hook(sent);
+        }
+        Ok(len)
+    }
+}
+
+impl NetBackend for TestBackend {
+    /// Like a tap: one frame per read, truncated to `buf`, and the
+    /// header's `num_buffers` bytes left as they were in `buf`.
+    fn read_frame(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let frame = self.next_frame(false)?;
         let len = frame.len().min(buf.len());
         for (i, (dst, src)) in buf.iter_mut().zip(&frame[..len]).enumerate() {
             if !(NUM_BUFFERS_OFFSET..VNET_HDR_SIZE).contains(&i) {
@@ -141,16 +179,40 @@ impl NetBackend for TestBackend {
     }
 
     fn write_frame(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let mut state = self.0.state.lock().unwrap();
-        if let Some(kind) = state.write_error {
-            return Err(kind.into());
+        self.0.state.lock().unwrap().writes += 1;
+        self.sent(buf.to_vec())
+    }
+
+    /// Like a tap's readv: the frame across `bufs`, truncated to their
+    /// total, `num_buffers` left alone.
+    fn read_frame_vectored(&mut self, bufs: &[VolatileSlice<'_>]) -> std::io::Result<usize> {
+        assert!(bufs.len() <= MAX_IOVECS, "{} iovecs", bufs.len());
+        let frame = self.next_frame(true)?;
+        let mut at = 0usize;
+        for buf in bufs {
+            let end = (at + buf.len()).min(frame.len());
+            // Frame bytes at..end, but for num_buffers.
+            let keep = NUM_BUFFERS_OFFSET..VNET_HDR_SIZE;
+            for (from, to) in [(at, end.min(keep.start)), (at.max(keep.end), end)] {
+                if from < to {
+                    buf.write_slice(&frame[from..to], from - at).unwrap();
+                }
+            }
+            at = end;
         }
-        state.tx.push(buf.to_vec());
-        let sent = state.tx.len();
-        if let Some(hook) = state.on_write.as_mut() {
-            hook(sent);
+        Ok(at)
+    }
+
+    fn write_frame_vectored(&mut self, bufs: &[VolatileSlice<'_>]) -> std::io::Result<usize> {
+        assert!(bufs.len() <= MAX_IOVECS, "{} iovecs", bufs.len());
+        self.0.state.lock().unwrap().vectored_writes += 1;
+        let mut frame = Vec::new();
+        for buf in bufs {
+            let mut part = vec![0u8; buf.len()];
+            buf.read_slice(&mut part, 0).unwrap();
+            frame.extend_from_slice(&part);
         }
-        Ok(buf.len())
+        self.sent(frame)
     }
 
     fn set_offload(&mut self, flags: u32) -> std::io::Result<()> {
