@@ -1784,4 +1784,46 @@ mod tests {
             }
         }
     }
+
+    /// Kicks and interrupts per frame with EVENT_IDX, the driver behaving
+    /// as Linux's: it kicks only when `avail_event` says so, wants an rx
+    /// interrupt as soon as anything is used, and a tx one only late.
+    #[test]
+    fn kicks_and_interrupts_per_frame_with_event_idx() {
+        let mut h = Harness::with_event_idx(false);
+        let (mut kicks, frames) = (0, 32u8);
+        // rx: 64 buffers posted once (one kick), frames in 4 bursts of 8.
+        let old = h.rxq.avail_idx();
+        h.add_rx_buffers(64, 2048);
+        if h.rxq.kick_needed(old) {
+            kicks += 1;
+            h.notify_and_run(RX_QUEUE);
+        }
+        for burst in 0..4u8 {
+            h.rxq.set_used_event(h.rxq.used_idx());
+            for i in 0..8 {
+                h.backend.push(frame(200, burst * 8 + i));
+            }
+            h.drain();
+        }
+        assert_eq!(h.recv().len(), usize::from(frames));
+        assert_eq!((kicks, h.interrupt.count()), (1, 4));
+
+        // tx: 4 batches of 8 chains, the driver kicking when told to and
+        // asking for an interrupt after the last frame.
+        kicks = 0;
+        h.txq.set_used_event(u16::from(frames) - 1);
+        for burst in 0..4u8 {
+            let old = h.txq.avail_idx();
+            for i in 0..8 {
+                h.send(&frame(100, burst * 8 + i));
+            }
+            if h.txq.kick_needed(old) {
+                kicks += 1;
+                h.notify_and_run(TX_QUEUE);
+            }
+        }
+        assert_eq!(h.backend.take_tx().len(), usize::from(frames));
+        assert_eq!((kicks, h.interrupt.count()), (4, 5));
+    }
 }
