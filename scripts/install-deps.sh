@@ -7,7 +7,8 @@ log() { printf 'install-deps: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 # Debian packages: tool -> package (checked by command), then plain packages.
-# runc and crun are the speed floor the benchmarks compare against.
+# runc and crun are the speed floor the benchmarks compare against; iproute2,
+# iptables, iperf3 and the CNI plugins serve the network tests and benchmark.
 declare -A tools=(
     [qemu-system-x86_64]=qemu-system-x86
     [busybox]=busybox-static
@@ -27,6 +28,7 @@ declare -A tools=(
     [ip]=iproute2
     [tc]=iproute2
     [iperf3]=iperf3
+    [iptables]=iptables
 )
 want=()
 for tool in "${!tools[@]}"; do
@@ -36,7 +38,7 @@ done
 if command -v busybox >/dev/null 2>&1 && ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed'; then
     want+=(busybox-static)
 fi
-for pkg in libelf-dev linux-source-6.1; do
+for pkg in libelf-dev linux-source-6.1 containernetworking-plugins; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || want+=("$pkg")
 done
 if [ "${#want[@]}" -gt 0 ]; then

@@ -452,3 +452,120 @@ fn a_bad_namespace_path_fails_clearly_and_leaves_nothing() {
         "the engine's qdisc was removed:\n{qdiscs}"
     );
 }
+
+/// Runs CNI plugin `plugin` (Debian's containernetworking-plugins) for
+/// `command` on namespace `ns`, as an engine would; returns its result.
+fn cni(plugin: &str, command: &str, ns: &str, conf: &serde_json::Value) -> serde_json::Value {
+    use std::io::Write as _;
+    let mut child = Command::new(format!("/usr/lib/cni/{plugin}"))
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", ns)
+        .env("CNI_NETNS", netns_path(ns))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("/usr/lib/cni/{plugin} (containernetworking-plugins): {e}"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "CNI {plugin} {command}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+/// A namespace attached by the real CNI `bridge` (host-local IPAM) and
+/// `portmap` plugins; detached (DEL, in reverse) and removed on drop.
+struct CniNet {
+    ns: String,
+    bridge_conf: serde_json::Value,
+    portmap_conf: serde_json::Value,
+}
+
+impl CniNet {
+    /// Host port `host_port` maps to `container_port` of the namespace;
+    /// `ipam` is host-local's store (shared by the namespaces of a test).
+    fn add(ns: &str, ipam: &Path, host_port: u16, container_port: u16) -> (CniNet, String) {
+        sh(&format!("ip netns add {ns}"));
+        let bridge_conf = serde_json::json!({
+            "cniVersion": "1.0.0", "name": "husk-e2e", "type": "bridge",
+            "bridge": "hcni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.97.0.0/24"}]],
+                     "routes": [{"dst": "0.0.0.0/0"}], "dataDir": ipam}
+        });
+        let result = cni("bridge", "ADD", ns, &bridge_conf);
+        let addr = result["ips"][0]["address"].as_str().unwrap().to_owned();
+        let ip = addr.split('/').next().unwrap().to_owned();
+        let portmap_conf = serde_json::json!({
+            "cniVersion": "1.0.0", "name": "husk-e2e", "type": "portmap",
+            "capabilities": {"portMappings": true},
+            "runtimeConfig": {"portMappings": [
+                {"hostPort": host_port, "containerPort": container_port, "protocol": "tcp"}
+            ]},
+            "prevResult": result
+        });
+        cni("portmap", "ADD", ns, &portmap_conf);
+        let net = CniNet {
+            ns: ns.to_owned(),
+            bridge_conf,
+            portmap_conf,
+        };
+        (net, ip)
+    }
+}
+
+impl Drop for CniNet {
+    fn drop(&mut self) {
+        let _ = std::panic::catch_unwind(|| {
+            cni("portmap", "DEL", &self.ns, &self.portmap_conf);
+            cni("bridge", "DEL", &self.ns, &self.bridge_conf);
+        });
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+#[test]
+fn a_real_cni_network_with_a_port_mapping_reaches_the_container() {
+    let env = Env::new();
+    let ipam = tempfile::tempdir().unwrap();
+    let (net, ip) = CniNet::add("hncni1", ipam.path(), 18080, 8080);
+    let (client, _) = CniNet::add("hncni2", ipam.path(), 18081, 8081);
+    let bundle = net_bundle(
+        &env,
+        "cni",
+        &["httpd", "-f", "-p", "8080", "-h", "/www"],
+        Some(&net.ns),
+        "published\n",
+    );
+    assert!(env
+        .husk(&["run", "-d", "--bundle", b(&bundle), "cni"])
+        .status
+        .success());
+    // At the address CNI gave it, and through the published port: from
+    // this host (OUTPUT DNAT) and from another CNI namespace (PREROUTING
+    // DNAT, back through the bridge in hairpin mode).
+    assert_eq!(fetch(None, &format!("http://{ip}:8080/")), "published\n");
+    assert_eq!(fetch(None, "http://10.97.0.1:18080/"), "published\n");
+    assert_eq!(
+        fetch(Some(&client.ns), "http://10.97.0.1:18080/"),
+        "published\n"
+    );
+    let routes = exec(&env, "cni", "ip route");
+    assert!(
+        routes.contains("default via 10.97.0.1 dev eth0"),
+        "{routes}"
+    );
+    assert!(env.husk(&["delete", "--force", "cni"]).status.success());
+    env.assert_gone("cni");
+    assert_netns_clean(&net.ns);
+}
