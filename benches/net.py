@@ -103,7 +103,10 @@ def iperf(ip, seconds, reverse):
         except subprocess.TimeoutExpired:
             continue
         if p.returncode == 0:
-            return json.loads(p.stdout)["end"]["sum_received"]["bits_per_second"]
+            try:
+                return json.loads(p.stdout)["end"]["sum_received"]["bits_per_second"]
+            except (ValueError, KeyError):
+                pass  # the server was busy with the previous test: retry
         time.sleep(1)
     sys.exit(f"iperf3 to {ip} failed: {p.stdout[-500:]}{p.stderr[-500:]}")
 
