@@ -93,6 +93,49 @@ def add_netns(name, host):
         ip -n {name} route add default via {NET}.1""")
 
 
+def encode_cmd(args):
+    import base64
+    raw = json.dumps({"args": args}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def start_qemu(husk, ns, host, rootfs, work, vhost):
+    """QEMU microvm on the husk kernel, its tap in `ns` redirected to eth0."""
+    kernel = sh(f"{ROOT}/kernels/build.sh --print-path").strip().splitlines()[-1]
+    image = os.path.join(work, f"{ns}.ext4")
+    initrd = os.path.join(work, f"{ns}.cpio")
+    sh(f"{husk} image {rootfs} {image} && {husk} initramfs {initrd}")
+    mac = json.loads(sh(f"ip -n {ns} -j link show eth0"))[0]["address"]
+    mtu = json.loads(sh(f"ip -n {ns} -j link show eth0"))[0]["mtu"]
+    iperf3 = shutil.which("iperf3")
+    cmd = ["/bin/sh", "-c",
+           f"ip link set lo up; ip link set eth0 up; ip addr add {NET}.{host}/24 dev eth0; "
+           f"ip route add default via {NET}.1; exec {iperf3} -s"]
+    append = ("console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 no_timer_check quiet "
+              f"husk.quiet=1 husk.overlay=1 husk.root=/dev/vda husk.cmd={encode_cmd(cmd)}")
+    tap = "husktapq"
+    argv = ["ip", "netns", "exec", ns, "qemu-system-x86_64",
+            "-M", "microvm,acpi=off,rtc=off,x-option-roms=off", "-accel", "kvm", "-cpu", "host",
+            "-m", "128", "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none",
+            "-no-reboot", "-serial", f"file:{work}/{ns}.console",
+            "-kernel", kernel, "-initrd", initrd, "-append", append,
+            "-drive", f"id=root,file={image},format=raw,if=none,readonly=on",
+            "-device", "virtio-blk-device,drive=root",
+            "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no,vhost={'on' if vhost else 'off'}",
+            "-device", f"virtio-net-device,netdev=n0,mac={mac}"]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        if subprocess.run(["ip", "-n", ns, "link", "show", tap], capture_output=True).returncode == 0:
+            break
+        time.sleep(0.1)
+    sh(f"""ip -n {ns} link set {tap} mtu {mtu} up
+        for pair in "eth0 {tap}" "{tap} eth0"; do set -- $pair
+          ip netns exec {ns} tc qdisc add dev $1 ingress
+          ip netns exec {ns} tc filter add dev $1 parent ffff: protocol all matchall action mirred egress redirect dev $2
+        done""")
+    return proc
+
+
 def iperf(ip, seconds, reverse):
     """Bits per second received, or None when the server did not answer."""
     argv = ["iperf3", "-c", ip, "-t", str(seconds), "-J", "--connect-timeout", "3000"]
@@ -130,10 +173,13 @@ def main():
     setups = {
         "husk": ([args.husk], {}, 2),
         "husk (no offload)": ([args.husk], {"io.husk.net.offload": "false"}, 3),
+        "QEMU microvm": ("qemu", False, 5),
+        "QEMU microvm + vhost-net": ("qemu", True, 6),
         "runc": (["runc"], {}, 4),
     }
     work = tempfile.mkdtemp()
     started = []
+    qemus = []
     try:
         sh(f"ip link add {BRIDGE} type bridge && ip addr add {NET}.1/24 dev {BRIDGE} && ip link set {BRIDGE} up")
         for i, (name, (base, ann, host)) in enumerate(setups.items()):
@@ -141,7 +187,10 @@ def main():
             add_netns(ns, host)
             bundle = os.path.join(work, f"b{i}")
             os.makedirs(bundle)
-            make_bundle(bundle, ns, ann)
+            make_bundle(bundle, ns, {} if base == "qemu" else ann)
+            if base == "qemu":
+                qemus.append(start_qemu(args.husk, ns, host, os.path.join(bundle, "rootfs"), work, ann))
+                continue
             argv = base + ["--root", os.path.join(work, f"state{i}"), "run", "-d", "--bundle", bundle, f"c{i}"]
             # A detached container keeps the stdio it is given: a file,
             # not a pipe that would never reach EOF.
@@ -159,6 +208,9 @@ def main():
                 results[name]["down"].append(iperf(ip, args.seconds, True))
                 results[name]["rtt"].append(ping_ms(ip, 10))
     finally:
+        for q in qemus:
+            q.kill()
+            q.wait()
         for argv in started:
             subprocess.run(argv, capture_output=True)
         for i in range(len(setups)):
