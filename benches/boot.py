@@ -27,6 +27,8 @@ import sys
 import tempfile
 import time
 
+from rootfs import busybox_rootfs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MARK = b"husk-init: started"
 MEM_MIB = 128
@@ -110,13 +112,7 @@ def main():
     kernel = kernel_path()
     with tempfile.TemporaryDirectory() as work:
         root = os.path.join(work, "root")
-        os.makedirs(os.path.join(root, "bin"))
-        for d in ("etc", "proc", "sys", "dev", "tmp", "root"):
-            os.makedirs(os.path.join(root, d))
-        sh("cp", "/bin/busybox", os.path.join(root, "bin/busybox"))
-        for applet in subprocess.run(["/bin/busybox", "--list"], capture_output=True, text=True).stdout.split():
-            if applet != "busybox":
-                os.symlink("busybox", os.path.join(root, "bin", applet))
+        busybox_rootfs(root)
         image = os.path.join(work, "root.ext4")
         initrd = os.path.join(work, "initramfs.cpio")
         sh(args.husk, "image", root, image)

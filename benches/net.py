@@ -23,6 +23,8 @@ import sys
 import tempfile
 import time
 
+from rootfs import busybox_rootfs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NET = "10.77.0"
 BRIDGE = "hbnet"
@@ -52,13 +54,7 @@ def copy_with_libs(binary, rootfs):
 
 def make_bundle(path, netns, annotations):
     rootfs = os.path.join(path, "rootfs")
-    os.makedirs(os.path.join(rootfs, "bin"))
-    for d in ("etc", "proc", "sys", "dev", "tmp", "root"):
-        os.makedirs(os.path.join(rootfs, d))
-    shutil.copy("/bin/busybox", os.path.join(rootfs, "bin/busybox"))
-    for applet in subprocess.run(["/bin/busybox", "--list"], capture_output=True, text=True).stdout.split():
-        if applet != "busybox":
-            os.symlink("busybox", os.path.join(rootfs, "bin", applet))
+    busybox_rootfs(rootfs)
     copy_with_libs(shutil.which("iperf3"), rootfs)
     config = {
         "ociVersion": "1.0.2",

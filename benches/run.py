@@ -20,18 +20,14 @@ import sys
 import tempfile
 import time
 
+from rootfs import busybox_rootfs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def make_bundle(path):
     rootfs = os.path.join(path, "rootfs")
-    os.makedirs(os.path.join(rootfs, "bin"))
-    for d in ("etc", "proc", "sys", "dev", "tmp", "root"):
-        os.makedirs(os.path.join(rootfs, d))
-    shutil.copy("/bin/busybox", os.path.join(rootfs, "bin/busybox"))
-    for applet in subprocess.run(["/bin/busybox", "--list"], capture_output=True, text=True).stdout.split():
-        if applet != "busybox":
-            os.symlink("busybox", os.path.join(rootfs, "bin", applet))
+    busybox_rootfs(rootfs)
     config = {
         "ociVersion": "1.0.2",
         "process": {"terminal": False, "user": {"uid": 0, "gid": 0}, "args": ["/bin/true"],
