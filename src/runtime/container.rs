@@ -111,8 +111,16 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
         return Err(ContainerError::NoConsoleSocket);
     }
     let network = crate::runtime::vm_plan::network_plan(&b.spec)?;
-    if let Some(n) = &network {
-        crate::net::open_netns(&n.netns)?;
+    match &network {
+        Some(n) => {
+            crate::net::open_netns(&n.netns)?;
+        }
+        None if !crate::runtime::vm_plan::asks_for_network_namespace(&b.spec) => log::warn!(
+            "container {}: no network namespace in the spec (host networking): \
+             a VM cannot share the host's network, the container gets loopback only",
+            req.id
+        ),
+        None => {}
     }
     let kernel = crate::paths::default_kernel();
     if !kernel.is_file() {

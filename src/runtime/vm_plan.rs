@@ -35,7 +35,6 @@ pub struct NetworkPlan {
 /// none at all gives the guest loopback only: a VM cannot share the host's
 /// network stack.
 pub fn network_plan(spec: &oci_spec::runtime::Spec) -> Result<Option<NetworkPlan>, PlanError> {
-    use oci_spec::runtime::LinuxNamespaceType;
     let offload = match spec
         .annotations()
         .as_ref()
@@ -51,16 +50,24 @@ pub fn network_plan(spec: &oci_spec::runtime::Spec) -> Result<Option<NetworkPlan
             })
         }
     };
-    let netns = spec
-        .linux()
+    let netns = network_namespace(spec).and_then(|ns| ns.path().clone());
+    Ok(netns.map(|netns| NetworkPlan { netns, offload }))
+}
+
+fn network_namespace(spec: &oci_spec::runtime::Spec) -> Option<&oci_spec::runtime::LinuxNamespace> {
+    spec.linux()
         .as_ref()
         .and_then(|l| l.namespaces().as_ref())
         .and_then(|nss| {
             nss.iter()
-                .find(|ns| ns.typ() == LinuxNamespaceType::Network)
+                .find(|ns| ns.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
         })
-        .and_then(|ns| ns.path().clone());
-    Ok(netns.map(|netns| NetworkPlan { netns, offload }))
+}
+
+/// Whether the spec has a network namespace at all (without one, runc
+/// would share the host's network).
+pub fn asks_for_network_namespace(spec: &oci_spec::runtime::Spec) -> bool {
+    network_namespace(spec).is_some()
 }
 
 /// The VM and container a VMM process runs.
