@@ -5,7 +5,9 @@
 //! What changes on the way into a VM:
 //! - file bind mounts (`/etc/hosts`, `/etc/resolv.conf`, `/etc/hostname`,
 //!   `/run/.containerenv`, secrets) are copied into the guest at create;
-//! - directory bind mounts are refused until husk has file sharing;
+//! - directory bind mounts are refused until husk has file sharing, except
+//!   on `/dev/shm` (podman and CRI-O bind a host tmpfs there): shared memory
+//!   cannot cross the VM boundary anyway, so the guest gets its own tmpfs;
 //! - a tmpfs on `/dev` becomes the guest's devtmpfs (the VM is the
 //!   container: its devices are the container's);
 //! - `cgroup` (v1) mounts become cgroup2, the guest kernel's only hierarchy.
@@ -13,6 +15,11 @@
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{Mount, Process, Spec};
+
+/// Where engines bind a host tmpfs for POSIX shared memory.
+const SHM: &str = "/dev/shm";
+/// The guest's own `/dev/shm` in its place (podman's default size).
+const SHM_OPTIONS: [&str; 5] = ["nosuid", "nodev", "noexec", "mode=1777", "size=65536k"];
 
 use crate::agent_proto::{
     Capabilities, ContainerFile, ContainerSpec, GuestHook, MountSpec, ProcessSpec, Rlimit,
@@ -116,6 +123,12 @@ pub fn container_spec(
                     mode,
                     read_only: options.iter().any(|o| o == "ro"),
                     contents,
+                }),
+                BindSource::Directory if destination == SHM => mounts.push(MountSpec {
+                    destination,
+                    fstype: "tmpfs".into(),
+                    source: "shm".into(),
+                    options: SHM_OPTIONS.iter().map(|o| o.to_string()).collect(),
                 }),
                 BindSource::Directory => {
                     return Err(GuestSpecError::DirectoryBind {
@@ -372,6 +385,25 @@ mod tests {
             c.sysctl,
             [("net.ipv4.ip_forward".to_string(), "1".to_string())]
         );
+    }
+
+    #[test]
+    fn a_bound_dev_shm_becomes_the_guests_own_tmpfs() {
+        // As podman passes it: its host tmpfs, bind-mounted.
+        let json = BASE.replace(
+            r#"{"destination": "/etc/hosts""#,
+            r#"{"destination": "/dev/shm", "type": "bind", "source": "/h/dir", "options": ["bind", "private"]},
+            {"destination": "/etc/hosts""#,
+        );
+        let c = container_spec("c", &spec(&json), Path::new("/bundle"), &files).unwrap();
+        let shm = c
+            .mounts
+            .iter()
+            .find(|m| m.destination == "/dev/shm")
+            .unwrap();
+        assert_eq!((shm.fstype.as_str(), shm.source.as_str()), ("tmpfs", "shm"));
+        assert!(shm.options.iter().any(|o| o == "mode=1777"));
+        assert!(!shm.options.iter().any(|o| o == "bind"));
     }
 
     #[test]
