@@ -2,11 +2,15 @@
 //! queue processing.
 
 use std::io::ErrorKind;
+use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
 use log::{debug, warn};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryError, GuestMemoryMmap, VolatileSlice};
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError, GuestMemoryMmap,
+    VolatileSlice,
+};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::tap::{NetBackend, Tap};
@@ -17,7 +21,8 @@ use super::{
     TUN_F_TSO6, TUN_F_UFO, TX_QUEUE, VIRTIO_F_RING_EVENT_IDX, VIRTIO_NET_F_CSUM,
     VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
     VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC,
-    VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP, VLAN_HLEN, VNET_HDR_SIZE,
+    VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP, VLAN_HLEN,
+    VNET_HDR_SIZE,
 };
 use crate::vmm::devices::virtio::{
     ActivateError, Interrupt, VirtioDevice, INTERRUPT_USED_BUFFER, TYPE_NET, VIRTIO_F_VERSION_1,
@@ -78,6 +83,14 @@ pub(super) enum FrameError {
     TxShort { len: usize },
     #[error("rx frame of {frame} bytes does not fit in the {capacity}-byte buffer")]
     RxTooSmall { frame: usize, capacity: usize },
+    #[error("rx buffer has no device-writable bytes")]
+    RxEmptyBuffer,
+    #[error(
+        "descriptor {index} ({len} bytes at {addr:#x}) of an rx buffer is not in guest memory"
+    )]
+    RxOutside { index: usize, addr: u64, len: u32 },
+    #[error("rx frame of {frame} bytes does not fit in the whole ring ({capacity} bytes)")]
+    RxTooLargeForRing { frame: usize, capacity: usize },
     #[error("the tap gave a {len}-byte frame, shorter than the {VNET_HDR_SIZE}-byte header")]
     Runt { len: usize },
     #[error("writing to the tap: {0}")]
@@ -188,6 +201,9 @@ impl<B: NetBackend> Net<B> {
                 VIRTIO_NET_F_GUEST_TSO6,
                 VIRTIO_NET_F_HOST_TSO4,
                 VIRTIO_NET_F_HOST_TSO6,
+                // With guest TSO, Linux otherwise posts 65 KiB "big
+                // packet" chains, ~14 to a ring, each taken by any frame.
+                VIRTIO_NET_F_MRG_RXBUF,
             ]
             .iter()
             .fold(0u64, |f, &bit| f | 1u64 << bit);
@@ -260,6 +276,9 @@ impl<B: NetBackend> Net<B> {
     /// interrupts the driver once if any buffer was used. Returns whether
     /// any was.
     pub fn process_rx(&mut self) -> Result<bool, NetError> {
+        if has(self.acked_features, VIRTIO_NET_F_MRG_RXBUF) {
+            return self.process_rx_mergeable();
+        }
         let Net {
             name,
             state,
@@ -311,7 +330,7 @@ impl<B: NetBackend> Net<B> {
                 // Straight from the tap into the guest's buffers.
                 match read_frame_vectored(backend, &bufs, counters, name) {
                     VectoredRead::Frame(len) => {
-                        set_num_buffers(&bufs);
+                        set_num_buffers(&bufs, 1);
                         // One tap frame: far below u32::MAX.
                         let used_len = u32::try_from(len).unwrap_or(u32::MAX);
                         Delivery::Buffered(Ok(used_len), len)
@@ -358,6 +377,107 @@ impl<B: NetBackend> Net<B> {
         }
         if used {
             signal_used(queue, mem, interrupt.as_ref(), name, RX_QUEUE)?;
+        }
+        Ok(used)
+    }
+
+    /// [`Net::process_rx`] with `VIRTIO_NET_F_MRG_RXBUF` negotiated
+    /// (sections 5.1.6.3, 5.1.6.4): a frame spreads over as many buffers
+    /// (chains) as it needs, `num_buffers` in its header says how many.
+    ///
+    /// A frame is read straight into the buffers when those on the ring
+    /// hold the largest frame the tap may give within [`MAX_IOVECS`]
+    /// descriptors; the buffers it did not reach go back to the ring.
+    /// Otherwise it is read into the bounce buffer and waits (pending)
+    /// until the ring holds enough for its actual length.
+    fn process_rx_mergeable(&mut self) -> Result<bool, NetError> {
+        let Net {
+            name,
+            state,
+            backend,
+            rx_buf,
+            rx_pending,
+            rx_min_vectored,
+            counters,
+            ..
+        } = self;
+        let DeviceState::Activated {
+            mem,
+            interrupt,
+            queues,
+        } = state
+        else {
+            return Err(NetError::NotActivated { tap: name.clone() });
+        };
+        let mem: &GuestMemoryMmap = mem;
+        let queue = &mut queues[RX_QUEUE];
+        let event_idx = queue.event_idx_enabled();
+        // Where the used index stood when this pass began: the driver's
+        // `used_event` is checked against what the pass added.
+        let used_before = queue.next_used();
+        let mut used = false;
+        loop {
+            let len = match rx_pending.take() {
+                Some(len) => len,
+                None => match read_merged_vectored(
+                    queue,
+                    mem,
+                    backend,
+                    *rx_min_vectored,
+                    counters,
+                    name,
+                )? {
+                    Merged::Frame { len, published } => {
+                        counters.rx_frames += 1;
+                        counters.rx_bytes += payload_len(len);
+                        used |= published;
+                        continue;
+                    }
+                    // Counted and dropped; the buffers went back.
+                    Merged::Runt => continue,
+                    Merged::Empty => break,
+                    Merged::Short => match read_frame(backend, rx_buf, counters, name) {
+                        Some(len) => len,
+                        None => break,
+                    },
+                },
+            };
+            match place_merged(queue, mem, &mut rx_buf[..len], name)? {
+                Placed::Delivered { published } => {
+                    counters.rx_frames += 1;
+                    counters.rx_bytes += payload_len(len);
+                    used |= published;
+                }
+                Placed::Dropped { err, published } => {
+                    counters.rx_dropped += 1;
+                    log_drop(name, "rx", counters.rx_dropped, &err);
+                    used |= published;
+                }
+                Placed::Wait { popped } => {
+                    // Resumed by the rx queue notification. With EVENT_IDX,
+                    // ask for it while every available buffer is popped
+                    // (`avail_event` = the available index: the driver's
+                    // next buffer kicks), then give the buffers back.
+                    let added = event_idx && enable_notification(queue, mem, name, RX_QUEUE)?;
+                    for _ in 0..popped {
+                        queue.go_to_previous_position();
+                    }
+                    *rx_pending = Some(len);
+                    if added {
+                        // Buffers came meanwhile, without a kick.
+                        continue;
+                    }
+                    break;
+                }
+            }
+        }
+        if used && rx_needs_interrupt(queue, mem, used_before, name)? {
+            interrupt
+                .trigger(INTERRUPT_USED_BUFFER)
+                .map_err(|source| NetError::Interrupt {
+                    tap: name.to_string(),
+                    source,
+                })?;
         }
         Ok(used)
     }
@@ -547,11 +667,11 @@ fn chain_slices<'m>(
     Some((slices, total))
 }
 
-/// Sets `num_buffers` to 1 in the header of a frame read into `bufs`
-/// (the tap leaves it alone; without `VIRTIO_NET_F_MRG_RXBUF` it is 1,
-/// section 5.1.6.3.1), however the header is split.
-fn set_num_buffers(bufs: &[VolatileSlice<'_>]) {
-    let value = 1u16.to_le_bytes();
+/// Sets `num_buffers` to `count` in the header of a frame read into
+/// `bufs` (the tap leaves it alone; without `VIRTIO_NET_F_MRG_RXBUF` it is
+/// 1, section 5.1.6.3.1), however the header is split.
+fn set_num_buffers(bufs: &[VolatileSlice<'_>], count: u16) {
+    let value = count.to_le_bytes();
     let mut start = 0usize;
     for buf in bufs.iter() {
         let end = start + buf.len();
@@ -567,6 +687,328 @@ fn set_num_buffers(bufs: &[VolatileSlice<'_>]) {
         }
         start = end;
     }
+}
+
+/// Split virtqueue layout (section 2.7.6, 2.7.8): the available ring is
+/// le16 `flags`, le16 `idx`, le16 `ring[size]`, le16 `used_event`; the
+/// used ring le16 `flags`, le16 `idx`, then `size` elements of le32 `id`
+/// and le32 `len`.
+const RING_IDX_OFFSET: u64 = 2;
+const RING_HEADER_SIZE: u64 = 4;
+const AVAIL_ELEM_SIZE: u64 = 2;
+const USED_ELEM_SIZE: u64 = 8;
+
+/// What became of a frame read straight into mergeable rx buffers.
+enum Merged {
+    /// A frame of this length (header included) was delivered; whether
+    /// its buffers went on the used ring.
+    Frame { len: usize, published: bool },
+    /// The tap gave a runt (counted and dropped); the buffers went back.
+    Runt,
+    /// The tap had no frame; the buffers went back.
+    Empty,
+    /// The ring holds too little for a straight read (or a buffer is odd):
+    /// the buffers went back, the frame goes through the bounce buffer.
+    Short,
+}
+
+/// What became of a bounce-buffered frame offered to mergeable rx
+/// buffers.
+enum Placed {
+    /// Delivered; whether its buffers went on the used ring.
+    Delivered { published: bool },
+    /// Dropped for `err`; whether buffers went on the used ring (with
+    /// length 0).
+    Dropped { err: FrameError, published: bool },
+    /// The ring holds too little for it: `popped` buffers were popped, the
+    /// whole ring, and must go back.
+    Wait { popped: usize },
+}
+
+/// Gives the last `count` popped chains back to the ring, newest first.
+/// `go_to_previous_position` only steps the queue's next available index
+/// back, so the chains are popped again in the same order.
+fn unpop(queue: &mut Queue, count: usize) {
+    for _ in 0..count {
+        queue.go_to_previous_position();
+    }
+}
+
+/// Reads the next frame from the backend straight across as many rx
+/// chains as needed to hold `min_capacity` bytes (every frame the tap may
+/// give), within [`MAX_IOVECS`] descriptors; puts the chains the frame
+/// filled on the used ring, `num_buffers` set, and gives the rest back.
+fn read_merged_vectored<B: NetBackend>(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    backend: &mut B,
+    min_capacity: usize,
+    counters: &mut NetCounters,
+    name: &str,
+) -> Result<Merged, NetError> {
+    let mut chains: Vec<(u16, usize)> = Vec::new();
+    let mut bufs: Vec<VolatileSlice<'_>> = Vec::with_capacity(MAX_IOVECS);
+    let mut capacity = 0usize;
+    while capacity < min_capacity {
+        let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            unpop(queue, chains.len());
+            return Ok(Merged::Short);
+        };
+        let slices = chain_slices(mem, &chain, true)
+            .filter(|(slices, len)| *len > 0 && bufs.len() + slices.len() <= MAX_IOVECS);
+        let Some((slices, len)) = slices else {
+            // Full, odd or bad: the bounce path sorts it out.
+            unpop(queue, chains.len() + 1);
+            return Ok(Merged::Short);
+        };
+        chains.push((chain.head_index(), len));
+        bufs.extend(slices);
+        capacity = capacity.saturating_add(len);
+    }
+    let len = match read_frame_vectored(backend, &bufs, counters, name) {
+        VectoredRead::Frame(len) => len,
+        other => {
+            unpop(queue, chains.len());
+            return Ok(match other {
+                VectoredRead::Runt => Merged::Runt,
+                _ => Merged::Empty,
+            });
+        }
+    };
+    let elems = fill_lengths(&chains, len);
+    // At most the queue size (256) chains.
+    set_num_buffers(&bufs, u16::try_from(elems.len()).unwrap_or(u16::MAX));
+    unpop(queue, chains.len() - elems.len());
+    let published = publish_used(queue, mem, &elems, name)?;
+    Ok(Merged::Frame { len, published })
+}
+
+/// The used elements of a `len`-byte frame written in order across
+/// `chains` (head index, capacity): each chain the frame reached, with the
+/// bytes it got.
+fn fill_lengths(chains: &[(u16, usize)], len: usize) -> Vec<(u16, u32)> {
+    let mut left = len;
+    let mut elems = Vec::new();
+    for &(head, capacity) in chains {
+        if left == 0 {
+            break;
+        }
+        let n = capacity.min(left);
+        left -= n;
+        // One chain's share of one frame: far below u32::MAX.
+        elems.push((head, u32::try_from(n).unwrap_or(u32::MAX)));
+    }
+    elems
+}
+
+/// Writes the bounce-buffered `frame` across as many rx chains as it
+/// needs, sets its `num_buffers` and puts the chains on the used ring. A
+/// bad chain drops the frame (the chains popped for it are used with
+/// length 0); too few chains leave them popped (see [`Placed::Wait`]).
+fn place_merged(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    frame: &mut [u8],
+    name: &str,
+) -> Result<Placed, NetError> {
+    let mut chains = Vec::new();
+    let mut capacity = 0usize;
+    let mut descriptors = 0usize;
+    let mut bad = None;
+    while capacity < frame.len() {
+        let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            return Ok(Placed::Wait {
+                popped: chains.len(),
+            });
+        };
+        let checked = rx_chain_capacity(mem, &chain);
+        chains.push(chain);
+        match checked {
+            Ok((len, count)) => {
+                capacity = capacity.saturating_add(len);
+                descriptors = descriptors.saturating_add(count);
+            }
+            Err(err) => {
+                bad = Some(err);
+                break;
+            }
+        }
+        if capacity < frame.len() && descriptors >= usize::from(queue.size()) {
+            // Every descriptor of the table is popped: the driver cannot
+            // add more, the frame never fits. The buffers go back whole.
+            unpop(queue, chains.len());
+            let err = FrameError::RxTooLargeForRing {
+                frame: frame.len(),
+                capacity,
+            };
+            return Ok(Placed::Dropped {
+                err,
+                published: false,
+            });
+        }
+    }
+    if bad.is_none() {
+        // At most the queue size (256) chains.
+        let count = u16::try_from(chains.len()).unwrap_or(u16::MAX);
+        frame[NUM_BUFFERS_OFFSET..VNET_HDR_SIZE].copy_from_slice(&count.to_le_bytes());
+        let mut elems = Vec::with_capacity(chains.len());
+        let mut written = 0usize;
+        for chain in &chains {
+            match write_rx_part(mem, chain.clone(), &frame[written..]) {
+                Ok(n) => {
+                    written += n;
+                    elems.push((chain.head_index(), u32::try_from(n).unwrap_or(u32::MAX)));
+                }
+                Err(err) => {
+                    bad = Some(err);
+                    break;
+                }
+            }
+        }
+        if bad.is_none() {
+            let published = publish_used(queue, mem, &elems, name)?;
+            return Ok(Placed::Delivered { published });
+        }
+    }
+    // A bad chain: the frame is dropped and every chain popped for it is
+    // returned, unwritten (length 0).
+    let elems: Vec<(u16, u32)> = chains.iter().map(|c| (c.head_index(), 0)).collect();
+    let published = publish_used(queue, mem, &elems, name)?;
+    let err = bad.unwrap_or(FrameError::RxEmptyBuffer);
+    Ok(Placed::Dropped { err, published })
+}
+
+/// The device-writable bytes of rx `chain` and its number of descriptors,
+/// or what is wrong with it: a device-readable descriptor, one outside
+/// guest memory, or no writable byte at all (also a bad head index).
+fn rx_chain_capacity(
+    mem: &GuestMemoryMmap,
+    chain: &DescriptorChain<&GuestMemoryMmap>,
+) -> Result<(usize, usize), FrameError> {
+    let mut capacity = 0usize;
+    let mut count = 0usize;
+    for (index, desc) in chain.clone().enumerate() {
+        if !desc.is_write_only() {
+            return Err(FrameError::ReadableRx { index });
+        }
+        let len = usize::try_from(desc.len()).unwrap_or(usize::MAX);
+        if !mem.check_range(desc.addr(), len) {
+            return Err(FrameError::RxOutside {
+                index,
+                addr: desc.addr().0,
+                len: desc.len(),
+            });
+        }
+        capacity = capacity.saturating_add(len);
+        count += 1;
+    }
+    if capacity == 0 {
+        return Err(FrameError::RxEmptyBuffer);
+    }
+    Ok((capacity, count))
+}
+
+/// Writes the start of `data` across the device-writable descriptors of
+/// `chain`, as much as they hold; returns the bytes written.
+fn write_rx_part(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    data: &[u8],
+) -> Result<usize, FrameError> {
+    let mut written = 0usize;
+    for (index, desc) in chain.enumerate() {
+        if written == data.len() {
+            break;
+        }
+        if !desc.is_write_only() {
+            return Err(FrameError::ReadableRx { index });
+        }
+        let len = usize::try_from(desc.len()).unwrap_or(usize::MAX);
+        let n = len.min(data.len() - written);
+        mem.write_slice(&data[written..written + n], desc.addr())
+            .map_err(|source| FrameError::Memory {
+                index,
+                addr: desc.addr().0,
+                len: desc.len(),
+                source,
+            })?;
+        written += n;
+    }
+    Ok(written)
+}
+
+/// Puts the used elements `elems` (head index, length) of one frame on
+/// the used ring and then moves the used index past all of them in one
+/// store (section 2.7.8.2: a driver reading the ring meanwhile never sees
+/// part of a frame; `Queue::add_used` would publish them one by one).
+/// Elements with a bad head index are left out (the guest only hurts
+/// itself). Returns whether any element was added.
+fn publish_used(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    elems: &[(u16, u32)],
+    name: &str,
+) -> Result<bool, NetError> {
+    let size = queue.size();
+    let ring = GuestAddress(queue.used_ring());
+    let start = queue.next_used();
+    let mut next = start;
+    for &(head, len) in elems {
+        if head >= size {
+            debug!("net {name}: queue {RX_QUEUE}: dropping chain with bad head index {head}");
+            continue;
+        }
+        let mut elem = [0u8; USED_ELEM_SIZE as usize];
+        elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
+        elem[4..].copy_from_slice(&len.to_le_bytes());
+        let offset = RING_HEADER_SIZE + u64::from(next % size) * USED_ELEM_SIZE;
+        let addr = ring
+            .checked_add(offset)
+            .ok_or_else(|| queue_error(name, RX_QUEUE, virtio_queue::Error::AddressOverflow))?;
+        mem.write_slice(&elem, addr).map_err(|source| {
+            queue_error(name, RX_QUEUE, virtio_queue::Error::GuestMemory(source))
+        })?;
+        next = next.wrapping_add(1);
+    }
+    if next == start {
+        return Ok(false);
+    }
+    let idx_addr = ring
+        .checked_add(RING_IDX_OFFSET)
+        .ok_or_else(|| queue_error(name, RX_QUEUE, virtio_queue::Error::AddressOverflow))?;
+    // Release: the elements are visible before the index that covers them.
+    mem.store(next.to_le(), idx_addr, Ordering::Release)
+        .map_err(|source| queue_error(name, RX_QUEUE, virtio_queue::Error::GuestMemory(source)))?;
+    queue.set_next_used(next);
+    Ok(true)
+}
+
+/// Whether the driver wants an interrupt after the used index moved from
+/// `before` to where it is now: always without `VIRTIO_F_RING_EVENT_IDX`,
+/// with it when the move passed `used_event` (section 2.7.10; Linux's
+/// `vring_need_event`). [`publish_used`] bypasses the queue's own
+/// bookkeeping, so mergeable rx asks here instead of `needs_notification`.
+fn rx_needs_interrupt(
+    queue: &Queue,
+    mem: &GuestMemoryMmap,
+    before: u16,
+    name: &str,
+) -> Result<bool, NetError> {
+    if !queue.event_idx_enabled() {
+        return Ok(true);
+    }
+    // The used index is written before `used_event` is read.
+    fence(Ordering::SeqCst);
+    let offset = RING_HEADER_SIZE + u64::from(queue.size()) * AVAIL_ELEM_SIZE;
+    let addr = GuestAddress(queue.avail_ring())
+        .checked_add(offset)
+        .ok_or_else(|| queue_error(name, RX_QUEUE, virtio_queue::Error::AddressOverflow))?;
+    let used_event =
+        u16::from_le(mem.load::<u16>(addr, Ordering::Acquire).map_err(|source| {
+            queue_error(name, RX_QUEUE, virtio_queue::Error::GuestMemory(source))
+        })?);
+    let now = queue.next_used();
+    Ok(now.wrapping_sub(used_event).wrapping_sub(1) < now.wrapping_sub(before))
 }
 
 /// Reads the next frame from the backend straight into `bufs`.
@@ -897,10 +1339,10 @@ mod tests {
     use vm_memory::{Bytes, GuestAddress};
 
     use super::super::test_utils::{
-        as_delivered, backend, frame, memory, Desc, GuestQueue, Harness, TestInterrupt, BIG_DATA,
-        F_WRITE, MAC, MEM_SIZE, MTU, RX_BASE, RX_DATA, TX_BASE,
+        as_delivered, as_merged, backend, frame, memory, Desc, GuestQueue, Harness, TestInterrupt,
+        BIG_DATA, F_WRITE, MAC, MEM_SIZE, MTU, RX_BASE, RX_DATA, TX_BASE,
     };
-    use super::super::{MAX_FRAME_PAYLOAD, VIRTIO_NET_F_MRG_RXBUF};
+    use super::super::MAX_FRAME_PAYLOAD;
     use super::*;
 
     fn bits(list: &[u32]) -> u64 {
@@ -926,12 +1368,13 @@ mod tests {
             VIRTIO_NET_F_GUEST_TSO6,
             VIRTIO_NET_F_HOST_TSO4,
             VIRTIO_NET_F_HOST_TSO6,
+            VIRTIO_NET_F_MRG_RXBUF,
         ]);
         let plain = Net::new(backend().0, MAC, MTU, false).unwrap();
         assert_eq!(plain.avail_features(), base);
+        assert_eq!(plain.avail_features() & (1 << VIRTIO_NET_F_MRG_RXBUF), 0);
         let offload = Net::new(backend().0, MAC, MTU, true).unwrap();
         assert_eq!(offload.avail_features(), base | offloads);
-        assert_eq!(offload.avail_features() & (1 << VIRTIO_NET_F_MRG_RXBUF), 0);
         assert_eq!(offload.device_type(), TYPE_NET);
         assert_eq!(offload.queue_max_sizes(), &[QUEUE_SIZE, QUEUE_SIZE]);
         assert_eq!(offload.queue_events().len(), NUM_QUEUES);
@@ -1825,5 +2268,259 @@ mod tests {
         }
         assert_eq!(h.backend.take_tx().len(), usize::from(frames));
         assert_eq!((kicks, h.interrupt.count()), (4, 5));
+    }
+
+    /// Frames a mergeable-buffer driver gathered, as (bytes, lens).
+    fn merged(h: &mut Harness) -> Vec<(Vec<u8>, Vec<u32>)> {
+        h.recv_merged()
+            .into_iter()
+            .map(|m| (m.bytes, m.lens))
+            .collect()
+    }
+
+    #[test]
+    fn mrg_small_frame_takes_one_buffer() {
+        let mut h = Harness::mergeable(false);
+        assert_ne!(h.net().acked_features & (1 << VIRTIO_NET_F_MRG_RXBUF), 0);
+        // 20 pages hold a 64 KiB frame: read straight from the tap.
+        h.add_rx_pages(20, 4096);
+        // A runt first: dropped, its buffers stay for the next frame.
+        h.backend.push(frame(11, 39));
+        let f = frame(FRAME, 40);
+        h.backend.push(f.clone());
+        assert!(h.net().process_rx().unwrap());
+        assert_eq!(merged(&mut h), vec![(as_merged(&f, 1), vec![FRAME as u32])]);
+        assert_eq!(paths(&h).0, (0, 2));
+        // The other 19 popped buffers went back, in order.
+        assert_eq!(h.rxq.outstanding(), 19);
+        let g = frame(100, 41);
+        h.backend.push(g.clone());
+        assert!(h.net().process_rx().unwrap());
+        assert_eq!(h.rxq.used_elem(1), (1, 100));
+        assert_eq!(merged(&mut h), vec![(as_merged(&g, 1), vec![100])]);
+        assert_eq!(h.interrupt.count(), 2);
+        let c = h.net().counters();
+        assert_eq!((c.rx_frames, c.rx_bytes, c.rx_dropped), (2, 1514 + 88, 1));
+    }
+
+    #[test]
+    fn mrg_frame_spans_three_buffers() {
+        // 2 KiB buffers: 33 of them are read into straight. 1 KiB ones: 64
+        // hold less than 64 KiB, so frames take the bounce buffer.
+        for (size, vectored) in [(2048u32, true), (1024, false)] {
+            let mut h = Harness::mergeable(false);
+            h.add_rx_pages(40, size);
+            let s = size as usize;
+            let len = 2 * s + 452;
+            let f = frame(len, 42);
+            let g = frame(300, 43);
+            h.backend.push(f.clone());
+            h.backend.push(g.clone());
+            assert!(h.net().process_rx().unwrap());
+            assert_eq!(h.interrupt.count(), 1);
+            // Byte-exact across the buffers, num_buffers 3, each used
+            // length what its buffer got.
+            assert_eq!(h.rxq.used_elem(0), (0, size));
+            assert_eq!(h.rxq.used_elem(1), (1, size));
+            assert_eq!(h.rxq.used_elem(2), (2, 452));
+            // The next frame takes the next buffer: the unused ones went
+            // back in order.
+            assert_eq!(h.rxq.used_elem(3), (3, 300));
+            assert_eq!(
+                merged(&mut h),
+                vec![
+                    (as_merged(&f, 3), vec![size, size, 452]),
+                    (as_merged(&g, 1), vec![300]),
+                ],
+                "{size}"
+            );
+            assert_eq!(h.rxq.outstanding(), 36);
+            let expected = if vectored { (0, 2) } else { (2, 0) };
+            assert_eq!(paths(&h).0, expected, "{size}");
+            assert_eq!(h.net().counters().rx_frames, 2);
+        }
+    }
+
+    #[test]
+    fn mrg_gso_frame_across_pages() {
+        let mut h = Harness::mergeable(true);
+        h.add_rx_pages(40, 4096);
+        let big = frame(MAX_FRAME_SIZE, 44);
+        h.backend.push(big.clone());
+        h.drain();
+        let mut lens = vec![4096u32; 16];
+        lens.push(u32::try_from(MAX_FRAME_SIZE - 16 * 4096).unwrap());
+        assert_eq!(merged(&mut h), vec![(as_merged(&big, 17), lens)]);
+        assert_eq!(paths(&h).0, (0, 1));
+        assert_eq!(h.rxq.outstanding(), 40 - 17);
+        assert_eq!(h.interrupt.count(), 1);
+        assert_eq!(h.net().counters().rx_bytes, MAX_FRAME_PAYLOAD as u64);
+    }
+
+    #[test]
+    fn mrg_frame_waits_for_enough_buffers() {
+        for event_idx in [true, false] {
+            let mut h = Harness::mergeable(event_idx);
+            h.drain();
+            // Two pages for a frame that needs three, and a small frame
+            // behind it on the tap.
+            h.add_rx_pages(2, 4096);
+            let big = frame(10_000, 45);
+            let small = frame(100, 46);
+            h.backend.push(big.clone());
+            h.backend.push(small.clone());
+            h.drain();
+            // Nothing used, nothing lost, the buffers still available.
+            assert_eq!(h.rxq.used_idx(), 0);
+            assert_eq!(h.net().rx_pending, Some(10_000));
+            assert_eq!(h.backend.rx_left(), 1);
+            assert_eq!(h.rxq.outstanding(), 2);
+            assert_eq!(h.interrupt.count(), 0);
+            assert_eq!(h.net().counters().rx_dropped, 0);
+            let old = h.rxq.avail_idx();
+            if event_idx {
+                // Re-armed at the available index: the driver's next
+                // buffer kicks even though two wait unused.
+                assert_eq!(h.rxq.avail_event(), 2);
+            }
+            h.add_rx_pages(2, 4096);
+            if event_idx {
+                assert!(h.rxq.kick_needed(old));
+            }
+            h.notify_and_run(RX_QUEUE);
+            assert_eq!(
+                merged(&mut h),
+                vec![
+                    (as_merged(&big, 3), vec![4096, 4096, 10_000 - 8192]),
+                    (as_merged(&small, 1), vec![100]),
+                ]
+            );
+            assert_eq!(h.net().rx_pending, None);
+            assert_eq!(h.interrupt.count(), 1);
+            assert_eq!(h.net().counters().rx_frames, 2);
+        }
+    }
+
+    #[test]
+    fn mrg_buffers_added_meanwhile_are_used() {
+        let mut h = Harness::mergeable(true);
+        h.drain();
+        h.add_rx_pages(1, 4096);
+        let f = frame(6000, 47);
+        h.backend.push(f.clone());
+        // The driver adds a page while the device reads the frame (it found
+        // one page, too few) and, reading a stale avail_event, does not
+        // kick: the frame goes into both.
+        let mut driver = h.rxq.clone();
+        let addr = BIG_DATA + 0x10_000;
+        h.page_addrs.insert(driver.next_head(1), addr);
+        h.backend.state().on_read = Some(Box::new(move || {
+            if driver.avail_idx() == 1 {
+                driver.add_chain(&[(addr, 4096, F_WRITE)]);
+            }
+        }));
+        assert!(h.net().process_rx().unwrap());
+        h.backend.state().on_read = None;
+        h.rxq.next_desc = 2;
+        assert_eq!(merged(&mut h), vec![(as_merged(&f, 2), vec![4096, 1904])]);
+    }
+
+    #[test]
+    fn mrg_interrupts_once_per_pass() {
+        let mut h = Harness::mergeable(false);
+        h.add_rx_pages(60, 2048);
+        for i in 0..3 {
+            h.backend.push(frame(5000, 50 + i));
+        }
+        assert!(h.net().process_rx().unwrap());
+        assert_eq!(h.rxq.used_idx(), 9);
+        assert_eq!(h.interrupt.count(), 1);
+        assert_eq!(merged(&mut h).len(), 3);
+
+        // With EVENT_IDX, once the used index passes used_event.
+        let mut h = Harness::mergeable(true);
+        h.add_rx_pages(60, 2048);
+        h.rxq.set_used_event(4);
+        for i in 0..2 {
+            h.backend.push(frame(5000, 60 + i));
+        }
+        // 0 -> 6 passes 4.
+        h.drain();
+        assert_eq!(h.rxq.used_idx(), 6);
+        assert_eq!(h.interrupt.count(), 1);
+        // 6 -> 9 does not pass 100.
+        h.rxq.set_used_event(100);
+        h.backend.push(frame(5000, 62));
+        h.drain();
+        assert_eq!(h.rxq.used_idx(), 9);
+        assert_eq!(h.interrupt.count(), 1);
+        // 9 -> 10 passes 9.
+        h.rxq.set_used_event(9);
+        h.backend.push(frame(100, 63));
+        h.drain();
+        assert_eq!(h.interrupt.count(), 2);
+        assert_eq!(merged(&mut h).len(), 4);
+    }
+
+    #[test]
+    fn mrg_bad_chain_among_several_drops_the_frame() {
+        let bad: [Desc; 4] = [
+            (RX_DATA, 1024, 0),
+            (MEM_SIZE as u64 - 100, 1024, F_WRITE),
+            (u64::MAX - 10, 1024, F_WRITE),
+            (RX_DATA, 0, F_WRITE),
+        ];
+        for desc in bad {
+            let mut h = Harness::mergeable(false);
+            h.add_rx_pages(1, 1024);
+            h.rxq.add_chain(&[desc]);
+            h.add_rx_pages(3, 1024);
+            // Needs three buffers, meets the bad one second.
+            h.backend.push(frame(2500, 70));
+            let g = frame(100, 71);
+            h.backend.push(g.clone());
+            assert!(h.net().process_rx().unwrap());
+            // Both chains popped for the dropped frame come back empty.
+            assert_eq!(h.rxq.pop_used(), Some((0, 0)), "{desc:?}");
+            assert_eq!(h.rxq.pop_used(), Some((1, 0)), "{desc:?}");
+            assert_eq!(merged(&mut h), vec![(as_merged(&g, 1), vec![100])]);
+            assert_eq!(h.rxq.used_elem(2), (2, 100));
+            assert_eq!(h.rxq.outstanding(), 2);
+            assert_eq!(h.interrupt.count(), 1);
+            let c = h.net().counters();
+            assert_eq!((c.rx_frames, c.rx_dropped), (1, 1), "{desc:?}");
+        }
+    }
+
+    #[test]
+    fn mrg_frame_larger_than_the_whole_ring_is_dropped() {
+        let mut h = Harness::mergeable(false);
+        // Every descriptor of the table, 16 bytes each: 4 KiB in all.
+        h.add_rx_pages(usize::from(QUEUE_SIZE), 16);
+        h.backend.push(frame(5000, 72));
+        let g = frame(30, 73);
+        h.backend.push(g.clone());
+        assert!(h.net().process_rx().unwrap());
+        // The buffers stay the guest's; the next frame fits in two.
+        assert_eq!(merged(&mut h), vec![(as_merged(&g, 2), vec![16, 14])]);
+        assert_eq!(h.rxq.outstanding(), QUEUE_SIZE - 2);
+        assert_eq!(h.net().rx_pending, None);
+        let c = h.net().counters();
+        assert_eq!((c.rx_frames, c.rx_dropped), (1, 1));
+    }
+
+    #[test]
+    fn without_mrg_rxbuf_a_frame_never_spans_buffers() {
+        let mut h = Harness::new(true);
+        assert_eq!(h.net().acked_features & (1 << VIRTIO_NET_F_MRG_RXBUF), 0);
+        h.add_rx_buffers(3, 2048);
+        let big = frame(5000, 74);
+        h.backend.push(big);
+        let f = frame(FRAME, 75);
+        h.backend.push(f.clone());
+        assert!(h.net().process_rx().unwrap());
+        assert_eq!(h.rxq.pop_used(), Some((0, 0)));
+        assert_eq!(h.recv(), vec![(FRAME as u32, as_delivered(&f))]);
+        assert_eq!(h.net().counters().rx_dropped, 1);
     }
 }

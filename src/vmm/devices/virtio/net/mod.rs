@@ -15,13 +15,19 @@
 //! header goes through unchanged both ways: checksum and segmentation
 //! offload requests (`flags`, `gso_type`, ...) are the tap's and the
 //! guest's business. The one exception is `num_buffers`, which the tap
-//! leaves alone on reads: the device sets it to 1 on every rx frame
-//! (section 5.1.6.3.1: without `VIRTIO_NET_F_MRG_RXBUF` it must be 1).
+//! leaves alone on reads: the device sets it on every rx frame to the
+//! number of buffers (chains) the frame fills (section 5.1.6.3.1: without
+//! `VIRTIO_NET_F_MRG_RXBUF` it must be 1).
 //!
 //! Without `VIRTIO_NET_F_MRG_RXBUF` each rx frame fills exactly one chain;
 //! Linux then posts "big packet" chains (a header descriptor and 17 pages)
 //! when segmentation offload or a large MTU is negotiated, which hold a
-//! [`MAX_FRAME_SIZE`] frame.
+//! [`MAX_FRAME_SIZE`] frame, so a ring holds ~14 and each small frame
+//! takes a whole one. `VIRTIO_NET_F_MRG_RXBUF` is therefore offered with
+//! the offloads (sections 5.1.6.3, 5.1.6.4): the guest posts
+//! one-descriptor buffers (page-sized or smaller) and a frame spreads over
+//! as many as it needs; all of a frame's buffers reach the used ring with
+//! one used index update, so a driver never sees part of a frame.
 //!
 //! # Copies
 //!
@@ -34,6 +40,16 @@
 //! and drops it); an rx chain also when it is smaller than the largest
 //! frame the tap may give (a tap read truncates silently), and the frame
 //! read to learn that one waits while the rx queue is empty.
+//!
+//! With mergeable rx buffers, the device pops buffers until they hold the
+//! largest frame the tap may give (within [`MAX_IOVECS`] descriptors),
+//! `readv`s the frame across them, and gives the buffers it did not reach
+//! back to the ring (they are the last popped: the queue's next available
+//! index steps back over them). When the ring holds less than that, or a
+//! buffer is odd, the frame is read into the bounce buffer and delivered
+//! as soon as the ring holds enough for its actual length; until then it
+//! is pending, as below, and the popped buffers go back. A frame larger
+//! than the whole descriptor table is dropped.
 //!
 //! # Events
 //!
@@ -67,9 +83,12 @@
 //!   chain it will pop and looks again (chains added meanwhile are sent in
 //!   the same pass, without a kick);
 //! - rx: `avail_event` is re-armed only when a frame waits and the queue
-//!   has no buffers, so the driver kicks once it adds some; re-arming
-//!   looks at the ring again, so buffers added just before are used at
-//!   once. While buffers are plentiful the driver refills without kicks.
+//!   has no buffers (with mergeable buffers: too few for it), so the
+//!   driver kicks once it adds some; it is set at the available index
+//!   (every available buffer popped, then given back), so the next buffer
+//!   kicks even while some wait unused. Re-arming looks at the ring again,
+//!   so buffers added just before are used at once. While buffers are
+//!   plentiful the driver refills without kicks.
 //!
 //! Without it, the driver kicks on every addition and is interrupted after
 //! every pass that used a buffer.
@@ -121,8 +140,8 @@ pub const VIRTIO_NET_F_HOST_TSO4: u32 = 11;
 pub const VIRTIO_NET_F_HOST_TSO6: u32 = 12;
 /// `VIRTIO_NET_F_HOST_UFO`: the device can receive UFO.
 pub const VIRTIO_NET_F_HOST_UFO: u32 = 14;
-/// `VIRTIO_NET_F_MRG_RXBUF`: the driver can merge receive buffers (not
-/// offered; named for the docs and tests).
+/// `VIRTIO_NET_F_MRG_RXBUF`: the driver can merge receive buffers
+/// (sections 5.1.6.3, 5.1.6.4). Offered with the offloads.
 pub const VIRTIO_NET_F_MRG_RXBUF: u32 = 15;
 /// `VIRTIO_NET_F_STATUS`: the config `status` field is available.
 pub const VIRTIO_NET_F_STATUS: u32 = 16;

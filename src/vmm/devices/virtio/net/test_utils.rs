@@ -2,7 +2,7 @@
 //! [`Harness`] with the driver side of both queues and a real
 //! [`EventManager`].
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::ErrorKind;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -17,7 +17,7 @@ pub use crate::vmm::devices::virtio::test_utils::{
 
 use super::{
     Net, NetBackend, MAX_IOVECS, NUM_BUFFERS_OFFSET, QUEUE_SIZE, RX_QUEUE, TX_QUEUE,
-    VIRTIO_F_RING_EVENT_IDX, VNET_HDR_SIZE,
+    VIRTIO_F_RING_EVENT_IDX, VIRTIO_NET_F_MRG_RXBUF, VNET_HDR_SIZE,
 };
 use crate::vmm::devices::virtio::VirtioDevice;
 
@@ -245,9 +245,22 @@ pub fn frame(len: usize, seed: u8) -> Vec<u8> {
 
 /// `frame` as the guest should see it: `num_buffers` = 1.
 pub fn as_delivered(frame: &[u8]) -> Vec<u8> {
+    as_merged(frame, 1)
+}
+
+/// `frame` as the guest should see it in `count` merged buffers.
+pub fn as_merged(frame: &[u8], count: u16) -> Vec<u8> {
     let mut frame = frame.to_vec();
-    frame[NUM_BUFFERS_OFFSET..VNET_HDR_SIZE].copy_from_slice(&1u16.to_le_bytes());
+    frame[NUM_BUFFERS_OFFSET..VNET_HDR_SIZE].copy_from_slice(&count.to_le_bytes());
     frame
+}
+
+/// A frame as a mergeable-buffer driver gathers it: its bytes and the
+/// used length of each buffer it came in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Merged {
+    pub bytes: Vec<u8>,
+    pub lens: Vec<u32>,
 }
 
 pub type Manager = EventManager<Arc<Mutex<Net<TestBackend>>>>;
@@ -263,6 +276,15 @@ pub struct Harness {
     pub interrupt: Arc<TestInterrupt>,
     /// Whether [`Harness::activate`] acks `VIRTIO_F_RING_EVENT_IDX`.
     pub event_idx: bool,
+    /// Whether [`Harness::activate`] acks `VIRTIO_NET_F_MRG_RXBUF` (when
+    /// offered).
+    pub mrg_rxbuf: bool,
+    /// Where the one-descriptor rx buffers [`Harness::add_rx_pages`]
+    /// posted are, by head index.
+    pub page_addrs: HashMap<u16, u64>,
+    /// The next page [`Harness::add_rx_pages`] uses, counted from
+    /// [`BIG_DATA`].
+    page_next: u64,
     /// Where [`Harness::send`] puts the next frame, from [`BIG_DATA`].
     tx_next: u64,
 }
@@ -286,23 +308,39 @@ impl Harness {
             mem,
             interrupt: Arc::new(TestInterrupt::default()),
             event_idx: false,
+            mrg_rxbuf: false,
+            page_addrs: HashMap::new(),
+            page_next: 0,
             tx_next: BIG_DATA,
         }
     }
 
     /// An activated device (all features acked but
-    /// `VIRTIO_F_RING_EVENT_IDX`) with no rx buffers yet.
+    /// `VIRTIO_F_RING_EVENT_IDX` and `VIRTIO_NET_F_MRG_RXBUF`) with no rx
+    /// buffers yet.
     pub fn new(offload: bool) -> Self {
         let mut h = Harness::inactive(offload);
         h.activate();
         h
     }
 
-    /// An activated device with every feature acked, notification
-    /// suppression included, and no rx buffers yet.
+    /// An activated device with every feature acked but
+    /// `VIRTIO_NET_F_MRG_RXBUF`, notification suppression included, and no
+    /// rx buffers yet.
     pub fn with_event_idx(offload: bool) -> Self {
         let mut h = Harness::inactive(offload);
         h.event_idx = true;
+        h.activate();
+        h
+    }
+
+    /// An activated device with offloads and mergeable rx buffers
+    /// negotiated, notification suppression with `event_idx`, and no rx
+    /// buffers yet.
+    pub fn mergeable(event_idx: bool) -> Self {
+        let mut h = Harness::inactive(true);
+        h.event_idx = event_idx;
+        h.mrg_rxbuf = true;
         h.activate();
         h
     }
@@ -332,6 +370,9 @@ impl Harness {
         let mut features = net.avail_features();
         if !self.event_idx {
             features &= !(1u64 << VIRTIO_F_RING_EVENT_IDX);
+        }
+        if !self.mrg_rxbuf {
+            features &= !(1u64 << VIRTIO_NET_F_MRG_RXBUF);
         }
         net.set_acked_features(features);
         net.activate(self.mem.clone(), self.interrupt.clone(), queues)
@@ -376,6 +417,59 @@ impl Harness {
             let mut bytes = vec![0u8; usize::try_from(len).unwrap()];
             self.mem.read_slice(&mut bytes, GuestAddress(addr)).unwrap();
             frames.push((len, bytes));
+        }
+        frames
+    }
+
+    /// Adds `n` one-descriptor rx buffers of `size` bytes (at most a
+    /// page), each in its own page from [`BIG_DATA`] (112 pages, reused in
+    /// turn), without notifying.
+    pub fn add_rx_pages(&mut self, n: usize, size: u32) {
+        assert!(size <= 0x1000);
+        let pages = (MEM_SIZE as u64 - BIG_DATA) / 0x1000;
+        for _ in 0..n {
+            let addr = BIG_DATA + (self.page_next % pages) * 0x1000;
+            self.page_next += 1;
+            let head = self.rxq.add_chain(&[(addr, size, F_WRITE)]);
+            self.page_addrs.insert(head, addr);
+        }
+    }
+
+    /// The frames the device put in [`Harness::add_rx_pages`] buffers
+    /// since the last call, gathered by `num_buffers` as a mergeable-buffer
+    /// driver does. Panics if a frame's buffers are not all used yet.
+    pub fn recv_merged(&mut self) -> Vec<Merged> {
+        let mut frames = Vec::new();
+        while let Some(first) = self.rxq.pop_used() {
+            let mut merged = Merged {
+                bytes: Vec::new(),
+                lens: Vec::new(),
+            };
+            let mut elem = first;
+            loop {
+                let (id, len) = elem;
+                let addr = self.page_addrs[&u16::try_from(id).unwrap()];
+                let mut bytes = vec![0u8; usize::try_from(len).unwrap()];
+                self.mem.read_slice(&mut bytes, GuestAddress(addr)).unwrap();
+                merged.bytes.extend_from_slice(&bytes);
+                merged.lens.push(len);
+                let count = if merged.bytes.len() >= VNET_HDR_SIZE {
+                    u16::from_le_bytes([
+                        merged.bytes[NUM_BUFFERS_OFFSET],
+                        merged.bytes[NUM_BUFFERS_OFFSET + 1],
+                    ])
+                } else {
+                    1
+                };
+                if merged.lens.len() >= usize::from(count) {
+                    break;
+                }
+                elem = self
+                    .rxq
+                    .pop_used()
+                    .expect("a buffer of the frame is missing");
+            }
+            frames.push(merged);
         }
         frames
     }
