@@ -1,0 +1,209 @@
+//! End to end, in the KVM test host: Debian's podman (with conmon and its
+//! default CNI network) using husk as its OCI runtime, on an image the test
+//! imports from a busybox rootfs tarball (no registry is reachable).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const LIMIT: Duration = Duration::from_secs(180);
+const IMAGE: &str = "localhost/husk-busybox:latest";
+
+/// A podman with its own storage (vfs on a tmpfs, so nothing is shared with
+/// other tests or left behind) and husk as the runtime.
+struct Podman {
+    dir: tempfile::TempDir,
+}
+
+impl Podman {
+    fn new() -> Podman {
+        require_kvm();
+        let dir = tempfile::tempdir().unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(st.success(), "mounting a tmpfs for podman's storage");
+        let p = Podman { dir };
+        let rootfs = p.dir.path().join("rootfs");
+        busybox_rootfs(&rootfs);
+        std::fs::create_dir_all(rootfs.join("www")).unwrap();
+        std::fs::write(rootfs.join("www/index.html"), "served through podman\n").unwrap();
+        let tar = p.dir.path().join("rootfs.tar");
+        let st = Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let done = p.podman(&["import", tar.to_str().unwrap(), IMAGE]);
+        assert!(done.status.success(), "podman import: {}", done.stderr);
+        p
+    }
+
+    fn husk() -> PathBuf {
+        PathBuf::from(env!("CARGO_BIN_EXE_husk"))
+    }
+
+    fn podman(&self, args: &[&str]) -> Finished {
+        let d = self.dir.path();
+        let mut cmd = Command::new("podman");
+        cmd.arg("--root")
+            .arg(d.join("storage"))
+            .arg("--runroot")
+            .arg(d.join("run"))
+            .args([
+                "--storage-driver",
+                "vfs",
+                "--cgroup-manager",
+                "cgroupfs",
+                "--events-backend",
+                "file",
+            ])
+            .arg("--runtime")
+            .arg(Self::husk())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let done = wait_bounded(cmd.spawn().expect("podman (Debian package)"), LIMIT, "podman");
+        eprintln!(
+            "podman {args:?}: {:?}\nstdout: {}\nstderr: {}",
+            done.status, done.stdout, done.stderr
+        );
+        done
+    }
+
+    /// No husk VMM of this podman's containers is running.
+    fn assert_no_vm(&self) {
+        let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+        let text = String::from_utf8_lossy(&ps.stdout);
+        let vmms: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains(" vmm ") && l.contains(&*self.dir.path().to_string_lossy()))
+            .collect();
+        assert!(vmms.is_empty(), "husk VMMs left: {vmms:?}");
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.podman(&["rm", "--all", "--force"]);
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+fn runtime_root_of(p: &Podman) -> &Path {
+    p.dir.path()
+}
+
+#[test]
+fn podman_run_passes_output_environment_and_exit_codes() {
+    let p = Podman::new();
+    let done = p.podman(&["run", "--rm", IMAGE, "echo", "hello from husk"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(done.stdout, "hello from husk\n");
+
+    let done = p.podman(&["run", "--rm", IMAGE, "sh", "-c", "exit 7"]);
+    assert_eq!(done.status.code(), Some(7), "{}", done.stderr);
+
+    let done = p.podman(&[
+        "run", "--rm", "-e", "FOO=bar", "-w", "/tmp", "-u", "1000:1000", IMAGE, "sh", "-c",
+        "echo $FOO; pwd; id -u; id -g",
+    ]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(done.stdout, "bar\n/tmp\n1000\n1000\n");
+
+    // A terminal through conmon's console socket.
+    let done = p.podman(&["run", "--rm", "-t", IMAGE, "sh", "-c", "tty && echo ok"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert!(done.stdout.contains("/dev/pts/"), "{}", done.stdout);
+    p.assert_no_vm();
+}
+
+#[test]
+fn podman_detached_exec_logs_ports_stop_and_rm() {
+    let p = Podman::new();
+    let done = p.podman(&[
+        "run", "-d", "--name", "web", "-p", "18090:80", IMAGE, "sh", "-c",
+        "echo web starting; exec httpd -f -p 80 -h /www",
+    ]);
+    assert!(done.status.success(), "{}", done.stderr);
+
+    // The published port, through podman's default (CNI) network.
+    let start = Instant::now();
+    let page = loop {
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:18090/', timeout=5).read().decode(), end='')",
+            ])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "port 18090 never answered: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(page, "served through podman\n");
+
+    let done = p.podman(&["exec", "web", "cat", "/www/index.html"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(done.stdout, "served through podman\n");
+    let done = p.podman(&["exec", "web", "sh", "-c", "exit 3"]);
+    assert_eq!(done.status.code(), Some(3));
+
+    let done = p.podman(&["logs", "web"]);
+    assert!(done.stdout.contains("web starting"), "{}", done.stdout);
+
+    let done = p.podman(&["stop", "-t", "2", "web"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let done = p.podman(&["inspect", "--format", "{{.State.Status}}", "web"]);
+    assert_eq!(done.stdout.trim(), "exited");
+    let done = p.podman(&["rm", "web"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    p.assert_no_vm();
+
+    // kill, then rm.
+    let done = p.podman(&["run", "-d", "--name", "k", IMAGE, "sleep", "1000"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert!(p.podman(&["kill", "k"]).status.success());
+    let done = p.podman(&["wait", "k"]);
+    assert_eq!(done.stdout.trim(), "137", "{}", done.stderr);
+    assert!(p.podman(&["rm", "k"]).status.success());
+    p.assert_no_vm();
+}
+
+#[test]
+fn podman_surfaces_an_unsupported_volume_and_leaks_nothing() {
+    let p = Podman::new();
+    let vol = runtime_root_of(&p).join("vol");
+    std::fs::create_dir_all(&vol).unwrap();
+    let spec = format!("{}:/data", vol.display());
+    let done = p.podman(&["run", "--rm", "-v", &spec, IMAGE, "true"]);
+    assert!(!done.status.success());
+    assert!(
+        done.stderr.contains("directory bind mounts are not supported yet"),
+        "{}",
+        done.stderr
+    );
+    p.assert_no_vm();
+    let done = p.podman(&["ps", "-a", "--format", "{{.Names}}"]);
+    assert_eq!(done.stdout.trim(), "", "containers left: {}", done.stdout);
+}
