@@ -8,7 +8,8 @@ die() { log "error: $*"; exit 1; }
 
 # Debian packages: tool -> package (checked by command), then plain packages.
 # runc and crun are the speed floor the benchmarks compare against; iproute2,
-# iptables, iperf3 and the CNI plugins serve the network tests and benchmark.
+# iptables, iperf3 and the CNI plugins serve the network tests and benchmark;
+# podman and conmon the engine tests.
 declare -A tools=(
     [qemu-system-x86_64]=qemu-system-x86
     [busybox]=busybox-static
@@ -29,6 +30,8 @@ declare -A tools=(
     [tc]=iproute2
     [iperf3]=iperf3
     [iptables]=iptables
+    [podman]=podman
+    [conmon]=conmon
 )
 want=()
 for tool in "${!tools[@]}"; do
