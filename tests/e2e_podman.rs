@@ -74,7 +74,11 @@ impl Podman {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let done = wait_bounded(cmd.spawn().expect("podman (Debian package)"), LIMIT, "podman");
+        let done = wait_bounded(
+            cmd.spawn().expect("podman (Debian package)"),
+            LIMIT,
+            "podman",
+        );
         eprintln!(
             "podman {args:?}: {:?}\nstdout: {}\nstderr: {}",
             done.status, done.stdout, done.stderr
@@ -119,7 +123,17 @@ fn podman_run_passes_output_environment_and_exit_codes() {
     assert_eq!(done.status.code(), Some(7), "{}", done.stderr);
 
     let done = p.podman(&[
-        "run", "--rm", "-e", "FOO=bar", "-w", "/tmp", "-u", "1000:1000", IMAGE, "sh", "-c",
+        "run",
+        "--rm",
+        "-e",
+        "FOO=bar",
+        "-w",
+        "/tmp",
+        "-u",
+        "1000:1000",
+        IMAGE,
+        "sh",
+        "-c",
         "echo $FOO; pwd; id -u; id -g",
     ]);
     assert!(done.status.success(), "{}", done.stderr);
@@ -136,7 +150,15 @@ fn podman_run_passes_output_environment_and_exit_codes() {
 fn podman_detached_exec_logs_ports_stop_and_rm() {
     let p = Podman::new();
     let done = p.podman(&[
-        "run", "-d", "--name", "web", "-p", "18090:80", IMAGE, "sh", "-c",
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-p",
+        "18090:80",
+        IMAGE,
+        "sh",
+        "-c",
         "echo web starting; exec httpd -f -p 80 -h /www",
     ]);
     assert!(done.status.success(), "{}", done.stderr);
@@ -199,7 +221,8 @@ fn podman_surfaces_an_unsupported_volume_and_leaks_nothing() {
     let done = p.podman(&["run", "--rm", "-v", &spec, IMAGE, "true"]);
     assert!(!done.status.success());
     assert!(
-        done.stderr.contains("directory bind mounts are not supported yet"),
+        done.stderr
+            .contains("directory bind mounts are not supported yet"),
         "{}",
         done.stderr
     );
