@@ -9,7 +9,7 @@ die() { log "error: $*"; exit 1; }
 # Debian packages: tool -> package (checked by command), then plain packages.
 # runc and crun are the speed floor the benchmarks compare against; iproute2,
 # iptables, iperf3 and the CNI plugins serve the network tests and benchmark;
-# podman and conmon the engine tests.
+# podman, conmon and containerd the engine tests.
 declare -A tools=(
     [qemu-system-x86_64]=qemu-system-x86
     [busybox]=busybox-static
@@ -32,6 +32,8 @@ declare -A tools=(
     [iptables]=iptables
     [podman]=podman
     [conmon]=conmon
+    [containerd]=containerd
+    [ctr]=containerd
 )
 want=()
 for tool in "${!tools[@]}"; do
