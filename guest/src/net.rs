@@ -1457,17 +1457,20 @@ mod tests {
     }
 
     /// The real ioctls, in a network namespace of this test's own thread
-    /// (skipped where unsharing one is not allowed). A new namespace has only
+    /// (needs root, as CI and `make test` run). A new namespace has only
     /// `lo`, down, with no addresses.
     #[test]
     fn real_ioctls_in_a_private_network_namespace() {
         let result = std::thread::spawn(|| {
             // SAFETY: unshare takes no pointers; CLONE_NEWNET moves only this
             // thread, which nothing else uses, into a new namespace.
-            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-                eprintln!("skipped: unshare(CLONE_NEWNET): {}", Errno::last().desc());
-                return;
-            }
+            let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+            assert_eq!(
+                rc,
+                0,
+                "unshare(CLONE_NEWNET) needs root: {}",
+                Errno::last().desc()
+            );
             let mut ops = RealNetOps::new();
             let lo = Interface {
                 name: "lo".into(),
@@ -1512,10 +1515,10 @@ mod tests {
             assert_eq!(line[6], "5", "metric");
             assert_eq!(line[7], "0000FFFF", "mask");
 
-            if !std::path::Path::new("/proc/thread-self/net/if_inet6").exists() {
-                eprintln!("skipped the IPv6 part: no IPv6");
-                return;
-            }
+            assert!(
+                std::path::Path::new("/proc/thread-self/net/if_inet6").exists(),
+                "the host kernel has no IPv6"
+            );
             ops.set_ipv6_conf("lo", "accept_dad", "0")
                 .expect("accept_dad");
             let err = ops
