@@ -101,8 +101,8 @@ def start_qemu(husk, ns, host, rootfs, work, vhost):
     image = os.path.join(work, f"{ns}.ext4")
     initrd = os.path.join(work, f"{ns}.cpio")
     sh(f"{husk} image {rootfs} {image} && {husk} initramfs {initrd}")
-    mac = json.loads(sh(f"ip -n {ns} -j link show eth0"))[0]["address"]
-    mtu = json.loads(sh(f"ip -n {ns} -j link show eth0"))[0]["mtu"]
+    link = json.loads(sh(f"ip -n {ns} -j link show eth0"))[0]
+    mac, mtu = link["address"], link["mtu"]
     iperf3 = shutil.which("iperf3")
     cmd = ["/bin/sh", "-c",
            f"ip link set lo up; ip link set eth0 up; ip addr add {NET}.{host}/24 dev eth0; "

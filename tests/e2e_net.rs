@@ -8,13 +8,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::oci::*;
 use common::*;
-
-/// How long a service in a just-started container may take to answer.
-const SERVICE_WAIT: Duration = Duration::from_secs(90);
 
 /// Runs a shell command line, panicking with its output on failure.
 fn sh(cmd: &str) -> String {
@@ -125,40 +121,6 @@ fn net_bundle(env: &Env, name: &str, args: &[&str], ns: Option<&str>, page: &str
     std::fs::create_dir_all(&www).unwrap();
     std::fs::write(www.join("index.html"), page).unwrap();
     bundle
-}
-
-/// Fetches `url` from the namespace `ns` (None: the test host's) with
-/// Python, retrying until it answers or [`SERVICE_WAIT`] passes.
-fn fetch(ns: Option<&str>, url: &str) -> String {
-    let script = format!(
-        "import urllib.request,sys\n\
-         print(urllib.request.urlopen('{url}', timeout=5).read().decode(), end='')"
-    );
-    let start = Instant::now();
-    loop {
-        let mut cmd = match ns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, "python3", "-c", &script]);
-                c
-            }
-            None => {
-                let mut c = Command::new("python3");
-                c.args(["-c", &script]);
-                c
-            }
-        };
-        let out = cmd.output().unwrap();
-        if out.status.success() {
-            return String::from_utf8_lossy(&out.stdout).into_owned();
-        }
-        assert!(
-            start.elapsed() < SERVICE_WAIT,
-            "{url} did not answer from {ns:?} within {SERVICE_WAIT:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
 }
 
 /// A Python HTTP server serving `dir` on `addr:port` in namespace `ns`.

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -164,25 +164,7 @@ fn podman_detached_exec_logs_ports_stop_and_rm() {
     assert!(done.status.success(), "{}", done.stderr);
 
     // The published port, through podman's default (CNI) network.
-    let start = Instant::now();
-    let page = loop {
-        let out = Command::new("python3")
-            .args([
-                "-c",
-                "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:18090/', timeout=5).read().decode(), end='')",
-            ])
-            .output()
-            .unwrap();
-        if out.status.success() {
-            break String::from_utf8_lossy(&out.stdout).into_owned();
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(90),
-            "port 18090 never answered: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let page = fetch(None, "http://127.0.0.1:18090/");
     assert_eq!(page, "served through podman\n");
 
     let done = p.podman(&["exec", "web", "cat", "/www/index.html"]);

@@ -255,7 +255,10 @@ pub fn cleanup(dir: &Path) -> Result<(), NetError> {
                 let tap = format!("{}{i}", inspect::TAP_PREFIX);
                 // Present only if the VMM still holds it or it was made
                 // persistent by someone else: deleting is harmless then.
-                let _ = run_tool("ip", &["link", "del", "dev", &tap]);
+                // Usually gone, so look before spawning `ip`.
+                if nix::net::if_::if_nametoindex(tap.as_str()).is_ok() {
+                    let _ = run_tool("ip", &["link", "del", "dev", &tap]);
+                }
             }
             Ok(())
         })?,

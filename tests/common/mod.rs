@@ -204,3 +204,40 @@ pub fn qemu_microvm(files: &BootFiles, cmdline: &str) -> Command {
         .stderr(Stdio::piped());
     cmd
 }
+
+/// How long a service in a just-started container may take to answer.
+pub const SERVICE_WAIT: Duration = Duration::from_secs(90);
+
+/// Fetches `url` from the namespace `ns` (None: the test host's) with
+/// Python, retrying until it answers or [`SERVICE_WAIT`] passes.
+pub fn fetch(ns: Option<&str>, url: &str) -> String {
+    let script = format!(
+        "import urllib.request,sys\n\
+         print(urllib.request.urlopen('{url}', timeout=5).read().decode(), end='')"
+    );
+    let start = Instant::now();
+    loop {
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "python3", "-c", &script]);
+                c
+            }
+            None => {
+                let mut c = Command::new("python3");
+                c.args(["-c", &script]);
+                c
+            }
+        };
+        let out = cmd.output().unwrap();
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(
+            start.elapsed() < SERVICE_WAIT,
+            "{url} did not answer from {ns:?} within {SERVICE_WAIT:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
