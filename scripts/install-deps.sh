@@ -56,7 +56,7 @@ if [ "${#want[@]}" -gt 0 ]; then
         die "apt-get could not install ${want[*]}"
 fi
 
-command -v cargo >/dev/null 2>&1 || die "cargo not found: install a Rust toolchain with rustup (1.80 or newer)"
+command -v cargo >/dev/null 2>&1 || die "cargo not found: install a Rust toolchain with rustup (1.89 or newer)"
 # The guest init is a static musl binary.
 if command -v rustup >/dev/null 2>&1; then
     if ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then

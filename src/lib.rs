@@ -11,6 +11,7 @@ pub mod net;
 pub mod paths;
 pub mod rootfs;
 pub mod runtime;
+pub mod shim;
 pub mod vmm;
 
 /// The guest side's shared definitions (host↔guest protocol).

@@ -129,6 +129,7 @@ fn create_request(
         console_socket: opts.console_socket.clone(),
         husk_exe: std::env::current_exe().context("finding the husk executable")?,
         vmm_args,
+        stdio: container::VmmStdio::Inherit,
     })
 }
 

@@ -89,6 +89,54 @@ pub struct CreateRequest {
     pub husk_exe: PathBuf,
     /// Whether the VMM gets the log settings (`--log`, `--debug`).
     pub vmm_args: Vec<String>,
+    /// The VMM's stdio: ours (the CLI), or what a shim hands over.
+    pub stdio: VmmStdio,
+}
+
+/// Where the VMM process's stdio (the container process's, relayed) goes.
+#[derive(Debug, Default)]
+pub enum VmmStdio {
+    /// The caller's own stdio; with `process.terminal`, a pty whose master
+    /// goes to `--console-socket` (runc's contract).
+    #[default]
+    Inherit,
+    /// These descriptors (a shim's FIFOs or pipes), without a terminal.
+    Fds {
+        stdin: OwnedFd,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    },
+    /// With `process.terminal`: the slave end of a pty the caller keeps the
+    /// master of (no console socket).
+    Terminal(OwnedFd),
+}
+
+impl Clone for VmmStdio {
+    /// Clones by duplicating the descriptors; a descriptor that cannot be
+    /// duplicated (out of fds) leaves `Inherit`, which `create` refuses for
+    /// a terminal and logs otherwise.
+    fn clone(&self) -> Self {
+        let dup = |fd: &OwnedFd| fd.try_clone().ok();
+        match self {
+            VmmStdio::Inherit => VmmStdio::Inherit,
+            VmmStdio::Fds {
+                stdin,
+                stdout,
+                stderr,
+            } => match (dup(stdin), dup(stdout), dup(stderr)) {
+                (Some(stdin), Some(stdout), Some(stderr)) => VmmStdio::Fds {
+                    stdin,
+                    stdout,
+                    stderr,
+                },
+                _ => {
+                    log::warn!("duplicating stdio descriptors failed");
+                    VmmStdio::Inherit
+                }
+            },
+            VmmStdio::Terminal(fd) => dup(fd).map_or(VmmStdio::Inherit, VmmStdio::Terminal),
+        }
+    }
 }
 
 fn create_timeout() -> Duration {
@@ -107,7 +155,8 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
     let container =
         guest_spec::container_spec(&req.id, &b.spec, &b.path, &guest_spec::read_bind_source)?;
     let terminal = container.process.terminal;
-    if terminal && req.console_socket.is_none() {
+    let own_pty = matches!(req.stdio, VmmStdio::Terminal(_));
+    if terminal && req.console_socket.is_none() && !own_pty {
         return Err(ContainerError::NoConsoleSocket);
     }
     let network = crate::runtime::vm_plan::network_plan(&b.spec)?;
@@ -162,11 +211,15 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
 
     // The terminal: a host pty whose master goes to the engine; the VMM
     // relays the slave to the guest's pty.
-    let pty_slave = if terminal {
-        let socket = req.console_socket.as_deref().unwrap_or(Path::new(""));
-        Some(send_pty_master(socket)?)
-    } else {
-        None
+    let pty_slave = match (&req.stdio, terminal) {
+        (VmmStdio::Terminal(slave), true) => {
+            Some(slave.try_clone().map_err(ContainerError::Spawn)?)
+        }
+        (_, true) => {
+            let socket = req.console_socket.as_deref().unwrap_or(Path::new(""));
+            Some(send_pty_master(socket)?)
+        }
+        (_, false) => None,
     };
 
     let (ready_r, ready_w) =
@@ -179,11 +232,20 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
         .arg(&req.id)
         .env(ENV_READY_FD, ready_w.as_raw_fd().to_string())
         .process_group(0);
+    let dup = |fd: &OwnedFd| fd.try_clone().map(Stdio::from);
     if let Some(slave) = &pty_slave {
-        let dup = |fd: &OwnedFd| fd.try_clone().map(Stdio::from);
         cmd.stdin(dup(slave).map_err(ContainerError::Spawn)?)
             .stdout(dup(slave).map_err(ContainerError::Spawn)?)
             .stderr(dup(slave).map_err(ContainerError::Spawn)?);
+    } else if let VmmStdio::Fds {
+        stdin,
+        stdout,
+        stderr,
+    } = &req.stdio
+    {
+        cmd.stdin(dup(stdin).map_err(ContainerError::Spawn)?)
+            .stdout(dup(stdout).map_err(ContainerError::Spawn)?)
+            .stderr(dup(stderr).map_err(ContainerError::Spawn)?);
     }
     clear_cloexec(&ready_w).map_err(ContainerError::Spawn)?;
     let child = cmd.spawn().map_err(ContainerError::Spawn)?;

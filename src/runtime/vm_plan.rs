@@ -155,7 +155,7 @@ impl VmPlan {
             read_only: true,
             id: "husk-root".into(),
         }];
-        let offload = self.network.as_ref().map_or(true, |n| n.offload);
+        let offload = self.network.as_ref().is_none_or(|n| n.offload);
         c.net = nics
             .iter()
             .map(|n| NetConfig {

@@ -8,8 +8,9 @@
 //! signal for a signal. Signals sent to it (SIGTERM from an engine, say) are
 //! forwarded to the container process.
 
-use std::io::{Read as _, Write as _};
-use std::os::fd::AsRawFd as _;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd as _, RawFd};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -203,17 +204,71 @@ fn spawn_signal_forwarder(mask: nix::sys::signal::SigSet, socket: std::path::Pat
         });
 }
 
-/// Relays a session (the main one, or an exec) until its process ends:
-/// output frames to our stdout/stderr, our stdin to the process (for the
-/// main session only once it has started), terminal size changes.
+/// A session's host-side stdio.
+pub struct SessionIo {
+    /// Read until EOF into the process's stdin (then its stdin is closed).
+    pub stdin: Box<dyn Read + Send>,
+    pub stdout: Box<dyn Write + Send>,
+    pub stderr: Box<dyn Write + Send>,
+    /// A terminal whose size changes are forwarded to the process's.
+    pub follow_winsize: Option<RawFd>,
+}
+
+impl SessionIo {
+    /// Our own stdio (the VMM's, or `husk exec`'s); the size of a terminal
+    /// on stdin is followed.
+    pub fn inherited() -> SessionIo {
+        let stdin_fd = std::io::stdin().as_raw_fd();
+        SessionIo {
+            stdin: Box::new(std::io::stdin()),
+            stdout: Box::new(std::io::stdout()),
+            stderr: Box::new(std::io::stderr()),
+            follow_winsize: nix::unistd::isatty(stdin_fd)
+                .unwrap_or(false)
+                .then_some(stdin_fd),
+        }
+    }
+}
+
+/// The sending half of a session connection, shared between the stdin pump,
+/// the terminal-size watcher and whoever else talks to the process (a shim
+/// forwarding signals and resizes).
+pub type SessionWriter = Arc<Mutex<UnixStream>>;
+
+/// The writer of a session connection.
+pub fn session_writer(conn: &AgentConn) -> std::io::Result<SessionWriter> {
+    Ok(Arc::new(Mutex::new(conn.stream.try_clone()?)))
+}
+
+/// Relays a session (the main one, or an exec) over our own stdio until its
+/// process ends (see [`relay_io`]).
 pub fn relay(conn: AgentConn, wait_for_start: bool) -> Option<ExitStatus> {
-    let writer = match conn.stream.try_clone() {
-        Ok(w) => Arc::new(Mutex::new(w)),
+    let writer = match session_writer(&conn) {
+        Ok(w) => w,
         Err(e) => {
             log::error!("cloning the agent connection: {e}");
             return None;
         }
     };
+    relay_io(conn, &writer, wait_for_start, SessionIo::inherited())
+}
+
+/// Relays a session until its process ends: output frames to `io.stdout` /
+/// `io.stderr`, `io.stdin` to the process (for the main session only once it
+/// has started), terminal size changes. Returns once the process's exit
+/// arrived, after all its output was written.
+pub fn relay_io(
+    conn: AgentConn,
+    writer: &SessionWriter,
+    wait_for_start: bool,
+    io: SessionIo,
+) -> Option<ExitStatus> {
+    let SessionIo {
+        stdin,
+        mut stdout,
+        mut stderr,
+        follow_winsize,
+    } = io;
     let (started_tx, started_rx) = mpsc::channel::<()>();
     {
         let writer = writer.clone();
@@ -223,14 +278,14 @@ pub fn relay(conn: AgentConn, wait_for_start: bool) -> Option<ExitStatus> {
                 if started_rx.recv().is_err() {
                     return;
                 }
-                pump_stdin(&writer);
+                pump_stdin(stdin, &writer);
             });
     }
-    if nix::unistd::isatty(std::io::stdin().as_raw_fd()).unwrap_or(false) {
+    if let Some(fd) = follow_winsize {
         let writer = writer.clone();
         let _ = std::thread::Builder::new()
             .name("winsize".into())
-            .spawn(move || watch_winsize(&writer));
+            .spawn(move || watch_winsize(fd, &writer));
     }
     let mut reader = conn.stream;
     let mut started = Some(started_tx);
@@ -239,27 +294,23 @@ pub fn relay(conn: AgentConn, wait_for_start: bool) -> Option<ExitStatus> {
             let _ = tx.send(());
         }
     }
-    let stdout = std::io::stdout();
-    let stderr = std::io::stderr();
     loop {
         let frame = match Frame::read_from(&mut reader) {
             Ok(Some(f)) => f,
             Ok(None) => return None,
             Err(e) => {
-                log::error!("main session: {e}");
+                log::error!("session: {e}");
                 return None;
             }
         };
         match frame.kind {
             FrameKind::Stdout => {
-                let mut out = stdout.lock();
-                let _ = out.write_all(&frame.payload);
-                let _ = out.flush();
+                let _ = stdout.write_all(&frame.payload);
+                let _ = stdout.flush();
             }
             FrameKind::Stderr => {
-                let mut err = stderr.lock();
-                let _ = err.write_all(&frame.payload);
-                let _ = err.flush();
+                let _ = stderr.write_all(&frame.payload);
+                let _ = stderr.flush();
             }
             FrameKind::Event => match frame.parse::<Event>("event") {
                 Ok(Event::Started { .. }) => {
@@ -274,21 +325,22 @@ pub fn relay(conn: AgentConn, wait_for_start: bool) -> Option<ExitStatus> {
                         (None, None) => ExitStatus::Code(EXIT_NO_STATUS),
                     })
                 }
-                Err(e) => log::warn!("main session: {e}"),
+                Err(e) => log::warn!("session: {e}"),
             },
             FrameKind::Response => {}
-            other => log::warn!("main session: unexpected frame {other:?}"),
+            other => log::warn!("session: unexpected frame {other:?}"),
         }
     }
 }
 
-/// Copies our stdin to the container process, then closes its stdin.
-fn pump_stdin(writer: &Mutex<std::os::unix::net::UnixStream>) {
-    let mut stdin = std::io::stdin().lock();
+/// Copies `input` to the session's process, then closes its stdin.
+fn pump_stdin(mut input: Box<dyn Read + Send>, writer: &Mutex<UnixStream>) {
     let mut buf = vec![0u8; MAX_DATA];
     loop {
-        match stdin.read(&mut buf) {
-            Ok(0) | Err(_) => break,
+        match input.read(&mut buf) {
+            Ok(0) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
             Ok(n) => {
                 let frame = Frame::new(FrameKind::Stdin, buf[..n].to_vec());
                 if frame.write_to(&mut *crate::vmm::bus::lock(writer)).is_err() {
@@ -297,11 +349,24 @@ fn pump_stdin(writer: &Mutex<std::os::unix::net::UnixStream>) {
             }
         }
     }
+    send_stdin_eof(writer);
+}
+
+/// Closes the session process's stdin.
+pub fn send_stdin_eof(writer: &Mutex<UnixStream>) {
     let _ = Frame::new(FrameKind::StdinEof, vec![]).write_to(&mut *crate::vmm::bus::lock(writer));
 }
 
+/// Sends a request on a session connection (a resize, or a signal for the
+/// session's own process); its answer is read, and dropped, by the relay.
+pub fn send_session_request(writer: &Mutex<UnixStream>, request: &Request) -> std::io::Result<()> {
+    Frame::json(FrameKind::Request, request)
+        .write_to(&mut *crate::vmm::bus::lock(writer))
+        .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
 /// Forwards changes of our terminal's size to the container's terminal.
-fn watch_winsize(writer: &Mutex<std::os::unix::net::UnixStream>) {
+fn watch_winsize(fd: RawFd, writer: &Mutex<UnixStream>) {
     let mut last = (0u16, 0u16);
     loop {
         let mut ws = libc::winsize {
@@ -311,21 +376,18 @@ fn watch_winsize(writer: &Mutex<std::os::unix::net::UnixStream>) {
             ws_ypixel: 0,
         };
         // SAFETY: TIOCGWINSZ writes a winsize into the struct we own.
-        let rc = unsafe { libc::ioctl(std::io::stdin().as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
+        let rc = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) };
         if rc != 0 {
             return;
         }
         let now = (ws.ws_row, ws.ws_col);
         if now != last && now != (0, 0) {
             last = now;
-            let req = Frame::json(
-                FrameKind::Request,
-                &Request::Resize {
-                    rows: now.0,
-                    cols: now.1,
-                },
-            );
-            if req.write_to(&mut *crate::vmm::bus::lock(writer)).is_err() {
+            let resize = Request::Resize {
+                rows: now.0,
+                cols: now.1,
+            };
+            if send_session_request(writer, &resize).is_err() {
                 return;
             }
         }

@@ -93,6 +93,9 @@ pub struct ProcIo {
     pub pid: i32,
     stdin: Mutex<Option<File>>,
     terminal: Option<File>,
+    /// True until the reaper has the process's status: only then may the
+    /// pid be signalled (it cannot have been reused).
+    live: Arc<Mutex<bool>>,
 }
 
 impl ProcIo {
@@ -101,7 +104,31 @@ impl ProcIo {
             pid,
             stdin: Mutex::new(stdin),
             terminal,
+            live: Arc::new(Mutex::new(true)),
         }
+    }
+
+    /// Shares the flag the process's exit callback clears.
+    pub fn with_liveness(mut self, live: Arc<Mutex<bool>>) -> Self {
+        self.live = live;
+        self
+    }
+
+    /// Sends `signal` to the process unless it has already been reaped.
+    pub fn signal(&self, signal: i32) -> Result<(), String> {
+        if !(1..=super::MAX_SIGNAL).contains(&signal) {
+            return Err(format!("invalid signal {signal}"));
+        }
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        if !*live {
+            return Err(format!("process {} has already exited", self.pid));
+        }
+        // SAFETY: kill has no memory effects; the pid is an unreaped child of
+        // ours (the reaper clears `live` under this lock before anything
+        // else can reuse it).
+        nix::errno::Errno::result(unsafe { libc::kill(self.pid, signal) })
+            .map(drop)
+            .map_err(|e| format!("sending signal {signal}: {}", super::spawn::errno_text(e)))
     }
 
     fn stdin(&self) -> MutexGuard<'_, Option<File>> {

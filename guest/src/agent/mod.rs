@@ -397,7 +397,10 @@ impl<P: Platform> Agent<P> {
             });
         }
         let state = Arc::clone(&self.main);
+        let live = Arc::new(Mutex::new(true));
+        let reaped = Arc::clone(&live);
         let mark_exited = move || {
+            *reaped.lock().unwrap_or_else(|e| e.into_inner()) = false;
             let mut main = state.lock().unwrap_or_else(|e| e.into_inner());
             if let Main::Running { exited, .. } = &mut *main {
                 *exited = true;
@@ -422,7 +425,9 @@ impl<P: Platform> Agent<P> {
         };
         // Before any output: the host starts sending stdin on this event.
         sink.send(&Frame::json(FrameKind::Event, &Event::Started { pid }));
-        slot.fill(Arc::new(ProcIo::new(pid, spawned.stdin, spawned.terminal)));
+        slot.fill(Arc::new(
+            ProcIo::new(pid, spawned.stdin, spawned.terminal).with_liveness(live),
+        ));
         if let Err(e) = self.start_session_thread(spawned.outputs, end, sink, true) {
             // SAFETY: kill has no memory effects; the pid is our unreaped child.
             unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -447,15 +452,19 @@ impl<P: Platform> Agent<P> {
         }
         let prepared = Prepared::new(&process).map_err(|e| e.to_string())?;
         self.report_unknown_caps(&prepared);
+        let live = Arc::new(Mutex::new(true));
+        let reaped = Arc::clone(&live);
         let (spawned, end) = self
-            .spawn_session(&prepared, || {})
+            .spawn_session(&prepared, move || {
+                *reaped.lock().unwrap_or_else(|e| e.into_inner()) = false;
+            })
             .map_err(|e| e.to_string())?;
         let pid = spawned.pid;
         sink.send(&Frame::json(
             FrameKind::Response,
             &Response::Started { pid },
         ));
-        let io = Arc::new(ProcIo::new(pid, spawned.stdin, spawned.terminal));
+        let io = Arc::new(ProcIo::new(pid, spawned.stdin, spawned.terminal).with_liveness(live));
         if let Err(e) = self.start_session_thread(spawned.outputs, end, Arc::clone(&sink), false) {
             // SAFETY: kill has no memory effects; the pid is our unreaped child.
             unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -603,6 +612,14 @@ fn session_frame<P: Platform>(agent: &Agent<P>, sink: &dyn FrameSink, slot: &IoS
                     }
                 }
             }
+            // A signal on a session goes to that session's process only.
+            Ok(Request::Signal { signal, all: false }) => match slot.wait() {
+                Some(io) => match io.signal(signal) {
+                    Ok(()) => respond(sink, &Response::Ok),
+                    Err(m) => error(sink, m),
+                },
+                None => error(sink, "the session's process did not start"),
+            },
             Ok(other) => error(
                 sink,
                 format!(

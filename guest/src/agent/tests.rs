@@ -379,6 +379,29 @@ fn signal_reaches_the_main_process() {
 }
 
 #[test]
+fn a_signal_on_an_exec_session_reaches_only_that_process() {
+    let (agent, _main) = created(&["true"]);
+    let (mut c, pid) = exec(&agent, process(&["sleep", "30"]));
+    c.request(&Request::Signal {
+        signal: 99,
+        all: false,
+    });
+    assert_eq!(
+        c.response(),
+        Response::Error {
+            message: "invalid signal 99".into()
+        }
+    );
+    c.request(&Request::Signal {
+        signal: 15,
+        all: false,
+    });
+    assert_eq!(c.response(), Response::Ok);
+    assert_eq!(c.until_exit().2, signaled(15));
+    assert!(pid > 0);
+}
+
+#[test]
 fn signal_all_goes_through_the_platform_and_bad_signals_are_refused() {
     let (agent, platform) = agent();
     let mut main = Client::connect(&agent);

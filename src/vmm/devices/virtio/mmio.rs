@@ -538,7 +538,7 @@ fn lock<'a>(
 
 /// Control registers take aligned 32-bit accesses only (section 4.2.2.2).
 fn is_register_access(offset: u64, len: usize) -> bool {
-    len == REGISTER_ACCESS_SIZE && offset % REGISTER_ACCESS_SIZE as u64 == 0
+    len == REGISTER_ACCESS_SIZE && offset.is_multiple_of(REGISTER_ACCESS_SIZE as u64)
 }
 
 /// Config space takes 8, 16, 32 and 64-bit accesses (section 4.2.2.2).

@@ -387,7 +387,7 @@ impl Request {
 /// Validates the data length of a read or write and returns its image
 /// offset.
 fn data_offset(disk: &Disk, sector: u64, len: u64) -> Result<u64, RequestError> {
-    if len % SECTOR_SIZE != 0 {
+    if !len.is_multiple_of(SECTOR_SIZE) {
         return Err(RequestError::PartialSector { len });
     }
     disk.byte_offset(sector, len)
