@@ -1,7 +1,9 @@
-//! End to end, in the KVM test host: Debian's containerd with its runc shim
-//! (`io.containerd.runc.v2`) using husk as the runc binary, driven by `ctr`.
-//! The image is a busybox rootfs imported into podman and saved as an OCI
-//! archive (no registry is reachable).
+//! End to end, in the KVM test host: Debian's containerd driven by `ctr`,
+//! with its runc shim (`io.containerd.runc.v2`) using husk as the runc
+//! binary, and with husk's own shim (`io.containerd.husk.v2`,
+//! `containerd-shim-husk-v2` on containerd's `PATH`). The image is a busybox
+//! rootfs imported into podman and saved as an OCI archive (no registry is
+//! reachable).
 
 mod common;
 
@@ -13,6 +15,8 @@ use common::*;
 
 const LIMIT: Duration = Duration::from_secs(180);
 const IMAGE: &str = "localhost/husk-busybox:latest";
+const NAMESPACE: &str = "husk-e2e";
+const HUSK_RUNTIME: &str = "io.containerd.husk.v2";
 
 /// A containerd daemon of this test's own (state on a tmpfs, CRI off).
 struct Containerd {
@@ -38,10 +42,21 @@ impl Containerd {
             d.display()
         );
         std::fs::write(d.join("config.toml"), config).unwrap();
+        // containerd finds `containerd-shim-husk-v2` on its PATH.
+        let bin = d.join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        std::os::unix::fs::symlink(shim_binary(), bin.join("containerd-shim-husk-v2")).unwrap();
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
         let log = std::fs::File::create(d.join("containerd.log")).unwrap();
         let daemon = Command::new("containerd")
             .arg("--config")
             .arg(d.join("config.toml"))
+            .env("PATH", path)
+            .env("HUSK_SHIM_ROOT", d.join("husk-shim"))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -103,16 +118,20 @@ impl Containerd {
         assert!(done.status.success(), "ctr image import: {}", done.stderr);
     }
 
-    fn ctr(&self, args: &[&str]) -> Finished {
+    fn ctr_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("ctr");
         cmd.arg("--address")
             .arg(self.dir.path().join("containerd.sock"))
-            .args(["-n", "husk-e2e"])
+            .args(["-n", NAMESPACE])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let done = wait_bounded(cmd.spawn().unwrap(), LIMIT, "ctr");
+        cmd
+    }
+
+    fn ctr(&self, args: &[&str]) -> Finished {
+        let done = wait_bounded(self.ctr_command(args).spawn().unwrap(), LIMIT, "ctr");
         eprintln!(
             "ctr {args:?}: {:?}\nstdout: {}\nstderr: {}",
             done.status, done.stdout, done.stderr
@@ -138,6 +157,66 @@ impl Containerd {
         self.ctr(&args)
     }
 
+    /// `ctr run` with husk's own shim.
+    fn run_native(&self, extra: &[&str], id: &str, cmd: &[&str]) -> Finished {
+        let mut args = vec!["run", "--snapshotter", "native", "--runtime", HUSK_RUNTIME];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[IMAGE, id]);
+        args.extend_from_slice(cmd);
+        self.ctr(&args)
+    }
+
+    /// Nothing of husk's shim is left: no VMM, no shim process, no container
+    /// state, no rootfs mount in a task bundle.
+    fn assert_nothing_left(&self) {
+        self.assert_no_vm();
+        let start = Instant::now();
+        loop {
+            let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+            let text = String::from_utf8_lossy(&ps.stdout).into_owned();
+            let shims: Vec<&str> = text
+                .lines()
+                .filter(|l| l.contains("containerd-shim-husk-v2"))
+                .collect();
+            if shims.is_empty() {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "shims left: {shims:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let state = self.dir.path().join("husk-shim").join(NAMESPACE);
+        let left: Vec<_> = std::fs::read_dir(&state)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "container state left: {left:?}");
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let tasks = self.dir.path().join("state/io.containerd.runtime.v2.task");
+        let leaked: Vec<&str> = mounts
+            .lines()
+            .filter(|l| l.contains(&*tasks.to_string_lossy()))
+            .collect();
+        assert!(leaked.is_empty(), "rootfs mounts left: {leaked:?}");
+    }
+
+    /// Prints containerd's log and any VMM log, for a failed test.
+    fn dump_logs(&self) {
+        let tail = |path: &std::path::Path| {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(80)..].join("\n")
+        };
+        let d = self.dir.path();
+        eprintln!("--- containerd.log\n{}", tail(&d.join("containerd.log")));
+        let state = d.join("husk-shim").join(NAMESPACE);
+        for entry in std::fs::read_dir(state).into_iter().flatten().flatten() {
+            let log = entry.path().join("vmm.log");
+            eprintln!("--- {}\n{}", log.display(), tail(&log));
+        }
+    }
+
     /// No husk VMM is left running.
     fn assert_no_vm(&self) {
         let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
@@ -153,6 +232,9 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
         let _ = self.daemon.kill();
         let _ = self.daemon.wait();
         let _ = Command::new("umount")
@@ -164,6 +246,25 @@ impl Drop for Containerd {
 
 fn husk() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_husk"))
+}
+
+fn shim_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-husk-v2"))
+}
+
+/// Waits until `ctr task ls` shows `id` in `status`.
+fn wait_status(c: &Containerd, id: &str, status: &str) {
+    let start = Instant::now();
+    while !tasks(c)
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some(id) && l.contains(status))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{id} never became {status}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn run_ok(cmd: &mut Command) {
@@ -225,6 +326,138 @@ fn ctr_with_the_runc_shim_runs_execs_kills_and_deletes() {
     assert!(c.ctr(&["task", "delete", "bg"]).status.success());
     assert!(c.ctr(&["container", "delete", "bg"]).status.success());
     c.assert_no_vm();
+    let left = c.ctr(&["container", "ls", "-q"]).stdout;
+    assert_eq!(left.trim(), "", "containers left: {left}");
+}
+
+#[test]
+fn ctr_with_the_husk_shim_runs_execs_kills_and_deletes() {
+    let c = Containerd::start();
+    let done = c.run_native(&["--rm"], "hello", &["echo", "hello from the husk shim"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(done.stdout, "hello from the husk shim\n");
+
+    let done = c.run_native(
+        &["--rm"],
+        "seven",
+        &["sh", "-c", "echo to stderr >&2; exit 7"],
+    );
+    assert_eq!(done.status.code(), Some(7), "{}", done.stderr);
+    assert!(done.stderr.contains("to stderr"), "{}", done.stderr);
+    c.assert_nothing_left();
+
+    // stdin through the FIFO, to EOF.
+    let mut cmd = c.ctr_command(&[
+        "run",
+        "--rm",
+        "--snapshotter",
+        "native",
+        "--runtime",
+        HUSK_RUNTIME,
+        IMAGE,
+        "cat1",
+        "sh",
+        "-c",
+        "cat; echo; echo done",
+    ]);
+    cmd.stdin(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"piped input").unwrap();
+    }
+    let done = wait_bounded(child, LIMIT, "ctr run with stdin");
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(done.stdout, "piped input\ndone\n");
+
+    // A terminal: ctr needs one itself, `script` gives it a pty.
+    let address = c.dir.path().join("containerd.sock");
+    let line = format!(
+        "ctr --address {} -n {NAMESPACE} run --rm -t --snapshotter native --runtime {HUSK_RUNTIME} \
+         {IMAGE} tty1 sh -c 'test -t 0 && test -t 1 && echo on-a-tty; exit 5'",
+        address.display()
+    );
+    let mut script = Command::new("script");
+    script
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let done = wait_bounded(script.spawn().unwrap(), LIMIT, "ctr run -t");
+    assert_eq!(
+        done.status.code(),
+        Some(5),
+        "{} {}",
+        done.stdout,
+        done.stderr
+    );
+    assert!(done.stdout.contains("on-a-tty"), "{:?}", done.stdout);
+
+    // Detached, exec, pids, kill an exec, kill the task, delete.
+    let done = c.run_native(&["-d"], "bg", &["sleep", "1000"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    wait_status(&c, "bg", "RUNNING");
+    let done = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "bg",
+        "sh",
+        "-c",
+        "echo in exec; echo err >&2; exit 3",
+    ]);
+    assert_eq!(done.status.code(), Some(3), "{}", done.stderr);
+    assert_eq!(done.stdout, "in exec\n");
+    assert!(done.stderr.contains("err"), "{}", done.stderr);
+    let ps = c.ctr(&["task", "ps", "bg"]);
+    assert!(ps.status.success(), "{}", ps.stderr);
+    assert!(ps.stdout.lines().count() >= 2, "{}", ps.stdout);
+
+    let long = c
+        .ctr_command(&["task", "exec", "--exec-id", "e2", "bg", "sleep", "1000"])
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !c
+        .ctr(&["task", "kill", "--exec-id", "e2", "-s", "KILL", "bg"])
+        .status
+        .success()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "exec e2 never ran"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let done = wait_bounded(long, LIMIT, "ctr task exec e2");
+    assert_eq!(done.status.code(), Some(137), "{}", done.stderr);
+
+    assert!(c
+        .ctr(&["task", "kill", "-s", "TERM", "bg"])
+        .status
+        .success());
+    wait_status(&c, "bg", "STOPPED");
+    assert!(c.ctr(&["task", "delete", "bg"]).status.success());
+    assert!(c.ctr(&["container", "delete", "bg"]).status.success());
+    c.assert_nothing_left();
+
+    // An unsupported feature: the error comes back through containerd and
+    // nothing is left behind.
+    let vol = c.dir.path().join("vol");
+    std::fs::create_dir(&vol).unwrap();
+    let mount = format!("type=bind,src={},dst=/data,options=rbind:rw", vol.display());
+    let done = c.run_native(&["--rm", "--mount", &mount], "vol", &["true"]);
+    assert!(!done.status.success());
+    assert!(
+        done.stderr
+            .contains("directory bind mounts are not supported"),
+        "{}",
+        done.stderr
+    );
+    let _ = c.ctr(&["container", "delete", "vol"]);
+    c.assert_nothing_left();
     let left = c.ctr(&["container", "ls", "-q"]).stdout;
     assert_eq!(left.trim(), "", "containers left: {left}");
 }

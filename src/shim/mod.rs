@@ -14,6 +14,7 @@
 //! reaper is off): it waits for each VMM process itself, so the helper
 //! programs the runtime runs (`ip`, `tc`, hooks) keep their exit statuses.
 
+pub mod mount;
 pub mod service;
 pub mod stdio;
 

@@ -865,12 +865,12 @@ fn mount_rootfs(bundle: &Path, mounts: &[containerd_shim::protos::api::Mount]) -
         ));
     }
     for m in mounts {
-        if let Err(e) = containerd_shim::mount::mount_rootfs(
-            Some(m.type_.as_str()),
-            Some(m.source.as_str()),
-            &m.options,
-            &target,
-        ) {
+        let spec = super::mount::MountSpec {
+            fs_type: &m.type_,
+            source: &m.source,
+            options: &m.options,
+        };
+        if let Err(e) = super::mount::mount(&spec, &target) {
             unmount_rootfs(bundle);
             return Err(rpc_error(
                 Code::INTERNAL,
