@@ -20,13 +20,13 @@ Prints a Markdown table; --json FILE also writes the raw numbers.
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
+from common import ms_summary, process_memory, version, write_json
 from rootfs import busybox_rootfs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,28 +49,6 @@ def encode_cmd(args):
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def guest_rss_kib(pid, guest_bytes):
-    """VMM RSS in KiB, excluding the mapping that holds guest RAM."""
-    total = 0
-    guest = 0
-    size = 0
-    rss = 0
-    try:
-        with open(f"/proc/{pid}/smaps") as f:
-            for line in f:
-                if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
-                    start, end = (int(x, 16) for x in line.split()[0].split("-"))
-                    size = end - start
-                elif line.startswith("Rss:"):
-                    rss = int(line.split()[1])
-                    total += rss
-                    if size == guest_bytes and rss > guest:
-                        guest = rss
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return total - guest
-
-
 def run_once(argv, sample_rss):
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
@@ -86,20 +64,13 @@ def run_once(argv, sample_rss):
             to_init = time.monotonic() - start
             if sample_rss:
                 time.sleep(0.3)  # the guest runs `sleep 1`: the VMM is idle
-                rss = guest_rss_kib(proc.pid, MEM_MIB << 20)
+                mem = process_memory(proc.pid, MEM_MIB << 20)
+                rss = mem["rss_kib"] if mem else None
     proc.wait()
     total = time.monotonic() - start
     err = proc.stderr.read().decode(errors="replace")
     return {"to_init": to_init, "to_exit": total, "rss_kib": rss, "rc": proc.returncode,
             "out": buf.decode(errors="replace"), "err": err}
-
-
-def summary(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return "n/a"
-    med = statistics.median(values)
-    return f"{med * 1000:.0f} ms ({min(values) * 1000:.0f}-{max(values) * 1000:.0f})"
 
 
 def main():
@@ -162,13 +133,17 @@ def main():
         r = results[name]
         kib = [k for k in rss[name] if k is not None]
         rss_text = f"{statistics.median(kib) / 1024:.1f} MiB" if kib else "n/a"
-        print(f"| {name} | {summary([x['to_init'] for x in r])} | {summary([x['to_exit'] for x in r])} | {rss_text} |")
+        print(f"| {name} | {ms_summary([x['to_init'] for x in r])} | {ms_summary([x['to_exit'] for x in r])} | {rss_text} |")
     print()
     print(f"ratio husk/qemu: boot-to-init {husk_init / qemu_init:.2f}, boot-to-exit {husk_exit / qemu_exit:.2f}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"results": {k: [{x: v[x] for x in ("to_init", "to_exit", "rc")} for v in vs]
-                                   for k, vs in results.items()}, "rss_kib": rss}, f, indent=1)
+        write_json(args.json, "boot", {
+            "runs": args.runs, "mem_mib": MEM_MIB, "kernel": kernel,
+            "versions": {"husk": version([args.husk, "--version"]),
+                         "qemu-microvm": version(["qemu-system-x86_64", "--version"])},
+            "results": {k: [{x: v[x] for x in ("to_init", "to_exit", "rc")} for v in vs]
+                        for k, vs in results.items()},
+            "rss_kib": rss})
 
 
 if __name__ == "__main__":

@@ -1,0 +1,132 @@
+"""What several benchmarks share: an OCI bundle, process memory from
+/proc/PID/smaps, host memory from /proc/meminfo, and the JSON result file."""
+
+import datetime
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+
+from rootfs import busybox_rootfs
+
+KIB = 1024
+MIB = 1 << 20
+# A mapping's header line in /proc/PID/smaps: "start-end perms offset dev inode [path]".
+SMAPS_HEADER = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \S+\s*(.*)$")
+# The kernel merges adjacent anonymous mappings with the same permissions, so
+# the VMA holding guest RAM can be a little larger than the guest (a VMM's
+# guest RAM mapping next to a thread's small rw area): up to this much more
+# still counts as the guest-RAM mapping.
+GUEST_MAPPING_SLACK = 16 * MIB
+
+
+def make_bundle(path, args, annotations=None):
+    """An OCI bundle at `path`: the busybox rootfs running `args` as root, no
+    terminal, pid/ipc/uts/mount namespaces, /proc and a /dev tmpfs."""
+    rootfs = os.path.join(path, "rootfs")
+    busybox_rootfs(rootfs)
+    config = {
+        "ociVersion": "1.0.2",
+        "process": {"terminal": False, "user": {"uid": 0, "gid": 0}, "args": args,
+                    "env": ["PATH=/bin"], "cwd": "/", "noNewPrivileges": True},
+        "root": {"path": "rootfs"},
+        "hostname": "bench",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+        ],
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]},
+    }
+    if annotations:
+        config["annotations"] = annotations
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(config, f)
+
+
+def process_memory(pid, guest_bytes=None):
+    """Resident memory of process `pid` from /proc/PID/smaps, in KiB.
+
+    The guest RAM of a VMM is its one large anonymous mapping: at least
+    `guest_bytes` and at most GUEST_MAPPING_SLACK more (the largest-resident
+    one if several match); it is counted apart:
+      rss_kib, pss_kib    the process without the guest-RAM mapping
+      guest_rss_kib       guest RAM the guest has touched (that mapping's RSS)
+    With guest_bytes None every mapping counts as the process's own and
+    guest_rss_kib is None. Returns None when the process is gone.
+    """
+    mappings = []  # [size, rss, pss, anonymous] per mapping, in order
+    try:
+        with open(f"/proc/{pid}/smaps") as f:
+            for line in f:
+                m = SMAPS_HEADER.match(line)
+                if m:
+                    mappings.append([int(m.group(2), 16) - int(m.group(1), 16), 0, 0, not m.group(3)])
+                elif line.startswith("Rss:"):
+                    mappings[-1][1] = int(line.split()[1])
+                elif line.startswith("Pss:"):
+                    mappings[-1][2] = int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    guest = None
+    if guest_bytes is not None:
+        candidates = [m for m in mappings
+                      if m[3] and guest_bytes <= m[0] <= guest_bytes + GUEST_MAPPING_SLACK]
+        if candidates:
+            guest = max(candidates, key=lambda m: m[1])
+    own = [m for m in mappings if m is not guest]
+    return {"rss_kib": sum(m[1] for m in own), "pss_kib": sum(m[2] for m in own),
+            "guest_rss_kib": guest[1] if guest else None}
+
+
+def mem_available_kib():
+    """MemAvailable from /proc/meminfo, in KiB."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1])
+    raise RuntimeError("no MemAvailable in /proc/meminfo")
+
+
+def version(argv):
+    """The first line `argv` prints (e.g. `runc --version`), or None."""
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    out = (p.stdout or p.stderr).strip().splitlines()
+    return out[0] if out else None
+
+
+def ms_summary(values):
+    """'median ms (min-max)' of seconds, or 'n/a'."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    return f"{statistics.median(values) * 1000:.0f} ms ({min(values) * 1000:.0f}-{max(values) * 1000:.0f})"
+
+
+def machine():
+    """Where a benchmark ran, for its JSON file."""
+    with open("/proc/meminfo") as f:
+        total = int(f.readline().split()[1])
+    cpu = None
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"hostname": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count(),
+            "cpu": cpu, "mem_total_kib": total}
+
+
+def write_json(path, bench, data):
+    """Writes `data` with the benchmark's name, the date and the machine."""
+    out = {"bench": bench, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "machine": machine()}
+    out.update(data)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1)
+        f.write("\n")
