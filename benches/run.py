@@ -1,17 +1,28 @@
 #!/usr/bin/env python3
-"""Container start benchmark: `husk run` vs `runc run` vs `crun run`.
+"""Container start benchmark: `husk run` vs `runc run` vs `crun run` vs
+gVisor's `runsc run`.
 
 The same bundle (a busybox rootfs, process `/bin/true`, no terminal) is run
 end to end by each runtime, alternating, N times; each run uses a fresh
 container id and is deleted after. Measured from the host: wall time of the
 `run` command (create + start + the process + exit), which is what an engine
-waits for. husk's rootfs image is cached after the first run (the cold run is
-reported separately). Needs a KVM with vmx/svm for husk: run it through
-tests/testhost/run (make bench-run does).
+waits for. Each runtime's first run is reported apart and left out of the
+statistics: husk's builds its cached rootfs image, the others load their
+binaries cold.
+
+runsc runs with RUNSC_FLAGS: the ptrace platform (its default in Debian 12's
+0.0~20221219; no KVM needed) and `--network=none` (loopback only: husk's
+container has no NIC here either, and runsc's netstack would otherwise be set
+up for every run). Its cgroup is set up as runc's is. A runtime that is not
+installed or whose first run fails is not silently dropped: it is listed with
+the reason, in the output and in the JSON file.
+
+Needs a KVM with vmx/svm for husk: run it through tests/testhost/run
+(make bench-run does). Prints a Markdown table; --json FILE also writes the
+raw numbers.
 """
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -20,28 +31,16 @@ import sys
 import tempfile
 import time
 
-from rootfs import busybox_rootfs
+from common import make_bundle, version, write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def make_bundle(path):
-    rootfs = os.path.join(path, "rootfs")
-    busybox_rootfs(rootfs)
-    config = {
-        "ociVersion": "1.0.2",
-        "process": {"terminal": False, "user": {"uid": 0, "gid": 0}, "args": ["/bin/true"],
-                    "env": ["PATH=/bin"], "cwd": "/", "noNewPrivileges": True},
-        "root": {"path": "rootfs"},
-        "hostname": "bench",
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc"},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-        ],
-        "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]},
-    }
-    with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(config, f)
+# gVisor: the syscall-intercepting platform that works without KVM, and no
+# network stack (the bundle has no network namespace to wire one into).
+RUNSC_FLAGS = ["--platform=ptrace", "--network=none"]
+# The runtime the ratios are taken against.
+BASELINE = "crun"
+# Lines of a failing first run's stderr kept as the reason.
+REASON_LINES = 5
 
 
 def timed(argv):
@@ -50,25 +49,46 @@ def timed(argv):
     return time.monotonic() - start, p
 
 
+def failure(p):
+    """The tail of a failed command's output, on one line."""
+    lines = (p.stderr.strip() or p.stdout.strip() or "no output").splitlines()
+    return f"exit status {p.returncode}: " + " / ".join(lines[-REASON_LINES:])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--husk", default=os.path.join(ROOT, "target/release/husk"))
+    ap.add_argument("--json", help="write raw results here")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as work:
         bundle = os.path.join(work, "bundle")
         os.makedirs(bundle)
-        make_bundle(bundle)
+        make_bundle(bundle, ["/bin/true"])
         runtimes = {
             "husk": [args.husk, "--root", os.path.join(work, "husk-state")],
             "runc": ["runc", "--root", os.path.join(work, "runc-state")],
             "crun": ["crun", "--root", os.path.join(work, "crun-state")],
+            "runsc": ["runsc", "--root", os.path.join(work, "runsc-state")] + RUNSC_FLAGS,
         }
-        # husk's first run builds the cached rootfs image: report it apart.
-        cold, p = timed(runtimes["husk"] + ["run", "--bundle", bundle, "cold"])
-        if p.returncode != 0:
-            print(f"husk cold run failed: {p.stderr}", file=sys.stderr)
-            sys.exit(1)
+        versions = {name: version([base[0], "--version"]) for name, base in runtimes.items()}
+        first = {}
+        unavailable = {}
+        for name, base in list(runtimes.items()):
+            if not shutil.which(base[0]):
+                unavailable[name] = f"{base[0]} not found (scripts/install-deps.sh installs it)"
+            else:
+                t, p = timed(base + ["run", "--bundle", bundle, "first"])
+                subprocess.run(base + ["delete", "--force", "first"], capture_output=True)
+                if p.returncode == 0:
+                    first[name] = t
+                else:
+                    unavailable[name] = f"first run failed, {failure(p)}"
+            if name in unavailable:
+                if name in ("husk", BASELINE):
+                    sys.exit(f"{name}: {unavailable[name]}")
+                print(f"{name}: NOT MEASURED: {unavailable[name]}", file=sys.stderr)
+                del runtimes[name]
         times = {name: [] for name in runtimes}
         for i in range(args.runs):
             for name, base in runtimes.items():
@@ -80,14 +100,25 @@ def main():
                     sys.exit(1)
                 times[name].append(t)
     med = {n: statistics.median(v) for n, v in times.items()}
-    print(f"run benchmark: `run` of /bin/true, {args.runs} runs each, busybox bundle")
+    print(f"run benchmark: `run` of /bin/true, {args.runs} runs each after a first run, busybox bundle")
     print()
-    print("| runtime | median | min-max | ratio to crun |")
-    print("|---|---|---|---|")
+    print(f"| runtime | median | min-max | ratio to {BASELINE} | first run |")
+    print("|---|---|---|---|---|")
     for name, v in times.items():
-        print(f"| {name} | {med[name] * 1000:.0f} ms | {min(v) * 1000:.0f}-{max(v) * 1000:.0f} ms | {med[name] / med['crun']:.1f}x |")
+        print(f"| {name} | {med[name] * 1000:.0f} ms | {min(v) * 1000:.0f}-{max(v) * 1000:.0f} ms "
+              f"| {med[name] / med[BASELINE]:.1f}x | {first[name] * 1000:.0f} ms |")
+    for name, reason in unavailable.items():
+        print(f"| {name} | not measured | | | |")
     print()
-    print(f"husk cold (first run, builds the rootfs image): {cold * 1000:.0f} ms")
+    print("husk's first run builds the cached rootfs image.")
+    for name, reason in unavailable.items():
+        print(f"{name} not measured: {reason}")
+    print("versions: " + "; ".join(f"{n}: {v}" for n, v in versions.items()))
+    if args.json:
+        write_json(args.json, "run", {
+            "runs": args.runs, "process": ["/bin/true"], "runsc_flags": RUNSC_FLAGS, "versions": versions,
+            "results": {name: {"times_s": times[name], "first_s": first[name]} for name in times},
+            "unavailable": unavailable})
 
 
 if __name__ == "__main__":
