@@ -6,7 +6,7 @@ INIT_TARGET := x86_64-unknown-linux-musl
 TESTHOST    := $(CURDIR)/tests/testhost/run
 export HUSK_INIT := $(CURDIR)/target/$(INIT_TARGET)/release/husk-init
 
-.PHONY: all deps kernel build demo test unit lint e2e bench bench-boot bench-run bench-net clean
+.PHONY: all deps kernel build demo test unit lint e2e bench bench-boot bench-run bench-net bench-density bench-plot clean
 
 all: build
 
@@ -50,16 +50,36 @@ e2e: kernel build
 		cargo test --release --no-fail-fast --test 'e2e_*'
 
 ## Benchmarks (results go to docs/benchmarks.md by hand, with the machine named).
-bench: bench-boot bench-run bench-net
+## Raw results: benches/results/*.json (shared read-write with the test host);
+## the start-up chart: docs/img/startup.png. RUNS=N runs each; bench-density:
+## COUNT=N containers per runtime (16: about 0.5 GiB of husk guests, well inside
+## the test host's default 4096 MiB, HUSK_TESTHOST_MEM=MiB for more), JOBS=N
+## creates at once, UNTIL_FULL=1 to start containers until no more fit.
+BENCH_OUT   := $(CURDIR)/benches/results
+# Debian's interpreter: python3-matplotlib is installed for it.
+PLOT_PYTHON ?= /usr/bin/python3
+
+bench: bench-boot bench-run bench-net bench-density bench-plot
 
 bench-boot: kernel build
-	$(TESTHOST) -- python3 benches/boot.py --runs $${RUNS:-10}
+	mkdir -p $(BENCH_OUT)
+	$(TESTHOST) --rw $(BENCH_OUT) -- python3 benches/boot.py --runs $${RUNS:-10} --json $(BENCH_OUT)/boot.json
 
 bench-run: kernel build
-	$(TESTHOST) -- python3 benches/run.py --runs $${RUNS:-10}
+	mkdir -p $(BENCH_OUT)
+	$(TESTHOST) --rw $(BENCH_OUT) -- python3 benches/run.py --runs $${RUNS:-10} --json $(BENCH_OUT)/run.json
 
 bench-net: kernel build
 	$(TESTHOST) -- python3 benches/net.py --runs $${RUNS:-3}
+
+bench-density: kernel build
+	mkdir -p $(BENCH_OUT)
+	$(TESTHOST) --rw $(BENCH_OUT) -- python3 benches/density.py --count $${COUNT:-16} --jobs $${JOBS:-4} \
+		$${UNTIL_FULL:+--until-full} --json $(BENCH_OUT)/density.json
+
+## The chart of bench-boot's and bench-run's latest results.
+bench-plot:
+	$(PLOT_PYTHON) benches/plot.py --boot $(BENCH_OUT)/boot.json --run $(BENCH_OUT)/run.json
 
 clean:
 	cargo clean

@@ -7,7 +7,8 @@ log() { printf 'install-deps: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 # Debian packages: tool -> package (checked by command), then plain packages.
-# runc and crun are the speed floor the benchmarks compare against; iproute2,
+# runc and crun are the speed floor the benchmarks compare against, runsc
+# (gVisor) the sandboxed peer; python3-matplotlib draws their chart; iproute2,
 # iptables, iperf3 and the CNI plugins serve the network tests and benchmark;
 # podman, conmon and containerd the engine tests.
 declare -A tools=(
@@ -26,6 +27,7 @@ declare -A tools=(
     [python3]=python3
     [runc]=runc
     [crun]=crun
+    [runsc]=runsc
     [ip]=iproute2
     [tc]=iproute2
     [iperf3]=iperf3
@@ -43,7 +45,7 @@ done
 if command -v busybox >/dev/null 2>&1 && ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed'; then
     want+=(busybox-static)
 fi
-for pkg in libelf-dev linux-source-6.1 containernetworking-plugins; do
+for pkg in libelf-dev linux-source-6.1 containernetworking-plugins python3-matplotlib; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || want+=("$pkg")
 done
 if [ "${#want[@]}" -gt 0 ]; then
