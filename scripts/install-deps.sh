@@ -10,7 +10,7 @@ die() { log "error: $*"; exit 1; }
 # runc and crun are the speed floor the benchmarks compare against, runsc
 # (gVisor) the sandboxed peer; python3-matplotlib draws their chart; iproute2,
 # iptables, iperf3 and the CNI plugins serve the network tests and benchmark;
-# podman, conmon and containerd the engine tests.
+# podman, conmon, containerd and docker.io the engine tests.
 declare -A tools=(
     [qemu-system-x86_64]=qemu-system-x86
     [busybox]=busybox-static
@@ -36,6 +36,7 @@ declare -A tools=(
     [conmon]=conmon
     [containerd]=containerd
     [ctr]=containerd
+    [dockerd]=docker.io
 )
 want=()
 for tool in "${!tools[@]}"; do

@@ -91,6 +91,16 @@ pub enum NetError {
 pub struct NetRecord {
     pub netns: PathBuf,
     pub interfaces: Vec<String>,
+    /// The namespace is the VMM process's own (it goes when the VMM does):
+    /// only the VMM itself cleans up in it.
+    #[serde(default)]
+    pub vmm_owned: bool,
+}
+
+/// Our own network namespace, by a path other processes can open while we
+/// live (what the VMM records for a namespace of its own).
+pub fn own_netns_path() -> PathBuf {
+    PathBuf::from(format!("/proc/{}/ns/net", std::process::id()))
 }
 
 /// The container's network, attached.
@@ -175,7 +185,7 @@ pub(crate) fn run_tool(tool: &'static str, args: &[&str]) -> Result<String, NetE
 /// Reads the namespace's interfaces and routes, creates the taps and
 /// connects them. `record_dir` gets [`RECORD_FILE`] before anything is
 /// changed, so a crash at any point can be cleaned up.
-pub fn attach(netns: &Path, record_dir: &Path) -> Result<Attached, NetError> {
+pub fn attach(netns: &Path, record_dir: &Path, vmm_owned: bool) -> Result<Attached, NetError> {
     let ns = open_netns(netns)?;
     in_netns(netns, &ns, || {
         let links = inspect::parse_links(&run_tool("ip", &["-j", "addr", "show"])?)?;
@@ -193,6 +203,7 @@ pub fn attach(netns: &Path, record_dir: &Path) -> Result<Attached, NetError> {
             &NetRecord {
                 netns: netns.to_path_buf(),
                 interfaces: nics.iter().map(|n| n.ifname.clone()).collect(),
+                vmm_owned,
             },
         )?;
         let mut taps = Vec::with_capacity(nics.len());
@@ -246,7 +257,11 @@ pub fn cleanup(dir: &Path) -> Result<(), NetError> {
         let _ = std::fs::remove_file(&path);
         return Ok(());
     };
+    // A VMM's own namespace dies with it; once the VMM is gone its pid (in
+    // the recorded path) may belong to another process.
+    let elsewhere = record.vmm_owned && record.netns != own_netns_path();
     match open_netns(&record.netns) {
+        _ if elsewhere => {}
         Ok(ns) => in_netns(&record.netns, &ns, || {
             for ifname in &record.interfaces {
                 tc::disconnect(ifname)?;
@@ -311,11 +326,34 @@ mod tests {
             &NetRecord {
                 netns: "/var/run/netns/gone-long-ago".into(),
                 interfaces: vec!["eth0".into()],
+                vmm_owned: false,
             },
         )
         .unwrap();
         cleanup(dir.path()).unwrap();
         assert!(!dir.path().join(RECORD_FILE).exists());
+    }
+
+    #[test]
+    fn another_vmms_own_namespace_is_left_alone() {
+        // pid 1's namespace exists; were it entered, `tc` would run there
+        // (and fail on an interface that does not exist).
+        let dir = tempfile::tempdir().unwrap();
+        save_record(
+            dir.path(),
+            &NetRecord {
+                netns: "/proc/1/ns/net".into(),
+                interfaces: vec!["husk-no-such-if".into()],
+                vmm_owned: true,
+            },
+        )
+        .unwrap();
+        cleanup(dir.path()).unwrap();
+        assert!(!dir.path().join(RECORD_FILE).exists());
+        assert_eq!(
+            own_netns_path(),
+            PathBuf::from(format!("/proc/{}/ns/net", std::process::id()))
+        );
     }
 
     #[test]

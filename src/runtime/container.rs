@@ -23,6 +23,11 @@ use crate::runtime::vm_spec::{self, VmSpecError};
 
 /// Environment variable carrying the readiness pipe's fd to the VMM process.
 pub const ENV_READY_FD: &str = "_HUSK_READY_FD";
+/// Environment variable carrying the fd of the pipe on which `create` tells
+/// the VMM process to go on once the host hooks ran ([`GO`]; EOF: give up).
+pub const ENV_GO_FD: &str = "_HUSK_GO_FD";
+/// What `create` writes on the go pipe.
+pub const GO: &str = "go\n";
 /// How long `create` waits for the VM to boot and the container to be set
 /// up (`HUSK_CREATE_TIMEOUT` seconds overrides).
 pub const CREATE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -161,16 +166,17 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
     }
     let network = crate::runtime::vm_plan::network_plan(&b.spec)?;
     match &network {
-        Some(n) => {
+        Some(n) if !n.own => {
             crate::net::open_netns(&n.netns)?;
         }
-        None if !crate::runtime::vm_plan::asks_for_network_namespace(&b.spec) => log::warn!(
+        Some(_) => {}
+        None => log::warn!(
             "container {}: no network namespace in the spec (host networking): \
              a VM cannot share the host's network, the container gets loopback only",
             req.id
         ),
-        None => {}
     }
+    let own_netns = network.as_ref().is_some_and(|n| n.own);
     let kernel = crate::paths::default_kernel();
     if !kernel.is_file() {
         return Err(ContainerError::KernelMissing { path: kernel });
@@ -224,6 +230,7 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
 
     let (ready_r, ready_w) =
         pipe_cloexec().map_err(|e| ContainerError::Io(format!("pipe: {e}")))?;
+    let (go_r, go_w) = pipe_cloexec().map_err(|e| ContainerError::Io(format!("pipe: {e}")))?;
     let mut cmd = Command::new(&req.husk_exe);
     cmd.args(&req.vmm_args)
         .arg("--root")
@@ -231,7 +238,18 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
         .arg("vmm")
         .arg(&req.id)
         .env(ENV_READY_FD, ready_w.as_raw_fd().to_string())
+        .env(ENV_GO_FD, go_r.as_raw_fd().to_string())
         .process_group(0);
+    if own_netns {
+        // SAFETY: the closure runs in the child between fork and exec and
+        // only makes the unshare(2) system call, which is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)
+            });
+        }
+    }
     let dup = |fd: &OwnedFd| fd.try_clone().map(Stdio::from);
     if let Some(slave) = &pty_slave {
         cmd.stdin(dup(slave).map_err(ContainerError::Spawn)?)
@@ -248,8 +266,10 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
             .stderr(dup(stderr).map_err(ContainerError::Spawn)?);
     }
     clear_cloexec(&ready_w).map_err(ContainerError::Spawn)?;
+    clear_cloexec(&go_r).map_err(ContainerError::Spawn)?;
     let child = cmd.spawn().map_err(ContainerError::Spawn)?;
     drop(ready_w);
+    drop(go_r);
     drop(pty_slave);
     let pid = child.id();
     guard.vmm = Some(pid);
@@ -257,19 +277,9 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
     // waits for it.
     std::mem::forget(child);
 
-    let mut ready = std::fs::File::from(ready_r);
-    let answer = read_ready(&mut ready, create_timeout())?;
-    if answer != "ready" {
-        let reason = answer.strip_prefix("error ").unwrap_or(&answer).to_owned();
-        return Err(ContainerError::Boot(if reason.is_empty() {
-            format!(
-                "the VMM exited during boot (see {})",
-                state.vmm_log.display()
-            )
-        } else {
-            reason
-        }));
-    }
+    // Host hooks run while the VMM waits, before it reads its network
+    // namespace: what they put there (Docker's libnetwork hook moves the
+    // container's veth into the pid's namespace) becomes the VM's NICs.
     let pid_i32 = i32::try_from(pid).unwrap_or(i32::MAX);
     state.set_process(pid_i32, &ProcProbe);
     if let Some(h) = b.spec.hooks() {
@@ -284,6 +294,24 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
             h.create_runtime().as_deref().unwrap_or_default(),
             &json,
         )?;
+    }
+    let mut go = std::fs::File::from(go_w);
+    // A VMM that already died is reported by the readiness answer below.
+    let _ = go.write_all(GO.as_bytes());
+    drop(go);
+
+    let mut ready = std::fs::File::from(ready_r);
+    let answer = read_ready(&mut ready, create_timeout())?;
+    if answer != "ready" {
+        let reason = answer.strip_prefix("error ").unwrap_or(&answer).to_owned();
+        return Err(ContainerError::Boot(if reason.is_empty() {
+            format!(
+                "the VMM exited during boot (see {})",
+                state.vmm_log.display()
+            )
+        } else {
+            reason
+        }));
     }
     state.status = Status::Created;
     state.save(&req.root)?;
@@ -314,7 +342,9 @@ impl Drop for CreateGuard {
         if let Err(e) = crate::net::cleanup(&self.dir) {
             log::warn!("{e}");
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if let Err(e) = state::remove_container_dir(&self.dir) {
+            log::warn!("{e}");
+        }
     }
 }
 
@@ -646,11 +676,44 @@ pub fn wait_child(pid: u32) -> nix::sys::wait::WaitStatus {
     }
 }
 
-/// Writes to a file descriptor inherited from the environment (the VMM's
-/// readiness pipe), once.
+/// The VMM's end of its readiness pipe, once.
 pub fn take_ready_fd() -> Option<std::fs::File> {
-    let fd: i32 = std::env::var(ENV_READY_FD).ok()?.parse().ok()?;
-    std::env::remove_var(ENV_READY_FD);
+    take_inherited_fd(ENV_READY_FD)
+}
+
+/// The VMM's end of its go pipe, once.
+pub fn take_go_fd() -> Option<std::fs::File> {
+    take_inherited_fd(ENV_GO_FD)
+}
+
+/// Waits for `create`'s go-ahead on the go pipe (when there is one):
+/// `true` to go on, `false` when `create` gave up (EOF) or the pipe failed.
+pub fn wait_for_go(pipe: Option<std::fs::File>) -> bool {
+    let Some(mut pipe) = pipe else {
+        return true;
+    };
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match pipe.read(&mut byte) {
+            Ok(0) => return false,
+            Ok(_) => {
+                got.push(byte[0]);
+                if byte[0] == b'\n' {
+                    return got == GO.as_bytes();
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+/// A file descriptor inherited through the environment variable `var`,
+/// taken once (the variable is removed, the fd made close-on-exec).
+fn take_inherited_fd(var: &str) -> Option<std::fs::File> {
+    let fd: i32 = std::env::var(var).ok()?.parse().ok()?;
+    std::env::remove_var(var);
     if nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).is_err() {
         return None;
     }

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::io::{self, Write as _};
+use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -36,6 +37,13 @@ pub const VMM_LOG_FILE: &str = "vmm.log";
 pub const MAX_SOCKET_PATH: usize = 107;
 /// Room kept for a `_<port>` suffix on the control socket (`_4294967295`).
 const SOCKET_PORT_SUFFIX: usize = 11;
+/// Where the control socket goes when `<container dir>/vsock` is too long
+/// for a Unix socket (deep engine state roots: Docker's `--exec-root`,
+/// containerd's bundle paths): `<base>/<hash of the container dir>/vsock`,
+/// base `/run/husk-sock` for root, else `$TMPDIR/husk-sock-<uid>`.
+const SHORT_SOCKET_BASE_ROOT: &str = "/run/husk-sock";
+/// Mode of the short socket directories (only the owner may connect).
+const SOCKET_DIR_MODE: u32 = 0o700;
 /// Mode of the state root (runc: 0700).
 const ROOT_DIR_MODE: u32 = 0o700;
 /// Mode of a container's directory (runc: 0711).
@@ -305,7 +313,7 @@ impl State {
         annotations: BTreeMap<String, String>,
     ) -> Result<State, StateError> {
         let dir = container_dir(root, id);
-        let control_socket = dir.join(CONTROL_SOCKET_FILE);
+        let control_socket = control_socket_path(&dir);
         let len = control_socket.as_os_str().len();
         if len + SOCKET_PORT_SUFFIX > MAX_SOCKET_PATH {
             return Err(StateError::SocketPathTooLong {
@@ -334,6 +342,15 @@ impl State {
                 source,
             })?
             .uid();
+        if let Some(sock_dir) = short_socket_dir(&dir) {
+            if let Err(source) = create_socket_dir(&sock_dir) {
+                let _ = fs::remove_dir_all(&dir);
+                return Err(StateError::CreateDir {
+                    path: sock_dir,
+                    source,
+                });
+            }
+        }
         Ok(State {
             id: id.to_owned(),
             status: Status::Creating,
@@ -389,12 +406,7 @@ impl State {
     /// Removes the container's directory and everything in it. Removing a
     /// container that is already gone is not an error.
     pub fn remove(root: &Path, id: &str) -> Result<(), StateError> {
-        let dir = container_dir(root, id);
-        match fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(StateError::Remove { path: dir, source }),
-        }
+        remove_container_dir(&container_dir(root, id))
     }
 
     /// Records the spawned VMM process and its start time.
@@ -458,6 +470,77 @@ impl State {
 }
 
 /// Creates the state root (mode 0700) if it is missing.
+/// Removes a container's directory and, where it has one, its short socket
+/// directory. Missing ones are fine.
+pub fn remove_container_dir(dir: &Path) -> Result<(), StateError> {
+    let gone = |path: &Path| match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(StateError::Remove {
+            path: path.to_path_buf(),
+            source,
+        }),
+    };
+    if let Some(sock_dir) = short_socket_dir(dir) {
+        gone(&sock_dir)?;
+    }
+    gone(dir)
+}
+
+/// The control socket of the container whose directory is `dir`.
+pub fn control_socket_path(dir: &Path) -> PathBuf {
+    match short_socket_dir(dir) {
+        Some(short) => short.join(CONTROL_SOCKET_FILE),
+        None => dir.join(CONTROL_SOCKET_FILE),
+    }
+}
+
+/// The short directory for the control socket when `<dir>/vsock` (plus a
+/// port suffix) does not fit in a Unix socket address; `None` when it does.
+fn short_socket_dir(dir: &Path) -> Option<PathBuf> {
+    let inside = dir.join(CONTROL_SOCKET_FILE).as_os_str().len();
+    if inside + SOCKET_PORT_SUFFIX <= MAX_SOCKET_PATH {
+        return None;
+    }
+    let base = if nix::unistd::geteuid().is_root() {
+        PathBuf::from(SHORT_SOCKET_BASE_ROOT)
+    } else {
+        std::env::temp_dir().join(format!("husk-sock-{}", nix::unistd::geteuid()))
+    };
+    Some(base.join(format!("{:016x}", fnv1a(dir.as_os_str().as_bytes()))))
+}
+
+/// FNV-1a, 64 bits: a hash that stays the same across builds (the socket
+/// directory is found again by a later husk).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes
+        .iter()
+        .fold(OFFSET, |h, b| (h ^ u64::from(*b)).wrapping_mul(PRIME))
+}
+
+/// Creates a short socket directory (mode 0700, parents 0700). Called
+/// right after this container's directory was made (`mkdir` is the lock), so
+/// one that exists already is a leftover of a container of the same path
+/// that was not deleted, and is replaced.
+fn create_socket_dir(path: &Path) -> io::Result<()> {
+    if let Some(base) = path.parent() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(SOCKET_DIR_MODE)
+            .create(base)?;
+    }
+    match fs::DirBuilder::new().mode(SOCKET_DIR_MODE).create(path) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            fs::remove_dir_all(path)?;
+            fs::DirBuilder::new().mode(SOCKET_DIR_MODE).create(path)?;
+        }
+        other => other?,
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(SOCKET_DIR_MODE))
+}
+
 fn ensure_root(root: &Path) -> Result<(), StateError> {
     match fs::DirBuilder::new()
         .recursive(true)
@@ -747,18 +830,29 @@ mod tests {
     }
 
     #[test]
-    fn long_socket_paths_are_refused() {
-        let root = PathBuf::from(format!("/{}", "r".repeat(80)));
-        let err = State::create(
-            &root,
-            &"i".repeat(20),
-            "/b".into(),
-            "/r".into(),
-            BTreeMap::new(),
-        )
-        .unwrap_err();
-        assert!(matches!(err, StateError::SocketPathTooLong { .. }), "{err}");
-        assert!(!root.exists());
+    fn deep_roots_get_a_short_socket_directory_removed_with_the_container() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("r".repeat(60));
+        let id = "i".repeat(64);
+        let st = State::create(&root, &id, "/b".into(), "/r".into(), BTreeMap::new()).unwrap();
+        let dir = container_dir(&root, &id);
+        assert!(!st.control_socket.starts_with(&dir));
+        assert!(st.control_socket.as_os_str().len() + SOCKET_PORT_SUFFIX <= MAX_SOCKET_PATH);
+        let sock_dir = st.control_socket.parent().unwrap().to_path_buf();
+        let mode = fs::metadata(&sock_dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, SOCKET_DIR_MODE);
+        assert_eq!(control_socket_path(&dir), st.control_socket);
+        // A second create of the same container finds its directory taken.
+        assert!(State::create(&root, &id, "/b".into(), "/r".into(), BTreeMap::new()).is_err());
+        State::remove(&root, &id).unwrap();
+        assert!(!sock_dir.exists() && !dir.exists());
+        // Short paths keep the socket in the container's directory.
+        let short =
+            State::create(tmp.path(), "c", "/b".into(), "/r".into(), BTreeMap::new()).unwrap();
+        assert_eq!(
+            short.control_socket,
+            container_dir(tmp.path(), "c").join("vsock")
+        );
     }
 
     #[test]

@@ -21,19 +21,25 @@ pub const GUEST_CID: u64 = 3;
 /// (`false`) or on (`true`, the default).
 pub const ANNOTATION_NET_OFFLOAD: &str = "io.husk.net.offload";
 
-/// The engine's network namespace the VM's NICs stand for.
+/// The network namespace the VM's NICs stand for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkPlan {
-    /// `linux.namespaces[type=network].path`.
+    /// `linux.namespaces[type=network].path`; empty when [`Self::own`].
     pub netns: PathBuf,
     /// Offer offloads to the guest ([`ANNOTATION_NET_OFFLOAD`]).
     pub offload: bool,
+    /// The spec asks for a new namespace: the VMM process gets one of its
+    /// own, which an engine may plumb from a prestart hook through the
+    /// container's pid (Docker's libnetwork does), before the VMM reads it.
+    #[serde(default)]
+    pub own: bool,
 }
 
 /// The network part of a spec: a network namespace with a path is the
-/// engine's, and the VM gets its interfaces. A new namespace (no path) or
-/// none at all gives the guest loopback only: a VM cannot share the host's
-/// network stack.
+/// engine's, and the VM gets its interfaces; a new one (no path) is created
+/// for the VMM process, and the VM gets what hooks put there (nothing but
+/// loopback otherwise). No network namespace at all gives the guest loopback
+/// only: a VM cannot share the host's network stack.
 pub fn network_plan(spec: &oci_spec::runtime::Spec) -> Result<Option<NetworkPlan>, PlanError> {
     let offload = match spec
         .annotations()
@@ -50,8 +56,18 @@ pub fn network_plan(spec: &oci_spec::runtime::Spec) -> Result<Option<NetworkPlan
             })
         }
     };
-    let netns = network_namespace(spec).and_then(|ns| ns.path().clone());
-    Ok(netns.map(|netns| NetworkPlan { netns, offload }))
+    Ok(network_namespace(spec).map(|ns| match ns.path() {
+        Some(netns) => NetworkPlan {
+            netns: netns.clone(),
+            offload,
+            own: false,
+        },
+        None => NetworkPlan {
+            netns: PathBuf::new(),
+            offload,
+            own: true,
+        },
+    }))
 }
 
 fn network_namespace(spec: &oci_spec::runtime::Spec) -> Option<&oci_spec::runtime::LinuxNamespace> {
@@ -62,12 +78,6 @@ fn network_namespace(spec: &oci_spec::runtime::Spec) -> Option<&oci_spec::runtim
             nss.iter()
                 .find(|ns| ns.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
         })
-}
-
-/// Whether the spec has a network namespace at all (without one, runc
-/// would share the host's network).
-pub fn asks_for_network_namespace(spec: &oci_spec::runtime::Spec) -> bool {
-    network_namespace(spec).is_some()
 }
 
 /// The VM and container a VMM process runs.
@@ -194,6 +204,7 @@ mod tests {
             network: Some(NetworkPlan {
                 netns: "/var/run/netns/x".into(),
                 offload: false,
+                own: false,
             }),
         };
         plan.save(dir.path()).unwrap();
@@ -239,13 +250,18 @@ mod tests {
             network_plan(&spec).unwrap(),
             Some(NetworkPlan {
                 netns: "/run/netns/cni-1".into(),
-                offload: true
+                offload: true,
+                own: false,
             })
         );
-        // A new namespace, or none: loopback only.
+        // A new namespace: the VMM's own. None: loopback only.
         assert_eq!(
             network_plan(&spec_with(r#"{"type":"network"}"#, "")).unwrap(),
-            None
+            Some(NetworkPlan {
+                netns: PathBuf::new(),
+                offload: true,
+                own: true,
+            })
         );
         assert_eq!(
             network_plan(&spec_with(r#"{"type":"pid"}"#, "")).unwrap(),

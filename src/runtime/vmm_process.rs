@@ -20,7 +20,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::agent_proto::{Event, Frame, FrameKind, Request, Response, MAX_DATA};
 use crate::control::AgentConn;
-use crate::runtime::container::{answer_ready, take_ready_fd};
+use crate::runtime::container::{answer_ready, take_go_fd, take_ready_fd, wait_for_go};
 use crate::runtime::state::{self, ExitStatus, State};
 use crate::runtime::vm_plan::VmPlan;
 use crate::vmm::{self, builder::RunControls, VmExit};
@@ -51,6 +51,7 @@ pub fn run(root: &Path, id: &str) -> Option<ExitStatus> {
 
 fn run_vm(root: &Path, id: &str) -> Option<ExitStatus> {
     let mut ready = take_ready_fd();
+    let go = take_go_fd();
     let fail = |ready: &mut Option<std::fs::File>, msg: String| {
         log::error!("container {id}: {msg}");
         answer_ready(ready, &format!("error {msg}"));
@@ -81,11 +82,20 @@ fn run_vm(root: &Path, id: &str) -> Option<ExitStatus> {
         Ok(e) => Arc::new(e),
         Err(e) => return fail(&mut ready, format!("eventfd: {e}")),
     };
+    // Host hooks run now, in `create`; they may set up our network namespace.
+    if !wait_for_go(go) {
+        return fail(&mut ready, "create gave up before the VM started".into());
+    }
     let mut network = crate::agent_proto::NetSetup::default();
     let mut nics = Vec::new();
     let mut taps = Vec::new();
     if let Some(n) = &plan.network {
-        match crate::net::attach(&n.netns, &dir) {
+        let netns = if n.own {
+            crate::net::own_netns_path()
+        } else {
+            n.netns.clone()
+        };
+        match crate::net::attach(&netns, &dir, n.own) {
             Ok(a) => {
                 for w in &a.warnings {
                     log::warn!("container {id}: {w}");
@@ -93,7 +103,7 @@ fn run_vm(root: &Path, id: &str) -> Option<ExitStatus> {
                 log::info!(
                     "container {id}: {} NIC(s) from {}",
                     a.nics.len(),
-                    n.netns.display()
+                    netns.display()
                 );
                 network = a.setup;
                 nics = a.nics;

@@ -1,0 +1,286 @@
+//! End to end, in the KVM test host: Debian's Docker (`docker.io`: dockerd
+//! with its own containerd and the runc shim) with husk registered through
+//! `dockerd --add-runtime husk=...`, on an image the test imports from a
+//! busybox rootfs tarball (no registry is reachable). Docker's default bridge
+//! network plumbs a container's network namespace from a prestart hook
+//! through the container's pid: the VMM's own namespace.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const LIMIT: Duration = Duration::from_secs(180);
+const IMAGE: &str = "husk-busybox";
+/// Docker's own client from the Debian package (another `docker` may come
+/// first on `PATH`).
+const DOCKER: &str = "/usr/bin/docker";
+/// The host port the web test publishes.
+const WEB_PORT: u16 = 18092;
+
+/// A dockerd of this test's own: data, exec root and socket on a tmpfs.
+struct Docker {
+    dir: tempfile::TempDir,
+    daemon: Child,
+}
+
+impl Docker {
+    fn start() -> Docker {
+        require_kvm();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        assert!(Command::new("mount")
+            .args(["-t", "tmpfs", "tmpfs"])
+            .arg(d)
+            .status()
+            .unwrap()
+            .success());
+        let log = std::fs::File::create(d.join("dockerd.log")).unwrap();
+        let daemon = Command::new("dockerd")
+            .arg("--data-root")
+            .arg(d.join("data"))
+            // Deep on purpose: husk's control socket must still fit.
+            .arg("--exec-root")
+            .arg(d.join("exec-root-of-a-test-daemon"))
+            .arg("--pidfile")
+            .arg(d.join("docker.pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", d.join("docker.sock").display()))
+            .args(["--storage-driver", "vfs"])
+            .arg("--add-runtime")
+            .arg(format!("husk={}", husk().display()))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("dockerd (Debian package docker.io)");
+        let docker = Docker { dir, daemon };
+        let start = Instant::now();
+        while !docker.dir.path().join("docker.sock").exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "dockerd did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        docker.import_image();
+        docker
+    }
+
+    fn import_image(&self) {
+        let d = self.dir.path();
+        let rootfs = d.join("rootfs");
+        busybox_rootfs(&rootfs);
+        std::fs::create_dir_all(rootfs.join("www")).unwrap();
+        std::fs::write(rootfs.join("www/index.html"), "served through docker\n").unwrap();
+        let tar = d.join("rootfs.tar");
+        let st = Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(st.success());
+        // The daemon may take a moment before it answers.
+        let start = Instant::now();
+        loop {
+            let done = self.docker(&["import", tar.to_str().unwrap(), IMAGE]);
+            if done.status.success() {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "docker import: {}",
+                done.stderr
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    fn docker(&self, args: &[&str]) -> Finished {
+        let mut cmd = Command::new(DOCKER);
+        cmd.env(
+            "DOCKER_HOST",
+            format!("unix://{}", self.dir.path().join("docker.sock").display()),
+        )
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let done = wait_bounded(cmd.spawn().unwrap(), LIMIT, "docker");
+        eprintln!(
+            "docker {args:?}: {:?}\nstdout: {}\nstderr: {}",
+            done.status, done.stdout, done.stderr
+        );
+        done
+    }
+
+    /// `docker run --runtime husk EXTRA IMAGE CMD...`.
+    fn run(&self, extra: &[&str], cmd: &[&str]) -> Finished {
+        let mut args = vec!["run", "--runtime", "husk"];
+        args.extend_from_slice(extra);
+        args.push(IMAGE);
+        args.extend_from_slice(cmd);
+        self.docker(&args)
+    }
+
+    /// No husk VMM is left running and no container state under the exec
+    /// root (`runtime-*/moby`: the state root the runc shim gives husk).
+    fn assert_nothing_left(&self) {
+        let start = Instant::now();
+        loop {
+            let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+            let text = String::from_utf8_lossy(&ps.stdout).into_owned();
+            let vmms: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with(&*husk().to_string_lossy()) && l.contains(" vmm "))
+                .collect();
+            if vmms.is_empty() {
+                break;
+            }
+            // `docker run --rm` returns before the shim has deleted.
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "husk VMMs left: {vmms:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let exec_root = self.dir.path().join("exec-root-of-a-test-daemon");
+        let left: Vec<_> = std::fs::read_dir(&exec_root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("runtime-"))
+            .flat_map(|e| {
+                std::fs::read_dir(e.path().join("moby"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+            })
+            .map(|e| e.path())
+            .collect();
+        assert!(left.is_empty(), "container state left: {left:?}");
+    }
+
+    fn dump_log(&self) {
+        let text = std::fs::read_to_string(self.dir.path().join("dockerd.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        eprintln!(
+            "--- dockerd.log\n{}",
+            lines[lines.len().saturating_sub(60)..].join("\n")
+        );
+    }
+}
+
+impl Drop for Docker {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_log();
+        }
+        let _ = self.docker(&["rm", "-f", "web", "bg"]);
+        let _ = nix_kill(self.daemon.id());
+        let start = Instant::now();
+        while self.daemon.try_wait().ok().flatten().is_none()
+            && start.elapsed() < Duration::from_secs(20)
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+        let _ = Command::new("umount")
+            .arg("-R")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// SIGTERM, so dockerd stops its containerd and removes its bridge rules.
+fn nix_kill(pid: u32) -> std::io::Result<()> {
+    let st = Command::new("kill").arg(pid.to_string()).status()?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("kill failed"))
+    }
+}
+
+fn husk() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_husk"))
+}
+
+#[test]
+fn docker_runs_husk_containers_with_its_bridge_network() {
+    let d = Docker::start();
+
+    let done = d.run(
+        &["--rm", "--network", "none"],
+        &["echo", "hello through docker"],
+    );
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(done.stdout, "hello through docker\n");
+
+    let done = d.run(&["--rm"], &["sh", "-c", "echo err >&2; exit 7"]);
+    assert_eq!(done.status.code(), Some(7), "{}", done.stderr);
+    assert!(done.stderr.contains("err"), "{}", done.stderr);
+
+    let done = d.run(&["--rm", "-t"], &["sh", "-c", "test -t 1 && echo on-a-tty"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert!(done.stdout.contains("on-a-tty"), "{:?}", done.stdout);
+
+    let done = d.run(
+        &["--rm", "-e", "GREETING=hi", "-w", "/tmp", "-u", "1000:1000"],
+        &["sh", "-c", "echo $GREETING $(pwd) $(id -u):$(id -g)"],
+    );
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(done.stdout, "hi /tmp 1000:1000\n");
+    d.assert_nothing_left();
+
+    // The default bridge network and a published port.
+    let port = format!("{WEB_PORT}:80");
+    let done = d.run(
+        &["-d", "--name", "web", "-p", &port],
+        &["httpd", "-f", "-p", "80", "-h", "/www"],
+    );
+    assert!(done.status.success(), "{}", done.stderr);
+    let page = fetch(None, &format!("http://127.0.0.1:{WEB_PORT}/"));
+    assert_eq!(page, "served through docker\n");
+    let done = d.docker(&["exec", "web", "sh", "-c", "ip -4 addr show eth0; exit 3"]);
+    assert_eq!(done.status.code(), Some(3), "{}", done.stderr);
+    assert!(done.stdout.contains("inet 172."), "{}", done.stdout);
+    let logs = d.docker(&["logs", "web"]);
+    assert!(logs.status.success(), "{}", logs.stderr);
+    let done = d.docker(&["stop", "-t", "3", "web"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let state = d.docker(&["inspect", "-f", "{{.State.ExitCode}}", "web"]);
+    assert_eq!(state.stdout.trim(), "143", "{}", state.stderr);
+    assert!(d.docker(&["rm", "web"]).status.success());
+
+    // kill and wait.
+    let done = d.run(&["-d", "--name", "bg"], &["sleep", "1000"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert!(d.docker(&["kill", "bg"]).status.success());
+    let done = d.docker(&["wait", "bg"]);
+    assert_eq!(done.stdout.trim(), "137", "{}", done.stderr);
+    assert!(d.docker(&["rm", "bg"]).status.success());
+    d.assert_nothing_left();
+
+    // A directory volume (no file sharing yet): the error reaches the user
+    // and nothing is left.
+    let vol = d.dir.path().join("vol");
+    std::fs::create_dir(&vol).unwrap();
+    let mount = format!("{}:/data", vol.display());
+    let done = d.run(&["--rm", "-v", &mount], &["true"]);
+    assert!(!done.status.success());
+    assert!(
+        done.stderr
+            .contains("directory bind mounts are not supported"),
+        "{}",
+        done.stderr
+    );
+    d.assert_nothing_left();
+}
