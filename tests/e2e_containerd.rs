@@ -27,14 +27,8 @@ struct Containerd {
 impl Containerd {
     fn start() -> Containerd {
         require_kvm();
-        let dir = tempfile::tempdir().unwrap();
+        let dir = engines::tmpfs_workdir();
         let d = dir.path();
-        assert!(Command::new("mount")
-            .args(["-t", "tmpfs", "tmpfs"])
-            .arg(d)
-            .status()
-            .unwrap()
-            .success());
         let config = format!(
             "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n\
              disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
@@ -77,17 +71,8 @@ impl Containerd {
     /// busybox rootfs -> podman import -> OCI archive -> ctr image import.
     fn import_image(&self) {
         let d = self.dir.path();
-        let rootfs = d.join("rootfs");
-        busybox_rootfs(&rootfs);
         let tar = d.join("rootfs.tar");
-        run_ok(
-            Command::new("tar")
-                .arg("-C")
-                .arg(&rootfs)
-                .arg("-cf")
-                .arg(&tar)
-                .arg("."),
-        );
+        engines::image_tarball(d, &tar, "served through containerd\n");
         let podman = |args: &[&str]| {
             let mut cmd = Command::new("podman");
             cmd.arg("--root")
@@ -172,12 +157,7 @@ impl Containerd {
         self.assert_no_vm();
         let start = Instant::now();
         loop {
-            let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
-            let text = String::from_utf8_lossy(&ps.stdout).into_owned();
-            let shims: Vec<&str> = text
-                .lines()
-                .filter(|l| l.contains("containerd-shim-husk-v2"))
-                .collect();
+            let shims = engines::processes(|l| l.contains("containerd-shim-husk-v2"));
             if shims.is_empty() {
                 break;
             }
@@ -219,14 +199,7 @@ impl Containerd {
 
     /// No husk VMM is left running.
     fn assert_no_vm(&self) {
-        let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
-        let text = String::from_utf8_lossy(&ps.stdout);
-        let husk = husk();
-        let vmms: Vec<&str> = text
-            .lines()
-            .filter(|l| l.starts_with(&*husk.to_string_lossy()) && l.contains(" vmm "))
-            .collect();
-        assert!(vmms.is_empty(), "husk VMMs left: {vmms:?}");
+        engines::assert_no_vmm(|l| l.starts_with(&*husk().to_string_lossy()));
     }
 }
 

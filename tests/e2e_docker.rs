@@ -30,14 +30,8 @@ struct Docker {
 impl Docker {
     fn start() -> Docker {
         require_kvm();
-        let dir = tempfile::tempdir().unwrap();
+        let dir = engines::tmpfs_workdir();
         let d = dir.path();
-        assert!(Command::new("mount")
-            .args(["-t", "tmpfs", "tmpfs"])
-            .arg(d)
-            .status()
-            .unwrap()
-            .success());
         let log = std::fs::File::create(d.join("dockerd.log")).unwrap();
         let daemon = Command::new("dockerd")
             .arg("--data-root")
@@ -70,21 +64,8 @@ impl Docker {
     }
 
     fn import_image(&self) {
-        let d = self.dir.path();
-        let rootfs = d.join("rootfs");
-        busybox_rootfs(&rootfs);
-        std::fs::create_dir_all(rootfs.join("www")).unwrap();
-        std::fs::write(rootfs.join("www/index.html"), "served through docker\n").unwrap();
-        let tar = d.join("rootfs.tar");
-        let st = Command::new("tar")
-            .arg("-C")
-            .arg(&rootfs)
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .status()
-            .unwrap();
-        assert!(st.success());
+        let tar = self.dir.path().join("rootfs.tar");
+        engines::image_tarball(self.dir.path(), &tar, "served through docker\n");
         // The daemon may take a moment before it answers.
         let start = Instant::now();
         loop {
@@ -131,24 +112,7 @@ impl Docker {
     /// No husk VMM is left running and no container state under the exec
     /// root (`runtime-*/moby`: the state root the runc shim gives husk).
     fn assert_nothing_left(&self) {
-        let start = Instant::now();
-        loop {
-            let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
-            let text = String::from_utf8_lossy(&ps.stdout).into_owned();
-            let vmms: Vec<&str> = text
-                .lines()
-                .filter(|l| l.starts_with(&*husk().to_string_lossy()) && l.contains(" vmm "))
-                .collect();
-            if vmms.is_empty() {
-                break;
-            }
-            // `docker run --rm` returns before the shim has deleted.
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "husk VMMs left: {vmms:?}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        engines::assert_no_vmm(|l| l.starts_with(&*husk().to_string_lossy()));
         let exec_root = self.dir.path().join("exec-root-of-a-test-daemon");
         let left: Vec<_> = std::fs::read_dir(&exec_root)
             .into_iter()

@@ -22,28 +22,11 @@ struct Podman {
 impl Podman {
     fn new() -> Podman {
         require_kvm();
-        let dir = tempfile::tempdir().unwrap();
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(st.success(), "mounting a tmpfs for podman's storage");
-        let p = Podman { dir };
-        let rootfs = p.dir.path().join("rootfs");
-        busybox_rootfs(&rootfs);
-        std::fs::create_dir_all(rootfs.join("www")).unwrap();
-        std::fs::write(rootfs.join("www/index.html"), "served through podman\n").unwrap();
+        let p = Podman {
+            dir: engines::tmpfs_workdir(),
+        };
         let tar = p.dir.path().join("rootfs.tar");
-        let st = Command::new("tar")
-            .arg("-C")
-            .arg(&rootfs)
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .status()
-            .unwrap();
-        assert!(st.success());
+        engines::image_tarball(p.dir.path(), &tar, "served through podman\n");
         let done = p.podman(&["import", tar.to_str().unwrap(), IMAGE]);
         assert!(done.status.success(), "podman import: {}", done.stderr);
         p
@@ -88,13 +71,7 @@ impl Podman {
 
     /// No husk VMM of this podman's containers is running.
     fn assert_no_vm(&self) {
-        let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
-        let text = String::from_utf8_lossy(&ps.stdout);
-        let vmms: Vec<&str> = text
-            .lines()
-            .filter(|l| l.contains(" vmm ") && l.contains(&*self.dir.path().to_string_lossy()))
-            .collect();
-        assert!(vmms.is_empty(), "husk VMMs left: {vmms:?}");
+        engines::assert_no_vmm(|l| l.contains(&*self.dir.path().to_string_lossy()));
     }
 }
 

@@ -1,0 +1,69 @@
+//! What the engine suites (podman, containerd, Docker) share: a work
+//! directory on a tmpfs of its own, the test image's rootfs tarball, and the
+//! check that no husk VMM is left.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+/// How long VMMs may take to go after an engine reported a container gone
+/// (`--rm` returns before the shim's delete finished).
+const VMM_GONE_WAIT: Duration = Duration::from_secs(30);
+
+/// A temporary directory with a tmpfs mounted on it, so an engine's storage
+/// is shared with nothing and goes at once; the owner unmounts it (`umount
+/// -l`) before the directory is removed.
+pub fn tmpfs_workdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(st.success(), "mounting a tmpfs on {}", dir.path().display());
+    dir
+}
+
+/// Writes the test image's rootfs (busybox, and `/www/index.html` saying
+/// `page`) as a tarball at `tar`, for `podman import` / `docker import`.
+pub fn image_tarball(work: &Path, tar: &Path, page: &str) {
+    let rootfs = work.join("rootfs");
+    busybox_rootfs(&rootfs);
+    std::fs::create_dir_all(rootfs.join("www")).unwrap();
+    std::fs::write(rootfs.join("www/index.html"), page).unwrap();
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success(), "tar of {}", rootfs.display());
+}
+
+/// Command lines of running processes that `matches`.
+pub fn processes(matches: impl Fn(&str) -> bool) -> Vec<String> {
+    let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    String::from_utf8_lossy(&ps.stdout)
+        .lines()
+        .filter(|l| matches(l))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Fails unless, within a short wait, no husk VMM process whose command line
+/// also `matches` runs.
+pub fn assert_no_vmm(matches: impl Fn(&str) -> bool) {
+    let start = Instant::now();
+    loop {
+        let vmms = processes(|l| l.contains(" vmm ") && matches(l));
+        if vmms.is_empty() {
+            return;
+        }
+        assert!(start.elapsed() < VMM_GONE_WAIT, "husk VMMs left: {vmms:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
