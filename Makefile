@@ -6,7 +6,7 @@ INIT_TARGET := x86_64-unknown-linux-musl
 TESTHOST    := $(CURDIR)/tests/testhost/run
 export HUSK_INIT := $(CURDIR)/target/$(INIT_TARGET)/release/husk-init
 
-.PHONY: all deps kernel build demo test unit lint e2e bench bench-boot bench-run bench-net bench-density bench-plot clean
+.PHONY: all deps kernel build demo test unit lint e2e bench bench-boot bench-run bench-net bench-density bench-breakdown bench-plot clean
 
 all: build
 
@@ -59,7 +59,7 @@ BENCH_OUT   := $(CURDIR)/benches/results
 # Debian's interpreter: python3-matplotlib is installed for it.
 PLOT_PYTHON ?= /usr/bin/python3
 
-bench: bench-boot bench-run bench-net bench-density bench-plot
+bench: bench-boot bench-run bench-breakdown bench-net bench-density bench-plot
 
 bench-boot: kernel build
 	mkdir -p $(BENCH_OUT)
@@ -68,6 +68,10 @@ bench-boot: kernel build
 bench-run: kernel build
 	mkdir -p $(BENCH_OUT)
 	$(TESTHOST) --rw $(BENCH_OUT) -- python3 benches/run.py --runs $${RUNS:-10} --json $(BENCH_OUT)/run.json
+
+bench-breakdown: kernel build
+	mkdir -p $(BENCH_OUT)
+	$(TESTHOST) --rw $(BENCH_OUT) -- python3 benches/breakdown.py --runs $${RUNS:-10} --json $(BENCH_OUT)/breakdown.json
 
 bench-net: kernel build
 	$(TESTHOST) -- python3 benches/net.py --runs $${RUNS:-3}

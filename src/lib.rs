@@ -12,6 +12,7 @@ pub mod paths;
 pub mod rootfs;
 pub mod runtime;
 pub mod shim;
+pub mod timeline;
 pub mod vmm;
 
 /// The guest side's shared definitions (host↔guest protocol).

@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod agent_proto;
+pub mod boot_timer;
 pub mod init;
 pub mod net;
 pub mod proto;

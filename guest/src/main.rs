@@ -239,6 +239,7 @@ fn main() {
         );
         std::process::exit(2);
     }
+    husk_init::boot_timer::mark(proto::BootEvent::InitStarted);
     let mut os = RealOs;
     if std::env::var_os(proto::ENV_BOOTMARK).is_some_and(|v| v == "1") {
         os.console(proto::BOOT_MARK);

@@ -33,6 +33,44 @@ pub const PARAM_OVERLAY: &str = "husk.overlay";
 /// Kernel command-line parameter: the command, as [`encode_command`] output.
 pub const PARAM_CMD: &str = "husk.cmd";
 
+/// The boot timer port: husk-init writes one byte, a [`BootEvent`], at
+/// moments of its start; the VMM records when each write arrived (host
+/// clock), for start-up breakdowns. Nothing else sits at this port.
+pub const BOOT_TIMER_PORT: u16 = 0x3f0;
+
+/// A moment of the guest's start reported on [`BOOT_TIMER_PORT`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum BootEvent {
+    /// husk-init's first instructions (the kernel has booted).
+    InitStarted = 1,
+    /// The agent listens on vsock (init is ready for the host).
+    AgentListening = 2,
+    /// The container's main process has been executed (its first
+    /// instruction runs).
+    ProcessExecuted = 3,
+}
+
+impl BootEvent {
+    pub fn from_u8(v: u8) -> Option<BootEvent> {
+        match v {
+            1 => Some(BootEvent::InitStarted),
+            2 => Some(BootEvent::AgentListening),
+            3 => Some(BootEvent::ProcessExecuted),
+            _ => None,
+        }
+    }
+
+    /// The event's name in the start-up timeline.
+    pub fn name(self) -> &'static str {
+        match self {
+            BootEvent::InitStarted => "guest.init",
+            BootEvent::AgentListening => "guest.agent",
+            BootEvent::ProcessExecuted => "guest.exec",
+        }
+    }
+}
+
 /// Environment variable (set by putting `HUSK_BOOTMARK=1` on the kernel
 /// command line, which the kernel hands to init's environment) that makes
 /// init print [`BOOT_MARK`] first thing: benchmarks time boot-to-init by it.

@@ -155,6 +155,7 @@ fn create_timeout() -> Duration {
 /// `create`: boots the VM and leaves the container `created`. Returns the
 /// VMM's pid. On failure nothing is left: no VMM, no state directory.
 pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
+    let began = crate::timeline::now_ns();
     let b = bundle::load_for_create(&req.bundle, &req.root, &req.id)?;
     let sizing = vm_spec::vm_sizing(&b.spec)?;
     let container =
@@ -198,7 +199,9 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
         vmm: None,
         armed: true,
     };
+    crate::timeline::mark_at(&dir, "create.begin", began);
     let image = cache::image_for(&b.rootfs, &crate::paths::cache_dir())?;
+    crate::timeline::mark(&dir, "create.image");
     state.rootfs_image = Some(image.clone());
     let plan = VmPlan {
         kernel,
@@ -273,6 +276,7 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
     drop(pty_slave);
     let pid = child.id();
     guard.vmm = Some(pid);
+    crate::timeline::mark(&dir, "create.spawned");
     // The VMM outlives us; whoever reaps orphans (the engine's subreaper)
     // waits for it.
     std::mem::forget(child);
@@ -299,9 +303,11 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
     // A VMM that already died is reported by the readiness answer below.
     let _ = go.write_all(GO.as_bytes());
     drop(go);
+    crate::timeline::mark(&dir, "create.go");
 
     let mut ready = std::fs::File::from(ready_r);
     let answer = read_ready(&mut ready, create_timeout())?;
+    crate::timeline::mark(&dir, "create.ready");
     if answer != "ready" {
         let reason = answer.strip_prefix("error ").unwrap_or(&answer).to_owned();
         return Err(ContainerError::Boot(if reason.is_empty() {
@@ -319,6 +325,7 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
         write_pid_file(path, pid_i32)?;
     }
     guard.armed = false;
+    crate::timeline::mark(&dir, "create.end");
     Ok(pid)
 }
 
@@ -468,6 +475,7 @@ fn vmm_alive(pid: i32) -> bool {
 
 /// `start`.
 pub fn start(root: &Path, id: &str) -> Result<(), ContainerError> {
+    let began = crate::timeline::now_ns();
     let mut st = load_fresh(root, id)?;
     st.ensure(Operation::Start)?;
     let mut conn = connect(&st)?;
@@ -487,6 +495,8 @@ pub fn start(root: &Path, id: &str) -> Result<(), ContainerError> {
     }
     st.status = now.status;
     let dir = state::container_dir(root, id);
+    crate::timeline::mark_at(&dir, "start.begin", began);
+    crate::timeline::mark(&dir, "start.end");
     if let Some(h) = crate::runtime::hooks::load(&dir)? {
         let json = crate::runtime::output::render_state(&st);
         crate::runtime::hooks::run_logged(

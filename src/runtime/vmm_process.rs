@@ -52,6 +52,7 @@ pub fn run(root: &Path, id: &str) -> Option<ExitStatus> {
 fn run_vm(root: &Path, id: &str) -> Option<ExitStatus> {
     let mut ready = take_ready_fd();
     let go = take_go_fd();
+    crate::timeline::mark(&state::container_dir(root, id), "vmm.main");
     let fail = |ready: &mut Option<std::fs::File>, msg: String| {
         log::error!("container {id}: {msg}");
         answer_ready(ready, &format!("error {msg}"));
@@ -86,6 +87,7 @@ fn run_vm(root: &Path, id: &str) -> Option<ExitStatus> {
     if !wait_for_go(go) {
         return fail(&mut ready, "create gave up before the VM started".into());
     }
+    crate::timeline::mark(&dir, "vmm.go");
     let mut network = crate::agent_proto::NetSetup::default();
     let mut nics = Vec::new();
     let mut taps = Vec::new();
@@ -112,7 +114,8 @@ fn run_vm(root: &Path, id: &str) -> Option<ExitStatus> {
             Err(e) => return fail(&mut ready, e.to_string()),
         }
     }
-    let config = plan.vm_config(initramfs, &nics);
+    let mut config = plan.vm_config(initramfs, &nics);
+    config.timeline = Some(dir.clone());
     let controls = RunControls {
         stop: Some(stop.clone()),
         taps,
@@ -135,7 +138,10 @@ fn run_vm(root: &Path, id: &str) -> Option<ExitStatus> {
 
     let alive = || !vm.is_finished();
     let mut conn = match AgentConn::connect(&plan.control_socket, AGENT_BOOT_TIMEOUT, &alive) {
-        Ok(c) => c,
+        Ok(c) => {
+            crate::timeline::mark(&dir, "vmm.agent");
+            c
+        }
         Err(e) => {
             let msg = if vm.is_finished() {
                 let console = std::fs::read_to_string(&plan.console_log).unwrap_or_default();
@@ -173,6 +179,7 @@ fn run_vm(root: &Path, id: &str) -> Option<ExitStatus> {
             return fail(&mut ready, e.to_string());
         }
     }
+    crate::timeline::mark(&dir, "vmm.created");
     answer_ready(&mut ready, "ready");
     log::info!("container {id}: created");
 

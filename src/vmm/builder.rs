@@ -35,6 +35,7 @@ use super::arch::x86_64 as arch;
 use super::arch::x86_64::layout;
 use super::bus::{lock, Bus, BusError};
 use super::config::{ConfigError, ConsoleOutput, Initramfs, VmConfig};
+use super::devices::boot_timer::{self, BootTimer};
 use super::devices::exit_port::{self, ExitPort, Reported};
 use super::devices::i8042::{self, I8042};
 use super::devices::serial::{self, ConsoleTail, ConsoleWriter, Serial};
@@ -241,6 +242,11 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
         exit_port::EXIT_PORT_BASE,
         exit_port::EXIT_PORT_LEN,
     )?;
+    pio.insert(
+        Arc::new(Mutex::new(BootTimer::new(config.timeline.clone()))),
+        boot_timer::BOOT_TIMER_BASE,
+        boot_timer::BOOT_TIMER_LEN,
+    )?;
 
     let mut event_manager: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
         EventManager::new().map_err(BuildError::Events)?;
@@ -322,6 +328,9 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
         arch::setup_fpu(&fd)?;
         arch::set_lint(&fd)?;
         vcpu_fds.push(fd);
+    }
+    if let Some(dir) = &config.timeline {
+        crate::timeline::mark(dir, "vmm.vcpus");
     }
     let mut threads = Vec::with_capacity(vcpu_fds.len());
     for (id, fd) in vcpu_fds.into_iter().enumerate() {

@@ -91,6 +91,9 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     /// The VM is stopped after this long.
     pub timeout: Option<Duration>,
+    /// The state directory whose start-up timeline ([`crate::timeline`])
+    /// gets the VMM's and the guest's moments.
+    pub timeline: Option<PathBuf>,
 }
 
 /// A configuration that cannot describe a VM.
@@ -120,6 +123,7 @@ impl VmConfig {
             console: ConsoleOutput::Stdout,
             vsock: None,
             timeout: None,
+            timeline: None,
         }
     }
 

@@ -79,6 +79,8 @@ pub trait Platform: Send + Sync + 'static {
     fn main_exited(&self);
     /// One line on the console.
     fn log(&self, line: &str);
+    /// Reports a moment of the start to the VMM (boot timer port).
+    fn boot_mark(&self, event: crate::proto::BootEvent);
 }
 
 /// The real guest.
@@ -102,6 +104,10 @@ impl Platform for GuestPlatform {
 
     fn log(&self, line: &str) {
         eprintln!("{} {line}", crate::proto::LOG_PREFIX);
+    }
+
+    fn boot_mark(&self, event: crate::proto::BootEvent) {
+        crate::boot_timer::mark(event);
     }
 }
 
@@ -418,6 +424,9 @@ impl<P: Platform> Agent<P> {
             }
         };
         let pid = spawned.pid;
+        // spawn returns once the program was executed.
+        self.platform
+            .boot_mark(crate::proto::BootEvent::ProcessExecuted);
         *main = Main::Running {
             id,
             pid,
@@ -685,6 +694,9 @@ pub fn serve() -> Result<std::convert::Infallible, AgentError> {
     agent
         .platform
         .log(&format!("agent listening on vsock port {AGENT_PORT}"));
+    agent
+        .platform
+        .boot_mark(crate::proto::BootEvent::AgentListening);
     loop {
         match listener.accept() {
             Ok(conn) => {

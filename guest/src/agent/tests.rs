@@ -19,6 +19,7 @@ fn reaper() -> Arc<Reaper> {
 struct TestPlatform {
     setups: Arc<Mutex<Vec<String>>>,
     signals: Arc<Mutex<Vec<i32>>>,
+    marks: Arc<Mutex<Vec<crate::proto::BootEvent>>>,
 }
 
 impl Platform for TestPlatform {
@@ -32,6 +33,9 @@ impl Platform for TestPlatform {
     }
     fn main_exited(&self) {}
     fn log(&self, _line: &str) {}
+    fn boot_mark(&self, event: crate::proto::BootEvent) {
+        self.marks.lock().unwrap().push(event);
+    }
 }
 
 type TestAgent = Arc<Agent<TestPlatform>>;
@@ -332,6 +336,28 @@ fn main_process_runs_at_start_and_streams_on_the_create_connection() {
         Response::Error {
             message: "cannot exec in a stopped container".into()
         }
+    );
+}
+
+#[test]
+fn starting_the_main_process_marks_the_boot_timer() {
+    let (agent, platform) = agent();
+    let mut c = Client::connect(&agent);
+    c.request(&Request::Create {
+        spec: Box::new(ContainerSpec {
+            id: "t1".into(),
+            process: process(&["true"]),
+            ..Default::default()
+        }),
+    });
+    assert_eq!(c.response(), Response::Created);
+    assert!(platform.marks.lock().unwrap().is_empty());
+    let Response::Started { .. } = Client::one_shot(&agent, &Request::Start) else {
+        panic!("expected Started");
+    };
+    assert_eq!(
+        *platform.marks.lock().unwrap(),
+        [crate::proto::BootEvent::ProcessExecuted]
     );
 }
 

@@ -1,0 +1,82 @@
+//! The boot timer port ([`crate::proto::BOOT_TIMER_PORT`]): husk-init writes
+//! a [`BootEvent`] byte at moments of its start and the VMM records when it
+//! arrived in the container's start-up timeline ([`crate::timeline`]).
+
+use std::path::PathBuf;
+
+use crate::proto::{BootEvent, BOOT_TIMER_PORT};
+use crate::vmm::bus::BusDevice;
+
+pub const BOOT_TIMER_BASE: u64 = BOOT_TIMER_PORT as u64;
+pub const BOOT_TIMER_LEN: u64 = 1;
+
+pub struct BootTimer {
+    /// The state directory whose timeline gets the moments (none: they are
+    /// only logged).
+    timeline: Option<PathBuf>,
+    started_ns: u64,
+}
+
+impl BootTimer {
+    pub fn new(timeline: Option<PathBuf>) -> Self {
+        BootTimer {
+            timeline,
+            started_ns: crate::timeline::now_ns(),
+        }
+    }
+}
+
+impl BusDevice for BootTimer {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let now = crate::timeline::now_ns();
+        let (0, [byte]) = (offset, data) else {
+            log::warn!(
+                "boot timer: ignoring a {}-byte write at offset {offset}",
+                data.len()
+            );
+            return;
+        };
+        let Some(event) = BootEvent::from_u8(*byte) else {
+            log::warn!("boot timer: unknown event {byte}");
+            return;
+        };
+        log::debug!(
+            "boot timer: {} at {:.1} ms",
+            event.name(),
+            now.saturating_sub(self.started_ns) as f64 / 1e6
+        );
+        if let Some(dir) = &self.timeline {
+            crate::timeline::mark_at(dir, event.name(), now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_events_land_in_the_timeline_and_junk_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = BootTimer::new(Some(dir.path().to_path_buf()));
+        t.write(0, &[BootEvent::InitStarted as u8]);
+        t.write(0, &[99]);
+        t.write(0, &[1, 2]);
+        t.write(1, &[1]);
+        t.write(0, &[BootEvent::ProcessExecuted as u8]);
+        let names: Vec<String> = crate::timeline::read(dir.path())
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, ["guest.init", "guest.exec"]);
+        let mut data = [7u8];
+        t.read(0, &mut data);
+        assert_eq!(data, [0]);
+        // Without a timeline the events are only logged.
+        BootTimer::new(None).write(0, &[1]);
+    }
+}
