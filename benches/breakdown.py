@@ -5,7 +5,8 @@
 Every moment is the host's CLOCK_MONOTONIC (one clock for all processes):
 this script's own reading just before it spawns `husk create`; the marks
 `create` and `start` write (`create.begin` ... `start.end`); the VMM's
-(`vmm.main`, `vmm.go`, `vmm.vcpus` just before the vCPU threads start,
+(`vmm.main`, `vmm.go` once create's hooks ran, `vmm.build` when the VM
+build starts, `vmm.vcpus` just before the vCPU threads start,
 `vmm.agent` once husk-init's agent answered, `vmm.created`); and husk-init's
 own, which it writes to the boot timer port and the VMM timestamps on
 arrival (`guest.init`: init's first instructions, `guest.agent`: the agent
@@ -37,7 +38,8 @@ SLICES = [
     ("bundle, state, rootfs image (cached)", "create.begin", "create.image"),
     ("VMM process spawn", "create.image", "vmm.main"),
     ("host hooks / go-ahead", "vmm.main", "vmm.go"),
-    ("KVM: VM, memory, kernel load, devices, vCPUs", "vmm.go", "vmm.vcpus"),
+    ("network attach, VM config", "vmm.go", "vmm.build"),
+    ("KVM: VM, memory, kernel load, devices, vCPUs", "vmm.build", "vmm.vcpus"),
     ("guest kernel boot to init", "vmm.vcpus", "guest.init"),
     ("init to agent listening", "guest.init", "guest.agent"),
     ("agent connect + container setup", "guest.agent", "vmm.created"),

@@ -116,6 +116,7 @@ fn run_vm(root: &Path, id: &str) -> Option<ExitStatus> {
     }
     let mut config = plan.vm_config(initramfs, &nics);
     config.timeline = Some(dir.clone());
+    crate::timeline::mark(&dir, "vmm.build");
     let controls = RunControls {
         stop: Some(stop.clone()),
         taps,
