@@ -17,7 +17,6 @@ vmx/svm: run it through tests/testhost/run (make bench-boot does).
 Prints a Markdown table; --json FILE also writes the raw numbers.
 """
 
-import argparse
 import json
 import os
 import statistics
@@ -26,10 +25,9 @@ import sys
 import tempfile
 import time
 
-from common import ms_summary, process_memory, version, write_json
+from common import ROOT, bench_args, ms_summary, process_memory, version, write_json
 from rootfs import busybox_rootfs
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MARK = b"husk-init: started"
 MEM_MIB = 128
 
@@ -74,11 +72,7 @@ def run_once(argv, sample_rss):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=10)
-    ap.add_argument("--husk", default=os.path.join(ROOT, "target/release/husk"))
-    ap.add_argument("--json", help="write raw results here")
-    args = ap.parse_args()
+    args = bench_args(__doc__).parse_args()
 
     kernel = kernel_path()
     with tempfile.TemporaryDirectory() as work:

@@ -18,7 +18,6 @@ Between `create` returning and `start` there is only this script's spawn of
 tests/testhost/run (make bench-breakdown does).
 """
 
-import argparse
 import os
 import statistics
 import subprocess
@@ -26,9 +25,8 @@ import sys
 import tempfile
 import time
 
-from common import make_bundle, write_json
+from common import bench_args, make_bundle, write_json
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # How long a container's VMM may take to end after its process did.
 END_WAIT_S = 60
 # The slices, each from one moment to the next; the first moment is this
@@ -86,11 +84,7 @@ def one_start(husk, root, bundle, cid):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=10)
-    ap.add_argument("--husk", default=os.path.join(ROOT, "target/release/husk"))
-    ap.add_argument("--json", help="write raw results here")
-    args = ap.parse_args()
+    args = bench_args(__doc__).parse_args()
     with tempfile.TemporaryDirectory() as work:
         bundle = os.path.join(work, "bundle")
         os.makedirs(bundle)

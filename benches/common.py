@@ -1,6 +1,7 @@
 """What several benchmarks share: an OCI bundle, process memory from
 /proc/PID/smaps, host memory from /proc/meminfo, and the JSON result file."""
 
+import argparse
 import datetime
 import json
 import os
@@ -11,6 +12,8 @@ import subprocess
 
 from rootfs import busybox_rootfs
 
+# The checkout: benches/ sits in it.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KIB = 1024
 MIB = 1 << 20
 # A mapping's header line in /proc/PID/smaps: "start-end perms offset dev inode [path]".
@@ -130,3 +133,13 @@ def write_json(path, bench, data):
     with open(path, "w") as f:
         json.dump(out, f, indent=1)
         f.write("\n")
+
+
+def bench_args(doc, runs=10):
+    """The options the start-up benchmarks share: --runs, --husk, --json;
+    the caller adds its own and parses."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=runs)
+    ap.add_argument("--husk", default=os.path.join(ROOT, "target/release/husk"))
+    ap.add_argument("--json", help="write raw results here")
+    return ap

@@ -22,7 +22,6 @@ Needs a KVM with vmx/svm for husk: run it through tests/testhost/run
 raw numbers.
 """
 
-import argparse
 import os
 import shutil
 import statistics
@@ -31,9 +30,8 @@ import sys
 import tempfile
 import time
 
-from common import make_bundle, version, write_json
+from common import bench_args, make_bundle, version, write_json
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # gVisor: the syscall-intercepting platform that works without KVM, and no
 # network stack (the bundle has no network namespace to wire one into).
 RUNSC_FLAGS = ["--platform=ptrace", "--network=none"]
@@ -56,11 +54,7 @@ def failure(p):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=10)
-    ap.add_argument("--husk", default=os.path.join(ROOT, "target/release/husk"))
-    ap.add_argument("--json", help="write raw results here")
-    args = ap.parse_args()
+    args = bench_args(__doc__).parse_args()
     with tempfile.TemporaryDirectory() as work:
         bundle = os.path.join(work, "bundle")
         os.makedirs(bundle)
