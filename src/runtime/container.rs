@@ -83,7 +83,7 @@ pub enum ContainerError {
 }
 
 /// What `create` needs besides the CLI arguments.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct CreateRequest {
     pub root: PathBuf,
     pub id: String,
@@ -114,34 +114,6 @@ pub enum VmmStdio {
     /// With `process.terminal`: the slave end of a pty the caller keeps the
     /// master of (no console socket).
     Terminal(OwnedFd),
-}
-
-impl Clone for VmmStdio {
-    /// Clones by duplicating the descriptors; a descriptor that cannot be
-    /// duplicated (out of fds) leaves `Inherit`, which `create` refuses for
-    /// a terminal and logs otherwise.
-    fn clone(&self) -> Self {
-        let dup = |fd: &OwnedFd| fd.try_clone().ok();
-        match self {
-            VmmStdio::Inherit => VmmStdio::Inherit,
-            VmmStdio::Fds {
-                stdin,
-                stdout,
-                stderr,
-            } => match (dup(stdin), dup(stdout), dup(stderr)) {
-                (Some(stdin), Some(stdout), Some(stderr)) => VmmStdio::Fds {
-                    stdin,
-                    stdout,
-                    stderr,
-                },
-                _ => {
-                    log::warn!("duplicating stdio descriptors failed");
-                    VmmStdio::Inherit
-                }
-            },
-            VmmStdio::Terminal(fd) => dup(fd).map_or(VmmStdio::Inherit, VmmStdio::Terminal),
-        }
-    }
 }
 
 fn create_timeout() -> Duration {
