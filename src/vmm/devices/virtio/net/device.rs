@@ -44,6 +44,19 @@ pub(super) enum DeviceState {
     },
 }
 
+/// One rx pass's view of an activated [`Net`] (see `Net::rx_parts`).
+struct RxParts<'a, B> {
+    name: &'a str,
+    mem: &'a GuestMemoryMmap,
+    interrupt: &'a Arc<dyn Interrupt>,
+    queue: &'a mut Queue,
+    backend: &'a mut B,
+    rx_buf: &'a mut [u8],
+    rx_pending: &'a mut Option<usize>,
+    rx_min_vectored: usize,
+    counters: &'a mut NetCounters,
+}
+
 /// What went through the device since it was created.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct NetCounters {
@@ -271,14 +284,9 @@ impl<B: NetBackend> Net<B> {
         matches!(self.state, DeviceState::Activated { .. })
     }
 
-    /// Moves frames from the backend to rx buffers until either runs out
-    /// (the last frame read stays pending when buffers did), and
-    /// interrupts the driver once if any buffer was used. Returns whether
-    /// any was.
-    pub fn process_rx(&mut self) -> Result<bool, NetError> {
-        if has(self.acked_features, VIRTIO_NET_F_MRG_RXBUF) {
-            return self.process_rx_mergeable();
-        }
+    /// The rx queue and what an rx pass works with, borrowed apart;
+    /// [`NetError::NotActivated`] before activation.
+    fn rx_parts(&mut self) -> Result<RxParts<'_, B>, NetError> {
         let Net {
             name,
             state,
@@ -297,8 +305,38 @@ impl<B: NetBackend> Net<B> {
         else {
             return Err(NetError::NotActivated { tap: name.clone() });
         };
-        let mem: &GuestMemoryMmap = mem;
-        let queue = &mut queues[RX_QUEUE];
+        Ok(RxParts {
+            name,
+            mem,
+            interrupt,
+            queue: &mut queues[RX_QUEUE],
+            backend,
+            rx_buf,
+            rx_pending,
+            rx_min_vectored: *rx_min_vectored,
+            counters,
+        })
+    }
+
+    /// Moves frames from the backend to rx buffers until either runs out
+    /// (the last frame read stays pending when buffers did), and
+    /// interrupts the driver once if any buffer was used. Returns whether
+    /// any was.
+    pub fn process_rx(&mut self) -> Result<bool, NetError> {
+        if has(self.acked_features, VIRTIO_NET_F_MRG_RXBUF) {
+            return self.process_rx_mergeable();
+        }
+        let RxParts {
+            name,
+            mem,
+            interrupt,
+            queue,
+            backend,
+            rx_buf,
+            rx_pending,
+            rx_min_vectored,
+            counters,
+        } = self.rx_parts()?;
         let event_idx = queue.event_idx_enabled();
         let mut used = false;
         loop {
@@ -326,7 +364,7 @@ impl<B: NetBackend> Net<B> {
             let head = chain.head_index();
             let delivered = if let Some(len) = rx_pending.take() {
                 Delivery::Buffered(write_rx_chain(mem, chain, &rx_buf[..len]), len)
-            } else if let Some(bufs) = rx_slices(mem, &chain, *rx_min_vectored) {
+            } else if let Some(bufs) = rx_slices(mem, &chain, rx_min_vectored) {
                 // Straight from the tap into the guest's buffers.
                 match read_frame_vectored(backend, &bufs, counters, name) {
                     VectoredRead::Frame(len) => {
@@ -391,26 +429,17 @@ impl<B: NetBackend> Net<B> {
     /// Otherwise it is read into the bounce buffer and waits (pending)
     /// until the ring holds enough for its actual length.
     fn process_rx_mergeable(&mut self) -> Result<bool, NetError> {
-        let Net {
+        let RxParts {
             name,
-            state,
+            mem,
+            interrupt,
+            queue,
             backend,
             rx_buf,
             rx_pending,
             rx_min_vectored,
             counters,
-            ..
-        } = self;
-        let DeviceState::Activated {
-            mem,
-            interrupt,
-            queues,
-        } = state
-        else {
-            return Err(NetError::NotActivated { tap: name.clone() });
-        };
-        let mem: &GuestMemoryMmap = mem;
-        let queue = &mut queues[RX_QUEUE];
+        } = self.rx_parts()?;
         let event_idx = queue.event_idx_enabled();
         // Where the used index stood when this pass began: the driver's
         // `used_event` is checked against what the pass added.
@@ -423,7 +452,7 @@ impl<B: NetBackend> Net<B> {
                     queue,
                     mem,
                     backend,
-                    *rx_min_vectored,
+                    rx_min_vectored,
                     counters,
                     name,
                 )? {
