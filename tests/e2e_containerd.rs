@@ -56,14 +56,7 @@ impl Containerd {
             .spawn()
             .expect("containerd (Debian package)");
         let c = Containerd { dir, daemon };
-        let start = Instant::now();
-        while !c.dir.path().join("containerd.sock").exists() {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "containerd did not start"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        engines::wait_for_socket(&c.dir.path().join("containerd.sock"), "containerd");
         c.import_image();
         c
     }

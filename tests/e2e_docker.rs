@@ -51,14 +51,7 @@ impl Docker {
             .spawn()
             .expect("dockerd (Debian package docker.io)");
         let docker = Docker { dir, daemon };
-        let start = Instant::now();
-        while !docker.dir.path().join("docker.sock").exists() {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "dockerd did not start"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        engines::wait_for_socket(&docker.dir.path().join("docker.sock"), "dockerd");
         docker.import_image();
         docker
     }

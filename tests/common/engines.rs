@@ -44,6 +44,21 @@ pub fn image_tarball(work: &Path, tar: &Path, page: &str) {
     assert!(st.success(), "tar of {}", rootfs.display());
 }
 
+/// How long an engine daemon may take to open its socket.
+const DAEMON_START_WAIT: Duration = Duration::from_secs(60);
+
+/// Waits until `daemon` has created its socket at `socket`.
+pub fn wait_for_socket(socket: &Path, daemon: &str) {
+    let start = Instant::now();
+    while !socket.exists() {
+        assert!(
+            start.elapsed() < DAEMON_START_WAIT,
+            "{daemon} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Command lines of running processes that `matches`.
 pub fn processes(matches: impl Fn(&str) -> bool) -> Vec<String> {
     let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
