@@ -260,9 +260,9 @@ pub fn cleanup(dir: &Path) -> Result<(), NetError> {
     // A VMM's own namespace dies with it; once the VMM is gone its pid (in
     // the recorded path) may belong to another process.
     let elsewhere = record.vmm_owned && record.netns != own_netns_path();
-    match open_netns(&record.netns) {
-        _ if elsewhere => {}
-        Ok(ns) => in_netns(&record.netns, &ns, || {
+    match (!elsewhere).then(|| open_netns(&record.netns)) {
+        None => {}
+        Some(Ok(ns)) => in_netns(&record.netns, &ns, || {
             for ifname in &record.interfaces {
                 tc::disconnect(ifname)?;
             }
@@ -278,8 +278,8 @@ pub fn cleanup(dir: &Path) -> Result<(), NetError> {
             Ok(())
         })?,
         // The engine removed the namespace: its interfaces went with it.
-        Err(NetError::Netns { .. }) | Err(NetError::NotNetns { .. }) => {}
-        Err(e) => return Err(e),
+        Some(Err(NetError::Netns { .. }) | Err(NetError::NotNetns { .. })) => {}
+        Some(Err(e)) => return Err(e),
     }
     // The VMM and `delete` may both be cleaning up.
     match std::fs::remove_file(&path) {
