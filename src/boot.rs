@@ -264,6 +264,10 @@ pub fn exit_status(exit: &VmExit) -> (u8, Option<String>) {
         ),
         VmExit::Failed(msg) => (EXIT_GUEST_FAILED, Some(msg.clone())),
         VmExit::Stopped => (EXIT_GUEST_FAILED, Some("the VM was stopped".into())),
+        VmExit::Snapshotted => (
+            EXIT_GUEST_FAILED,
+            Some("the VM was snapshotted instead of running its command".into()),
+        ),
     }
 }
 

@@ -270,6 +270,24 @@ pub struct ContainerSpec {
     /// (empty: loopback only).
     #[serde(default)]
     pub network: NetSetup,
+    /// The host's clock and fresh entropy, applied first.
+    #[serde(default)]
+    pub host_sync: HostSync,
+}
+
+/// What the guest takes from the host at create. A VM restored from a
+/// template snapshot wakes with the template's wall clock and random pool;
+/// the agent sets the one and mixes the other with these bytes, then
+/// reseeds the kernel's generator, so no two containers share random state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostSync {
+    /// `CLOCK_REALTIME` of the host, in ns since the epoch (0: leave the
+    /// guest clock alone).
+    #[serde(default)]
+    pub realtime_ns: u64,
+    /// Random bytes from the host's generator.
+    #[serde(default)]
+    pub entropy: Vec<u8>,
 }
 
 /// An address with its prefix length (`10.88.0.2/16`, `fd00::2/64`).

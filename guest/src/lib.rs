@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod agent_proto;
 pub mod boot_timer;
+pub mod host_sync;
 pub mod init;
 pub mod net;
 pub mod proto;

@@ -138,6 +138,7 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
         return Err(ContainerError::NoConsoleSocket);
     }
     let network = crate::runtime::vm_plan::network_plan(&b.spec)?;
+    let snapshot = crate::runtime::vm_plan::snapshot_allowed(&b.spec)?;
     match &network {
         Some(n) if !n.own => {
             crate::net::open_netns(&n.netns)?;
@@ -185,6 +186,7 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
         console_log: state.console_log.clone(),
         container,
         network,
+        snapshot,
     };
     plan.save(&dir)?;
     crate::runtime::hooks::save(&dir, b.spec.hooks().as_ref())?;

@@ -224,6 +224,7 @@ pub fn container_spec(
         start_container_hooks,
         hook_state: String::new(),
         network: Default::default(),
+        host_sync: Default::default(),
     })
 }
 

@@ -20,6 +20,7 @@ pub mod hooks;
 pub mod output;
 pub mod spec;
 pub mod state;
+pub mod template;
 pub mod vm_plan;
 pub mod vm_spec;
 pub mod vmm_process;

@@ -512,7 +512,7 @@ fn short_socket_dir(dir: &Path) -> Option<PathBuf> {
 
 /// FNV-1a, 64 bits: a hash that stays the same across builds (the socket
 /// directory is found again by a later husk).
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     bytes

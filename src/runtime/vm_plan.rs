@@ -20,6 +20,31 @@ pub const GUEST_CID: u64 = 3;
 /// Annotation that turns the NICs' checksum/segmentation offloads off
 /// (`false`) or on (`true`, the default).
 pub const ANNOTATION_NET_OFFLOAD: &str = "io.husk.net.offload";
+/// Annotation that makes the VM boot cold (`false`) instead of starting
+/// from a snapshot of a booted template VM (`true`, the default; see
+/// [`crate::runtime::template`]).
+pub const ANNOTATION_SNAPSHOT: &str = "io.husk.snapshot";
+
+/// Whether the spec lets the VM start from a template snapshot
+/// ([`ANNOTATION_SNAPSHOT`]).
+pub fn snapshot_allowed(spec: &oci_spec::runtime::Spec) -> Result<bool, PlanError> {
+    match spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_SNAPSHOT))
+    {
+        None => Ok(true),
+        Some(v) if v == "true" => Ok(true),
+        Some(v) if v == "false" => Ok(false),
+        Some(v) => Err(PlanError::Annotation {
+            annotation: ANNOTATION_SNAPSHOT,
+            value: v.clone(),
+        }),
+    }
+}
+
+/// Environment variable with extra guest kernel parameters for container VMs.
+pub const ENV_KERNEL_ARGS: &str = "HUSK_KERNEL_ARGS";
 
 /// The network namespace the VM's NICs stand for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +120,10 @@ pub struct VmPlan {
     /// The engine's network, if it gave one.
     #[serde(default)]
     pub network: Option<NetworkPlan>,
+    /// Start from a template snapshot when the VM has no NIC
+    /// ([`ANNOTATION_SNAPSHOT`]).
+    #[serde(default)]
+    pub snapshot: bool,
 }
 
 /// Errors reading or writing a plan.
@@ -141,15 +170,25 @@ impl VmPlan {
     /// The kernel command line of a container VM: the image (read-only
     /// underneath, the disk is attached read-only) under a writable overlay;
     /// `root.readonly` is applied by the agent once the container is set up.
+    /// `$HUSK_KERNEL_ARGS` is appended (`ignore_loglevel` to see the
+    /// guest kernel's warnings in `console.log`, say).
     pub fn cmdline(&self) -> String {
-        format!(
+        let mut line = format!(
             "{} {}=1 {}=1 {}=1 {}=/dev/vda",
             config::BASE_CMDLINE,
             proto::PARAM_QUIET,
             proto::PARAM_AGENT,
             proto::PARAM_OVERLAY,
             proto::PARAM_ROOT,
-        )
+        );
+        if let Some(extra) = std::env::var_os(ENV_KERNEL_ARGS) {
+            let extra = extra.to_string_lossy();
+            if !extra.trim().is_empty() {
+                line.push(' ');
+                line.push_str(extra.trim());
+            }
+        }
+        line
     }
 
     /// The VM configuration, with the initramfs already built and the
@@ -206,6 +245,7 @@ mod tests {
                 offload: false,
                 own: false,
             }),
+            snapshot: true,
         };
         plan.save(dir.path()).unwrap();
         assert_eq!(VmPlan::load(dir.path()).unwrap(), plan);
@@ -278,6 +318,21 @@ mod tests {
         );
         let err = network_plan(&bad).unwrap_err();
         assert!(err.to_string().contains("io.husk.net.offload"), "{err}");
+    }
+
+    #[test]
+    fn the_snapshot_annotation_is_true_false_or_an_error() {
+        let with = |v: Option<&str>| -> oci_spec::runtime::Spec {
+            let annotations = v.map_or(String::new(), |v| {
+                format!(r#","annotations":{{"io.husk.snapshot":"{v}"}}"#)
+            });
+            serde_json::from_str(&format!(r#"{{"ociVersion":"1.0.2"{annotations}}}"#)).unwrap()
+        };
+        assert!(snapshot_allowed(&with(None)).unwrap());
+        assert!(snapshot_allowed(&with(Some("true"))).unwrap());
+        assert!(!snapshot_allowed(&with(Some("false"))).unwrap());
+        let err = snapshot_allowed(&with(Some("yes"))).unwrap_err();
+        assert!(err.to_string().contains("io.husk.snapshot"), "{err}");
     }
 
     #[test]

@@ -116,6 +116,15 @@ fn run_vm(root: &Path, id: &str) -> Option<ExitStatus> {
     }
     let mut config = plan.vm_config(initramfs, &nics);
     config.timeline = Some(dir.clone());
+    if plan.snapshot && config.net.is_empty() {
+        match crate::runtime::template::ensure(&config, &plan.init, &crate::paths::cache_dir()) {
+            Ok(template) => {
+                config.snapshot = Some(crate::vmm::config::Snapshot::Restore(template));
+                crate::timeline::mark(&dir, "vmm.template");
+            }
+            Err(e) => log::warn!("container {id}: booting without a template: {e}"),
+        }
+    }
     crate::timeline::mark(&dir, "vmm.build");
     let controls = RunControls {
         stop: Some(stop.clone()),
@@ -161,6 +170,7 @@ fn run_vm(root: &Path, id: &str) -> Option<ExitStatus> {
     // Hooks in the guest get the state as it is now: creating, this pid.
     let mut spec = plan.container.clone();
     spec.network = network;
+    spec.host_sync = host_sync();
     let mut hook_view = st.clone();
     hook_view.pid = i32::try_from(std::process::id()).ok();
     spec.hook_state = crate::runtime::output::render_state(&hook_view);
@@ -193,6 +203,27 @@ fn run_vm(root: &Path, id: &str) -> Option<ExitStatus> {
     }
     stop_vm(vm);
     ending
+}
+
+/// Bytes of host entropy the guest mixes into its pool at create.
+const HOST_ENTROPY_BYTES: usize = 64;
+
+/// The host's wall clock and fresh entropy for the guest
+/// ([`crate::agent_proto::HostSync`]).
+fn host_sync() -> crate::agent_proto::HostSync {
+    let mut entropy = vec![0u8; HOST_ENTROPY_BYTES];
+    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut entropy));
+    if let Err(e) = read {
+        log::warn!("reading host entropy for the guest: {e}");
+        entropy.clear();
+    }
+    let realtime_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(0));
+    crate::agent_proto::HostSync {
+        realtime_ns,
+        entropy,
+    }
 }
 
 /// Forwards signals the VMM receives to the container process.

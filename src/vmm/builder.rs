@@ -14,6 +14,14 @@
 //!    one thread each
 //! 8. the event loop (devices, exit/reset events, timeout) until the VM ends;
 //!    then the vCPU threads are stopped and joined.
+//!
+//! Snapshots ([`super::snapshot`], [`Snapshot`]): a VM to be snapshotted
+//! boots as above; when husk-init's agent listens, the loop ends, the vCPUs
+//! stop and the snapshot is written. A VM restored from one skips steps 4
+//! and 6: step 3 maps the snapshot's memory file instead, step 5 creates the
+//! same devices and puts their saved registers back, step 7 creates the
+//! vCPUs with their CPUID and then restores the VM state (irqchip, PIT,
+//! clock) and each vCPU's state.
 
 use std::fs::File;
 use std::io::Write as _;
@@ -34,7 +42,7 @@ use vmm_sys_util::timerfd::TimerFd;
 use super::arch::x86_64 as arch;
 use super::arch::x86_64::layout;
 use super::bus::{lock, Bus, BusError};
-use super::config::{ConfigError, ConsoleOutput, Initramfs, VmConfig};
+use super::config::{ConfigError, ConsoleOutput, Initramfs, Snapshot, VmConfig};
 use super::devices::boot_timer::{self, BootTimer};
 use super::devices::exit_port::{self, ExitPort, Reported};
 use super::devices::i8042::{self, I8042};
@@ -44,6 +52,7 @@ use super::devices::virtio::mmio::MmioTransport;
 use super::devices::virtio::net::{Net, Tap};
 use super::devices::virtio::vsock::Vsock;
 use super::devices::virtio::VirtioDevice;
+use super::snapshot::{self, SnapshotError, VcpuState, VmSnapshot, VmState};
 use super::vcpu::{self, VcpuShared, VcpuStop};
 use crate::proto::Ending;
 
@@ -61,6 +70,9 @@ pub enum VmExit {
     Failed(String),
     /// The host stopped it ([`RunControls::stop`]).
     Stopped,
+    /// The VM was paused and written to its snapshot directory
+    /// ([`Snapshot::TakeWhenAgentListens`]).
+    Snapshotted,
 }
 
 /// Why a VM could not be built or run.
@@ -107,6 +119,8 @@ pub enum BuildError {
     },
     #[error("event loop: {0:?}")]
     Events(event_manager::Error),
+    #[error("snapshot: {0}")]
+    Snapshot(#[from] SnapshotError),
 }
 
 fn kvm_op(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {
@@ -164,6 +178,28 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
             max,
         })?;
 
+    let restore = match &config.snapshot {
+        Some(Snapshot::Restore(dir)) => {
+            let snap = VmSnapshot::read(dir)?;
+            if snap.mem_bytes != config.mem_bytes() || snap.vcpus.len() != usize::from(vcpus) {
+                return Err(SnapshotError::Mismatch(format!(
+                    "{} bytes of memory and {} vCPUs in {}, the VM has {} and {vcpus}",
+                    snap.mem_bytes,
+                    snap.vcpus.len(),
+                    dir.display(),
+                    config.mem_bytes()
+                ))
+                .into());
+            }
+            Some((dir.clone(), snap))
+        }
+        _ => None,
+    };
+    let take = match &config.snapshot {
+        Some(Snapshot::TakeWhenAgentListens(dir)) => Some(dir.clone()),
+        _ => None,
+    };
+
     step("KVM opened");
     // 2. VM, irqchip, PIT.
     let vm = kvm.create_vm().map_err(kvm_op("KVM_CREATE_VM"))?;
@@ -178,14 +214,24 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
 
     step("VM and irqchip created");
     // 3. memory.
-    let mem = create_memory(&vm, &config)?;
+    let mem = match &restore {
+        Some((dir, snap)) => snapshot::map_memory(dir, &snap.regions)?,
+        None => create_memory(&config)?,
+    };
+    register_memory(&vm, &mem, config.mem_mib)?;
 
     step("guest memory mapped");
-    // 4. kernel and initramfs.
-    let kernel = load_kernel(&mem, &config.kernel)?;
-    let initrd = match config.initramfs.take() {
-        Some(initramfs) => Some(load_initramfs(&mem, &initramfs, kernel.kernel_end)?),
-        None => None,
+    // 4. kernel and initramfs (a restored VM has them in its memory).
+    let boot = match restore {
+        Some(_) => None,
+        None => {
+            let kernel = load_kernel(&mem, &config.kernel)?;
+            let initrd = match config.initramfs.take() {
+                Some(initramfs) => Some(load_initramfs(&mem, &initramfs, kernel.kernel_end)?),
+                None => None,
+            };
+            Some((kernel, initrd))
+        }
     };
 
     step("kernel and initramfs loaded");
@@ -219,14 +265,14 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
     let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(io("serial irqfd"))?;
     vm.register_irqfd(&serial_irq, serial::COM1_IRQ)
         .map_err(kvm_op("KVM_IRQFD (serial)"))?;
-    pio.insert(
-        Arc::new(Mutex::new(Serial::new(
-            serial_irq,
-            ConsoleWriter::new(console_sink, tail.clone()),
-        ))),
-        serial::COM1_BASE,
-        serial::COM1_LEN,
-    )?;
+    let console_out = ConsoleWriter::new(console_sink, tail.clone());
+    let com1 = match &restore {
+        Some((_, snap)) => Serial::from_state(&(&snap.serial).into(), serial_irq, console_out)
+            .map_err(SnapshotError::Mismatch)?,
+        None => Serial::new(serial_irq, console_out),
+    };
+    let com1 = Arc::new(Mutex::new(com1));
+    pio.insert(com1.clone(), serial::COM1_BASE, serial::COM1_LEN)?;
     pio.insert(
         Arc::new(Mutex::new(I8042::new(
             reset_evt.try_clone().map_err(io("reset eventfd"))?,
@@ -242,8 +288,13 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
         exit_port::EXIT_PORT_BASE,
         exit_port::EXIT_PORT_LEN,
     )?;
+    let agent_evt = EventFd::new(EFD_NONBLOCK).map_err(io("agent eventfd"))?;
+    let mut timer = BootTimer::new(config.timeline.clone());
+    if take.is_some() {
+        timer = timer.signal_agent(agent_evt.try_clone().map_err(io("agent eventfd"))?);
+    }
     pio.insert(
-        Arc::new(Mutex::new(BootTimer::new(config.timeline.clone()))),
+        Arc::new(Mutex::new(timer)),
         boot_timer::BOOT_TIMER_BASE,
         boot_timer::BOOT_TIMER_LEN,
     )?;
@@ -256,6 +307,7 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
         mmio: &mut mmio,
         cmdline: &mut cmdline,
         next: 0,
+        transports: Vec::new(),
     };
     for disk in &config.block {
         let block =
@@ -293,16 +345,38 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
         event_manager.add_subscriber(vsock);
     }
 
+    let transports = std::mem::take(&mut attach.transports);
+    if let Some((_, snap)) = &restore {
+        if snap.transports.len() != transports.len() {
+            return Err(SnapshotError::Mismatch(format!(
+                "{} virtio devices in the snapshot, {} in the VM",
+                snap.transports.len(),
+                transports.len()
+            ))
+            .into());
+        }
+        for (i, (t, saved)) in transports.iter().zip(&snap.transports).enumerate() {
+            lock(t)
+                .restore(saved)
+                .map_err(|e| SnapshotError::Mismatch(format!("virtio device {i}: {e}")))?;
+        }
+    }
+
     step("devices set up");
     // 6. command line, zero page, MP table.
-    arch::configure_system(&mem, &cmdline, initrd, vcpus, kernel.setup_header)?;
+    let entry = match &boot {
+        Some((kernel, initrd)) => {
+            arch::configure_system(&mem, &cmdline, *initrd, vcpus, kernel.setup_header)?;
+            Some(match kernel.setup_header {
+                Some(_) => GuestAddress(kernel.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET),
+                None => kernel.kernel_load,
+            })
+        }
+        None => None,
+    };
 
     step("boot structures written");
     // 7. vCPUs.
-    let entry = match kernel.setup_header {
-        Some(_) => GuestAddress(kernel.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET),
-        None => kernel.kernel_load,
-    };
     vcpu::install_kick_handler().map_err(|e| BuildError::Io {
         what: "installing the vCPU kick signal handler",
         source: std::io::Error::from_raw_os_error(e.errno()),
@@ -316,18 +390,31 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
         outcome: Arc::default(),
     };
     let mut vcpu_fds = Vec::with_capacity(usize::from(vcpus));
+    let mut amd = false;
     for id in 0..vcpus {
         let fd = vm
             .create_vcpu(u64::from(id))
             .map_err(kvm_op("KVM_CREATE_VCPU"))?;
         let cpuid = arch::setup_cpuid(&kvm, id, vcpus)?;
         fd.set_cpuid2(&cpuid).map_err(kvm_op("KVM_SET_CPUID2"))?;
-        arch::setup_msrs(&fd)?;
-        arch::setup_regs(&fd, entry)?;
-        arch::setup_sregs(&mem, &fd)?;
-        arch::setup_fpu(&fd)?;
-        arch::set_lint(&fd)?;
+        amd = arch::cpuid::vendor(&cpuid) == arch::cpuid::Vendor::Amd;
+        if let Some(entry) = entry {
+            arch::setup_msrs(&fd)?;
+            arch::setup_regs(&fd, entry)?;
+            arch::setup_sregs(&mem, &fd)?;
+            arch::setup_fpu(&fd)?;
+            arch::set_lint(&fd)?;
+        }
         vcpu_fds.push(fd);
+    }
+    if let Some((_, snap)) = &restore {
+        snap.vm.restore(&vm)?;
+        for (fd, state) in vcpu_fds.iter().zip(&snap.vcpus) {
+            state.restore(fd, amd)?;
+        }
+        if let Some(dir) = &config.timeline {
+            crate::timeline::mark(dir, "vmm.restored");
+        }
     }
     if let Some(dir) = &config.timeline {
         crate::timeline::mark(dir, "vmm.vcpus");
@@ -350,6 +437,7 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
         reset_evt,
         controls.stop,
         config.timeout,
+        take.is_some().then_some(agent_evt),
     )?));
     event_manager.add_subscriber(watcher.clone());
     let ended = loop {
@@ -360,11 +448,42 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
             .run_with_timeout(EVENT_WAIT_MS)
             .map_err(BuildError::Events)?;
     };
-    let stuck = vcpu::stop_all(threads, &stop);
-    if stuck > 0 {
-        log::warn!("{stuck} vCPU thread(s) did not stop");
+    let stopped = vcpu::stop_all(threads, &stop);
+    if stopped.stuck > 0 {
+        log::warn!("{} vCPU thread(s) did not stop", stopped.stuck);
     }
     let _ = std::io::stdout().flush();
+    if let (End::Snapshot, Some(dir)) = (ended, &take) {
+        if stopped.stuck > 0 || stopped.vcpus.len() != usize::from(vcpus) {
+            return Err(SnapshotError::Mismatch(format!(
+                "{} of {vcpus} vCPUs stopped",
+                stopped.vcpus.len()
+            ))
+            .into());
+        }
+        let msr_list = snapshot::msr_list(&kvm)?;
+        let vm_state = VmState::save(&vm)?;
+        let vcpu_states = stopped
+            .vcpus
+            .iter()
+            .map(|fd| VcpuState::save(fd, &msr_list))
+            .collect::<Result<Vec<_>, _>>()?;
+        let serial_state = lock(&com1).state().into();
+        let transport_states = transports.iter().map(|t| lock(t).save()).collect();
+        let regions = snapshot::save_memory(&mem, dir)?;
+        VmSnapshot {
+            format: snapshot::FORMAT,
+            mem_bytes: config.mem_bytes(),
+            regions,
+            vm: vm_state,
+            vcpus: vcpu_states,
+            serial: serial_state,
+            transports: transport_states,
+        }
+        .write(dir)?;
+        step("snapshot written");
+        return Ok(VmExit::Snapshotted);
+    }
 
     let reported = *lock(&reported);
     let vcpu_stop = lock(&shared.outcome).clone();
@@ -388,6 +507,8 @@ struct MmioAttach<'a> {
     mmio: &'a mut Bus,
     cmdline: &'a mut Cmdline,
     next: u32,
+    /// The transports attached so far, in order.
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
 }
 
 impl MmioAttach<'_> {
@@ -423,29 +544,35 @@ impl MmioAttach<'_> {
         self.vm
             .register_irqfd(&irq_evt, irq)
             .map_err(kvm_op("KVM_IRQFD (virtio)"))?;
-        let transport = MmioTransport::new(self.mem.clone(), device, irq_evt);
-        self.mmio.insert(
-            Arc::new(Mutex::new(transport)),
-            base,
-            layout::VIRTIO_MMIO_SIZE,
-        )?;
+        let transport = Arc::new(Mutex::new(MmioTransport::new(
+            self.mem.clone(),
+            device,
+            irq_evt,
+        )));
+        self.mmio
+            .insert(transport.clone(), base, layout::VIRTIO_MMIO_SIZE)?;
+        self.transports.push(transport);
         self.cmdline
             .add_virtio_mmio_device(layout::VIRTIO_MMIO_SIZE, GuestAddress(base), irq, None)
             .map_err(|e| BuildError::Cmdline(e.to_string()))
     }
 }
 
-fn create_memory(vm: &VmFd, config: &VmConfig) -> Result<GuestMemoryMmap, BuildError> {
+fn create_memory(config: &VmConfig) -> Result<GuestMemoryMmap, BuildError> {
     let regions = arch::memory_regions(config.mem_bytes());
-    let mem = GuestMemoryMmap::from_ranges(&regions).map_err(|e| BuildError::Memory {
+    GuestMemoryMmap::from_ranges(&regions).map_err(|e| BuildError::Memory {
         mib: config.mem_mib,
         reason: e.to_string(),
-    })?;
+    })
+}
+
+/// Registers every region of `mem` with KVM, one slot each.
+fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap, mem_mib: u32) -> Result<(), BuildError> {
     for (slot, region) in mem.iter().enumerate() {
         let host = mem
             .get_host_address(region.start_addr())
             .map_err(|e| BuildError::Memory {
-                mib: config.mem_mib,
+                mib: mem_mib,
                 reason: e.to_string(),
             })?;
         let kvm_region = kvm_userspace_memory_region {
@@ -460,7 +587,7 @@ fn create_memory(vm: &VmFd, config: &VmConfig) -> Result<GuestMemoryMmap, BuildE
         unsafe { vm.set_user_memory_region(kvm_region) }
             .map_err(kvm_op("KVM_SET_USER_MEMORY_REGION"))?;
     }
-    Ok(mem)
+    Ok(())
 }
 
 fn load_kernel(mem: &GuestMemoryMmap, path: &PathBuf) -> Result<KernelLoaderResult, BuildError> {
@@ -551,6 +678,8 @@ enum End {
     TimedOut(Duration),
     /// The host asked for the VM to stop.
     Stopped,
+    /// The agent listens: time for the snapshot.
+    Snapshot,
 }
 
 /// Watches the exit and reset events and the timeout timer.
@@ -559,6 +688,8 @@ struct EndWatcher {
     reset: EventFd,
     stop: Option<Arc<EventFd>>,
     timer: Option<(TimerFd, Duration)>,
+    /// Signalled by the boot timer when the agent listens (a VM to snapshot).
+    agent: Option<EventFd>,
     ended: Option<End>,
 }
 
@@ -568,6 +699,7 @@ impl EndWatcher {
         reset: EventFd,
         stop: Option<Arc<EventFd>>,
         timeout: Option<Duration>,
+        agent: Option<EventFd>,
     ) -> Result<Self, BuildError> {
         let timer = match timeout {
             Some(d) => {
@@ -586,6 +718,7 @@ impl EndWatcher {
             reset,
             stop,
             timer,
+            agent,
             ended: None,
         })
     }
@@ -600,6 +733,9 @@ impl MutEventSubscriber for EndWatcher {
         }
         if let Some(stop) = &self.stop {
             fds.push(Events::new(&**stop, event_manager::EventSet::IN));
+        }
+        if let Some(agent) = &self.agent {
+            fds.push(Events::new(agent, event_manager::EventSet::IN));
         }
         for e in fds {
             if let Err(err) = ops.add(e) {
@@ -623,6 +759,11 @@ impl MutEventSubscriber for EndWatcher {
                 let _ = stop.read();
             }
             self.ended.get_or_insert(End::Stopped);
+        } else if self.agent.as_ref().is_some_and(|a| a.as_raw_fd() == fd) {
+            if let Some(agent) = &self.agent {
+                let _ = agent.read();
+            }
+            self.ended.get_or_insert(End::Snapshot);
         } else if let Some((t, d)) = &mut self.timer {
             if fd == t.as_raw_fd() {
                 let _ = t.wait();

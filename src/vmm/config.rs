@@ -94,6 +94,23 @@ pub struct VmConfig {
     /// The state directory whose start-up timeline ([`crate::timeline`])
     /// gets the VMM's and the guest's moments.
     pub timeline: Option<PathBuf>,
+    /// Snapshot this VM, or start it from a snapshot ([`Snapshot`]).
+    pub snapshot: Option<Snapshot>,
+}
+
+/// What a VM does with a snapshot directory ([`crate::vmm::snapshot`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Snapshot {
+    /// Boot, and when husk-init's agent is listening (its boot timer
+    /// event), pause the VM, write the snapshot into the directory and end
+    /// with [`crate::vmm::VmExit::Snapshotted`].
+    TakeWhenAgentListens(PathBuf),
+    /// Start from the snapshot in the directory instead of booting: guest
+    /// RAM mapped copy-on-write, vCPU, VM and device state put back. The
+    /// config must describe the VM the snapshot was taken of (memory,
+    /// vCPUs, the same devices in the same order); the kernel and
+    /// initramfs are not loaded.
+    Restore(PathBuf),
 }
 
 /// A configuration that cannot describe a VM.
@@ -124,6 +141,7 @@ impl VmConfig {
             vsock: None,
             timeout: None,
             timeline: None,
+            snapshot: None,
         }
     }
 

@@ -10,6 +10,7 @@ pub mod builder;
 pub mod bus;
 pub mod config;
 pub mod devices;
+pub mod snapshot;
 pub mod vcpu;
 
 pub use builder::{build_and_run, VmExit};

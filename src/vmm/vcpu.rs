@@ -68,11 +68,14 @@ pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
 /// Value read from a port nothing answers (a floating ISA bus).
 const UNCLAIMED_PORT_BYTE: u8 = 0xff;
 
-/// Runs one vCPU until the VM stops.
-pub fn run(mut vcpu: VcpuFd, id: u8, shared: VcpuShared) {
+/// Runs one vCPU until the VM stops; returns the vCPU with any operation of
+/// its last exit completed, so its state can be saved
+/// ([`super::snapshot`]).
+pub fn run(mut vcpu: VcpuFd, id: u8, shared: VcpuShared) -> VcpuFd {
     loop {
         if shared.stop.load(Ordering::SeqCst) {
-            return;
+            complete_pending(&mut vcpu, id);
+            return vcpu;
         }
         match vcpu.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
@@ -120,25 +123,56 @@ pub fn run(mut vcpu: VcpuFd, id: u8, shared: VcpuShared) {
     }
 }
 
+/// Finishes the operation of the last exit (the data of a port or MMIO read
+/// lands in the guest's registers, the instruction pointer moves past it)
+/// without running any further guest instruction: KVM completes such an
+/// operation only on the next `KVM_RUN`, which `immediate_exit` turns into
+/// an immediate `EINTR` after that completion (the KVM API documentation,
+/// `kvm_run::immediate_exit`).
+fn complete_pending(vcpu: &mut VcpuFd, id: u8) {
+    vcpu.set_kvm_immediate_exit(1);
+    match vcpu.run() {
+        Err(e) if e.errno() == libc::EINTR => {}
+        other => log::debug!("vcpu {id}: completing the last exit: {other:?}"),
+    }
+    vcpu.set_kvm_immediate_exit(0);
+}
+
 /// How long [`stop_all`] keeps kicking threads that do not stop.
 const STOP_LIMIT: Duration = Duration::from_secs(2);
 const KICK_INTERVAL: Duration = Duration::from_millis(5);
 
-/// Stops and joins the vCPU threads; returns how many did not stop in time.
-pub fn stop_all(threads: Vec<JoinHandle<()>>, stop: &AtomicBool) -> usize {
+/// What [`stop_all`] got back.
+pub struct Stopped {
+    /// The vCPUs of the threads that stopped, in the order of the threads.
+    pub vcpus: Vec<VcpuFd>,
+    /// How many threads did not stop in time.
+    pub stuck: usize,
+}
+
+/// Stops and joins the vCPU threads.
+pub fn stop_all(threads: Vec<JoinHandle<VcpuFd>>, stop: &AtomicBool) -> Stopped {
     stop.store(true, Ordering::SeqCst);
     let start = Instant::now();
-    let mut running = threads;
+    let mut running: Vec<(usize, JoinHandle<VcpuFd>)> = threads.into_iter().enumerate().collect();
+    let mut vcpus: Vec<(usize, VcpuFd)> = Vec::with_capacity(running.len());
     while !running.is_empty() && start.elapsed() < STOP_LIMIT {
-        for t in &running {
+        for (_, t) in &running {
             let _ = t.kill(kick_signal());
         }
         std::thread::sleep(KICK_INTERVAL);
-        let (done, rest): (Vec<_>, Vec<_>) = running.into_iter().partition(|t| t.is_finished());
-        for t in done {
-            let _ = t.join();
+        let (done, rest): (Vec<_>, Vec<_>) =
+            running.into_iter().partition(|(_, t)| t.is_finished());
+        for (i, t) in done {
+            if let Ok(fd) = t.join() {
+                vcpus.push((i, fd));
+            }
         }
         running = rest;
     }
-    running.len()
+    vcpus.sort_by_key(|(i, _)| *i);
+    Stopped {
+        vcpus: vcpus.into_iter().map(|(_, fd)| fd).collect(),
+        stuck: running.len(),
+    }
 }

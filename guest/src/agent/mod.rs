@@ -88,6 +88,9 @@ pub struct GuestPlatform;
 
 impl Platform for GuestPlatform {
     fn setup(&self, spec: &ContainerSpec) -> Result<(), SetupError> {
+        for problem in crate::host_sync::apply(&spec.host_sync) {
+            self.log(&problem);
+        }
         crate::net::configure(&spec.network)?;
         setup::apply(spec, &mut setup::RealSetupOs)
     }

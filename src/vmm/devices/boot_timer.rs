@@ -15,6 +15,9 @@ pub struct BootTimer {
     /// only logged).
     timeline: Option<PathBuf>,
     started_ns: u64,
+    /// Written when the agent reports it listens (a VM that is to be
+    /// snapshotted then).
+    on_agent: Option<vmm_sys_util::eventfd::EventFd>,
 }
 
 impl BootTimer {
@@ -22,7 +25,14 @@ impl BootTimer {
         BootTimer {
             timeline,
             started_ns: crate::timeline::now_ns(),
+            on_agent: None,
         }
+    }
+
+    /// Also signals `evt` at [`BootEvent::AgentListening`].
+    pub fn signal_agent(mut self, evt: vmm_sys_util::eventfd::EventFd) -> Self {
+        self.on_agent = Some(evt);
+        self
     }
 }
 
@@ -52,6 +62,11 @@ impl BusDevice for BootTimer {
         if let Some(dir) = &self.timeline {
             crate::timeline::mark_at(dir, event.name(), now);
         }
+        if let (BootEvent::AgentListening, Some(evt)) = (event, &self.on_agent) {
+            if let Err(e) = evt.write(1) {
+                log::error!("boot timer: signalling the agent event: {e}");
+            }
+        }
     }
 }
 
@@ -76,6 +91,13 @@ mod tests {
         let mut data = [7u8];
         t.read(0, &mut data);
         assert_eq!(data, [0]);
+        // The agent event can wake a snapshot.
+        let evt = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut t = BootTimer::new(None).signal_agent(evt.try_clone().unwrap());
+        t.write(0, &[BootEvent::InitStarted as u8]);
+        assert!(evt.read().is_err(), "only the agent event signals");
+        t.write(0, &[BootEvent::AgentListening as u8]);
+        assert_eq!(evt.read().unwrap(), 1);
         // Without a timeline the events are only logged.
         BootTimer::new(None).write(0, &[1]);
     }

@@ -108,6 +108,22 @@ impl Serial {
             uart: Uart::new(IrqTrigger(irq), out),
         }
     }
+
+    /// A UART with the registers of a snapshot.
+    pub fn from_state(
+        state: &vm_superio::serial::SerialState,
+        irq: EventFd,
+        out: ConsoleWriter,
+    ) -> Result<Self, String> {
+        Uart::from_state(state, IrqTrigger(irq), vm_superio::serial::NoEvents, out)
+            .map(|uart| Serial { uart })
+            .map_err(|e| format!("serial state: {e:?}"))
+    }
+
+    /// The UART's registers.
+    pub fn state(&self) -> vm_superio::serial::SerialState {
+        self.uart.state()
+    }
 }
 
 impl BusDevice for Serial {

@@ -27,6 +27,7 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::vmm::bus::BusDevice;
+use crate::vmm::snapshot::{QueueSnapshot, TransportSnapshot};
 
 use super::{ActivateError, Interrupt, VirtioDevice, INTERRUPT_CONFIG_CHANGE, VIRTIO_F_VERSION_1};
 
@@ -218,6 +219,100 @@ impl MmioTransport {
     /// The device behind this transport.
     pub fn device(&self) -> &Arc<Mutex<dyn VirtioDevice>> {
         &self.device
+    }
+
+    /// The transport's registers and the device's ring positions, for a
+    /// snapshot (taken while the vCPUs and the event loop stand still).
+    pub fn save(&self) -> TransportSnapshot {
+        let device = lock(&self.device);
+        let positions = device.queue_positions();
+        TransportSnapshot {
+            device_type: device.device_type(),
+            device_status: self.device_status,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            driver_features: self.driver_features,
+            queue_sel: self.queue_sel,
+            interrupt_status: self.interrupt.status.load(Ordering::SeqCst),
+            config_generation: self.config_generation,
+            queues: self
+                .queues
+                .iter()
+                .enumerate()
+                .map(|(i, q)| QueueSnapshot {
+                    size: q.size,
+                    ready: q.ready,
+                    desc_table: q.desc_table,
+                    avail_ring: q.avail_ring,
+                    used_ring: q.used_ring,
+                    position: positions.get(i).copied().unwrap_or_default(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Puts saved registers back over a new device of the same type: a
+    /// device the driver had started is activated with its queues at the
+    /// saved ring positions. Then every queue is signalled once (a
+    /// notification the guest wrote just before the snapshot was never
+    /// processed) and a pending interrupt is raised again.
+    pub fn restore(&mut self, snap: &TransportSnapshot) -> Result<(), String> {
+        let device_type = lock(&self.device).device_type();
+        if snap.device_type != device_type {
+            return Err(format!(
+                "virtio device type {} in the snapshot, {device_type} in this VM",
+                snap.device_type
+            ));
+        }
+        if snap.queues.len() != self.queues.len() {
+            return Err(format!(
+                "{} queues in the snapshot, the device has {}",
+                snap.queues.len(),
+                self.queues.len()
+            ));
+        }
+        self.device_status = snap.device_status;
+        self.device_features_sel = snap.device_features_sel;
+        self.driver_features_sel = snap.driver_features_sel;
+        self.driver_features = snap.driver_features;
+        self.queue_sel = snap.queue_sel;
+        self.config_generation = snap.config_generation;
+        for (q, s) in self.queues.iter_mut().zip(&snap.queues) {
+            *q = QueueConfig {
+                size: s.size,
+                ready: s.ready,
+                desc_table: s.desc_table,
+                avail_ring: s.avail_ring,
+                used_ring: s.used_ring,
+            };
+        }
+        let st = snap.device_status;
+        if st & status::FEATURES_OK != 0 {
+            lock(&self.device).set_acked_features(snap.driver_features);
+        }
+        let broken = st & (status::FAILED | status::DEVICE_NEEDS_RESET) != 0;
+        if st & status::DRIVER_OK != 0 && !broken {
+            let mut queues = self.build_queues().map_err(|e| e.to_string())?;
+            for (q, s) in queues.iter_mut().zip(&snap.queues) {
+                q.set_next_avail(s.position.next_avail);
+                q.set_next_used(s.position.next_used);
+            }
+            let interrupt: Arc<dyn Interrupt> = self.interrupt.clone();
+            let mut device = lock(&self.device);
+            device
+                .activate(self.mem.clone(), interrupt, queues)
+                .map_err(|e| e.to_string())?;
+            for evt in device.queue_events() {
+                evt.write(1).map_err(|e| e.to_string())?;
+            }
+        }
+        self.interrupt
+            .status
+            .store(snap.interrupt_status, Ordering::SeqCst);
+        if snap.interrupt_status != 0 {
+            self.interrupt.irq_evt.write(1).map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     /// Handles a guest read of `data.len()` bytes at `offset` in the window.
@@ -638,6 +733,12 @@ mod tests {
         }
         fn is_activated(&self) -> bool {
             self.activated.is_some()
+        }
+        fn queue_positions(&self) -> Vec<crate::vmm::snapshot::QueuePosition> {
+            self.activated
+                .as_ref()
+                .map(|(_, q)| crate::vmm::devices::virtio::positions(q))
+                .unwrap_or_default()
         }
         fn reset(&mut self) -> bool {
             self.resets.fetch_add(1, Ordering::SeqCst);

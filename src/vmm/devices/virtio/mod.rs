@@ -66,6 +66,20 @@ pub fn read_config_space(config: &[u8], offset: u64, data: &mut [u8]) {
     }
 }
 
+/// The ring positions of `queues`, for [`VirtioDevice::queue_positions`].
+pub fn positions<'a>(
+    queues: impl IntoIterator<Item = &'a Queue>,
+) -> Vec<crate::vmm::snapshot::QueuePosition> {
+    use virtio_queue::QueueT as _;
+    queues
+        .into_iter()
+        .map(|q| crate::vmm::snapshot::QueuePosition {
+            next_avail: q.next_avail(),
+            next_used: q.next_used(),
+        })
+        .collect()
+}
+
 /// A virtio device as the transport sees it.
 pub trait VirtioDevice: Send {
     /// Device type id ([`TYPE_BLOCK`], ...).
@@ -92,6 +106,9 @@ pub trait VirtioDevice: Send {
     ) -> Result<(), ActivateError>;
     /// Whether the device is activated.
     fn is_activated(&self) -> bool;
+    /// Where each queue's rings stand (empty before activation), for a
+    /// snapshot ([`crate::vmm::snapshot`]).
+    fn queue_positions(&self) -> Vec<crate::vmm::snapshot::QueuePosition>;
     /// Returns the device to its initial state after a driver reset; `false`
     /// when the device cannot be reset (the transport then marks it failed).
     fn reset(&mut self) -> bool;

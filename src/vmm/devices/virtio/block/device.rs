@@ -288,6 +288,12 @@ impl VirtioDevice for Block {
     fn is_activated(&self) -> bool {
         matches!(self.state, DeviceState::Activated { .. })
     }
+    fn queue_positions(&self) -> Vec<crate::vmm::snapshot::QueuePosition> {
+        match &self.state {
+            DeviceState::Activated { queue, .. } => super::super::positions([queue]),
+            DeviceState::Inactive => Vec::new(),
+        }
+    }
 
     fn reset(&mut self) -> bool {
         // Dropping the queue, memory and interrupt is all there is to it:

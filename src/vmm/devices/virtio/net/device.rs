@@ -1349,6 +1349,12 @@ impl<B: NetBackend + 'static> VirtioDevice for Net<B> {
     fn is_activated(&self) -> bool {
         self.activated()
     }
+    fn queue_positions(&self) -> Vec<crate::vmm::snapshot::QueuePosition> {
+        match &self.state {
+            DeviceState::Activated { queues, .. } => super::super::positions(queues),
+            DeviceState::Inactive => Vec::new(),
+        }
+    }
 
     fn reset(&mut self) -> bool {
         if self.rx_pending.take().is_some() {

@@ -434,6 +434,12 @@ impl VirtioDevice for Vsock {
     fn is_activated(&self) -> bool {
         matches!(self.state, DeviceState::Activated { .. })
     }
+    fn queue_positions(&self) -> Vec<crate::vmm::snapshot::QueuePosition> {
+        match &self.state {
+            DeviceState::Activated { queues, .. } => super::super::positions(queues),
+            DeviceState::Inactive => Vec::new(),
+        }
+    }
 
     fn reset(&mut self) -> bool {
         self.state = DeviceState::Inactive;

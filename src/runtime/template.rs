@@ -1,0 +1,281 @@
+//! Template VMs: a container VM without NICs starts from a snapshot instead
+//! of booting.
+//!
+//! The first container of a kind boots a template VM: the same kernel,
+//! initramfs, root image, memory, vCPUs and command line as the container's
+//! VM, with a vsock socket of its own. When husk-init's agent listens (the
+//! root image is mounted under its overlay, nothing of any container is in
+//! the guest yet) the VMM snapshots it ([`crate::vmm::snapshot`]) into
+//! `<cache>/templates/<key>/` and the template VM ends. Every container of
+//! the same kind then restores that snapshot: its guest RAM maps the memory
+//! file copy-on-write, and the agent, already listening, gets the
+//! container's setup as after a cold boot. The agent sets the guest's wall
+//! clock and mixes fresh host entropy into the guest's random pool at
+//! create, so clones share neither the template's time nor its random
+//! state.
+//!
+//! The key covers everything the guest saw while booting: the kernel,
+//! husk-init and the root image (path, size, modification time, inode), the
+//! memory size, vCPU count, command line and vsock CID, the husk binary (its
+//! device model and snapshot format), and the host's CPU flags and kernel
+//! release (KVM's CPUID and MSRs). A changed input makes a new key; old
+//! templates stay in the cache until removed (like rootfs images).
+//! Concurrent creates of the same kind build it once (a lock file).
+
+use std::fs::File;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::vmm::config::{ConsoleOutput, Snapshot, VmConfig, VsockConfig};
+use crate::vmm::{snapshot, VmExit};
+
+/// Directory of the templates under husk's cache root.
+pub const TEMPLATES_DIR: &str = "templates";
+/// A template VM that has not reached its agent after this long is given up.
+const TEMPLATE_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Why no template could be made or found.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    #[error("template {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("template VM: {0}")]
+    Build(#[from] crate::vmm::builder::BuildError),
+    #[error("template VM ended without a snapshot ({0:?}); its console: {1}")]
+    NoSnapshot(VmExit, String),
+    #[error("a VM with NICs cannot start from a template")]
+    HasNics,
+}
+
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> TemplateError + '_ {
+    move |source| TemplateError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What a file contributes to the key: enough to notice it was replaced or
+/// rebuilt.
+fn file_identity(path: &Path) -> String {
+    match std::fs::metadata(path) {
+        Ok(m) => format!(
+            "{}:{}:{}:{}:{}:{}",
+            path.display(),
+            m.dev(),
+            m.ino(),
+            m.len(),
+            m.mtime(),
+            m.mtime_nsec()
+        ),
+        Err(e) => format!("{}:{e}", path.display()),
+    }
+}
+
+/// The host facts a snapshot depends on: CPU flags and kernel release.
+fn host_identity() -> String {
+    let flags = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("flags"))
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!("{flags}|{release}")
+}
+
+/// The template key of a container VM; `init` is the husk-init binary its
+/// initramfs was built from.
+pub fn key(config: &VmConfig, init: &Path) -> String {
+    let mut text = format!(
+        "format={}|husk={}|kernel={}|init={}|mem={}|vcpus={}|cmdline={}|cid={:?}|host={}",
+        snapshot::FORMAT,
+        std::env::current_exe()
+            .map(|p| file_identity(&p))
+            .unwrap_or_default(),
+        file_identity(&config.kernel),
+        file_identity(init),
+        config.mem_mib,
+        config.vcpus,
+        config.cmdline,
+        config.vsock.as_ref().map(|v| v.guest_cid),
+        host_identity(),
+    );
+    for disk in &config.block {
+        text.push_str(&format!(
+            "|disk={}:{}:{}",
+            file_identity(&disk.path),
+            disk.read_only,
+            disk.id
+        ));
+    }
+    format!(
+        "{:016x}{:016x}",
+        crate::runtime::state::fnv1a(text.as_bytes()),
+        crate::runtime::state::fnv1a(text.chars().rev().collect::<String>().as_bytes())
+    )
+}
+
+/// Whether `dir` holds a complete snapshot.
+fn complete(dir: &Path) -> bool {
+    dir.join(snapshot::STATE_FILE).is_file() && dir.join(snapshot::MEMORY_FILE).is_file()
+}
+
+/// The snapshot directory for VMs like `config` under `cache`, booting and
+/// snapshotting the template VM first if there is none. `init` is the
+/// husk-init binary of the config's initramfs.
+pub fn ensure(config: &VmConfig, init: &Path, cache: &Path) -> Result<PathBuf, TemplateError> {
+    if !config.net.is_empty() {
+        return Err(TemplateError::HasNics);
+    }
+    let templates = cache.join(TEMPLATES_DIR);
+    let key = key(config, init);
+    let dir = templates.join(&key);
+    if complete(&dir) {
+        return Ok(dir);
+    }
+    std::fs::create_dir_all(&templates).map_err(io_at(&templates))?;
+    let lock_path = templates.join(format!("{key}.lock"));
+    let lock = File::create(&lock_path).map_err(io_at(&lock_path))?;
+    let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| TemplateError::Io {
+            path: lock_path.clone(),
+            source: std::io::Error::from_raw_os_error(e as i32),
+        })?;
+    // Another create may have built it while we waited for the lock.
+    if complete(&dir) {
+        return Ok(dir);
+    }
+    let work = templates.join(format!("{key}.building.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).map_err(io_at(&work))?;
+    let built = build(config, &work);
+    // Only the snapshot's two files stay; the socket and console go.
+    let console = work.join("console.log");
+    let console_text = std::fs::read_to_string(&console).unwrap_or_default();
+    let _ = std::fs::remove_file(&console);
+    let _ = std::fs::remove_file(work.join("vsock"));
+    let finished = match built {
+        Ok(VmExit::Snapshotted) if complete(&work) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::rename(&work, &dir).map_err(io_at(&dir))
+        }
+        Ok(other) => Err(TemplateError::NoSnapshot(
+            other,
+            console_text.lines().rev().take(5).collect::<Vec<_>>().join(" | "),
+        )),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = finished {
+        let _ = std::fs::remove_dir_all(&work);
+        return Err(e);
+    }
+    log::info!("template {key}: snapshot of a booted VM written");
+    Ok(dir)
+}
+
+/// Boots the template VM of `config` and snapshots it into `work`.
+fn build(config: &VmConfig, work: &Path) -> Result<VmExit, TemplateError> {
+    let mut t = config.clone();
+    t.console = ConsoleOutput::File(work.join("console.log"));
+    t.vsock = config.vsock.as_ref().map(|v| VsockConfig {
+        guest_cid: v.guest_cid,
+        uds_path: work.join("vsock"),
+    });
+    t.timeout = Some(TEMPLATE_BOOT_TIMEOUT);
+    t.timeline = None;
+    t.snapshot = Some(Snapshot::TakeWhenAgentListens(work.to_path_buf()));
+    Ok(crate::vmm::builder::build_and_run(t)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmm::config::BlockConfig;
+
+    fn config(dir: &Path) -> VmConfig {
+        let kernel = dir.join("vmlinux");
+        std::fs::write(&kernel, b"k").unwrap();
+        let image = dir.join("root.img");
+        std::fs::write(&image, b"i").unwrap();
+        let mut c = VmConfig::new(kernel);
+        c.block = vec![BlockConfig {
+            path: image,
+            read_only: true,
+            id: "husk-root".into(),
+        }];
+        c.vsock = Some(VsockConfig {
+            guest_cid: 3,
+            uds_path: dir.join("a/vsock"),
+        });
+        c
+    }
+
+    #[test]
+    fn the_key_ignores_per_container_paths_but_not_what_the_guest_saw() {
+        let dir = tempfile::tempdir().unwrap();
+        let init = dir.path().join("husk-init");
+        std::fs::write(&init, b"init").unwrap();
+        let a = config(dir.path());
+        let mut b = a.clone();
+        b.vsock = Some(VsockConfig {
+            guest_cid: 3,
+            uds_path: dir.path().join("b/vsock"),
+        });
+        b.console = ConsoleOutput::Discard;
+        b.timeline = Some(dir.path().join("b"));
+        assert_eq!(key(&a, &init), key(&b, &init));
+
+        let mut more_mem = a.clone();
+        more_mem.mem_mib += 64;
+        assert_ne!(key(&a, &init), key(&more_mem, &init));
+        let mut other_cmdline = a.clone();
+        other_cmdline.cmdline.push_str(" x=1");
+        assert_ne!(key(&a, &init), key(&other_cmdline, &init));
+        let before = key(&a, &init);
+        std::fs::write(dir.path().join("root.img"), b"a new image").unwrap();
+        assert_ne!(before, key(&a, &init), "a rebuilt image is another template");
+    }
+
+    #[test]
+    fn a_vm_with_nics_gets_no_template_and_nothing_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path());
+        c.net = vec![crate::vmm::config::NetConfig {
+            tap: "t0".into(),
+            mac: [2, 0, 0, 0, 0, 1],
+            mtu: 1500,
+            offload: true,
+        }];
+        let cache = dir.path().join("cache");
+        assert!(matches!(
+            ensure(&c, Path::new("/i"), &cache),
+            Err(TemplateError::HasNics)
+        ));
+        assert!(!cache.exists());
+    }
+
+    #[test]
+    fn a_template_vm_that_cannot_boot_leaves_no_directory_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path());
+        // A kernel that is no kernel fails before any VM runs.
+        c.mem_mib = 64;
+        let cache = dir.path().join("cache");
+        let err = ensure(&c, Path::new("/i"), &cache).unwrap_err();
+        assert!(matches!(err, TemplateError::Build(_)), "{err}");
+        let left: Vec<_> = std::fs::read_dir(cache.join(TEMPLATES_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| !n.ends_with(".lock"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+}
