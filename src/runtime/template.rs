@@ -34,6 +34,12 @@ use crate::vmm::{snapshot, VmExit};
 pub const TEMPLATES_DIR: &str = "templates";
 /// A template VM that has not reached its agent after this long is given up.
 const TEMPLATE_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How many templates the cache keeps; building one more removes the least
+/// recently used beyond this (`$HUSK_TEMPLATES_MAX` overrides; each holds
+/// the non-zero pages of a booted guest, ~20 MiB with the default kernel).
+const DEFAULT_MAX_TEMPLATES: usize = 8;
+/// Environment variable overriding [`DEFAULT_MAX_TEMPLATES`].
+pub const ENV_TEMPLATES_MAX: &str = "HUSK_TEMPLATES_MAX";
 
 /// Why no template could be made or found.
 #[derive(Debug, thiserror::Error)]
@@ -139,15 +145,18 @@ pub fn ensure(config: &VmConfig, init: &Path, cache: &Path) -> Result<PathBuf, T
     let key = key(config, init);
     let dir = templates.join(&key);
     if complete(&dir) {
+        touch(&dir);
         return Ok(dir);
     }
     std::fs::create_dir_all(&templates).map_err(io_at(&templates))?;
     let lock_path = templates.join(format!("{key}.lock"));
     let lock = File::create(&lock_path).map_err(io_at(&lock_path))?;
-    let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| TemplateError::Io {
-            path: lock_path.clone(),
-            source: std::io::Error::from_raw_os_error(e as i32),
+    let _held =
+        nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| {
+            TemplateError::Io {
+                path: lock_path.clone(),
+                source: std::io::Error::from_raw_os_error(e as i32),
+            }
         })?;
     // Another create may have built it while we waited for the lock.
     if complete(&dir) {
@@ -169,7 +178,12 @@ pub fn ensure(config: &VmConfig, init: &Path, cache: &Path) -> Result<PathBuf, T
         }
         Ok(other) => Err(TemplateError::NoSnapshot(
             other,
-            console_text.lines().rev().take(5).collect::<Vec<_>>().join(" | "),
+            console_text
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .join(" | "),
         )),
         Err(e) => Err(e),
     };
@@ -178,7 +192,49 @@ pub fn ensure(config: &VmConfig, init: &Path, cache: &Path) -> Result<PathBuf, T
         return Err(e);
     }
     log::info!("template {key}: snapshot of a booted VM written");
+    let max = std::env::var(ENV_TEMPLATES_MAX)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_MAX_TEMPLATES);
+    evict(&templates, max.max(1));
     Ok(dir)
+}
+
+/// Marks a template used now (its directory's modification time orders
+/// [`evict`]).
+fn touch(dir: &Path) {
+    let now = nix::sys::time::TimeSpec::UTIME_NOW;
+    if let Err(e) = nix::sys::stat::utimensat(
+        None,
+        dir,
+        &now,
+        &now,
+        nix::sys::stat::UtimensatFlags::FollowSymlink,
+    ) {
+        log::debug!("template {}: {e}", dir.display());
+    }
+}
+
+/// Removes the least recently used complete templates beyond `keep`. A VM
+/// restored from a removed one keeps its mapping (the file lives on until
+/// unmapped); lock files stay (a waiting create holds one).
+fn evict(templates: &Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(templates) else {
+        return;
+    };
+    let mut found: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_dir() && complete(p))
+        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .collect();
+    found.sort_by_key(|e| std::cmp::Reverse(e.0));
+    for (_, old) in found.into_iter().skip(keep) {
+        match std::fs::remove_dir_all(&old) {
+            Ok(()) => log::info!("template {}: removed (least recently used)", old.display()),
+            Err(e) => log::warn!("template {}: removing: {e}", old.display()),
+        }
+    }
 }
 
 /// Boots the template VM of `config` and snapshots it into `work`.
@@ -241,7 +297,43 @@ mod tests {
         assert_ne!(key(&a, &init), key(&other_cmdline, &init));
         let before = key(&a, &init);
         std::fs::write(dir.path().join("root.img"), b"a new image").unwrap();
-        assert_ne!(before, key(&a, &init), "a rebuilt image is another template");
+        assert_ne!(
+            before,
+            key(&a, &init),
+            "a rebuilt image is another template"
+        );
+    }
+
+    #[test]
+    fn eviction_keeps_the_most_recently_used_complete_templates() {
+        let dir = tempfile::tempdir().unwrap();
+        let make = |name: &str, age_s: i64| {
+            let d = dir.path().join(name);
+            std::fs::create_dir(&d).unwrap();
+            std::fs::write(d.join(snapshot::STATE_FILE), b"{}").unwrap();
+            std::fs::write(d.join(snapshot::MEMORY_FILE), b"").unwrap();
+            let t = nix::sys::time::TimeSpec::new(1_700_000_000 - age_s, 0);
+            nix::sys::stat::utimensat(
+                None,
+                &d,
+                &t,
+                &t,
+                nix::sys::stat::UtimensatFlags::FollowSymlink,
+            )
+            .unwrap();
+            d
+        };
+        let oldest = make("a", 300);
+        let old = make("b", 200);
+        let newer = make("c", 100);
+        let building = dir.path().join("d.building.1");
+        std::fs::create_dir(&building).unwrap();
+        // Used just now: the oldest becomes the newest.
+        touch(&oldest);
+        evict(dir.path(), 2);
+        assert!(oldest.exists() && newer.exists());
+        assert!(!old.exists());
+        assert!(building.exists(), "an incomplete one is not a template");
     }
 
     #[test]
