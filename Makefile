@@ -54,7 +54,9 @@ e2e: kernel build
 ## the start-up chart: docs/img/startup.png. RUNS=N runs each; bench-density:
 ## COUNT=N containers per runtime (16: about 0.5 GiB of husk guests, well inside
 ## the test host's default 4096 MiB, HUSK_TESTHOST_MEM=MiB for more), JOBS=N
-## creates at once, UNTIL_FULL=1 to start containers until no more fit.
+## creates at once, UNTIL_FULL=1 to start containers until no more fit,
+## COLD=1 to cold-boot husk's guests (default: restore the template VM's
+## snapshot; bench-run and bench-breakdown measure both modes).
 BENCH_OUT   := $(CURDIR)/benches/results
 # Debian's interpreter: python3-matplotlib is installed for it.
 PLOT_PYTHON ?= /usr/bin/python3
@@ -79,7 +81,7 @@ bench-net: kernel build
 bench-density: kernel build
 	mkdir -p $(BENCH_OUT)
 	$(TESTHOST) --rw $(BENCH_OUT) -- python3 benches/density.py --count $${COUNT:-16} --jobs $${JOBS:-4} \
-		$${UNTIL_FULL:+--until-full} --json $(BENCH_OUT)/density.json
+		$${UNTIL_FULL:+--until-full} $${COLD:+--cold} --json $(BENCH_OUT)/density.json
 
 ## The chart of bench-boot's and bench-run's latest results.
 bench-plot:

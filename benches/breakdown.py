@@ -1,17 +1,30 @@
 #!/usr/bin/env python3
 """Where husk's container start goes: `husk create` + `husk start` of
-/bin/true, N times, cut into slices by the container's start-up timeline.
+/bin/true, N times in each start-up mode, cut into slices by the
+container's start-up timeline.
+
+The two modes (common.HUSK_MODES) run the same rootfs: "restore", husk's
+default, maps the memory of a snapshot of a booted template VM and restores
+its devices and vCPUs; "cold" (config.json annotated `io.husk.snapshot:
+"false"`) boots the guest kernel. One warm-up container of each mode comes
+first (restore's builds the cached rootfs image and the template VM: its
+template slice is printed apart), then the modes alternate, run after run.
 
 Every moment is the host's CLOCK_MONOTONIC (one clock for all processes):
 this script's own reading just before it spawns `husk create`; the marks
 `create` and `start` write (`create.begin` ... `start.end`); the VMM's
-(`vmm.main`, `vmm.go` once create's hooks ran, `vmm.build` when the VM
-build starts, `vmm.vcpus` just before the vCPU threads start,
-`vmm.agent` once husk-init's agent answered, `vmm.created`); and husk-init's
-own, which it writes to the boot timer port and the VMM timestamps on
-arrival (`guest.init`: init's first instructions, `guest.agent`: the agent
-listens, `guest.exec`: the container process has been executed). They are
-read from `<state>/<id>/timeline` before the container is deleted.
+(`vmm.main`, `vmm.go` once create's hooks ran, `vmm.template` once the
+template is found or built (restore only), `vmm.build` when the VM build
+starts, `vmm.restored` once guest memory is mapped and the devices' and
+vCPUs' state restored (restore only), `vmm.vcpus` just before the vCPU
+threads start, `vmm.agent` once husk-init's agent answered, `vmm.created`);
+and husk-init's own, which it writes to the boot timer port and the VMM
+timestamps on arrival (`guest.init`: init's first instructions,
+`guest.agent`: the agent listens, both cold only: a restored guest booted
+in the template; `guest.exec`: the container process has been executed).
+They are read from `<state>/<id>/timeline` before the container is deleted.
+Each mode's slices chain from the spawn of `create` to `guest.exec`, so
+they add up to its total; a slice whose marks are missing is reported so.
 
 Between `create` returning and `start` there is only this script's spawn of
 `husk start` (an engine's own gap). Needs a KVM with vmx/svm: run it through
@@ -25,13 +38,13 @@ import sys
 import tempfile
 import time
 
-from common import bench_args, make_bundle, write_json
+from common import HUSK_MODES, bench_args, make_bundle, variant_bundle, write_json
 
 # How long a container's VMM may take to end after its process did.
 END_WAIT_S = 60
-# The slices, each from one moment to the next; the first moment is this
-# script's, taken right before it spawns `husk create`.
-SLICES = [
+# The slices of each mode, each from one moment to the next; the first
+# moment is this script's, taken right before it spawns `husk create`.
+SLICES_COLD = [
     ("husk create process start", "spawn", "create.begin"),
     ("bundle, state, rootfs image (cached)", "create.begin", "create.image"),
     ("VMM process spawn", "create.image", "vmm.main"),
@@ -45,7 +58,32 @@ SLICES = [
     ("create exit to start (engine gap)", "create.end", "start.begin"),
     ("start to the process's first instruction", "start.begin", "guest.exec"),
 ]
+SLICES_RESTORE = [
+    ("husk create process start", "spawn", "create.begin"),
+    ("bundle, state, rootfs image (cached)", "create.begin", "create.image"),
+    ("VMM process spawn", "create.image", "vmm.main"),
+    ("host hooks / go-ahead", "vmm.main", "vmm.go"),
+    ("VM config, template lookup (cached)", "vmm.go", "vmm.template"),
+    ("template found to VM build", "vmm.template", "vmm.build"),
+    ("restore: KVM VM, memory map, devices, vCPU state", "vmm.build", "vmm.restored"),
+    ("vCPU threads start", "vmm.restored", "vmm.vcpus"),
+    ("agent connect (already listening)", "vmm.vcpus", "vmm.agent"),
+    ("container setup", "vmm.agent", "vmm.created"),
+    ("readiness to create's exit", "vmm.created", "create.end"),
+    ("create exit to start (engine gap)", "create.end", "start.begin"),
+    ("start to the process's first instruction", "start.begin", "guest.exec"),
+]
+SLICES = {"restore": SLICES_RESTORE, "cold": SLICES_COLD}
+MODE_TEXT = {"restore": "restored from the template VM's snapshot (husk's default)",
+             "cold": "cold boot of the guest kernel (io.husk.snapshot: \"false\")"}
 TOTAL = ("total: spawn of create to the process's first instruction", "spawn", "guest.exec")
+# The restore warm-up's slice that builds the template VM (boot + snapshot).
+TEMPLATE_BUILD = ("template VM build (first container: boot, snapshot)", "vmm.go", "vmm.template")
+for _slices in SLICES.values():
+    # Each slice starts where the one before ended, the first at the total's
+    # start and the last at its end: they add up to the total.
+    assert [a for _, a, _ in _slices] == [TOTAL[1]] + [b for _, _, b in _slices[:-1]]
+    assert _slices[-1][2] == TOTAL[2]
 
 
 def read_timeline(path):
@@ -83,40 +121,77 @@ def one_start(husk, root, bundle, cid):
     return marks
 
 
-def main():
-    args = bench_args(__doc__).parse_args()
-    with tempfile.TemporaryDirectory() as work:
-        bundle = os.path.join(work, "bundle")
-        os.makedirs(bundle)
-        make_bundle(bundle, ["/bin/true"])
-        root = os.path.join(work, "state")
-        husk = [args.husk, "--root", root]
-        one_start(husk, root, bundle, "warm")  # builds the cached rootfs image
-        runs = [one_start(husk, root, bundle, f"b{i}") for i in range(args.runs)]
-    slices = {}
-    for label, a, b in SLICES + [TOTAL]:
-        vals = [(m[b] - m[a]) / 1e6 for m in runs if a in m and b in m]
-        slices[label] = vals
-    print(f"husk start-up breakdown: create + start of /bin/true, {args.runs} runs (after a warm-up), "
-          "medians with min-max, host monotonic clock")
+def summarize(slices, runs):
+    """{label: [ms per run that has both marks]} of `slices` and the total."""
+    return {label: [(m[b] - m[a]) / 1e6 for m in runs if a in m and b in m]
+            for label, a, b in slices + [TOTAL]}
+
+
+def print_table(mode, slices, runs, values):
+    print(f"{mode}: {MODE_TEXT[mode]}, {len(runs)} runs")
     print()
     print("| slice | median | min-max | share of total |")
     print("|---|---|---|---|")
-    total = statistics.median(slices[TOTAL[0]]) if slices[TOTAL[0]] else None
-    for label, _, _ in SLICES + [TOTAL]:
-        v = slices[label]
+    total = statistics.median(values[TOTAL[0]]) if values[TOTAL[0]] else None
+    for label, _, _ in slices + [TOTAL]:
+        v = values[label]
         if not v:
             print(f"| {label} | missing | | |")
             continue
         med = statistics.median(v)
         share = f"{100 * med / total:.0f}%" if total else ""
         print(f"| {label} | {med:.1f} ms | {min(v):.1f}-{max(v):.1f} ms | {share} |")
-    missing = sorted({n for _, a, b in SLICES for n in (a, b)} - set().union(*[set(m) for m in runs]))
+    missing = sorted({n for _, a, b in slices for n in (a, b)} - set().union(*[set(m) for m in runs]))
     if missing:
         print(f"\nmissing marks: {', '.join(missing)}")
+    print()
+
+
+def main():
+    args = bench_args(__doc__).parse_args()
+    with tempfile.TemporaryDirectory() as work:
+        bundle = os.path.join(work, "bundle")
+        os.makedirs(bundle)
+        make_bundle(bundle, ["/bin/true"])
+        # The same rootfs in each mode, so one cached image.
+        bundles = {}
+        for mode, annotations in HUSK_MODES.items():
+            bundles[mode] = os.path.join(work, f"bundle-{mode}")
+            variant_bundle(bundle, bundles[mode], annotations)
+        root = os.path.join(work, "state")
+        husk = [args.husk, "--root", root]
+        # Restore's warm-up builds the cached rootfs image and the template.
+        warm = {mode: one_start(husk, root, bundles[mode], f"warm-{mode}") for mode in HUSK_MODES}
+        runs = {mode: [] for mode in HUSK_MODES}
+        for i in range(args.runs):
+            for mode in HUSK_MODES:
+                runs[mode].append(one_start(husk, root, bundles[mode], f"{mode}-{i}"))
+    slices = {mode: summarize(SLICES[mode], runs[mode]) for mode in HUSK_MODES}
+    print(f"husk start-up breakdown: create + start of /bin/true, {args.runs} runs per mode (after a "
+          "warm-up of each, modes alternating), medians with min-max, host monotonic clock")
+    print()
+    for mode in HUSK_MODES:
+        print_table(mode, SLICES[mode], runs[mode], slices[mode])
+    w = warm["restore"]
+    for label, a, b in (TEMPLATE_BUILD, TOTAL):
+        gone = [n for n in (a, b) if n not in w]
+        took = f"missing marks ({', '.join(gone)})" if gone else f"{(w[b] - w[a]) / 1e6:.1f} ms"
+        print(f"restore warm-up, {label}: {took}")
+    booted = sum(1 for m in runs["restore"] if "guest.init" in m)
+    if booted:
+        print(f"{booted} restore runs booted cold (no template: see the VMM's log)")
+    totals = {mode: slices[mode][TOTAL[0]] for mode in HUSK_MODES}
+    if all(totals.values()):
+        print(f"total, median: restore {statistics.median(totals['restore']):.1f} ms, "
+              f"cold {statistics.median(totals['cold']):.1f} ms "
+              f"(cold/restore {statistics.median(totals['cold']) / statistics.median(totals['restore']):.2f}x)")
     if args.json:
-        write_json(args.json, "breakdown", {"runs": args.runs, "process": ["/bin/true"],
-                                            "slices_ms": slices, "marks_ns": runs})
+        write_json(args.json, "breakdown", {
+            "runs": args.runs, "process": ["/bin/true"],
+            "modes": {mode: {"annotations": HUSK_MODES[mode],
+                             "slices": [[label, a, b] for label, a, b in SLICES[mode] + [TOTAL]],
+                             "slices_ms": slices[mode], "marks_ns": runs[mode], "warmup_marks_ns": warm[mode]}
+                      for mode in HUSK_MODES}})
 
 
 if __name__ == "__main__":

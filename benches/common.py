@@ -23,6 +23,12 @@ SMAPS_HEADER = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \S+\s*(.*)$")
 # guest RAM mapping next to a thread's small rw area): up to this much more
 # still counts as the guest-RAM mapping.
 GUEST_MAPPING_SLACK = 16 * MIB
+# The OCI annotation choosing how a husk container VM without NICs starts:
+# "false" cold-boots the guest kernel; "true" or absent (the default)
+# restores a snapshot of a booted template VM.
+ANNOTATION_SNAPSHOT = "io.husk.snapshot"
+# husk's start-up modes, each with the annotations that select it.
+HUSK_MODES = {"restore": {}, "cold": {ANNOTATION_SNAPSHOT: "false"}}
 
 
 def make_bundle(path, args, annotations=None):
@@ -48,24 +54,43 @@ def make_bundle(path, args, annotations=None):
         json.dump(config, f)
 
 
+def variant_bundle(src, path, annotations):
+    """An OCI bundle at `path` that runs bundle `src`'s rootfs (the same
+    directory, by its absolute path: one rootfs image for both) with
+    `annotations` added to src's config.json."""
+    with open(os.path.join(src, "config.json")) as f:
+        config = json.load(f)
+    config["root"]["path"] = os.path.abspath(os.path.join(src, config["root"]["path"]))
+    config["annotations"] = {**config.get("annotations", {}), **annotations}
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(config, f)
+
+
 def process_memory(pid, guest_bytes=None):
     """Resident memory of process `pid` from /proc/PID/smaps, in KiB.
 
-    The guest RAM of a VMM is its one large anonymous mapping: at least
-    `guest_bytes` and at most GUEST_MAPPING_SLACK more (the largest-resident
-    one if several match); it is counted apart:
+    The guest RAM of a VMM is its one large mapping: at least `guest_bytes`
+    and at most GUEST_MAPPING_SLACK more (the largest-resident one if several
+    match), anonymous after a cold boot, the template's memory file mapped
+    copy-on-write after a restore (pages it only read are the page cache's,
+    shared by every VM of that template); it is counted apart:
       rss_kib, pss_kib    the process without the guest-RAM mapping
       guest_rss_kib       guest RAM the guest has touched (that mapping's RSS)
-    With guest_bytes None every mapping counts as the process's own and
-    guest_rss_kib is None. Returns None when the process is gone.
+      guest_pss_kib       that mapping's PSS: shared template pages divided
+                          among the VMs mapping them
+    With guest_bytes None every mapping counts as the process's own and the
+    guest_* values are None. Returns None when the process is gone.
     """
-    mappings = []  # [size, rss, pss, anonymous] per mapping, in order
+    mappings = []  # [size, rss, pss, anonymous or a file] per mapping, in order
     try:
         with open(f"/proc/{pid}/smaps") as f:
             for line in f:
                 m = SMAPS_HEADER.match(line)
                 if m:
-                    mappings.append([int(m.group(2), 16) - int(m.group(1), 16), 0, 0, not m.group(3)])
+                    # "[heap]", "[stack]", "[vdso]" ... are never guest RAM.
+                    mappings.append([int(m.group(2), 16) - int(m.group(1), 16), 0, 0,
+                                     not m.group(3).startswith("[")])
                 elif line.startswith("Rss:"):
                     mappings[-1][1] = int(line.split()[1])
                 elif line.startswith("Pss:"):
@@ -80,7 +105,7 @@ def process_memory(pid, guest_bytes=None):
             guest = max(candidates, key=lambda m: m[1])
     own = [m for m in mappings if m is not guest]
     return {"rss_kib": sum(m[1] for m in own), "pss_kib": sum(m[2] for m in own),
-            "guest_rss_kib": guest[1] if guest else None}
+            "guest_rss_kib": guest[1] if guest else None, "guest_pss_kib": guest[2] if guest else None}
 
 
 def mem_available_kib():

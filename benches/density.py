@@ -7,8 +7,9 @@ For each runtime: N containers of the same busybox bundle (process
 are created and started by a pool of --jobs threads at once
 (`create --pid-file` then `start`). Measured:
 
-  create time     wall time of each `create` (for husk: boot the VM up to the
-                  agent), and `start`; median (min-max) over the containers
+  create time     wall time of each `create` (for husk: restore or boot the
+                  VM up to the agent), and `start`; median (min-max) over the
+                  containers
   create rate     containers started per second over the whole phase
   process RSS/PSS resident / proportional memory of each container's process
                   (husk: the VMM, runc: the container's process) from
@@ -16,6 +17,10 @@ are created and started by a pool of --jobs threads at once
                   mapping of exactly the guest's size; common.process_memory,
                   as the boot benchmark measures it)
   guest touched   RSS of that guest-RAM mapping: guest RAM actually in use
+                  (after a restore, pages read from the template's memory
+                  file count in every VM's RSS)
+  guest PSS       PSS of that mapping: after a restore, the template's pages
+                  the VMs share divided among them (after a cold boot, RSS)
   host per ctr    (MemAvailable before - after) / N, read SETTLE_S seconds
                   after the last start, once the guests are idle: everything
                   a container costs the host (VMM, guest RAM, KVM, page
@@ -25,8 +30,15 @@ Then every container is deleted (`delete --force`, by the same pool) and the
 benchmark checks that none is left: `list` is empty and no container process
 (for husk: no `husk ... vmm` process of that --root) is still running.
 
+husk starts its container VMs by default from a snapshot of a booted
+template VM (restore: guest RAM maps the template's memory file
+copy-on-write); --cold (make bench-density COLD=1) annotates the bundle
+`io.husk.snapshot: "false"` and husk boots the guest kernel for every
+container. The output and the JSON file say which mode ran.
+
 A warm-up container (created, started, deleted) comes first, so husk's cached
-rootfs image is built before anything is timed.
+rootfs image (and, restoring, its template VM) is built before anything is
+timed.
 
 --until-full starts containers in batches of --jobs until a create fails,
 MemAvailable would drop under --margin-mib, or --max is reached, and reports
@@ -46,7 +58,7 @@ import sys
 import tempfile
 import time
 
-from common import KIB, make_bundle, mem_available_kib, process_memory, version, write_json
+from common import HUSK_MODES, KIB, make_bundle, mem_available_kib, process_memory, version, write_json
 from run import RUNSC_FLAGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,6 +75,8 @@ GONE_TIMEOUT_S = 30
 # Bound for any single runtime command.
 COMMAND_TIMEOUT_S = 600
 RUNTIMES = ("husk", "runc", "crun", "runsc")
+HUSK_MODE_TEXT = {"restore": "husk mode: restore (template VM snapshot, the default)",
+                  "cold": "husk mode: cold (guest kernel boot, io.husk.snapshot: \"false\")"}
 
 
 def run_cmd(argv, log):
@@ -226,6 +240,8 @@ def main():
     ap.add_argument("--max", type=int, default=1000, help="--until-full: stop at this many")
     ap.add_argument("--runtimes", default="husk,runc", help=f"comma-separated, of {', '.join(RUNTIMES)}")
     ap.add_argument("--husk", default=os.path.join(ROOT, "target/release/husk"))
+    ap.add_argument("--cold", action="store_true",
+                    help="husk boots each guest kernel instead of restoring the template VM's snapshot")
     ap.add_argument("--json", help="write raw results here")
     args = ap.parse_args()
     names = args.runtimes.split(",")
@@ -236,10 +252,13 @@ def main():
             sys.exit(f"{name} not found (scripts/install-deps.sh installs it)")
     results = {}
     versions = {}
+    husk_mode = "cold" if args.cold else "restore"
+    # The other runtimes ignore husk's annotations.
+    annotations = {ANNOTATION_MEMORY_MIB: str(GUEST_MEM_MIB), **HUSK_MODES[husk_mode]}
     with tempfile.TemporaryDirectory() as work:
         bundle = os.path.join(work, "bundle")
         os.makedirs(bundle)
-        make_bundle(bundle, PROCESS, {ANNOTATION_MEMORY_MIB: str(GUEST_MEM_MIB)})
+        make_bundle(bundle, PROCESS, annotations)
         for name in names:
             state = os.path.join(work, f"{name}-state")
             exe = args.husk if name == "husk" else name
@@ -252,15 +271,15 @@ def main():
 
     mode = "until full" if args.until_full else f"{args.count} each"
     print(f"density benchmark: idle `{' '.join(PROCESS)}` containers, {mode}, {args.jobs} creates at once, "
-          f"husk guests {GUEST_MEM_MIB} MiB")
+          f"husk guests {GUEST_MEM_MIB} MiB, {HUSK_MODE_TEXT[husk_mode]}")
     print()
     print("| runtime | running | create, median (min-max) | start | create rate | process RSS excl. guest RAM "
-          "| process PSS excl. guest RAM | guest RAM touched | host memory per container |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| process PSS excl. guest RAM | guest RAM touched | guest RAM PSS | host memory per container |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     failed = False
     for name, r in results.items():
         if "error" in r:
-            print(f"| {name} | {r['error']} | | | | | | | |")
+            print(f"| {name} | {r['error']} | | | | | | | | |")
             failed = True
             continue
         ok = [c for c in r["containers"] if "error" not in c]
@@ -271,6 +290,7 @@ def main():
               f"| {r['rate_per_s']:.2f}/s | {med_range([m['rss_kib'] for m in mems], 1 / KIB, 'MiB', 1)} "
               f"| {med_range([m['pss_kib'] for m in mems], 1 / KIB, 'MiB', 1)} "
               f"| {med_range([m['guest_rss_kib'] for m in mems], 1 / KIB, 'MiB', 1)} "
+              f"| {med_range([m['guest_pss_kib'] for m in mems], 1 / KIB, 'MiB', 1)} "
               f"| {f'{host / KIB:.1f} MiB' if host is not None else 'n/a'} |")
     print()
     for name, r in results.items():
@@ -297,7 +317,8 @@ def main():
         write_json(args.json, "density", {
             "count": args.count, "until_full": args.until_full, "jobs": args.jobs,
             "margin_mib": args.margin_mib, "process": PROCESS, "guest_mem_mib": GUEST_MEM_MIB,
-            "settle_s": SETTLE_S, "versions": versions, "results": results})
+            "settle_s": SETTLE_S, "husk_mode": husk_mode, "annotations": annotations,
+            "versions": versions, "results": results})
     if failed:
         sys.exit(1)
 

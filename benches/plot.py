@@ -4,8 +4,10 @@
 Reads the files `boot.py --json` and `run.py --json` write (make bench-boot
 and make bench-run write them to benches/results/) and draws one panel per
 measurement: boot-to-init and boot-to-exit `/bin/true` (husk vs QEMU
-microvm), and the `run` of `/bin/true` (husk vs runc, crun, runsc). Each bar
-is the median over the runs, its error bar the min-max range. A runtime the
+microvm), and the `run` of `/bin/true` (husk, restoring its template VM's
+snapshot, and husk-cold, booting the guest kernel, in two blues, vs runc,
+crun, runsc). Each bar is the median over the runs, its error bar the
+min-max range. A runtime the
 run benchmark could not measure gets an empty, labelled slot and its reason
 under the plot. Panels have their own scales: compare bars within a panel
 only. The title says where and when the numbers were taken.
@@ -24,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benches", "results")
 # Figure size in inches and resolution: ~1500x600 pixels.
 FIG_W_IN, FIG_H_IN, DPI = 15, 6, 100
-BAR_COLOR = {"husk": "tab:blue"}
+BAR_COLOR = {"husk": "tab:blue", "husk-cold": "lightskyblue"}
 OTHER_COLOR = "tab:gray"
 # Characters per line of a not-measured reason under the plot.
 REASON_WIDTH = 160
