@@ -274,12 +274,7 @@ fn save_msrs(vcpu: &VcpuFd, list: &[u32]) -> Result<Vec<(u32, u64)>, SnapshotErr
             .collect();
         let mut msrs = msrs_of(&entries)?;
         let read = vcpu.get_msrs(&mut msrs).map_err(kvm("KVM_GET_MSRS"))?;
-        saved.extend(
-            msrs.as_slice()
-                .iter()
-                .take(read)
-                .map(|e| (e.index, e.data)),
-        );
+        saved.extend(msrs.as_slice().iter().take(read).map(|e| (e.index, e.data)));
         // Skip the refused one.
         rest = rest.get(read + 1..).unwrap_or_default();
     }
@@ -432,7 +427,10 @@ impl VmSnapshot {
 
 /// Writes guest RAM to `dir/`[`MEMORY_FILE`], leaving all-zero pages as
 /// holes; returns where each region went.
-pub fn save_memory(mem: &GuestMemoryMmap, dir: &Path) -> Result<Vec<RegionSnapshot>, SnapshotError> {
+pub fn save_memory(
+    mem: &GuestMemoryMmap,
+    dir: &Path,
+) -> Result<Vec<RegionSnapshot>, SnapshotError> {
     let path = dir.join(MEMORY_FILE);
     let file = File::create(&path).map_err(io_at(&path))?;
     let mut regions = Vec::new();
@@ -484,9 +482,10 @@ pub fn map_memory(
             .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
             .build()
             .map_err(|e| SnapshotError::Memory(format!("mapping {}: {e}", path.display())))?;
-        let region = GuestRegionMmap::new(mapping, GuestAddress(r.guest_addr)).ok_or_else(|| {
-            SnapshotError::Memory(format!("region at {:#x} does not fit", r.guest_addr))
-        })?;
+        let region =
+            GuestRegionMmap::new(mapping, GuestAddress(r.guest_addr)).ok_or_else(|| {
+                SnapshotError::Memory(format!("region at {:#x} does not fit", r.guest_addr))
+            })?;
         mapped.push(region);
     }
     GuestMemoryMmap::from_regions(mapped).map_err(|e| SnapshotError::Memory(e.to_string()))
@@ -526,7 +525,11 @@ mod tests {
         assert_eq!(meta.len(), 0x10_4000);
         use std::os::unix::fs::MetadataExt as _;
         // Two data pages, the rest holes (tmpfs and ext4 both allocate by page).
-        assert!(meta.blocks() * 512 <= 4 * PAGE as u64, "{} blocks", meta.blocks());
+        assert!(
+            meta.blocks() * 512 <= 4 * PAGE as u64,
+            "{} blocks",
+            meta.blocks()
+        );
 
         let restored = map_memory(dir.path(), &regions).unwrap();
         let mut buf = [0u8; 6];
@@ -538,7 +541,9 @@ mod tests {
         assert_eq!(&buf[..4], b"high");
         // Writes stay in this mapping: the file and a second mapping keep
         // the template's bytes.
-        restored.write_slice(b"guest!", GuestAddress(0x1000)).unwrap();
+        restored
+            .write_slice(b"guest!", GuestAddress(0x1000))
+            .unwrap();
         let again = map_memory(dir.path(), &regions).unwrap();
         again.read_slice(&mut buf, GuestAddress(0x1000)).unwrap();
         assert_eq!(&buf, b"kernel");
