@@ -119,7 +119,10 @@ fn the_annotation_boots_cold_and_a_bad_value_is_refused() {
     env.wait_status("c1", "stopped");
     assert!(husk(&env, &cache, &["delete", "c1"]).status.success());
     env.assert_gone("c1");
-    assert!(templates(&cache).is_empty(), "a cold boot makes no template");
+    assert!(
+        templates(&cache).is_empty(),
+        "a cold boot makes no template"
+    );
 
     let bad = env.bundle("bad", &["true"], |c| {
         c["annotations"] = serde_json::json!({"io.husk.snapshot": "sometimes"});
