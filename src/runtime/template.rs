@@ -134,20 +134,33 @@ fn complete(dir: &Path) -> bool {
     dir.join(snapshot::STATE_FILE).is_file() && dir.join(snapshot::MEMORY_FILE).is_file()
 }
 
+/// The complete template for VMs like `config` under `cache`, if there is
+/// one (marked used); `init` is the husk-init binary of its initramfs.
+pub fn find(config: &VmConfig, init: &Path, cache: &Path) -> Option<PathBuf> {
+    if !config.net.is_empty() {
+        return None;
+    }
+    let dir = cache.join(TEMPLATES_DIR).join(key(config, init));
+    complete(&dir).then(|| {
+        touch(&dir);
+        dir
+    })
+}
+
 /// The snapshot directory for VMs like `config` under `cache`, booting and
-/// snapshotting the template VM first if there is none. `init` is the
-/// husk-init binary of the config's initramfs.
+/// snapshotting the template VM first if there is none (the config must
+/// then carry its initramfs). `init` is the husk-init binary of the
+/// config's initramfs.
 pub fn ensure(config: &VmConfig, init: &Path, cache: &Path) -> Result<PathBuf, TemplateError> {
     if !config.net.is_empty() {
         return Err(TemplateError::HasNics);
     }
+    if let Some(dir) = find(config, init, cache) {
+        return Ok(dir);
+    }
     let templates = cache.join(TEMPLATES_DIR);
     let key = key(config, init);
     let dir = templates.join(&key);
-    if complete(&dir) {
-        touch(&dir);
-        return Ok(dir);
-    }
     std::fs::create_dir_all(&templates).map_err(io_at(&templates))?;
     let lock_path = templates.join(format!("{key}.lock"));
     let lock = File::create(&lock_path).map_err(io_at(&lock_path))?;

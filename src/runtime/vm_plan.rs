@@ -191,11 +191,12 @@ impl VmPlan {
         line
     }
 
-    /// The VM configuration, with the initramfs already built and the
-    /// network attached (`nics` empty without one).
-    pub fn vm_config(&self, initramfs: Vec<u8>, nics: &[NicPlan]) -> VmConfig {
+    /// The VM configuration, with the network attached (`nics` empty
+    /// without one); `initramfs` is built by the caller, and only when the
+    /// VM boots (a VM restored from a template has it in its memory).
+    pub fn vm_config(&self, initramfs: Option<Vec<u8>>, nics: &[NicPlan]) -> VmConfig {
         let mut c = VmConfig::new(self.kernel.clone());
-        c.initramfs = Some(Initramfs::Bytes(std::sync::Arc::new(initramfs)));
+        c.initramfs = initramfs.map(|b| Initramfs::Bytes(std::sync::Arc::new(b)));
         c.cmdline = self.cmdline();
         c.mem_mib = self.mem_mib;
         c.vcpus = self.vcpus;
@@ -255,7 +256,7 @@ mod tests {
             mac: [2, 0, 0, 0, 0, 1],
             mtu: 1450,
         };
-        let c = plan.vm_config(vec![1], std::slice::from_ref(&nic));
+        let c = plan.vm_config(Some(vec![1]), std::slice::from_ref(&nic));
         assert_eq!(
             c.net,
             vec![NetConfig {

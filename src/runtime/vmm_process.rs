@@ -67,10 +67,6 @@ fn run_vm(root: &Path, id: &str) -> Option<ExitStatus> {
         Ok(p) => p,
         Err(e) => return fail(&mut ready, e.to_string()),
     };
-    let initramfs = match crate::boot::initramfs_bytes(&plan.init) {
-        Ok(b) => b,
-        Err(e) => return fail(&mut ready, e.to_string()),
-    };
     // Forwarded signals are blocked in every thread and read from a
     // signalfd by one.
     let mut mask = nix::sys::signal::SigSet::empty();
@@ -114,16 +110,30 @@ fn run_vm(root: &Path, id: &str) -> Option<ExitStatus> {
             Err(e) => return fail(&mut ready, e.to_string()),
         }
     }
-    let mut config = plan.vm_config(initramfs, &nics);
+    let mut config = plan.vm_config(None, &nics);
     config.timeline = Some(dir.clone());
-    if plan.snapshot && config.net.is_empty() {
-        match crate::runtime::template::ensure(&config, &plan.init, &crate::paths::cache_dir()) {
-            Ok(template) => {
-                config.snapshot = Some(crate::vmm::config::Snapshot::Restore(template));
-                crate::timeline::mark(&dir, "vmm.template");
-            }
-            Err(e) => log::warn!("container {id}: booting without a template: {e}"),
+    let use_template = plan.snapshot && config.net.is_empty();
+    let cache = crate::paths::cache_dir();
+    let mut template = use_template
+        .then(|| crate::runtime::template::find(&config, &plan.init, &cache))
+        .flatten();
+    if template.is_none() {
+        // The initramfs is built only for a VM that boots: this one, or
+        // the template it will be restored from.
+        match crate::boot::initramfs_bytes(&plan.init) {
+            Ok(b) => config.initramfs = Some(crate::vmm::config::Initramfs::Bytes(Arc::new(b))),
+            Err(e) => return fail(&mut ready, e.to_string()),
         }
+        if use_template {
+            match crate::runtime::template::ensure(&config, &plan.init, &cache) {
+                Ok(t) => template = Some(t),
+                Err(e) => log::warn!("container {id}: booting without a template: {e}"),
+            }
+        }
+    }
+    if let Some(t) = template {
+        config.snapshot = Some(crate::vmm::config::Snapshot::Restore(t));
+        crate::timeline::mark(&dir, "vmm.template");
     }
     crate::timeline::mark(&dir, "vmm.build");
     let controls = RunControls {
