@@ -5,29 +5,21 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use common::oci::*;
 use common::*;
 
 /// Runs husk with its own cache root (templates and images land there).
 fn husk(env: &Env, cache: &Path, args: &[&str]) -> Finished {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_husk"));
-    cmd.env("HUSK_CACHE", cache)
-        .env("HUSK_KERNEL", kernel())
-        .env("HUSK_INIT", init_binary())
-        .arg("--root")
-        .arg(env.root())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let done = wait_bounded(cmd.spawn().unwrap(), LIMIT, "husk");
-    eprintln!(
-        "husk {args:?}: {:?}\nstdout: {}\nstderr: {}",
-        done.status, done.stdout, done.stderr
-    );
-    done
+    let (kernel, init) = (kernel(), init_binary());
+    env.husk_with_env(
+        &[
+            ("HUSK_CACHE", cache),
+            ("HUSK_KERNEL", &kernel),
+            ("HUSK_INIT", &init),
+        ],
+        args,
+    )
 }
 
 fn templates(cache: &Path) -> Vec<PathBuf> {

@@ -267,7 +267,7 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
         .map_err(kvm_op("KVM_IRQFD (serial)"))?;
     let console_out = ConsoleWriter::new(console_sink, tail.clone());
     let com1 = match &restore {
-        Some((_, snap)) => Serial::from_state(&(&snap.serial).into(), serial_irq, console_out)
+        Some((_, snap)) => Serial::from_state(&snap.serial, serial_irq, console_out)
             .map_err(SnapshotError::Mismatch)?,
         None => Serial::new(serial_irq, console_out),
     };
@@ -468,7 +468,7 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
             .iter()
             .map(|fd| VcpuState::save(fd, &msr_list))
             .collect::<Result<Vec<_>, _>>()?;
-        let serial_state = lock(&com1).state().into();
+        let serial_state = lock(&com1).state();
         let transport_states = transports.iter().map(|t| lock(t).save()).collect();
         let regions = snapshot::save_memory(&mem, dir)?;
         VmSnapshot {

@@ -303,53 +303,21 @@ fn restore_msrs(vcpu: &VcpuFd, saved: &[(u32, u64)]) -> Result<(), SnapshotError
     Ok(())
 }
 
-/// The registers of the 16550 UART (vm-superio's `SerialState`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SerialSnapshot {
-    pub baud_divisor_low: u8,
-    pub baud_divisor_high: u8,
-    pub interrupt_enable: u8,
-    pub interrupt_identification: u8,
-    pub line_control: u8,
-    pub line_status: u8,
-    pub modem_control: u8,
-    pub modem_status: u8,
-    pub scratch: u8,
-    pub in_buffer: Vec<u8>,
-}
-
-impl From<vm_superio::serial::SerialState> for SerialSnapshot {
-    fn from(s: vm_superio::serial::SerialState) -> Self {
-        SerialSnapshot {
-            baud_divisor_low: s.baud_divisor_low,
-            baud_divisor_high: s.baud_divisor_high,
-            interrupt_enable: s.interrupt_enable,
-            interrupt_identification: s.interrupt_identification,
-            line_control: s.line_control,
-            line_status: s.line_status,
-            modem_control: s.modem_control,
-            modem_status: s.modem_status,
-            scratch: s.scratch,
-            in_buffer: s.in_buffer,
-        }
-    }
-}
-
-impl From<&SerialSnapshot> for vm_superio::serial::SerialState {
-    fn from(s: &SerialSnapshot) -> Self {
-        vm_superio::serial::SerialState {
-            baud_divisor_low: s.baud_divisor_low,
-            baud_divisor_high: s.baud_divisor_high,
-            interrupt_enable: s.interrupt_enable,
-            interrupt_identification: s.interrupt_identification,
-            line_control: s.line_control,
-            line_status: s.line_status,
-            modem_control: s.modem_control,
-            modem_status: s.modem_status,
-            scratch: s.scratch,
-            in_buffer: s.in_buffer.clone(),
-        }
-    }
+/// The registers of the 16550 UART: vm-superio's `SerialState`, which has
+/// no serde support of its own (serde's remote derive, field for field).
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "vm_superio::serial::SerialState")]
+struct SerialStateDef {
+    baud_divisor_low: u8,
+    baud_divisor_high: u8,
+    interrupt_enable: u8,
+    interrupt_identification: u8,
+    line_control: u8,
+    line_status: u8,
+    modem_control: u8,
+    modem_status: u8,
+    scratch: u8,
+    in_buffer: Vec<u8>,
 }
 
 /// Ring positions of one virtqueue, kept by the device.
@@ -392,7 +360,8 @@ pub struct VmSnapshot {
     pub regions: Vec<RegionSnapshot>,
     pub vm: VmState,
     pub vcpus: Vec<VcpuState>,
-    pub serial: SerialSnapshot,
+    #[serde(with = "SerialStateDef")]
+    pub serial: vm_superio::serial::SerialState,
     /// In the order the devices were attached.
     pub transports: Vec<TransportSnapshot>,
 }
@@ -576,14 +545,15 @@ mod tests {
 
     #[test]
     fn serial_state_round_trips() {
+        #[derive(Serialize, Deserialize)]
+        struct Wrap(#[serde(with = "SerialStateDef")] vm_superio::serial::SerialState);
         let state = vm_superio::serial::SerialState {
             interrupt_enable: 0x2,
             in_buffer: vec![b'a'],
             ..Default::default()
         };
-        let snap = SerialSnapshot::from(state.clone());
-        let json = serde_json::to_string(&snap).unwrap();
-        let back: SerialSnapshot = serde_json::from_str(&json).unwrap();
-        assert_eq!(vm_superio::serial::SerialState::from(&back), state);
+        let json = serde_json::to_string(&Wrap(state.clone())).unwrap();
+        let back: Wrap = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.0, state);
     }
 }

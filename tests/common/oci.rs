@@ -66,8 +66,16 @@ impl Env {
     }
 
     pub fn husk(&self, args: &[&str]) -> Finished {
+        self.husk_with_env(&[], args)
+    }
+
+    /// [`Env::husk`] with extra environment variables.
+    pub fn husk_with_env(&self, envs: &[(&str, &Path)], args: &[&str]) -> Finished {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_husk"));
-        cmd.arg("--root").arg(self.root()).args(args);
+        cmd.envs(envs.iter().copied())
+            .arg("--root")
+            .arg(self.root())
+            .args(args);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
