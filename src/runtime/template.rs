@@ -140,7 +140,11 @@ pub fn find(config: &VmConfig, init: &Path, cache: &Path) -> Option<PathBuf> {
     if !config.net.is_empty() {
         return None;
     }
-    let dir = cache.join(TEMPLATES_DIR).join(key(config, init));
+    found(cache.join(TEMPLATES_DIR).join(key(config, init)))
+}
+
+/// `dir` if it is a complete template (marked used).
+fn found(dir: PathBuf) -> Option<PathBuf> {
     complete(&dir).then(|| {
         touch(&dir);
         dir
@@ -155,12 +159,12 @@ pub fn ensure(config: &VmConfig, init: &Path, cache: &Path) -> Result<PathBuf, T
     if !config.net.is_empty() {
         return Err(TemplateError::HasNics);
     }
-    if let Some(dir) = find(config, init, cache) {
-        return Ok(dir);
-    }
     let templates = cache.join(TEMPLATES_DIR);
     let key = key(config, init);
     let dir = templates.join(&key);
+    if let Some(dir) = found(dir.clone()) {
+        return Ok(dir);
+    }
     std::fs::create_dir_all(&templates).map_err(io_at(&templates))?;
     let lock_path = templates.join(format!("{key}.lock"));
     let lock = File::create(&lock_path).map_err(io_at(&lock_path))?;
@@ -191,12 +195,7 @@ pub fn ensure(config: &VmConfig, init: &Path, cache: &Path) -> Result<PathBuf, T
         }
         Ok(other) => Err(TemplateError::NoSnapshot(
             other,
-            console_text
-                .lines()
-                .rev()
-                .take(5)
-                .collect::<Vec<_>>()
-                .join(" | "),
+            crate::runtime::vmm_process::console_tail(&console_text),
         )),
         Err(e) => Err(e),
     };

@@ -165,10 +165,9 @@ fn run_vm(root: &Path, id: &str) -> Option<ExitStatus> {
         Err(e) => {
             let msg = if vm.is_finished() {
                 let console = std::fs::read_to_string(&plan.console_log).unwrap_or_default();
-                let tail: Vec<&str> = console.lines().rev().take(5).collect();
                 format!(
                     "the VM stopped before its agent answered: {}",
-                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                    console_tail(&console)
                 )
             } else {
                 e.to_string()
@@ -213,6 +212,16 @@ fn run_vm(root: &Path, id: &str) -> Option<ExitStatus> {
     }
     stop_vm(vm);
     ending
+}
+
+/// Console lines quoted when a VM ends before its agent answers.
+const CONSOLE_TAIL_LINES: usize = 5;
+
+/// The last lines of a VM's console, oldest first, on one line.
+pub(crate) fn console_tail(console: &str) -> String {
+    let mut tail: Vec<&str> = console.lines().rev().take(CONSOLE_TAIL_LINES).collect();
+    tail.reverse();
+    tail.join(" | ")
 }
 
 /// Bytes of host entropy the guest mixes into its pool at create.
@@ -451,5 +460,18 @@ fn watch_winsize(fd: RawFd, writer: &Mutex<UnixStream>) {
             }
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_console_tail_keeps_the_last_lines_oldest_first() {
+        let console = "a\nb\nc\nd\ne\nf\ng\n";
+        assert_eq!(console_tail(console), "c | d | e | f | g");
+        assert_eq!(console_tail("only"), "only");
+        assert_eq!(console_tail(""), "");
     }
 }

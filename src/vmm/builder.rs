@@ -288,10 +288,15 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
         exit_port::EXIT_PORT_BASE,
         exit_port::EXIT_PORT_LEN,
     )?;
-    let agent_evt = EventFd::new(EFD_NONBLOCK).map_err(io("agent eventfd"))?;
+    // Only a VM to be snapshotted watches for the agent.
+    let agent_evt = take
+        .is_some()
+        .then(|| EventFd::new(EFD_NONBLOCK))
+        .transpose()
+        .map_err(io("agent eventfd"))?;
     let mut timer = BootTimer::new(config.timeline.clone());
-    if take.is_some() {
-        timer = timer.signal_agent(agent_evt.try_clone().map_err(io("agent eventfd"))?);
+    if let Some(evt) = &agent_evt {
+        timer = timer.signal_agent(evt.try_clone().map_err(io("agent eventfd"))?);
     }
     pio.insert(
         Arc::new(Mutex::new(timer)),
@@ -437,7 +442,7 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
         reset_evt,
         controls.stop,
         config.timeout,
-        take.is_some().then_some(agent_evt),
+        agent_evt,
     )?));
     event_manager.add_subscriber(watcher.clone());
     let ended = loop {
