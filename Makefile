@@ -44,10 +44,14 @@ unit:
 ## under single-threaded TCG: nested SVM under multi-threaded TCG sometimes
 ## hangs or resets L2 guests when several run at once (seen in 2 of ~40 runs);
 ## one vCPU runs the suites as fast on 2 host cores and none failed so.
+## The output is kept in target/e2e.log; on failure scripts/e2e-summary
+## repeats what failed at the end (a CI log may show only its last lines).
 e2e: kernel build
-	HUSK_TESTHOST_CPUS=$${HUSK_TESTHOST_CPUS:-1} HUSK_TESTHOST_TCG_THREAD=$${HUSK_TESTHOST_TCG_THREAD:-single} \
+	mkdir -p target
+	rc=0; HUSK_TESTHOST_CPUS=$${HUSK_TESTHOST_CPUS:-1} HUSK_TESTHOST_TCG_THREAD=$${HUSK_TESTHOST_TCG_THREAD:-single} \
 	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$(CURDIR)/tests/testhost/cargo-runner" \
-		cargo test --release --no-fail-fast --test 'e2e_*'
+		cargo test --release --no-fail-fast --test 'e2e_*' 2>&1 | tee target/e2e.log || rc=$$?; \
+	if [ "$$rc" -ne 0 ]; then scripts/e2e-summary target/e2e.log; fi; exit "$$rc"
 
 ## Benchmarks (results go to docs/benchmarks.md by hand, with the machine named).
 ## Raw results: benches/results/*.json (shared read-write with the test host);

@@ -9,7 +9,7 @@ use husk_init::init::{self, InitError, Mount, Os, Reaped};
 use husk_init::proto::{self, BootCommand, Ending};
 use nix::errno::Errno;
 use nix::mount::MsFlags;
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{chdir, chroot, execve, fork, setsid, ForkResult, Pid};
 
@@ -113,16 +113,33 @@ impl Os for RealOs {
             .map(|e| cstr(e.as_bytes()))
             .collect::<Result<_, _>>()?;
         let cwd = cmd.cwd.clone();
+        // The console is init's controlling terminal and the command runs in
+        // its own process group in the foreground of it (shells get job
+        // control, ^C reaches the command). Init, not the command, leads the
+        // session: when a session leader exits the kernel hangs its terminal
+        // up, which throws away output still in the serial driver's buffer
+        // (the command's last lines were lost now and then with 2 vCPUs,
+        // where the UART interrupt runs on the other one). Both calls fail
+        // harmlessly when repeated or when stdin is not a tty.
+        let _ = setsid();
+        // SAFETY: TIOCSCTTY takes an int argument and touches no memory.
+        let _ = unsafe { libc::ioctl(libc::STDIN_FILENO, libc::TIOCSCTTY, 0) };
+        // SIGTTOU blocked: init and the child (until its exec) may change the
+        // foreground group and drain the console from the background.
+        let ttou = SigSet::from(Signal::SIGTTOU);
+        let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&ttou), None);
         // SAFETY: init is single-threaded, so the child may run arbitrary code
         // after fork; it only calls async-signal-safe functions before exec.
         match unsafe { fork() }.map_err(|e| spawn_err(errno_text(e)))? {
             ForkResult::Parent { child } => Ok(child.as_raw()),
             ForkResult::Child => {
-                let _ = setsid();
-                // Make the console the controlling terminal so shells get job
-                // control; harmless if stdin is not a tty.
-                // SAFETY: TIOCSCTTY takes an int argument and touches no memory.
-                let _ = unsafe { libc::ioctl(libc::STDIN_FILENO, libc::TIOCSCTTY, 0) };
+                // SAFETY: setpgid, getpid and tcsetpgrp take plain integers
+                // and touch no memory; all three are async-signal-safe.
+                unsafe {
+                    libc::setpgid(0, 0);
+                    libc::tcsetpgrp(libc::STDIN_FILENO, libc::getpid());
+                }
+                let _ = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&ttou), None);
                 if let Err(e) = chdir(cwd.as_str()) {
                     let _ = writeln!(
                         std::io::stderr(),
@@ -215,6 +232,27 @@ fn resolve_program(program: &str, path_var: &str, cwd: &str) -> Option<PathBuf> 
         .find(|p| p.is_file())
 }
 
+/// How long [`drain_console`] waits for the console's output to go out.
+const CONSOLE_DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Waits until what the command and init wrote to the console has left the
+/// guest: the serial driver sends its buffer from the UART's interrupt, which
+/// with several vCPUs can run after init reports the exit, and that ends the
+/// VM. Bounded: a console that does not drain must not keep the VM from
+/// ending.
+fn drain_console() {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let drained = std::thread::Builder::new()
+        .name("drain".into())
+        .spawn(move || {
+            let _ = nix::sys::termios::tcdrain(std::io::stdout());
+            let _ = done_tx.send(());
+        });
+    if drained.is_ok() {
+        let _ = done_rx.recv_timeout(CONSOLE_DRAIN_LIMIT);
+    }
+}
+
 /// Tells the VMM how the command ended through the exit port.
 fn report_to_port(ending: Ending) {
     let value = ending.to_port_value();
@@ -255,6 +293,7 @@ fn main() {
         os.console(&ending.report_line());
     }
     nix::unistd::sync();
+    drain_console();
     report_to_port(ending);
     // If nothing acted on the port, reboot: the kernel runs with reboot=k and
     // the VMM treats a reset as the end of the VM.

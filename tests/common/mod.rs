@@ -121,6 +121,9 @@ pub struct Finished {
 /// `create` hands its stdout/stderr to the container, so they stay open.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
 
+/// How long a child killed on expiry of its limit gets to die.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
 /// Waits for `child` at most `limit`; kills it and fails the test on expiry.
 /// Output is whatever arrived until shortly after the child exited.
 pub fn wait_bounded(mut child: Child, limit: Duration, what: &str) -> Finished {
@@ -152,9 +155,25 @@ pub fn wait_bounded(mut child: Child, limit: Duration, what: &str) -> Finished {
         }
         if start.elapsed() > limit {
             let _ = child.kill();
-            let _ = child.wait();
+            // A process stuck in the kernel does not die even of SIGKILL:
+            // fail the test rather than hang it.
+            let killed = Instant::now();
+            let reaped = loop {
+                match child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break true,
+                    Ok(None) if killed.elapsed() > KILL_WAIT => break false,
+                    Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            };
             panic!(
-                "{what} did not finish within {limit:?}; output so far:\n{}\n{}",
+                "{what} did not finish within {limit:?}{}; output so far:\n{}\n{}",
+                if reaped {
+                    String::new()
+                } else {
+                    format!(
+                        " and was still there {KILL_WAIT:?} after SIGKILL (stuck in the kernel?)"
+                    )
+                },
                 text(&out),
                 text(&err)
             );
