@@ -1,6 +1,8 @@
 //! Root filesystem images cached by content: the first container from a
 //! directory builds its ext4 image, later ones reuse it. Containers mount the
 //! image read-only (with an overlay in the guest), so one image serves all.
+//! The least recently used images beyond [`DEFAULT_MAX_IMAGES`] are removed
+//! when a new one is built ([`crate::lru`]).
 //!
 //! The key hashes every entry's relative path, type, mode, owner, size,
 //! modification time and symlink target (not file contents: reading a whole
@@ -13,6 +15,15 @@ use std::path::{Path, PathBuf};
 
 use super::busybox::content_hash;
 use super::image::{self, ImageError};
+
+/// How many images built from directories the cache keeps; building one
+/// more removes the least recently used beyond this (`$HUSK_ROOTFS_IMAGES_MAX`
+/// overrides). A container running from a removed image keeps it open.
+const DEFAULT_MAX_IMAGES: usize = 8;
+/// Environment variable overriding [`DEFAULT_MAX_IMAGES`].
+pub const ENV_IMAGES_MAX: &str = "HUSK_ROOTFS_IMAGES_MAX";
+/// File name prefix of the images built from directories.
+const DIR_IMAGE_PREFIX: &str = "dir-";
 
 /// Errors preparing a cached image.
 #[derive(Debug, thiserror::Error)]
@@ -85,9 +96,10 @@ pub fn tree_key(dir: &Path) -> Result<u64, CacheError> {
 pub fn image_for(dir: &Path, cache: &Path) -> Result<PathBuf, CacheError> {
     let key = tree_key(dir)?;
     let images = cache.join("rootfs");
-    let image = images.join(format!("dir-{key:016x}.ext4"));
+    let image = images.join(format!("{DIR_IMAGE_PREFIX}{key:016x}.ext4"));
     if image.is_file() {
         log::debug!("rootfs {}: cached image {}", dir.display(), image.display());
+        crate::lru::mark_used(&image);
         return Ok(image);
     }
     let io_err = |source| CacheError::Io {
@@ -104,7 +116,25 @@ pub fn image_for(dir: &Path, cache: &Path) -> Result<PathBuf, CacheError> {
     image::build_ext4(dir, &partial)?;
     partial.persist(&image).map_err(|e| io_err(e.error))?;
     log::debug!("rootfs {}: built image {}", dir.display(), image.display());
+    trim(
+        &images,
+        crate::lru::max_from_env(ENV_IMAGES_MAX, DEFAULT_MAX_IMAGES),
+    );
     Ok(image)
+}
+
+/// Removes the least recently used directory images beyond `keep`.
+fn trim(images: &Path, keep: usize) {
+    crate::lru::evict(images, keep, is_dir_image, "rootfs image");
+}
+
+/// Whether `path` is an image built from a directory by [`image_for`] (not
+/// one being built, nor the default busybox image).
+fn is_dir_image(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with(DIR_IMAGE_PREFIX) && n.ends_with(".ext4"))
+        && path.is_file()
 }
 
 #[cfg(test)]
@@ -139,6 +169,29 @@ mod tests {
             .unwrap()
             .collect();
         assert_eq!(names.len(), 1, "no partial images left");
+    }
+
+    #[test]
+    fn only_the_least_recently_used_directory_images_are_trimmed() {
+        let images = tempfile::tempdir().unwrap();
+        let make = |name: &str, age_s: i64| {
+            let p = images.path().join(name);
+            std::fs::write(&p, b"x").unwrap();
+            crate::lru::tests::used_ago(&p, age_s);
+            p
+        };
+        let old = make("dir-0000000000000001.ext4", 300);
+        let recent = make("dir-0000000000000002.ext4", 100);
+        let newest = make("dir-0000000000000003.ext4", 50);
+        let busybox = make("busybox-0000000000000004.ext4", 1000);
+        let building = make(".building.abc.ext4", 1000);
+        trim(images.path(), 2);
+        assert!(!old.exists());
+        assert!(recent.exists() && newest.exists());
+        assert!(
+            busybox.exists() && building.exists(),
+            "not directory images"
+        );
     }
 
     #[test]

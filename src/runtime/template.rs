@@ -18,8 +18,9 @@
 //! husk-init and the root image (path, size, modification time, inode), the
 //! memory size, vCPU count, command line and vsock CID, the husk binary (its
 //! device model and snapshot format), and the host's CPU flags and kernel
-//! release (KVM's CPUID and MSRs). A changed input makes a new key; old
-//! templates stay in the cache until removed (like rootfs images).
+//! release (KVM's CPUID and MSRs). A changed input makes a new key; the
+//! least recently used templates beyond [`DEFAULT_MAX_TEMPLATES`] are removed
+//! ([`crate::lru`]).
 //! Concurrent creates of the same kind build it once (a lock file).
 
 use std::fs::File;
@@ -204,49 +205,23 @@ pub fn ensure(config: &VmConfig, init: &Path, cache: &Path) -> Result<PathBuf, T
         return Err(e);
     }
     log::info!("template {key}: snapshot of a booted VM written");
-    let max = std::env::var(ENV_TEMPLATES_MAX)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_MAX_TEMPLATES);
-    evict(&templates, max.max(1));
+    evict(
+        &templates,
+        crate::lru::max_from_env(ENV_TEMPLATES_MAX, DEFAULT_MAX_TEMPLATES),
+    );
     Ok(dir)
 }
 
-/// Marks a template used now (its directory's modification time orders
-/// [`evict`]).
+/// Marks a template used now (orders [`evict`]).
 fn touch(dir: &Path) {
-    let now = nix::sys::time::TimeSpec::UTIME_NOW;
-    if let Err(e) = nix::sys::stat::utimensat(
-        None,
-        dir,
-        &now,
-        &now,
-        nix::sys::stat::UtimensatFlags::FollowSymlink,
-    ) {
-        log::debug!("template {}: {e}", dir.display());
-    }
+    crate::lru::mark_used(dir);
 }
 
 /// Removes the least recently used complete templates beyond `keep`. A VM
 /// restored from a removed one keeps its mapping (the file lives on until
 /// unmapped); lock files stay (a waiting create holds one).
 fn evict(templates: &Path, keep: usize) {
-    let Ok(entries) = std::fs::read_dir(templates) else {
-        return;
-    };
-    let mut found: Vec<(std::time::SystemTime, PathBuf)> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.is_dir() && complete(p))
-        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
-        .collect();
-    found.sort_by_key(|e| std::cmp::Reverse(e.0));
-    for (_, old) in found.into_iter().skip(keep) {
-        match std::fs::remove_dir_all(&old) {
-            Ok(()) => log::info!("template {}: removed (least recently used)", old.display()),
-            Err(e) => log::warn!("template {}: removing: {e}", old.display()),
-        }
-    }
+    crate::lru::evict(templates, keep, |p| p.is_dir() && complete(p), "template");
 }
 
 /// Boots the template VM of `config` and snapshots it into `work`.
@@ -324,15 +299,7 @@ mod tests {
             std::fs::create_dir(&d).unwrap();
             std::fs::write(d.join(snapshot::STATE_FILE), b"{}").unwrap();
             std::fs::write(d.join(snapshot::MEMORY_FILE), b"").unwrap();
-            let t = nix::sys::time::TimeSpec::new(1_700_000_000 - age_s, 0);
-            nix::sys::stat::utimensat(
-                None,
-                &d,
-                &t,
-                &t,
-                nix::sys::stat::UtimensatFlags::FollowSymlink,
-            )
-            .unwrap();
+            crate::lru::tests::used_ago(&d, age_s);
             d
         };
         let oldest = make("a", 300);
