@@ -130,6 +130,7 @@ fn create_request(
         husk_exe: std::env::current_exe().context("finding the husk executable")?,
         vmm_args,
         stdio: container::VmmStdio::Inherit,
+        systemd_cgroup: global.systemd_cgroup,
     })
 }
 

@@ -276,6 +276,69 @@ fn five_containers_run_at_once() {
 }
 
 #[test]
+fn the_vmm_runs_in_its_cgroup_with_the_containers_resources() {
+    let env = Env::new();
+    let parent = format!("/husk-e2e-{}", std::process::id());
+    let cg = format!("{parent}/cg1");
+    let dir = |p: &str| std::path::PathBuf::from(format!("/sys/fs/cgroup{p}"));
+    let bundle = env.bundle("b", &["sleep", "1000"], |c| {
+        c["linux"]["cgroupsPath"] = cg.clone().into();
+        c["linux"]["resources"] = serde_json::json!({
+            "memory": {"limit": 134_217_728},
+            "cpu": {"quota": 50_000, "period": 100_000, "shares": 1024}
+        });
+    });
+    let done = env.husk(&["create", "--bundle", b(&bundle), "cg1"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let pid = env.state("cg1")["pid"].as_i64().unwrap();
+    let in_cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert_eq!(in_cg.trim(), format!("0::{cg}"));
+    let read = |f: &str| {
+        std::fs::read_to_string(dir(&cg).join(f))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    // Guest RAM: the 128 MiB limit + 64 MiB; the cgroup: that + 64 MiB.
+    assert_eq!(read("memory.max"), (256u64 << 20).to_string());
+    assert_eq!(read("cpu.max"), "50000 100000");
+    assert_eq!(read("cpu.weight"), "39");
+    assert!(env.husk(&["start", "cg1"]).status.success());
+    // The VM's memory is counted there.
+    let current: u64 = read("memory.current").parse().unwrap();
+    assert!(current > 1 << 20, "memory.current {current}");
+    assert!(env.husk(&["kill", "cg1", "KILL"]).status.success());
+    env.wait_status("cg1", "stopped");
+    assert!(env.husk(&["delete", "cg1"]).status.success());
+    env.assert_gone("cg1");
+    assert!(!dir(&cg).exists(), "cgroup {cg} left behind");
+
+    // A path out of the hierarchy is refused before anything is made.
+    let bad = env.bundle("bad", &["true"], |c| {
+        c["linux"]["cgroupsPath"] = format!("{parent}/../x").into();
+    });
+    let done = env.husk(&["create", "--bundle", b(&bad), "cg2"]);
+    assert!(!done.status.success());
+    assert!(
+        done.stderr.contains("cgroupsPath") && done.stderr.contains(".."),
+        "{}",
+        done.stderr
+    );
+    env.assert_gone("cg2");
+    // A setting the kernel refuses fails the create and removes the cgroup.
+    let refused = env.bundle("refused", &["true"], |c| {
+        c["linux"]["cgroupsPath"] = format!("{parent}/cg3").into();
+        c["linux"]["resources"] = serde_json::json!({"cpu": {"cpus": "4096"}});
+    });
+    let done = env.husk(&["create", "--bundle", b(&refused), "cg3"]);
+    assert!(!done.status.success());
+    assert!(done.stderr.contains("cpuset.cpus"), "{}", done.stderr);
+    env.assert_gone("cg3");
+    assert!(!dir(&format!("{parent}/cg3")).exists());
+    std::fs::remove_dir(dir(&parent)).unwrap();
+}
+
+#[test]
 fn bad_input_fails_clearly_and_leaves_nothing() {
     let env = Env::new();
     // No config.json.

@@ -161,14 +161,30 @@ fn podman_detached_exec_logs_ports_stop_and_rm() {
     assert!(done.status.success(), "{}", done.stderr);
     p.assert_no_vm();
 
-    // kill, then rm.
-    let done = p.podman(&["run", "-d", "--name", "k", IMAGE, "sleep", "1000"]);
+    // kill, then rm; with a memory limit, which holds for the whole VM in
+    // the container's cgroup on the host.
+    let done = p.podman(&[
+        "run", "-d", "--name", "k", "--memory", "256m", IMAGE, "sleep", "1000",
+    ]);
     assert!(done.status.success(), "{}", done.stderr);
+    let done = p.podman(&["inspect", "--format", "{{.State.Pid}}", "k"]);
+    let pid = done.stdout.trim().to_owned();
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let cgroup = cgroup.trim().strip_prefix("0::").unwrap().to_owned();
+    assert!(cgroup.contains("libpod-"), "VMM {pid} in {cgroup}");
+    let cg_dir = std::path::PathBuf::from(format!("/sys/fs/cgroup{cgroup}"));
+    // Guest RAM: 256 MiB + 64; the cgroup: that + 64 MiB.
+    let max = std::fs::read_to_string(cg_dir.join("memory.max")).unwrap();
+    assert_eq!(max.trim(), (384u64 << 20).to_string());
+    let done = p.podman(&["stats", "--no-stream", "--format", "{{.MemUsage}}", "k"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert!(done.stdout.contains("MB"), "{}", done.stdout);
     assert!(p.podman(&["kill", "k"]).status.success());
     let done = p.podman(&["wait", "k"]);
     assert_eq!(done.stdout.trim(), "137", "{}", done.stderr);
     assert!(p.podman(&["rm", "k"]).status.success());
     p.assert_no_vm();
+    assert!(!cg_dir.exists(), "cgroup {cgroup} left behind");
 }
 
 #[test]

@@ -59,6 +59,8 @@ pub enum ContainerError {
     Control(#[from] ControlError),
     #[error(transparent)]
     Net(#[from] crate::net::NetError),
+    #[error(transparent)]
+    Cgroup(#[from] crate::runtime::cgroup::CgroupError),
     #[error("guest kernel {path} does not exist (run `make kernel`, or set HUSK_KERNEL)")]
     KernelMissing { path: PathBuf },
     #[error("guest init {path} does not exist (run `make build`, or set HUSK_INIT)")]
@@ -96,6 +98,8 @@ pub struct CreateRequest {
     pub vmm_args: Vec<String>,
     /// The VMM's stdio: ours (the CLI), or what a shim hands over.
     pub stdio: VmmStdio,
+    /// `--systemd-cgroup`: `linux.cgroupsPath` is `slice:prefix:name`.
+    pub systemd_cgroup: bool,
 }
 
 /// Where the VMM process's stdio (the container process's, relayed) goes.
@@ -139,6 +143,7 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
     }
     let network = crate::runtime::vm_plan::network_plan(&b.spec)?;
     let snapshot = crate::runtime::vm_plan::snapshot_allowed(&b.spec)?;
+    let cgroup = cgroup_plan(req, &b.spec, sizing.mem_mib)?;
     match &network {
         Some(n) if !n.own => {
             crate::net::open_netns(&n.netns)?;
@@ -170,6 +175,7 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
     let mut guard = CreateGuard {
         dir: dir.clone(),
         vmm: None,
+        cgroup: None,
         armed: true,
     };
     crate::timeline::mark_at(&dir, "create.begin", began);
@@ -260,6 +266,15 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
     // container's veth into the pid's namespace) becomes the VM's NICs.
     let pid_i32 = i32::try_from(pid).unwrap_or(i32::MAX);
     state.set_process(pid_i32, &ProcProbe);
+    // Into its cgroup before it boots: every thread and page of the VM is
+    // counted there.
+    if let Some((rel, settings)) = &cgroup {
+        let root = Path::new(crate::runtime::cgroup::CGROUP_ROOT);
+        let placed = crate::runtime::cgroup::place(root, rel, settings, pid)?;
+        guard.cgroup = Some(placed.clone());
+        state.cgroup = Some(placed);
+    }
+    crate::timeline::mark(&dir, "create.cgroup");
     if let Some(h) = b.spec.hooks() {
         let json = crate::runtime::output::render_state(&state);
         crate::runtime::hooks::run(
@@ -303,10 +318,53 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
     Ok(pid)
 }
 
-/// Undoes a failed create: kills the VMM and removes the state directory.
+/// Where the container's VMM goes: its host cgroup (relative to the
+/// cgroup2 mount) and the settings there ([`crate::runtime::cgroup`]);
+/// `None` where husk cannot manage cgroups (not root, or no cgroup2 mount),
+/// with a warning for the latter. Checked before anything is made.
+fn cgroup_plan(
+    req: &CreateRequest,
+    spec: &oci_spec::runtime::Spec,
+    guest_mem_mib: u32,
+) -> Result<Option<(PathBuf, crate::runtime::cgroup::Settings)>, ContainerError> {
+    use crate::runtime::cgroup;
+    let root = Path::new(cgroup::CGROUP_ROOT);
+    if !nix::unistd::geteuid().is_root() {
+        log::debug!(
+            "container {}: not root, the VMM stays in its cgroup",
+            req.id
+        );
+        return Ok(None);
+    }
+    if !cgroup::is_cgroup2(root) {
+        log::warn!(
+            "container {}: {} is not a cgroup2 mount; the VMM stays in its cgroup \
+             (its resources apply only inside the VM)",
+            req.id,
+            root.display()
+        );
+        return Ok(None);
+    }
+    let given = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().as_ref())
+        .map(|p| p.to_string_lossy().into_owned());
+    let rel = cgroup::relative_path(
+        given.as_deref(),
+        req.systemd_cgroup,
+        &req.id,
+        &cgroup::own_cgroup(),
+    )?;
+    Ok(Some((rel, cgroup::Settings::for_spec(spec, guest_mem_mib))))
+}
+
+/// Undoes a failed create: kills the VMM, removes its cgroup and the state
+/// directory.
 struct CreateGuard {
     dir: PathBuf,
     vmm: Option<u32>,
+    cgroup: Option<PathBuf>,
     armed: bool,
 }
 
@@ -319,6 +377,9 @@ impl Drop for CreateGuard {
             let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(0));
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
             let _ = nix::sys::wait::waitpid(pid, None);
+        }
+        if let Some(cg) = &self.cgroup {
+            crate::runtime::cgroup::remove(cg);
         }
         if let Err(e) = crate::net::cleanup(&self.dir) {
             log::warn!("{e}");
@@ -566,6 +627,9 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), ContainerError> 
         Ok(()) => {}
         Err(e) if force => log::warn!("container {id}: {e}"),
         Err(e) => return Err(e.into()),
+    }
+    if let Some(cg) = &st.cgroup {
+        crate::runtime::cgroup::remove(cg);
     }
     State::remove(root, id)?;
     Ok(())

@@ -13,6 +13,7 @@
 //!   VMM process that is the container.
 
 pub mod bundle;
+pub mod cgroup;
 pub mod container;
 pub mod features;
 pub mod guest_spec;

@@ -207,6 +207,7 @@ mod tests {
             vmm_log: "/run/husk/x/vmm.log".into(),
             rootfs_image: None,
             exit_status: None,
+            cgroup: None,
         }
     }
 

@@ -247,6 +247,9 @@ pub struct State {
     /// How the user process ended, once known.
     #[serde(default)]
     pub exit_status: Option<ExitStatus>,
+    /// The VMM's host cgroup (`linux.cgroupsPath`), once it is placed there.
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
 }
 
 /// Reads what the kernel says about a process. A trait so status refresh is
@@ -366,6 +369,7 @@ impl State {
             vmm_log: dir.join(VMM_LOG_FILE),
             rootfs_image: None,
             exit_status: None,
+            cgroup: None,
         })
     }
 

@@ -354,6 +354,8 @@ impl Service {
                     .into_owned(),
             ],
             stdio,
+            // containerd's SystemdCgroup paths are recognized by their form.
+            systemd_cgroup: false,
         };
         let pid = match container::create(&request) {
             Ok(pid) => pid,

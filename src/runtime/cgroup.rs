@@ -1,0 +1,463 @@
+//! The VMM's host cgroup: `linux.cgroupsPath` read as runc reads it on a
+//! cgroup v2 host, with the container's CPU and memory resources applied to
+//! the whole VM (vCPU threads, device threads, guest RAM), so the engine's
+//! limits hold on the host too and its accounting (`podman stats`, the
+//! shims' OOM watch on `memory.events`) sees the VM.
+//!
+//! * cgroupfs paths: absolute ones are under the cgroup2 mount; relative
+//!   ones under husk's own cgroup; none at all is `/<id>` (runc's default).
+//! * with `--systemd-cgroup`, `slice:prefix:name` is the scope
+//!   `prefix-name.scope` under the slice (`a-b.slice` nests in `a.slice`);
+//!   the directory is made directly (no systemd unit through D-Bus).
+//! * each ancestor gets the controllers the settings need enabled in its
+//!   `cgroup.subtree_control` (those its `cgroup.controllers` offers).
+//! * written: `memory.max` (guest RAM plus [`VMM_OVERHEAD_MIB`], only with a
+//!   memory limit: the guest itself is sized to the limit), `cpu.max` from
+//!   quota/period, `cpu.weight` from shares (runc's conversion),
+//!   `cpuset.cpus`/`cpuset.mems`. Left to the guest: pids, devices,
+//!   hugetlb, block I/O (its devices are the VMM's files).
+//!
+//! Not a cgroup2 mount at `/sys/fs/cgroup` (a v1 host), or not root: the
+//! VMM stays where it was started, with a warning.
+
+use std::path::{Path, PathBuf};
+
+/// Where cgroup2 is mounted.
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// Host memory allowed beyond guest RAM: the VMM's own memory (a few MiB
+/// measured, docs/benchmarks.md), its page cache of the root image and the
+/// sockets' buffers.
+pub const VMM_OVERHEAD_MIB: u64 = 64;
+/// The slice a systemd-style path with an empty slice goes to (runc's).
+const DEFAULT_SLICE: &str = "system.slice";
+
+/// Errors placing the VMM in its cgroup.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("cgroupsPath {path:?}: {reason}")]
+    BadPath { path: String, reason: &'static str },
+    #[error("cgroup {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cgroup {path}: writing {value:?} to {file}: {source}")]
+    Write {
+        path: PathBuf,
+        file: String,
+        value: String,
+        source: std::io::Error,
+    },
+}
+
+/// The container's resources as cgroup2 files and values.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Settings(pub Vec<(String, String)>);
+
+impl Settings {
+    /// The settings for `spec` whose VM has `guest_mem_mib` of RAM.
+    pub fn for_spec(spec: &oci_spec::runtime::Spec, guest_mem_mib: u32) -> Settings {
+        let mut out = Vec::new();
+        let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+        let limited = resources
+            .and_then(|r| r.memory().as_ref())
+            .and_then(|m| m.limit())
+            .is_some_and(|l| l > 0);
+        if limited {
+            let bytes = (u64::from(guest_mem_mib) + VMM_OVERHEAD_MIB) << 20;
+            out.push(("memory.max".into(), bytes.to_string()));
+        }
+        if let Some(cpu) = resources.and_then(|r| r.cpu().as_ref()) {
+            let quota = cpu.quota().filter(|q| *q > 0);
+            let period = cpu.period().filter(|p| *p > 0);
+            if quota.is_some() || period.is_some() {
+                let quota = quota.map_or_else(|| "max".to_owned(), |q| q.to_string());
+                let period = period.unwrap_or(100_000);
+                out.push(("cpu.max".into(), format!("{quota} {period}")));
+            }
+            if let Some(shares) = cpu.shares().filter(|s| *s > 0) {
+                out.push(("cpu.weight".into(), weight_for_shares(shares).to_string()));
+            }
+            if let Some(cpus) = cpu.cpus().as_deref().filter(|c| !c.is_empty()) {
+                out.push(("cpuset.cpus".into(), cpus.to_owned()));
+            }
+            if let Some(mems) = cpu.mems().as_deref().filter(|m| !m.is_empty()) {
+                out.push(("cpuset.mems".into(), mems.to_owned()));
+            }
+        }
+        Settings(out)
+    }
+
+    /// The controllers these settings need (`memory`, `cpu`, `cpuset`).
+    fn controllers(&self) -> Vec<&str> {
+        let mut c: Vec<&str> = self
+            .0
+            .iter()
+            .filter_map(|(file, _)| file.split_once('.').map(|(c, _)| c))
+            .collect();
+        c.sort_unstable();
+        c.dedup();
+        c
+    }
+}
+
+/// cgroup v1 CPU shares (2..262144) to a v2 weight (1..10000), as runc
+/// converts them.
+fn weight_for_shares(shares: u64) -> u64 {
+    let shares = shares.clamp(2, 262_144);
+    1 + ((shares - 2) * 9999) / 262_142
+}
+
+/// The cgroup directory, relative to the cgroup2 mount, for `cgroups_path`
+/// of container `id`. `own` is husk's own cgroup (`/proc/self/cgroup`),
+/// for relative paths.
+pub fn relative_path(
+    cgroups_path: Option<&str>,
+    systemd: bool,
+    id: &str,
+    own: &str,
+) -> Result<PathBuf, CgroupError> {
+    let given = cgroups_path.unwrap_or("").trim();
+    let rel = if systemd || looks_systemd(given) {
+        let given = if given.is_empty() {
+            format!(":husk:{id}")
+        } else {
+            given.to_owned()
+        };
+        let parts: Vec<&str> = given.split(':').collect();
+        let [slice, prefix, name] = parts.as_slice() else {
+            return Err(CgroupError::BadPath {
+                path: given,
+                reason: "with --systemd-cgroup it must be slice:prefix:name",
+            });
+        };
+        if name.is_empty() {
+            return Err(CgroupError::BadPath {
+                path: given.clone(),
+                reason: "the name (after the second ':') is empty",
+            });
+        }
+        let mut rel = slice_path(if slice.is_empty() {
+            DEFAULT_SLICE
+        } else {
+            slice
+        })
+        .ok_or_else(|| CgroupError::BadPath {
+            path: given.clone(),
+            reason: "the slice must be a name ending in .slice",
+        })?;
+        let unit = if name.ends_with(".slice") {
+            (*name).to_owned()
+        } else if prefix.is_empty() {
+            format!("{name}.scope")
+        } else {
+            format!("{prefix}-{name}.scope")
+        };
+        rel.push(unit);
+        rel
+    } else if given.is_empty() {
+        PathBuf::from(id)
+    } else if let Some(abs) = given.strip_prefix('/') {
+        PathBuf::from(abs)
+    } else {
+        Path::new(own.trim_start_matches('/')).join(given)
+    };
+    let clean = rel
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !clean || rel.as_os_str().is_empty() {
+        return Err(CgroupError::BadPath {
+            path: given.to_owned(),
+            reason: "it must name a cgroup below the root, without '.' or '..'",
+        });
+    }
+    Ok(rel)
+}
+
+/// Whether a path is in the systemd form even without `--systemd-cgroup`
+/// (a shim that does not pass the flag: `slice:prefix:name`, the slice
+/// empty or ending in `.slice`).
+fn looks_systemd(path: &str) -> bool {
+    let parts: Vec<&str> = path.split(':').collect();
+    parts.len() == 3 && (parts[0].is_empty() || parts[0].ends_with(".slice"))
+}
+
+/// `a-b-c.slice` -> `a.slice/a-b.slice/a-b-c.slice` (systemd's nesting);
+/// `-.slice` is the root.
+fn slice_path(slice: &str) -> Option<PathBuf> {
+    let stem = slice.strip_suffix(".slice")?;
+    if stem == "-" {
+        return Some(PathBuf::new());
+    }
+    if stem.is_empty() || stem.contains('/') || stem.starts_with('-') || stem.ends_with('-') {
+        return None;
+    }
+    let mut path = PathBuf::new();
+    let mut prefix = String::new();
+    for part in stem.split('-') {
+        if part.is_empty() {
+            return None;
+        }
+        if !prefix.is_empty() {
+            prefix.push('-');
+        }
+        prefix.push_str(part);
+        path.push(format!("{prefix}.slice"));
+    }
+    Some(path)
+}
+
+/// husk's own cgroup, from `/proc/self/cgroup` (the `0::` line).
+pub fn own_cgroup() -> String {
+    std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+        })
+        .unwrap_or_else(|| "/".to_owned())
+}
+
+/// Whether `root` is a cgroup2 mount.
+pub fn is_cgroup2(root: &Path) -> bool {
+    nix::sys::statfs::statfs(root)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+}
+
+fn write_file(dir: &Path, file: &str, value: &str) -> Result<(), CgroupError> {
+    std::fs::write(dir.join(file), value).map_err(|source| CgroupError::Write {
+        path: dir.to_path_buf(),
+        file: file.to_owned(),
+        value: value.to_owned(),
+        source,
+    })
+}
+
+/// Creates the cgroup `rel` under `root` with `settings` applied (the
+/// controllers they need enabled along the way) and moves `pid` into it.
+/// Returns the cgroup's directory.
+pub fn place(
+    root: &Path,
+    rel: &Path,
+    settings: &Settings,
+    pid: u32,
+) -> Result<PathBuf, CgroupError> {
+    let wanted = settings.controllers();
+    let mut dir = root.to_path_buf();
+    for part in rel.components() {
+        enable_controllers(&dir, &wanted);
+        dir.push(part);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(source) => {
+                return Err(CgroupError::Io {
+                    path: dir.clone(),
+                    source,
+                })
+            }
+        }
+    }
+    let applied = settings
+        .0
+        .iter()
+        .try_for_each(|(file, value)| write_file(&dir, file, value))
+        .and_then(|()| write_file(&dir, "cgroup.procs", &pid.to_string()));
+    if let Err(e) = applied {
+        remove(&dir);
+        return Err(e);
+    }
+    Ok(dir)
+}
+
+/// Enables in `dir`'s subtree those of `wanted` it offers and has not
+/// enabled yet. A controller that cannot be enabled (a cgroup with
+/// processes of its own refuses) is left out: writing its settings below
+/// then fails with the file's name.
+fn enable_controllers(dir: &Path, wanted: &[&str]) {
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+    let offered = read("cgroup.controllers");
+    let enabled = read("cgroup.subtree_control");
+    for c in wanted {
+        let has = |list: &str| list.split_whitespace().any(|x| x == *c);
+        if has(&offered) && !has(&enabled) {
+            if let Err(e) = write_file(dir, "cgroup.subtree_control", &format!("+{c}")) {
+                log::debug!("{e}");
+            }
+        }
+    }
+}
+
+/// How long [`remove`] waits for a cgroup to empty (the VMM's exit is
+/// seen by the kernel a moment after its parent's wait returns).
+const REMOVE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Removes the cgroup at `dir` (once its processes are gone); one that
+/// stays busy or cannot go is logged and left.
+pub fn remove(dir: &Path) {
+    let start = std::time::Instant::now();
+    loop {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && start.elapsed() < REMOVE_WAIT => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => {
+                log::warn!("cgroup {}: removing: {e}", dir.display());
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(resources: serde_json::Value) -> oci_spec::runtime::Spec {
+        serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "rootfs"},
+            "linux": {"resources": resources}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn cgroupfs_paths_are_absolute_relative_or_the_id() {
+        let rel = |p: Option<&str>| relative_path(p, false, "c1", "/user.slice/x.scope");
+        assert_eq!(
+            rel(Some("/libpod_parent/libpod-c1")).unwrap(),
+            Path::new("libpod_parent/libpod-c1")
+        );
+        assert_eq!(rel(None).unwrap(), Path::new("c1"));
+        assert_eq!(rel(Some("")).unwrap(), Path::new("c1"));
+        assert_eq!(
+            rel(Some("sub/c1")).unwrap(),
+            Path::new("user.slice/x.scope/sub/c1")
+        );
+        // The systemd form is recognized without the flag.
+        assert_eq!(
+            rel(Some("system.slice:cri-containerd:c1")).unwrap(),
+            Path::new("system.slice/cri-containerd-c1.scope")
+        );
+        for bad in ["/a/../b", "/", "../x"] {
+            let err = rel(Some(bad)).unwrap_err().to_string();
+            assert!(err.contains(bad) && err.contains(".."), "{err}");
+        }
+    }
+
+    #[test]
+    fn systemd_paths_nest_slices_and_name_a_scope() {
+        let rel = |p: Option<&str>| relative_path(p, true, "c1", "/");
+        assert_eq!(
+            rel(Some("machine.slice:libpod:abc")).unwrap(),
+            Path::new("machine.slice/libpod-abc.scope")
+        );
+        assert_eq!(
+            rel(Some("system-kube-pods.slice:cri:abc")).unwrap(),
+            Path::new("system.slice/system-kube.slice/system-kube-pods.slice/cri-abc.scope")
+        );
+        assert_eq!(rel(None).unwrap(), Path::new("system.slice/husk-c1.scope"));
+        assert_eq!(rel(Some("-.slice::x")).unwrap(), Path::new("x.scope"));
+        for bad in [
+            "machine.slice:libpod",
+            "machine:libpod:abc",
+            "a--b.slice:p:n",
+            "machine.slice:p:",
+        ] {
+            let err = rel(Some(bad)).unwrap_err().to_string();
+            assert!(err.contains(bad), "{err}");
+        }
+    }
+
+    #[test]
+    fn resources_become_cgroup2_files() {
+        let s = Settings::for_spec(
+            &spec(serde_json::json!({
+                "memory": {"limit": 268435456},
+                "cpu": {"quota": 50000, "period": 100000, "shares": 1024, "cpus": "0-1", "mems": "0"}
+            })),
+            320,
+        );
+        let get = |f: &str| s.0.iter().find(|(k, _)| k == f).map(|(_, v)| v.clone());
+        assert_eq!(
+            get("memory.max"),
+            Some(((320 + VMM_OVERHEAD_MIB) << 20).to_string())
+        );
+        assert_eq!(get("cpu.max").as_deref(), Some("50000 100000"));
+        assert_eq!(get("cpu.weight").as_deref(), Some("39"));
+        assert_eq!(get("cpuset.cpus").as_deref(), Some("0-1"));
+        assert_eq!(get("cpuset.mems").as_deref(), Some("0"));
+        assert_eq!(s.controllers(), ["cpu", "cpuset", "memory"]);
+        let none = Settings::for_spec(&spec(serde_json::json!({})), 128);
+        assert!(none.0.is_empty() && none.controllers().is_empty());
+        let period_only =
+            Settings::for_spec(&spec(serde_json::json!({"cpu": {"period": 50000}})), 128);
+        assert_eq!(
+            period_only.0,
+            [("cpu.max".to_owned(), "max 50000".to_owned())]
+        );
+    }
+
+    #[test]
+    fn shares_convert_as_runc_does() {
+        assert_eq!(weight_for_shares(2), 1);
+        assert_eq!(weight_for_shares(262_144), 10_000);
+        assert_eq!(weight_for_shares(1024), 39);
+        assert_eq!(weight_for_shares(1), 1);
+    }
+
+    /// A directory tree standing for a cgroup2 mount: every directory made
+    /// by `place` gets the interface files a kernel would show.
+    #[test]
+    fn placing_enables_controllers_writes_settings_and_the_pid() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(
+            root.path().join("cgroup.controllers"),
+            "cpuset cpu io memory pids",
+        )
+        .unwrap();
+        std::fs::write(root.path().join("cgroup.subtree_control"), "").unwrap();
+        let settings = Settings(vec![
+            ("memory.max".into(), "1000".into()),
+            ("cpu.max".into(), "max 100000".into()),
+        ]);
+        let dir = place(root.path(), Path::new("a/c1"), &settings, 42).unwrap();
+        assert_eq!(dir, root.path().join("a/c1"));
+        let read = |p: &str| std::fs::read_to_string(root.path().join(p)).unwrap();
+        // Each controller is written on its own; the fake file keeps the last.
+        assert_eq!(read("cgroup.subtree_control"), "+memory");
+        assert_eq!(read("a/c1/memory.max"), "1000");
+        assert_eq!(read("a/c1/cpu.max"), "max 100000");
+        assert_eq!(read("a/c1/cgroup.procs"), "42");
+    }
+
+    #[test]
+    fn removing_takes_an_empty_cgroup_and_a_gone_one_is_fine() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("c1");
+        std::fs::create_dir(&dir).unwrap();
+        remove(&dir);
+        assert!(!dir.exists());
+        remove(&dir);
+    }
+
+    #[test]
+    fn a_failed_setting_names_the_file() {
+        let root = tempfile::tempdir().unwrap();
+        let settings = Settings(vec![("memory.max".into(), "1".into())]);
+        // A directory where the file should be: the write fails.
+        std::fs::create_dir_all(root.path().join("c1/memory.max")).unwrap();
+        let err = place(root.path(), Path::new("c1"), &settings, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("memory.max") && err.contains("c1"), "{err}");
+    }
+
+    #[test]
+    fn husk_runs_in_some_cgroup() {
+        assert!(own_cgroup().starts_with('/'));
+    }
+}
