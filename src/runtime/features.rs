@@ -3,9 +3,11 @@
 //!
 //! Field order and shapes follow runc's output. Lists state what husk
 //! recognizes; booleans say what is enforced. Isolation comes from the VM, so
-//! host-side mechanisms (cgroups placement, seccomp, AppArmor, SELinux) are
-//! reported as not enabled; namespaces are recognized (a config that asks
-//! for them is accepted) because each container has its own kernel anyway.
+//! host-side seccomp, AppArmor and SELinux are reported as not enabled;
+//! namespaces are recognized (a config that asks for them is accepted)
+//! because each container has its own kernel anyway. cgroup v2 is: the VMM
+//! is placed in `cgroupsPath` with the container's CPU and memory settings
+//! (`super::cgroup`); `systemd` stays false, as no systemd unit is made.
 
 use std::collections::BTreeMap;
 
@@ -128,7 +130,7 @@ pub fn features() -> Features {
             capabilities: CAPABILITIES.to_vec(),
             cgroup: CgroupFeatures {
                 v1: false,
-                v2: false,
+                v2: true,
                 systemd: false,
                 systemd_user: false,
             },
@@ -215,6 +217,7 @@ mod tests {
         for k in ["v1", "v2", "systemd", "systemdUser"] {
             assert!(cg[k].is_boolean(), "{k}");
         }
+        assert_eq!(cg["v2"], serde_json::json!(true));
         for k in ["seccomp", "apparmor", "selinux"] {
             assert_eq!(v["linux"][k]["enabled"], serde_json::json!(false), "{k}");
         }
