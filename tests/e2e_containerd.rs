@@ -380,6 +380,22 @@ fn ctr_with_the_husk_shim_runs_execs_kills_and_deletes() {
     let ps = c.ctr(&["task", "ps", "bg"]);
     assert!(ps.status.success(), "{}", ps.stderr);
     assert!(ps.stdout.lines().count() >= 2, "{}", ps.stdout);
+    // Metrics: the VM's host cgroup, as cgroup v2 metrics.
+    let metrics = c.ctr(&["task", "metrics", "bg"]);
+    assert!(metrics.status.success(), "{}", metrics.stderr);
+    let value = |name: &str| -> u64 {
+        metrics
+            .stdout
+            .lines()
+            .find_map(|l| {
+                let mut f = l.split_whitespace();
+                (f.next() == Some(name)).then(|| f.next()?.parse().ok())?
+            })
+            .unwrap_or_else(|| panic!("no {name} in:\n{}", metrics.stdout))
+    };
+    assert!(value("memory.usage") > 1 << 20, "{}", metrics.stdout);
+    assert!(value("cpu.usage_usec") > 0, "{}", metrics.stdout);
+    assert!(value("pids.current") > 0, "{}", metrics.stdout);
 
     let long = c
         .ctr_command(&["task", "exec", "--exec-id", "e2", "bg", "sleep", "1000"])

@@ -28,6 +28,9 @@ pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// measured, docs/benchmarks.md), its page cache of the root image and the
 /// sockets' buffers.
 pub const VMM_OVERHEAD_MIB: u64 = 64;
+/// Controllers enabled for every container cgroup, for its statistics
+/// (`memory.current`, `pids.current`; `cpu.stat` needs none).
+const ACCOUNTED: &[&str] = &["cpu", "memory", "pids"];
 /// The slice a systemd-style path with an empty slice goes to (runc's).
 const DEFAULT_SLICE: &str = "system.slice";
 
@@ -95,6 +98,16 @@ impl Settings {
             .iter()
             .filter_map(|(file, _)| file.split_once('.').map(|(c, _)| c))
             .collect();
+        c.sort_unstable();
+        c.dedup();
+        c
+    }
+
+    /// The controllers to enable: those the settings need, plus the ones
+    /// whose statistics engines read ([`ACCOUNTED`]).
+    fn controllers_to_enable(&self) -> Vec<&str> {
+        let mut c = self.controllers();
+        c.extend_from_slice(ACCOUNTED);
         c.sort_unstable();
         c.dedup();
         c
@@ -242,7 +255,7 @@ pub fn place(
     settings: &Settings,
     pid: u32,
 ) -> Result<PathBuf, CgroupError> {
-    let wanted = settings.controllers();
+    let wanted = settings.controllers_to_enable();
     let mut dir = root.to_path_buf();
     for part in rel.components() {
         enable_controllers(&dir, &wanted);
@@ -309,6 +322,66 @@ pub fn remove(dir: &Path) {
             }
         }
     }
+}
+
+/// What a cgroup has used, from its interface files (cgroup v2 names).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// `pids.current` and `pids.max` (`u64::MAX` for `max`).
+    pub pids_current: u64,
+    pub pids_limit: u64,
+    /// `cpu.stat`, by key (`usage_usec`, `user_usec`, `nr_throttled`, ...).
+    pub cpu: std::collections::BTreeMap<String, u64>,
+    /// `memory.current`, `memory.max` (`u64::MAX` for `max`) and
+    /// `memory.peak` where the kernel has it (0 otherwise).
+    pub memory_usage: u64,
+    pub memory_limit: u64,
+    pub memory_peak: u64,
+    /// `memory.stat`, by key (`anon`, `file`, `pgfault`, ...).
+    pub memory: std::collections::BTreeMap<String, u64>,
+    /// `memory.events`, by key (`oom`, `oom_kill`, ...).
+    pub memory_events: std::collections::BTreeMap<String, u64>,
+}
+
+/// A `max`-or-number interface value (`max` is `u64::MAX`).
+fn limit_value(text: &str) -> u64 {
+    match text.trim() {
+        "max" => u64::MAX,
+        n => n.parse().unwrap_or(0),
+    }
+}
+
+/// `key value` lines (`cpu.stat`, `memory.stat`, `memory.events`).
+fn flat_keyed(text: &str) -> std::collections::BTreeMap<String, u64> {
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_owned(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Reads the statistics of the cgroup at `dir`. A file a controller that is
+/// not enabled would have is read as empty (zeros); the cgroup itself must
+/// exist.
+pub fn read_stats(dir: &Path) -> Result<Stats, CgroupError> {
+    if !dir.is_dir() {
+        return Err(CgroupError::Io {
+            path: dir.to_path_buf(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        });
+    }
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+    Ok(Stats {
+        pids_current: read("pids.current").trim().parse().unwrap_or(0),
+        pids_limit: limit_value(&read("pids.max")),
+        cpu: flat_keyed(&read("cpu.stat")),
+        memory_usage: read("memory.current").trim().parse().unwrap_or(0),
+        memory_limit: limit_value(&read("memory.max")),
+        memory_peak: read("memory.peak").trim().parse().unwrap_or(0),
+        memory: flat_keyed(&read("memory.stat")),
+        memory_events: flat_keyed(&read("memory.events")),
+    })
 }
 
 #[cfg(test)]
@@ -420,6 +493,9 @@ mod tests {
         )
         .unwrap();
         std::fs::write(root.path().join("cgroup.subtree_control"), "").unwrap();
+        // An existing parent offering only some controllers.
+        std::fs::create_dir(root.path().join("a")).unwrap();
+        std::fs::write(root.path().join("a/cgroup.controllers"), "cpu memory").unwrap();
         let settings = Settings(vec![
             ("memory.max".into(), "1000".into()),
             ("cpu.max".into(), "max 100000".into()),
@@ -427,8 +503,10 @@ mod tests {
         let dir = place(root.path(), Path::new("a/c1"), &settings, 42).unwrap();
         assert_eq!(dir, root.path().join("a/c1"));
         let read = |p: &str| std::fs::read_to_string(root.path().join(p)).unwrap();
-        // Each controller is written on its own; the fake file keeps the last.
-        assert_eq!(read("cgroup.subtree_control"), "+memory");
+        // Each controller is written on its own, in name order (cpu,
+        // memory, pids); the fake file keeps the last.
+        assert_eq!(read("cgroup.subtree_control"), "+pids");
+        assert_eq!(read("a/cgroup.subtree_control"), "+memory");
         assert_eq!(read("a/c1/memory.max"), "1000");
         assert_eq!(read("a/c1/cpu.max"), "max 100000");
         assert_eq!(read("a/c1/cgroup.procs"), "42");
@@ -454,6 +532,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("memory.max") && err.contains("c1"), "{err}");
+    }
+
+    #[test]
+    fn statistics_come_from_the_interface_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |f: &str, v: &str| std::fs::write(dir.path().join(f), v).unwrap();
+        write("pids.current", "5\n");
+        write("pids.max", "max\n");
+        write(
+            "cpu.stat",
+            "usage_usec 1200\nuser_usec 1000\nsystem_usec 200\nnr_throttled 3\n",
+        );
+        write("memory.current", "4096\n");
+        write("memory.max", "268435456\n");
+        write("memory.stat", "anon 1024\nfile 2048\npgfault 7\n");
+        write("memory.events", "low 0\nhigh 0\nmax 2\noom 1\noom_kill 1\n");
+        let s = read_stats(dir.path()).unwrap();
+        assert_eq!((s.pids_current, s.pids_limit), (5, u64::MAX));
+        assert_eq!(s.cpu["usage_usec"], 1200);
+        assert_eq!(s.cpu["nr_throttled"], 3);
+        assert_eq!(
+            (s.memory_usage, s.memory_limit, s.memory_peak),
+            (4096, 268_435_456, 0)
+        );
+        assert_eq!(s.memory["file"], 2048);
+        assert_eq!(s.memory_events["oom_kill"], 1);
+        let gone = read_stats(&dir.path().join("gone"))
+            .unwrap_err()
+            .to_string();
+        assert!(gone.contains("gone"), "{gone}");
     }
 
     #[test]

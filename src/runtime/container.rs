@@ -635,6 +635,17 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), ContainerError> 
     Ok(())
 }
 
+/// The statistics of the container's host cgroup (the whole VM).
+pub fn stats(root: &Path, id: &str) -> Result<crate::runtime::cgroup::Stats, ContainerError> {
+    let st = load_fresh(root, id)?;
+    let dir = st.cgroup.ok_or_else(|| {
+        ContainerError::Io(format!(
+            "container {id} has no host cgroup (husk was not root, or found no cgroup2 mount)"
+        ))
+    })?;
+    Ok(crate::runtime::cgroup::read_stats(&dir)?)
+}
+
 /// `ps`: the container's processes.
 pub fn ps(root: &Path, id: &str) -> Result<Vec<crate::agent_proto::ProcessInfo>, ContainerError> {
     let st = load_fresh(root, id)?;

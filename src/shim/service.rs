@@ -16,7 +16,7 @@ use containerd_shim::protos::events::task::{
     TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskStart,
 };
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
-use containerd_shim::protos::protobuf::MessageDyn;
+use containerd_shim::protos::protobuf::{self, MessageDyn};
 use containerd_shim::protos::topics;
 use containerd_shim::protos::ttrpc::{self, Code};
 use containerd_shim::publisher::RemotePublisher;
@@ -152,6 +152,77 @@ fn runtime_error(verb: &str, e: &ContainerError) -> ttrpc::Error {
         _ => Code::UNKNOWN,
     };
     rpc_error(code, format!("husk {verb} failed: {e}"))
+}
+
+/// `stats` as an `Any` holding containerd's `io.containerd.cgroups.v2.Metrics`.
+fn metrics_any(
+    stats: &crate::runtime::cgroup::Stats,
+) -> TtrpcResult<protobuf::well_known_types::any::Any> {
+    use containerd_shim::protos::cgroups_v2::metrics::{
+        CPUStat, MemoryEvents, MemoryStat, Metrics, PidsStat,
+    };
+    use protobuf::{Message as _, MessageFull as _};
+    let cpu = |k: &str| stats.cpu.get(k).copied().unwrap_or(0);
+    let mem = |k: &str| stats.memory.get(k).copied().unwrap_or(0);
+    let event = |k: &str| stats.memory_events.get(k).copied().unwrap_or(0);
+    let metrics = Metrics {
+        pids: protobuf::MessageField::some(PidsStat {
+            current: stats.pids_current,
+            limit: stats.pids_limit,
+            ..Default::default()
+        }),
+        cpu: protobuf::MessageField::some(CPUStat {
+            usage_usec: cpu("usage_usec"),
+            user_usec: cpu("user_usec"),
+            system_usec: cpu("system_usec"),
+            nr_periods: cpu("nr_periods"),
+            nr_throttled: cpu("nr_throttled"),
+            throttled_usec: cpu("throttled_usec"),
+            ..Default::default()
+        }),
+        memory: protobuf::MessageField::some(MemoryStat {
+            anon: mem("anon"),
+            file: mem("file"),
+            kernel_stack: mem("kernel_stack"),
+            slab: mem("slab"),
+            sock: mem("sock"),
+            shmem: mem("shmem"),
+            file_mapped: mem("file_mapped"),
+            file_dirty: mem("file_dirty"),
+            file_writeback: mem("file_writeback"),
+            anon_thp: mem("anon_thp"),
+            inactive_anon: mem("inactive_anon"),
+            active_anon: mem("active_anon"),
+            inactive_file: mem("inactive_file"),
+            active_file: mem("active_file"),
+            unevictable: mem("unevictable"),
+            slab_reclaimable: mem("slab_reclaimable"),
+            slab_unreclaimable: mem("slab_unreclaimable"),
+            pgfault: mem("pgfault"),
+            pgmajfault: mem("pgmajfault"),
+            usage: stats.memory_usage,
+            usage_limit: stats.memory_limit,
+            max_usage: stats.memory_peak,
+            ..Default::default()
+        }),
+        memory_events: protobuf::MessageField::some(MemoryEvents {
+            low: event("low"),
+            high: event("high"),
+            max: event("max"),
+            oom: event("oom"),
+            oom_kill: event("oom_kill"),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let value = metrics
+        .write_to_bytes()
+        .map_err(|e| rpc_error(Code::INTERNAL, format!("encoding metrics: {e}")))?;
+    Ok(protobuf::well_known_types::any::Any {
+        type_url: Metrics::descriptor().full_name().to_owned(),
+        value,
+        ..Default::default()
+    })
 }
 
 /// An exec's OCI process from the `Any` containerd sends.
@@ -756,6 +827,17 @@ impl Service {
         })
     }
 
+    /// `Stats`: the container's host cgroup (the whole VM) as containerd's
+    /// cgroup v2 metrics, as the runc shim answers.
+    pub fn stats(&self, id: &str) -> TtrpcResult<api::StatsResponse> {
+        self.with_proc(id, "", |_, _| Ok(()))?;
+        let stats = container::stats(&self.root, id).map_err(|e| runtime_error("stats", &e))?;
+        Ok(api::StatsResponse {
+            stats: protobuf::MessageField::some(metrics_any(&stats)?),
+            ..Default::default()
+        })
+    }
+
     /// `ResizePty`.
     pub fn resize(&self, req: &api::ResizePtyRequest) -> TtrpcResult<()> {
         let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
@@ -931,6 +1013,14 @@ impl containerd_shim::Task for Service {
 
     fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
         self.pids(&req.id)
+    }
+
+    fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
+        self.stats(&req.id)
     }
 
     fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
@@ -1181,6 +1271,31 @@ mod tests {
         let c = s.connect("c1");
         assert_eq!(c.shim_pid, std::process::id());
         assert_eq!(c.task_pid, 0);
+    }
+
+    #[test]
+    fn stats_go_out_as_containerds_cgroup_v2_metrics() {
+        use containerd_shim::protos::cgroups_v2::metrics::Metrics;
+        use protobuf::Message as _;
+        let mut stats = crate::runtime::cgroup::Stats {
+            pids_current: 4,
+            memory_usage: 1 << 20,
+            memory_limit: u64::MAX,
+            ..Default::default()
+        };
+        stats.cpu.insert("usage_usec".into(), 77);
+        stats.memory.insert("anon".into(), 4096);
+        stats.memory_events.insert("oom_kill".into(), 1);
+        let any = metrics_any(&stats).unwrap();
+        assert_eq!(any.type_url, "io.containerd.cgroups.v2.Metrics");
+        let m = Metrics::parse_from_bytes(&any.value).unwrap();
+        assert_eq!(m.pids.current, 4);
+        assert_eq!(m.cpu.usage_usec, 77);
+        assert_eq!(
+            (m.memory.usage, m.memory.usage_limit, m.memory.anon),
+            (1 << 20, u64::MAX, 4096)
+        );
+        assert_eq!(m.memory_events.oom_kill, 1);
     }
 
     #[test]
