@@ -9,16 +9,18 @@
 //! * with `--systemd-cgroup`, `slice:prefix:name` is the scope
 //!   `prefix-name.scope` under the slice (`a-b.slice` nests in `a.slice`);
 //!   the directory is made directly (no systemd unit through D-Bus).
-//! * each ancestor gets the controllers the settings need enabled in its
-//!   `cgroup.subtree_control` (those its `cgroup.controllers` offers).
+//! * each ancestor gets enabled in its `cgroup.subtree_control` (as far as
+//!   its `cgroup.controllers` offers them) the controllers the settings
+//!   need, and cpu, memory and pids for the statistics engines read.
 //! * written: `memory.max` (guest RAM plus [`VMM_OVERHEAD_MIB`], only with a
 //!   memory limit: the guest itself is sized to the limit), `cpu.max` from
 //!   quota/period, `cpu.weight` from shares (runc's conversion),
 //!   `cpuset.cpus`/`cpuset.mems`. Left to the guest: pids, devices,
 //!   hugetlb, block I/O (its devices are the VMM's files).
 //!
-//! Not a cgroup2 mount at `/sys/fs/cgroup` (a v1 host), or not root: the
-//! VMM stays where it was started, with a warning.
+//! Not a cgroup2 mount at `/sys/fs/cgroup` (a v1 host: with a warning), or
+//! not root (quietly, as rootless runc without cgroup access): the VMM
+//! stays where it was started.
 
 use std::path::{Path, PathBuf};
 
@@ -54,7 +56,7 @@ pub enum CgroupError {
 }
 
 /// The container's resources as cgroup2 files and values.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Settings(pub Vec<(String, String)>);
 
 impl Settings {

@@ -147,7 +147,7 @@ pub fn find(config: &VmConfig, init: &Path, cache: &Path) -> Option<PathBuf> {
 /// `dir` if it is a complete template (marked used).
 fn found(dir: PathBuf) -> Option<PathBuf> {
     complete(&dir).then(|| {
-        touch(&dir);
+        crate::lru::mark_used(&dir);
         dir
     })
 }
@@ -210,11 +210,6 @@ pub fn ensure(config: &VmConfig, init: &Path, cache: &Path) -> Result<PathBuf, T
         crate::lru::max_from_env(ENV_TEMPLATES_MAX, DEFAULT_MAX_TEMPLATES),
     );
     Ok(dir)
-}
-
-/// Marks a template used now (orders [`evict`]).
-fn touch(dir: &Path) {
-    crate::lru::mark_used(dir);
 }
 
 /// Removes the least recently used complete templates beyond `keep`. A VM
@@ -308,7 +303,7 @@ mod tests {
         let building = dir.path().join("d.building.1");
         std::fs::create_dir(&building).unwrap();
         // Used just now: the oldest becomes the newest.
-        touch(&oldest);
+        crate::lru::mark_used(&oldest);
         evict(dir.path(), 2);
         assert!(oldest.exists() && newer.exists());
         assert!(!old.exists());
