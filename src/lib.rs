@@ -7,6 +7,7 @@ pub mod boot;
 pub mod check;
 pub mod cli;
 pub mod control;
+pub mod lockfile;
 pub mod lru;
 pub mod net;
 pub mod paths;

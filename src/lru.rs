@@ -10,6 +10,67 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+/// What marks a cache entry being built: `NAME.building.OWNER[.EXT]`, OWNER
+/// the builder's [`crate::runtime::process::own_tag`]. A builder that dies
+/// (SIGKILL, a full disk, a host crash) leaves it; [`remove_stale_work`]
+/// takes it once its owner is gone.
+pub const BUILDING: &str = ".building.";
+/// Suffix of the lock files beside cache entries ([`crate::lockfile`]).
+pub const LOCK_SUFFIX: &str = ".lock";
+
+/// The name of a work entry for `name` built by this process.
+pub fn work_name(name: &str, ext: &str) -> String {
+    format!(
+        "{name}{BUILDING}{}{ext}",
+        crate::runtime::process::own_tag()
+    )
+}
+
+/// Removes from `dir` the work entries whose builder is gone and the lock
+/// files nobody holds. Returns what was removed.
+pub fn remove_stale_work(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        let gone = if let Some((_, rest)) = name.split_once(BUILDING) {
+            let owner = rest.split('.').next().unwrap_or("");
+            if crate::runtime::process::owner_is_alive(owner) {
+                continue;
+            }
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            }
+        } else if name.ends_with(LOCK_SUFFIX) {
+            match crate::lockfile::LockFile::try_acquire(&path) {
+                Ok(Some(lock)) => lock.remove(),
+                _ => continue,
+            }
+        } else {
+            continue;
+        };
+        match gone {
+            Ok(()) => {
+                log::info!(
+                    "{}: removed (left by a builder that is gone)",
+                    path.display()
+                );
+                removed.push(path);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => log::warn!("{}: removing: {e}", path.display()),
+        }
+    }
+    removed
+}
+
 /// Marks `path` used now (its access time).
 pub fn mark_used(path: &Path) {
     let now = nix::sys::time::TimeSpec::UTIME_NOW;
@@ -102,6 +163,40 @@ pub(crate) mod tests {
             nix::sys::stat::UtimensatFlags::NoFollowSymlink,
         )
         .unwrap();
+    }
+
+    #[test]
+    fn stale_work_and_free_locks_go_live_ones_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // A builder that is gone: a dead child's pid.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let stale_file = d.join(format!(".building.{dead}-1.abc.ext4"));
+        let stale_dir = d.join(format!("k1.building.{dead}-7"));
+        std::fs::write(&stale_file, b"x").unwrap();
+        std::fs::create_dir_all(stale_dir.join("inner")).unwrap();
+        // Ours, alive.
+        let live = d.join(work_name("k2", ".ext4"));
+        std::fs::write(&live, b"x").unwrap();
+        // A lock nobody holds, and one we hold.
+        let free = d.join("k1.lock");
+        std::fs::write(&free, b"").unwrap();
+        let held_path = d.join("k2.lock");
+        let held = crate::lockfile::LockFile::acquire(&held_path).unwrap();
+        // Entries that are not work stay whatever their names.
+        let entry = d.join("dir-0123.ext4");
+        std::fs::write(&entry, b"x").unwrap();
+        let mut removed = remove_stale_work(d);
+        removed.sort();
+        let mut want = vec![stale_file, stale_dir, free];
+        want.sort();
+        assert_eq!(removed, want);
+        assert!(live.exists() && held_path.exists() && entry.exists());
+        drop(held);
+        assert!(remove_stale_work(d).contains(&held_path));
+        assert!(remove_stale_work(Path::new("/no/such/dir")).is_empty());
     }
 
     #[test]

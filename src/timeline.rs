@@ -9,6 +9,14 @@
 use std::io::Write as _;
 use std::path::Path;
 
+/// Environment variable naming moments of the timeline (comma-separated,
+/// e.g. `create.spawned,vmm.agent`) at which the process that records one
+/// kills itself with SIGKILL, right after recording it: the fault injection
+/// of husk's reliability tests (docs/reliability.md). Each moment is
+/// recorded by one process (`create.*` by create, `vmm.*` and `guest.*` by
+/// the VMM), so the variable, inherited by both, hits the one named.
+pub const ENV_FAULT_KILL_AT: &str = "HUSK_FAULT_KILL_AT";
+
 /// File name of the timeline in a container's state directory.
 pub const TIMELINE_FILE: &str = "timeline";
 
@@ -42,6 +50,29 @@ pub fn mark_at(dir: &Path, event: &str, ns: u64) {
     if let Err(e) = written {
         log::debug!("timeline {}: {e}", dir.display());
     }
+    if is_fault_point(event) {
+        log::warn!("{ENV_FAULT_KILL_AT}: killing this process at {event}");
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// Whether `event` is named in [`ENV_FAULT_KILL_AT`] (read once).
+fn is_fault_point(event: &str) -> bool {
+    static POINTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    POINTS
+        .get_or_init(|| fault_points(std::env::var(ENV_FAULT_KILL_AT).ok().as_deref()))
+        .iter()
+        .any(|p| p == event)
+}
+
+fn fault_points(value: Option<&str>) -> Vec<String> {
+    value
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The timeline in `dir`, in the order recorded; unreadable lines are
@@ -60,6 +91,18 @@ pub fn read(dir: &Path) -> Vec<(String, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fault_points_are_a_comma_separated_list() {
+        assert!(fault_points(None).is_empty());
+        assert!(fault_points(Some("")).is_empty());
+        assert_eq!(
+            fault_points(Some("create.spawned, vmm.agent,,")),
+            ["create.spawned", "vmm.agent"]
+        );
+        // The test process sets no fault points: marking is harmless.
+        assert!(!is_fault_point("create.begin"));
+    }
 
     #[test]
     fn marks_are_appended_in_order_on_one_clock() {

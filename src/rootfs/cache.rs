@@ -107,8 +107,11 @@ pub fn image_for(dir: &Path, cache: &Path) -> Result<PathBuf, CacheError> {
         source,
     };
     std::fs::create_dir_all(&images).map_err(io_err)?;
+    crate::lru::remove_stale_work(&images);
+    // Named for this process, so that one killed mid-build leaves a file a
+    // later husk recognizes as stale (`remove_stale_work`).
     let partial = tempfile::Builder::new()
-        .prefix(".building.")
+        .prefix(&crate::lru::work_name("", "."))
         .suffix(".ext4")
         .tempfile_in(&images)
         .map_err(io_err)?
@@ -121,6 +124,12 @@ pub fn image_for(dir: &Path, cache: &Path) -> Result<PathBuf, CacheError> {
         crate::lru::max_from_env(ENV_IMAGES_MAX, DEFAULT_MAX_IMAGES),
     );
     Ok(image)
+}
+
+/// Removes what image builds that died left in the image cache under
+/// `cache`.
+pub fn remove_stale_work(cache: &Path) {
+    crate::lru::remove_stale_work(&cache.join("rootfs"));
 }
 
 /// Removes the least recently used directory images beyond `keep`.

@@ -53,6 +53,15 @@ pub enum CgroupError {
         value: String,
         source: std::io::Error,
     },
+    #[error(
+        "cgroup {dir}: removing: {source}{}",
+        if procs.is_empty() { String::new() } else { format!(" (processes still in it: {})", procs.join(" ")) }
+    )]
+    Remove {
+        dir: PathBuf,
+        procs: Vec<String>,
+        source: std::io::Error,
+    },
 }
 
 /// The container's resources as cgroup2 files and values.
@@ -279,7 +288,9 @@ pub fn place(
         .try_for_each(|(file, value)| write_file(&dir, file, value))
         .and_then(|()| write_file(&dir, "cgroup.procs", &pid.to_string()));
     if let Err(e) = applied {
-        remove(&dir);
+        if let Err(re) = remove(&dir) {
+            log::warn!("{re}");
+        }
         return Err(e);
     }
     Ok(dir)
@@ -307,20 +318,28 @@ fn enable_controllers(dir: &Path, wanted: &[&str]) {
 /// seen by the kernel a moment after its parent's wait returns).
 const REMOVE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Removes the cgroup at `dir` (once its processes are gone); one that
-/// stays busy or cannot go is logged and left.
-pub fn remove(dir: &Path) {
+/// Removes the cgroup at `dir` (once its processes are gone, waiting up to
+/// [`REMOVE_WAIT`] while it is busy); one that cannot go is an error naming
+/// the processes still in it.
+pub fn remove(dir: &Path) -> Result<(), CgroupError> {
     let start = std::time::Instant::now();
     loop {
         match std::fs::remove_dir(dir) {
-            Ok(()) => return,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) && start.elapsed() < REMOVE_WAIT => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
-            Err(e) => {
-                log::warn!("cgroup {}: removing: {e}", dir.display());
-                return;
+            Err(source) => {
+                return Err(CgroupError::Remove {
+                    dir: dir.to_path_buf(),
+                    procs: std::fs::read_to_string(dir.join("cgroup.procs"))
+                        .unwrap_or_default()
+                        .split_whitespace()
+                        .map(str::to_owned)
+                        .collect(),
+                    source,
+                })
             }
         }
     }
@@ -361,6 +380,27 @@ fn flat_keyed(text: &str) -> std::collections::BTreeMap<String, u64> {
             Some((k.to_owned(), v.trim().parse().ok()?))
         })
         .collect()
+}
+
+/// Moves this process out of the cgroup at `dir` (into the root cgroup,
+/// the one cgroup v2 lets hold processes beside child cgroups) and removes
+/// `dir`: a VMM ending without anybody left to delete its container does
+/// so. Refused (an error) unless this process is in `dir`.
+pub fn leave_and_remove(dir: &Path) -> Result<(), CgroupError> {
+    let root = Path::new(CGROUP_ROOT);
+    let mine = root.join(own_cgroup().trim_start_matches('/'));
+    if mine != dir {
+        return Err(CgroupError::Remove {
+            dir: dir.to_path_buf(),
+            procs: Vec::new(),
+            source: std::io::Error::other(format!(
+                "this process is in {}, not in it",
+                mine.display()
+            )),
+        });
+    }
+    write_file(root, "cgroup.procs", &std::process::id().to_string())?;
+    remove(dir)
 }
 
 /// Reads the statistics of the cgroup at `dir`. A file a controller that is
@@ -519,9 +559,21 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("c1");
         std::fs::create_dir(&dir).unwrap();
-        remove(&dir);
+        remove(&dir).unwrap();
         assert!(!dir.exists());
-        remove(&dir);
+        remove(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_cgroup_that_cannot_go_is_an_error_naming_it() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("c1");
+        std::fs::create_dir(&dir).unwrap();
+        // A plain directory with a file in it stands in for a busy cgroup.
+        std::fs::write(dir.join("cgroup.procs"), "42\n43\n").unwrap();
+        let err = remove(&dir).unwrap_err().to_string();
+        assert!(err.contains("c1") && err.contains("42 43"), "{err}");
+        assert!(dir.exists());
     }
 
     #[test]

@@ -17,7 +17,10 @@ use crate::control::{AgentConn, ControlError};
 use crate::rootfs::cache::{self, CacheError};
 use crate::runtime::bundle::{self, BundleError};
 use crate::runtime::guest_spec::{self, GuestSpecError};
-use crate::runtime::state::{self, Operation, ProcProbe, State, StateError, Status};
+use crate::runtime::process::Held;
+use crate::runtime::state::{
+    self, Operation, ProcProbe, ProcessProbe as _, State, StateError, Status,
+};
 use crate::runtime::vm_plan::{PlanError, VmPlan};
 use crate::runtime::vm_spec::{self, VmSpecError};
 
@@ -82,6 +85,28 @@ pub enum ContainerError {
     ProcessFile { path: PathBuf, reason: String },
     #[error("{0}")]
     Io(String),
+    #[error(
+        "container {id} is being created or deleted by another husk process; \
+         wait for it, or use delete --force to end it"
+    )]
+    Busy { id: String },
+    #[error("signalling the VMM process {pid}: {source}")]
+    Signal { pid: i32, source: std::io::Error },
+    #[error(
+        "the VMM process {pid} of container {id} did not exit within {waited:?} of SIGKILL \
+         (stuck in the kernel? see /proc/{pid}/stack); run delete again once it is gone"
+    )]
+    VmmSurvived {
+        id: String,
+        pid: i32,
+        waited: Duration,
+    },
+    #[error(
+        "container {id} is stopped but not everything of it could be removed: {}; \
+         its record stays, run delete again once that is fixed",
+        left.join("; ")
+    )]
+    Leftovers { id: String, left: Vec<String> },
 }
 
 /// What `create` needs besides the CLI arguments.
@@ -164,19 +189,34 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
     if !init.is_file() {
         return Err(ContainerError::InitMissing { path: init });
     }
-    let mut state = State::create(
+    // Held until create returns: a delete meanwhile is refused (or, with
+    // --force, waits for this create to give up), and a directory found
+    // later with this lock free is a leftover of a create that died.
+    let lock = state::try_lock(&req.root, &req.id)?
+        .ok_or_else(|| StateError::Exists { id: req.id.clone() })?;
+    let mut state = match State::create(
         &req.root,
         &req.id,
         b.path.clone(),
         b.rootfs.clone(),
         b.annotations(),
-    )?;
+    ) {
+        Ok(s) => s,
+        // The lock file belongs to the container that exists.
+        Err(e @ StateError::Exists { .. }) => return Err(e.into()),
+        Err(e) => {
+            if let Err(le) = lock.remove() {
+                log::warn!("container {}: removing its lock file: {le}", req.id);
+            }
+            return Err(e.into());
+        }
+    };
     let dir = state::container_dir(&req.root, &req.id);
     let mut guard = CreateGuard {
         dir: dir.clone(),
         vmm: None,
         cgroup: None,
-        armed: true,
+        lock: Some(lock),
     };
     crate::timeline::mark_at(&dir, "create.begin", began);
     let image = cache::image_for(&b.rootfs, &crate::paths::cache_dir())?;
@@ -266,6 +306,9 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
     // container's veth into the pid's namespace) becomes the VM's NICs.
     let pid_i32 = i32::try_from(pid).unwrap_or(i32::MAX);
     state.set_process(pid_i32, &ProcProbe);
+    // On disk at once: should this create die from here on, a delete finds
+    // the VMM by its record.
+    state.save(&req.root)?;
     // Into its cgroup before it boots: every thread and page of the VM is
     // counted there.
     if let Some((rel, settings)) = &cgroup {
@@ -313,7 +356,7 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
     if let Some(path) = &req.pid_file {
         write_pid_file(path, pid_i32)?;
     }
-    guard.armed = false;
+    guard.disarm();
     crate::timeline::mark(&dir, "create.end");
     Ok(pid)
 }
@@ -359,33 +402,49 @@ fn cgroup_plan(
     Ok(Some((rel, cgroup::Settings::for_spec(spec, guest_mem_mib))))
 }
 
-/// Undoes a failed create: kills the VMM, removes its cgroup and the state
-/// directory.
+/// Undoes a failed create: kills the VMM (our child), removes its cgroup,
+/// network plumbing, the state directory and the lock file. Holds the
+/// container's lock until then.
 struct CreateGuard {
     dir: PathBuf,
     vmm: Option<u32>,
     cgroup: Option<PathBuf>,
-    armed: bool,
+    /// `None` once the create succeeded (the lock is let go, its file stays
+    /// with the container until delete).
+    lock: Option<crate::lockfile::LockFile>,
+}
+
+impl CreateGuard {
+    fn disarm(&mut self) {
+        self.lock = None;
+    }
 }
 
 impl Drop for CreateGuard {
     fn drop(&mut self) {
-        if !self.armed {
+        let Some(lock) = self.lock.take() else {
             return;
-        }
+        };
         if let Some(pid) = self.vmm {
             let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(0));
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
             let _ = nix::sys::wait::waitpid(pid, None);
         }
         if let Some(cg) = &self.cgroup {
-            crate::runtime::cgroup::remove(cg);
+            if let Err(e) = crate::runtime::cgroup::remove(cg) {
+                log::warn!("{e}");
+            }
         }
         if let Err(e) = crate::net::cleanup(&self.dir) {
             log::warn!("{e}");
         }
-        if let Err(e) = state::remove_container_dir(&self.dir) {
-            log::warn!("{e}");
+        match state::remove_container_dir(&self.dir) {
+            Ok(()) => {
+                if let Err(e) = lock.remove() {
+                    log::warn!("removing the lock file of {}: {e}", self.dir.display());
+                }
+            }
+            Err(e) => log::warn!("{e}"),
         }
     }
 }
@@ -504,7 +563,6 @@ fn connect(st: &State) -> Result<AgentConn, ContainerError> {
 }
 
 fn vmm_alive(pid: i32) -> bool {
-    use crate::runtime::state::ProcessProbe as _;
     ProcProbe.start_time(pid).is_some()
 }
 
@@ -549,21 +607,81 @@ pub fn state(root: &Path, id: &str) -> Result<String, ContainerError> {
     Ok(crate::runtime::output::render_state(&st))
 }
 
-fn vmm_pid(st: &State) -> Option<nix::unistd::Pid> {
-    st.pid.filter(|p| *p > 0).map(nix::unistd::Pid::from_raw)
+/// Ends the container's VMM if the record's process is still alive: SIGKILL
+/// through a pidfd (never to a process that reused the pid, nor after a
+/// reboot), then waits for it to exit.
+fn stop_vmm(st: &State) -> Result<(), ContainerError> {
+    let Some(pid) = st.pid else {
+        return Ok(());
+    };
+    if !st.process_alive(&ProcProbe) {
+        return Ok(());
+    }
+    let held = match Held::open(pid, st.pid_start_time) {
+        Ok(Some(h)) => h,
+        Ok(None) => return Ok(()),
+        Err(source) => return Err(ContainerError::Signal { pid, source }),
+    };
+    end_process(&st.id, &held)
 }
 
-/// Waits until the VMM process is gone (or the limit passes).
-fn wait_gone(st: &State, limit: Duration) -> bool {
-    let start = Instant::now();
-    let Some(pid) = st.pid else { return true };
-    while start.elapsed() < limit {
-        if !vmm_alive(pid) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
+fn end_process(id: &str, held: &Held) -> Result<(), ContainerError> {
+    match held.kill_and_wait(DEATH_WAIT) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(ContainerError::VmmSurvived {
+            id: id.to_owned(),
+            pid: held.pid(),
+            waited: DEATH_WAIT,
+        }),
+        Err(source) => Err(ContainerError::Signal {
+            pid: held.pid(),
+            source,
+        }),
     }
-    false
+}
+
+/// VMM processes of container `id` under `root` found by their command line
+/// (`husk ... --root ROOT vmm ID`), for a container whose record does not
+/// name its VMM: a create that died between spawning it and saving its pid,
+/// or an unreadable record.
+fn stray_vmms(root: &Path, id: &str) -> Vec<Held> {
+    let want = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let start = ProcProbe.start_time(pid);
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let cwd = std::fs::read_link(entry.path().join("cwd")).unwrap_or_default();
+        if is_vmm_of(&args, &cwd, &want, id) {
+            if let Ok(Some(h)) = Held::open(pid, start) {
+                found.push(h);
+            }
+        }
+    }
+    found
+}
+
+/// Whether `args` (a command line; relative paths from `cwd`) is the VMM of
+/// container `id` under the state root `root` (canonical).
+fn is_vmm_of(args: &[&[u8]], cwd: &Path, root: &Path, id: &str) -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    args.windows(4).any(|w| {
+        let given = Path::new(std::ffi::OsStr::from_bytes(w[1]));
+        let given = std::fs::canonicalize(cwd.join(given)).unwrap_or_else(|_| cwd.join(given));
+        w[0] == b"--root" && given == root && w[2] == b"vmm" && w[3] == id.as_bytes()
+    })
 }
 
 /// `kill`.
@@ -573,10 +691,7 @@ pub fn kill(root: &Path, id: &str, signal: i32, all: bool) -> Result<(), Contain
     if st.status == Status::Created {
         // No process runs yet: the signal ends the container, as it would
         // runc's waiting init. Only the VMM exists to receive it.
-        if let Some(pid) = vmm_pid(&st) {
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            wait_gone(&st, DEATH_WAIT);
-        }
+        stop_vmm(&st)?;
         let mut now = State::load(root, id)?;
         now.set_stopped(Some(state::ExitStatus::Signal(signal)));
         now.save(root)?;
@@ -587,29 +702,126 @@ pub fn kill(root: &Path, id: &str, signal: i32, all: bool) -> Result<(), Contain
     Ok(())
 }
 
-/// `delete`.
+/// How long `delete --force` waits for a create it interrupted (by killing
+/// its VMM) to clean up and let go of the container's lock.
+const CREATE_GIVE_UP_WAIT: Duration = Duration::from_secs(30);
+
+/// `delete`: ends the VMM if it still runs (a created container, a running
+/// one with `force`, a VMM whose create died) and removes everything of the
+/// container: network plumbing, host cgroup, state directory, lock file.
+/// Also takes a directory a crashed create left half-written. Whatever
+/// could not be removed is named in the error, and the record stays (as
+/// stopped) so that delete can be run again.
 pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), ContainerError> {
-    let st = match load_fresh(root, id) {
-        Ok(st) => st,
-        Err(ContainerError::State(StateError::NotFound { .. })) if force => return Ok(()),
-        Err(e) => return Err(e),
+    bundle::validate_id(id)?;
+    let dir = state::container_dir(root, id);
+    if !dir.exists() {
+        remove_stray_lock(root, id);
+        return if force {
+            Ok(())
+        } else {
+            Err(StateError::NotFound { id: id.to_owned() }.into())
+        };
+    }
+    let lock = match state::try_lock(root, id)? {
+        Some(l) => l,
+        None => {
+            // A create of this id is running (or another delete).
+            if !force {
+                return Err(ContainerError::Busy { id: id.to_owned() });
+            }
+            match State::load(root, id) {
+                Ok(st) => stop_vmm(&st)?,
+                Err(_) => {
+                    for vmm in stray_vmms(root, id) {
+                        end_process(id, &vmm)?;
+                    }
+                }
+            }
+            let path = state::lock_path(root, id);
+            crate::lockfile::LockFile::acquire_within(&path, CREATE_GIVE_UP_WAIT)
+                .map_err(|source| StateError::Lock {
+                    path: path.clone(),
+                    source,
+                })?
+                .ok_or_else(|| ContainerError::Busy { id: id.to_owned() })?
+        }
     };
-    if !st.status.can_delete() {
-        if !force {
-            st.ensure(Operation::Delete)?;
+    if !dir.exists() {
+        // The create we interrupted removed it.
+        let _ = lock.remove();
+        return Ok(());
+    }
+    let record = match State::load(root, id) {
+        Ok(mut st) => {
+            if st.refresh(&ProcProbe) {
+                st.save(root)?;
+            }
+            // The lock is ours, so a `creating` record is one whose create
+            // died: nothing will move it on.
+            if st.status == Status::Running && !force {
+                st.ensure(Operation::Delete)?;
+            }
+            Some(st)
         }
-        if let Some(pid) = vmm_pid(&st) {
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        // No record yet: a create that died before its first save (it had
+        // not started a VMM), or one that cannot be read.
+        Err(StateError::NotFound { .. }) => None,
+        Err(e @ StateError::Parse { .. }) => {
+            log::warn!("container {id}: {e}; removing what is left of it");
+            None
         }
-        if !wait_gone(&st, DEATH_WAIT) {
-            return Err(ContainerError::Io(format!(
-                "the VMM process {} of container {id} did not exit",
-                st.pid.unwrap_or(0)
-            )));
+        Err(e) => return Err(e.into()),
+    };
+    match &record {
+        Some(st) if st.pid.is_some() => stop_vmm(st)?,
+        _ => {
+            for vmm in stray_vmms(root, id) {
+                end_process(id, &vmm)?;
+            }
         }
     }
-    let dir = state::container_dir(root, id);
-    match crate::runtime::hooks::load(&dir) {
+    if let Some(st) = &record {
+        run_poststop(root, &dir, st)?;
+    }
+    let mut left = Vec::new();
+    if let Err(e) = crate::net::cleanup(&dir) {
+        left.push(e.to_string());
+    }
+    if let Some(cg) = record.as_ref().and_then(|st| st.cgroup.as_ref()) {
+        if let Err(e) = crate::runtime::cgroup::remove(cg) {
+            left.push(e.to_string());
+        }
+    }
+    if left.is_empty() {
+        if let Err(e) = State::remove(root, id) {
+            left.push(e.to_string());
+        }
+    }
+    if !left.is_empty() {
+        return Err(ContainerError::Leftovers {
+            id: id.to_owned(),
+            left,
+        });
+    }
+    if let Err(e) = lock.remove() {
+        log::warn!("container {id}: removing its lock file: {e}");
+    }
+    // Work files of builders that died (a create killed while it built an
+    // image, a VMM killed while it built a template) go too.
+    let cache = crate::paths::cache_dir();
+    cache::remove_stale_work(&cache);
+    crate::runtime::template::remove_stale_work(&cache);
+    Ok(())
+}
+
+/// Runs the poststop hooks once (a delete run again after a failed removal
+/// does not repeat them); their failures are logged, as runc does.
+fn run_poststop(root: &Path, dir: &Path, st: &State) -> Result<(), ContainerError> {
+    if st.poststop_ran {
+        return Ok(());
+    }
+    match crate::runtime::hooks::load(dir) {
         Ok(Some(h)) => {
             let mut stopped = st.clone();
             stopped.status = Status::Stopped;
@@ -619,20 +831,27 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), ContainerError> 
                 h.poststop().as_deref().unwrap_or_default(),
                 &json,
             );
+            stopped.poststop_ran = true;
+            stopped.save(root)?;
         }
         Ok(None) => {}
         Err(e) => log::warn!("{e}"),
     }
-    match crate::net::cleanup(&dir) {
-        Ok(()) => {}
-        Err(e) if force => log::warn!("container {id}: {e}"),
-        Err(e) => return Err(e.into()),
-    }
-    if let Some(cg) = &st.cgroup {
-        crate::runtime::cgroup::remove(cg);
-    }
-    State::remove(root, id)?;
     Ok(())
+}
+
+/// A lock file without its container: left by a create that died between
+/// taking the lock and making the directory. Removed if nobody holds it.
+fn remove_stray_lock(root: &Path, id: &str) {
+    let path = state::lock_path(root, id);
+    if !path.exists() {
+        return;
+    }
+    if let Ok(Some(l)) = crate::lockfile::LockFile::try_acquire(&path) {
+        if !state::container_dir(root, id).exists() {
+            let _ = l.remove();
+        }
+    }
 }
 
 /// The statistics of the container's host cgroup (the whole VM).
@@ -786,10 +1005,13 @@ fn take_inherited_fd(var: &str) -> Option<std::fs::File> {
     Some(file)
 }
 
-/// Sends the readiness answer.
-pub fn answer_ready(pipe: &mut Option<std::fs::File>, answer: &str) {
-    if let Some(mut p) = pipe.take() {
-        let _ = p.write_all(format!("{answer}\n").as_bytes());
+/// Sends the readiness answer; whether it reached `create` (false: its end
+/// of the pipe is closed, it went away). Without a pipe there is nobody to
+/// tell, which is fine.
+pub fn answer_ready(pipe: &mut Option<std::fs::File>, answer: &str) -> bool {
+    match pipe.take() {
+        Some(mut p) => p.write_all(format!("{answer}\n").as_bytes()).is_ok(),
+        None => true,
     }
 }
 

@@ -19,6 +19,7 @@ pub mod features;
 pub mod guest_spec;
 pub mod hooks;
 pub mod output;
+pub mod process;
 pub mod spec;
 pub mod state;
 pub mod template;

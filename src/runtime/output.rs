@@ -194,6 +194,7 @@ mod tests {
             status,
             pid: Some(8411),
             pid_start_time: Some(1),
+            boot_id: None,
             bundle: "/tmp/rb".into(),
             rootfs: "/tmp/rb/rootfs".into(),
             annotations: annotations
@@ -208,6 +209,7 @@ mod tests {
             rootfs_image: None,
             exit_status: None,
             cgroup: None,
+            poststop_ran: false,
         }
     }
 

@@ -48,6 +48,10 @@ const SOCKET_DIR_MODE: u32 = 0o700;
 const ROOT_DIR_MODE: u32 = 0o700;
 /// Mode of a container's directory (runc: 0711).
 const CONTAINER_DIR_MODE: u32 = 0o711;
+/// Directory of the per-container lock files under the state root
+/// ([`lock_path`]). `@` is not a character of container ids, so no
+/// container can be named so.
+pub const LOCKS_DIR: &str = "@locks";
 /// Prefix of the temporary file a save writes before renaming.
 const TEMP_PREFIX: &str = ".state.json.";
 /// Field number of `starttime` in `/proc/PID/stat` (proc(5), 1-based).
@@ -77,6 +81,8 @@ pub enum StateError {
     Write { path: PathBuf, source: io::Error },
     #[error("removing {path}: {source}")]
     Remove { path: PathBuf, source: io::Error },
+    #[error("locking {path}: {source}")]
+    Lock { path: PathBuf, source: io::Error },
     #[error("listing {path}: {source}")]
     List { path: PathBuf, source: io::Error },
     #[error(
@@ -224,6 +230,10 @@ pub struct State {
     /// telling the VMM from a later process that reuses its pid.
     #[serde(default)]
     pub pid_start_time: Option<u64>,
+    /// The host's boot id when `pid` was recorded: after a reboot no
+    /// recorded process is alive, whatever now runs under its pid.
+    #[serde(default)]
+    pub boot_id: Option<String>,
     /// Absolute bundle directory.
     pub bundle: PathBuf,
     /// Absolute root filesystem directory (`root.path` resolved).
@@ -250,6 +260,10 @@ pub struct State {
     /// The VMM's host cgroup (`linux.cgroupsPath`), once it is placed there.
     #[serde(default)]
     pub cgroup: Option<PathBuf>,
+    /// Whether `delete` ran the poststop hooks already (it is run again
+    /// after a removal that failed, and runs them once).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub poststop_ran: bool,
 }
 
 /// Reads what the kernel says about a process. A trait so status refresh is
@@ -258,6 +272,12 @@ pub trait ProcessProbe {
     /// `starttime` of a live (not zombie) process `pid`, or `None` when
     /// there is no such live process.
     fn start_time(&self, pid: i32) -> Option<u64>;
+
+    /// The id of the running boot ([`crate::runtime::process::boot_id`]);
+    /// `None` where it cannot be told (then boots are not compared).
+    fn boot_id(&self) -> Option<String> {
+        None
+    }
 }
 
 /// [`ProcessProbe`] over `/proc`.
@@ -271,6 +291,10 @@ impl ProcessProbe for ProcProbe {
         }
         let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         parse_stat_start_time(&stat)
+    }
+
+    fn boot_id(&self) -> Option<String> {
+        crate::runtime::process::boot_id()
     }
 }
 
@@ -297,6 +321,33 @@ pub fn container_dir(root: &Path, id: &str) -> PathBuf {
 /// `<root>/<id>/state.json`.
 pub fn state_path(root: &Path, id: &str) -> PathBuf {
     container_dir(root, id).join(STATE_FILE)
+}
+
+/// The lock file of container `id`: held by `create` for its whole run and
+/// by `delete`, so a delete never removes what a running create is making,
+/// and a directory whose lock is free while it has no complete record is a
+/// leftover of a create that died ([`crate::lockfile`]).
+pub fn lock_path(root: &Path, id: &str) -> PathBuf {
+    root.join(LOCKS_DIR).join(id)
+}
+
+/// Takes container `id`'s lock without waiting: `Ok(None)` when another
+/// husk process (a create, a delete) holds it. Makes the state root and its
+/// lock directory as needed.
+pub fn try_lock(root: &Path, id: &str) -> Result<Option<crate::lockfile::LockFile>, StateError> {
+    let dir = root.join(LOCKS_DIR);
+    ensure_root(root)?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(ROOT_DIR_MODE)
+        .create(&dir)
+        .map_err(|source| StateError::CreateDir {
+            path: dir.clone(),
+            source,
+        })?;
+    let path = lock_path(root, id);
+    crate::lockfile::LockFile::try_acquire(&path)
+        .map_err(|source| StateError::Lock { path, source })
 }
 
 /// Whether a container directory exists under `root`.
@@ -359,6 +410,7 @@ impl State {
             status: Status::Creating,
             pid: None,
             pid_start_time: None,
+            boot_id: None,
             bundle,
             rootfs,
             annotations,
@@ -370,6 +422,7 @@ impl State {
             rootfs_image: None,
             exit_status: None,
             cgroup: None,
+            poststop_ran: false,
         })
     }
 
@@ -413,10 +466,30 @@ impl State {
         remove_container_dir(&container_dir(root, id))
     }
 
-    /// Records the spawned VMM process and its start time.
+    /// Records the spawned VMM process, its start time and the boot.
     pub fn set_process(&mut self, pid: i32, probe: &dyn ProcessProbe) {
         self.pid = Some(pid);
         self.pid_start_time = probe.start_time(pid);
+        self.boot_id = probe.boot_id();
+    }
+
+    /// Whether the recorded VMM process is still the one alive under its
+    /// pid: same boot, same start time, not a zombie.
+    pub fn process_alive(&self, probe: &dyn ProcessProbe) -> bool {
+        let Some(pid) = self.pid else {
+            return false;
+        };
+        if let (Some(then), Some(now)) = (&self.boot_id, probe.boot_id()) {
+            if *then != now {
+                return false;
+            }
+        }
+        match (probe.start_time(pid), self.pid_start_time) {
+            (None, _) => false,
+            (Some(now), Some(recorded)) => now == recorded,
+            // No start time was recorded: trust the pid.
+            (Some(_), None) => true,
+        }
     }
 
     /// Marks the container stopped with how its process ended.
@@ -432,19 +505,10 @@ impl State {
     /// is now `Stopped`. A `Creating` record without a pid yet is left
     /// alone. Returns whether the status changed (the caller saves).
     pub fn refresh(&mut self, probe: &dyn ProcessProbe) -> bool {
-        if !self.status.has_process() {
+        if !self.status.has_process() || self.pid.is_none() {
             return false;
         }
-        let Some(pid) = self.pid else {
-            return false;
-        };
-        let alive = match (probe.start_time(pid), self.pid_start_time) {
-            (None, _) => false,
-            (Some(now), Some(recorded)) => now == recorded,
-            // No start time was recorded: trust the pid.
-            (Some(_), None) => true,
-        };
-        if alive {
+        if self.process_alive(probe) {
             return false;
         }
         self.status = Status::Stopped;
@@ -580,7 +644,7 @@ pub fn list(root: &Path, probe: &dyn ProcessProbe) -> Result<Vec<State>, StateEr
             path: root.to_path_buf(),
             source,
         })?;
-        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) || entry.file_name() == LOCKS_DIR {
             continue;
         }
         let Some(id) = entry.file_name().to_str().map(str::to_owned) else {
@@ -962,6 +1026,38 @@ mod tests {
         s.pid_start_time = Some(99);
         assert!(s.refresh(&FakeProbe::with(10, 12345)));
         assert_eq!(s.status, Status::Stopped);
+    }
+
+    /// A probe that also names the boot.
+    struct BootProbe(FakeProbe, &'static str);
+
+    impl ProcessProbe for BootProbe {
+        fn start_time(&self, pid: i32) -> Option<u64> {
+            self.0.start_time(pid)
+        }
+        fn boot_id(&self) -> Option<String> {
+            Some(self.1.to_owned())
+        }
+    }
+
+    #[test]
+    fn refresh_after_a_reboot_stops_even_a_matching_pid() {
+        let mut s = with_status(Status::Running);
+        let before = BootProbe(FakeProbe::with(10, 99), "boot-a");
+        s.set_process(10, &before);
+        assert_eq!(s.boot_id.as_deref(), Some("boot-a"));
+        assert!(s.process_alive(&before));
+        assert!(!s.refresh(&before));
+        // The same pid and start time in a later boot is someone else.
+        let after = BootProbe(FakeProbe::with(10, 99), "boot-b");
+        assert!(!s.process_alive(&after));
+        assert!(s.refresh(&after));
+        assert_eq!(s.status, Status::Stopped);
+        // A record without a boot id (older husk) compares start times only.
+        let mut old = with_status(Status::Running);
+        old.pid = Some(10);
+        old.pid_start_time = Some(99);
+        assert!(old.process_alive(&after));
     }
 
     #[test]

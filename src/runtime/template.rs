@@ -21,12 +21,17 @@
 //! release (KVM's CPUID and MSRs). A changed input makes a new key; the
 //! least recently used templates beyond [`DEFAULT_MAX_TEMPLATES`] are removed
 //! ([`crate::lru`]).
-//! Concurrent creates of the same kind build it once (a lock file).
+//! Concurrent creates of the same kind build it once (a lock file, removed
+//! when the build is over; [`crate::lockfile`]).
 
-use std::fs::File;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::lockfile::LockFile;
 
 use crate::vmm::config::{ConsoleOutput, Snapshot, VmConfig, VsockConfig};
 use crate::vmm::{snapshot, VmExit};
@@ -155,8 +160,14 @@ fn found(dir: PathBuf) -> Option<PathBuf> {
 /// The snapshot directory for VMs like `config` under `cache`, booting and
 /// snapshotting the template VM first if there is none (the config must
 /// then carry its initramfs). `init` is the husk-init binary of the
-/// config's initramfs.
-pub fn ensure(config: &VmConfig, init: &Path, cache: &Path) -> Result<PathBuf, TemplateError> {
+/// config's initramfs. Writing `stop` ends a build under way (the caller
+/// gave up); nothing of it is left.
+pub fn ensure(
+    config: &VmConfig,
+    init: &Path,
+    cache: &Path,
+    stop: Option<Arc<EventFd>>,
+) -> Result<PathBuf, TemplateError> {
     if !config.net.is_empty() {
         return Err(TemplateError::HasNics);
     }
@@ -167,32 +178,58 @@ pub fn ensure(config: &VmConfig, init: &Path, cache: &Path) -> Result<PathBuf, T
         return Ok(dir);
     }
     std::fs::create_dir_all(&templates).map_err(io_at(&templates))?;
-    let lock_path = templates.join(format!("{key}.lock"));
-    let lock = File::create(&lock_path).map_err(io_at(&lock_path))?;
-    let _held =
-        nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| {
-            TemplateError::Io {
-                path: lock_path.clone(),
-                source: std::io::Error::from_raw_os_error(e as i32),
-            }
-        })?;
+    crate::lru::remove_stale_work(&templates);
+    let lock_path = templates.join(format!("{key}{}", crate::lru::LOCK_SUFFIX));
+    let lock = LockFile::acquire(&lock_path).map_err(io_at(&lock_path))?;
     // Another create may have built it while we waited for the lock.
-    if complete(&dir) {
-        return Ok(dir);
+    let outcome = if complete(&dir) {
+        Ok(false)
+    } else {
+        build_into(
+            config,
+            &dir,
+            &templates.join(crate::lru::work_name(&key, "")),
+            stop,
+        )
+    };
+    // Nobody needs the lock file once this build is over (a waiter starts
+    // over on a new one, and finds the template complete).
+    if let Err(e) = lock.remove() {
+        log::warn!("template {key}: removing {}: {e}", lock_path.display());
     }
-    let work = templates.join(format!("{key}.building.{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).map_err(io_at(&work))?;
-    let built = build(config, &work);
+    if outcome? {
+        log::info!("template {key}: snapshot of a booted VM written");
+        evict(
+            &templates,
+            crate::lru::max_from_env(ENV_TEMPLATES_MAX, DEFAULT_MAX_TEMPLATES),
+        );
+    }
+    Ok(dir)
+}
+
+/// Boots the template VM into the work directory `work` and, once it is
+/// snapshotted, renames it to `dir` (`Ok(true)`). A failed or stopped build
+/// leaves nothing.
+fn build_into(
+    config: &VmConfig,
+    dir: &Path,
+    work: &Path,
+    stop: Option<Arc<EventFd>>,
+) -> Result<bool, TemplateError> {
+    let _ = std::fs::remove_dir_all(work);
+    std::fs::create_dir_all(work).map_err(io_at(work))?;
+    let built = build(config, work, stop);
     // Only the snapshot's two files stay; the socket and console go.
     let console = work.join("console.log");
     let console_text = std::fs::read_to_string(&console).unwrap_or_default();
     let _ = std::fs::remove_file(&console);
     let _ = std::fs::remove_file(work.join("vsock"));
     let finished = match built {
-        Ok(VmExit::Snapshotted) if complete(&work) => {
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::rename(&work, &dir).map_err(io_at(&dir))
+        Ok(VmExit::Snapshotted) if complete(work) => {
+            let _ = std::fs::remove_dir_all(dir);
+            std::fs::rename(work, dir)
+                .map(|()| true)
+                .map_err(io_at(dir))
         }
         Ok(other) => Err(TemplateError::NoSnapshot(
             other,
@@ -200,27 +237,31 @@ pub fn ensure(config: &VmConfig, init: &Path, cache: &Path) -> Result<PathBuf, T
         )),
         Err(e) => Err(e),
     };
-    if let Err(e) = finished {
-        let _ = std::fs::remove_dir_all(&work);
-        return Err(e);
+    if finished.is_err() {
+        let _ = std::fs::remove_dir_all(work);
     }
-    log::info!("template {key}: snapshot of a booted VM written");
-    evict(
-        &templates,
-        crate::lru::max_from_env(ENV_TEMPLATES_MAX, DEFAULT_MAX_TEMPLATES),
-    );
-    Ok(dir)
+    finished
+}
+
+/// Removes what builds that died left in the template cache under `cache`.
+pub fn remove_stale_work(cache: &Path) {
+    crate::lru::remove_stale_work(&cache.join(TEMPLATES_DIR));
 }
 
 /// Removes the least recently used complete templates beyond `keep`. A VM
 /// restored from a removed one keeps its mapping (the file lives on until
-/// unmapped); lock files stay (a waiting create holds one).
+/// unmapped).
 fn evict(templates: &Path, keep: usize) {
     crate::lru::evict(templates, keep, |p| p.is_dir() && complete(p), "template");
 }
 
-/// Boots the template VM of `config` and snapshots it into `work`.
-fn build(config: &VmConfig, work: &Path) -> Result<VmExit, TemplateError> {
+/// Boots the template VM of `config` and snapshots it into `work`; writing
+/// `stop` ends it early.
+fn build(
+    config: &VmConfig,
+    work: &Path,
+    stop: Option<Arc<EventFd>>,
+) -> Result<VmExit, TemplateError> {
     let mut t = config.clone();
     t.console = ConsoleOutput::File(work.join("console.log"));
     t.vsock = config.vsock.as_ref().map(|v| VsockConfig {
@@ -230,7 +271,11 @@ fn build(config: &VmConfig, work: &Path) -> Result<VmExit, TemplateError> {
     t.timeout = Some(TEMPLATE_BOOT_TIMEOUT);
     t.timeline = None;
     t.snapshot = Some(Snapshot::TakeWhenAgentListens(work.to_path_buf()));
-    Ok(crate::vmm::builder::build_and_run(t)?)
+    let controls = crate::vmm::builder::RunControls {
+        stop,
+        taps: Vec::new(),
+    };
+    Ok(crate::vmm::builder::run_with(t, controls)?)
 }
 
 #[cfg(test)]
@@ -322,7 +367,7 @@ mod tests {
         }];
         let cache = dir.path().join("cache");
         assert!(matches!(
-            ensure(&c, Path::new("/i"), &cache),
+            ensure(&c, Path::new("/i"), &cache, None),
             Err(TemplateError::HasNics)
         ));
         assert!(!cache.exists());
@@ -335,13 +380,12 @@ mod tests {
         // A kernel that is no kernel fails before any VM runs.
         c.mem_mib = 64;
         let cache = dir.path().join("cache");
-        let err = ensure(&c, Path::new("/i"), &cache).unwrap_err();
+        let err = ensure(&c, Path::new("/i"), &cache, None).unwrap_err();
         assert!(matches!(err, TemplateError::Build(_)), "{err}");
         let left: Vec<_> = std::fs::read_dir(cache.join(TEMPLATES_DIR))
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|n| !n.ends_with(".lock"))
             .collect();
-        assert!(left.is_empty(), "{left:?}");
+        assert!(left.is_empty(), "not even the lock file: {left:?}");
     }
 }

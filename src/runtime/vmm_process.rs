@@ -11,7 +11,8 @@
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd as _, RawFd};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -42,14 +43,25 @@ const FORWARDED: [nix::sys::signal::Signal; 6] = [
 /// Runs the container's VMM; returns how the container ended. The
 /// container's network plumbing is removed when the VM has ended.
 pub fn run(root: &Path, id: &str) -> Option<ExitStatus> {
-    let ending = run_vm(root, id);
+    let record = Arc::new(RecordWatch::default());
+    let ending = run_vm(root, id, &record);
     if let Err(e) = crate::net::cleanup(&state::container_dir(root, id)) {
         log::warn!("container {id}: {e}");
+    }
+    // Nobody can delete a container whose record is gone: its cgroup goes
+    // with its VMM.
+    if record.lost.load(Ordering::SeqCst) {
+        let placed = record.cgroup.lock().ok().and_then(|c| c.clone());
+        if let Some(cg) = placed {
+            if let Err(e) = crate::runtime::cgroup::leave_and_remove(&cg) {
+                log::warn!("container {id}: {e}");
+            }
+        }
     }
     ending
 }
 
-fn run_vm(root: &Path, id: &str) -> Option<ExitStatus> {
+fn run_vm(root: &Path, id: &str, record: &Arc<RecordWatch>) -> Option<ExitStatus> {
     let mut ready = take_ready_fd();
     let go = take_go_fd();
     crate::timeline::mark(&state::container_dir(root, id), "vmm.main");
@@ -83,6 +95,13 @@ fn run_vm(root: &Path, id: &str) -> Option<ExitStatus> {
     if !wait_for_go(go) {
         return fail(&mut ready, "create gave up before the VM started".into());
     }
+    // From here on a `create` that dies stops whatever VM is being made.
+    let creator = match ready.as_ref().map(|r| CreatorWatch::start(r, stop.clone())) {
+        Some(Ok(w)) => Some(w),
+        Some(Err(e)) => return fail(&mut ready, format!("watching create: {e}")),
+        None => None,
+    };
+    let creator_gone = || creator.as_ref().is_some_and(CreatorWatch::gone);
     crate::timeline::mark(&dir, "vmm.go");
     let mut network = crate::agent_proto::NetSetup::default();
     let mut nics = Vec::new();
@@ -125,8 +144,10 @@ fn run_vm(root: &Path, id: &str) -> Option<ExitStatus> {
             Err(e) => return fail(&mut ready, e.to_string()),
         }
         if use_template {
-            match crate::runtime::template::ensure(&config, &plan.init, &cache) {
+            match crate::runtime::template::ensure(&config, &plan.init, &cache, Some(stop.clone()))
+            {
                 Ok(t) => template = Some(t),
+                Err(_) if creator_gone() => return fail(&mut ready, CREATOR_GONE.into()),
                 Err(e) => log::warn!("container {id}: booting without a template: {e}"),
             }
         }
@@ -163,7 +184,9 @@ fn run_vm(root: &Path, id: &str) -> Option<ExitStatus> {
             c
         }
         Err(e) => {
-            let msg = if vm.is_finished() {
+            let msg = if creator_gone() {
+                CREATOR_GONE.to_owned()
+            } else if vm.is_finished() {
                 let console = std::fs::read_to_string(&plan.console_log).unwrap_or_default();
                 format!(
                     "the VM stopped before its agent answered: {}",
@@ -200,8 +223,15 @@ fn run_vm(root: &Path, id: &str) -> Option<ExitStatus> {
         }
     }
     crate::timeline::mark(&dir, "vmm.created");
-    answer_ready(&mut ready, "ready");
+    if let Some(w) = &creator {
+        w.finish();
+    }
+    if creator_gone() || !answer_ready(&mut ready, "ready") {
+        stop_vm(vm);
+        return fail(&mut ready, CREATOR_GONE.into());
+    }
     log::info!("container {id}: created");
+    watch_record(root, id, record.clone(), stop.clone());
 
     spawn_signal_forwarder(mask, plan.control_socket.clone());
     let ending = relay(conn, true);
@@ -212,6 +242,107 @@ fn run_vm(root: &Path, id: &str) -> Option<ExitStatus> {
     }
     stop_vm(vm);
     ending
+}
+
+/// Why a VMM gives up when its `create` went away.
+const CREATOR_GONE: &str = "create went away before the container was created; giving up";
+
+/// Watches `create`'s end of the readiness pipe until the VMM answers: when
+/// `create` dies first (killed, crashed), its end closes, our end polls
+/// POLLERR, and the VM being made (the template VM or the container's) is
+/// stopped, so that no VM outlives a create that never reported it.
+struct CreatorWatch {
+    gone: Arc<std::sync::atomic::AtomicBool>,
+    done: Arc<EventFd>,
+}
+
+impl CreatorWatch {
+    fn start(ready: &std::fs::File, stop: Arc<EventFd>) -> std::io::Result<CreatorWatch> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd as _;
+        let pipe = ready.try_clone()?;
+        let done = Arc::new(EventFd::new(EFD_NONBLOCK)?);
+        let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (done2, gone2) = (done.clone(), gone.clone());
+        std::thread::Builder::new()
+            .name("creator".into())
+            .spawn(move || loop {
+                // SAFETY: the eventfd lives in `done2`, held by this thread
+                // for the whole poll.
+                let done_fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(done2.as_raw_fd()) };
+                let mut fds = [
+                    PollFd::new(pipe.as_fd(), PollFlags::empty()),
+                    PollFd::new(done_fd, PollFlags::POLLIN),
+                ];
+                match poll(&mut fds, PollTimeout::NONE) {
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(_) => return,
+                    Ok(_) => {}
+                }
+                let hit = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+                if hit(&fds[1]) {
+                    return;
+                }
+                if hit(&fds[0]) {
+                    gone2.store(true, std::sync::atomic::Ordering::SeqCst);
+                    log::error!("create went away: stopping the VM");
+                    let _ = stop.write(1);
+                    return;
+                }
+            })?;
+        Ok(CreatorWatch { gone, done })
+    }
+
+    fn gone(&self) -> bool {
+        self.gone.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Ends the watch (the answer is about to go out).
+    fn finish(&self) {
+        let _ = self.done.write(1);
+    }
+}
+
+/// How often a running VMM checks that its container's record exists.
+const RECORD_CHECK: Duration = Duration::from_secs(2);
+
+/// What the record watch ([`watch_record`]) learnt.
+#[derive(Default)]
+struct RecordWatch {
+    /// The record disappeared while the VM ran.
+    lost: AtomicBool,
+    /// The host cgroup `create` placed this VMM in, read from the record
+    /// while it existed.
+    cgroup: Mutex<Option<PathBuf>>,
+}
+
+/// Stops the VM if the container's record (`state.json`) disappears: a
+/// state root wiped while its VMs ran (a tmpfs `/run` remounted, an
+/// operator's `rm -rf`) must not leave VMs no `husk list` or `delete` can
+/// reach. Until then it notes the VMM's cgroup from the record (`create`
+/// saves it once the VMM answered ready), for [`run`] to remove.
+fn watch_record(root: &Path, id: &str, watch: Arc<RecordWatch>, stop: Arc<EventFd>) {
+    let (root, id) = (root.to_path_buf(), id.to_owned());
+    let record = state::state_path(&root, &id);
+    let _ = std::thread::Builder::new()
+        .name("record".into())
+        .spawn(move || loop {
+            std::thread::sleep(RECORD_CHECK);
+            if !record.exists() {
+                log::error!(
+                    "{} is gone: the container no longer exists for husk; stopping its VM",
+                    record.display()
+                );
+                watch.lost.store(true, Ordering::SeqCst);
+                let _ = stop.write(1);
+                return;
+            }
+            if let Ok(mut known) = watch.cgroup.lock() {
+                if known.is_none() {
+                    *known = State::load(&root, &id).ok().and_then(|st| st.cgroup);
+                }
+            }
+        });
 }
 
 /// Console lines quoted when a VM ends before its agent answers.
