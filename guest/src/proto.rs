@@ -32,6 +32,26 @@ pub const PARAM_AGENT: &str = "husk.agent";
 pub const PARAM_OVERLAY: &str = "husk.overlay";
 /// Kernel command-line parameter: the command, as [`encode_command`] output.
 pub const PARAM_CMD: &str = "husk.cmd";
+/// Kernel command-line parameter: a fault to inject, for husk's reliability
+/// tests (docs/reliability.md); the host passes it through
+/// `HUSK_KERNEL_ARGS`. Only [`FAULT_INIT_EXIT_AFTER_START`] exists.
+pub const PARAM_FAULT: &str = "husk.fault";
+/// [`PARAM_FAULT`]: init exits [`FAULT_DELAY_MS`] after it started the
+/// container's process, so the guest kernel panics ("Attempted to kill
+/// init") with the container running.
+pub const FAULT_INIT_EXIT_AFTER_START: &str = "init-exit-after-start";
+/// How long after the start an injected fault strikes (the host's `start`
+/// has its answer by then).
+pub const FAULT_DELAY_MS: u64 = 500;
+
+/// Whether the kernel command line `cmdline` asks for the fault `fault`
+/// ([`PARAM_FAULT`]).
+pub fn fault_requested(cmdline: &str, fault: &str) -> bool {
+    cmdline
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix(PARAM_FAULT)?.strip_prefix('='))
+        .any(|v| v == fault)
+}
 
 /// The boot timer port: husk-init writes one byte, a [`BootEvent`], at
 /// moments of its start; the VMM records when each write arrived (host
@@ -303,5 +323,15 @@ mod tests {
             assert_eq!(Ending::parse_report(&out), Some(ending));
         }
         assert_eq!(Ending::parse_report("nothing here"), None);
+    }
+
+    #[test]
+    fn faults_are_named_on_the_command_line() {
+        let f = FAULT_INIT_EXIT_AFTER_START;
+        assert!(fault_requested(&format!("quiet husk.fault={f} x"), f));
+        assert!(!fault_requested("quiet husk.agent=1", f));
+        assert!(!fault_requested(&format!("husk.faultx={f}"), f));
+        assert!(!fault_requested("husk.fault=", f));
+        assert!(!fault_requested("husk.fault=other", f));
     }
 }

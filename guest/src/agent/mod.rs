@@ -577,6 +577,7 @@ fn idle_frame<P: Platform>(
         Request::Exec { process } => agent.exec(*process, Arc::clone(sink)),
         Request::Start => {
             agent.start(&**sink);
+            inject_start_fault();
             return Err(());
         }
         Request::Signal { signal, all } => {
@@ -723,6 +724,28 @@ pub fn serve() -> Result<std::convert::Infallible, AgentError> {
             }
         }
     }
+}
+
+/// The fault [`crate::proto::FAULT_INIT_EXIT_AFTER_START`], when the kernel command
+/// line asks for it: init (this process, PID 1) exits a moment after the
+/// container started, and the guest kernel panics.
+fn inject_start_fault() {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if !crate::proto::fault_requested(&cmdline, crate::proto::FAULT_INIT_EXIT_AFTER_START) {
+        return;
+    }
+    let _ = std::thread::Builder::new().name("fault".into()).spawn(|| {
+        std::thread::sleep(std::time::Duration::from_millis(
+            crate::proto::FAULT_DELAY_MS,
+        ));
+        eprintln!(
+            "{}: {}={}: init exits now",
+            crate::proto::LOG_PREFIX,
+            crate::proto::PARAM_FAULT,
+            crate::proto::FAULT_INIT_EXIT_AFTER_START
+        );
+        std::process::exit(1);
+    });
 }
 
 #[cfg(test)]
