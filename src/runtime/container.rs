@@ -316,6 +316,9 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
         let placed = crate::runtime::cgroup::place(root, rel, settings, pid)?;
         guard.cgroup = Some(placed.clone());
         state.cgroup = Some(placed);
+        // In the record at once, for a delete after a create that died and
+        // for the VMM (it reads it once told to go).
+        state.save(&req.root)?;
     }
     crate::timeline::mark(&dir, "create.cgroup");
     if let Some(h) = b.spec.hooks() {
@@ -546,7 +549,7 @@ pub fn send_pty_master(socket: &Path) -> Result<OwnedFd, ContainerError> {
 fn load_fresh(root: &Path, id: &str) -> Result<State, ContainerError> {
     bundle::validate_id(id)?;
     let mut st = State::load(root, id)?;
-    if st.refresh(&ProcProbe) {
+    if st.refresh_in(root, &ProcProbe) {
         st.save(root)?;
     }
     Ok(st)

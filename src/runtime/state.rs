@@ -350,6 +350,17 @@ pub fn try_lock(root: &Path, id: &str) -> Result<Option<crate::lockfile::LockFil
         .map_err(|source| StateError::Lock { path, source })
 }
 
+/// Whether a husk process holds container `id`'s lock (a `create` under
+/// way, or a `delete`). Looks without taking part: a lock file that is
+/// missing or free means no.
+pub fn create_in_progress(root: &Path, id: &str) -> bool {
+    let path = lock_path(root, id);
+    if !path.exists() {
+        return false;
+    }
+    matches!(crate::lockfile::LockFile::try_acquire(&path), Ok(None))
+}
+
 /// Whether a container directory exists under `root`.
 pub fn exists(root: &Path, id: &str) -> bool {
     container_dir(root, id).exists()
@@ -515,6 +526,17 @@ impl State {
         true
     }
 
+    /// [`State::refresh`], and a `creating` record whose `create` is no
+    /// longer running (its lock is free: it died) becomes `stopped`.
+    pub fn refresh_in(&mut self, root: &Path, probe: &dyn ProcessProbe) -> bool {
+        let mut changed = self.refresh(probe);
+        if self.status == Status::Creating && !create_in_progress(root, &self.id) {
+            self.status = Status::Stopped;
+            changed = true;
+        }
+        changed
+    }
+
     /// Ok if `op` is allowed now; otherwise runc's refusal.
     pub fn ensure(&self, op: Operation) -> Result<(), StateError> {
         if self.status.allows(op) {
@@ -652,7 +674,7 @@ pub fn list(root: &Path, probe: &dyn ProcessProbe) -> Result<Vec<State>, StateEr
         };
         match State::load(root, &id) {
             Ok(mut state) => {
-                state.refresh(probe);
+                state.refresh_in(root, probe);
                 states.push(state);
             }
             Err(StateError::NotFound { .. }) => {}
@@ -1069,6 +1091,29 @@ mod tests {
         s.pid = Some(10);
         assert!(!s.refresh(&FakeProbe::with(10, 1)));
         assert_eq!(s.status, Status::Stopped);
+    }
+
+    #[test]
+    fn a_creating_record_is_stopped_once_its_create_let_go_of_the_lock() {
+        let root = tempfile::tempdir().unwrap();
+        let mut s = with_status(Status::Creating);
+        let id = s.id.clone();
+        fs::create_dir_all(root.path().join(LOCKS_DIR)).unwrap();
+        // A create under way holds the lock.
+        let held = try_lock(root.path(), &id).unwrap().unwrap();
+        assert!(create_in_progress(root.path(), &id));
+        assert!(!s.refresh_in(root.path(), &FakeProbe::default()));
+        assert_eq!(s.status, Status::Creating);
+        // It died: the lock is free (the file stays).
+        drop(held);
+        assert!(!create_in_progress(root.path(), &id));
+        assert!(s.refresh_in(root.path(), &FakeProbe::default()));
+        assert_eq!(s.status, Status::Stopped);
+        // No lock file at all (a record older than locks): not in progress.
+        let mut old = with_status(Status::Creating);
+        old.id = "other".into();
+        assert!(old.refresh_in(root.path(), &FakeProbe::default()));
+        assert_eq!(old.status, Status::Stopped);
     }
 
     #[test]

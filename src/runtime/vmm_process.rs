@@ -102,6 +102,10 @@ fn run_vm(root: &Path, id: &str, record: &Arc<RecordWatch>) -> Option<ExitStatus
         None => None,
     };
     let creator_gone = || creator.as_ref().is_some_and(CreatorWatch::gone);
+    // `create` saved the cgroup it placed us in before it said go.
+    if let (Ok(now), Ok(mut known)) = (State::load(root, id), record.cgroup.lock()) {
+        *known = now.cgroup;
+    }
     crate::timeline::mark(&dir, "vmm.go");
     let mut network = crate::agent_proto::NetSetup::default();
     let mut nics = Vec::new();
@@ -312,18 +316,16 @@ struct RecordWatch {
     /// The record disappeared while the VM ran.
     lost: AtomicBool,
     /// The host cgroup `create` placed this VMM in, read from the record
-    /// while it existed.
+    /// when the VMM was told to go.
     cgroup: Mutex<Option<PathBuf>>,
 }
 
 /// Stops the VM if the container's record (`state.json`) disappears: a
 /// state root wiped while its VMs ran (a tmpfs `/run` remounted, an
 /// operator's `rm -rf`) must not leave VMs no `husk list` or `delete` can
-/// reach. Until then it notes the VMM's cgroup from the record (`create`
-/// saves it once the VMM answered ready), for [`run`] to remove.
+/// reach.
 fn watch_record(root: &Path, id: &str, watch: Arc<RecordWatch>, stop: Arc<EventFd>) {
-    let (root, id) = (root.to_path_buf(), id.to_owned());
-    let record = state::state_path(&root, &id);
+    let record = state::state_path(root, id);
     let _ = std::thread::Builder::new()
         .name("record".into())
         .spawn(move || loop {
@@ -336,11 +338,6 @@ fn watch_record(root: &Path, id: &str, watch: Arc<RecordWatch>, stop: Arc<EventF
                 watch.lost.store(true, Ordering::SeqCst);
                 let _ = stop.write(1);
                 return;
-            }
-            if let Ok(mut known) = watch.cgroup.lock() {
-                if known.is_none() {
-                    *known = State::load(&root, &id).ok().and_then(|st| st.cgroup);
-                }
             }
         });
 }
