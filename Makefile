@@ -6,7 +6,7 @@ INIT_TARGET := x86_64-unknown-linux-musl
 TESTHOST    := $(CURDIR)/tests/testhost/run
 export HUSK_INIT := $(CURDIR)/target/$(INIT_TARGET)/release/husk-init
 
-.PHONY: all deps kernel build demo test unit lint e2e bench bench-boot bench-run bench-net bench-density bench-breakdown bench-plot clean
+.PHONY: all deps kernel build demo test unit lint e2e soak bench bench-boot bench-run bench-net bench-density bench-breakdown bench-plot clean
 
 all: build
 
@@ -52,6 +52,17 @@ e2e: kernel build
 	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$(CURDIR)/tests/testhost/cargo-runner" \
 		cargo test --release --no-fail-fast --test 'e2e_*' 2>&1 | tee target/e2e.log || rc=$$?; \
 	if [ "$$rc" -ne 0 ]; then scripts/e2e-summary target/e2e.log; fi; exit "$$rc"
+
+## The long load run of tests/e2e_load.rs (docs/reliability.md): CONTAINERS
+## at once (default 50) and CYCLES sequential create/start/delete cycles
+## (default 1000), figures on stderr (lines starting `load:`); a few hours
+## at most under TCG, hence the longer test-host timeout.
+soak: kernel build
+	HUSK_LOAD_CONTAINERS=$${CONTAINERS:-50} HUSK_SOAK_CYCLES=$${CYCLES:-1000} \
+	HUSK_TESTHOST_CPUS=$${HUSK_TESTHOST_CPUS:-1} HUSK_TESTHOST_TCG_THREAD=$${HUSK_TESTHOST_TCG_THREAD:-single} \
+	HUSK_TESTHOST_TIMEOUT=$${HUSK_TESTHOST_TIMEOUT:-14400} \
+	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$(CURDIR)/tests/testhost/cargo-runner" \
+		cargo test --release --test e2e_load -- --nocapture --test-threads 1
 
 ## Benchmarks (results go to docs/benchmarks.md by hand, with the machine named).
 ## Raw results: benches/results/*.json (shared read-write with the test host);

@@ -22,7 +22,7 @@ fn husk() -> Command {
 /// Runs `husk boot` with a private TMPDIR and checks that the run left
 /// nothing in it (per-run rootfs images are removed on every path).
 fn boot(extra: &[&str], command: &[&str]) -> Finished {
-    require_kvm();
+    let _census = require_kvm();
     let tmp = tempfile::tempdir().unwrap();
     let mut cmd = husk();
     cmd.env("TMPDIR", tmp.path())

@@ -20,13 +20,15 @@ const HUSK_RUNTIME: &str = "io.containerd.husk.v2";
 
 /// A containerd daemon of this test's own (state on a tmpfs, CRI off).
 struct Containerd {
+    /// First: it checks for leaks after the teardown, before the directory goes.
+    _census: census::Census,
     dir: tempfile::TempDir,
     daemon: Child,
 }
 
 impl Containerd {
     fn start() -> Containerd {
-        require_kvm();
+        let census = require_kvm();
         let dir = engines::tmpfs_workdir();
         let d = dir.path();
         let config = format!(
@@ -45,20 +47,45 @@ impl Containerd {
             bin.display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
+        std::fs::write(d.join("path"), path).unwrap();
+        let daemon = Self::spawn_daemon(d);
+        let c = Containerd {
+            _census: census,
+            dir,
+            daemon,
+        };
+        c.import_image();
+        c
+    }
+
+    /// Starts containerd on the work directory `d` and waits for its socket.
+    fn spawn_daemon(d: &std::path::Path) -> Child {
+        let sock = d.join("containerd.sock");
+        let _ = std::fs::remove_file(&sock);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join("containerd.log"))
+            .unwrap();
         let daemon = Command::new("containerd")
             .arg("--config")
             .arg(d.join("config.toml"))
-            .env("PATH", path)
+            .env("PATH", std::fs::read_to_string(d.join("path")).unwrap())
             .env("HUSK_SHIM_ROOT", d.join("husk-shim"))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("containerd (Debian package)");
-        let c = Containerd { dir, daemon };
-        engines::wait_for_socket(&c.dir.path().join("containerd.sock"), "containerd");
-        c.import_image();
-        c
+        engines::wait_for_socket(&sock, "containerd");
+        daemon
+    }
+
+    /// containerd dies (SIGKILL) and starts again on the same state, as
+    /// after a crash or an upgrade.
+    fn restart(&mut self) {
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+        self.daemon = Self::spawn_daemon(self.dir.path());
     }
 
     /// busybox rootfs -> podman import -> OCI archive -> ctr image import.
@@ -439,6 +466,60 @@ fn ctr_with_the_husk_shim_runs_execs_kills_and_deletes() {
         done.stderr
     );
     let _ = c.ctr(&["container", "delete", "vol"]);
+    c.assert_nothing_left();
+    let left = c.ctr(&["container", "ls", "-q"]).stdout;
+    assert_eq!(left.trim(), "", "containers left: {left}");
+}
+
+/// A shim killed with its container running, and containerd killed and
+/// started again: containerd's clean-up of the dead shim (the shim
+/// binary's `delete`) ends the VM, the task is no longer running, and
+/// nothing is left after the engine's delete.
+#[test]
+fn a_killed_shim_and_a_restarted_containerd_leave_nothing() {
+    let mut c = Containerd::start();
+    let done = c.run_native(&["-d"], "sk", &["sleep", "1000"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    wait_status(&c, "sk", "RUNNING");
+    let shims = engines::processes(|l| l.contains("containerd-shim-husk-v2") && l.contains("sk"));
+    assert_eq!(shims.len(), 1, "{shims:?}");
+    let ps = Command::new("pgrep")
+        .args(["-f", "containerd-shim-husk-v2.*-id sk"])
+        .output()
+        .unwrap();
+    let pids: Vec<i32> = String::from_utf8_lossy(&ps.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    assert_eq!(pids.len(), 1, "shim of sk: {pids:?} ({shims:?})");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pids[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    c.restart();
+    // containerd finds the shim gone and cleans up after it.
+    c.assert_no_vm();
+    let start = Instant::now();
+    loop {
+        let ls = tasks(&c);
+        let line = ls
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some("sk"))
+            .map(str::to_owned);
+        match line {
+            Some(l) if l.contains("RUNNING") => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "sk still RUNNING with its shim gone: {ls}"
+                );
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            _ => break,
+        }
+    }
+    let _ = c.ctr(&["task", "delete", "-f", "sk"]);
+    assert!(c.ctr(&["container", "delete", "sk"]).status.success());
     c.assert_nothing_left();
     let left = c.ctr(&["container", "ls", "-q"]).stdout;
     assert_eq!(left.trim(), "", "containers left: {left}");

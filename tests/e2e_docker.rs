@@ -23,13 +23,15 @@ const WEB_PORT: u16 = 18092;
 
 /// A dockerd of this test's own: data, exec root and socket on a tmpfs.
 struct Docker {
+    /// First: it checks for leaks after the teardown, before the directory goes.
+    _census: census::Census,
     dir: tempfile::TempDir,
     daemon: Child,
 }
 
 impl Docker {
     fn start() -> Docker {
-        require_kvm();
+        let census = require_kvm();
         let dir = engines::tmpfs_workdir();
         let d = dir.path();
         let log = std::fs::File::create(d.join("dockerd.log")).unwrap();
@@ -50,7 +52,11 @@ impl Docker {
             .stderr(log)
             .spawn()
             .expect("dockerd (Debian package docker.io)");
-        let docker = Docker { dir, daemon };
+        let docker = Docker {
+            _census: census,
+            dir,
+            daemon,
+        };
         engines::wait_for_socket(&docker.dir.path().join("docker.sock"), "dockerd");
         docker.import_image();
         docker

@@ -57,6 +57,45 @@ fn create_start_kill_delete_walks_the_lifecycle() {
     assert!(gone.stderr.contains("does not exist"), "{}", gone.stderr);
 }
 
+/// `podman create` + `podman rm`, a failed `docker run`, containerd's
+/// delete of a created task: deleting a container that never started ends
+/// its VM and removes its cgroup, with and without --force.
+#[test]
+fn deleting_a_created_container_ends_its_vm() {
+    let env = Env::new();
+    let bundle = env.bundle("b", &["sleep", "1000"], |_| {});
+    for (id, args) in [
+        ("dc1", &["delete"][..]),
+        ("dc2", &["delete", "--force"][..]),
+    ] {
+        let done = env.husk(&["create", "--bundle", b(&bundle), id]);
+        assert!(done.status.success(), "{}", done.stderr);
+        let pid = env.state(id)["pid"].as_i64().unwrap();
+        let cgroup = std::path::PathBuf::from(format!("/sys/fs/cgroup/{id}"));
+        assert!(cgroup.is_dir());
+        let mut cmd = args.to_vec();
+        cmd.push(id);
+        let done = env.husk(&cmd);
+        assert!(done.status.success(), "{}", done.stderr);
+        assert!(
+            !done.stderr.contains("WARN") && !done.stderr.contains("busy"),
+            "{}",
+            done.stderr
+        );
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .unwrap_or_default()
+                    .contains(") Z "),
+            "the VMM {pid} of {id} outlived delete"
+        );
+        assert!(!cgroup.exists(), "cgroup of {id} left");
+        env.assert_gone(id);
+        let list = env.husk(&["list", "-q"]);
+        assert_eq!(list.stdout.trim(), "");
+    }
+}
+
 fn run(env: &Env, id: &str, args: &[&str]) -> Finished {
     let bundle = env.bundle(id, args, |_| {});
     env.husk(&["run", "--bundle", b(&bundle), id])

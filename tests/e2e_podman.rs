@@ -16,13 +16,15 @@ const IMAGE: &str = "localhost/husk-busybox:latest";
 /// A podman with its own storage (vfs on a tmpfs, so nothing is shared with
 /// other tests or left behind) and husk as the runtime.
 struct Podman {
+    /// First: it checks for leaks after the teardown, before the directory goes.
+    _census: census::Census,
     dir: tempfile::TempDir,
 }
 
 impl Podman {
     fn new() -> Podman {
-        require_kvm();
         let p = Podman {
+            _census: require_kvm(),
             dir: engines::tmpfs_workdir(),
         };
         let tar = p.dir.path().join("rootfs.tar");

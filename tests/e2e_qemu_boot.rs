@@ -20,7 +20,7 @@ fn qemu_exit_code_for(ending: Ending) -> i32 {
 }
 
 fn boot(args: &[&str]) -> Finished {
-    require_kvm();
+    let _census = require_kvm();
     let files = boot_files();
     let child = qemu_microvm(&files, &guest_cmdline(args))
         .spawn()
@@ -96,7 +96,7 @@ fn a_missing_program_is_exit_code_127_not_a_hang() {
 
 #[test]
 fn husk_check_passes_inside_the_test_host() {
-    require_kvm();
+    let _census = require_kvm();
     let out = Command::new(env!("CARGO_BIN_EXE_husk"))
         .arg("check")
         .output()

@@ -9,14 +9,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod census;
 pub mod engines;
 pub mod oci;
 
 use husk::proto::{self, BootCommand};
 use husk::rootfs::{image, initramfs};
 
-/// Panics (fails the test) unless this process can boot guest kernels.
-pub fn require_kvm() {
+/// Panics (fails the test) unless this process can boot guest kernels;
+/// returns the test's leak census ([`census::Census`]: keep it until the
+/// test's end, it checks when dropped).
+pub fn require_kvm() -> census::Census {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let has_virt = husk::check::virt_extension(&cpuinfo).is_some();
     let has_kvm = Path::new("/dev/kvm").exists();
@@ -26,6 +29,7 @@ pub fn require_kvm() {
          (have /dev/kvm: {has_kvm}, vmx/svm: {has_virt}); run it through the KVM test \
          host: `make test`, or `tests/testhost/run -- cargo test --test NAME`"
     );
+    census::Census::begin()
 }
 
 /// The guest kernel under test.

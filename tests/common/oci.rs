@@ -11,15 +11,17 @@ pub const LIMIT: Duration = Duration::from_secs(180);
 
 /// A state root and bundles for one test.
 pub struct Env {
+    /// First, so that it is dropped (and checks) before the directory goes.
+    pub census: census::Census,
     pub dir: tempfile::TempDir,
 }
 
 impl Env {
     pub fn new() -> Env {
-        require_kvm();
-        Env {
-            dir: tempfile::tempdir().unwrap(),
-        }
+        let mut census = require_kvm();
+        let dir = tempfile::tempdir().unwrap();
+        census.watch_root(&dir.path().join("state"));
+        Env { census, dir }
     }
 
     pub fn root(&self) -> PathBuf {

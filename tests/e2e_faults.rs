@@ -1,0 +1,559 @@
+//! End to end, in the KVM test host: faults injected into husk's `create`,
+//! its VMM and its state, each followed by what an engine would do next
+//! (`state`, `delete`) and by the leak census ([`common::census`]): the
+//! container's state and exit status must be right and nothing of it may be
+//! left afterwards (docs/reliability.md lists the cases).
+//!
+//! `create` is killed at a step with `HUSK_FAULT_KILL_AT` (the process kills
+//! itself with SIGKILL right after it records that step of its timeline,
+//! `husk::timeline::ENV_FAULT_KILL_AT`), or from outside at a moment the test
+//! observes.
+
+mod common;
+
+use std::os::unix::process::ExitStatusExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::oci::*;
+use common::*;
+
+/// How long a VMM may take to go by itself once its create, its record or
+/// its guest is gone.
+const VMM_GONE_WAIT: Duration = Duration::from_secs(60);
+
+/// Command lines of the VMM processes of container `id` under `root`.
+fn vmms_of(root: &Path, id: &str) -> Vec<String> {
+    let needle = format!("{} vmm {id}", root.display());
+    engines::processes(|l| l.contains(&needle) && !l.contains(" ps "))
+}
+
+/// Waits until no VMM of `id` runs; fails the test otherwise.
+fn wait_no_vmm(env: &Env, id: &str, why: &str) {
+    let start = Instant::now();
+    loop {
+        let left = vmms_of(&env.root(), id);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            start.elapsed() < VMM_GONE_WAIT,
+            "{why}: the VMM of {id} is still running after {VMM_GONE_WAIT:?}: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn vmm_pid(env: &Env, id: &str) -> nix::unistd::Pid {
+    let pid = env.state(id)["pid"].as_i64().unwrap();
+    assert!(pid > 0, "{id} has no pid");
+    nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap())
+}
+
+fn sigkill(pid: nix::unistd::Pid) {
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+}
+
+/// `husk delete` (plain, as an engine's cleanup after a failed create
+/// would) succeeds and leaves nothing of `id`.
+fn delete_cleanly(env: &Env, id: &str) {
+    let done = env.husk(&["delete", id]);
+    assert!(done.status.success(), "delete {id}: {}", done.stderr);
+    env.assert_gone(id);
+    assert!(
+        !Path::new(&format!("/sys/fs/cgroup/{id}")).exists(),
+        "cgroup of {id} left"
+    );
+    let list = env.husk(&["list", "-q"]);
+    assert!(
+        !list.stdout.lines().any(|l| l == id),
+        "{id} still listed: {}",
+        list.stdout
+    );
+}
+
+/// Work files a builder left in a cache directory.
+fn cache_work(cache: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for sub in ["rootfs", "templates"] {
+        let Ok(entries) = std::fs::read_dir(cache.join(sub)) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.contains(".building.") || name.ends_with(".lock") {
+                found.push(e.path());
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn create_killed_at_each_step_leaves_a_deletable_record_and_no_vm() {
+    let env = Env::new();
+    let bundle = env.bundle("b", &["sleep", "1000"], |_| {});
+    // Before the VMM exists (with and without a record on disk), right
+    // after it is spawned, once it is in its cgroup, and once it was told
+    // to boot (the VM is being restored or booted).
+    for (n, point) in [
+        "create.begin",
+        "create.image",
+        "create.spawned",
+        "create.cgroup",
+        "create.go",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = format!("k{n}");
+        let done = env.husk_with_env(
+            &[(husk::timeline::ENV_FAULT_KILL_AT, Path::new(point))],
+            &["create", "--bundle", b(&bundle), &id],
+        );
+        assert_eq!(
+            done.status.signal(),
+            Some(libc::SIGKILL),
+            "create was to be killed at {point}: {:?} {}",
+            done.status,
+            done.stderr
+        );
+        // No VM outlives the create that never reported it.
+        wait_no_vmm(&env, &id, &format!("create killed at {point}"));
+        // Whatever state says, it is not a live container.
+        let st = env.husk(&["state", &id]);
+        if st.status.success() {
+            let v: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
+            assert_ne!(v["status"], "running", "{point}: {}", st.stdout);
+            assert_ne!(v["status"], "created", "{point}: {}", st.stdout);
+        }
+        // Its record stays until delete (every step here comes after the
+        // directory is made), and holds the id.
+        assert!(env.root().join(&id).is_dir(), "{point}: no record left");
+        let again = env.husk(&["create", "--bundle", b(&bundle), &id]);
+        assert!(!again.status.success(), "{point}: {}", again.stderr);
+        assert!(
+            again.stderr.contains("already exists"),
+            "{point}: {}",
+            again.stderr
+        );
+        delete_cleanly(&env, &id);
+    }
+}
+
+#[test]
+fn create_killed_while_the_template_builds_leaves_no_vm_and_no_work_files() {
+    let env = Env::new();
+    let cache = env.dir.path().join("cache");
+    let bundle = env.bundle("b", &["sleep", "1000"], |_| {});
+    let mut create = Command::new(env!("CARGO_BIN_EXE_husk"));
+    create
+        .env("HUSK_CACHE", &cache)
+        .env("HUSK_KERNEL", kernel())
+        .env("HUSK_INIT", init_binary())
+        .arg("--root")
+        .arg(env.root())
+        .args(["create", "--bundle", b(&bundle), "tb"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = create.spawn().unwrap();
+    // The template VM is booting once its work directory exists.
+    let start = Instant::now();
+    let templates = cache.join("templates");
+    loop {
+        let building = std::fs::read_dir(&templates)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().contains(".building."))
+            })
+            .unwrap_or(false);
+        if building {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "create ended before its template build was seen"
+        );
+        assert!(
+            start.elapsed() < LIMIT,
+            "no template build seen in {}",
+            templates.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    wait_no_vmm(&env, "tb", "create killed during the template build");
+    // The template VM went with it, and its work directory and lock.
+    let qemu_or_vmm = engines::processes(|l| l.contains(" vmm tb"));
+    assert!(qemu_or_vmm.is_empty(), "{qemu_or_vmm:?}");
+    let start = Instant::now();
+    while !cache_work(&cache).is_empty() && start.elapsed() < VMM_GONE_WAIT {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(cache_work(&cache), Vec::<PathBuf>::new());
+    delete_cleanly(&env, "tb");
+    // The next create builds the template afresh and works.
+    let done = env.husk_with_env(
+        &[
+            ("HUSK_CACHE", &cache),
+            ("HUSK_KERNEL", &kernel()),
+            ("HUSK_INIT", &init_binary()),
+        ],
+        &[
+            "run",
+            "--bundle",
+            b(&env.bundle("t", &["true"], |_| {})),
+            "tb2",
+        ],
+    );
+    assert!(done.status.success(), "{}", done.stderr);
+    // A foreground run deletes its container when it ends.
+    env.assert_gone("tb2");
+    assert_eq!(cache_work(&cache), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn a_vmm_killed_while_created_running_or_in_exec_ends_the_container() {
+    let env = Env::new();
+    let bundle = env.bundle("b", &["sleep", "1000"], |_| {});
+
+    // Created, never started.
+    let done = env.husk(&["create", "--bundle", b(&bundle), "vc"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    sigkill(vmm_pid(&env, "vc"));
+    env.wait_status("vc", "stopped");
+    let start = env.husk(&["start", "vc"]);
+    assert!(!start.status.success(), "start of a dead container");
+    delete_cleanly(&env, "vc");
+
+    // Running.
+    let done = env.husk(&["run", "-d", "--bundle", b(&bundle), "vr"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    sigkill(vmm_pid(&env, "vr"));
+    env.wait_status("vr", "stopped");
+    let exec = env.husk(&["exec", "vr", "true"]);
+    assert!(!exec.status.success(), "exec into a dead container");
+    delete_cleanly(&env, "vr");
+
+    // In the middle of an exec: the exec ends with an error, not a hang.
+    let done = env.husk(&["run", "-d", "--bundle", b(&bundle), "ve"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let pid = vmm_pid(&env, "ve");
+    let mut exec = Command::new(env!("CARGO_BIN_EXE_husk"));
+    exec.arg("--root")
+        .arg(env.root())
+        .args(["exec", "ve", "sh", "-c", "echo inside; exec sleep 1000"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = exec.spawn().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "inside");
+    sigkill(pid);
+    let finished = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            finished.elapsed() < VMM_GONE_WAIT,
+            "exec still running {VMM_GONE_WAIT:?} after its VMM was killed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "exec whose VM died: {status:?}");
+    env.wait_status("ve", "stopped");
+    delete_cleanly(&env, "ve");
+}
+
+#[test]
+fn a_vmm_killed_during_snapshot_restore_fails_the_create() {
+    let env = Env::new();
+    let bundle = env.bundle("b", &["sleep", "1000"], |_| {});
+    // A first container makes sure the template exists.
+    let done = env.husk(&[
+        "run",
+        "--bundle",
+        b(&env.bundle("t", &["true"], |_| {})),
+        "first",
+    ]);
+    assert!(done.status.success(), "{}", done.stderr);
+    env.assert_gone("first");
+    for point in ["vmm.template", "vmm.restored", "vmm.agent"] {
+        let id = point.replace('.', "-");
+        let done = env.husk_with_env(
+            &[(husk::timeline::ENV_FAULT_KILL_AT, Path::new(point))],
+            &["create", "--bundle", b(&bundle), &id],
+        );
+        assert!(!done.status.success(), "{point}: create succeeded");
+        assert!(
+            done.stderr.contains("VMM exited during boot"),
+            "{point}: {}",
+            done.stderr
+        );
+        // The fault fired (without it this create succeeds), and the failed
+        // create removed all of it, as any failed create does.
+        wait_no_vmm(&env, &id, point);
+        env.assert_gone(&id);
+        assert!(
+            !Path::new(&format!("/sys/fs/cgroup/{id}")).exists(),
+            "cgroup of {id} left"
+        );
+    }
+}
+
+#[test]
+fn a_wiped_state_root_stops_its_vms() {
+    let env = Env::new();
+    let bundle = env.bundle("b", &["sleep", "1000"], |_| {});
+    for id in ["w1", "w2"] {
+        let done = env.husk(&["run", "-d", "--bundle", b(&bundle), id]);
+        assert!(done.status.success(), "{}", done.stderr);
+    }
+    let done = env.husk(&["create", "--bundle", b(&bundle), "w3"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    // What a reboot (or an operator's rm -rf) does to /run/husk.
+    std::fs::remove_dir_all(env.root()).unwrap();
+    for id in ["w1", "w2", "w3"] {
+        wait_no_vmm(&env, id, "the state root was removed");
+        let cgroup = PathBuf::from(format!("/sys/fs/cgroup/{id}"));
+        let start = Instant::now();
+        while cgroup.exists() && start.elapsed() < VMM_GONE_WAIT {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(!cgroup.exists(), "cgroup of {id} left");
+    }
+    let list = env.husk(&["list", "-q"]);
+    assert!(list.status.success(), "{}", list.stderr);
+    assert_eq!(list.stdout.trim(), "");
+    let done = env.husk(&["delete", "w1"]);
+    assert!(!done.status.success());
+    assert!(done.stderr.contains("does not exist"), "{}", done.stderr);
+}
+
+/// A record of a former boot, or whose pid now names another process, is
+/// stopped; delete removes it and signals nobody.
+#[test]
+fn stale_records_are_stopped_and_delete_never_signals_a_stranger() {
+    let env = Env::new();
+    let bundle = env.bundle("b", &["sleep", "1000"], |_| {});
+    let done = env.husk(&["run", "-d", "--bundle", b(&bundle), "s1"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let done = env.husk(&["run", "-d", "--bundle", b(&bundle), "s2"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    // A process that is not the VMM, whose pid the records will claim.
+    let mut stranger = Command::new("sleep").arg("1000").spawn().unwrap();
+    let spid = i32::try_from(stranger.id()).unwrap();
+    let sstart = husk::runtime::state::parse_stat_start_time(
+        &std::fs::read_to_string(format!("/proc/{spid}/stat")).unwrap(),
+    )
+    .unwrap();
+    for (id, boot) in [("s1", "a-former-boot"), ("s2", "")] {
+        // End the real VMM as a reboot would, then rewrite its record.
+        let vmm = vmm_pid(&env, id);
+        sigkill(vmm);
+        wait_no_vmm(&env, id, "killed");
+        let path = env.root().join(id).join("state.json");
+        let mut rec: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        rec["status"] = "running".into();
+        rec["pid"] = spid.into();
+        if boot.is_empty() {
+            // Same boot, reused pid: only the start time tells.
+            rec["pid_start_time"] = (sstart + 1).into();
+        } else {
+            rec["pid_start_time"] = sstart.into();
+            rec["boot_id"] = boot.into();
+        }
+        std::fs::write(&path, serde_json::to_vec(&rec).unwrap()).unwrap();
+        assert_eq!(env.state(id)["status"], "stopped", "{id}");
+        delete_cleanly(&env, id);
+    }
+    assert!(
+        stranger.try_wait().unwrap().is_none(),
+        "delete signalled a process that was not its VMM"
+    );
+    stranger.kill().unwrap();
+    stranger.wait().unwrap();
+}
+
+/// Directories a create that died left half-written: no record at all, or
+/// a record cut short.
+#[test]
+fn half_written_state_directories_are_deleted() {
+    let env = Env::new();
+    let bundle = env.bundle("b", &["true"], |_| {});
+    // A real create first, so that the state root exists as husk makes it.
+    let done = env.husk(&["run", "--bundle", b(&bundle), "h0"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    env.assert_gone("h0");
+    std::fs::create_dir(env.root().join("h1")).unwrap();
+    std::fs::create_dir(env.root().join("h2")).unwrap();
+    std::fs::write(env.root().join("h2/state.json"), "{\"id\": \"h2\", \"sta").unwrap();
+    for id in ["h1", "h2"] {
+        let done = env.husk(&["delete", id]);
+        assert!(done.status.success(), "delete {id}: {}", done.stderr);
+        env.assert_gone(id);
+    }
+}
+
+/// A full disk during create: the create fails naming the problem, or (for
+/// the template, an optimisation) the container boots without one; nothing
+/// partial is left on the small filesystem.
+#[test]
+fn a_full_disk_during_create_fails_cleanly() {
+    let env = Env::new();
+    let bundle = env.bundle("b", &["sleep", "1000"], |_| {});
+    let small = |name: &str, size: &str| -> SmallFs {
+        let dir = env.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        SmallFs(dir)
+    };
+    let with_cache = |cache: &Path, args: &[&str]| {
+        env.husk_with_env(
+            &[
+                ("HUSK_CACHE", cache),
+                ("HUSK_KERNEL", &kernel()),
+                ("HUSK_INIT", &init_binary()),
+            ],
+            args,
+        )
+    };
+
+    // The image cache has no room for the root filesystem image.
+    let tiny_fs = small("tiny-cache", "256k");
+    let tiny = tiny_fs.0.clone();
+    let done = with_cache(&tiny, &["create", "--bundle", b(&bundle), "f1"]);
+    assert!(!done.status.success(), "create on a full cache succeeded");
+    assert!(
+        done.stderr.contains("No space left") || done.stderr.contains("space"),
+        "{}",
+        done.stderr
+    );
+    env.assert_gone("f1");
+    assert_eq!(cache_work(&tiny), Vec::<PathBuf>::new());
+    drop(tiny_fs);
+
+    // Room for the image but not for a template's memory file: the
+    // container boots cold and nothing of the failed template stays. The
+    // image's size comes from a build in a roomy cache.
+    let roomy = env.dir.path().join("roomy-cache");
+    let done = with_cache(
+        &roomy,
+        &[
+            "run",
+            "--bundle",
+            b(&env.bundle("t0", &["true"], |_| {})),
+            "f0",
+        ],
+    );
+    assert!(done.status.success(), "{}", done.stderr);
+    let image_kib: u64 = std::fs::read_dir(roomy.join("rootfs"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".ext4"))
+        .map(|e| std::os::unix::fs::MetadataExt::blocks(&e.metadata().unwrap()) / 2)
+        .sum();
+    assert!(image_kib > 0, "no image in {}", roomy.display());
+    let mid_fs = small("mid-cache", &format!("{}k", image_kib + 2048));
+    let mid = mid_fs.0.clone();
+    let done = with_cache(
+        &mid,
+        &[
+            "run",
+            "--bundle",
+            b(&env.bundle("t", &["true"], |_| {})),
+            "f2",
+        ],
+    );
+    assert!(done.status.success(), "{}", done.stderr);
+    env.assert_gone("f2");
+    assert_eq!(cache_work(&mid), Vec::<PathBuf>::new());
+    let templates: Vec<_> = std::fs::read_dir(mid.join("templates"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(templates.is_empty(), "{templates:?}");
+    drop(mid_fs);
+
+    // The state root is full.
+    let state_fs = small("full-state", "16k");
+    let state = state_fs.0.clone();
+    let mut filler = 0;
+    while std::fs::write(state.join(format!("filler{filler}")), vec![0u8; 4096]).is_ok() {
+        filler += 1;
+    }
+    let done = wait_bounded(
+        Command::new(env!("CARGO_BIN_EXE_husk"))
+            .arg("--root")
+            .arg(&state)
+            .args(["create", "--bundle", b(&bundle), "f3"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+        LIMIT,
+        "husk create on a full state root",
+    );
+    assert!(
+        !done.status.success(),
+        "create on a full state root succeeded"
+    );
+    assert!(done.stderr.contains("space"), "{}", done.stderr);
+    assert!(
+        !state.join("f3").exists(),
+        "state dir left on the full root"
+    );
+    assert!(vmms_of(&state, "f3").is_empty());
+}
+
+/// A small tmpfs mounted for one test, unmounted when dropped (also when
+/// the test fails).
+struct SmallFs(PathBuf);
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// husk-init exits with the container running (a fault injected through
+/// the guest kernel command line), so the guest kernel panics: the
+/// container ends with no status (255, as a VM crash), its state is
+/// stopped, and delete leaves nothing.
+#[test]
+fn a_guest_kernel_panic_ends_the_container() {
+    let env = Env::new();
+    let bundle = env.bundle("b", &["sleep", "1000"], |_| {});
+    let fault = format!(
+        "{}={}",
+        husk::proto::PARAM_FAULT,
+        husk::proto::FAULT_INIT_EXIT_AFTER_START
+    );
+    let args = [("HUSK_KERNEL_ARGS", Path::new(&fault))];
+    // Detached: the record stays to look at.
+    let done = env.husk_with_env(&args, &["run", "-d", "--bundle", b(&bundle), "gp"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    env.wait_status("gp", "stopped");
+    let console = std::fs::read_to_string(env.root().join("gp/console.log")).unwrap();
+    assert!(
+        console.contains("Kernel panic") && console.contains("Attempted to kill init"),
+        "{console}"
+    );
+    delete_cleanly(&env, "gp");
+    // In the foreground: the exit status is a VM crash's.
+    let done = env.husk_with_env(&args, &["run", "--bundle", b(&bundle), "gp2"]);
+    assert_eq!(done.status.code(), Some(255), "{}", done.stderr);
+    env.assert_gone("gp2");
+}
