@@ -188,9 +188,7 @@ impl Containerd {
             std::thread::sleep(Duration::from_millis(200));
         }
         let state = self.dir.path().join("husk-shim").join(NAMESPACE);
-        let left: Vec<_> = std::fs::read_dir(&state)
-            .map(|d| d.flatten().map(|e| e.file_name()).collect())
-            .unwrap_or_default();
+        let left = engines::state_entries(&state);
         assert!(left.is_empty(), "container state left: {left:?}");
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         let tasks = self.dir.path().join("state/io.containerd.runtime.v2.task");

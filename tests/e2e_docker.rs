@@ -118,13 +118,7 @@ impl Docker {
             .flatten()
             .flatten()
             .filter(|e| e.file_name().to_string_lossy().starts_with("runtime-"))
-            .flat_map(|e| {
-                std::fs::read_dir(e.path().join("moby"))
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-            })
-            .map(|e| e.path())
+            .flat_map(|e| engines::state_entries(&e.path().join("moby")))
             .collect();
         assert!(left.is_empty(), "container state left: {left:?}");
     }
@@ -154,6 +148,11 @@ impl Drop for Docker {
         }
         let _ = self.daemon.kill();
         let _ = self.daemon.wait();
+        // dockerd keeps its bridge across restarts; this daemon is gone.
+        let _ = Command::new("ip")
+            .args(["link", "delete", "docker0"])
+            .stderr(Stdio::null())
+            .status();
         let _ = Command::new("umount")
             .arg("-R")
             .arg("-l")

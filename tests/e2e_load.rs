@@ -228,7 +228,7 @@ fn a_soak_of_sequential_cycles_keeps_exit_codes_and_memory() {
     let bundle = env.bundle("b", &["sh", "-c", "exit 7"], |_| {});
     let warm = env.husk(&["run", "--bundle", b(&bundle), "warm"]);
     assert_eq!(warm.status.code(), Some(7), "{}", warm.stderr);
-    assert!(env.husk(&["delete", "warm"]).status.success());
+    env.assert_gone("warm");
     let baseline = settled_memory_kib();
     let peak = PeakMemory::start();
     let began = Instant::now();

@@ -80,6 +80,12 @@ impl Podman {
 impl Drop for Podman {
     fn drop(&mut self) {
         let _ = self.podman(&["rm", "--all", "--force"]);
+        // podman keeps its CNI bridge for the next container; this
+        // podman's storage goes now.
+        let _ = Command::new("ip")
+            .args(["link", "delete", "cni-podman0"])
+            .stderr(std::process::Stdio::null())
+            .status();
         let _ = Command::new("umount")
             .arg("-l")
             .arg(self.dir.path())

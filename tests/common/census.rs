@@ -25,18 +25,37 @@ const LOOK_AGAIN: Duration = Duration::from_millis(500);
 /// The test host's hostname (tests/testhost/run): there, every new process
 /// is this test's.
 const TESTHOST_HOSTNAME: &str = "husk-testhost";
-/// Where husk and the engines keep runtime state by default: each is
-/// listed two levels deep (namespaces, then containers).
-const STATE_ROOTS: [&str; 5] = [
-    "/run/husk",
-    "/run/husk-sock",
-    "/run/runc",
-    "/run/containerd/runc",
-    "/run/containerd/husk",
+/// Where husk and the engines keep runtime state by default, with the depth
+/// of the containers' entries in each: 1 for a plain state root, 2 where an
+/// engine keeps one root per namespace (made once and kept, as runc's are:
+/// only what is inside counts).
+const STATE_ROOTS: [(&str, usize); 5] = [
+    ("/run/husk", 1),
+    ("/run/husk-sock", 1),
+    ("/run/runc", 1),
+    ("/run/containerd/runc", 2),
+    ("/run/containerd/husk", 2),
 ];
 /// Cgroup directories engines make once and keep (parents of their
-/// containers' cgroups, reused by the next container): not per-test leaks.
-const ENGINE_CGROUPS: [&str; 3] = ["libpod_parent", "machine.slice", "docker"];
+/// containers' cgroups reused by the next container, left by runc too, and
+/// podman's conmon and probe groups), relative to `/sys/fs/cgroup`: not
+/// per-test leaks. `husk-e2e` is the containerd namespace of
+/// tests/e2e_containerd.rs (containers go to `/NAMESPACE/ID`).
+const ENGINE_CGROUPS: [&str; 6] = [
+    "libpod_parent",
+    "libpod_parent/conmon",
+    "podman_probe",
+    "machine.slice",
+    "docker",
+    "husk-e2e",
+];
+/// Mounts made once by a tool and kept: `ip netns add` bind-mounts
+/// `/run/netns` on itself the first time (each namespace's own mount under
+/// it still counts).
+const KEPT_MOUNTS: [&str; 1] = ["/run/netns"];
+
+/// Where cgroup2 is mounted.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 static TURN: Mutex<()> = Mutex::new(());
 
@@ -153,11 +172,11 @@ impl Snapshot {
             ..Default::default()
         };
         let t = &mut s.things;
-        for root in STATE_ROOTS {
-            list_tree(Path::new(root), 2, "state", t);
+        for (root, depth) in STATE_ROOTS {
+            list_tree(Path::new(root), depth, "state", t);
         }
         for root in roots {
-            list_tree(root, 2, "state", t);
+            list_tree(root, 1, "state", t);
         }
         let cache = husk::paths::cache_dir();
         for dir in ["rootfs", "templates"] {
@@ -175,12 +194,15 @@ impl Snapshot {
                 // Fields 5 (mount point) and, after " - ", type and source.
                 let f: Vec<&str> = line.split(' ').collect();
                 let tail = line.split(" - ").nth(1).unwrap_or("");
-                if let Some(point) = f.get(4) {
-                    t.insert(format!("mount: {point} ({tail})"));
+                match f.get(4) {
+                    Some(point) if !KEPT_MOUNTS.contains(point) => {
+                        t.insert(format!("mount: {point} ({tail})"));
+                    }
+                    _ => {}
                 }
             }
         }
-        cgroups(Path::new("/sys/fs/cgroup"), 0, t);
+        cgroups(Path::new(CGROUP_ROOT), t);
         let mut namespaces = vec![None];
         if let Ok(entries) = std::fs::read_dir("/run/netns") {
             for e in entries.flatten() {
@@ -254,33 +276,27 @@ fn hostname() -> String {
         .unwrap_or_default()
 }
 
-/// Entries of `dir` down to `depth` levels (the directory itself excluded).
-/// A lock directory (`@locks`) is a container of lock files, listed but not
-/// counted itself.
+/// The entries `depth` levels below `dir` (the levels above are only gone
+/// through). A lock directory (`@locks`) holds lock files: they are listed,
+/// the directory itself is part of the state root.
 fn list_tree(dir: &Path, depth: usize, kind: &str, out: &mut BTreeSet<String>) {
-    if depth == 0 {
-        return;
-    }
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for e in entries.flatten() {
         let p = e.path();
-        let name = e.file_name();
-        if name == husk::runtime::state::LOCKS_DIR {
+        if e.file_name() == husk::runtime::state::LOCKS_DIR {
             list_tree(&p, 1, "state lock", out);
-            continue;
-        }
-        out.insert(format!("{kind}: {}", p.display()));
-        // Inside a container's directory (it has a record) nothing more.
-        if p.is_dir() && !p.join(husk::runtime::state::STATE_FILE).exists() {
+        } else if depth <= 1 {
+            out.insert(format!("{kind}: {}", p.display()));
+        } else if p.is_dir() {
             list_tree(&p, depth - 1, kind, out);
         }
     }
 }
 
-/// Every cgroup directory but the engines' shared parents.
-fn cgroups(dir: &Path, level: usize, out: &mut BTreeSet<String>) {
+/// Every cgroup directory but the engines' kept ones.
+fn cgroups(dir: &Path, out: &mut BTreeSet<String>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -289,11 +305,11 @@ fn cgroups(dir: &Path, level: usize, out: &mut BTreeSet<String>) {
             continue;
         }
         let p = e.path();
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !(level == 0 && ENGINE_CGROUPS.contains(&name.as_str())) {
+        let rel = p.strip_prefix(CGROUP_ROOT).unwrap_or(&p);
+        if !ENGINE_CGROUPS.iter().any(|c| rel == Path::new(c)) {
             out.insert(format!("cgroup: {}", p.display()));
         }
-        cgroups(&p, level + 1, out);
+        cgroups(&p, out);
     }
 }
 

@@ -82,3 +82,18 @@ pub fn assert_no_vmm(matches: impl Fn(&str) -> bool) {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// What a husk state root holds for containers: its entries and the lock
+/// files in its lock directory (the directory itself is part of the root).
+pub fn state_entries(root: &Path) -> Vec<std::path::PathBuf> {
+    let entries = |dir: &Path| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    let locks = root.join(husk::runtime::state::LOCKS_DIR);
+    let mut left = entries(root);
+    left.retain(|p| *p != locks);
+    left.extend(entries(&locks));
+    left
+}
