@@ -213,3 +213,41 @@ fn podman_surfaces_an_unsupported_volume_and_leaks_nothing() {
     let done = p.podman(&["ps", "-a", "--format", "{{.Names}}"]);
     assert_eq!(done.stdout.trim(), "", "containers left: {}", done.stdout);
 }
+
+/// The engine's side of issue 14's bug and faults: `podman create` then
+/// `podman rm` leaves no VM, and a VMM killed from outside is the
+/// container exiting with 137, after which `podman rm` leaves nothing.
+#[test]
+fn podman_create_rm_and_a_killed_vmm_leave_nothing() {
+    let p = Podman::new();
+    let done = p.podman(&["create", "--name", "never", IMAGE, "sleep", "1000"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let done = p.podman(&["init", "never"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let done = p.podman(&["inspect", "--format", "{{.State.Status}}", "never"]);
+    assert_eq!(done.stdout.trim(), "created", "{}", done.stderr);
+    // `podman init` ran husk create: a VMM exists for the created container.
+    let vmms =
+        engines::processes(|l| l.contains(" vmm ") && l.contains(&*p.dir.path().to_string_lossy()));
+    assert_eq!(vmms.len(), 1, "{vmms:?}");
+    let done = p.podman(&["rm", "never"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    p.assert_no_vm();
+
+    let done = p.podman(&["run", "-d", "--name", "victim", IMAGE, "sleep", "1000"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let done = p.podman(&["inspect", "--format", "{{.State.Pid}}", "victim"]);
+    let pid: i32 = done.stdout.trim().parse().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let done = p.podman(&["wait", "victim"]);
+    assert_eq!(done.stdout.trim(), "137", "{}", done.stderr);
+    let done = p.podman(&["rm", "victim"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    p.assert_no_vm();
+    let done = p.podman(&["ps", "-a", "--format", "{{.Names}}"]);
+    assert_eq!(done.stdout.trim(), "", "containers left: {}", done.stdout);
+}

@@ -68,11 +68,7 @@ impl Held {
     /// Whether the pid still names the process that was opened (alive, not
     /// a zombie, same start time).
     fn is_same(&self) -> bool {
-        match (ProcProbe.start_time(self.pid), self.start_time) {
-            (None, _) => false,
-            (Some(now), Some(recorded)) => now == recorded,
-            (Some(_), None) => true,
-        }
+        crate::runtime::state::same_process(ProcProbe.start_time(self.pid), self.start_time)
     }
 
     /// Sends `signal`. A process that has already exited is not an error.

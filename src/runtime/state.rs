@@ -298,6 +298,17 @@ impl ProcessProbe for ProcProbe {
     }
 }
 
+/// Whether a pid whose live process started at `now` (`None`: no live
+/// process) is the one recorded as started at `recorded` (`None`: no start
+/// time was recorded, the pid is trusted).
+pub fn same_process(now: Option<u64>, recorded: Option<u64>) -> bool {
+    match (now, recorded) {
+        (None, _) => false,
+        (Some(now), Some(recorded)) => now == recorded,
+        (Some(_), None) => true,
+    }
+}
+
 /// `starttime` from the text of `/proc/PID/stat`, or `None` if the process
 /// is a zombie or dead (states `Z`, `X`, `x`) or the text is malformed. The
 /// command name (field 2) is in parentheses and may contain spaces and
@@ -495,12 +506,7 @@ impl State {
                 return false;
             }
         }
-        match (probe.start_time(pid), self.pid_start_time) {
-            (None, _) => false,
-            (Some(now), Some(recorded)) => now == recorded,
-            // No start time was recorded: trust the pid.
-            (Some(_), None) => true,
-        }
+        same_process(probe.start_time(pid), self.pid_start_time)
     }
 
     /// Marks the container stopped with how its process ended.
