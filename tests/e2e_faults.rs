@@ -557,3 +557,37 @@ fn a_guest_kernel_panic_ends_the_container() {
     assert_eq!(done.status.code(), Some(255), "{}", done.stderr);
     env.assert_gone("gp2");
 }
+
+/// A delete that cannot remove everything (another program put a process
+/// into the container's cgroup) fails naming what is left and the process
+/// in the way; the record stays, and the next delete, once that is fixed,
+/// removes everything.
+#[test]
+fn a_delete_that_cannot_remove_everything_says_what_and_can_be_retried() {
+    let env = Env::new();
+    let bundle = env.bundle("b", &["sleep", "1000"], |_| {});
+    let done = env.husk(&["create", "--bundle", b(&bundle), "busy"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let cgroup = PathBuf::from("/sys/fs/cgroup/busy");
+    assert!(cgroup.is_dir());
+    let mut squatter = Command::new("sleep").arg("1000").spawn().unwrap();
+    std::fs::write(cgroup.join("cgroup.procs"), squatter.id().to_string()).unwrap();
+    let done = env.husk(&["delete", "busy"]);
+    assert!(
+        !done.status.success(),
+        "delete with a busy cgroup succeeded"
+    );
+    assert!(
+        done.stderr.contains("/sys/fs/cgroup/busy")
+            && done.stderr.contains(&squatter.id().to_string())
+            && done.stderr.contains("run delete again"),
+        "{}",
+        done.stderr
+    );
+    // The VM is gone all the same; the record stays, stopped.
+    wait_no_vmm(&env, "busy", "delete failed on the cgroup");
+    assert_eq!(env.state("busy")["status"], "stopped");
+    squatter.kill().unwrap();
+    squatter.wait().unwrap();
+    delete_cleanly(&env, "busy");
+}
