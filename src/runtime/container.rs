@@ -548,11 +548,7 @@ pub fn send_pty_master(socket: &Path) -> Result<OwnedFd, ContainerError> {
 
 fn load_fresh(root: &Path, id: &str) -> Result<State, ContainerError> {
     bundle::validate_id(id)?;
-    let mut st = State::load(root, id)?;
-    if st.refresh_in(root, &ProcProbe) {
-        st.save(root)?;
-    }
-    Ok(st)
+    Ok(State::load_current(root, id, &ProcProbe)?)
 }
 
 fn connect(st: &State) -> Result<AgentConn, ContainerError> {
@@ -755,11 +751,8 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), ContainerError> 
         let _ = lock.remove();
         return Ok(());
     }
-    let record = match State::load(root, id) {
-        Ok(mut st) => {
-            if st.refresh(&ProcProbe) {
-                st.save(root)?;
-            }
+    let record = match State::load_current(root, id, &ProcProbe) {
+        Ok(st) => {
             // The lock is ours, so a `creating` record is one whose create
             // died: nothing will move it on.
             if st.status == Status::Running && !force {

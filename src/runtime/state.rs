@@ -543,6 +543,26 @@ impl State {
         changed
     }
 
+    /// Loads the record of `id` with its status brought up to date
+    /// ([`State::refresh_in`]) and saves a change. The VMM saves how the
+    /// container ended *before* it exits, so once it is seen gone the
+    /// record is read again: a refresh that loaded the record just before
+    /// that save must not overwrite it (the exit status would be lost).
+    pub fn load_current(
+        root: &Path,
+        id: &str,
+        probe: &dyn ProcessProbe,
+    ) -> Result<State, StateError> {
+        let mut st = State::load(root, id)?;
+        if st.refresh_in(root, probe) {
+            st = State::load(root, id)?;
+            if st.refresh_in(root, probe) {
+                st.save(root)?;
+            }
+        }
+        Ok(st)
+    }
+
     /// Ok if `op` is allowed now; otherwise runc's refusal.
     pub fn ensure(&self, op: Operation) -> Result<(), StateError> {
         if self.status.allows(op) {
@@ -1120,6 +1140,55 @@ mod tests {
         old.id = "other".into();
         assert!(old.refresh_in(root.path(), &FakeProbe::default()));
         assert_eq!(old.status, Status::Stopped);
+    }
+
+    /// A probe that, asked about the VMM, first plays the VMM's last act:
+    /// it saves the container's ending, then is gone.
+    struct EndingProbe {
+        root: PathBuf,
+        id: String,
+    }
+
+    impl ProcessProbe for EndingProbe {
+        fn start_time(&self, _pid: i32) -> Option<u64> {
+            let mut now = State::load(&self.root, &self.id).unwrap();
+            if now.status.has_process() {
+                now.set_stopped(Some(ExitStatus::Code(7)));
+                now.save(&self.root).unwrap();
+            }
+            None
+        }
+    }
+
+    #[test]
+    fn load_current_keeps_the_exit_status_the_vmm_saved_as_it_ended() {
+        let root = tempfile::tempdir().unwrap();
+        let mut s = new_state(root.path(), "c1");
+        s.status = Status::Running;
+        s.pid = Some(10);
+        s.pid_start_time = Some(99);
+        s.save(root.path()).unwrap();
+        let probe = EndingProbe {
+            root: root.path().to_path_buf(),
+            id: "c1".into(),
+        };
+        let st = State::load_current(root.path(), "c1", &probe).unwrap();
+        assert_eq!(st.status, Status::Stopped);
+        assert_eq!(st.exit_status, Some(ExitStatus::Code(7)));
+        let on_disk = State::load(root.path(), "c1").unwrap();
+        assert_eq!(on_disk.exit_status, Some(ExitStatus::Code(7)));
+        // A VMM that died without saving (killed): stopped, no status.
+        let mut k = new_state(root.path(), "c2");
+        k.status = Status::Running;
+        k.pid = Some(11);
+        k.save(root.path()).unwrap();
+        let st = State::load_current(root.path(), "c2", &FakeProbe::default()).unwrap();
+        assert_eq!(st.status, Status::Stopped);
+        assert_eq!(st.exit_status, None);
+        assert_eq!(
+            State::load(root.path(), "c2").unwrap().status,
+            Status::Stopped
+        );
     }
 
     #[test]
