@@ -522,3 +522,43 @@ fn a_killed_shim_and_a_restarted_containerd_leave_nothing() {
     let left = c.ctr(&["container", "ls", "-q"]).stdout;
     assert_eq!(left.trim(), "", "containers left: {left}");
 }
+
+/// The VMM of a task under husk's shim SIGKILLed from outside: `ctr run`
+/// returns 137, as for a killed container process, and nothing is left.
+#[test]
+fn a_killed_vmm_under_the_husk_shim_is_exit_137() {
+    let c = Containerd::start();
+    let child = c
+        .ctr_command(&[
+            "run",
+            "--rm",
+            "--snapshotter",
+            "native",
+            "--runtime",
+            HUSK_RUNTIME,
+            IMAGE,
+            "kv",
+            "sleep",
+            "1000",
+        ])
+        .spawn()
+        .unwrap();
+    wait_status(&c, "kv", "RUNNING");
+    let vmm = engines::processes(|l| l.contains(" vmm kv"));
+    assert_eq!(vmm.len(), 1, "{vmm:?}");
+    let ps = Command::new("pgrep")
+        .args(["-f", " vmm kv$"])
+        .output()
+        .unwrap();
+    let pid: i32 = String::from_utf8_lossy(&ps.stdout).trim().parse().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let done = wait_bounded(child, LIMIT, "ctr run kv");
+    assert_eq!(done.status.code(), Some(137), "{}", done.stderr);
+    c.assert_nothing_left();
+    let left = c.ctr(&["container", "ls", "-q"]).stdout;
+    assert_eq!(left.trim(), "", "containers left: {left}");
+}
