@@ -10,6 +10,7 @@
 //! subscriber) and signals used buffers through the interrupt.
 
 pub mod block;
+pub mod fs;
 pub mod mmio;
 pub mod net;
 #[cfg(test)]
@@ -29,6 +30,7 @@ pub const VIRTIO_F_VERSION_1: u32 = 32;
 pub const TYPE_NET: u32 = 1;
 pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_VSOCK: u32 = 19;
+pub const TYPE_FS: u32 = 26;
 
 /// `InterruptStatus` bits (virtio 1.2, section 4.2.2).
 pub const INTERRUPT_USED_BUFFER: u32 = 0x1;

@@ -1,0 +1,821 @@
+//! The virtio-fs device: state, config space and request processing.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fuse_backend_rs::api::server::Server;
+use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
+use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
+use log::{debug, warn};
+use virtio_queue::Queue;
+use virtio_queue_017::QueueT as _;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::compat::{queue_017, AliasedMemory};
+use super::share::Share;
+use super::{
+    FsError, CONFIG_NUM_QUEUES_OFFSET, CONFIG_SPACE_SIZE, CONFIG_TAG_OFFSET, ENTRY_TIMEOUT,
+    NUM_QUEUES, NUM_REQUEST_QUEUES, QUEUE_SIZE, TAG_MAX,
+};
+use crate::vmm::devices::virtio::{
+    ActivateError, Interrupt, VirtioDevice, INTERRUPT_USED_BUFFER, TYPE_FS, VIRTIO_F_VERSION_1,
+};
+
+/// What the device has been given by the driver.
+pub(super) enum DeviceState {
+    /// Before `DRIVER_OK`, and after a reset.
+    Inactive,
+    /// Between `DRIVER_OK` and a reset: the 0.17 views of memory and queues
+    /// the FUSE transport reads (see [`super::compat`]).
+    Activated {
+        mem: AliasedMemory,
+        interrupt: Arc<dyn Interrupt>,
+        queues: Vec<virtio_queue_017::Queue>,
+    },
+}
+
+/// A virtio-fs device serving one host directory.
+pub struct Fs {
+    tag: String,
+    root: PathBuf,
+    read_only: bool,
+    server: Arc<Server<Share>>,
+    acked_features: u64,
+    config_space: [u8; CONFIG_SPACE_SIZE],
+    queue_max_sizes: [u16; NUM_QUEUES],
+    /// Signalled by the guest (through KVM's ioeventfd) when it adds
+    /// requests to a queue.
+    pub(super) queue_events: Vec<EventFd>,
+    /// Written by `activate` so the event-manager thread starts watching
+    /// the queue events.
+    pub(super) activate_evt: EventFd,
+    /// Whether the queue events are registered with the event manager.
+    pub(super) queue_events_registered: bool,
+    pub(super) state: DeviceState,
+    /// Requests that got no reply because they could not be parsed.
+    pub(super) bad_requests: u64,
+}
+
+impl std::fmt::Debug for Fs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fs")
+            .field("tag", &self.tag)
+            .field("root", &self.root)
+            .field("read_only", &self.read_only)
+            .field("activated", &self.is_activated())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The FUSE server of `root`: fuse-backend-rs's passthrough behind husk's
+/// policy layer. The root is opened when the guest mounts (`FUSE_INIT`).
+fn server(root: &Path, read_only: bool, tag: &str) -> Result<Server<Share>, FsError> {
+    let root_dir = root
+        .to_str()
+        .ok_or_else(|| FsError::Path {
+            tag: tag.to_owned(),
+            path: root.to_path_buf(),
+        })?
+        .to_owned();
+    let cfg = Config {
+        root_dir,
+        // The host may change files too (an engine's `cp`, a volume shared
+        // by two containers): the guest revalidates names and attributes
+        // after this long, and page cache on open (close-to-open).
+        entry_timeout: ENTRY_TIMEOUT,
+        attr_timeout: ENTRY_TIMEOUT,
+        cache_policy: CachePolicy::Auto,
+        writeback: false,
+        xattr: true,
+        do_import: true,
+        ..Default::default()
+    };
+    let fs = PassthroughFs::new(cfg).map_err(|source| FsError::Passthrough {
+        tag: tag.to_owned(),
+        path: root.to_path_buf(),
+        source,
+    })?;
+    Ok(Server::new(Share::new(fs, read_only)))
+}
+
+impl Fs {
+    /// A device named `tag` (what the guest mounts: `mount -t virtiofs
+    /// TAG DIR`) serving the directory `root`, refusing every change when
+    /// `read_only`.
+    pub fn new(tag: &str, root: &Path, read_only: bool) -> Result<Fs, FsError> {
+        if tag.is_empty() || tag.len() > TAG_MAX {
+            return Err(FsError::Tag {
+                tag: tag.to_owned(),
+            });
+        }
+        let meta = std::fs::metadata(root).map_err(|source| FsError::Root {
+            tag: tag.to_owned(),
+            path: root.to_path_buf(),
+            source,
+        })?;
+        if !meta.is_dir() {
+            return Err(FsError::Root {
+                tag: tag.to_owned(),
+                path: root.to_path_buf(),
+                source: std::io::Error::from_raw_os_error(libc::ENOTDIR),
+            });
+        }
+        let eventfd = || {
+            EventFd::new(libc::EFD_NONBLOCK).map_err(|source| FsError::EventFd {
+                tag: tag.to_owned(),
+                source,
+            })
+        };
+        let queue_events = (0..NUM_QUEUES)
+            .map(|_| eventfd())
+            .collect::<Result<_, _>>()?;
+        let activate_evt = eventfd()?;
+
+        let mut config_space = [0u8; CONFIG_SPACE_SIZE];
+        config_space[CONFIG_TAG_OFFSET..CONFIG_TAG_OFFSET + tag.len()]
+            .copy_from_slice(tag.as_bytes());
+        config_space[CONFIG_NUM_QUEUES_OFFSET..CONFIG_NUM_QUEUES_OFFSET + 4]
+            .copy_from_slice(&NUM_REQUEST_QUEUES.to_le_bytes());
+
+        debug!(
+            "fs {tag}: {}{}",
+            root.display(),
+            if read_only { " (read-only)" } else { "" }
+        );
+        Ok(Fs {
+            tag: tag.to_owned(),
+            root: root.to_path_buf(),
+            read_only,
+            server: Arc::new(server(root, read_only, tag)?),
+            acked_features: 0,
+            config_space,
+            queue_max_sizes: [QUEUE_SIZE; NUM_QUEUES],
+            queue_events,
+            activate_evt,
+            queue_events_registered: false,
+            state: DeviceState::Inactive,
+            bad_requests: 0,
+        })
+    }
+
+    /// The tag the guest mounts.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// Serves every available request of queue `index`, returns them in
+    /// the used ring and interrupts the driver if any were returned.
+    /// Returns whether any request was processed.
+    pub fn process_queue(&mut self, index: usize) -> Result<bool, FsError> {
+        let DeviceState::Activated {
+            mem,
+            interrupt,
+            queues,
+        } = &mut self.state
+        else {
+            return Err(FsError::NotActivated {
+                tag: self.tag.clone(),
+            });
+        };
+        let Some(queue) = queues.get_mut(index) else {
+            return Err(FsError::NoQueue {
+                tag: self.tag.clone(),
+                index,
+            });
+        };
+        let mem = mem.get();
+        let mut used_any = false;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            // A chain the transport cannot even describe (a descriptor
+            // outside guest memory, lengths that overflow) and a request
+            // the server cannot decode get no reply: returned with a used
+            // length of 0, counted and logged. The server answers every
+            // request it could decode, errors included.
+            let used = match (
+                Reader::from_descriptor_chain(mem, chain.clone()),
+                VirtioFsWriter::new(mem, chain),
+            ) {
+                (Ok(reader), Ok(writer)) => {
+                    match self
+                        .server
+                        .handle_message(reader, Writer::VirtioFs(writer), None, None)
+                    {
+                        Ok(n) => u32::try_from(n).unwrap_or(0),
+                        Err(err) => {
+                            self.bad_requests += 1;
+                            if self.bad_requests <= super::BAD_REQUESTS_LOGGED {
+                                warn!("fs {}: request on queue {index}: {err}", self.tag);
+                            }
+                            0
+                        }
+                    }
+                }
+                (Err(err), _) | (_, Err(err)) => {
+                    self.bad_requests += 1;
+                    if self.bad_requests <= super::BAD_REQUESTS_LOGGED {
+                        warn!(
+                            "fs {}: bad descriptor chain on queue {index}: {err}",
+                            self.tag
+                        );
+                    }
+                    0
+                }
+            };
+            match queue.add_used(mem, head, used) {
+                Ok(()) => used_any = true,
+                Err(virtio_queue_017::Error::InvalidDescriptorIndex) => {
+                    warn!(
+                        "fs {}: dropping request with bad head index {head}",
+                        self.tag
+                    );
+                }
+                Err(source) => {
+                    return Err(FsError::Queue {
+                        tag: self.tag.clone(),
+                        reason: source.to_string(),
+                    })
+                }
+            }
+        }
+        if used_any {
+            let notify = queue
+                .needs_notification(mem)
+                .map_err(|source| FsError::Queue {
+                    tag: self.tag.clone(),
+                    reason: source.to_string(),
+                })?;
+            if notify {
+                interrupt
+                    .trigger(INTERRUPT_USED_BUFFER)
+                    .map_err(|source| FsError::Interrupt {
+                        tag: self.tag.clone(),
+                        source,
+                    })?;
+            }
+        }
+        Ok(used_any)
+    }
+}
+
+impl VirtioDevice for Fs {
+    fn device_type(&self) -> u32 {
+        TYPE_FS
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_max_sizes
+    }
+
+    fn avail_features(&self) -> u64 {
+        1u64 << VIRTIO_F_VERSION_1
+    }
+
+    fn set_acked_features(&mut self, acked: u64) {
+        self.acked_features = acked & self.avail_features();
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        crate::vmm::devices::virtio::read_config_space(&self.config_space, offset, data);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        // The config space is read-only for the driver (section 5.11.4).
+        warn!(
+            "fs {}: ignoring {}-byte config space write at {offset:#x}",
+            self.tag,
+            data.len()
+        );
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_events
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn Interrupt>,
+        queues: Vec<Queue>,
+    ) -> Result<(), ActivateError> {
+        if queues.len() != NUM_QUEUES {
+            return Err(ActivateError::QueueCount {
+                expected: NUM_QUEUES,
+                got: queues.len(),
+            });
+        }
+        let alias =
+            AliasedMemory::new(&mem).map_err(|e| ActivateError::Io(std::io::Error::other(e)))?;
+        let mut converted = Vec::with_capacity(NUM_QUEUES);
+        for (index, q) in queues.iter().enumerate() {
+            let q = queue_017(q).map_err(|_| ActivateError::BadQueue { index })?;
+            if !q.is_valid(alias.get()) {
+                return Err(ActivateError::BadQueue { index });
+            }
+            converted.push(q);
+        }
+        if self.is_activated() {
+            warn!("fs {}: activated twice without a reset", self.tag);
+        }
+        self.state = DeviceState::Activated {
+            mem: alias,
+            interrupt,
+            queues: converted,
+        };
+        if let Err(err) = self.activate_evt.write(1) {
+            self.state = DeviceState::Inactive;
+            return Err(err.into());
+        }
+        debug!("fs {}: activated", self.tag);
+        Ok(())
+    }
+
+    fn is_activated(&self) -> bool {
+        matches!(self.state, DeviceState::Activated { .. })
+    }
+
+    fn queue_positions(&self) -> Vec<crate::vmm::snapshot::QueuePosition> {
+        match &self.state {
+            DeviceState::Activated { queues, .. } => queues
+                .iter()
+                .map(|q| crate::vmm::snapshot::QueuePosition {
+                    next_avail: q.next_avail(),
+                    next_used: q.next_used(),
+                })
+                .collect(),
+            DeviceState::Inactive => Vec::new(),
+        }
+    }
+
+    fn reset(&mut self) -> bool {
+        // The driver forgot its FUSE session: a new server forgets every
+        // inode and handle of the old one (requests are served
+        // synchronously, so none is in flight).
+        match server(&self.root, self.read_only, &self.tag) {
+            Ok(server) => self.server = Arc::new(server),
+            Err(err) => {
+                warn!("fs {}: reset: {err}", self.tag);
+                return false;
+            }
+        }
+        self.state = DeviceState::Inactive;
+        self.acked_features = 0;
+        debug!("fs {}: reset", self.tag);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{symlink, MetadataExt as _};
+
+    use vm_memory::{Bytes as _, GuestAddress};
+
+    use super::*;
+    use crate::vmm::devices::virtio::test_utils::{memory, GuestQueue, TestInterrupt, F_WRITE};
+
+    // FUSE opcodes and structures (include/uapi/linux/fuse.h).
+    const FUSE_LOOKUP: u32 = 1;
+    const FUSE_GETATTR: u32 = 3;
+    const FUSE_READLINK: u32 = 5;
+    const FUSE_MKDIR: u32 = 9;
+    const FUSE_OPEN: u32 = 14;
+    const FUSE_READ: u32 = 15;
+    const FUSE_WRITE: u32 = 16;
+    const FUSE_INIT: u32 = 26;
+    const FUSE_CREATE: u32 = 35;
+    const FUSE_LINK: u32 = 13;
+    const FUSE_RENAME: u32 = 12;
+    const ROOT: u64 = 1;
+    const IN_HEADER: usize = 40;
+    const OUT_HEADER: usize = 16;
+    /// `fuse_entry_out`: nodeid, generation, valid times, then `fuse_attr`.
+    const ENTRY_ATTR: usize = 40;
+    const ATTR_INO: usize = 0;
+    const ATTR_SIZE: usize = 8;
+    const ATTR_MODE: usize = 60;
+
+    const REQ: u64 = 0x1_0000;
+    const REPLY: u64 = 0x3_0000;
+    const REPLY_LEN: u32 = 0x2_0000;
+
+    struct Guest {
+        dev: Fs,
+        hiprio: GuestQueue,
+        req: GuestQueue,
+        irq: Arc<TestInterrupt>,
+        unique: u64,
+    }
+
+    impl Guest {
+        fn new(root: &Path, read_only: bool) -> Guest {
+            let mem = memory();
+            let hiprio = GuestQueue::new(&mem, 16, 0x1000);
+            let req = GuestQueue::new(&mem, 16, 0x5000);
+            let irq = Arc::new(TestInterrupt::default());
+            let mut dev = Fs::new("vol", root, read_only).unwrap();
+            dev.activate(
+                mem,
+                irq.clone(),
+                vec![hiprio.create_queue(), req.create_queue()],
+            )
+            .unwrap();
+            let mut g = Guest {
+                dev,
+                hiprio,
+                req,
+                irq,
+                unique: 0,
+            };
+            let mut init = Vec::new();
+            for v in [7u32, 31, 0x2_0000, 0] {
+                init.extend_from_slice(&v.to_le_bytes());
+            }
+            let (err, _) = g.call(FUSE_INIT, 0, &init);
+            assert_eq!(err, 0, "FUSE_INIT");
+            g
+        }
+
+        /// Sends one raw chain (bytes at REQ, a writable reply buffer) on
+        /// the request queue; returns the used length and the reply.
+        fn raw(&mut self, bytes: &[u8], reply_len: u32) -> (u32, Vec<u8>) {
+            let mem = self.req.mem.clone();
+            mem.write_slice(bytes, GuestAddress(REQ)).unwrap();
+            mem.write_slice(&vec![0xeeu8; reply_len as usize], GuestAddress(REPLY))
+                .unwrap();
+            self.req.add_chain(&[
+                (REQ, u32::try_from(bytes.len()).unwrap(), 0),
+                (REPLY, reply_len, F_WRITE),
+            ]);
+            self.dev.process_queue(1).unwrap();
+            let (_, used) = self.req.pop_used().expect("a used buffer");
+            let mut out = vec![0u8; used as usize];
+            mem.read_slice(&mut out, GuestAddress(REPLY)).unwrap();
+            (used, out)
+        }
+
+        /// A FUSE request; returns the error field (negative errno, or 0)
+        /// and the reply body.
+        fn call(&mut self, opcode: u32, nodeid: u64, body: &[u8]) -> (i32, Vec<u8>) {
+            let msg = self.message(opcode, nodeid, body);
+            let (used, out) = self.raw(&msg, REPLY_LEN);
+            assert!(used as usize >= OUT_HEADER, "reply of {used} bytes");
+            assert_eq!(
+                u64::from_le_bytes(out[8..16].try_into().unwrap()),
+                self.unique
+            );
+            let err = i32::from_le_bytes(out[4..8].try_into().unwrap());
+            (err, out[OUT_HEADER..].to_vec())
+        }
+
+        /// A request that may get no reply (garbage): `None`, or the error.
+        fn call_garbage(&mut self, opcode: u32, nodeid: u64, body: &[u8]) -> Option<i32> {
+            let msg = self.message(opcode, nodeid, body);
+            let (used, out) = self.raw(&msg, REPLY_LEN);
+            (used as usize >= OUT_HEADER).then(|| i32::from_le_bytes(out[4..8].try_into().unwrap()))
+        }
+
+        fn message(&mut self, opcode: u32, nodeid: u64, body: &[u8]) -> Vec<u8> {
+            self.unique += 1;
+            let len = u32::try_from(IN_HEADER + body.len()).unwrap();
+            let mut msg = Vec::new();
+            msg.extend_from_slice(&len.to_le_bytes());
+            msg.extend_from_slice(&opcode.to_le_bytes());
+            msg.extend_from_slice(&self.unique.to_le_bytes());
+            msg.extend_from_slice(&nodeid.to_le_bytes());
+            msg.extend_from_slice(&[0u8; 16]); // uid, gid, pid, padding: root
+            msg.extend_from_slice(body);
+            msg
+        }
+
+        fn lookup(&mut self, parent: u64, name: &str) -> Result<(u64, Vec<u8>), i32> {
+            let mut body = name.as_bytes().to_vec();
+            body.push(0);
+            match self.call(FUSE_LOOKUP, parent, &body) {
+                (0, out) => Ok((u64::from_le_bytes(out[0..8].try_into().unwrap()), out)),
+                (err, _) => Err(-err),
+            }
+        }
+
+        fn open(&mut self, node: u64, flags: i32) -> Result<u64, i32> {
+            let mut body = Vec::new();
+            body.extend_from_slice(&u32::try_from(flags).unwrap().to_le_bytes());
+            body.extend_from_slice(&0u32.to_le_bytes());
+            match self.call(FUSE_OPEN, node, &body) {
+                (0, out) => Ok(u64::from_le_bytes(out[0..8].try_into().unwrap())),
+                (err, _) => Err(-err),
+            }
+        }
+
+        fn read(&mut self, node: u64, fh: u64, size: u32) -> Result<Vec<u8>, i32> {
+            let mut body = Vec::new();
+            body.extend_from_slice(&fh.to_le_bytes());
+            body.extend_from_slice(&0u64.to_le_bytes());
+            body.extend_from_slice(&size.to_le_bytes());
+            body.extend_from_slice(&[0u8; 20]);
+            match self.call(FUSE_READ, node, &body) {
+                (0, out) => Ok(out),
+                (err, _) => Err(-err),
+            }
+        }
+
+        fn create(&mut self, parent: u64, name: &str) -> Result<(u64, u64), i32> {
+            let mut body = Vec::new();
+            for v in [libc::O_RDWR as u32, 0o100644, 0o022, 0] {
+                body.extend_from_slice(&v.to_le_bytes());
+            }
+            body.extend_from_slice(name.as_bytes());
+            body.push(0);
+            match self.call(FUSE_CREATE, parent, &body) {
+                (0, out) => Ok((
+                    u64::from_le_bytes(out[0..8].try_into().unwrap()),
+                    u64::from_le_bytes(out[128..136].try_into().unwrap()),
+                )),
+                (err, _) => Err(-err),
+            }
+        }
+
+        fn write(&mut self, node: u64, fh: u64, data: &[u8]) -> Result<(), i32> {
+            let mut body = Vec::new();
+            body.extend_from_slice(&fh.to_le_bytes());
+            body.extend_from_slice(&0u64.to_le_bytes());
+            body.extend_from_slice(&u32::try_from(data.len()).unwrap().to_le_bytes());
+            body.extend_from_slice(&[0u8; 20]);
+            body.extend_from_slice(data);
+            match self.call(FUSE_WRITE, node, &body) {
+                (0, _) => Ok(()),
+                (err, _) => Err(-err),
+            }
+        }
+
+        fn mkdir(&mut self, parent: u64, name: &str) -> i32 {
+            let mut body = Vec::new();
+            body.extend_from_slice(&0o755u32.to_le_bytes());
+            body.extend_from_slice(&0o022u32.to_le_bytes());
+            body.extend_from_slice(name.as_bytes());
+            body.push(0);
+            -self.call(FUSE_MKDIR, parent, &body).0
+        }
+    }
+
+    fn attr_u64(entry: &[u8], field: usize) -> u64 {
+        let at = ENTRY_ATTR + field;
+        u64::from_le_bytes(entry[at..at + 8].try_into().unwrap())
+    }
+
+    fn attr_u32(entry: &[u8], field: usize) -> u32 {
+        let at = ENTRY_ATTR + field;
+        u32::from_le_bytes(entry[at..at + 4].try_into().unwrap())
+    }
+
+    fn share() -> tempfile::TempDir {
+        let outer = tempfile::tempdir().unwrap();
+        std::fs::create_dir(outer.path().join("share")).unwrap();
+        std::fs::write(outer.path().join("secret"), b"host secret").unwrap();
+        std::fs::write(outer.path().join("share/hello"), b"hello from the host").unwrap();
+        outer
+    }
+
+    #[test]
+    fn config_space_holds_the_tag_and_one_request_queue() {
+        let dir = share();
+        let dev = Fs::new("vol0", &dir.path().join("share"), false).unwrap();
+        let mut tag = [0u8; TAG_MAX];
+        dev.read_config(0, &mut tag);
+        assert_eq!(&tag[..4], b"vol0");
+        assert!(tag[4..].iter().all(|b| *b == 0));
+        let mut n = [0u8; 4];
+        dev.read_config(36, &mut n);
+        assert_eq!(u32::from_le_bytes(n), 1);
+        assert_eq!(dev.device_type(), 26);
+        assert_eq!(dev.queue_max_sizes().len(), 2);
+    }
+
+    #[test]
+    fn bad_tags_and_roots_are_refused_by_name() {
+        let dir = share();
+        let root = dir.path().join("share");
+        assert!(matches!(
+            Fs::new("", &root, false),
+            Err(FsError::Tag { .. })
+        ));
+        assert!(matches!(
+            Fs::new(&"x".repeat(37), &root, false),
+            Err(FsError::Tag { .. })
+        ));
+        let err = Fs::new("t", &dir.path().join("missing"), false).unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+        let err = Fs::new("t", &dir.path().join("secret"), false).unwrap_err();
+        assert!(err.to_string().contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn a_guest_reads_writes_and_creates_files_that_land_on_the_host() {
+        let dir = share();
+        let root = dir.path().join("share");
+        let mut g = Guest::new(&root, false);
+        let (hello, entry) = g.lookup(ROOT, "hello").unwrap();
+        assert_eq!(attr_u64(&entry, ATTR_SIZE), 19);
+        let fh = g.open(hello, libc::O_RDONLY).unwrap();
+        assert_eq!(g.read(hello, fh, 4096).unwrap(), b"hello from the host");
+
+        let (node, fh) = g.create(ROOT, "new").unwrap();
+        g.write(node, fh, b"written in the guest").unwrap();
+        assert_eq!(
+            std::fs::read(root.join("new")).unwrap(),
+            b"written in the guest"
+        );
+        assert_eq!(g.mkdir(ROOT, "d"), 0);
+        assert!(root.join("d").is_dir());
+        // Interrupts were raised for the replies.
+        assert!(g.irq.count() > 0);
+        // getattr of the root is the share's directory.
+        let (err, attr) = g.call(FUSE_GETATTR, ROOT, &[0u8; 16]);
+        assert_eq!(err, 0);
+        let ino = u64::from_le_bytes(attr[16..24].try_into().unwrap());
+        assert_eq!(ino, std::fs::metadata(&root).unwrap().ino());
+    }
+
+    #[test]
+    fn a_read_only_share_refuses_every_change_on_the_host_side() {
+        let dir = share();
+        let root = dir.path().join("share");
+        let mut g = Guest::new(&root, true);
+        let (hello, _) = g.lookup(ROOT, "hello").unwrap();
+        let fh = g.open(hello, libc::O_RDONLY).unwrap();
+        assert_eq!(g.read(hello, fh, 5).unwrap(), b"hello");
+        assert_eq!(g.open(hello, libc::O_RDWR), Err(libc::EROFS));
+        assert_eq!(
+            g.open(hello, libc::O_WRONLY | libc::O_TRUNC),
+            Err(libc::EROFS)
+        );
+        assert_eq!(g.create(ROOT, "new"), Err(libc::EROFS));
+        assert_eq!(g.mkdir(ROOT, "d"), libc::EROFS);
+        // A handle opened read-only cannot be written through either.
+        assert_eq!(g.write(hello, fh, b"x"), Err(libc::EROFS));
+        let mut rename = Vec::new();
+        rename.extend_from_slice(&ROOT.to_le_bytes());
+        rename.extend_from_slice(b"hello\0bye\0");
+        assert_eq!(g.call(FUSE_RENAME, ROOT, &rename).0, -libc::EROFS);
+        assert_eq!(
+            std::fs::read(root.join("hello")).unwrap(),
+            b"hello from the host"
+        );
+        assert!(
+            !root.join("new").exists() && !root.join("d").exists() && !root.join("bye").exists()
+        );
+    }
+
+    #[test]
+    fn lookups_cannot_leave_the_share() {
+        let dir = share();
+        let root = dir.path().join("share");
+        symlink("/", root.join("to-root")).unwrap();
+        symlink("../secret", root.join("to-secret")).unwrap();
+        let mut g = Guest::new(&root, false);
+        // `..` of the root is the root.
+        let (_, entry) = g.lookup(ROOT, "..").unwrap();
+        assert_eq!(
+            attr_u64(&entry, ATTR_INO),
+            std::fs::metadata(&root).unwrap().ino()
+        );
+        // A name with a slash is not a name.
+        assert_eq!(g.lookup(ROOT, "../secret").err(), Some(libc::EINVAL));
+        assert_eq!(g.lookup(ROOT, "to-root/etc").err(), Some(libc::EINVAL));
+        // A symlink is itself, never its target: its target is text the
+        // guest resolves in its own tree...
+        let (link, entry) = g.lookup(ROOT, "to-secret").unwrap();
+        assert_eq!(attr_u32(&entry, ATTR_MODE) & libc::S_IFMT, libc::S_IFLNK);
+        let (err, target) = g.call(FUSE_READLINK, link, &[]);
+        assert_eq!(err, 0);
+        assert_eq!(target, b"../secret");
+        // ... and opening the link's inode does not open the target.
+        match g.open(link, libc::O_RDONLY) {
+            Err(_) => {}
+            Ok(fh) => assert_ne!(
+                g.read(link, fh, 100).ok().as_deref(),
+                Some(&b"host secret"[..])
+            ),
+        }
+        // Lookups under the symlink to `/` find nothing of the host's root.
+        let (to_root, _) = g.lookup(ROOT, "to-root").unwrap();
+        assert!(g.lookup(to_root, "etc").is_err());
+        // A hard link to the symlink stays inside too, and a mkdir through
+        // it makes nothing on the host.
+        let mut body = to_root.to_le_bytes().to_vec();
+        body.extend_from_slice(b"again\0");
+        let _ = g.call(FUSE_LINK, ROOT, &body);
+        assert_ne!(g.mkdir(to_root, "planted"), 0);
+        assert!(!Path::new("/planted").exists());
+    }
+
+    #[test]
+    fn garbage_gets_an_error_or_no_reply_never_a_panic() {
+        let dir = share();
+        let root = dir.path().join("share");
+        let mut g = Guest::new(&root, false);
+        // An unknown opcode: ENOSYS.
+        assert_eq!(g.call(9999, ROOT, &[]).0, -libc::ENOSYS);
+        // A header shorter than a header: no reply.
+        assert_eq!(g.raw(&[1, 2, 3], 4096).0, 0);
+        // A header whose length is far past what was sent.
+        let mut msg = vec![0u8; IN_HEADER];
+        msg[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        msg[4..8].copy_from_slice(&FUSE_LOOKUP.to_le_bytes());
+        let (used, _) = g.raw(&msg, 4096);
+        assert!(used == 0 || used as usize >= OUT_HEADER);
+        // A lookup of a node the guest never got.
+        assert_eq!(g.lookup(0xdead_beef, "x").err(), Some(libc::EBADF));
+        // A read with a handle the guest never got.
+        assert!(g.read(ROOT, 0x4242, 100).is_err());
+        // A name without its NUL, a read of 4 GiB with a 16-byte buffer.
+        assert!(!matches!(
+            g.call_garbage(FUSE_LOOKUP, ROOT, b"hello"),
+            Some(0)
+        ));
+        // A write whose size is past the data sent.
+        let mut body = vec![0u8; 40];
+        body[16..20].copy_from_slice(&1_000_000u32.to_le_bytes());
+        assert!(!matches!(g.call_garbage(FUSE_WRITE, ROOT, &body), Some(0)));
+        let (hello, _) = g.lookup(ROOT, "hello").unwrap();
+        let fh = g.open(hello, libc::O_RDONLY).unwrap();
+        assert!(g.read(hello, fh, u32::MAX).is_err());
+        // A descriptor outside guest memory.
+        g.req
+            .add_chain(&[(0xffff_ffff_0000, 64, 0), (REPLY, 4096, F_WRITE)]);
+        g.dev.process_queue(1).unwrap();
+        assert_eq!(g.req.pop_used().unwrap().1, 0);
+        assert!(g.dev.bad_requests >= 2);
+        // The device still works.
+        assert!(g.lookup(ROOT, "hello").is_ok());
+        // The high-priority queue takes FORGET without a reply.
+        let mem = g.hiprio.mem.clone();
+        let mut forget = Vec::new();
+        forget.extend_from_slice(&48u32.to_le_bytes());
+        forget.extend_from_slice(&2u32.to_le_bytes()); // FUSE_FORGET
+        forget.extend_from_slice(&[0u8; 32]);
+        forget.extend_from_slice(&1u64.to_le_bytes());
+        mem.write_slice(&forget, GuestAddress(0x2_0000)).unwrap();
+        g.hiprio.add_chain(&[(0x2_0000, 48, 0)]);
+        g.dev.process_queue(0).unwrap();
+        assert_eq!(g.hiprio.pop_used().unwrap().1, 0);
+    }
+
+    #[test]
+    fn reset_forgets_the_session() {
+        let dir = share();
+        let root = dir.path().join("share");
+        let mut g = Guest::new(&root, false);
+        let (hello, _) = g.lookup(ROOT, "hello").unwrap();
+        assert!(g.dev.reset());
+        assert!(!g.dev.is_activated());
+        assert!(matches!(
+            g.dev.process_queue(1),
+            Err(FsError::NotActivated { .. })
+        ));
+        // The driver sets up fresh queues (ring positions from 0) and a
+        // new session.
+        let mem = g.req.mem.clone();
+        g.req = GuestQueue::new(&mem, 16, 0x5000);
+        g.hiprio = GuestQueue::new(&mem, 16, 0x1000);
+        g.dev
+            .activate(
+                mem,
+                g.irq.clone(),
+                vec![g.hiprio.create_queue(), g.req.create_queue()],
+            )
+            .unwrap();
+        let mut init = Vec::new();
+        for v in [7u32, 31, 0x2_0000, 0] {
+            init.extend_from_slice(&v.to_le_bytes());
+        }
+        assert_eq!(g.call(FUSE_INIT, 0, &init).0, 0);
+        // The old session's node is unknown to the new one.
+        assert_eq!(g.lookup(hello, "x").err(), Some(libc::EBADF));
+        assert!(g.lookup(ROOT, "hello").is_ok());
+    }
+
+    #[test]
+    fn activation_checks_the_queues() {
+        let dir = share();
+        let mem = memory();
+        let q = GuestQueue::new(&mem, 16, 0x1000);
+        let mut dev = Fs::new("t", &dir.path().join("share"), false).unwrap();
+        let irq = Arc::new(TestInterrupt::default());
+        assert!(matches!(
+            dev.activate(mem.clone(), irq.clone(), vec![q.create_queue()]),
+            Err(ActivateError::QueueCount {
+                expected: 2,
+                got: 1
+            })
+        ));
+        let mut bad = q.create_queue();
+        virtio_queue::QueueT::set_ready(&mut bad, false);
+        assert!(matches!(
+            dev.activate(mem, irq, vec![q.create_queue(), bad]),
+            Err(ActivateError::BadQueue { index: 1 })
+        ));
+        assert!(!dev.is_activated());
+    }
+}

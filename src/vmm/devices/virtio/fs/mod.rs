@@ -1,0 +1,89 @@
+//! virtio-fs (virtio 1.2, section 5.11): a host directory the guest mounts
+//! with `mount -t virtiofs TAG DIR`, FUSE over virtqueues, served in the
+//! VMM process (no separate daemon, no shared-memory requirement on guest
+//! RAM, so a VM restored copy-on-write from a template keeps it).
+//!
+//! - `device`: [`Fs`], its state (`Inactive` / `Activated`), config space
+//!   (the tag and the number of request queues) and request processing.
+//! - `share`: the file system behind it: fuse-backend-rs's passthrough
+//!   (names resolved one component at a time under `O_PATH` handles with
+//!   `O_NOFOLLOW`, never by joining path strings) and husk's policy layer
+//!   (read-only shares refused on the host side).
+//! - `compat`: fuse-backend-rs reads requests through vm-memory 0.17 and
+//!   virtio-queue 0.17; this aliases husk's 0.18 memory and queues for it.
+//! - `event_handler`: the event-manager side, as for virtio-blk.
+//!
+//! # Queues
+//!
+//! Queue 0 is the high-priority queue (`FUSE_FORGET`, `FUSE_INTERRUPT`),
+//! queue 1 the one request queue. Requests are served synchronously on the
+//! event-manager thread, in queue order.
+//!
+//! # Hostile guests
+//!
+//! A descriptor chain outside guest memory, one whose lengths overflow, or
+//! a FUSE message that cannot be decoded is returned with a used length of
+//! 0 and counted (the first [`BAD_REQUESTS_LOGGED`] are logged); requests
+//! that decode but fail get the FUSE error reply. Messages longer than
+//! fuse-backend-rs's `MAX_BUFFER_SIZE` are refused by the server. Nothing
+//! a guest sends panics the VMM or reaches a host file outside the shared
+//! directory.
+
+mod compat;
+mod device;
+mod event_handler;
+mod share;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use device::Fs;
+
+/// Queues: high priority + [`NUM_REQUEST_QUEUES`] (section 5.11.2).
+pub const NUM_QUEUES: usize = 2;
+/// `num_request_queues` in the config space.
+pub const NUM_REQUEST_QUEUES: u32 = 1;
+/// Maximum size of each queue.
+pub const QUEUE_SIZE: u16 = 1024;
+/// The tag is at most 36 bytes of UTF-8, NUL-padded (section 5.11.4).
+pub const TAG_MAX: usize = 36;
+/// Config space: `tag[36]`, `le32 num_request_queues` (section 5.11.4).
+pub const CONFIG_TAG_OFFSET: usize = 0;
+pub const CONFIG_NUM_QUEUES_OFFSET: usize = TAG_MAX;
+pub const CONFIG_SPACE_SIZE: usize = TAG_MAX + 4;
+/// How long the guest may trust a name or an attribute before asking again
+/// (changes made on the host show after at most this long).
+pub const ENTRY_TIMEOUT: Duration = Duration::from_secs(1);
+/// Undecodable requests logged per device (the rest are only counted).
+pub const BAD_REQUESTS_LOGGED: u64 = 16;
+
+/// Errors of the fs device.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error("virtio-fs tag {tag:?} must be 1 to {TAG_MAX} bytes")]
+    Tag { tag: String },
+    #[error("virtio-fs {tag}: shared directory {path}: {source}")]
+    Root {
+        tag: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("virtio-fs {tag}: shared directory {path} is not valid UTF-8")]
+    Path { tag: String, path: PathBuf },
+    #[error("virtio-fs {tag}: serving {path}: {source}")]
+    Passthrough {
+        tag: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("virtio-fs {tag}: creating an eventfd: {source}")]
+    EventFd { tag: String, source: std::io::Error },
+    #[error("virtio-fs {tag}: the device is not activated")]
+    NotActivated { tag: String },
+    #[error("virtio-fs {tag}: no queue {index}")]
+    NoQueue { tag: String, index: usize },
+    #[error("virtio-fs {tag}: queue: {reason}")]
+    Queue { tag: String, reason: String },
+    #[error("virtio-fs {tag}: interrupting the guest: {source}")]
+    Interrupt { tag: String, source: std::io::Error },
+}
