@@ -14,6 +14,7 @@ pub mod paths;
 pub mod rootfs;
 pub mod runtime;
 pub mod shim;
+pub mod storage;
 pub mod timeline;
 pub mod vmm;
 

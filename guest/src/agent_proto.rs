@@ -273,7 +273,17 @@ pub struct ContainerSpec {
     /// The host's clock and fresh entropy, applied first.
     #[serde(default)]
     pub host_sync: HostSync,
+    /// The virtio-fs tag of the host directories the container shares
+    /// (its directory bind mounts), when it has any: mounts of type
+    /// [`SHARE_FSTYPE`] name a directory in it.
+    #[serde(default)]
+    pub share_tag: Option<String>,
 }
+
+/// `MountSpec::fstype` of a directory the host shares: `source` is its name
+/// in the share ([`ContainerSpec::share_tag`]), bound on `destination` with
+/// the mount's options (`ro`, `rbind`, `nosuid`, propagation, ...).
+pub const SHARE_FSTYPE: &str = "husk.share";
 
 /// What the guest takes from the host at create. A VM restored from a
 /// template snapshot wakes with the template's wall clock and random pool;

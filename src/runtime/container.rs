@@ -159,7 +159,7 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
     let began = crate::timeline::now_ns();
     let b = bundle::load_for_create(&req.bundle, &req.root, &req.id)?;
     let sizing = vm_spec::vm_sizing(&b.spec)?;
-    let container =
+    let (container, shares) =
         guest_spec::container_spec(&req.id, &b.spec, &b.path, &guest_spec::read_bind_source)?;
     let terminal = container.process.terminal;
     let own_pty = matches!(req.stdio, VmmStdio::Terminal(_));
@@ -233,6 +233,7 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
         container,
         network,
         snapshot,
+        shares,
     };
     plan.save(&dir)?;
     crate::runtime::hooks::save(&dir, b.spec.hooks().as_ref())?;

@@ -5,9 +5,11 @@
 //! What changes on the way into a VM:
 //! - file bind mounts (`/etc/hosts`, `/etc/resolv.conf`, `/etc/hostname`,
 //!   `/run/.containerenv`, secrets) are copied into the guest at create;
-//! - directory bind mounts are refused until husk has file sharing, except
-//!   on `/dev/shm` (podman and CRI-O bind a host tmpfs there): shared memory
-//!   cannot cross the VM boundary anyway, so the guest gets its own tmpfs;
+//! - directory bind mounts are shared from the host over virtio-fs
+//!   ([`SharedDir`]: the VMM serves them, the guest binds its copy of each
+//!   with the mount's options), except on `/dev/shm` (podman and CRI-O bind
+//!   a host tmpfs there): shared memory cannot cross the VM boundary
+//!   anyway, so the guest gets its own tmpfs;
 //! - a tmpfs on `/dev` becomes the guest's devtmpfs (the VM is the
 //!   container: its devices are the container's);
 //! - `cgroup` (v1) mounts become cgroup2, the guest kernel's only hierarchy.
@@ -23,7 +25,26 @@ const SHM_OPTIONS: [&str; 5] = ["nosuid", "nodev", "noexec", "mode=1777", "size=
 
 use crate::agent_proto::{
     Capabilities, ContainerFile, ContainerSpec, GuestHook, MountSpec, ProcessSpec, Rlimit,
+    SHARE_FSTYPE,
 };
+
+/// The virtio-fs tag under which the VMM serves a container's shared
+/// directories.
+pub const SHARE_TAG: &str = "husk";
+
+/// A host directory the container shares (a directory bind mount): the VMM
+/// makes it `name` in the directory it serves over virtio-fs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SharedDir {
+    /// Its name in the share (`m0`, `m1`, ...).
+    pub name: String,
+    /// The host directory.
+    pub source: PathBuf,
+    /// `ro`: read-only on the host side too (the guest cannot remount it).
+    pub read_only: bool,
+    /// `rbind`: the mounts under `source` come along.
+    pub recursive: bool,
+}
 
 /// Errors translating a spec.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -32,14 +53,6 @@ pub enum GuestSpecError {
     NoProcess,
     #[error("process.args must not be empty")]
     NoArgs,
-    #[error(
-        "mount {destination}: directory bind mounts are not supported yet \
-         (source {source_dir}; husk has no host file sharing)"
-    )]
-    DirectoryBind {
-        destination: String,
-        source_dir: PathBuf,
-    },
     #[error("mount {destination}: cannot read bind source {source_path}: {reason}")]
     BindSource {
         destination: String,
@@ -92,16 +105,18 @@ fn is_bind(m: &Mount) -> bool {
 }
 
 /// The whole translation. `bundle` resolves relative bind sources;
-/// `read_source` reads them (use [`read_bind_source`]).
+/// `read_source` reads them (use [`read_bind_source`]). Returns what the
+/// guest sets up and the host directories the VMM shares for it.
 pub fn container_spec(
     id: &str,
     spec: &Spec,
     bundle: &Path,
     read_source: &dyn Fn(&Path) -> Result<BindSource, String>,
-) -> Result<ContainerSpec, GuestSpecError> {
+) -> Result<(ContainerSpec, Vec<SharedDir>), GuestSpecError> {
     let process = process_spec(spec.process().as_ref().ok_or(GuestSpecError::NoProcess)?)?;
     let mut mounts = Vec::new();
     let mut files = Vec::new();
+    let mut shares: Vec<SharedDir> = Vec::new();
     for m in spec.mounts().as_deref().unwrap_or_default() {
         let destination = m.destination().to_string_lossy().into_owned();
         let options = m.options().clone().unwrap_or_default();
@@ -131,10 +146,19 @@ pub fn container_spec(
                     options: SHM_OPTIONS.iter().map(|o| o.to_string()).collect(),
                 }),
                 BindSource::Directory => {
-                    return Err(GuestSpecError::DirectoryBind {
+                    let name = format!("m{}", shares.len());
+                    shares.push(SharedDir {
+                        name: name.clone(),
+                        source,
+                        read_only: options.iter().any(|o| o == "ro"),
+                        recursive: options.iter().any(|o| o == "rbind"),
+                    });
+                    mounts.push(MountSpec {
                         destination,
-                        source_dir: source,
-                    })
+                        fstype: SHARE_FSTYPE.into(),
+                        source: name,
+                        options,
+                    });
                 }
                 BindSource::Device => {
                     // The guest's devtmpfs has its own device nodes.
@@ -202,7 +226,8 @@ pub fn container_spec(
         .map(|m| m.into_iter().collect())
         .unwrap_or_default();
     sysctl.sort();
-    Ok(ContainerSpec {
+    let share_tag = (!shares.is_empty()).then(|| SHARE_TAG.to_owned());
+    let container = ContainerSpec {
         id: id.to_owned(),
         hostname: spec.hostname().clone(),
         process,
@@ -225,7 +250,9 @@ pub fn container_spec(
         hook_state: String::new(),
         network: Default::default(),
         host_sync: Default::default(),
-    })
+        share_tag,
+    };
+    Ok((container, shares))
 }
 
 fn serde_name<T: serde::Serialize>(v: &T) -> String {
@@ -336,7 +363,8 @@ mod tests {
 
     #[test]
     fn translates_process_mounts_files_and_linux_fields() {
-        let c = container_spec("c1", &spec(BASE), Path::new("/bundle"), &files).unwrap();
+        let (c, shares) = container_spec("c1", &spec(BASE), Path::new("/bundle"), &files).unwrap();
+        assert!(shares.is_empty() && c.share_tag.is_none());
         let p = &c.process;
         assert_eq!(p.args, ["sh", "-c", "id"]);
         assert_eq!((p.uid, p.gid, p.umask), (1000, 100, Some(18)));
@@ -396,7 +424,7 @@ mod tests {
             r#"{"destination": "/dev/shm", "type": "bind", "source": "/h/dir", "options": ["bind", "private"]},
             {"destination": "/etc/hosts""#,
         );
-        let c = container_spec("c", &spec(&json), Path::new("/bundle"), &files).unwrap();
+        let (c, _) = container_spec("c", &spec(&json), Path::new("/bundle"), &files).unwrap();
         let shm = c
             .mounts
             .iter()
@@ -408,17 +436,49 @@ mod tests {
     }
 
     #[test]
-    fn a_directory_bind_is_refused_naming_the_mount() {
-        let json = BASE.replace("\"/h/hosts\"", "\"/h/dir\"");
-        let err = container_spec("c", &spec(&json), Path::new("/bundle"), &files).unwrap_err();
-        assert_eq!(
-            err,
-            GuestSpecError::DirectoryBind {
-                destination: "/etc/hosts".into(),
-                source_dir: "/h/dir".into()
-            }
+    fn directory_binds_are_shared_in_order_with_their_options() {
+        let json = BASE.replace(
+            r#"{"destination": "/etc/hosts""#,
+            r#"{"destination": "/data", "type": "bind", "source": "/h/dir", "options": ["rbind", "ro", "nosuid", "rprivate"]},
+            {"destination": "/cache", "source": "/h/dir", "options": ["bind"]},
+            {"destination": "/etc/hosts""#,
         );
-        assert!(err.to_string().contains("not supported yet"));
+        let (c, shares) = container_spec("c", &spec(&json), Path::new("/bundle"), &files).unwrap();
+        assert_eq!(c.share_tag.as_deref(), Some(SHARE_TAG));
+        assert_eq!(
+            shares,
+            [
+                SharedDir {
+                    name: "m0".into(),
+                    source: "/h/dir".into(),
+                    read_only: true,
+                    recursive: true,
+                },
+                SharedDir {
+                    name: "m1".into(),
+                    source: "/h/dir".into(),
+                    read_only: false,
+                    recursive: false,
+                },
+            ]
+        );
+        let data = c.mounts.iter().find(|m| m.destination == "/data").unwrap();
+        assert_eq!(
+            (data.fstype.as_str(), data.source.as_str()),
+            (SHARE_FSTYPE, "m0")
+        );
+        assert_eq!(data.options, ["rbind", "ro", "nosuid", "rprivate"]);
+        let cache = c.mounts.iter().find(|m| m.destination == "/cache").unwrap();
+        assert_eq!(
+            (cache.fstype.as_str(), cache.source.as_str()),
+            (SHARE_FSTYPE, "m1")
+        );
+        // Mount order is kept: the shares sit where the spec put them.
+        let order: Vec<&str> = c.mounts.iter().map(|m| m.destination.as_str()).collect();
+        assert_eq!(
+            order,
+            ["/proc", "/dev", "/sys/fs/cgroup", "/data", "/cache"]
+        );
     }
 
     #[test]
@@ -427,7 +487,7 @@ mod tests {
         let err = container_spec("c", &spec(&json), Path::new("/bundle"), &files).unwrap_err();
         assert!(matches!(err, GuestSpecError::BindSource { .. }), "{err}");
         let json = BASE.replace("\"/h/hosts\"", "\"/dev/null\"");
-        let c = container_spec("c", &spec(&json), Path::new("/bundle"), &files).unwrap();
+        let (c, _) = container_spec("c", &spec(&json), Path::new("/bundle"), &files).unwrap();
         assert!(!c.files.iter().any(|f| f.path == "/etc/hosts"));
     }
 

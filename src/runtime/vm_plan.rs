@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 use crate::agent_proto::ContainerSpec;
 use crate::net::NicPlan;
 use crate::proto;
+use crate::runtime::guest_spec::SharedDir;
 use crate::vmm::config::{
-    self, BlockConfig, ConsoleOutput, Initramfs, NetConfig, VmConfig, VsockConfig,
+    self, BlockConfig, ConsoleOutput, FsConfig, Initramfs, NetConfig, VmConfig, VsockConfig,
 };
 
 /// File name of the plan in the container's state directory.
@@ -124,6 +125,10 @@ pub struct VmPlan {
     /// ([`ANNOTATION_SNAPSHOT`]).
     #[serde(default)]
     pub snapshot: bool,
+    /// Host directories shared with the guest over virtio-fs (the VMM
+    /// stages them, [`crate::storage::share`]).
+    #[serde(default)]
+    pub shares: Vec<SharedDir>,
 }
 
 /// Errors reading or writing a plan.
@@ -194,7 +199,14 @@ impl VmPlan {
     /// The VM configuration, with the network attached (`nics` empty
     /// without one); `initramfs` is built by the caller, and only when the
     /// VM boots (a VM restored from a template has it in its memory).
-    pub fn vm_config(&self, initramfs: Option<Vec<u8>>, nics: &[NicPlan]) -> VmConfig {
+    /// The VM: `nics` are the taps made for it, `share_root` the directory
+    /// its shared directories were staged in (when it has any).
+    pub fn vm_config(
+        &self,
+        initramfs: Option<Vec<u8>>,
+        nics: &[NicPlan],
+        share_root: Option<&Path>,
+    ) -> VmConfig {
         let mut c = VmConfig::new(self.kernel.clone());
         c.initramfs = initramfs.map(|b| Initramfs::Bytes(std::sync::Arc::new(b)));
         c.cmdline = self.cmdline();
@@ -215,6 +227,13 @@ impl VmPlan {
                 mtu: u16::try_from(n.mtu).unwrap_or(u16::MAX),
                 offload,
             })
+            .collect();
+        c.fs = share_root
+            .map(|root| FsConfig {
+                tag: crate::runtime::guest_spec::SHARE_TAG.into(),
+                root: root.to_path_buf(),
+            })
+            .into_iter()
             .collect();
         c.console = ConsoleOutput::File(self.console_log.clone());
         c.vsock = Some(VsockConfig {
@@ -247,6 +266,12 @@ mod tests {
                 own: false,
             }),
             snapshot: true,
+            shares: vec![SharedDir {
+                name: "m0".into(),
+                source: "/data".into(),
+                read_only: true,
+                recursive: false,
+            }],
         };
         plan.save(dir.path()).unwrap();
         assert_eq!(VmPlan::load(dir.path()).unwrap(), plan);
@@ -256,7 +281,16 @@ mod tests {
             mac: [2, 0, 0, 0, 0, 1],
             mtu: 1450,
         };
-        let c = plan.vm_config(Some(vec![1]), std::slice::from_ref(&nic));
+        let c = plan.vm_config(Some(vec![1]), std::slice::from_ref(&nic), None);
+        assert!(c.fs.is_empty());
+        let shared = plan.vm_config(None, &[], Some(Path::new("/run/x/share")));
+        assert_eq!(
+            shared.fs,
+            [FsConfig {
+                tag: "husk".into(),
+                root: "/run/x/share".into()
+            }]
+        );
         assert_eq!(
             c.net,
             vec![NetConfig {

@@ -79,6 +79,16 @@ fn run_vm(root: &Path, id: &str, record: &Arc<RecordWatch>) -> Option<ExitStatus
         Ok(p) => p,
         Err(e) => return fail(&mut ready, e.to_string()),
     };
+    // The shared directories, in a mount namespace of this process's own,
+    // before any other thread exists.
+    let share_root = if plan.shares.is_empty() {
+        None
+    } else {
+        match crate::storage::share::stage(&dir, &plan.shares) {
+            Ok(root) => Some(root),
+            Err(e) => return fail(&mut ready, e.to_string()),
+        }
+    };
     // Forwarded signals are blocked in every thread and read from a
     // signalfd by one.
     let mut mask = nix::sys::signal::SigSet::empty();
@@ -133,9 +143,10 @@ fn run_vm(root: &Path, id: &str, record: &Arc<RecordWatch>) -> Option<ExitStatus
             Err(e) => return fail(&mut ready, e.to_string()),
         }
     }
-    let mut config = plan.vm_config(None, &nics);
+    let mut config = plan.vm_config(None, &nics, share_root.as_deref());
     config.timeline = Some(dir.clone());
-    let use_template = plan.snapshot && config.net.is_empty();
+    // Templates have neither NICs nor shared directories (yet).
+    let use_template = plan.snapshot && config.net.is_empty() && config.fs.is_empty();
     let cache = crate::paths::cache_dir();
     let mut template = use_template
         .then(|| crate::runtime::template::find(&config, &plan.init, &cache))

@@ -48,6 +48,7 @@ use super::devices::exit_port::{self, ExitPort, Reported};
 use super::devices::i8042::{self, I8042};
 use super::devices::serial::{self, ConsoleTail, ConsoleWriter, Serial};
 use super::devices::virtio::block::Block;
+use super::devices::virtio::fs::Fs;
 use super::devices::virtio::mmio::MmioTransport;
 use super::devices::virtio::net::{Net, Tap};
 use super::devices::virtio::vsock::Vsock;
@@ -101,6 +102,12 @@ pub enum BuildError {
     Block { path: PathBuf, reason: String },
     #[error("vsock {path}: {reason}")]
     Vsock { path: PathBuf, reason: String },
+    #[error("virtio-fs {tag} ({root}): {reason}")]
+    Fs {
+        tag: String,
+        root: PathBuf,
+        reason: String,
+    },
     #[error("network device on tap {tap}: {reason}")]
     Net { tap: String, reason: String },
     #[error("console output {path}: {source}")]
@@ -348,6 +355,16 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
         let vsock = Arc::new(Mutex::new(vsock));
         attach.attach(vsock.clone(), &vs.uds_path)?;
         event_manager.add_subscriber(vsock);
+    }
+    for share in &config.fs {
+        let fs = Fs::new(&share.tag, &share.root, false).map_err(|e| BuildError::Fs {
+            tag: share.tag.clone(),
+            root: share.root.clone(),
+            reason: e.to_string(),
+        })?;
+        let fs = Arc::new(Mutex::new(fs));
+        attach.attach(fs.clone(), &share.root)?;
+        event_manager.add_subscriber(fs);
     }
 
     let transports = std::mem::take(&mut attach.transports);

@@ -71,6 +71,15 @@ pub struct NetConfig {
     pub offload: bool,
 }
 
+/// One virtio-fs device: a host directory the guest mounts by its tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsConfig {
+    /// What the guest mounts (`mount -t virtiofs TAG DIR`), 1 to 36 bytes.
+    pub tag: String,
+    /// The directory served.
+    pub root: PathBuf,
+}
+
 /// A microVM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConfig {
@@ -86,6 +95,8 @@ pub struct VmConfig {
     pub block: Vec<BlockConfig>,
     /// NICs, in the order the guest probes them.
     pub net: Vec<NetConfig>,
+    /// Shared directories (virtio-fs), attached after the vsock device.
+    pub fs: Vec<FsConfig>,
     pub console: ConsoleOutput,
     /// The host<->guest channel, if any.
     pub vsock: Option<VsockConfig>,
@@ -124,6 +135,8 @@ pub enum ConfigError {
     TooManyVcpus { vcpus: u32 },
     #[error("block device id {id:?} is longer than 20 bytes")]
     BlockId { id: String },
+    #[error("virtio-fs tag {tag:?} must be 1 to 36 bytes")]
+    FsTag { tag: String },
 }
 
 impl VmConfig {
@@ -137,6 +150,7 @@ impl VmConfig {
             vcpus: DEFAULT_VCPUS,
             block: Vec::new(),
             net: Vec::new(),
+            fs: Vec::new(),
             console: ConsoleOutput::Stdout,
             vsock: None,
             timeout: None,
@@ -160,6 +174,13 @@ impl VmConfig {
         }
         if let Some(b) = self.block.iter().find(|b| b.id.len() > 20) {
             return Err(ConfigError::BlockId { id: b.id.clone() });
+        }
+        if let Some(f) = self
+            .fs
+            .iter()
+            .find(|f| f.tag.is_empty() || f.tag.len() > crate::vmm::devices::virtio::fs::TAG_MAX)
+        {
+            return Err(ConfigError::FsTag { tag: f.tag.clone() });
         }
         Ok(())
     }
