@@ -92,7 +92,7 @@ impl Platform for GuestPlatform {
             self.log(&problem);
         }
         crate::net::configure(&spec.network)?;
-        setup::apply(spec, &mut setup::RealSetupOs)
+        setup::apply(spec, &mut setup::RealSetupOs::default())
     }
 
     fn signal_all(&self, signal: i32) -> Result<(), Errno> {

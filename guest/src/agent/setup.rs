@@ -4,7 +4,11 @@
 //! [`apply`] does it in this order (every step before the next):
 //! 1. hostname;
 //! 2. `mounts`, in the spec's order (a tmpfs on `/dev` gets the default
-//!    device nodes and links, as runc creates them);
+//!    device nodes and links, as runc creates them); directories the host
+//!    shares ([`SHARE_FSTYPE`] mounts) are binds from the virtio-fs file
+//!    system of [`ContainerSpec::share_tag`], which is mounted detached
+//!    (`fsmount`, reached through its descriptor, never at a path the
+//!    container could see) for the time of the mounts;
 //! 3. `files` (after the mounts, so a file under a mounted tmpfs such as
 //!    `/dev/termination-log` lands on top of it);
 //! 4. `sysctl` (before `/proc/sys` may become read-only);
@@ -21,7 +25,7 @@ use nix::errno::Errno;
 use nix::mount::MsFlags;
 
 use super::spawn::errno_text;
-use crate::agent_proto::{ContainerSpec, MountSpec};
+use crate::agent_proto::{ContainerSpec, MountSpec, SHARE_FSTYPE};
 
 /// What is at a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +113,12 @@ pub enum SetupError {
     NotAbsolute { step: &'static str, path: String },
     #[error("mount of {target}: bind source {source_path} does not exist")]
     BindSource { source_path: String, target: String },
+    #[error("mounting the shared directories (virtio-fs tag {tag}): {}", errno_text(*errno))]
+    Share { tag: String, errno: Errno },
+    #[error("mount of {target}: shared directory {name:?} is not a plain name")]
+    ShareName { name: String, target: String },
+    #[error("mount of {target}: the host shares no directories (no virtio-fs tag)")]
+    NoShare { target: String },
     #[error("writing file {path}: {source}")]
     File { path: String, source: io::Error },
     #[error("sysctl {key}: invalid key")]
@@ -147,6 +157,38 @@ pub trait SetupOs {
     fn symlink(&mut self, target: &str, path: &str) -> io::Result<()>;
     /// Reports something skipped (a line on the console).
     fn log(&mut self, line: &str);
+    /// Mounts the virtio-fs file system `tag` detached and returns a path
+    /// its root is reachable at until [`Self::release_share`].
+    fn mount_share(&mut self, tag: &str) -> Result<String, Errno>;
+    /// Lets go of the detached mount (the binds made from it stay).
+    fn release_share(&mut self);
+}
+
+/// A [`SHARE_FSTYPE`] mount as the bind from the share it stands for.
+fn share_bind(m: &MountSpec, share: Option<&str>) -> Result<MountSpec, SetupError> {
+    let Some(root) = share else {
+        return Err(SetupError::NoShare {
+            target: m.destination.clone(),
+        });
+    };
+    let plain =
+        !m.source.is_empty() && m.source != "." && m.source != ".." && !m.source.contains('/');
+    if !plain {
+        return Err(SetupError::ShareName {
+            name: m.source.clone(),
+            target: m.destination.clone(),
+        });
+    }
+    let mut options = m.options.clone();
+    if !options.iter().any(|o| o == "bind" || o == "rbind") {
+        options.push("bind".into());
+    }
+    Ok(MountSpec {
+        destination: m.destination.clone(),
+        fstype: "bind".into(),
+        source: format!("{root}/{}", m.source),
+        options,
+    })
 }
 
 /// OCI mount options that are mount flags: (name, clears, flags).
@@ -540,10 +582,38 @@ pub fn apply(spec: &ContainerSpec, os: &mut impl SetupOs) -> Result<(), SetupErr
         })?;
     }
 
+    let share = match &spec.share_tag {
+        Some(tag) => Some(os.mount_share(tag).map_err(|errno| SetupError::Share {
+            tag: tag.clone(),
+            errno,
+        })?),
+        None => None,
+    };
+    let mounted = apply_mounts(spec, share.as_deref(), os);
+    if share.is_some() {
+        os.release_share();
+    }
+    mounted?;
+    apply_rest(spec, os)
+}
+
+/// Step 2: the spec's mounts.
+fn apply_mounts(
+    spec: &ContainerSpec,
+    share: Option<&str>,
+    os: &mut impl SetupOs,
+) -> Result<(), SetupError> {
     let filesystems = os.filesystems();
     let mut dev_tmpfs = false;
     let mut dev_pts = false;
     for m in &spec.mounts {
+        let shared;
+        let m = if m.fstype == SHARE_FSTYPE {
+            shared = share_bind(m, share)?;
+            &shared
+        } else {
+            m
+        };
         let source_kind = if m.source.starts_with('/') {
             os.kind(&m.source)
         } else {
@@ -611,7 +681,11 @@ pub fn apply(spec: &ContainerSpec, os: &mut impl SetupOs) -> Result<(), SetupErr
         mkdir(os, "mount destination", "/dev/pts")?;
         run_mount(os, "mount", &fallback_devpts())?;
     }
+    Ok(())
+}
 
+/// Steps 3 to 7.
+fn apply_rest(spec: &ContainerSpec, os: &mut impl SetupOs) -> Result<(), SetupError> {
     for file in &spec.files {
         absolute("file", &file.path)?;
         if let Some(parent) = parent_of(&file.path) {
@@ -695,9 +769,85 @@ pub fn apply(spec: &ContainerSpec, os: &mut impl SetupOs) -> Result<(), SetupErr
 }
 
 /// [`SetupOs`] on the real system.
-pub struct RealSetupOs;
+#[derive(Default)]
+pub struct RealSetupOs {
+    /// The detached virtio-fs mount, while the mounts are made.
+    share: Option<std::os::fd::OwnedFd>,
+}
+
+/// The new mount API (Linux 5.2): `fsopen`/`fsconfig`/`fsmount` flags.
+const FSOPEN_CLOEXEC: libc::c_uint = 1;
+const FSCONFIG_SET_STRING: libc::c_uint = 1;
+const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+
+/// A syscall's return value as a descriptor, or its errno.
+fn fd_of(rc: libc::c_long) -> Result<std::os::fd::OwnedFd, Errno> {
+    use std::os::fd::FromRawFd as _;
+    let fd = std::os::fd::RawFd::try_from(rc).map_err(|_| Errno::EINVAL)?;
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: the kernel just returned `fd` as a new descriptor of ours,
+    // owned by nothing else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// `fsopen` + `fsconfig(source=tag)` + `fsmount`: a virtio-fs mount that
+/// is attached nowhere.
+fn fsmount_virtiofs(tag: &str) -> Result<std::os::fd::OwnedFd, Errno> {
+    use std::os::fd::AsRawFd as _;
+    let fstype = c"virtiofs";
+    let key = c"source";
+    let value = std::ffi::CString::new(tag).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: a NUL-terminated name and flags; returns a new fd or -1.
+    let fs = fd_of(unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), FSOPEN_CLOEXEC) })?;
+    // SAFETY: `fs` is our fs context; key and value are NUL-terminated
+    // strings that outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_SET_STRING,
+            key.as_ptr(),
+            value.as_ptr(),
+            0,
+        )
+    };
+    if rc < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: as above, a command without key or value.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_void>(),
+            0,
+        )
+    };
+    if rc < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: `fs` holds a created superblock; returns a new mount fd.
+    fd_of(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, 0) })
+}
 
 impl SetupOs for RealSetupOs {
+    fn mount_share(&mut self, tag: &str) -> Result<String, Errno> {
+        use std::os::fd::AsRawFd as _;
+        let fd = fsmount_virtiofs(tag)?;
+        let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        self.share = Some(fd);
+        Ok(path)
+    }
+
+    fn release_share(&mut self) {
+        self.share = None;
+    }
+
     fn kind(&mut self, path: &str) -> PathKind {
         match std::fs::metadata(path) {
             Ok(m) if m.is_dir() => PathKind::Dir,
@@ -1028,6 +1178,8 @@ mod tests {
         fail_target: Option<String>,
         /// Mounted already: EBUSY for a mount of this type there.
         mounted: HashMap<String, String>,
+        /// `mount_share` fails with this.
+        share_fails: Option<Errno>,
     }
 
     impl SetupOs for FakeOs {
@@ -1090,6 +1242,16 @@ mod tests {
         }
         fn log(&mut self, line: &str) {
             self.calls.push(format!("log {line}"));
+        }
+        fn mount_share(&mut self, tag: &str) -> Result<String, Errno> {
+            self.calls.push(format!("share {tag}"));
+            if let Some(errno) = self.share_fails {
+                return Err(errno);
+            }
+            Ok("/proc/self/fd/9".into())
+        }
+        fn release_share(&mut self) {
+            self.calls.push("release share".into());
         }
     }
 
@@ -1300,5 +1462,51 @@ mod tests {
         };
         let err = apply(&bad, &mut FakeOs::default()).unwrap_err().to_string();
         assert!(err.contains("sysctl ../x"), "{err}");
+    }
+
+    #[test]
+    fn shared_directories_are_binds_from_the_detached_share_then_released() {
+        let mut spec = ContainerSpec {
+            share_tag: Some("husk".into()),
+            mounts: vec![
+                spec_mount("/proc", "proc", "proc", &[]),
+                spec_mount("/data", SHARE_FSTYPE, "m0", &["rbind", "ro", "nosuid"]),
+                spec_mount("/cache", SHARE_FSTYPE, "m1", &[]),
+            ],
+            ..Default::default()
+        };
+        let mut os = FakeOs::default();
+        os.kinds.insert("/proc/self/fd/9/m0".into(), PathKind::Dir);
+        os.kinds.insert("/proc/self/fd/9/m1".into(), PathKind::Dir);
+        apply(&spec, &mut os).unwrap();
+        let calls = os.calls.join("\n");
+        let pos = |needle: &str| {
+            calls
+                .find(needle)
+                .unwrap_or_else(|| panic!("{needle:?} not in:\n{calls}"))
+        };
+        assert!(pos("share husk") < pos("mounting proc"));
+        assert!(pos("bind-mounting /proc/self/fd/9/m0 on /data") < pos("release share"));
+        assert!(pos("bind-mounting /proc/self/fd/9/m1 on /cache") < pos("release share"));
+        // The options apply to the bind: read-only, nosuid.
+        assert!(calls.contains("remounting /data"), "{calls}");
+
+        // A share mount without a share, or with a path for a name: errors
+        // that name the mount; a failed share mount names the tag.
+        spec.share_tag = None;
+        let err = apply(&spec, &mut FakeOs::default()).unwrap_err();
+        assert!(matches!(err, SetupError::NoShare { .. }), "{err}");
+        spec.share_tag = Some("husk".into());
+        spec.mounts[1].source = "../etc".into();
+        let mut os = FakeOs::default();
+        let err = apply(&spec, &mut os).unwrap_err();
+        assert!(matches!(err, SetupError::ShareName { .. }), "{err}");
+        assert!(os.calls.iter().any(|c| c == "release share"));
+        let mut os = FakeOs {
+            share_fails: Some(Errno::ENOENT),
+            ..Default::default()
+        };
+        let err = apply(&spec, &mut os).unwrap_err();
+        assert!(err.to_string().contains("husk"), "{err}");
     }
 }
