@@ -10,6 +10,7 @@
 //! subscriber) and signals used buffers through the interrupt.
 
 pub mod block;
+pub mod core;
 pub mod mmio;
 pub mod net;
 #[cfg(test)]
@@ -22,8 +23,16 @@ use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
+pub use self::core::{DeviceError, VirtioCore};
+
 /// `VIRTIO_F_VERSION_1` (virtio 1.2, section 6): the device is modern.
 pub const VIRTIO_F_VERSION_1: u32 = 32;
+
+/// `VIRTIO_F_RING_EVENT_IDX` (virtio 1.2, section 6; the mechanism in
+/// sections 2.7.7 and 2.7.10): the driver says in `used_event` when it
+/// wants the next interrupt, the device in `avail_event` when it wants the
+/// next kick.
+pub const VIRTIO_F_RING_EVENT_IDX: u32 = 29;
 
 /// Device type ids (virtio 1.2, section 5).
 pub const TYPE_NET: u32 = 1;
