@@ -632,7 +632,7 @@ mod tests {
     use crate::vmm::devices::virtio::test_utils::{
         memory, GuestQueue, TestInterrupt, F_WRITE, MEM_SIZE,
     };
-    use crate::vmm::devices::virtio::{TYPE_BLOCK, VIRTIO_F_VERSION_1};
+    use crate::vmm::devices::virtio::{VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1};
 
     /// Queue size of the tests.
     const SIZE: u16 = 16;
@@ -1047,5 +1047,93 @@ mod tests {
             .activate(f.mem.clone(), f.interrupt.clone(), queues)
             .unwrap();
         assert_eq!(drain(&mut manager), 1);
+    }
+
+    /// A device that is only a core, to test the provided trait methods.
+    struct Device {
+        core: VirtioCore,
+        config: [u8; 4],
+        fail_activate: bool,
+        resets: usize,
+    }
+
+    impl VirtioDevice for Device {
+        fn core(&self) -> &VirtioCore {
+            &self.core
+        }
+        fn core_mut(&mut self) -> &mut VirtioCore {
+            &mut self.core
+        }
+        fn config_space(&self) -> &[u8] {
+            &self.config
+        }
+        fn on_activate(&mut self, queues: &mut [Queue]) -> Result<(), ActivateError> {
+            if self.fail_activate {
+                return Err(ActivateError::Io(std::io::Error::other("refused")));
+            }
+            for queue in queues {
+                queue.set_event_idx(true);
+            }
+            Ok(())
+        }
+        fn on_reset(&mut self) -> bool {
+            self.resets += 1;
+            true
+        }
+    }
+
+    #[test]
+    fn the_trait_provides_the_rest_on_top_of_the_core() {
+        let f = Fixture::new();
+        let mut dev = Device {
+            core: VirtioCore::new(TYPE_BLOCK, "dev", FEATURES, &[SIZE, SIZE]).unwrap(),
+            config: [1, 2, 3, 4],
+            fail_activate: true,
+            resets: 0,
+        };
+        let device: &mut dyn VirtioDevice = &mut dev;
+        assert_eq!(device.device_type(), TYPE_BLOCK);
+        assert_eq!(device.queue_max_sizes(), &[SIZE, SIZE]);
+        assert_eq!(device.avail_features(), FEATURES);
+        device.set_acked_features(u64::MAX);
+        assert_eq!(device.acked_features(), FEATURES);
+        let mut data = [0xffu8; 4];
+        device.read_config(2, &mut data);
+        assert_eq!(data, [3, 4, 0, 0]);
+        device.write_config(0, &[9]);
+        device.read_config(0, &mut data);
+        assert_eq!(data, [1, 2, 3, 4]);
+
+        // The core checks first, then the hook; a refusing hook leaves the
+        // device inactive.
+        let err = device
+            .activate(f.mem.clone(), f.interrupt.clone(), vec![])
+            .unwrap_err();
+        assert!(matches!(err, ActivateError::QueueCount { .. }), "{err}");
+        let err = device
+            .activate(f.mem.clone(), f.interrupt.clone(), f.queues())
+            .unwrap_err();
+        assert!(matches!(err, ActivateError::Io(_)), "{err}");
+        assert!(!device.is_activated());
+        dev.fail_activate = false;
+        let device: &mut dyn VirtioDevice = &mut dev;
+        device
+            .activate(f.mem.clone(), f.interrupt.clone(), f.queues())
+            .unwrap();
+        assert!(device.is_activated());
+        assert_eq!(device.queue_positions().len(), 2);
+        assert!(dev
+            .core
+            .active()
+            .unwrap()
+            .queues
+            .iter()
+            .all(Queue::event_idx_enabled));
+
+        let device: &mut dyn VirtioDevice = &mut dev;
+        assert!(device.reset());
+        assert!(!device.is_activated());
+        assert_eq!(device.acked_features(), 0);
+        assert_eq!(dev.resets, 1);
     }
 }
