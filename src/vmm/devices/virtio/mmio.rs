@@ -29,7 +29,10 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::vmm::bus::BusDevice;
 use crate::vmm::snapshot::{QueueSnapshot, TransportSnapshot};
 
-use super::{ActivateError, Interrupt, VirtioDevice, INTERRUPT_CONFIG_CHANGE, VIRTIO_F_VERSION_1};
+use super::{
+    ActivateError, Interrupt, VirtioDevice, INTERRUPT_CONFIG_CHANGE, VIRTIO_F_RING_EVENT_IDX,
+    VIRTIO_F_VERSION_1,
+};
 
 /// `MagicValue`: "virt" in little-endian (section 4.2.2).
 pub const MMIO_MAGIC_VALUE: u32 = 0x7472_6976;
@@ -90,10 +93,6 @@ mod status {
     pub const INIT_FEATURES_OK: u32 = INIT_DRIVER | FEATURES_OK;
     pub const INIT_DRIVER_OK: u32 = INIT_FEATURES_OK | DRIVER_OK;
 }
-
-/// `VIRTIO_F_RING_EVENT_IDX` (virtio 1.2, section 6): enabled on the queues
-/// when a device offers it and the driver accepts it.
-const VIRTIO_F_RING_EVENT_IDX: u32 = 29;
 
 /// The transport's [`Interrupt`]: sets `InterruptStatus` bits and signals the
 /// device's irqfd.
@@ -647,20 +646,18 @@ mod tests {
 
     use super::*;
     use crate::vmm::devices::virtio::block::Block;
-    use crate::vmm::devices::virtio::{TYPE_BLOCK, TYPE_NET};
+    use crate::vmm::devices::virtio::{VirtioCore, TYPE_BLOCK, TYPE_NET};
 
     const MEM_SIZE: usize = 0x10_0000;
     const DESC: u64 = 0x1000;
     const AVAIL: u64 = 0x2000;
     const USED: u64 = 0x3000;
 
-    /// A device double: records activation, can refuse activation or reset.
+    /// A device double on the shared core: a writable config space, can
+    /// refuse activation or reset.
     struct FakeDevice {
-        queue_max_sizes: Vec<u16>,
-        queue_events: Vec<EventFd>,
-        acked: u64,
+        core: VirtioCore,
         config: Vec<u8>,
-        activated: Option<(Arc<dyn Interrupt>, Vec<Queue>)>,
         fail_activate: bool,
         can_reset: bool,
         resets: Arc<AtomicUsize>,
@@ -671,41 +668,29 @@ mod tests {
     impl FakeDevice {
         fn new(queues: usize) -> Self {
             FakeDevice {
-                queue_max_sizes: vec![16; queues],
-                queue_events: (0..queues)
-                    .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
-                    .collect(),
-                acked: 0,
+                core: VirtioCore::new(TYPE_NET, "fake", FAKE_FEATURES, &vec![16; queues]).unwrap(),
                 config: (0u8..16).collect(),
-                activated: None,
                 fail_activate: false,
                 can_reset: true,
                 resets: Arc::new(AtomicUsize::new(0)),
             }
         }
+
+        /// The interrupt and queues the device was activated with.
+        fn activated(&self) -> Option<&crate::vmm::devices::virtio::core::ActiveState> {
+            self.core.active()
+        }
     }
 
     impl VirtioDevice for FakeDevice {
-        fn device_type(&self) -> u32 {
-            TYPE_NET
+        fn core(&self) -> &VirtioCore {
+            &self.core
         }
-        fn queue_max_sizes(&self) -> &[u16] {
-            &self.queue_max_sizes
+        fn core_mut(&mut self) -> &mut VirtioCore {
+            &mut self.core
         }
-        fn avail_features(&self) -> u64 {
-            FAKE_FEATURES
-        }
-        fn set_acked_features(&mut self, acked: u64) {
-            self.acked = acked;
-        }
-        fn read_config(&self, offset: u64, data: &mut [u8]) {
-            for (i, byte) in data.iter_mut().enumerate() {
-                *byte = usize::try_from(offset)
-                    .ok()
-                    .and_then(|o| self.config.get(o + i))
-                    .copied()
-                    .unwrap_or(0);
-            }
+        fn config_space(&self) -> &[u8] {
+            &self.config
         }
         fn write_config(&mut self, offset: u64, data: &[u8]) {
             let offset = usize::try_from(offset).unwrap();
@@ -713,36 +698,17 @@ mod tests {
                 dst.copy_from_slice(data);
             }
         }
-        fn queue_events(&self) -> &[EventFd] {
-            &self.queue_events
-        }
-        fn activate(
-            &mut self,
-            _mem: GuestMemoryMmap,
-            interrupt: Arc<dyn Interrupt>,
-            queues: Vec<Queue>,
-        ) -> Result<(), ActivateError> {
+        fn on_activate(&mut self, queues: &mut [Queue]) -> Result<(), ActivateError> {
             if self.fail_activate {
                 return Err(ActivateError::QueueCount {
                     expected: 99,
                     got: queues.len(),
                 });
             }
-            self.activated = Some((interrupt, queues));
             Ok(())
         }
-        fn is_activated(&self) -> bool {
-            self.activated.is_some()
-        }
-        fn queue_positions(&self) -> Vec<crate::vmm::snapshot::QueuePosition> {
-            self.activated
-                .as_ref()
-                .map(|(_, q)| crate::vmm::devices::virtio::positions(q))
-                .unwrap_or_default()
-        }
-        fn reset(&mut self) -> bool {
+        fn on_reset(&mut self) -> bool {
             self.resets.fetch_add(1, Ordering::SeqCst);
-            self.activated = None;
             self.can_reset
         }
     }
@@ -850,8 +816,8 @@ mod tests {
         bring_up(&mut t, 2);
         assert_eq!(read32(&mut t, reg::STATUS), ALL_OK);
         let device = device.lock().unwrap();
-        assert_eq!(device.acked, FAKE_FEATURES);
-        let (_, queues) = device.activated.as_ref().expect("device activated");
+        assert_eq!(device.acked_features(), FAKE_FEATURES);
+        let queues = &device.activated().expect("device activated").queues;
         assert_eq!(queues.len(), 2);
         assert_eq!(queues[0].size(), 8);
         assert_eq!(queues[1].desc_table(), DESC + 0x4000);
@@ -864,7 +830,13 @@ mod tests {
     fn interrupt_sets_status_and_signals_irqfd() {
         let (mut t, device) = transport_with(FakeDevice::new(1));
         bring_up(&mut t, 1);
-        let interrupt = device.lock().unwrap().activated.as_ref().unwrap().0.clone();
+        let interrupt = device
+            .lock()
+            .unwrap()
+            .activated()
+            .unwrap()
+            .interrupt
+            .clone();
         interrupt
             .trigger(crate::vmm::devices::virtio::INTERRUPT_USED_BUFFER)
             .unwrap();
@@ -882,7 +854,7 @@ mod tests {
             read32(&mut t, reg::STATUS),
             status::ACKNOWLEDGE | status::DRIVER
         );
-        assert_eq!(device.lock().unwrap().acked, 0);
+        assert_eq!(device.lock().unwrap().acked_features(), 0);
         // DRIVER_OK without FEATURES_OK is out of order.
         setup_queue(&mut t, 0, 8);
         write32(&mut t, reg::STATUS, ALL_OK);
@@ -1038,8 +1010,8 @@ mod tests {
         write32(&mut t, reg::QUEUE_NOTIFY, 1);
         write32(&mut t, reg::QUEUE_NOTIFY, 7); // no such queue: ignored
         let device = device.lock().unwrap();
-        assert_eq!(device.queue_events[1].read().unwrap(), 1);
-        assert!(device.queue_events[0].read().is_err()); // EAGAIN: not signalled
+        assert_eq!(device.queue_events()[1].read().unwrap(), 1);
+        assert!(device.queue_events()[0].read().is_err()); // EAGAIN: not signalled
     }
 
     #[test]

@@ -1,14 +1,11 @@
-//! The virtio-blk device: state, features, config space and queue
-//! processing.
+//! The virtio-blk device on the shared core: features, config space
+//! and queue processing.
 
 use std::fs::OpenOptions;
 use std::path::Path;
-use std::sync::Arc;
 
 use log::{debug, warn};
-use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::EventFd;
+use virtio_queue::QueueT;
 
 use super::request::{handle_chain, Disk};
 use super::{
@@ -16,40 +13,18 @@ use super::{
     QUEUE_SIZE, SECTOR_SIZE, SEG_MAX, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
     VIRTIO_BLK_ID_BYTES,
 };
-use crate::vmm::devices::virtio::{
-    ActivateError, Interrupt, VirtioDevice, INTERRUPT_USED_BUFFER, TYPE_BLOCK, VIRTIO_F_VERSION_1,
-};
+use crate::vmm::devices::virtio::{VirtioCore, VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1};
 
-/// What the device has been given by the driver.
-pub(super) enum DeviceState {
-    /// Before `DRIVER_OK`, and after a reset.
-    Inactive,
-    /// Between `DRIVER_OK` and a reset.
-    Activated {
-        mem: GuestMemoryMmap,
-        interrupt: Arc<dyn Interrupt>,
-        queue: Queue,
-    },
-}
+/// Index of the request queue.
+const REQUEST_QUEUE: usize = 0;
 
 /// A virtio-blk device backed by a raw image file.
 pub struct Block {
     /// The log name and `GET_ID` answer.
     id: String,
     pub(super) disk: Disk,
-    avail_features: u64,
-    acked_features: u64,
+    pub(super) core: VirtioCore,
     config_space: [u8; CONFIG_SPACE_SIZE],
-    queue_max_sizes: [u16; NUM_QUEUES],
-    /// Signalled by the guest (through KVM's ioeventfd) when it adds
-    /// requests to the queue.
-    pub(super) queue_events: Vec<EventFd>,
-    /// Written by `activate` so the event-manager thread starts watching
-    /// the queue event (see the module docs).
-    pub(super) activate_evt: EventFd,
-    /// Whether the queue events are registered with the event manager.
-    pub(super) queue_events_registered: bool,
-    pub(super) state: DeviceState,
 }
 
 impl std::fmt::Debug for Block {
@@ -57,8 +32,8 @@ impl std::fmt::Debug for Block {
         f.debug_struct("Block")
             .field("id", &self.id)
             .field("disk", &self.disk)
-            .field("acked_features", &self.acked_features)
-            .field("activated", &self.is_activated())
+            .field("acked_features", &self.core.acked_features())
+            .field("activated", &self.core.is_activated())
             .finish_non_exhaustive()
     }
 }
@@ -106,23 +81,18 @@ impl Block {
         let id_len = id.len().min(VIRTIO_BLK_ID_BYTES);
         id_bytes[..id_len].copy_from_slice(&id.as_bytes()[..id_len]);
 
-        let eventfd = || {
-            EventFd::new(libc::EFD_NONBLOCK).map_err(|source| BlockError::EventFd {
-                id: id.to_string(),
-                source,
-            })
-        };
-        let queue_events = (0..NUM_QUEUES)
-            .map(|_| eventfd())
-            .collect::<Result<_, _>>()?;
-        let activate_evt = eventfd()?;
-
         let mut avail_features = (1u64 << VIRTIO_F_VERSION_1)
             | (1u64 << VIRTIO_BLK_F_FLUSH)
             | (1u64 << VIRTIO_BLK_F_SEG_MAX);
         if read_only {
             avail_features |= 1u64 << VIRTIO_BLK_F_RO;
         }
+        let core = VirtioCore::new(
+            TYPE_BLOCK,
+            format!("disk {id}"),
+            avail_features,
+            &[QUEUE_SIZE; NUM_QUEUES],
+        )?;
 
         let mut config_space = [0u8; CONFIG_SPACE_SIZE];
         config_space[CONFIG_CAPACITY_OFFSET..CONFIG_CAPACITY_OFFSET + 8]
@@ -138,14 +108,8 @@ impl Block {
         Ok(Block {
             id: id.to_string(),
             disk: Disk::new(file, path.to_path_buf(), capacity, read_only, id_bytes),
-            avail_features,
-            acked_features: 0,
+            core,
             config_space,
-            queue_max_sizes: [QUEUE_SIZE; NUM_QUEUES],
-            queue_events,
-            activate_evt,
-            queue_events_registered: false,
-            state: DeviceState::Inactive,
         })
     }
 
@@ -163,154 +127,48 @@ impl Block {
     /// interrupts the driver if any were returned. Returns whether any
     /// request was processed.
     pub fn process_queue(&mut self) -> Result<bool, BlockError> {
-        let DeviceState::Activated {
-            mem,
-            interrupt,
-            queue,
-        } = &mut self.state
-        else {
-            return Err(BlockError::NotActivated {
-                id: self.id.clone(),
-            });
-        };
-        let mem: &GuestMemoryMmap = mem;
-
+        let mut active = self.core.active_mut()?;
+        let mem = active.mem;
         let mut used_any = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        while let Some(chain) = active.queue(REQUEST_QUEUE)?.pop_descriptor_chain(mem) {
             let head = chain.head_index();
             let used_len = handle_chain(&mut self.disk, mem, chain);
-            match queue.add_used(mem, head, used_len) {
-                Ok(()) => used_any = true,
-                // A head index past the queue size can't be returned; the
-                // guest only hurts itself.
-                Err(virtio_queue::Error::InvalidDescriptorIndex) => {
-                    warn!(
-                        "disk {}: dropping request with bad head index {head}",
-                        self.id
-                    );
-                }
-                Err(source) => {
-                    return Err(BlockError::Queue {
-                        id: self.id.clone(),
-                        source,
-                    })
-                }
-            }
+            used_any |= active.add_used(REQUEST_QUEUE, head, used_len)?;
         }
-
         if used_any {
-            let notify = queue
-                .needs_notification(mem)
-                .map_err(|source| BlockError::Queue {
-                    id: self.id.clone(),
-                    source,
-                })?;
-            if notify {
-                interrupt.trigger(INTERRUPT_USED_BUFFER).map_err(|source| {
-                    BlockError::Interrupt {
-                        id: self.id.clone(),
-                        source,
-                    }
-                })?;
-            }
+            active.signal_used(&[REQUEST_QUEUE])?;
         }
         Ok(used_any)
     }
 }
 
 impl VirtioDevice for Block {
-    fn device_type(&self) -> u32 {
-        TYPE_BLOCK
+    fn core(&self) -> &VirtioCore {
+        &self.core
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_max_sizes
+    fn core_mut(&mut self) -> &mut VirtioCore {
+        &mut self.core
     }
 
-    fn avail_features(&self) -> u64 {
-        self.avail_features
+    /// Only `writeback` (with `VIRTIO_BLK_F_CONFIG_WCE`, not offered) is
+    /// driver-writable (section 5.2.4): writes take the default (ignored).
+    fn config_space(&self) -> &[u8] {
+        &self.config_space
     }
 
-    fn set_acked_features(&mut self, acked: u64) {
-        self.acked_features = acked & self.avail_features;
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        crate::vmm::devices::virtio::read_config_space(&self.config_space, offset, data);
-    }
-
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        // Only `writeback` (with VIRTIO_BLK_F_CONFIG_WCE, not offered) is
-        // writable (section 5.2.4).
-        warn!(
-            "disk {}: ignoring {}-byte config space write at {offset:#x}",
-            self.id,
-            data.len()
-        );
-    }
-
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_events
-    }
-
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        interrupt: Arc<dyn Interrupt>,
-        mut queues: Vec<Queue>,
-    ) -> Result<(), ActivateError> {
-        if queues.len() != NUM_QUEUES {
-            return Err(ActivateError::QueueCount {
-                expected: NUM_QUEUES,
-                got: queues.len(),
-            });
-        }
-        let queue = queues.remove(0);
-        if !queue.is_valid(&mem) {
-            return Err(ActivateError::BadQueue { index: 0 });
-        }
-        if self.is_activated() {
-            warn!("disk {}: activated twice without a reset", self.id);
-        }
-        self.state = DeviceState::Activated {
-            mem,
-            interrupt,
-            queue,
-        };
-        if let Err(err) = self.activate_evt.write(1) {
-            self.state = DeviceState::Inactive;
-            return Err(err.into());
-        }
-        debug!("disk {}: activated", self.id);
-        Ok(())
-    }
-
-    fn is_activated(&self) -> bool {
-        matches!(self.state, DeviceState::Activated { .. })
-    }
-    fn queue_positions(&self) -> Vec<crate::vmm::snapshot::QueuePosition> {
-        match &self.state {
-            DeviceState::Activated { queue, .. } => super::super::positions([queue]),
-            DeviceState::Inactive => Vec::new(),
-        }
-    }
-
-    fn reset(&mut self) -> bool {
-        // Dropping the queue, memory and interrupt is all there is to it:
-        // requests are executed synchronously, so none is in flight.
-        self.state = DeviceState::Inactive;
-        self.acked_features = 0;
-        debug!("disk {}: reset", self.id);
-        true
-    }
+    // Requests are executed synchronously, so none is in flight at a
+    // reset: the core dropping queue, memory and interrupt is all there is
+    // to it (the default `on_reset`).
 }
 
 #[cfg(test)]
 mod tests {
     use std::io::Write;
     use std::sync::atomic::Ordering;
+    use std::sync::Arc;
 
-    use vm_memory::{Bytes, GuestAddress};
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
     use super::super::test_utils::{
         memory, Desc, TestInterrupt, TestQueue, DATA, F_WRITE, MEM_SIZE,
@@ -320,6 +178,7 @@ mod tests {
         VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
     };
     use super::*;
+    use crate::vmm::devices::virtio::{ActivateError, DeviceError, INTERRUPT_USED_BUFFER};
 
     /// Image size of most tests: 64 sectors.
     const SECTORS: u64 = 64;
@@ -829,23 +688,23 @@ mod tests {
         assert!(!block.is_activated());
         assert!(matches!(
             block.process_queue(),
-            Err(BlockError::NotActivated { .. })
+            Err(BlockError::Device(DeviceError::NotActivated { .. }))
         ));
         block
             .activate(mem, interrupt, vec![vq.create_queue()])
             .unwrap();
         assert!(block.is_activated());
-        assert_eq!(block.activate_evt.read().unwrap(), 1);
+        assert_eq!(block.core.activate_event().read().unwrap(), 1);
     }
 
     #[test]
     fn reset_deactivates() {
         let mut h = Harness::new(false);
         h.block.set_acked_features(u64::MAX);
-        assert_eq!(h.block.acked_features, h.block.avail_features());
+        assert_eq!(h.block.acked_features(), h.block.avail_features());
         assert!(h.block.reset());
         assert!(!h.block.is_activated());
-        assert_eq!(h.block.acked_features, 0);
+        assert_eq!(h.block.acked_features(), 0);
         assert!(h.block.process_queue().is_err());
         // Activation works again after a reset.
         let queue = h.vq.create_queue();

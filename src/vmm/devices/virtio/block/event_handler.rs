@@ -1,55 +1,13 @@
 //! The block device as an event-manager subscriber (see the module docs of
 //! [`super`] for the order of events).
 
-use std::os::fd::AsRawFd;
-
-use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use event_manager::{EventOps, Events, MutEventSubscriber};
 use log::{error, warn};
 
 use super::device::Block;
-use crate::vmm::devices::virtio::VirtioDevice;
+use crate::vmm::devices::virtio::core::CoreEvent;
 
 impl Block {
-    /// Starts watching the queue events (once: they stay registered across
-    /// resets, and events while inactive are drained and ignored).
-    fn register_queue_events(&mut self, ops: &mut EventOps) {
-        if self.queue_events_registered {
-            return;
-        }
-        for evt in &self.queue_events {
-            if let Err(err) = ops.add(Events::new(evt, EventSet::IN)) {
-                error!("disk {}: registering the queue event: {err:?}", self.id());
-                return;
-            }
-        }
-        self.queue_events_registered = true;
-    }
-
-    fn handle_activate_event(&mut self, ops: &mut EventOps) {
-        if let Err(err) = self.activate_evt.read() {
-            warn!("disk {}: reading the activate event: {err}", self.id());
-        }
-        self.register_queue_events(ops);
-        // Requests the guest queued before we watched the queue event are
-        // still signalled by it (eventfds are level-triggered in epoll), so
-        // nothing is lost; processing here just saves a wakeup.
-        if self.is_activated() {
-            self.process_and_log();
-        }
-    }
-
-    fn handle_queue_event(&mut self, index: usize) {
-        if let Err(err) = self.queue_events[index].read() {
-            // EAGAIN: spurious wakeup, nothing to drain.
-            if err.kind() != std::io::ErrorKind::WouldBlock {
-                warn!("disk {}: reading queue event: {err}", self.id());
-            }
-        }
-        if self.is_activated() {
-            self.process_and_log();
-        }
-    }
-
     fn process_and_log(&mut self) {
         if let Err(err) = self.process_queue() {
             error!("{err}");
@@ -59,22 +17,23 @@ impl Block {
 
 impl MutEventSubscriber for Block {
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(err) = ops.add(Events::new(&self.activate_evt, EventSet::IN)) {
-            error!(
-                "disk {}: registering the activate event: {err:?}",
-                self.id()
-            );
-        }
+        self.core.register_activate_event(ops);
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let fd = events.fd();
-        if fd == self.activate_evt.as_raw_fd() {
-            self.handle_activate_event(ops);
-        } else if let Some(index) = self.queue_events.iter().position(|e| e.as_raw_fd() == fd) {
-            self.handle_queue_event(index);
-        } else {
-            warn!("disk {}: event on unknown fd {fd}", self.id());
+        match self.core.handle_event(fd, ops) {
+            // Requests the guest queued before we watched the queue event
+            // are still signalled by it (eventfds are level-triggered in
+            // epoll), so nothing is lost; processing at activation just
+            // saves a wakeup. Queue events while inactive (after a reset)
+            // are drained and ignored.
+            CoreEvent::Activate | CoreEvent::Queue(_) => {
+                if self.core.is_activated() {
+                    self.process_and_log();
+                }
+            }
+            CoreEvent::Other => warn!("disk {}: event on unknown fd {fd}", self.id()),
         }
     }
 }
@@ -91,6 +50,7 @@ mod tests {
         memory, TestInterrupt, TestQueue, DATA, F_WRITE,
     };
     use crate::vmm::devices::virtio::block::{QUEUE_SIZE, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_FLUSH};
+    use crate::vmm::devices::virtio::VirtioDevice;
 
     type Manager = EventManager<Arc<Mutex<Block>>>;
 
@@ -125,21 +85,21 @@ mod tests {
         manager.add_subscriber(block.clone());
         // Before activation nothing is watched but the activate event.
         assert_eq!(drain(&mut manager), 0);
-        assert!(!block.lock().unwrap().queue_events_registered);
+        assert!(!block.lock().unwrap().core.queue_events_registered());
 
         let mem = memory();
         let mut vq = TestQueue::new(&mem, QUEUE_SIZE);
         let interrupt = Arc::new(TestInterrupt::default());
         // A request queued (and notified) right at activation is not lost.
         flush_request(&mut vq);
-        block.lock().unwrap().queue_events[0].write(1).unwrap();
+        block.lock().unwrap().queue_events()[0].write(1).unwrap();
         block
             .lock()
             .unwrap()
             .activate(mem.clone(), interrupt.clone(), vec![vq.create_queue()])
             .unwrap();
         assert!(drain(&mut manager) >= 1);
-        assert!(block.lock().unwrap().queue_events_registered);
+        assert!(block.lock().unwrap().core.queue_events_registered());
         assert_eq!(vq.used_idx(), 1);
         let status: u8 = mem.read_obj(GuestAddress(DATA + 0x100)).unwrap();
         assert_eq!(status, VIRTIO_BLK_S_OK);
@@ -147,7 +107,7 @@ mod tests {
 
         // A guest notification processes the next request.
         flush_request(&mut vq);
-        block.lock().unwrap().queue_events[0].write(1).unwrap();
+        block.lock().unwrap().queue_events()[0].write(1).unwrap();
         assert_eq!(drain(&mut manager), 1);
         assert_eq!(vq.used_idx(), 2);
         assert_eq!(interrupt.count(), 2);
@@ -155,7 +115,7 @@ mod tests {
         // After a reset, notifications are drained and ignored.
         assert!(block.lock().unwrap().reset());
         flush_request(&mut vq);
-        block.lock().unwrap().queue_events[0].write(1).unwrap();
+        block.lock().unwrap().queue_events()[0].write(1).unwrap();
         assert_eq!(drain(&mut manager), 1);
         assert_eq!(vq.used_idx(), 2);
 

@@ -1,7 +1,7 @@
 //! virtio-blk (virtio 1.2, section 5.2) backed by a raw image file.
 //!
-//! - [`device`]: [`Block`], its state (`Inactive` / `Activated`), features,
-//!   config space and queue processing.
+//! - [`device`]: [`Block`], its features, its [`VirtioCore`](super::VirtioCore)
+//!   (queues, activation), config space and queue processing.
 //! - [`request`]: one request: descriptor chain parsing, validation and
 //!   execution against the image (`pread`/`pwrite`/`fdatasync`).
 //! - [`event_handler`]: the event-manager side.
@@ -36,6 +36,8 @@ mod request;
 pub(crate) mod test_utils;
 
 use std::path::PathBuf;
+
+use super::DeviceError;
 
 pub use device::Block;
 
@@ -102,15 +104,8 @@ pub enum BlockError {
     },
     #[error("disk image {path} is empty ({size} bytes, less than one {SECTOR_SIZE}-byte sector)")]
     Empty { path: PathBuf, size: u64 },
-    #[error("creating the eventfds of disk {id}: {source}")]
-    EventFd { id: String, source: std::io::Error },
-    #[error("disk {id} is not activated")]
-    NotActivated { id: String },
-    #[error("disk {id}: request queue: {source}")]
-    Queue {
-        id: String,
-        source: virtio_queue::Error,
-    },
-    #[error("disk {id}: raising the interrupt: {source}")]
-    Interrupt { id: String, source: std::io::Error },
+    /// The shared virtio part: eventfds, activation, the queue, the
+    /// interrupt.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
 }

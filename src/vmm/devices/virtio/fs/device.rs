@@ -10,7 +10,6 @@ use log::{debug, warn};
 use virtio_queue::Queue;
 use virtio_queue_017::QueueT as _;
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::EventFd;
 
 use super::compat::{queue_017, AliasedMemory};
 use super::share::Share;
@@ -18,41 +17,28 @@ use super::{
     FsError, CONFIG_NUM_QUEUES_OFFSET, CONFIG_SPACE_SIZE, CONFIG_TAG_OFFSET, ENTRY_TIMEOUT,
     NUM_QUEUES, NUM_REQUEST_QUEUES, QUEUE_SIZE, TAG_MAX,
 };
+use crate::vmm::devices::virtio::core::VirtioCore;
 use crate::vmm::devices::virtio::{
     ActivateError, Interrupt, VirtioDevice, INTERRUPT_USED_BUFFER, TYPE_FS, VIRTIO_F_VERSION_1,
 };
 
-/// What the device has been given by the driver.
-pub(super) enum DeviceState {
-    /// Before `DRIVER_OK`, and after a reset.
-    Inactive,
-    /// Between `DRIVER_OK` and a reset: the 0.17 views of memory and queues
-    /// the FUSE transport reads (see [`super::compat`]).
-    Activated {
-        mem: AliasedMemory,
-        interrupt: Arc<dyn Interrupt>,
-        queues: Vec<virtio_queue_017::Queue>,
-    },
+/// The 0.17 views of guest memory and of the queues that fuse-backend-rs's
+/// transport reads (see [`super::compat`]); the core's own queues are not
+/// used past activation.
+pub(super) struct Active017 {
+    mem: AliasedMemory,
+    queues: Vec<virtio_queue_017::Queue>,
 }
 
 /// A virtio-fs device serving one host directory.
 pub struct Fs {
+    pub(super) core: VirtioCore,
     tag: String,
     root: PathBuf,
     read_only: bool,
     server: Arc<Server<Share>>,
-    acked_features: u64,
     config_space: [u8; CONFIG_SPACE_SIZE],
-    queue_max_sizes: [u16; NUM_QUEUES],
-    /// Signalled by the guest (through KVM's ioeventfd) when it adds
-    /// requests to a queue.
-    pub(super) queue_events: Vec<EventFd>,
-    /// Written by `activate` so the event-manager thread starts watching
-    /// the queue events.
-    pub(super) activate_evt: EventFd,
-    /// Whether the queue events are registered with the event manager.
-    pub(super) queue_events_registered: bool,
-    pub(super) state: DeviceState,
+    pub(super) active: Option<Active017>,
     /// Requests that got no reply because they could not be parsed.
     pub(super) bad_requests: u64,
 }
@@ -121,17 +107,12 @@ impl Fs {
                 source: std::io::Error::from_raw_os_error(libc::ENOTDIR),
             });
         }
-        let eventfd = || {
-            EventFd::new(libc::EFD_NONBLOCK).map_err(|source| FsError::EventFd {
-                tag: tag.to_owned(),
-                source,
-            })
-        };
-        let queue_events = (0..NUM_QUEUES)
-            .map(|_| eventfd())
-            .collect::<Result<_, _>>()?;
-        let activate_evt = eventfd()?;
-
+        let core = VirtioCore::new(
+            TYPE_FS,
+            format!("fs {tag}"),
+            1u64 << VIRTIO_F_VERSION_1,
+            &[QUEUE_SIZE; NUM_QUEUES],
+        )?;
         let mut config_space = [0u8; CONFIG_SPACE_SIZE];
         config_space[CONFIG_TAG_OFFSET..CONFIG_TAG_OFFSET + tag.len()]
             .copy_from_slice(tag.as_bytes());
@@ -144,17 +125,13 @@ impl Fs {
             if read_only { " (read-only)" } else { "" }
         );
         Ok(Fs {
+            core,
             tag: tag.to_owned(),
             root: root.to_path_buf(),
             read_only,
             server: Arc::new(server(root, read_only, tag)?),
-            acked_features: 0,
             config_space,
-            queue_max_sizes: [QUEUE_SIZE; NUM_QUEUES],
-            queue_events,
-            activate_evt,
-            queue_events_registered: false,
-            state: DeviceState::Inactive,
+            active: None,
             bad_requests: 0,
         })
     }
@@ -168,23 +145,18 @@ impl Fs {
     /// the used ring and interrupts the driver if any were returned.
     /// Returns whether any request was processed.
     pub fn process_queue(&mut self, index: usize) -> Result<bool, FsError> {
-        let DeviceState::Activated {
-            mem,
-            interrupt,
-            queues,
-        } = &mut self.state
-        else {
+        let (Some(active), Some(core)) = (&mut self.active, self.core.active()) else {
             return Err(FsError::NotActivated {
                 tag: self.tag.clone(),
             });
         };
-        let Some(queue) = queues.get_mut(index) else {
+        let Some(queue) = active.queues.get_mut(index) else {
             return Err(FsError::NoQueue {
                 tag: self.tag.clone(),
                 index,
             });
         };
-        let mem = mem.get();
+        let mem = active.mem.get();
         let mut used_any = false;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
@@ -226,7 +198,7 @@ impl Fs {
             match queue.add_used(mem, head, used) {
                 Ok(()) => used_any = true,
                 Err(virtio_queue_017::Error::InvalidDescriptorIndex) => {
-                    warn!(
+                    debug!(
                         "fs {}: dropping request with bad head index {head}",
                         self.tag
                     );
@@ -247,7 +219,7 @@ impl Fs {
                     reason: source.to_string(),
                 })?;
             if notify {
-                interrupt
+                core.interrupt
                     .trigger(INTERRUPT_USED_BUFFER)
                     .map_err(|source| FsError::Interrupt {
                         tag: self.tag.clone(),
@@ -260,54 +232,30 @@ impl Fs {
 }
 
 impl VirtioDevice for Fs {
-    fn device_type(&self) -> u32 {
-        TYPE_FS
+    fn core(&self) -> &VirtioCore {
+        &self.core
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_max_sizes
+    fn core_mut(&mut self) -> &mut VirtioCore {
+        &mut self.core
     }
 
-    fn avail_features(&self) -> u64 {
-        1u64 << VIRTIO_F_VERSION_1
+    fn config_space(&self) -> &[u8] {
+        &self.config_space
     }
 
-    fn set_acked_features(&mut self, acked: u64) {
-        self.acked_features = acked & self.avail_features();
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        crate::vmm::devices::virtio::read_config_space(&self.config_space, offset, data);
-    }
-
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        // The config space is read-only for the driver (section 5.11.4).
-        warn!(
-            "fs {}: ignoring {}-byte config space write at {offset:#x}",
-            self.tag,
-            data.len()
-        );
-    }
-
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_events
-    }
-
+    /// The core's checks, then the 0.17 views the FUSE transport reads,
+    /// then the core's activation.
     fn activate(
         &mut self,
         mem: GuestMemoryMmap,
         interrupt: Arc<dyn Interrupt>,
         queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
-        if queues.len() != NUM_QUEUES {
-            return Err(ActivateError::QueueCount {
-                expected: NUM_QUEUES,
-                got: queues.len(),
-            });
-        }
+        self.core.check_queues(&mem, &queues)?;
         let alias =
             AliasedMemory::new(&mem).map_err(|e| ActivateError::Io(std::io::Error::other(e)))?;
-        let mut converted = Vec::with_capacity(NUM_QUEUES);
+        let mut converted = Vec::with_capacity(queues.len());
         for (index, q) in queues.iter().enumerate() {
             let q = queue_017(q).map_err(|_| ActivateError::BadQueue { index })?;
             if !q.is_valid(alias.get()) {
@@ -315,43 +263,35 @@ impl VirtioDevice for Fs {
             }
             converted.push(q);
         }
-        if self.is_activated() {
-            warn!("fs {}: activated twice without a reset", self.tag);
-        }
-        self.state = DeviceState::Activated {
+        self.core.activate(mem, interrupt, queues)?;
+        self.active = Some(Active017 {
             mem: alias,
-            interrupt,
             queues: converted,
-        };
-        if let Err(err) = self.activate_evt.write(1) {
-            self.state = DeviceState::Inactive;
-            return Err(err.into());
-        }
-        debug!("fs {}: activated", self.tag);
+        });
         Ok(())
     }
 
-    fn is_activated(&self) -> bool {
-        matches!(self.state, DeviceState::Activated { .. })
-    }
-
+    /// From the queues the device works on (the core's copies stand still).
     fn queue_positions(&self) -> Vec<crate::vmm::snapshot::QueuePosition> {
-        match &self.state {
-            DeviceState::Activated { queues, .. } => queues
-                .iter()
-                .map(|q| crate::vmm::snapshot::QueuePosition {
-                    next_avail: q.next_avail(),
-                    next_used: q.next_used(),
-                })
-                .collect(),
-            DeviceState::Inactive => Vec::new(),
-        }
+        self.active
+            .as_ref()
+            .map(|a| {
+                a.queues
+                    .iter()
+                    .map(|q| crate::vmm::snapshot::QueuePosition {
+                        next_avail: q.next_avail(),
+                        next_used: q.next_used(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
-    fn reset(&mut self) -> bool {
+    fn on_reset(&mut self) -> bool {
         // The driver forgot its FUSE session: a new server forgets every
         // inode and handle of the old one (requests are served
         // synchronously, so none is in flight).
+        self.active = None;
         match server(&self.root, self.read_only, &self.tag) {
             Ok(server) => self.server = Arc::new(server),
             Err(err) => {
@@ -359,8 +299,6 @@ impl VirtioDevice for Fs {
                 return false;
             }
         }
-        self.state = DeviceState::Inactive;
-        self.acked_features = 0;
         debug!("fs {}: reset", self.tag);
         true
     }

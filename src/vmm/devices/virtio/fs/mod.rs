@@ -76,8 +76,8 @@ pub enum FsError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("virtio-fs {tag}: creating an eventfd: {source}")]
-    EventFd { tag: String, source: std::io::Error },
+    #[error(transparent)]
+    Device(#[from] crate::vmm::devices::virtio::core::DeviceError),
     #[error("virtio-fs {tag}: the device is not activated")]
     NotActivated { tag: String },
     #[error("virtio-fs {tag}: no queue {index}")]

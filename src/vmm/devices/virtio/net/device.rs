@@ -1,5 +1,5 @@
-//! The virtio-net device: state, features, config space and the rx / tx
-//! queue processing.
+//! The virtio-net device on the shared core: features, config space
+//! and the rx / tx queue processing.
 
 use std::io::ErrorKind;
 use std::sync::atomic::{fence, Ordering};
@@ -11,7 +11,6 @@ use vm_memory::{
     Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError, GuestMemoryMmap,
     VolatileSlice,
 };
-use vmm_sys_util::eventfd::EventFd;
 
 use super::tap::{NetBackend, Tap};
 use super::{
@@ -24,28 +23,19 @@ use super::{
     VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP, VLAN_HLEN,
     VNET_HDR_SIZE,
 };
+use crate::vmm::devices::virtio::core::{
+    add_used, enable_notification, queue_error, raise_used, signal_used, ActiveQueue,
+};
 use crate::vmm::devices::virtio::{
-    ActivateError, Interrupt, VirtioDevice, INTERRUPT_USED_BUFFER, TYPE_NET, VIRTIO_F_VERSION_1,
+    ActivateError, Interrupt, VirtioCore, VirtioDevice, TYPE_NET, VIRTIO_F_VERSION_1,
 };
 
 /// `max_virtqueue_pairs` in config: one rx / tx pair.
 const MAX_VIRTQUEUE_PAIRS: u16 = 1;
 
-/// What the device has been given by the driver.
-pub(super) enum DeviceState {
-    /// Before `DRIVER_OK`, and after a reset.
-    Inactive,
-    /// Between `DRIVER_OK` and a reset.
-    Activated {
-        mem: GuestMemoryMmap,
-        interrupt: Arc<dyn Interrupt>,
-        /// rx, tx.
-        queues: Vec<Queue>,
-    },
-}
-
 /// One rx pass's view of an activated [`Net`] (see `Net::rx_parts`).
 struct RxParts<'a, B> {
+    /// The core's label (`net <tap>`), for logs and errors.
     name: &'a str,
     mem: &'a GuestMemoryMmap,
     interrupt: &'a Arc<dyn Interrupt>,
@@ -115,21 +105,12 @@ pub struct Net<B: NetBackend = Tap> {
     /// The log name: the tap's.
     name: String,
     pub(super) backend: B,
-    avail_features: u64,
-    pub(super) acked_features: u64,
+    /// Features, queues, activation (its activate event also starts the
+    /// watch on the tap, see the module docs).
+    pub(super) core: VirtioCore,
     config_space: [u8; CONFIG_SPACE_SIZE],
-    queue_max_sizes: [u16; NUM_QUEUES],
-    /// Signalled by the guest (through KVM's ioeventfd) when it adds
-    /// buffers to a queue.
-    pub(super) queue_events: Vec<EventFd>,
-    /// Written by `activate` so the event-manager thread starts watching
-    /// the queue events and the tap (see the module docs).
-    pub(super) activate_evt: EventFd,
-    /// Whether the queue events are registered with the event manager.
-    pub(super) queue_events_registered: bool,
     /// Whether the backend's fd is registered with the event manager.
     pub(super) backend_registered: bool,
-    pub(super) state: DeviceState,
     /// The frame read from the backend last ([`MAX_FRAME_SIZE`] bytes).
     rx_buf: Vec<u8>,
     /// The length of the frame in `rx_buf` still owed to the guest, which
@@ -151,8 +132,8 @@ impl<B: NetBackend> std::fmt::Debug for Net<B> {
         f.debug_struct("Net")
             .field("name", &self.name)
             .field("mac", &self.mac())
-            .field("acked_features", &self.acked_features)
-            .field("activated", &self.activated())
+            .field("acked_features", &self.core.acked_features())
+            .field("activated", &self.core.is_activated())
             .field("counters", &self.counters)
             .finish_non_exhaustive()
     }
@@ -186,17 +167,6 @@ impl<B: NetBackend> Net<B> {
         if mtu < MIN_MTU {
             return Err(NetError::InvalidMtu { tap: name, mtu });
         }
-        let eventfd = || {
-            EventFd::new(libc::EFD_NONBLOCK).map_err(|source| NetError::EventFd {
-                tap: name.clone(),
-                source,
-            })
-        };
-        let queue_events = (0..NUM_QUEUES)
-            .map(|_| eventfd())
-            .collect::<Result<_, _>>()?;
-        let activate_evt = eventfd()?;
-
         let mut avail_features = [
             VIRTIO_F_VERSION_1,
             VIRTIO_NET_F_MAC,
@@ -221,6 +191,12 @@ impl<B: NetBackend> Net<B> {
             .iter()
             .fold(0u64, |f, &bit| f | 1u64 << bit);
         }
+        let core = VirtioCore::new(
+            TYPE_NET,
+            format!("net {name}"),
+            avail_features,
+            &[QUEUE_SIZE; NUM_QUEUES],
+        )?;
 
         let mut config_space = [0u8; CONFIG_SPACE_SIZE];
         config_space[CONFIG_MAC_OFFSET..CONFIG_MAC_OFFSET + MAC_LEN].copy_from_slice(&mac);
@@ -238,15 +214,9 @@ impl<B: NetBackend> Net<B> {
         Ok(Net {
             name,
             backend,
-            avail_features,
-            acked_features: 0,
+            core,
             config_space,
-            queue_max_sizes: [QUEUE_SIZE; NUM_QUEUES],
-            queue_events,
-            activate_evt,
-            queue_events_registered: false,
             backend_registered: false,
-            state: DeviceState::Inactive,
             rx_buf: vec![0; MAX_FRAME_SIZE],
             rx_pending: None,
             rx_min_vectored: MAX_FRAME_SIZE,
@@ -279,17 +249,11 @@ impl<B: NetBackend> Net<B> {
         self.counters
     }
 
-    /// Whether the device is activated ([`VirtioDevice::is_activated`]).
-    pub fn activated(&self) -> bool {
-        matches!(self.state, DeviceState::Activated { .. })
-    }
-
     /// The rx queue and what an rx pass works with, borrowed apart;
-    /// [`NetError::NotActivated`] before activation.
+    /// `DeviceError::NotActivated` before activation.
     fn rx_parts(&mut self) -> Result<RxParts<'_, B>, NetError> {
         let Net {
-            name,
-            state,
+            core,
             backend,
             rx_buf,
             rx_pending,
@@ -297,19 +261,17 @@ impl<B: NetBackend> Net<B> {
             counters,
             ..
         } = self;
-        let DeviceState::Activated {
+        let ActiveQueue {
+            device,
             mem,
             interrupt,
-            queues,
-        } = state
-        else {
-            return Err(NetError::NotActivated { tap: name.clone() });
-        };
+            queue,
+        } = core.active_mut()?.into_queue(RX_QUEUE)?;
         Ok(RxParts {
-            name,
+            name: device,
             mem,
             interrupt,
-            queue: &mut queues[RX_QUEUE],
+            queue,
             backend,
             rx_buf,
             rx_pending,
@@ -323,7 +285,7 @@ impl<B: NetBackend> Net<B> {
     /// interrupts the driver once if any buffer was used. Returns whether
     /// any was.
     pub fn process_rx(&mut self) -> Result<bool, NetError> {
-        if has(self.acked_features, VIRTIO_NET_F_MRG_RXBUF) {
+        if self.core.has_feature(VIRTIO_NET_F_MRG_RXBUF) {
             return self.process_rx_mergeable();
         }
         let RxParts {
@@ -356,7 +318,7 @@ impl<B: NetBackend> Net<B> {
                 // With EVENT_IDX, ask for that notification (the driver
                 // kicks when it adds the next buffer), and look again:
                 // buffers added before `avail_event` moved bring no kick.
-                if event_idx && enable_notification(queue, mem, name, RX_QUEUE)? {
+                if event_idx && enable_notification(name, RX_QUEUE, queue, mem)? {
                     continue;
                 }
                 break;
@@ -411,10 +373,10 @@ impl<B: NetBackend> Net<B> {
                     0
                 }
             };
-            used |= add_used(queue, mem, head, used_len, name, RX_QUEUE)?;
+            used |= add_used(name, RX_QUEUE, queue, mem, head, used_len)?;
         }
         if used {
-            signal_used(queue, mem, interrupt.as_ref(), name, RX_QUEUE)?;
+            signal_used(name, RX_QUEUE, queue, mem, interrupt.as_ref())?;
         }
         Ok(used)
     }
@@ -487,7 +449,7 @@ impl<B: NetBackend> Net<B> {
                     // ask for it while every available buffer is popped
                     // (`avail_event` = the available index: the driver's
                     // next buffer kicks), then give the buffers back.
-                    let added = event_idx && enable_notification(queue, mem, name, RX_QUEUE)?;
+                    let added = event_idx && enable_notification(name, RX_QUEUE, queue, mem)?;
                     for _ in 0..popped {
                         queue.go_to_previous_position();
                     }
@@ -501,12 +463,7 @@ impl<B: NetBackend> Net<B> {
             }
         }
         if used && rx_needs_interrupt(queue, mem, used_before, name)? {
-            interrupt
-                .trigger(INTERRUPT_USED_BUFFER)
-                .map_err(|source| NetError::Interrupt {
-                    tap: name.to_string(),
-                    source,
-                })?;
+            raise_used(name, interrupt.as_ref())?;
         }
         Ok(used)
     }
@@ -515,23 +472,18 @@ impl<B: NetBackend> Net<B> {
     /// and interrupts the driver once if any was. Returns whether any was.
     pub fn process_tx(&mut self) -> Result<bool, NetError> {
         let Net {
-            name,
-            state,
+            core,
             backend,
             tx_buf,
             counters,
             ..
         } = self;
-        let DeviceState::Activated {
+        let ActiveQueue {
+            device: name,
             mem,
             interrupt,
-            queues,
-        } = state
-        else {
-            return Err(NetError::NotActivated { tap: name.clone() });
-        };
-        let mem: &GuestMemoryMmap = mem;
-        let queue = &mut queues[TX_QUEUE];
+            queue,
+        } = core.active_mut()?.into_queue(TX_QUEUE)?;
         let event_idx = queue.event_idx_enabled();
         let mut used = false;
         loop {
@@ -544,12 +496,12 @@ impl<B: NetBackend> Net<B> {
             // Without EVENT_IDX the driver kicks on every chain. With it,
             // ask for a kick at the next chain, and send what was added
             // while `avail_event` was stale (no kick comes for it).
-            if !(event_idx && enable_notification(queue, mem, name, TX_QUEUE)?) {
+            if !(event_idx && enable_notification(name, TX_QUEUE, queue, mem)?) {
                 break;
             }
         }
         if used {
-            signal_used(queue, mem, interrupt.as_ref(), name, TX_QUEUE)?;
+            signal_used(name, TX_QUEUE, queue, mem, interrupt.as_ref())?;
         }
         Ok(used)
     }
@@ -595,7 +547,7 @@ fn send_available<B: NetBackend>(
             }
         }
         // The device writes nothing into tx buffers (section 5.1.6.2).
-        used |= add_used(queue, mem, head, 0, name, TX_QUEUE)?;
+        used |= add_used(name, TX_QUEUE, queue, mem, head, 0)?;
     }
     Ok(used)
 }
@@ -984,7 +936,7 @@ fn publish_used(
     let mut next = start;
     for &(head, len) in elems {
         if head >= size {
-            debug!("net {name}: queue {RX_QUEUE}: dropping chain with bad head index {head}");
+            debug!("{name}: queue {RX_QUEUE}: dropping chain with bad head index {head}");
             continue;
         }
         let mut elem = [0u8; USED_ELEM_SIZE as usize];
@@ -1050,7 +1002,7 @@ fn read_frame_vectored<B: NetBackend>(
     loop {
         match backend.read_frame_vectored(bufs) {
             Ok(0) => {
-                warn!("net {name}: the tap read returned no frame");
+                warn!("{name}: the tap read returned no frame");
                 return VectoredRead::Empty;
             }
             Ok(len) if len < VNET_HDR_SIZE => {
@@ -1062,7 +1014,7 @@ fn read_frame_vectored<B: NetBackend>(
             Err(err) if err.kind() == ErrorKind::Interrupted => {}
             Err(err) if err.kind() == ErrorKind::WouldBlock => return VectoredRead::Empty,
             Err(err) => {
-                warn!("net {name}: reading from the tap: {err}");
+                warn!("{name}: reading from the tap: {err}");
                 return VectoredRead::Empty;
             }
         }
@@ -1094,7 +1046,7 @@ fn read_frame<B: NetBackend>(
         match backend.read_frame(buf) {
             Ok(0) => {
                 // Not something a tap does; don't spin on it.
-                warn!("net {name}: the tap read returned no frame");
+                warn!("{name}: the tap read returned no frame");
                 return None;
             }
             Ok(len) if len < VNET_HDR_SIZE => {
@@ -1110,7 +1062,7 @@ fn read_frame<B: NetBackend>(
             Err(err) if err.kind() == ErrorKind::Interrupted => {}
             Err(err) if err.kind() == ErrorKind::WouldBlock => return None,
             Err(err) => {
-                warn!("net {name}: reading from the tap: {err}");
+                warn!("{name}: reading from the tap: {err}");
                 return None;
             }
         }
@@ -1189,102 +1141,23 @@ fn read_tx_chain(
 /// log).
 fn log_drop(name: &str, dir: &str, count: u64, err: &FrameError) {
     if count.is_power_of_two() {
-        warn!("net {name}: dropped an {dir} frame: {err} ({count} {dir} drops so far)");
+        warn!("{name}: dropped an {dir} frame: {err} ({count} {dir} drops so far)");
     } else {
-        debug!("net {name}: dropped an {dir} frame: {err}");
+        debug!("{name}: dropped an {dir} frame: {err}");
     }
-}
-
-/// Returns `head` to the driver; `Ok(false)` when the head index is bad
-/// (the guest only hurts itself).
-fn add_used(
-    queue: &mut Queue,
-    mem: &GuestMemoryMmap,
-    head: u16,
-    len: u32,
-    name: &str,
-    index: usize,
-) -> Result<bool, NetError> {
-    match queue.add_used(mem, head, len) {
-        Ok(()) => Ok(true),
-        Err(virtio_queue::Error::InvalidDescriptorIndex) => {
-            debug!("net {name}: queue {index}: dropping chain with bad head index {head}");
-            Ok(false)
-        }
-        Err(source) => Err(NetError::Queue {
-            tap: name.to_string(),
-            index,
-            source,
-        }),
-    }
-}
-
-/// A queue error of queue `index`.
-fn queue_error(name: &str, index: usize, source: virtio_queue::Error) -> NetError {
-    NetError::Queue {
-        tap: name.to_string(),
-        index,
-        source,
-    }
-}
-
-/// Asks the driver to kick queue `index` when it adds the next chain
-/// (with EVENT_IDX: `avail_event` = the next chain the device pops,
-/// section 2.7.10); returns whether chains were added before that took
-/// effect, which no kick will announce.
-fn enable_notification(
-    queue: &mut Queue,
-    mem: &GuestMemoryMmap,
-    name: &str,
-    index: usize,
-) -> Result<bool, NetError> {
-    queue
-        .enable_notification(mem)
-        .map_err(|source| queue_error(name, index, source))
-}
-
-/// Interrupts the driver if queue `index` asks for it (always, unless
-/// `VIRTIO_F_RING_EVENT_IDX` is negotiated).
-fn signal_used(
-    queue: &mut Queue,
-    mem: &GuestMemoryMmap,
-    interrupt: &dyn Interrupt,
-    name: &str,
-    index: usize,
-) -> Result<(), NetError> {
-    let notify = queue
-        .needs_notification(mem)
-        .map_err(|source| queue_error(name, index, source))?;
-    if notify {
-        interrupt
-            .trigger(INTERRUPT_USED_BUFFER)
-            .map_err(|source| NetError::Interrupt {
-                tap: name.to_string(),
-                source,
-            })?;
-    }
-    Ok(())
 }
 
 impl<B: NetBackend + 'static> VirtioDevice for Net<B> {
-    fn device_type(&self) -> u32 {
-        TYPE_NET
+    fn core(&self) -> &VirtioCore {
+        &self.core
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_max_sizes
+    fn core_mut(&mut self) -> &mut VirtioCore {
+        &mut self.core
     }
 
-    fn avail_features(&self) -> u64 {
-        self.avail_features
-    }
-
-    fn set_acked_features(&mut self, acked: u64) {
-        self.acked_features = acked & self.avail_features;
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        crate::vmm::devices::virtio::read_config_space(&self.config_space, offset, data);
+    fn config_space(&self) -> &[u8] {
+        &self.config_space
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -1296,73 +1169,27 @@ impl<B: NetBackend + 'static> VirtioDevice for Net<B> {
         );
     }
 
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_events
-    }
-
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        interrupt: Arc<dyn Interrupt>,
-        queues: Vec<Queue>,
-    ) -> Result<(), ActivateError> {
-        if queues.len() != NUM_QUEUES {
-            return Err(ActivateError::QueueCount {
-                expected: NUM_QUEUES,
-                got: queues.len(),
-            });
-        }
-        if let Some(index) = queues.iter().position(|queue| !queue.is_valid(&mem)) {
-            return Err(ActivateError::BadQueue { index });
-        }
-        if self.activated() {
-            warn!("net {}: activated twice without a reset", self.name);
-        }
+    fn on_activate(&mut self, queues: &mut [Queue]) -> Result<(), ActivateError> {
+        let acked = self.core.acked_features();
         // The tap must not hand the guest frames it did not agree to
         // (partial checksums, GSO).
-        let offloads = tun_offload_flags(self.acked_features);
+        let offloads = tun_offload_flags(acked);
         self.backend.set_offload(offloads)?;
         // Notification suppression (section 2.7.10) on both queues, or on
         // neither.
-        let event_idx = has(self.acked_features, VIRTIO_F_RING_EVENT_IDX);
-        let mut queues = queues;
-        for queue in &mut queues {
+        let event_idx = has(acked, VIRTIO_F_RING_EVENT_IDX);
+        for queue in queues {
             queue.set_event_idx(event_idx);
         }
-        self.rx_min_vectored = rx_min_vectored(self.acked_features, self.mtu());
-        self.state = DeviceState::Activated {
-            mem,
-            interrupt,
-            queues,
-        };
-        if let Err(err) = self.activate_evt.write(1) {
-            self.state = DeviceState::Inactive;
-            return Err(err.into());
-        }
-        debug!(
-            "net {}: activated (features {:#x}, tap offloads {offloads:#x})",
-            self.name, self.acked_features
-        );
+        self.rx_min_vectored = rx_min_vectored(acked, self.mtu());
+        debug!("net {}: tap offloads {offloads:#x}", self.name);
         Ok(())
     }
 
-    fn is_activated(&self) -> bool {
-        self.activated()
-    }
-    fn queue_positions(&self) -> Vec<crate::vmm::snapshot::QueuePosition> {
-        match &self.state {
-            DeviceState::Activated { queues, .. } => super::super::positions(queues),
-            DeviceState::Inactive => Vec::new(),
-        }
-    }
-
-    fn reset(&mut self) -> bool {
+    fn on_reset(&mut self) -> bool {
         if self.rx_pending.take().is_some() {
             self.counters.rx_dropped += 1;
         }
-        self.state = DeviceState::Inactive;
-        self.acked_features = 0;
-        debug!("net {}: reset", self.name);
         true
     }
 }
@@ -1379,6 +1206,7 @@ mod tests {
     };
     use super::super::MAX_FRAME_PAYLOAD;
     use super::*;
+    use crate::vmm::devices::virtio::{DeviceError, INTERRUPT_USED_BUFFER};
 
     fn bits(list: &[u32]) -> u64 {
         list.iter().fold(0, |f, &bit| f | 1u64 << bit)
@@ -1419,7 +1247,7 @@ mod tests {
         // Acked features are limited to the offered ones.
         let mut net = plain;
         net.set_acked_features(u64::MAX);
-        assert_eq!(net.acked_features, base);
+        assert_eq!(net.acked_features(), base);
     }
 
     #[test]
@@ -1505,18 +1333,18 @@ mod tests {
         assert!(!net.is_activated());
         assert!(matches!(
             net.process_rx(),
-            Err(NetError::NotActivated { .. })
+            Err(NetError::Device(DeviceError::NotActivated { .. }))
         ));
         assert!(matches!(
             net.process_tx(),
-            Err(NetError::NotActivated { .. })
+            Err(NetError::Device(DeviceError::NotActivated { .. }))
         ));
 
         handle.state().offload_error = false;
         net.activate(mem, interrupt, vec![rxq.create_queue(), txq.create_queue()])
             .unwrap();
         assert!(net.is_activated());
-        assert_eq!(net.activate_evt.read().unwrap(), 1);
+        assert_eq!(net.core.activate_event().read().unwrap(), 1);
     }
 
     #[test]
@@ -1873,7 +1701,7 @@ mod tests {
         assert!(h.net().reset());
         assert!(!h.net().is_activated());
         assert_eq!(h.net().rx_pending, None);
-        assert_eq!(h.net().acked_features, 0);
+        assert_eq!(h.net().acked_features(), 0);
         assert_eq!(h.net().counters().rx_dropped, 1);
         assert!(h.net().process_rx().is_err());
 
@@ -1891,12 +1719,13 @@ mod tests {
 
     /// Whether both queues of the activated device use EVENT_IDX.
     fn queues_event_idx(h: &Harness) -> Vec<bool> {
-        match &h.net().state {
-            DeviceState::Activated { queues, .. } => {
-                queues.iter().map(|q| q.event_idx_enabled()).collect()
-            }
-            DeviceState::Inactive => panic!("not activated"),
-        }
+        let net = h.net();
+        let active = net.core.active().expect("not activated");
+        active
+            .queues
+            .iter()
+            .map(|q| q.event_idx_enabled())
+            .collect()
     }
 
     #[test]
@@ -2316,7 +2145,7 @@ mod tests {
     #[test]
     fn mrg_small_frame_takes_one_buffer() {
         let mut h = Harness::mergeable(false);
-        assert_ne!(h.net().acked_features & (1 << VIRTIO_NET_F_MRG_RXBUF), 0);
+        assert_ne!(h.net().acked_features() & (1 << VIRTIO_NET_F_MRG_RXBUF), 0);
         // 20 pages hold a 64 KiB frame: read straight from the tap.
         h.add_rx_pages(20, 4096);
         // A runt first: dropped, its buffers stay for the next frame.
@@ -2547,7 +2376,7 @@ mod tests {
     #[test]
     fn without_mrg_rxbuf_a_frame_never_spans_buffers() {
         let mut h = Harness::new(true);
-        assert_eq!(h.net().acked_features & (1 << VIRTIO_NET_F_MRG_RXBUF), 0);
+        assert_eq!(h.net().acked_features() & (1 << VIRTIO_NET_F_MRG_RXBUF), 0);
         h.add_rx_buffers(3, 2048);
         let big = frame(5000, 74);
         h.backend.push(big);

@@ -1,71 +1,30 @@
 //! The network device as an event-manager subscriber (see the module docs
 //! of [`super`] for the order of events).
 
-use std::os::fd::AsRawFd;
-
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::{error, warn};
 
 use super::device::Net;
 use super::tap::NetBackend;
 use super::RX_QUEUE;
+use crate::vmm::devices::virtio::core::CoreEvent;
 
 impl<B: NetBackend> Net<B> {
-    /// Starts watching the queue events and the backend (once: they stay
-    /// registered across resets, and events while inactive are ignored).
-    fn register_events(&mut self, ops: &mut EventOps) {
-        if !self.queue_events_registered {
-            for evt in &self.queue_events {
-                if let Err(err) = ops.add(Events::new(evt, EventSet::IN)) {
-                    error!("net {}: registering a queue event: {err:?}", self.name());
-                    return;
-                }
-            }
-            self.queue_events_registered = true;
-        }
-        if !self.backend_registered {
-            // Edge-triggered: the device reads until the tap is empty or
-            // keeps a frame pending for the rx queue notification.
-            let events = Events::new(&self.backend, EventSet::IN | EventSet::EDGE_TRIGGERED);
-            if let Err(err) = ops.add(events) {
-                error!("net {}: registering the tap: {err:?}", self.name());
-                return;
-            }
-            self.backend_registered = true;
-        }
-    }
-
-    fn handle_activate_event(&mut self, ops: &mut EventOps) {
-        if let Err(err) = self.activate_evt.read() {
-            if err.kind() != std::io::ErrorKind::WouldBlock {
-                warn!("net {}: reading the activate event: {err}", self.name());
-            }
-        }
-        if self.activated() {
-            self.register_events(ops);
-            // Frames the guest queued, and frames that reached the tap
-            // while nobody watched it (no new edge would announce them).
-            self.tx_and_log();
-            self.rx_and_log();
-        }
-    }
-
-    fn handle_queue_event(&mut self, index: usize) {
-        if let Err(err) = self.queue_events[index].read() {
-            // EAGAIN: spurious wakeup, nothing to drain.
-            if err.kind() != std::io::ErrorKind::WouldBlock {
-                warn!("net {}: reading queue {index}'s event: {err}", self.name());
-            }
-        }
-        if !self.activated() {
+    /// Starts watching the backend (once: it stays registered across
+    /// resets, and events while inactive are ignored), once the core
+    /// watches the queue events.
+    fn register_backend(&mut self, ops: &mut EventOps) {
+        if self.backend_registered || !self.core.queue_events_registered() {
             return;
         }
-        if index == RX_QUEUE {
-            // New rx buffers: deliver what is pending and on the tap.
-            self.rx_and_log();
-        } else {
-            self.tx_and_log();
+        // Edge-triggered: the device reads until the tap is empty or
+        // keeps a frame pending for the rx queue notification.
+        let events = Events::new(&self.backend, EventSet::IN | EventSet::EDGE_TRIGGERED);
+        if let Err(err) = ops.add(events) {
+            error!("net {}: registering the tap: {err:?}", self.name());
+            return;
         }
+        self.backend_registered = true;
     }
 
     fn rx_and_log(&mut self) {
@@ -83,26 +42,33 @@ impl<B: NetBackend> Net<B> {
 
 impl<B: NetBackend + 'static> MutEventSubscriber for Net<B> {
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(err) = ops.add(Events::new(&self.activate_evt, EventSet::IN)) {
-            error!(
-                "net {}: registering the activate event: {err:?}",
-                self.name()
-            );
-        }
+        self.core.register_activate_event(ops);
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let fd = events.fd();
-        if fd == self.activate_evt.as_raw_fd() {
-            self.handle_activate_event(ops);
-        } else if fd == self.backend.as_raw_fd() {
-            if self.activated() {
+        let event = self.core.handle_event(fd, ops);
+        // Queue events and tap edges while inactive (after a reset) are
+        // drained and ignored.
+        let activated = self.core.is_activated();
+        match event {
+            CoreEvent::Activate if activated => {
+                self.register_backend(ops);
+                // Frames the guest queued, and frames that reached the tap
+                // while nobody watched it (no new edge would announce them).
+                self.tx_and_log();
                 self.rx_and_log();
             }
-        } else if let Some(index) = self.queue_events.iter().position(|e| e.as_raw_fd() == fd) {
-            self.handle_queue_event(index);
-        } else {
-            warn!("net {}: event on unknown fd {fd}", self.name());
+            // New rx buffers: deliver what is pending and on the tap.
+            CoreEvent::Queue(RX_QUEUE) if activated => self.rx_and_log(),
+            CoreEvent::Queue(_) if activated => self.tx_and_log(),
+            CoreEvent::Activate | CoreEvent::Queue(_) => {}
+            CoreEvent::Other if fd == self.backend.as_raw_fd() => {
+                if activated {
+                    self.rx_and_log();
+                }
+            }
+            CoreEvent::Other => warn!("net {}: event on unknown fd {fd}", self.name()),
         }
     }
 }
@@ -131,7 +97,7 @@ mod tests {
         h.activate();
         assert!(h.drain() >= 1);
         assert!(h.net().backend_registered);
-        assert!(h.net().queue_events_registered);
+        assert!(h.net().core.queue_events_registered());
         assert_eq!(
             h.recv(),
             vec![(300, as_delivered(&f1)), (400, as_delivered(&f2))]

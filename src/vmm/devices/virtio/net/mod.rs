@@ -3,8 +3,8 @@
 //! - [`tap`]: [`Tap`] (the host side: `/dev/net/tun` with a virtio-net
 //!   header on every frame) and [`NetBackend`], what the device needs from
 //!   it (tests use a double).
-//! - [`device`]: [`Net`], its state (`Inactive` / `Activated`), features,
-//!   config space and the rx / tx queue processing.
+//! - [`device`]: [`Net`], its features, its [`VirtioCore`](super::VirtioCore)
+//!   (queues, activation), config space and the rx / tx queue processing.
 //! - [`event_handler`]: the event-manager side.
 //!
 //! # Frames
@@ -105,6 +105,8 @@ pub mod tap;
 pub(crate) mod test_utils;
 
 pub use device::{Net, NetCounters};
+
+use super::DeviceError;
 pub use tap::{NetBackend, Tap, TapError};
 
 /// The device has one receive and one transmit queue (section 5.1.2;
@@ -145,11 +147,9 @@ pub const VIRTIO_NET_F_HOST_UFO: u32 = 14;
 pub const VIRTIO_NET_F_MRG_RXBUF: u32 = 15;
 /// `VIRTIO_NET_F_STATUS`: the config `status` field is available.
 pub const VIRTIO_NET_F_STATUS: u32 = 16;
-/// `VIRTIO_F_RING_EVENT_IDX` (section 6; the mechanism in sections 2.7.7
-/// and 2.7.10): the driver says in `used_event` when it wants the next
-/// interrupt, the device in `avail_event` when it wants the next kick.
-/// Offered always; both queues use it when negotiated.
-pub const VIRTIO_F_RING_EVENT_IDX: u32 = 29;
+/// `VIRTIO_F_RING_EVENT_IDX` (section 6): offered always; both queues use
+/// it when negotiated.
+pub use super::VIRTIO_F_RING_EVENT_IDX;
 
 /// Offload flags of `TUNSETOFFLOAD` (`linux/if_tun.h`): which partial
 /// checksum / GSO frames the tap may hand us, i.e. what the guest accepts.
@@ -203,18 +203,10 @@ pub const MIN_MTU: u16 = 68;
 /// Errors of the network device.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
-    #[error("creating the eventfds of network device {tap}: {source}")]
-    EventFd { tap: String, source: std::io::Error },
     #[error("network device {tap}: MTU {mtu} is below the minimum of {MIN_MTU}")]
     InvalidMtu { tap: String, mtu: u16 },
-    #[error("network device {tap} is not activated")]
-    NotActivated { tap: String },
-    #[error("network device {tap}: queue {index}: {source}")]
-    Queue {
-        tap: String,
-        index: usize,
-        source: virtio_queue::Error,
-    },
-    #[error("network device {tap}: raising the interrupt: {source}")]
-    Interrupt { tap: String, source: std::io::Error },
+    /// The shared virtio part: eventfds, activation, the queues, the
+    /// interrupt.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
 }

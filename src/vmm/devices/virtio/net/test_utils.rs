@@ -394,7 +394,7 @@ impl Harness {
 
     /// Signals queue `index` as the guest's `QueueNotify` write would.
     pub fn notify(&self, index: usize) {
-        self.net().queue_events[index].write(1).unwrap();
+        self.net().queue_events()[index].write(1).unwrap();
     }
 
     /// Adds `n` one-descriptor rx buffers of `size` bytes (at most

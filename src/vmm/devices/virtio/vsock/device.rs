@@ -1,16 +1,13 @@
-//! The virtio-vsock device: state, features, config space and the rx / tx
-//! queue processing.
+//! The virtio-vsock device on the shared core: features, config space
+//! and the rx / tx queue processing.
 
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use log::{debug, error, warn};
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::EventFd;
+use virtio_queue::{QueueOwnedT, QueueT};
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::muxer::Muxer;
@@ -19,9 +16,7 @@ use super::{
     VsockError, CONFIG_SPACE_SIZE, MAX_GUEST_CID, MAX_PKT_PAYLOAD, MIN_GUEST_CID, NUM_QUEUES,
     QUEUE_SIZE, RX_QUEUE, TX_QUEUE,
 };
-use crate::vmm::devices::virtio::{
-    ActivateError, Interrupt, VirtioDevice, INTERRUPT_USED_BUFFER, TYPE_VSOCK, VIRTIO_F_VERSION_1,
-};
+use crate::vmm::devices::virtio::{VirtioCore, VirtioDevice, TYPE_VSOCK, VIRTIO_F_VERSION_1};
 
 /// Malformed guest packets logged at `warn` before only every power of two
 /// is (a hostile guest can't flood the log).
@@ -31,19 +26,6 @@ const BAD_PACKET_LOG_BURST: u64 = 16;
 /// buffers to free reply space (bounds the time spent on one event).
 const MAX_QUEUE_ROUNDS: usize = 64;
 
-/// What the device has been given by the driver.
-pub(super) enum DeviceState {
-    /// Before `DRIVER_OK`, and after a reset.
-    Inactive,
-    /// Between `DRIVER_OK` and a reset.
-    Activated {
-        mem: GuestMemoryMmap,
-        interrupt: Arc<dyn Interrupt>,
-        /// rx, tx, event.
-        queues: Vec<Queue>,
-    },
-}
-
 /// A virtio-vsock device whose host side is a Unix socket (see the module
 /// docs of [`super`]).
 pub struct Vsock {
@@ -52,19 +34,11 @@ pub struct Vsock {
     /// Device and inode of the socket file we bound: removed on drop if
     /// the path still names it.
     socket_id: Option<(u64, u64)>,
-    avail_features: u64,
-    acked_features: u64,
-    config_space: [u8; CONFIG_SPACE_SIZE],
-    queue_max_sizes: [u16; NUM_QUEUES],
-    /// Signalled by the guest (through KVM's ioeventfd) when it adds
-    /// buffers to a queue.
-    pub(super) queue_events: Vec<EventFd>,
-    /// Written by `activate` (and `reset`) to wake the event-manager thread
+    /// Features, the rx / tx / event queues, activation; its activate
+    /// event is also written by `reset` to wake the event-manager thread
     /// (see the module docs).
-    pub(super) activate_evt: EventFd,
-    /// Whether the queue events are registered with the event manager.
-    pub(super) queue_events_registered: bool,
-    pub(super) state: DeviceState,
+    pub(super) core: VirtioCore,
+    config_space: [u8; CONFIG_SPACE_SIZE],
     pub(super) muxer: Muxer,
     /// Payload of the packet being moved (either way).
     scratch: Vec<u8>,
@@ -77,8 +51,8 @@ impl std::fmt::Debug for Vsock {
         f.debug_struct("Vsock")
             .field("guest_cid", &self.guest_cid)
             .field("uds_path", &self.uds_path)
-            .field("acked_features", &self.acked_features)
-            .field("activated", &self.is_activated())
+            .field("acked_features", &self.core.acked_features())
+            .field("activated", &self.core.is_activated())
             .field("connections", &self.muxer.connections.len())
             .finish_non_exhaustive()
     }
@@ -93,17 +67,13 @@ impl Vsock {
             return Err(VsockError::InvalidCid { cid: guest_cid });
         }
         let path = || uds_path.to_path_buf();
-        let eventfd = || {
-            EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VsockError::EventFd {
-                path: path(),
-                source,
-            })
-        };
-        let queue_events = (0..NUM_QUEUES)
-            .map(|_| eventfd())
-            .collect::<Result<_, _>>()?;
-        let activate_evt = eventfd()?;
-        let timer = TimerFd::new().map_err(|errno| VsockError::EventFd {
+        let core = VirtioCore::new(
+            TYPE_VSOCK,
+            format!("vsock {}", uds_path.display()),
+            1u64 << VIRTIO_F_VERSION_1,
+            &[QUEUE_SIZE; NUM_QUEUES],
+        )?;
+        let timer = TimerFd::new().map_err(|errno| VsockError::Timer {
             path: path(),
             source: std::io::Error::from_raw_os_error(errno.errno()),
         })?;
@@ -137,14 +107,8 @@ impl Vsock {
             guest_cid,
             uds_path: path(),
             socket_id,
-            avail_features: 1u64 << VIRTIO_F_VERSION_1,
-            acked_features: 0,
+            core,
             config_space: guest_cid.to_le_bytes(),
-            queue_max_sizes: [QUEUE_SIZE; NUM_QUEUES],
-            queue_events,
-            activate_evt,
-            queue_events_registered: false,
-            state: DeviceState::Inactive,
             muxer: Muxer::new(guest_cid, uds_path, listener, timer),
             scratch: vec![0; MAX_PKT_PAYLOAD],
             bad_packets: 0,
@@ -194,26 +158,21 @@ impl Vsock {
     /// were left for want of reply space.
     pub(super) fn process_tx(&mut self) -> Result<(bool, bool), VsockError> {
         let Vsock {
-            state,
+            core,
             muxer,
             scratch,
             bad_packets,
             uds_path,
             ..
         } = self;
-        let DeviceState::Activated { mem, queues, .. } = state else {
-            return Err(VsockError::NotActivated {
-                path: uds_path.clone(),
-            });
-        };
-        let mem: &GuestMemoryMmap = mem;
-        let queue = &mut queues[TX_QUEUE];
+        let mut active = core.active_mut()?;
+        let mem = active.mem;
         let mut used = false;
         loop {
             if !muxer.can_take_tx() {
                 return Ok((used, true));
             }
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            let Some(chain) = active.queue(TX_QUEUE)?.pop_descriptor_chain(mem) else {
                 return Ok((used, false));
             };
             let head = chain.head_index();
@@ -228,7 +187,7 @@ impl Vsock {
                 }
                 Err(err) => log_bad_packet(bad_packets, uds_path, &err),
             }
-            used |= add_used(queue, mem, head, 0, uds_path, TX_QUEUE)?;
+            used |= active.add_used(TX_QUEUE, head, 0)?;
         }
     }
 
@@ -236,23 +195,18 @@ impl Vsock {
     /// runs out. Returns whether any buffer was used.
     pub(super) fn process_rx(&mut self) -> Result<bool, VsockError> {
         let Vsock {
-            state,
+            core,
             muxer,
             scratch,
             bad_packets,
             uds_path,
             ..
         } = self;
-        let DeviceState::Activated { mem, queues, .. } = state else {
-            return Err(VsockError::NotActivated {
-                path: uds_path.clone(),
-            });
-        };
-        let mem: &GuestMemoryMmap = mem;
-        let queue = &mut queues[RX_QUEUE];
+        let mut active = core.active_mut()?;
+        let mem = active.mem;
         let mut used = false;
         while muxer.has_rx_work() {
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            let Some(chain) = active.queue(RX_QUEUE)?.pop_descriptor_chain(mem) else {
                 // Continued when the guest adds buffers.
                 break;
             };
@@ -261,14 +215,14 @@ impl Vsock {
                 Ok(buffer) => buffer,
                 Err(err) => {
                     log_bad_packet(bad_packets, uds_path, &err);
-                    used |= add_used(queue, mem, head, 0, uds_path, RX_QUEUE)?;
+                    used |= active.add_used(RX_QUEUE, head, 0)?;
                     continue;
                 }
             };
             let room = buffer.payload_room();
             let Some((header, len)) = muxer.next_rx_packet(&mut scratch[..room]) else {
                 // Nothing after all: the buffer stays the guest's.
-                queue.go_to_previous_position();
+                active.queue(RX_QUEUE)?.go_to_previous_position();
                 break;
             };
             let used_len = match buffer.write(&header, &scratch[..len]) {
@@ -283,69 +237,24 @@ impl Vsock {
                     0
                 }
             };
-            used |= add_used(queue, mem, head, used_len, uds_path, RX_QUEUE)?;
+            used |= active.add_used(RX_QUEUE, head, used_len)?;
         }
         Ok(used)
     }
 
-    /// Interrupts the driver if a queue with used buffers asks for it.
+    /// Interrupts the driver once if a queue with used buffers asks for
+    /// it.
     fn signal_used(&mut self, tx_used: bool, rx_used: bool) -> Result<(), VsockError> {
-        let DeviceState::Activated {
-            mem,
-            interrupt,
-            queues,
-        } = &mut self.state
-        else {
-            return Ok(());
+        let used: &[usize] = match (rx_used, tx_used) {
+            (true, true) => &[RX_QUEUE, TX_QUEUE],
+            (true, false) => &[RX_QUEUE],
+            (false, true) => &[TX_QUEUE],
+            (false, false) => &[],
         };
-        let mut notify = false;
-        for (index, used) in [(RX_QUEUE, rx_used), (TX_QUEUE, tx_used)] {
-            if used {
-                notify |= queues[index].needs_notification(&*mem).map_err(|source| {
-                    VsockError::Queue {
-                        path: self.uds_path.clone(),
-                        index,
-                        source,
-                    }
-                })?;
-            }
-        }
-        if notify {
-            interrupt
-                .trigger(INTERRUPT_USED_BUFFER)
-                .map_err(|source| VsockError::Interrupt {
-                    path: self.uds_path.clone(),
-                    source,
-                })?;
+        if !used.is_empty() && self.core.is_activated() {
+            self.core.signal_used(used)?;
         }
         Ok(())
-    }
-}
-
-/// Returns `head` to the driver; `Ok(false)` when the head index is bad
-/// (the guest only hurts itself).
-fn add_used(
-    queue: &mut Queue,
-    mem: &GuestMemoryMmap,
-    head: u16,
-    len: u32,
-    uds_path: &Path,
-    index: usize,
-) -> Result<bool, VsockError> {
-    match queue.add_used(mem, head, len) {
-        Ok(()) => Ok(true),
-        Err(virtio_queue::Error::InvalidDescriptorIndex) => {
-            warn!(
-                "vsock {}: queue {index}: dropping chain with bad head index {head}",
-                uds_path.display()
-            );
-            Ok(false)
-        }
-        Err(source) => Err(VsockError::Queue {
-            path: uds_path.to_path_buf(),
-            index,
-            source,
-        }),
     }
 }
 
@@ -364,96 +273,25 @@ fn log_bad_packet(count: &mut u64, uds_path: &Path, err: &dyn std::fmt::Display)
 }
 
 impl VirtioDevice for Vsock {
-    fn device_type(&self) -> u32 {
-        TYPE_VSOCK
+    fn core(&self) -> &VirtioCore {
+        &self.core
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_max_sizes
+    fn core_mut(&mut self) -> &mut VirtioCore {
+        &mut self.core
     }
 
-    fn avail_features(&self) -> u64 {
-        self.avail_features
+    /// `guest_cid` is read-only (section 5.10.4): writes take the default
+    /// (ignored).
+    fn config_space(&self) -> &[u8] {
+        &self.config_space
     }
 
-    fn set_acked_features(&mut self, acked: u64) {
-        self.acked_features = acked & self.avail_features;
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        crate::vmm::devices::virtio::read_config_space(&self.config_space, offset, data);
-    }
-
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        // guest_cid is read-only (section 5.10.4).
-        warn!(
-            "vsock {}: ignoring {}-byte config space write at {offset:#x}",
-            self.uds_path.display(),
-            data.len()
-        );
-    }
-
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_events
-    }
-
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        interrupt: Arc<dyn Interrupt>,
-        queues: Vec<Queue>,
-    ) -> Result<(), ActivateError> {
-        if queues.len() != NUM_QUEUES {
-            return Err(ActivateError::QueueCount {
-                expected: NUM_QUEUES,
-                got: queues.len(),
-            });
-        }
-        if let Some(index) = queues.iter().position(|queue| !queue.is_valid(&mem)) {
-            return Err(ActivateError::BadQueue { index });
-        }
-        if self.is_activated() {
-            warn!(
-                "vsock {}: activated twice without a reset",
-                self.uds_path.display()
-            );
-        }
-        self.state = DeviceState::Activated {
-            mem,
-            interrupt,
-            queues,
-        };
-        if let Err(err) = self.activate_evt.write(1) {
-            self.state = DeviceState::Inactive;
-            return Err(err.into());
-        }
-        debug!("vsock {}: activated", self.uds_path.display());
-        Ok(())
-    }
-
-    fn is_activated(&self) -> bool {
-        matches!(self.state, DeviceState::Activated { .. })
-    }
-    fn queue_positions(&self) -> Vec<crate::vmm::snapshot::QueuePosition> {
-        match &self.state {
-            DeviceState::Activated { queues, .. } => super::super::positions(queues),
-            DeviceState::Inactive => Vec::new(),
-        }
-    }
-
-    fn reset(&mut self) -> bool {
-        self.state = DeviceState::Inactive;
-        self.acked_features = 0;
+    fn on_reset(&mut self) -> bool {
         // The guest forgot its connections: close their host sockets (on
         // the event thread, which takes them out of epoll first).
         self.muxer.reset_connections();
-        if let Err(err) = self.activate_evt.write(1) {
-            warn!(
-                "vsock {}: waking the event thread after a reset: {err}",
-                self.uds_path.display()
-            );
-        }
-        debug!("vsock {}: reset", self.uds_path.display());
+        self.core.wake_event_thread();
         true
     }
 }
@@ -496,6 +334,7 @@ mod tests {
     };
     use super::*;
     use crate::vmm::devices::virtio::block::test_utils::MEM_SIZE;
+    use crate::vmm::devices::virtio::{ActivateError, DeviceError};
 
     const GUEST_PORT: u32 = 5000;
     const SERVICE_PORT: u32 = 1024;
@@ -592,7 +431,7 @@ mod tests {
         assert_eq!(v.queue_events().len(), 3);
         assert_eq!(v.avail_features(), 1 << VIRTIO_F_VERSION_1);
         v.set_acked_features(u64::MAX);
-        assert_eq!(v.acked_features, 1 << VIRTIO_F_VERSION_1);
+        assert_eq!(v.acked_features(), 1 << VIRTIO_F_VERSION_1);
         assert_eq!(v.guest_cid(), GUEST_CID);
         assert_eq!(v.uds_path(), h.uds);
         let mut cid = [0u8; 8];
@@ -682,16 +521,16 @@ mod tests {
         assert!(!v.is_activated());
         assert!(matches!(
             v.process_rx(),
-            Err(VsockError::NotActivated { .. })
+            Err(VsockError::Device(DeviceError::NotActivated { .. }))
         ));
         assert!(matches!(
             v.process_tx(),
-            Err(VsockError::NotActivated { .. })
+            Err(VsockError::Device(DeviceError::NotActivated { .. }))
         ));
         drop(v);
         h.activate();
         assert!(h.vsock.lock().unwrap().is_activated());
-        assert!(h.vsock.lock().unwrap().queue_events_registered);
+        assert!(h.vsock.lock().unwrap().core.queue_events_registered());
         // The event queue is accepted and left alone.
         h.evq.add_chain(&[(0x1_0000, 4, F_WRITE)]);
         h.notify(EVENT_QUEUE);

@@ -5,8 +5,8 @@
 //! Firecracker made common (no vhost-vsock, no host kernel vsock support
 //! needed).
 //!
-//! - `device`: [`Vsock`], its state (`Inactive` / `Activated`), features,
-//!   config space and the rx / tx queue processing.
+//! - `device`: [`Vsock`], its features, its [`VirtioCore`](super::VirtioCore)
+//!   (queues, activation), config space and the rx / tx queue processing.
 //! - `muxer`: the host side: the listening socket, host clients that have
 //!   not yet said which port they want, the connection table, and what is
 //!   owed to the guest (the rx work list and connection-less replies).
@@ -105,6 +105,8 @@ use std::time::Duration;
 
 pub use device::Vsock;
 
+use super::DeviceError;
+
 /// Virtqueues (section 5.10.2): rx (device to driver), tx (driver to
 /// device), event.
 pub const NUM_QUEUES: usize = 3;
@@ -200,22 +202,13 @@ pub enum VsockError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("creating the eventfds and timer of vsock device {path}: {source}")]
-    EventFd {
+    #[error("creating the timer of vsock device {path}: {source}")]
+    Timer {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("vsock device {path} is not activated")]
-    NotActivated { path: PathBuf },
-    #[error("vsock device {path}: queue {index}: {source}")]
-    Queue {
-        path: PathBuf,
-        index: usize,
-        source: virtio_queue::Error,
-    },
-    #[error("vsock device {path}: raising the interrupt: {source}")]
-    Interrupt {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    /// The shared virtio part: eventfds, activation, the queues, the
+    /// interrupt.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
 }

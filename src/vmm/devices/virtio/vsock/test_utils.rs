@@ -124,7 +124,7 @@ impl Harness {
 
     /// Signals queue `index` as the guest's `QueueNotify` write would.
     pub fn notify(&mut self, index: usize) {
-        self.vsock.lock().unwrap().queue_events[index]
+        self.vsock.lock().unwrap().queue_events()[index]
             .write(1)
             .unwrap();
     }
