@@ -450,18 +450,19 @@ fn ctr_with_the_husk_shim_runs_execs_kills_and_deletes() {
     assert!(c.ctr(&["container", "delete", "bg"]).status.success());
     c.assert_nothing_left();
 
-    // An unsupported feature: the error comes back through containerd and
-    // nothing is left behind.
+    // A directory bind mount: shared with the host over virtio-fs.
     let vol = c.dir.path().join("vol");
     std::fs::create_dir(&vol).unwrap();
     let mount = format!("type=bind,src={},dst=/data,options=rbind:rw", vol.display());
-    let done = c.run_native(&["--rm", "--mount", &mount], "vol", &["true"]);
-    assert!(!done.status.success());
-    assert!(
-        done.stderr
-            .contains("directory bind mounts are not supported"),
-        "{}",
-        done.stderr
+    let done = c.run_native(
+        &["--rm", "--mount", &mount],
+        "vol",
+        &["sh", "-c", "echo from containerd > /data/out"],
+    );
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(
+        std::fs::read_to_string(vol.join("out")).unwrap(),
+        "from containerd\n"
     );
     let _ = c.ctr(&["container", "delete", "vol"]);
     c.assert_nothing_left();

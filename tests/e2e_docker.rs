@@ -231,18 +231,20 @@ fn docker_runs_husk_containers_with_its_bridge_network() {
     assert!(d.docker(&["rm", "bg"]).status.success());
     d.assert_nothing_left();
 
-    // A directory volume (no file sharing yet): the error reaches the user
-    // and nothing is left.
+    // A directory volume: shared with the host over virtio-fs.
     let vol = d.dir.path().join("vol");
     std::fs::create_dir(&vol).unwrap();
+    std::fs::write(vol.join("in"), "from the host\n").unwrap();
     let mount = format!("{}:/data", vol.display());
-    let done = d.run(&["--rm", "-v", &mount], &["true"]);
-    assert!(!done.status.success());
-    assert!(
-        done.stderr
-            .contains("directory bind mounts are not supported"),
-        "{}",
-        done.stderr
+    let done = d.run(
+        &["--rm", "-v", &mount],
+        &["sh", "-c", "cat /data/in && echo from docker > /data/out"],
+    );
+    assert!(done.status.success(), "{}", done.stderr);
+    assert!(done.stdout.contains("from the host"), "{}", done.stdout);
+    assert_eq!(
+        std::fs::read_to_string(vol.join("out")).unwrap(),
+        "from docker\n"
     );
     d.assert_nothing_left();
 }

@@ -414,16 +414,16 @@ fn bad_input_fails_clearly_and_leaves_nothing() {
         "{}",
         done.stderr
     );
-    // Directory bind mount.
+    // A directory bind mount whose source is missing.
     let dirbind = env.bundle("db", &["true"], |c| {
         c["mounts"].as_array_mut().unwrap().push(serde_json::json!(
-            {"destination": "/data", "type": "bind", "source": "/tmp", "options": ["rbind"]}
+            {"destination": "/data", "type": "bind", "source": "/no-such-dir-x5", "options": ["rbind"]}
         ));
     });
     let done = env.husk(&["create", "--bundle", b(&dirbind), "x5"]);
     assert!(!done.status.success());
     assert!(
-        done.stderr.contains("not supported yet") && done.stderr.contains("/data"),
+        done.stderr.contains("/no-such-dir-x5") && done.stderr.contains("/data"),
         "{}",
         done.stderr
     );

@@ -196,20 +196,69 @@ fn podman_detached_exec_logs_ports_stop_and_rm() {
     assert!(!cg_dir.exists(), "cgroup {cgroup} left behind");
 }
 
+/// `-v DIR:/data`, `:ro` and a named volume: shared over virtio-fs, each
+/// write visible on the host, a read-only one refused inside, and nothing
+/// left after `--rm`.
 #[test]
-fn podman_surfaces_an_unsupported_volume_and_leaks_nothing() {
+fn podman_volumes_are_shared_with_the_host() {
     let p = Podman::new();
     let vol = runtime_root_of(&p).join("vol");
     std::fs::create_dir_all(&vol).unwrap();
-    let spec = format!("{}:/data", vol.display());
-    let done = p.podman(&["run", "--rm", "-v", &spec, IMAGE, "true"]);
+    std::fs::write(vol.join("in"), "from the host\n").unwrap();
+    let rw = format!("{}:/data", vol.display());
+    let done = p.podman(&[
+        "run",
+        "--rm",
+        "-v",
+        &rw,
+        IMAGE,
+        "sh",
+        "-c",
+        "cat /data/in && echo from the container > /data/out",
+    ]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(done.stdout, "from the host\n");
+    assert_eq!(
+        std::fs::read_to_string(vol.join("out")).unwrap(),
+        "from the container\n"
+    );
+
+    let ro = format!("{}:/data:ro", vol.display());
+    let done = p.podman(&[
+        "run",
+        "--rm",
+        "-v",
+        &ro,
+        IMAGE,
+        "sh",
+        "-c",
+        "cat /data/out; echo x > /data/out",
+    ]);
     assert!(!done.status.success());
+    assert!(done.stdout.contains("from the container"), "{}", done.stdout);
     assert!(
-        done.stderr
-            .contains("directory bind mounts are not supported yet"),
+        done.stderr.contains("Read-only file system"),
         "{}",
         done.stderr
     );
+    assert_eq!(
+        std::fs::read_to_string(vol.join("out")).unwrap(),
+        "from the container\n"
+    );
+
+    // A named volume keeps what one container wrote for the next.
+    let done = p.podman(&["volume", "create", "husk-vol"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let done = p.podman(&[
+        "run", "--rm", "-v", "husk-vol:/v", IMAGE, "sh", "-c", "echo kept > /v/f",
+    ]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let done = p.podman(&["run", "--rm", "-v", "husk-vol:/v", IMAGE, "cat", "/v/f"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(done.stdout, "kept\n");
+    let done = p.podman(&["volume", "rm", "husk-vol"]);
+    assert!(done.status.success(), "{}", done.stderr);
+
     p.assert_no_vm();
     let done = p.podman(&["ps", "-a", "--format", "{{.Names}}"]);
     assert_eq!(done.stdout.trim(), "", "containers left: {}", done.stdout);
