@@ -235,7 +235,11 @@ fn podman_volumes_are_shared_with_the_host() {
         "cat /data/out; echo x > /data/out",
     ]);
     assert!(!done.status.success());
-    assert!(done.stdout.contains("from the container"), "{}", done.stdout);
+    assert!(
+        done.stdout.contains("from the container"),
+        "{}",
+        done.stdout
+    );
     assert!(
         done.stderr.contains("Read-only file system"),
         "{}",
@@ -250,7 +254,14 @@ fn podman_volumes_are_shared_with_the_host() {
     let done = p.podman(&["volume", "create", "husk-vol"]);
     assert!(done.status.success(), "{}", done.stderr);
     let done = p.podman(&[
-        "run", "--rm", "-v", "husk-vol:/v", IMAGE, "sh", "-c", "echo kept > /v/f",
+        "run",
+        "--rm",
+        "-v",
+        "husk-vol:/v",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo kept > /v/f",
     ]);
     assert!(done.status.success(), "{}", done.stderr);
     let done = p.podman(&["run", "--rm", "-v", "husk-vol:/v", IMAGE, "cat", "/v/f"]);

@@ -106,7 +106,10 @@ fn a_read_only_bind_refuses_writes_even_after_a_remount_in_the_guest() {
     assert!(out.contains("Read-only file system"), "{out}");
     assert!(out.contains("second=1") && out.contains("touch=1"), "{out}");
     assert!(out.contains("original"), "{out}");
-    assert_eq!(std::fs::read_to_string(data.join("f")).unwrap(), "original\n");
+    assert_eq!(
+        std::fs::read_to_string(data.join("f")).unwrap(),
+        "original\n"
+    );
     assert!(!data.join("new").exists());
 }
 
@@ -137,7 +140,12 @@ fn escapes_from_a_share_reach_nothing_of_the_host() {
         add_mounts(c, vec![bind("/data", &share, &["rbind", "rw"])])
     });
     let run = env.husk(&["run", "--bundle", b(&bundle), "esc1"]);
-    assert!(run.stdout.contains("done"), "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("done"),
+        "{}\n{}",
+        run.stdout,
+        run.stderr
+    );
     assert!(
         !run.stdout.contains(secret) && !run.stderr.contains(secret),
         "a host file outside the share was read:\n{}",
@@ -192,11 +200,18 @@ fn a_full_share_gives_enospc_inside_and_nothing_else() {
     });
     let run = env.husk(&["run", "--bundle", b(&bundle), "full1"]);
     assert_eq!(run.status.code(), Some(0), "{}", run.stderr);
-    assert!(run.stdout.contains("No space left on device"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("No space left on device"),
+        "{}",
+        run.stdout
+    );
     assert!(run.stdout.contains("dd=1"), "{}", run.stdout);
     // Space freed in the guest is free on the host, and the share works.
     assert!(run.stdout.contains("\nok"), "{}", run.stdout);
-    assert_eq!(std::fs::read_to_string(small.join("after")).unwrap(), "ok\n");
+    assert_eq!(
+        std::fs::read_to_string(small.join("after")).unwrap(),
+        "ok\n"
+    );
     env.assert_gone("full1");
 }
 
@@ -220,7 +235,8 @@ fn two_containers_share_one_directory_live() {
     std::fs::create_dir(&data).unwrap();
     // The first container waits for a file the second writes; each sees
     // the other's writes through the host directory.
-    let wait = "i=0; while [ ! -e /data/from-b ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; \
+    let wait =
+        "i=0; while [ ! -e /data/from-b ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; \
                 cat /data/from-b; echo a > /data/from-a";
     let a = env.bundle("a", &["sh", "-c", wait], |c| {
         add_mounts(c, vec![bind("/data", &data, &["rbind"])])
@@ -228,7 +244,10 @@ fn two_containers_share_one_directory_live() {
     let bb = env.bundle("bb", &["sh", "-c", "echo b > /data/from-b"], |c| {
         add_mounts(c, vec![bind("/data", &data, &["rbind"])])
     });
-    assert!(env.husk(&["create", "--bundle", b(&a), "live-a"]).status.success());
+    assert!(env
+        .husk(&["create", "--bundle", b(&a), "live-a"])
+        .status
+        .success());
     assert!(env.husk(&["start", "live-a"]).status.success());
     let second = env.husk(&["run", "--bundle", b(&bb), "live-b"]);
     assert_eq!(second.status.code(), Some(0), "{}", second.stderr);

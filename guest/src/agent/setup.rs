@@ -6,9 +6,10 @@
 //! 2. `mounts`, in the spec's order (a tmpfs on `/dev` gets the default
 //!    device nodes and links, as runc creates them); directories the host
 //!    shares ([`SHARE_FSTYPE`] mounts) are binds from the virtio-fs file
-//!    system of [`ContainerSpec::share_tag`], which is mounted detached
-//!    (`fsmount`, reached through its descriptor, never at a path the
-//!    container could see) for the time of the mounts;
+//!    system of [`ContainerSpec::share_tag`], which is mounted on a
+//!    directory of its own ([`SHARE_MOUNT`]) for the time of the mounts,
+//!    then detached and the directory removed (the container process does
+//!    not exist yet, so it never sees it);
 //! 3. `files` (after the mounts, so a file under a mounted tmpfs such as
 //!    `/dev/termination-log` lands on top of it);
 //! 4. `sysctl` (before `/proc/sys` may become read-only);
@@ -157,10 +158,11 @@ pub trait SetupOs {
     fn symlink(&mut self, target: &str, path: &str) -> io::Result<()>;
     /// Reports something skipped (a line on the console).
     fn log(&mut self, line: &str);
-    /// Mounts the virtio-fs file system `tag` detached and returns a path
-    /// its root is reachable at until [`Self::release_share`].
+    /// Mounts the virtio-fs file system `tag` and returns where its root
+    /// is until [`Self::release_share`].
     fn mount_share(&mut self, tag: &str) -> Result<String, Errno>;
-    /// Lets go of the detached mount (the binds made from it stay).
+    /// Detaches that mount and removes its directory (the binds made from
+    /// it stay).
     fn release_share(&mut self);
 }
 
@@ -771,81 +773,44 @@ fn apply_rest(spec: &ContainerSpec, os: &mut impl SetupOs) -> Result<(), SetupEr
 /// [`SetupOs`] on the real system.
 #[derive(Default)]
 pub struct RealSetupOs {
-    /// The detached virtio-fs mount, while the mounts are made.
-    share: Option<std::os::fd::OwnedFd>,
+    /// Whether the share is mounted at [`SHARE_MOUNT`].
+    share: bool,
 }
 
-/// The new mount API (Linux 5.2): `fsopen`/`fsconfig`/`fsmount` flags.
-const FSOPEN_CLOEXEC: libc::c_uint = 1;
-const FSCONFIG_SET_STRING: libc::c_uint = 1;
-const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
-const FSMOUNT_CLOEXEC: libc::c_uint = 1;
-
-/// A syscall's return value as a descriptor, or its errno.
-fn fd_of(rc: libc::c_long) -> Result<std::os::fd::OwnedFd, Errno> {
-    use std::os::fd::FromRawFd as _;
-    let fd = std::os::fd::RawFd::try_from(rc).map_err(|_| Errno::EINVAL)?;
-    if fd < 0 {
-        return Err(Errno::last());
-    }
-    // SAFETY: the kernel just returned `fd` as a new descriptor of ours,
-    // owned by nothing else.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
-}
-
-/// `fsopen` + `fsconfig(source=tag)` + `fsmount`: a virtio-fs mount that
-/// is attached nowhere.
-fn fsmount_virtiofs(tag: &str) -> Result<std::os::fd::OwnedFd, Errno> {
-    use std::os::fd::AsRawFd as _;
-    let fstype = c"virtiofs";
-    let key = c"source";
-    let value = std::ffi::CString::new(tag).map_err(|_| Errno::EINVAL)?;
-    // SAFETY: a NUL-terminated name and flags; returns a new fd or -1.
-    let fs = fd_of(unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), FSOPEN_CLOEXEC) })?;
-    // SAFETY: `fs` is our fs context; key and value are NUL-terminated
-    // strings that outlive the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_fsconfig,
-            fs.as_raw_fd(),
-            FSCONFIG_SET_STRING,
-            key.as_ptr(),
-            value.as_ptr(),
-            0,
-        )
-    };
-    if rc < 0 {
-        return Err(Errno::last());
-    }
-    // SAFETY: as above, a command without key or value.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_fsconfig,
-            fs.as_raw_fd(),
-            FSCONFIG_CMD_CREATE,
-            std::ptr::null::<libc::c_char>(),
-            std::ptr::null::<libc::c_void>(),
-            0,
-        )
-    };
-    if rc < 0 {
-        return Err(Errno::last());
-    }
-    // SAFETY: `fs` holds a created superblock; returns a new mount fd.
-    fd_of(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, 0) })
-}
+/// Where the agent mounts the shared directories' file system while it
+/// makes the container's mounts (on the container's root, before its
+/// process exists; removed right after). A bind needs its source in the
+/// mount namespace, so a detached `fsmount` cannot serve as one on Linux
+/// 6.1.
+pub const SHARE_MOUNT: &str = "/.husk-share";
 
 impl SetupOs for RealSetupOs {
     fn mount_share(&mut self, tag: &str) -> Result<String, Errno> {
-        use std::os::fd::AsRawFd as _;
-        let fd = fsmount_virtiofs(tag)?;
-        let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
-        self.share = Some(fd);
-        Ok(path)
+        use nix::sys::stat::Mode;
+        match nix::unistd::mkdir(SHARE_MOUNT, Mode::from_bits_truncate(0o700)) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(e),
+        }
+        let mounted = nix::mount::mount(
+            Some(tag),
+            SHARE_MOUNT,
+            Some("virtiofs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            None::<&str>,
+        );
+        if let Err(e) = mounted {
+            let _ = std::fs::remove_dir(SHARE_MOUNT);
+            return Err(e);
+        }
+        self.share = true;
+        Ok(SHARE_MOUNT.to_owned())
     }
 
     fn release_share(&mut self) {
-        self.share = None;
+        if std::mem::take(&mut self.share) {
+            let _ = nix::mount::umount2(SHARE_MOUNT, nix::mount::MntFlags::MNT_DETACH);
+        }
+        let _ = std::fs::remove_dir(SHARE_MOUNT);
     }
 
     fn kind(&mut self, path: &str) -> PathKind {
@@ -1248,7 +1213,7 @@ mod tests {
             if let Some(errno) = self.share_fails {
                 return Err(errno);
             }
-            Ok("/proc/self/fd/9".into())
+            Ok(SHARE_MOUNT.into())
         }
         fn release_share(&mut self) {
             self.calls.push("release share".into());
@@ -1465,7 +1430,7 @@ mod tests {
     }
 
     #[test]
-    fn shared_directories_are_binds_from_the_detached_share_then_released() {
+    fn shared_directories_are_binds_from_the_share_mount_then_released() {
         let mut spec = ContainerSpec {
             share_tag: Some("husk".into()),
             mounts: vec![
@@ -1476,8 +1441,8 @@ mod tests {
             ..Default::default()
         };
         let mut os = FakeOs::default();
-        os.kinds.insert("/proc/self/fd/9/m0".into(), PathKind::Dir);
-        os.kinds.insert("/proc/self/fd/9/m1".into(), PathKind::Dir);
+        os.kinds.insert(format!("{SHARE_MOUNT}/m0"), PathKind::Dir);
+        os.kinds.insert(format!("{SHARE_MOUNT}/m1"), PathKind::Dir);
         apply(&spec, &mut os).unwrap();
         let calls = os.calls.join("\n");
         let pos = |needle: &str| {
@@ -1486,8 +1451,8 @@ mod tests {
                 .unwrap_or_else(|| panic!("{needle:?} not in:\n{calls}"))
         };
         assert!(pos("share husk") < pos("mounting proc"));
-        assert!(pos("bind-mounting /proc/self/fd/9/m0 on /data") < pos("release share"));
-        assert!(pos("bind-mounting /proc/self/fd/9/m1 on /cache") < pos("release share"));
+        assert!(pos("bind-mounting /.husk-share/m0 on /data") < pos("release share"));
+        assert!(pos("bind-mounting /.husk-share/m1 on /cache") < pos("release share"));
         // The options apply to the bind: read-only, nosuid.
         assert!(calls.contains("remounting /data"), "{calls}");
 
