@@ -778,11 +778,12 @@ pub struct RealSetupOs {
 }
 
 /// Where the agent mounts the shared directories' file system while it
-/// makes the container's mounts (on the container's root, before its
-/// process exists; removed right after). A bind needs its source in the
-/// mount namespace, so a detached `fsmount` cannot serve as one on Linux
-/// 6.1.
-pub const SHARE_MOUNT: &str = "/.husk-share";
+/// makes the container's mounts: in the guest's own devtmpfs (never on the
+/// container's root file system, which may be the host's), before the
+/// container's process exists, removed right after. A bind needs its
+/// source in the mount namespace, so a detached `fsmount` cannot serve as
+/// one on Linux 6.1.
+pub const SHARE_MOUNT: &str = "/dev/.husk-share";
 
 impl SetupOs for RealSetupOs {
     fn mount_share(&mut self, tag: &str) -> Result<String, Errno> {
@@ -1451,8 +1452,8 @@ mod tests {
                 .unwrap_or_else(|| panic!("{needle:?} not in:\n{calls}"))
         };
         assert!(pos("share husk") < pos("mounting proc"));
-        assert!(pos("bind-mounting /.husk-share/m0 on /data") < pos("release share"));
-        assert!(pos("bind-mounting /.husk-share/m1 on /cache") < pos("release share"));
+        assert!(pos("bind-mounting /dev/.husk-share/m0 on /data") < pos("release share"));
+        assert!(pos("bind-mounting /dev/.husk-share/m1 on /cache") < pos("release share"));
         // The options apply to the bind: read-only, nosuid.
         assert!(calls.contains("remounting /data"), "{calls}");
 
