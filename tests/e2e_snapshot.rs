@@ -129,3 +129,48 @@ fn the_annotation_boots_cold_and_a_bad_value_is_refused() {
     env.assert_gone("c2");
     assert!(templates(&cache).is_empty());
 }
+
+/// Containers with a shared directory restore from a template too (its
+/// virtio-fs device served an empty directory and was only probed); each
+/// restored container sees its own directory, and the template has none of
+/// either.
+#[test]
+fn containers_with_volumes_restore_and_see_only_their_own_directory() {
+    let env = Env::new();
+    let cache = env.dir.path().join("cache");
+    let mut seen = Vec::new();
+    for id in ["v1", "v2", "v3"] {
+        let data = env.dir.path().join(format!("data-{id}"));
+        std::fs::create_dir(&data).unwrap();
+        std::fs::write(data.join("who"), format!("{id}\n")).unwrap();
+        let bundle = env.bundle(
+            &format!("b-{id}"),
+            &["sh", "-c", "cat /data/who > /data/out; ls /data >> /data/out"],
+            |c| {
+                c["mounts"].as_array_mut().unwrap().push(serde_json::json!(
+                    {"destination": "/data", "type": "bind", "source": data, "options": ["rbind"]}
+                ));
+            },
+        );
+        let done = husk(&env, &cache, &["create", "--bundle", b(&bundle), id]);
+        assert!(done.status.success(), "{id}: {}", done.stderr);
+        let marks = timeline_marks(&env, id);
+        seen.push(marks.iter().any(|m| m == "vmm.restored"));
+        assert!(husk(&env, &cache, &["start", id]).status.success());
+        env.wait_status(id, "stopped");
+        assert!(husk(&env, &cache, &["delete", id]).status.success());
+        env.assert_gone(id);
+        // Its own directory, and only that: `who` (its id) and `out`.
+        assert_eq!(
+            std::fs::read_to_string(data.join("out")).unwrap(),
+            format!("{id}\nout\nwho\n"),
+            "{id}"
+        );
+    }
+    // The first built the template (and restored from it), the others
+    // restored it.
+    assert_eq!(seen, [true, true, true]);
+    let t = templates(&cache);
+    assert_eq!(t.len(), 1, "{t:?}");
+    assert!(!t[0].join("share").exists(), "the template keeps only its snapshot");
+}

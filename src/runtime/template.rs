@@ -15,7 +15,9 @@
 //! state.
 //!
 //! The key covers everything the guest saw while booting: the kernel,
-//! husk-init and the root image (path, size, modification time, inode), the
+//! husk-init and the root image (path, size, modification time, inode), its
+//! virtio-fs devices' tags (a template's serve an empty directory; the
+//! guest only probes them), the
 //! memory size, vCPU count, command line and vsock CID, the husk binary (its
 //! device model and snapshot format), and the host's CPU flags and kernel
 //! release (KVM's CPUID and MSRs). A changed input makes a new key; the
@@ -44,6 +46,9 @@ const TEMPLATE_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// recently used beyond this (`$HUSK_TEMPLATES_MAX` overrides; each holds
 /// the non-zero pages of a booted guest, ~20 MiB with the default kernel).
 const DEFAULT_MAX_TEMPLATES: usize = 8;
+/// The empty directory a template VM's virtio-fs devices serve (in its
+/// work directory, removed before the snapshot is kept).
+const TEMPLATE_SHARE_DIR: &str = "share";
 /// Environment variable overriding [`DEFAULT_MAX_TEMPLATES`].
 pub const ENV_TEMPLATES_MAX: &str = "HUSK_TEMPLATES_MAX";
 
@@ -127,6 +132,12 @@ pub fn key(config: &VmConfig, init: &Path) -> String {
             disk.read_only,
             disk.id
         ));
+    }
+    // A shared-directory device is part of the VM; what it serves is not
+    // (the template serves an empty directory and the guest only probes
+    // it, see `build`).
+    for fs in &config.fs {
+        text.push_str(&format!("|fs={}", fs.tag));
     }
     format!(
         "{:016x}{:016x}",
@@ -224,6 +235,7 @@ fn build_into(
     let console_text = std::fs::read_to_string(&console).unwrap_or_default();
     let _ = std::fs::remove_file(&console);
     let _ = std::fs::remove_file(work.join("vsock"));
+    let _ = std::fs::remove_dir(work.join(TEMPLATE_SHARE_DIR));
     let finished = match built {
         Ok(VmExit::Snapshotted) if complete(work) => {
             let _ = std::fs::remove_dir_all(dir);
@@ -263,6 +275,16 @@ fn build(
     stop: Option<Arc<EventFd>>,
 ) -> Result<VmExit, TemplateError> {
     let mut t = config.clone();
+    // The template's virtio-fs devices serve an empty directory: the guest
+    // probes them at boot and mounts nothing; a restored container's device
+    // serves its own shares from the first FUSE request on.
+    if !t.fs.is_empty() {
+        let empty = work.join(TEMPLATE_SHARE_DIR);
+        std::fs::create_dir_all(&empty).map_err(io_at(&empty))?;
+        for fs in &mut t.fs {
+            fs.root = empty.clone();
+        }
+    }
     t.console = ConsoleOutput::File(work.join("console.log"));
     t.vsock = config.vsock.as_ref().map(|v| VsockConfig {
         guest_cid: v.guest_cid,
@@ -315,6 +337,18 @@ mod tests {
         b.console = ConsoleOutput::Discard;
         b.timeline = Some(dir.path().join("b"));
         assert_eq!(key(&a, &init), key(&b, &init));
+
+        // A shared-directory device makes another kind of VM; which
+        // directory it serves does not.
+        let mut shared = a.clone();
+        shared.fs = vec![crate::vmm::config::FsConfig {
+            tag: "husk".into(),
+            root: dir.path().join("c1/share"),
+        }];
+        assert_ne!(key(&a, &init), key(&shared, &init));
+        let mut other_share = shared.clone();
+        other_share.fs[0].root = dir.path().join("c2/share");
+        assert_eq!(key(&shared, &init), key(&other_share, &init));
 
         let mut more_mem = a.clone();
         more_mem.mem_mib += 64;

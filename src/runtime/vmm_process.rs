@@ -145,8 +145,8 @@ fn run_vm(root: &Path, id: &str, record: &Arc<RecordWatch>) -> Option<ExitStatus
     }
     let mut config = plan.vm_config(None, &nics, share_root.as_deref());
     config.timeline = Some(dir.clone());
-    // Templates have neither NICs nor shared directories (yet).
-    let use_template = plan.snapshot && config.net.is_empty() && config.fs.is_empty();
+    // Templates have no NICs (yet).
+    let use_template = plan.snapshot && config.net.is_empty();
     let cache = crate::paths::cache_dir();
     let mut template = use_template
         .then(|| crate::runtime::template::find(&config, &plan.init, &cache))
