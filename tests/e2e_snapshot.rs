@@ -145,7 +145,11 @@ fn containers_with_volumes_restore_and_see_only_their_own_directory() {
         std::fs::write(data.join("who"), format!("{id}\n")).unwrap();
         let bundle = env.bundle(
             &format!("b-{id}"),
-            &["sh", "-c", "cat /data/who > /data/out; ls /data >> /data/out"],
+            &[
+                "sh",
+                "-c",
+                "cat /data/who > /data/out; ls /data >> /data/out",
+            ],
             |c| {
                 c["mounts"].as_array_mut().unwrap().push(serde_json::json!(
                     {"destination": "/data", "type": "bind", "source": data, "options": ["rbind"]}
@@ -172,5 +176,8 @@ fn containers_with_volumes_restore_and_see_only_their_own_directory() {
     assert_eq!(seen, [true, true, true]);
     let t = templates(&cache);
     assert_eq!(t.len(), 1, "{t:?}");
-    assert!(!t[0].join("share").exists(), "the template keeps only its snapshot");
+    assert!(
+        !t[0].join("share").exists(),
+        "the template keeps only its snapshot"
+    );
 }

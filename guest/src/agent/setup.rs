@@ -116,6 +116,12 @@ pub enum SetupError {
     BindSource { source_path: String, target: String },
     #[error("mounting the shared directories (virtio-fs tag {tag}): {}", errno_text(*errno))]
     Share { tag: String, errno: Errno },
+    #[error(
+        "mounting the shared directories: the guest kernel has no virtio-fs \
+         (CONFIG_FUSE_FS, CONFIG_VIRTIO_FS); rebuild it with `make kernel`, or \
+         point HUSK_KERNEL at one that has it"
+    )]
+    NoVirtiofs,
     #[error("mount of {target}: shared directory {name:?} is not a plain name")]
     ShareName { name: String, target: String },
     #[error("mount of {target}: the host shares no directories (no virtio-fs tag)")]
@@ -585,9 +591,15 @@ pub fn apply(spec: &ContainerSpec, os: &mut impl SetupOs) -> Result<(), SetupErr
     }
 
     let share = match &spec.share_tag {
-        Some(tag) => Some(os.mount_share(tag).map_err(|errno| SetupError::Share {
-            tag: tag.clone(),
-            errno,
+        Some(tag) => Some(os.mount_share(tag).map_err(|errno| {
+            if errno == Errno::ENODEV && !has_filesystem(&os.filesystems(), "virtiofs") {
+                SetupError::NoVirtiofs
+            } else {
+                SetupError::Share {
+                    tag: tag.clone(),
+                    errno,
+                }
+            }
         })?),
         None => None,
     };
@@ -1474,5 +1486,13 @@ mod tests {
         };
         let err = apply(&spec, &mut os).unwrap_err();
         assert!(err.to_string().contains("husk"), "{err}");
+        // A kernel without virtio-fs is named as the cause, with the fix.
+        let mut os = FakeOs {
+            share_fails: Some(Errno::ENODEV),
+            ..Default::default()
+        };
+        let err = apply(&spec, &mut os).unwrap_err();
+        assert!(matches!(err, SetupError::NoVirtiofs), "{err}");
+        assert!(err.to_string().contains("make kernel"), "{err}");
     }
 }
