@@ -9,7 +9,8 @@ die() { log "error: $*"; exit 1; }
 # Debian packages: tool -> package (checked by command), then plain packages.
 # runc and crun are the speed floor the benchmarks compare against, runsc
 # (gVisor) the sandboxed peer; python3-matplotlib draws their chart; iproute2,
-# iptables, iperf3 and the CNI plugins serve the network tests and benchmark;
+# iptables, iperf3 and the CNI plugins serve the network tests and benchmark,
+# fio the storage benchmark;
 # podman, conmon, containerd and docker.io the engine tests.
 declare -A tools=(
     [qemu-system-x86_64]=qemu-system-x86
@@ -31,6 +32,7 @@ declare -A tools=(
     [ip]=iproute2
     [tc]=iproute2
     [iperf3]=iperf3
+    [fio]=fio
     [iptables]=iptables
     [podman]=podman
     [conmon]=conmon

@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""Storage benchmark: file I/O inside a container, husk vs runc, side by side
+in one run.
+
+Contenders, each running the same fio jobs from the same rootfs (busybox
+plus Debian's fio and its libraries):
+- husk, virtio-fs: in a directory bind mount (a volume) shared from the host
+  over husk's virtio-fs device;
+- husk, block rootfs: in the container's root file system (reads from the
+  rootfs ext4 image over virtio-blk, writes into the guest-memory overlay);
+- runc: in the same kind of directory bind mount (the host's file system
+  directly).
+
+Jobs: sequential write (1 MiB blocks, fsync at the end) and read of a file,
+4 KiB random reads and writes for a fixed time, and metadata (fio's
+filecreate / filestat / filedelete engines over many small files). The read
+jobs read a file laid out before the container starts and drop the reader's
+page cache of it first (`invalidate`), so a husk guest reads through its
+device each time; the host's page cache is warm for everyone (in the KVM
+test host all files live in memory anyway). Timings in the test host are
+emulated: compare the ratios between contenders of one run.
+Needs a KVM with vmx/svm for husk: run it through tests/testhost/run
+(make bench-storage does).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+
+from common import ROOT, version, write_json
+from rootfs import busybox_rootfs
+
+BEGIN = "=== fio begin"
+END = "=== fio end"
+
+
+def sh(cmd):
+    p = subprocess.run(["bash", "-ec", cmd], capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit(f"`{cmd}` failed: {p.stdout}{p.stderr}")
+    return p.stdout
+
+
+def copy_with_libs(binary, rootfs):
+    """Copies a dynamic binary and what ldd says it loads, at the same paths."""
+    files = [binary]
+    for line in sh(f"ldd {binary}").splitlines():
+        for word in line.split():
+            if word.startswith("/"):
+                files.append(word)
+    for f in files:
+        real = os.path.realpath(f)
+        dest = os.path.join(rootfs, f.lstrip("/"))
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        if not os.path.exists(dest):
+            shutil.copy(real, dest)
+
+
+def jobs(size_mb, rand_mb, seconds, files):
+    """(name, fio arguments, result key) of every job, in run order."""
+    common = "--ioengine=psync --thread --group_reporting --output-format=json"
+    return [
+        ("seq write", f"--name=sw --rw=write --bs=1M --size={size_mb}M --filename=seq-w --end_fsync=1 {common}", "write_bw"),
+        ("seq read", f"--name=sr --rw=read --bs=1M --size={size_mb}M --filename=seq-r --invalidate=1 {common}", "read_bw"),
+        ("4k rand read", f"--name=rr --rw=randread --bs=4k --size={rand_mb}M --filename=rand --invalidate=1 "
+                         f"--runtime={seconds} --time_based {common}", "read_iops"),
+        ("4k rand write", f"--name=rw --rw=randwrite --bs=4k --size={rand_mb}M --filename=rand "
+                          f"--runtime={seconds} --time_based {common}", "write_iops"),
+        ("file create", f"--name=fc --ioengine=filecreate --nrfiles={files} --filesize=4k --bs=4k --rw=write "
+                        f"--openfiles=1 --create_on_open=1 --directory=meta --thread --output-format=json", "write_iops"),
+        ("file stat", f"--name=fc --ioengine=filestat --nrfiles={files} --filesize=4k --bs=4k --rw=read "
+                      f"--openfiles=1 --directory=meta --thread --output-format=json", "read_iops"),
+        ("file delete", f"--name=fc --ioengine=filedelete --nrfiles={files} --filesize=4k --bs=4k --rw=write "
+                        f"--openfiles=1 --directory=meta --thread --output-format=json", "write_iops"),
+    ]
+
+
+def script(workdir, job_list):
+    """The container's shell script: each job's fio JSON between markers."""
+    fio = shutil.which("fio")
+    lines = [f"set -e; mkdir -p {workdir}/meta; cd {workdir}"]
+    for name, argv, _ in job_list:
+        lines.append(f"echo '{BEGIN} {name}'; {fio} {argv}; echo '{END}'")
+    return "; ".join(lines)
+
+
+def parse(output, job_list):
+    """{job name: value} from the container's output: MB/s for bandwidth,
+    operations/s for IOPS."""
+    values = {}
+    blocks = output.split(BEGIN)[1:]
+    for (name, _, key), block in zip(job_list, blocks):
+        text = block.split("\n", 1)[1].split(END)[0]
+        data = json.loads(text[text.index("{"):])
+        job = data["jobs"][0]
+        side, what = key.split("_")
+        v = job[side]["bw_bytes"] / 1e6 if what == "bw" else job[side]["iops"]
+        values[name] = v
+    if len(values) != len(job_list):
+        sys.exit(f"fio output incomplete: {output[-2000:]}")
+    return values
+
+
+def make_bundle(path, shell, mounts):
+    rootfs = os.path.join(path, "rootfs")
+    busybox_rootfs(rootfs)
+    copy_with_libs(shutil.which("fio"), rootfs)
+    config = {
+        "ociVersion": "1.0.2",
+        "process": {"terminal": False, "user": {"uid": 0, "gid": 0},
+                    "args": ["/bin/sh", "-c", shell], "env": ["PATH=/bin:/usr/bin"], "cwd": "/"},
+        "root": {"path": "rootfs"},
+        "hostname": "bench",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]},
+        ] + mounts,
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+                  "resources": {"memory": {"limit": 512 << 20}}},
+    }
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(config, f)
+    return rootfs
+
+
+def lay_out(directory, size_mb, rand_mb):
+    """The files the read jobs read, written before the container starts."""
+    os.makedirs(directory, exist_ok=True)
+    for name, mb in (("seq-r", size_mb), ("rand", rand_mb)):
+        with open(os.path.join(directory, name), "wb") as f:
+            for _ in range(mb):
+                f.write(os.urandom(1 << 20))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--size-mb", type=int, default=128, help="sequential file size")
+    ap.add_argument("--rand-mb", type=int, default=32, help="random I/O file size")
+    ap.add_argument("--seconds", type=int, default=5, help="random I/O job length")
+    ap.add_argument("--files", type=int, default=1000, help="files of the metadata jobs")
+    ap.add_argument("--husk", default=os.path.join(ROOT, "target/release/husk"))
+    ap.add_argument("--json", help="write raw results here")
+    args = ap.parse_args()
+    for tool in ("fio", "busybox", "runc"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} not found (scripts/install-deps.sh installs it)")
+    job_list = jobs(args.size_mb, args.rand_mb, args.seconds, args.files)
+    work = tempfile.mkdtemp(prefix="husk-storage-")
+    contenders = {}
+    try:
+        # husk over virtio-fs and runc: a volume at /data.
+        for name, runtime in (("husk virtio-fs", [args.husk]), ("runc bind mount", ["runc"])):
+            d = os.path.join(work, name.split()[0] + "-vol")
+            vol = os.path.join(d, "vol")
+            lay_out(vol, args.size_mb, args.rand_mb)
+            make_bundle(d, script("/data", job_list),
+                        [{"destination": "/data", "type": "bind", "source": vol, "options": ["rbind", "rw"]}])
+            contenders[name] = (runtime, d, vol)
+        # husk in its block rootfs: the read files are in the image.
+        d = os.path.join(work, "husk-block")
+        rootfs = make_bundle(d, script("/work", job_list), [])
+        lay_out(os.path.join(rootfs, "work"), args.size_mb, args.rand_mb)
+        contenders["husk block rootfs"] = ([args.husk], d, None)
+
+        results = {name: {job: [] for job, _, _ in job_list} for name in contenders}
+        for r in range(args.runs):
+            for name, (runtime, bundle, vol) in contenders.items():
+                state = os.path.join(work, "state")
+                argv = runtime + ["--root", state, "run", "--bundle", bundle, f"s{r}"]
+                p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=3600)
+                if p.returncode != 0:
+                    sys.exit(f"{name}: run failed ({p.returncode}): {p.stdout[-2000:]}{p.stderr[-2000:]}")
+                for job, v in parse(p.stdout, job_list).items():
+                    results[name][job].append(v)
+                if vol:
+                    for f in ("seq-w",):
+                        try:
+                            os.unlink(os.path.join(vol, f))
+                        except FileNotFoundError:
+                            pass
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"storage benchmark: fio {version(['fio', '--version'])}, {args.runs} rounds; sequential "
+          f"{args.size_mb} MiB, random 4 KiB over {args.rand_mb} MiB for {args.seconds} s, "
+          f"metadata over {args.files} files")
+    print()
+    names = list(contenders)
+    print("| job | " + " | ".join(names) + " | husk virtio-fs / runc |")
+    print("|---|" + "---|" * (len(names) + 1))
+    for job, _, key in job_list:
+        unit = "MB/s" if key.endswith("bw") else "ops/s"
+        cells = []
+        for name in names:
+            vals = results[name][job]
+            cells.append(f"{statistics.median(vals):.0f} {unit} ({min(vals):.0f}-{max(vals):.0f})")
+        ratio = statistics.median(results["husk virtio-fs"][job]) / statistics.median(results["runc bind mount"][job])
+        print(f"| {job} | " + " | ".join(cells) + f" | {ratio:.2f} |")
+    if args.json:
+        write_json(args.json, "storage", {"args": vars(args), "results": results,
+                                          "runc": version(["runc", "--version"])})
+
+
+if __name__ == "__main__":
+    main()
