@@ -256,3 +256,33 @@ fn two_containers_share_one_directory_live() {
     assert!(env.husk(&["delete", "live-a"]).status.success());
     env.assert_gone("live-a");
 }
+
+/// A file bind mount (what engines do with /etc/hosts and resolv.conf) is
+/// the host's file, live: an engine rewriting it in place is seen inside.
+#[test]
+fn a_bound_file_stays_live() {
+    let env = Env::new();
+    let hosts = env.dir.path().join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
+    let wait = "i=0; while ! grep -q db /etc/hosts && [ $i -lt 300 ]; do \
+                sleep 0.1; i=$((i+1)); done; grep -q db /etc/hosts && exit 42; exit 1";
+    let bundle = env.bundle("b", &["sh", "-c", wait], |c| {
+        add_mounts(c, vec![bind("/etc/hosts", &hosts, &["rbind", "ro"])])
+    });
+    assert!(env
+        .husk(&["create", "--bundle", b(&bundle), "file1"])
+        .status
+        .success());
+    assert!(env.husk(&["start", "file1"]).status.success());
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    // In place, as `podman network connect` updates it.
+    std::fs::write(&hosts, "127.0.0.1 localhost\n10.88.0.5 db\n").unwrap();
+    env.wait_status("file1", "stopped");
+    // It ended because it saw the new line, not at its timeout.
+    let exit = husk::runtime::state::State::load(&env.root(), "file1")
+        .ok()
+        .and_then(|st| st.exit_status);
+    assert_eq!(exit, Some(husk::runtime::state::ExitStatus::Code(42)));
+    assert!(env.husk(&["delete", "file1"]).status.success());
+    env.assert_gone("file1");
+}

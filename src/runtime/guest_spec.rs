@@ -1,13 +1,14 @@
 //! OCI `config.json` -> what husk-init needs ([`ContainerSpec`]): a pure
-//! translation, with the host-side parts (reading bind-mounted files) behind
-//! a small reader function so it is unit-tested without a bundle.
+//! translation, with the host-side part (what a bind source is) behind a
+//! small reader function so it is unit-tested without a bundle.
 //!
 //! What changes on the way into a VM:
-//! - file bind mounts (`/etc/hosts`, `/etc/resolv.conf`, `/etc/hostname`,
-//!   `/run/.containerenv`, secrets) are copied into the guest at create;
-//! - directory bind mounts are shared from the host over virtio-fs
-//!   ([`SharedDir`]: the VMM serves them, the guest binds its copy of each
-//!   with the mount's options), except on `/dev/shm` (podman and CRI-O bind
+//! - directory and file bind mounts (volumes; `/etc/hosts`,
+//!   `/etc/resolv.conf`, `/etc/hostname`, `/run/.containerenv`, secrets) are
+//!   shared from the host over virtio-fs ([`SharedDir`]: the VMM serves
+//!   them, the guest binds each with the mount's options), so an engine that
+//!   rewrites a file later is seen inside; except a directory on `/dev/shm`
+//!   (podman and CRI-O bind
 //!   a host tmpfs there): shared memory cannot cross the VM boundary
 //!   anyway, so the guest gets its own tmpfs;
 //! - a tmpfs on `/dev` becomes the guest's devtmpfs (the VM is the
@@ -24,15 +25,14 @@ const SHM: &str = "/dev/shm";
 const SHM_OPTIONS: [&str; 5] = ["nosuid", "nodev", "noexec", "mode=1777", "size=65536k"];
 
 use crate::agent_proto::{
-    Capabilities, ContainerFile, ContainerSpec, GuestHook, MountSpec, ProcessSpec, Rlimit,
-    SHARE_FSTYPE,
+    Capabilities, ContainerSpec, GuestHook, MountSpec, ProcessSpec, Rlimit, SHARE_FSTYPE,
 };
 
 /// The virtio-fs tag under which the VMM serves a container's shared
 /// directories.
 pub const SHARE_TAG: &str = "husk";
 
-/// A host directory the container shares (a directory bind mount): the VMM
+/// A host directory or file the container shares (a bind mount): the VMM
 /// makes it `name` in the directory it serves over virtio-fs.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SharedDir {
@@ -44,6 +44,9 @@ pub struct SharedDir {
     pub read_only: bool,
     /// `rbind`: the mounts under `source` come along.
     pub recursive: bool,
+    /// A regular file, not a directory.
+    #[serde(default)]
+    pub file: bool,
 }
 
 /// Errors translating a spec.
@@ -59,7 +62,11 @@ pub enum GuestSpecError {
         source_path: PathBuf,
         reason: String,
     },
-    #[error("mount {destination}: bind source {source_path} is {kind}; only regular files can be copied into the VM")]
+    #[error(
+        "mount {destination}: bind source {source_path} is {kind}; husk shares \
+         directories and regular files with the VM, and {kind} cannot cross \
+         into it (use a directory or file, or reach the service over the network)"
+    )]
     BindKind {
         destination: String,
         source_path: PathBuf,
@@ -70,28 +77,28 @@ pub enum GuestSpecError {
 }
 
 /// What a bind source is, as far as the translation cares.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BindSource {
-    File { mode: u32, contents: Vec<u8> },
+    File,
     Directory,
     Device,
+    Socket,
     Other,
 }
 
 /// Reads a bind source on the host.
 pub fn read_bind_source(path: &Path) -> Result<BindSource, String> {
-    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    use std::os::unix::fs::FileTypeExt as _;
     let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
     let ft = meta.file_type();
     Ok(if ft.is_file() {
-        BindSource::File {
-            mode: meta.permissions().mode() & 0o7777,
-            contents: std::fs::read(path).map_err(|e| e.to_string())?,
-        }
+        BindSource::File
     } else if ft.is_dir() {
         BindSource::Directory
     } else if ft.is_char_device() || ft.is_block_device() {
         BindSource::Device
+    } else if ft.is_socket() {
+        BindSource::Socket
     } else {
         BindSource::Other
     })
@@ -115,7 +122,6 @@ pub fn container_spec(
 ) -> Result<(ContainerSpec, Vec<SharedDir>), GuestSpecError> {
     let process = process_spec(spec.process().as_ref().ok_or(GuestSpecError::NoProcess)?)?;
     let mut mounts = Vec::new();
-    let mut files = Vec::new();
     let mut shares: Vec<SharedDir> = Vec::new();
     for m in spec.mounts().as_deref().unwrap_or_default() {
         let destination = m.destination().to_string_lossy().into_owned();
@@ -133,25 +139,20 @@ pub fn container_spec(
                 reason,
             })?;
             match read {
-                BindSource::File { mode, contents } => files.push(ContainerFile {
-                    path: destination,
-                    mode,
-                    read_only: options.iter().any(|o| o == "ro"),
-                    contents,
-                }),
                 BindSource::Directory if destination == SHM => mounts.push(MountSpec {
                     destination,
                     fstype: "tmpfs".into(),
                     source: "shm".into(),
                     options: SHM_OPTIONS.iter().map(|o| o.to_string()).collect(),
                 }),
-                BindSource::Directory => {
+                BindSource::Directory | BindSource::File => {
                     let name = format!("m{}", shares.len());
                     shares.push(SharedDir {
                         name: name.clone(),
                         source,
                         read_only: options.iter().any(|o| o == "ro"),
                         recursive: options.iter().any(|o| o == "rbind"),
+                        file: read == BindSource::File,
                     });
                     mounts.push(MountSpec {
                         destination,
@@ -167,11 +168,18 @@ pub fn container_spec(
                         source.display()
                     );
                 }
+                BindSource::Socket => {
+                    return Err(GuestSpecError::BindKind {
+                        destination,
+                        source_path: source,
+                        kind: "a Unix socket",
+                    })
+                }
                 BindSource::Other => {
                     return Err(GuestSpecError::BindKind {
                         destination,
                         source_path: source,
-                        kind: "neither a file nor a directory",
+                        kind: "a FIFO or other special file",
                     })
                 }
             }
@@ -237,7 +245,7 @@ pub fn container_spec(
             .and_then(|r| r.readonly())
             .unwrap_or(false),
         mounts,
-        files,
+        files: Vec::new(),
         masked_paths: linux
             .and_then(|l| l.masked_paths().clone())
             .unwrap_or_default(),
@@ -347,14 +355,8 @@ mod tests {
 
     fn files(path: &Path) -> Result<BindSource, String> {
         match path.to_str().unwrap() {
-            "/h/hosts" => Ok(BindSource::File {
-                mode: 0o644,
-                contents: b"127.0.0.1 localhost\n".to_vec(),
-            }),
-            "/bundle/resolv.conf" => Ok(BindSource::File {
-                mode: 0o600,
-                contents: b"nameserver 1.1.1.1\n".to_vec(),
-            }),
+            "/h/hosts" | "/bundle/resolv.conf" => Ok(BindSource::File),
+            "/h/sock" => Ok(BindSource::Socket),
             "/h/dir" => Ok(BindSource::Directory),
             "/dev/null" => Ok(BindSource::Device),
             other => Err(format!("{other}: No such file or directory")),
@@ -364,7 +366,28 @@ mod tests {
     #[test]
     fn translates_process_mounts_files_and_linux_fields() {
         let (c, shares) = container_spec("c1", &spec(BASE), Path::new("/bundle"), &files).unwrap();
-        assert!(shares.is_empty() && c.share_tag.is_none());
+        // The bound files are shared, live: the engine may rewrite them.
+        assert_eq!(c.share_tag.as_deref(), Some(SHARE_TAG));
+        assert_eq!(
+            shares,
+            [
+                SharedDir {
+                    name: "m0".into(),
+                    source: "/h/hosts".into(),
+                    read_only: true,
+                    recursive: true,
+                    file: true,
+                },
+                SharedDir {
+                    name: "m1".into(),
+                    source: "/bundle/resolv.conf".into(),
+                    read_only: false,
+                    recursive: false,
+                    file: true,
+                },
+            ]
+        );
+        assert!(c.files.is_empty());
         let p = &c.process;
         assert_eq!(p.args, ["sh", "-c", "id"]);
         assert_eq!((p.uid, p.gid, p.umask), (1000, 100, Some(18)));
@@ -398,16 +421,13 @@ mod tests {
             [
                 ("/proc", "proc"),
                 ("/dev", "devtmpfs"),
-                ("/sys/fs/cgroup", "cgroup2")
+                ("/sys/fs/cgroup", "cgroup2"),
+                ("/etc/hosts", SHARE_FSTYPE),
+                ("/etc/resolv.conf", SHARE_FSTYPE),
             ]
         );
         assert!(!c.mounts[1].options.iter().any(|o| o.starts_with("size=")));
-        assert_eq!(c.files.len(), 2);
-        assert_eq!(c.files[0].path, "/etc/hosts");
-        assert!(c.files[0].read_only);
-        assert_eq!(c.files[1].path, "/etc/resolv.conf");
-        assert_eq!(c.files[1].mode, 0o600);
-        assert!(!c.files[1].read_only);
+        assert_eq!(c.mounts[3].options, ["rbind", "ro"]);
         assert_eq!(c.masked_paths, ["/proc/kcore"]);
         assert_eq!(c.readonly_paths, ["/proc/sys"]);
         assert_eq!(
@@ -446,22 +466,27 @@ mod tests {
         let (c, shares) = container_spec("c", &spec(&json), Path::new("/bundle"), &files).unwrap();
         assert_eq!(c.share_tag.as_deref(), Some(SHARE_TAG));
         assert_eq!(
-            shares,
+            shares[..2],
             [
                 SharedDir {
                     name: "m0".into(),
                     source: "/h/dir".into(),
                     read_only: true,
                     recursive: true,
+                    file: false,
                 },
                 SharedDir {
                     name: "m1".into(),
                     source: "/h/dir".into(),
                     read_only: false,
                     recursive: false,
+                    file: false,
                 },
             ]
         );
+        // The two bound files follow, in mount order.
+        assert_eq!(shares.len(), 4);
+        assert_eq!((shares[2].name.as_str(), shares[2].file), ("m2", true));
         let data = c.mounts.iter().find(|m| m.destination == "/data").unwrap();
         assert_eq!(
             (data.fstype.as_str(), data.source.as_str()),
@@ -477,7 +502,15 @@ mod tests {
         let order: Vec<&str> = c.mounts.iter().map(|m| m.destination.as_str()).collect();
         assert_eq!(
             order,
-            ["/proc", "/dev", "/sys/fs/cgroup", "/data", "/cache"]
+            [
+                "/proc",
+                "/dev",
+                "/sys/fs/cgroup",
+                "/data",
+                "/cache",
+                "/etc/hosts",
+                "/etc/resolv.conf"
+            ]
         );
     }
 
@@ -488,7 +521,18 @@ mod tests {
         assert!(matches!(err, GuestSpecError::BindSource { .. }), "{err}");
         let json = BASE.replace("\"/h/hosts\"", "\"/dev/null\"");
         let (c, _) = container_spec("c", &spec(&json), Path::new("/bundle"), &files).unwrap();
-        assert!(!c.files.iter().any(|f| f.path == "/etc/hosts"));
+        assert!(!c.mounts.iter().any(|m| m.destination == "/etc/hosts"));
+        // A Unix socket (a docker.sock for a CI job) is refused at create,
+        // saying why and what to do instead.
+        let json = BASE.replace("\"/h/hosts\"", "\"/h/sock\"");
+        let err = container_spec("c", &spec(&json), Path::new("/bundle"), &files).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("/etc/hosts")
+                && text.contains("a Unix socket")
+                && text.contains("/h/sock"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -503,10 +547,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("f");
         std::fs::write(&f, b"x").unwrap();
-        assert!(matches!(
-            read_bind_source(&f).unwrap(),
-            BindSource::File { .. }
-        ));
+        assert_eq!(read_bind_source(&f).unwrap(), BindSource::File);
+        let sock = dir.path().join("s");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        assert_eq!(read_bind_source(&sock).unwrap(), BindSource::Socket);
         assert_eq!(read_bind_source(dir.path()).unwrap(), BindSource::Directory);
         assert_eq!(
             read_bind_source(Path::new("/dev/null")).unwrap(),

@@ -271,6 +271,7 @@ mod tests {
                 source: "/data".into(),
                 read_only: true,
                 recursive: false,
+                file: false,
             }],
         };
         plan.save(dir.path()).unwrap();

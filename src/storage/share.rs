@@ -10,8 +10,8 @@
 //!    host, and all of it disappears with the process;
 //! 2. a small tmpfs on `<state dir>/share` (an empty directory as seen from
 //!    the host);
-//! 3. per share, a directory `<name>` with the source bind-mounted on it
-//!    (`MS_REC` for `rbind`); a read-only share is made read-only on the
+//! 3. per share, a directory (or, for a file, an empty file) `<name>` with
+//!    the source bind-mounted on it (`MS_REC` for `rbind`); a read-only share is made read-only on the
 //!    host side with `mount_setattr(MOUNT_ATTR_RDONLY)` (recursively for
 //!    `rbind`), so a guest that remounts its copy read-write still gets
 //!    `EROFS`;
@@ -182,7 +182,13 @@ pub fn stage(state_dir: &Path, shares: &[SharedDir]) -> Result<PathBuf, ShareErr
     .map_err(|e| dir_err("mounting a tmpfs on", &root)(std::io::Error::from(e)))?;
     for s in shares {
         let target = root.join(&s.name);
-        std::fs::create_dir(&target).map_err(dir_err("creating", &target))?;
+        if s.file {
+            std::fs::File::create(&target)
+                .map(drop)
+                .map_err(dir_err("creating", &target))?;
+        } else {
+            std::fs::create_dir(&target).map_err(dir_err("creating", &target))?;
+        }
         let bind_err = |e: nix::Error| ShareError::Bind {
             destination_hint: s.name.clone(),
             source_path: s.source.clone(),
@@ -193,7 +199,14 @@ pub fn stage(state_dir: &Path, shares: &[SharedDir]) -> Result<PathBuf, ShareErr
             source_path: s.source.clone(),
             reason: e.to_string(),
         })?;
-        if !meta.is_dir() {
+        if s.file && !meta.is_file() {
+            return Err(ShareError::Bind {
+                destination_hint: s.name.clone(),
+                source_path: s.source.clone(),
+                reason: "not a regular file on the host".into(),
+            });
+        }
+        if !s.file && !meta.is_dir() {
             return Err(bind_err(nix::Error::ENOTDIR));
         }
         let mut flags = MsFlags::MS_BIND;
@@ -260,27 +273,41 @@ mod tests {
             std::fs::create_dir(d).unwrap();
         }
         std::fs::write(ro.join("f"), b"ro file").unwrap();
+        let hosts = dir.path().join("hosts");
+        std::fs::write(&hosts, b"127.0.0.1 localhost\n").unwrap();
         let shares = vec![
+            SharedDir {
+                name: "m2".into(),
+                source: hosts.clone(),
+                read_only: false,
+                recursive: false,
+                file: true,
+            },
             SharedDir {
                 name: "m0".into(),
                 source: rw.clone(),
                 read_only: false,
                 recursive: false,
+                file: false,
             },
             SharedDir {
                 name: "m1".into(),
                 source: ro.clone(),
                 read_only: true,
                 recursive: true,
+                file: false,
             },
         ];
-        let (state2, rw2) = (state.clone(), rw.clone());
+        let (state2, rw2, hosts2) = (state.clone(), rw.clone(), hosts.clone());
         assert!(in_child(move || {
             let root = stage(&state2, &shares).unwrap();
+            // A file share is the host's file, live both ways.
+            std::fs::write(&hosts2, b"10.0.0.1 db\n").unwrap();
+            let live = std::fs::read(root.join("m2")).unwrap() == b"10.0.0.1 db\n";
             std::fs::write(root.join("m0/new"), b"from the share").unwrap();
             let ro_write = std::fs::write(root.join("m1/f"), b"x").unwrap_err();
             let beside = std::fs::write(root.join("planted"), b"x").unwrap_err();
-            std::fs::read(rw2.join("new")).unwrap() == b"from the share"
+            live && std::fs::read(rw2.join("new")).unwrap() == b"from the share"
                 && std::fs::read(root.join("m1/f")).unwrap() == b"ro file"
                 && ro_write.raw_os_error() == Some(libc::EROFS)
                 && beside.raw_os_error() == Some(libc::EROFS)
@@ -309,6 +336,7 @@ mod tests {
                     source: missing,
                     read_only: false,
                     recursive: false,
+                    file: false,
                 }],
             )
             .unwrap_err();
@@ -327,6 +355,7 @@ mod tests {
                     source: "/".into(),
                     read_only: false,
                     recursive: false,
+                    file: false,
                 }],
             )
             .unwrap_err();
