@@ -139,23 +139,31 @@ fn containers_with_volumes_restore_and_see_only_their_own_directory() {
     let env = Env::new();
     let cache = env.dir.path().join("cache");
     let mut seen = Vec::new();
+    // One rootfs (one image, one template) for the three; each bundle binds
+    // its own directory.
+    let first = env.bundle(
+        "b",
+        &[
+            "sh",
+            "-c",
+            "cat /data/who > /data/out; ls /data >> /data/out",
+        ],
+        |_| {},
+    );
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(first.join("config.json")).unwrap()).unwrap();
     for id in ["v1", "v2", "v3"] {
         let data = env.dir.path().join(format!("data-{id}"));
         std::fs::create_dir(&data).unwrap();
         std::fs::write(data.join("who"), format!("{id}\n")).unwrap();
-        let bundle = env.bundle(
-            &format!("b-{id}"),
-            &[
-                "sh",
-                "-c",
-                "cat /data/who > /data/out; ls /data >> /data/out",
-            ],
-            |c| {
-                c["mounts"].as_array_mut().unwrap().push(serde_json::json!(
-                    {"destination": "/data", "type": "bind", "source": data, "options": ["rbind"]}
-                ));
-            },
-        );
+        let bundle = env.dir.path().join(format!("b-{id}"));
+        std::fs::create_dir(&bundle).unwrap();
+        let mut c = config.clone();
+        c["root"]["path"] = serde_json::json!(first.join("rootfs"));
+        c["mounts"].as_array_mut().unwrap().push(serde_json::json!(
+            {"destination": "/data", "type": "bind", "source": data, "options": ["rbind"]}
+        ));
+        std::fs::write(bundle.join("config.json"), serde_json::to_vec(&c).unwrap()).unwrap();
         let done = husk(&env, &cache, &["create", "--bundle", b(&bundle), id]);
         assert!(done.status.success(), "{id}: {}", done.stderr);
         let marks = timeline_marks(&env, id);

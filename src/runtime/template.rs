@@ -275,14 +275,16 @@ fn build(
     stop: Option<Arc<EventFd>>,
 ) -> Result<VmExit, TemplateError> {
     let mut t = config.clone();
-    // The template's virtio-fs devices serve an empty directory: the guest
-    // probes them at boot and mounts nothing; a restored container's device
-    // serves its own shares from the first FUSE request on.
+    // The template's virtio-fs devices serve an empty directory, read-only:
+    // the guest probes them at boot and mounts nothing; a restored
+    // container's device serves its own shares from the first FUSE request
+    // on.
     if !t.fs.is_empty() {
         let empty = work.join(TEMPLATE_SHARE_DIR);
         std::fs::create_dir_all(&empty).map_err(io_at(&empty))?;
         for fs in &mut t.fs {
             fs.root = empty.clone();
+            fs.read_only = true;
         }
     }
     t.console = ConsoleOutput::File(work.join("console.log"));
@@ -344,6 +346,7 @@ mod tests {
         shared.fs = vec![crate::vmm::config::FsConfig {
             tag: "husk".into(),
             root: dir.path().join("c1/share"),
+            read_only: false,
         }];
         assert_ne!(key(&a, &init), key(&shared, &init));
         let mut other_share = shared.clone();

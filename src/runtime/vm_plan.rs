@@ -232,6 +232,9 @@ impl VmPlan {
             .map(|root| FsConfig {
                 tag: crate::runtime::guest_spec::SHARE_TAG.into(),
                 root: root.to_path_buf(),
+                // Read-only shares are read-only mounts in the staging
+                // directory; the rest are the container's to write.
+                read_only: false,
             })
             .into_iter()
             .collect();
@@ -289,7 +292,8 @@ mod tests {
             shared.fs,
             [FsConfig {
                 tag: "husk".into(),
-                root: "/run/x/share".into()
+                root: "/run/x/share".into(),
+                read_only: false,
             }]
         );
         assert_eq!(

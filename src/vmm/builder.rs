@@ -357,7 +357,7 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
         event_manager.add_subscriber(vsock);
     }
     for share in &config.fs {
-        let fs = Fs::new(&share.tag, &share.root, false).map_err(|e| BuildError::Fs {
+        let fs = Fs::new(&share.tag, &share.root, share.read_only).map_err(|e| BuildError::Fs {
             tag: share.tag.clone(),
             root: share.root.clone(),
             reason: e.to_string(),

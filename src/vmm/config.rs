@@ -78,6 +78,9 @@ pub struct FsConfig {
     pub tag: String,
     /// The directory served.
     pub root: PathBuf,
+    /// Refuse every change on the host side (`EROFS`), whatever the guest
+    /// mounts it as.
+    pub read_only: bool,
 }
 
 /// A microVM.
