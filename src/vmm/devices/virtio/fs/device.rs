@@ -516,6 +516,23 @@ mod tests {
     }
 
     #[test]
+    fn init_offers_large_writes() {
+        let dir = share();
+        let mut g = Guest::new(&dir.path().join("share"), false);
+        // A second session start, as a driver that asks for big writes and
+        // max_pages (FUSE_BIG_WRITES = 1 << 5, FUSE_MAX_PAGES = 1 << 22).
+        let mut init = Vec::new();
+        for v in [7u32, 31, 0x2_0000, (1 << 5) | (1 << 22)] {
+            init.extend_from_slice(&v.to_le_bytes());
+        }
+        let (err, out) = g.call(FUSE_INIT, 0, &init);
+        assert_eq!(err, 0);
+        let max_write = u32::from_le_bytes(out[20..24].try_into().unwrap());
+        let max_pages = u16::from_le_bytes(out[28..30].try_into().unwrap());
+        assert_eq!((max_write, max_pages), (1 << 20, 256));
+    }
+
+    #[test]
     fn config_space_holds_the_tag_and_one_request_queue() {
         let dir = share();
         let dev = Fs::new("vol0", &dir.path().join("share"), false).unwrap();

@@ -29,6 +29,10 @@ use fuse_backend_rs::api::filesystem::{
 };
 use fuse_backend_rs::passthrough::PassthroughFs;
 
+/// What husk adds to the passthrough's `FUSE_INIT` answer: large writes
+/// (`FUSE_BIG_WRITES`, `FUSE_MAX_PAGES`).
+const LARGE_REQUESTS: FsOptions = FsOptions::BIG_WRITES.union(FsOptions::MAX_PAGES);
+
 /// `open(2)` flags that ask for write access or change the file.
 const WRITE_FLAGS: u32 = (libc::O_WRONLY | libc::O_RDWR | libc::O_TRUNC | libc::O_APPEND) as u32;
 
@@ -64,7 +68,10 @@ impl FileSystem for Share {
     type Handle = Handle;
 
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
-        self.inner.init(capable)
+        // Requests of up to 1 MiB (`max_pages`), not one page at a time:
+        // the passthrough serves any size the server accepts, and the
+        // server bounds what a guest may send (`MAX_BUFFER_SIZE`).
+        Ok(self.inner.init(capable)? | LARGE_REQUESTS)
     }
 
     fn destroy(&self) {
