@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 
-from rootfs import busybox_rootfs
+from rootfs import busybox_rootfs, copy_with_libs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NET = "10.77.0"
@@ -35,21 +35,6 @@ def sh(cmd, check=True):
     if check and p.returncode != 0:
         sys.exit(f"`{cmd}` failed: {p.stdout}{p.stderr}")
     return p.stdout
-
-
-def copy_with_libs(binary, rootfs):
-    """Copies a dynamic binary and what ldd says it loads, at the same paths."""
-    files = [binary]
-    for line in sh(f"ldd {binary}").splitlines():
-        for word in line.split():
-            if word.startswith("/"):
-                files.append(word)
-    for f in files:
-        real = os.path.realpath(f)
-        dest = os.path.join(rootfs, f.lstrip("/"))
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        if not os.path.exists(dest):
-            shutil.copy(real, dest)
 
 
 def make_bundle(path, netns, annotations):

@@ -33,32 +33,10 @@ import sys
 import tempfile
 
 from common import ROOT, version, write_json
-from rootfs import busybox_rootfs
+from rootfs import busybox_rootfs, copy_with_libs
 
 BEGIN = "=== fio begin"
 END = "=== fio end"
-
-
-def sh(cmd):
-    p = subprocess.run(["bash", "-ec", cmd], capture_output=True, text=True)
-    if p.returncode != 0:
-        sys.exit(f"`{cmd}` failed: {p.stdout}{p.stderr}")
-    return p.stdout
-
-
-def copy_with_libs(binary, rootfs):
-    """Copies a dynamic binary and what ldd says it loads, at the same paths."""
-    files = [binary]
-    for line in sh(f"ldd {binary}").splitlines():
-        for word in line.split():
-            if word.startswith("/"):
-                files.append(word)
-    for f in files:
-        real = os.path.realpath(f)
-        dest = os.path.join(rootfs, f.lstrip("/"))
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        if not os.path.exists(dest):
-            shutil.copy(real, dest)
 
 
 def jobs(size_mb, rand_mb, seconds, files):
