@@ -17,9 +17,9 @@ use super::{
     FsError, CONFIG_NUM_QUEUES_OFFSET, CONFIG_SPACE_SIZE, CONFIG_TAG_OFFSET, ENTRY_TIMEOUT,
     NUM_QUEUES, NUM_REQUEST_QUEUES, QUEUE_SIZE, TAG_MAX,
 };
-use crate::vmm::devices::virtio::core::VirtioCore;
+use crate::vmm::devices::virtio::core::{raise_used, DeviceError, VirtioCore};
 use crate::vmm::devices::virtio::{
-    ActivateError, Interrupt, VirtioDevice, INTERRUPT_USED_BUFFER, TYPE_FS, VIRTIO_F_VERSION_1,
+    ActivateError, Interrupt, VirtioDevice, TYPE_FS, VIRTIO_F_VERSION_1,
 };
 
 /// The 0.17 views of guest memory and of the queues that fuse-backend-rs's
@@ -146,15 +146,17 @@ impl Fs {
     /// Returns whether any request was processed.
     pub fn process_queue(&mut self, index: usize) -> Result<bool, FsError> {
         let (Some(active), Some(core)) = (&mut self.active, self.core.active()) else {
-            return Err(FsError::NotActivated {
-                tag: self.tag.clone(),
-            });
+            return Err(DeviceError::NotActivated {
+                device: self.core.label().to_owned(),
+            }
+            .into());
         };
         let Some(queue) = active.queues.get_mut(index) else {
-            return Err(FsError::NoQueue {
-                tag: self.tag.clone(),
+            return Err(DeviceError::NoQueue {
+                device: self.core.label().to_owned(),
                 index,
-            });
+            }
+            .into());
         };
         let mem = active.mem.get();
         let mut used_any = false;
@@ -219,12 +221,7 @@ impl Fs {
                     reason: source.to_string(),
                 })?;
             if notify {
-                core.interrupt
-                    .trigger(INTERRUPT_USED_BUFFER)
-                    .map_err(|source| FsError::Interrupt {
-                        tag: self.tag.clone(),
-                        source,
-                    })?;
+                raise_used(self.core.label(), &*core.interrupt)?;
             }
         }
         Ok(used_any)
@@ -727,7 +724,7 @@ mod tests {
         assert!(!g.dev.is_activated());
         assert!(matches!(
             g.dev.process_queue(1),
-            Err(FsError::NotActivated { .. })
+            Err(FsError::Device(DeviceError::NotActivated { .. }))
         ));
         // The driver sets up fresh queues (ring positions from 0) and a
         // new session.

@@ -78,12 +78,6 @@ pub enum FsError {
     },
     #[error(transparent)]
     Device(#[from] crate::vmm::devices::virtio::core::DeviceError),
-    #[error("virtio-fs {tag}: the device is not activated")]
-    NotActivated { tag: String },
-    #[error("virtio-fs {tag}: no queue {index}")]
-    NoQueue { tag: String, index: usize },
     #[error("virtio-fs {tag}: queue: {reason}")]
     Queue { tag: String, reason: String },
-    #[error("virtio-fs {tag}: interrupting the guest: {source}")]
-    Interrupt { tag: String, source: std::io::Error },
 }
