@@ -278,6 +278,12 @@ pub struct ContainerSpec {
     /// [`SHARE_FSTYPE`] name a directory in it.
     #[serde(default)]
     pub share_tag: Option<String>,
+    /// The directory of that share that is the container's root file
+    /// system (the bundle's `root.path` on the host): the agent makes it
+    /// the guest's root before the mounts. `None`: the root is the one the
+    /// guest booted with (a block image under an overlay).
+    #[serde(default)]
+    pub root_share: Option<String>,
 }
 
 /// `MountSpec::fstype` of a directory the host shares: `source` is its name

@@ -21,7 +21,7 @@ use crate::runtime::process::Held;
 use crate::runtime::state::{
     self, Operation, ProcProbe, ProcessProbe as _, State, StateError, Status,
 };
-use crate::runtime::vm_plan::{PlanError, VmPlan};
+use crate::runtime::vm_plan::{PlanError, RootfsMode, VmPlan};
 use crate::runtime::vm_spec::{self, VmSpecError};
 
 /// Environment variable carrying the readiness pipe's fd to the VMM process.
@@ -159,8 +159,18 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
     let began = crate::timeline::now_ns();
     let b = bundle::load_for_create(&req.bundle, &req.root, &req.id)?;
     let sizing = vm_spec::vm_sizing(&b.spec)?;
-    let (container, shares) =
+    let (mut container, mut shares) =
         guest_spec::container_spec(&req.id, &b.spec, &b.path, &guest_spec::read_bind_source)?;
+    let rootfs_mode = crate::runtime::vm_plan::rootfs_mode(&b.spec)?;
+    if rootfs_mode == RootfsMode::Share {
+        if !b.rootfs.is_dir() {
+            return Err(CacheError::NotADirectory {
+                path: b.rootfs.clone(),
+            }
+            .into());
+        }
+        guest_spec::share_rootfs(&mut container, &mut shares, &b.rootfs);
+    }
     let terminal = container.process.terminal;
     let own_pty = matches!(req.stdio, VmmStdio::Terminal(_));
     if terminal && req.console_socket.is_none() && !own_pty {
@@ -219,9 +229,16 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
         lock: Some(lock),
     };
     crate::timeline::mark_at(&dir, "create.begin", began);
-    let image = cache::image_for(&b.rootfs, &crate::paths::cache_dir())?;
-    crate::timeline::mark(&dir, "create.image");
-    state.rootfs_image = Some(image.clone());
+    // Only a block rootfs needs an image (built once per tree, cached).
+    let image = match rootfs_mode {
+        RootfsMode::Block => {
+            let image = cache::image_for(&b.rootfs, &crate::paths::cache_dir())?;
+            crate::timeline::mark(&dir, "create.image");
+            state.rootfs_image = Some(image.clone());
+            Some(image)
+        }
+        RootfsMode::Share => None,
+    };
     let plan = VmPlan {
         kernel,
         init,

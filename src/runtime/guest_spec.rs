@@ -32,6 +32,26 @@ use crate::agent_proto::{
 /// directories.
 pub const SHARE_TAG: &str = "husk";
 
+/// The name of the container's root file system in the share, when it is
+/// served from the host ([`share_rootfs`]); the binds are `m0`, `m1`, ...
+pub const ROOTFS_SHARE: &str = "rootfs";
+
+/// Serves the bundle's `rootfs` directory to the guest as its root: a
+/// recursive, writable share the agent switches into at create (`root.readonly`
+/// is the agent's read-only remount, as runc makes it, so mount points can
+/// still be created first).
+pub fn share_rootfs(container: &mut ContainerSpec, shares: &mut Vec<SharedDir>, rootfs: &Path) {
+    shares.push(SharedDir {
+        name: ROOTFS_SHARE.into(),
+        source: rootfs.to_path_buf(),
+        read_only: false,
+        recursive: true,
+        file: false,
+    });
+    container.share_tag = Some(SHARE_TAG.to_owned());
+    container.root_share = Some(ROOTFS_SHARE.to_owned());
+}
+
 /// A host directory or file the container shares (a bind mount): the VMM
 /// makes it `name` in the directory it serves over virtio-fs.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -259,6 +279,7 @@ pub fn container_spec(
         network: Default::default(),
         host_sync: Default::default(),
         share_tag,
+        root_share: None,
     };
     Ok((container, shares))
 }

@@ -26,6 +26,39 @@ pub const ANNOTATION_NET_OFFLOAD: &str = "io.husk.net.offload";
 /// [`crate::runtime::template`]).
 pub const ANNOTATION_SNAPSHOT: &str = "io.husk.snapshot";
 
+/// Annotation choosing where the container's root file system lives:
+/// `virtiofs` (the default) serves the bundle's `root.path` from the host,
+/// so writes land there; `block` boots from a cached ext4 image of it under
+/// an overlay in guest memory (writes are lost at stop).
+pub const ANNOTATION_ROOTFS: &str = "io.husk.rootfs";
+
+/// Where a container's root file system lives ([`ANNOTATION_ROOTFS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RootfsMode {
+    /// The bundle's rootfs directory over virtio-fs.
+    #[default]
+    Share,
+    /// A cached ext4 image of it ([`crate::rootfs::cache`]) on a read-only
+    /// virtio-blk disk, under a tmpfs overlay.
+    Block,
+}
+
+/// The root file system mode the spec asks for ([`ANNOTATION_ROOTFS`]).
+pub fn rootfs_mode(spec: &oci_spec::runtime::Spec) -> Result<RootfsMode, PlanError> {
+    match spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_ROOTFS))
+        .map(String::as_str)
+    {
+        None | Some("virtiofs") => Ok(RootfsMode::Share),
+        Some("block") => Ok(RootfsMode::Block),
+        Some(v) => Err(PlanError::RootfsAnnotation {
+            value: v.to_owned(),
+        }),
+    }
+}
+
 /// Whether the spec lets the VM start from a template snapshot
 /// ([`ANNOTATION_SNAPSHOT`]).
 pub fn snapshot_allowed(spec: &oci_spec::runtime::Spec) -> Result<bool, PlanError> {
@@ -113,8 +146,11 @@ pub struct VmPlan {
     pub init: PathBuf,
     pub mem_mib: u32,
     pub vcpus: u32,
-    /// The cached rootfs image, attached read-only (overlay in the guest).
-    pub rootfs_image: PathBuf,
+    /// The cached rootfs image, attached read-only (overlay in the guest),
+    /// for [`RootfsMode::Block`]; `None`: the rootfs is one of
+    /// [`Self::shares`] ([`RootfsMode::Share`]).
+    #[serde(default)]
+    pub rootfs_image: Option<PathBuf>,
     pub control_socket: PathBuf,
     pub console_log: PathBuf,
     pub container: ContainerSpec,
@@ -154,6 +190,12 @@ pub enum PlanError {
         annotation: &'static str,
         value: String,
     },
+    #[error(
+        "annotation {ANNOTATION_ROOTFS}={value:?}: use \"virtiofs\" (the default: the \
+         bundle's rootfs served from the host, writes kept) or \"block\" (a cached \
+         image of it, writes in guest memory)"
+    )]
+    RootfsAnnotation { value: String },
 }
 
 impl VmPlan {
@@ -172,20 +214,28 @@ impl VmPlan {
         serde_json::from_slice(&data).map_err(|source| PlanError::Parse { path, source })
     }
 
-    /// The kernel command line of a container VM: the image (read-only
-    /// underneath, the disk is attached read-only) under a writable overlay;
-    /// `root.readonly` is applied by the agent once the container is set up.
+    /// The kernel command line of a container VM. With a block image: the
+    /// image (read-only underneath, the disk is attached read-only) under a
+    /// writable overlay. Without: no root device, the agent serves from the
+    /// initramfs and enters the shared rootfs at create (the same line for
+    /// every image, so one template serves them all). `root.readonly` is
+    /// applied by the agent once the container is set up.
     /// `$HUSK_KERNEL_ARGS` is appended (`ignore_loglevel` to see the
     /// guest kernel's warnings in `console.log`, say).
     pub fn cmdline(&self) -> String {
         let mut line = format!(
-            "{} {}=1 {}=1 {}=1 {}=/dev/vda",
+            "{} {}=1 {}=1",
             config::BASE_CMDLINE,
             proto::PARAM_QUIET,
             proto::PARAM_AGENT,
-            proto::PARAM_OVERLAY,
-            proto::PARAM_ROOT,
         );
+        if self.rootfs_image.is_some() {
+            line.push_str(&format!(
+                " {}=1 {}=/dev/vda",
+                proto::PARAM_OVERLAY,
+                proto::PARAM_ROOT
+            ));
+        }
         if let Some(extra) = std::env::var_os(ENV_KERNEL_ARGS) {
             let extra = extra.to_string_lossy();
             if !extra.trim().is_empty() {
@@ -212,11 +262,15 @@ impl VmPlan {
         c.cmdline = self.cmdline();
         c.mem_mib = self.mem_mib;
         c.vcpus = self.vcpus;
-        c.block = vec![BlockConfig {
-            path: self.rootfs_image.clone(),
-            read_only: true,
-            id: "husk-root".into(),
-        }];
+        c.block = self
+            .rootfs_image
+            .iter()
+            .map(|image| BlockConfig {
+                path: image.clone(),
+                read_only: true,
+                id: "husk-root".into(),
+            })
+            .collect();
         let offload = self.network.as_ref().is_none_or(|n| n.offload);
         c.net = nics
             .iter()
@@ -259,7 +313,7 @@ mod tests {
             init: "/i".into(),
             mem_mib: 192,
             vcpus: 2,
-            rootfs_image: "/img".into(),
+            rootfs_image: Some("/img".into()),
             control_socket: dir.path().join("vsock"),
             console_log: dir.path().join("console.log"),
             container: ContainerSpec::default(),
@@ -373,6 +427,55 @@ mod tests {
         assert!(!snapshot_allowed(&with(Some("false"))).unwrap());
         let err = snapshot_allowed(&with(Some("yes"))).unwrap_err();
         assert!(err.to_string().contains("io.husk.snapshot"), "{err}");
+    }
+
+    #[test]
+    fn a_shared_rootfs_has_no_disk_and_no_root_parameters() {
+        let plan = VmPlan {
+            kernel: "/k".into(),
+            init: "/i".into(),
+            mem_mib: 128,
+            vcpus: 1,
+            rootfs_image: None,
+            control_socket: "/s/vsock".into(),
+            console_log: "/s/console.log".into(),
+            container: ContainerSpec::default(),
+            network: None,
+            snapshot: true,
+            shares: vec![],
+        };
+        let c = plan.vm_config(None, &[], Some(Path::new("/s/share")));
+        assert!(c.block.is_empty());
+        assert_eq!(c.fs.len(), 1);
+        assert!(c.cmdline.contains("husk.agent=1"), "{}", c.cmdline);
+        assert!(
+            !c.cmdline.contains("husk.root") && !c.cmdline.contains("husk.overlay"),
+            "{}",
+            c.cmdline
+        );
+        assert!(c.validate().is_ok());
+        // A plan written before the field was optional still loads.
+        let dir = tempfile::tempdir().unwrap();
+        let mut json = serde_json::to_value(&plan).unwrap();
+        json["rootfs_image"] = "/cache/rootfs/dir-1.ext4".into();
+        std::fs::write(dir.path().join(PLAN_FILE), json.to_string()).unwrap();
+        assert_eq!(
+            VmPlan::load(dir.path()).unwrap().rootfs_image.as_deref(),
+            Some(Path::new("/cache/rootfs/dir-1.ext4"))
+        );
+    }
+
+    #[test]
+    fn the_rootfs_annotation_is_virtiofs_block_or_an_error_naming_both() {
+        let with = |v: &str| spec_with("", &format!(r#""io.husk.rootfs":"{v}""#));
+        assert_eq!(rootfs_mode(&spec_with("", "")).unwrap(), RootfsMode::Share);
+        assert_eq!(rootfs_mode(&with("virtiofs")).unwrap(), RootfsMode::Share);
+        assert_eq!(rootfs_mode(&with("block")).unwrap(), RootfsMode::Block);
+        let err = rootfs_mode(&with("ext4")).unwrap_err().to_string();
+        assert!(
+            err.contains("io.husk.rootfs") && err.contains("\"ext4\"") && err.contains("block"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -11,10 +11,12 @@
 //! 2. a small tmpfs on `<state dir>/share` (an empty directory as seen from
 //!    the host);
 //! 3. per share, a directory (or, for a file, an empty file) `<name>` with
-//!    the source bind-mounted on it (`MS_REC` for `rbind`); a read-only share is made read-only on the
-//!    host side with `mount_setattr(MOUNT_ATTR_RDONLY)` (recursively for
-//!    `rbind`), so a guest that remounts its copy read-write still gets
-//!    `EROFS`;
+//!    the source bind-mounted on it (`MS_REC` for `rbind`), then made
+//!    `nodev` with `mount_setattr` (recursively for `rbind`): the VMM opens
+//!    files for the guest as root, and a device node the guest made (or an
+//!    image holds) must not open the host's device through it; a read-only
+//!    share is made read-only the same way, so a guest that remounts its
+//!    copy read-write still gets `EROFS`;
 //! 4. the tmpfs itself remounted read-only: the guest cannot add files
 //!    beside the shares.
 //!
@@ -47,6 +49,7 @@ struct MountAttr {
     userns_fd: u64,
 }
 const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
+const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
 const AT_RECURSIVE: libc::c_int = 0x8000;
 
 /// Why the shares could not be staged.
@@ -83,12 +86,12 @@ fn errno_reason(e: nix::Error) -> String {
     }
 }
 
-/// Makes `path` read-only (with everything under it when `recursive`),
-/// keeping its other flags.
-fn make_read_only(path: &Path, recursive: bool) -> Result<(), nix::Error> {
+/// Makes `path` `nodev`, and read-only when `read_only` (with everything
+/// under it when `recursive`), keeping its other flags.
+fn restrict(path: &Path, read_only: bool, recursive: bool) -> Result<(), nix::Error> {
     let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| nix::Error::EINVAL)?;
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_RDONLY,
+        attr_set: MOUNT_ATTR_NODEV | if read_only { MOUNT_ATTR_RDONLY } else { 0 },
         attr_clr: 0,
         propagation: 0,
         userns_fd: 0,
@@ -114,10 +117,12 @@ fn make_read_only(path: &Path, recursive: bool) -> Result<(), nix::Error> {
     if err != nix::Error::ENOSYS || recursive {
         return Err(err);
     }
-    // Before Linux 5.12: a read-only remount of the bind, keeping the
-    // flags it has.
+    // Before Linux 5.12: a remount of the bind, keeping the flags it has.
     let st = nix::sys::statvfs::statvfs(path)?;
-    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NODEV;
+    if read_only {
+        flags |= MsFlags::MS_RDONLY;
+    }
     let f = st.flags();
     use nix::sys::statvfs::FsFlags;
     for (have, keep) in [
@@ -214,9 +219,7 @@ pub fn stage(state_dir: &Path, shares: &[SharedDir]) -> Result<PathBuf, ShareErr
             flags |= MsFlags::MS_REC;
         }
         mount(Some(&s.source), &target, None::<&str>, flags, None::<&str>).map_err(bind_err)?;
-        if s.read_only {
-            make_read_only(&target, s.recursive).map_err(bind_err)?;
-        }
+        restrict(&target, s.read_only, s.recursive).map_err(bind_err)?;
     }
     mount(
         None::<&str>,
@@ -305,9 +308,20 @@ mod tests {
             std::fs::write(&hosts2, b"10.0.0.1 db\n").unwrap();
             let live = std::fs::read(root.join("m2")).unwrap() == b"10.0.0.1 db\n";
             std::fs::write(root.join("m0/new"), b"from the share").unwrap();
+            // A device node in a share does not open the host's device.
+            nix::sys::stat::mknod(
+                &root.join("m0/null"),
+                nix::sys::stat::SFlag::S_IFCHR,
+                nix::sys::stat::Mode::from_bits_truncate(0o666),
+                nix::sys::stat::makedev(1, 3),
+            )
+            .unwrap();
+            let dev = std::fs::File::open(root.join("m0/null")).unwrap_err();
+            let nodev = dev.raw_os_error() == Some(libc::EACCES);
+            std::fs::remove_file(root.join("m0/null")).unwrap();
             let ro_write = std::fs::write(root.join("m1/f"), b"x").unwrap_err();
             let beside = std::fs::write(root.join("planted"), b"x").unwrap_err();
-            live && std::fs::read(rw2.join("new")).unwrap() == b"from the share"
+            live && nodev && std::fs::read(rw2.join("new")).unwrap() == b"from the share"
                 && std::fs::read(root.join("m1/f")).unwrap() == b"ro file"
                 && ro_write.raw_os_error() == Some(libc::EROFS)
                 && beside.raw_os_error() == Some(libc::EROFS)

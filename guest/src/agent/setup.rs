@@ -3,6 +3,14 @@
 //!
 //! [`apply`] does it in this order (every step before the next):
 //! 1. hostname;
+//! 1a. with a root on the host ([`ContainerSpec::root_share`]): the
+//!    virtio-fs file system of [`ContainerSpec::share_tag`] is mounted
+//!    ([`SHARE_MOUNT`]), its root directory bound on [`SHARED_ROOT`], the
+//!    guest's `/proc`, `/sys` and `/dev` moved under it, and the agent
+//!    switches into it (move onto `/`, chroot: what `switch_root` does, as
+//!    the agent runs from the initramfs) — from here on `/` is the
+//!    bundle's rootfs on the host, and every later step, the hooks and the
+//!    container's processes see it;
 //! 2. `mounts`, in the spec's order (a tmpfs on `/dev` gets the default
 //!    device nodes and links, as runc creates them); directories the host
 //!    shares ([`SHARE_FSTYPE`] mounts) are binds from the virtio-fs file
@@ -69,7 +77,25 @@ impl MountCall {
         }
     }
 
+    /// Moves the mount at `source` (with everything under it) to `target`.
+    fn move_to(source: &str, target: &str) -> Self {
+        MountCall {
+            source: Some(source.to_owned()),
+            target: target.to_owned(),
+            fstype: None,
+            flags: MsFlags::MS_MOVE,
+            data: None,
+        }
+    }
+
     fn describe(&self) -> String {
+        if self.flags.contains(MsFlags::MS_MOVE) {
+            return format!(
+                "moving {} to {}",
+                self.source.as_deref().unwrap_or("?"),
+                self.target
+            );
+        }
         if self.flags.contains(MsFlags::MS_REMOUNT) {
             return format!("remounting {} ({:?})", self.target, self.flags);
         }
@@ -128,6 +154,13 @@ pub enum SetupError {
     NoShare { target: String },
     #[error("writing file {path}: {source}")]
     File { path: String, source: io::Error },
+    #[error(
+        "the container's root {path} is not a directory in the shared file system \
+         (the bundle's root.path on the host)"
+    )]
+    RootShare { path: String },
+    #[error("switching into the container's root {path}: {}", errno_text(*errno))]
+    SwitchRoot { path: String, errno: Errno },
     #[error("sysctl {key}: invalid key")]
     SysctlKey { key: String },
     #[error("sysctl {key}: writing {path}: {source}")]
@@ -170,6 +203,53 @@ pub trait SetupOs {
     /// Detaches that mount and removes its directory (the binds made from
     /// it stay).
     fn release_share(&mut self);
+    /// Makes the mount at `path` the root of this process (every thread):
+    /// chdir into it, move it onto `/`, chroot there.
+    fn switch_root(&mut self, path: &str) -> Result<(), Errno>;
+}
+
+/// Where the container's root from the share is bound before the agent
+/// switches into it (a directory of the initramfs).
+pub const SHARED_ROOT: &str = "/.husk-root";
+/// The guest's pseudo file systems that move into the container's root
+/// with the agent (`/dev` carries `/dev/pts`, `/dev/shm` and the share).
+const MOVED_MOUNTS: [&str; 3] = ["/proc", "/sys", "/dev"];
+
+/// Step 1a: the share's directory `name` becomes the root (see the module
+/// docs).
+fn enter_shared_root(share: &str, name: &str, os: &mut impl SetupOs) -> Result<(), SetupError> {
+    let plain = !name.is_empty() && name != "." && name != ".." && !name.contains('/');
+    if !plain {
+        return Err(SetupError::ShareName {
+            name: name.to_owned(),
+            target: "/".into(),
+        });
+    }
+    let source = format!("{share}/{name}");
+    if os.kind(&source) != PathKind::Dir {
+        return Err(SetupError::RootShare { path: source });
+    }
+    mkdir(os, "container root", SHARED_ROOT)?;
+    run_mount(
+        os,
+        "container root",
+        &MountCall::bind(&source, SHARED_ROOT, MsFlags::empty()),
+    )?;
+    for pseudo in MOVED_MOUNTS {
+        if os.mounted_fstype(pseudo).is_none() {
+            continue;
+        }
+        let target = format!("{SHARED_ROOT}{pseudo}");
+        // Created in the rootfs on the host when the image lacks it, as
+        // runc creates mount points.
+        mkdir(os, "container root", &target)?;
+        run_mount(os, "container root", &MountCall::move_to(pseudo, &target))?;
+    }
+    os.switch_root(SHARED_ROOT)
+        .map_err(|errno| SetupError::SwitchRoot {
+            path: SHARED_ROOT.into(),
+            errno,
+        })
 }
 
 /// A [`SHARE_FSTYPE`] mount as the bind from the share it stands for.
@@ -603,7 +683,14 @@ pub fn apply(spec: &ContainerSpec, os: &mut impl SetupOs) -> Result<(), SetupErr
         })?),
         None => None,
     };
-    let mounted = apply_mounts(spec, share.as_deref(), os);
+    let rooted = match (spec.root_share.as_deref(), share.as_deref()) {
+        (Some(name), Some(share)) => enter_shared_root(share, name, os),
+        (Some(_), None) => Err(SetupError::NoShare {
+            target: "/".into(),
+        }),
+        (None, _) => Ok(()),
+    };
+    let mounted = rooted.and_then(|()| apply_mounts(spec, share.as_deref(), os));
     if share.is_some() {
         os.release_share();
     }
@@ -824,6 +911,15 @@ impl SetupOs for RealSetupOs {
             let _ = nix::mount::umount2(SHARE_MOUNT, nix::mount::MntFlags::MNT_DETACH);
         }
         let _ = std::fs::remove_dir(SHARE_MOUNT);
+    }
+
+    fn switch_root(&mut self, path: &str) -> Result<(), Errno> {
+        // pivot_root(2) refuses the initramfs as the old root; moving the
+        // new root onto it and chrooting is what switch_root(8) does.
+        nix::unistd::chdir(path)?;
+        nix::mount::mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)?;
+        nix::unistd::chroot(".")?;
+        nix::unistd::chdir("/")
     }
 
     fn kind(&mut self, path: &str) -> PathKind {
@@ -1231,6 +1327,10 @@ mod tests {
         fn release_share(&mut self) {
             self.calls.push("release share".into());
         }
+        fn switch_root(&mut self, path: &str) -> Result<(), Errno> {
+            self.calls.push(format!("switch_root {path}"));
+            Ok(())
+        }
     }
 
     fn docker_like_spec() -> ContainerSpec {
@@ -1494,5 +1594,104 @@ mod tests {
         let err = apply(&spec, &mut os).unwrap_err();
         assert!(matches!(err, SetupError::NoVirtiofs), "{err}");
         assert!(err.to_string().contains("make kernel"), "{err}");
+    }
+
+    #[test]
+    fn a_shared_root_is_entered_before_the_mounts_with_proc_sys_dev_moved() {
+        let spec = ContainerSpec {
+            share_tag: Some("husk".into()),
+            root_share: Some("rootfs".into()),
+            hostname: Some("box".into()),
+            readonly_root: true,
+            mounts: vec![
+                spec_mount("/proc", "proc", "proc", &[]),
+                spec_mount("/data", SHARE_FSTYPE, "m0", &["rbind"]),
+            ],
+            ..Default::default()
+        };
+        let mut os = FakeOs::default();
+        os.kinds
+            .insert(format!("{SHARE_MOUNT}/rootfs"), PathKind::Dir);
+        os.kinds.insert(format!("{SHARE_MOUNT}/m0"), PathKind::Dir);
+        for (path, fstype) in [("/proc", "proc"), ("/sys", "sysfs"), ("/dev", "devtmpfs")] {
+            os.mounted.insert(path.into(), fstype.into());
+        }
+        apply(&spec, &mut os).unwrap();
+        let calls = os.calls.join("\n");
+        let pos = |needle: &str| {
+            calls
+                .find(needle)
+                .unwrap_or_else(|| panic!("{needle:?} not in:\n{calls}"))
+        };
+        assert!(pos("hostname box") < pos("share husk"));
+        assert!(pos("share husk") < pos("bind-mounting /dev/.husk-share/rootfs on /.husk-root"));
+        for pseudo in ["/proc", "/sys", "/dev"] {
+            let mkdir = pos(&format!("mkdir /.husk-root{pseudo}\n"));
+            let moved = pos(&format!("moving {pseudo} to /.husk-root{pseudo}"));
+            assert!(pos("on /.husk-root\n") < mkdir && mkdir < moved, "{calls}");
+            assert!(moved < pos("switch_root /.husk-root"));
+        }
+        // The spec's mounts and the read-only root come after the switch.
+        assert!(pos("switch_root /.husk-root") < pos("mounting proc proc on /proc"));
+        assert!(pos("switch_root /.husk-root") < pos("bind-mounting /dev/.husk-share/m0 on /data"));
+        assert!(pos("bind-mounting /dev/.husk-share/m0 on /data") < pos("release share"));
+        assert!(pos("release share") < pos("remounting / "));
+
+        // Only what is mounted moves (a guest without sysfs, say).
+        let mut os = FakeOs::default();
+        os.kinds
+            .insert(format!("{SHARE_MOUNT}/rootfs"), PathKind::Dir);
+        os.mounted.insert("/proc".into(), "proc".into());
+        apply(
+            &ContainerSpec {
+                mounts: vec![],
+                ..spec.clone()
+            },
+            &mut os,
+        )
+        .unwrap();
+        assert!(!os.calls.iter().any(|c| c.contains("moving /sys")), "{:?}", os.calls);
+    }
+
+    #[test]
+    fn a_shared_root_that_is_missing_or_not_a_name_is_an_error_and_the_share_released() {
+        let spec = ContainerSpec {
+            share_tag: Some("husk".into()),
+            root_share: Some("rootfs".into()),
+            ..Default::default()
+        };
+        // The directory is not in the share.
+        let mut os = FakeOs::default();
+        let err = apply(&spec, &mut os).unwrap_err();
+        assert!(matches!(err, SetupError::RootShare { .. }), "{err}");
+        assert!(err.to_string().contains("root.path"), "{err}");
+        assert!(!os.calls.iter().any(|c| c.starts_with("switch_root")));
+        assert_eq!(os.calls.last().map(String::as_str), Some("release share"));
+        // A path for a name.
+        let mut os = FakeOs::default();
+        os.kinds.insert(format!("{SHARE_MOUNT}/../x"), PathKind::Dir);
+        let bad = ContainerSpec {
+            root_share: Some("../x".into()),
+            ..spec.clone()
+        };
+        let err = apply(&bad, &mut os).unwrap_err();
+        assert!(matches!(err, SetupError::ShareName { .. }), "{err}");
+        // No share at all.
+        let none = ContainerSpec {
+            share_tag: None,
+            ..spec.clone()
+        };
+        let err = apply(&none, &mut FakeOs::default()).unwrap_err();
+        assert!(matches!(err, SetupError::NoShare { .. }), "{err}");
+        // The bind fails: named, nothing switched.
+        let mut os = FakeOs {
+            fail_target: Some(SHARED_ROOT.into()),
+            ..Default::default()
+        };
+        os.kinds
+            .insert(format!("{SHARE_MOUNT}/rootfs"), PathKind::Dir);
+        let err = apply(&spec, &mut os).unwrap_err().to_string();
+        assert!(err.contains("/.husk-root"), "{err}");
+        assert!(!os.calls.iter().any(|c| c.starts_with("switch_root")));
     }
 }
