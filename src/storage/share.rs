@@ -321,7 +321,8 @@ mod tests {
             std::fs::remove_file(root.join("m0/null")).unwrap();
             let ro_write = std::fs::write(root.join("m1/f"), b"x").unwrap_err();
             let beside = std::fs::write(root.join("planted"), b"x").unwrap_err();
-            live && nodev && std::fs::read(rw2.join("new")).unwrap() == b"from the share"
+            live && nodev
+                && std::fs::read(rw2.join("new")).unwrap() == b"from the share"
                 && std::fs::read(root.join("m1/f")).unwrap() == b"ro file"
                 && ro_write.raw_os_error() == Some(libc::EROFS)
                 && beside.raw_os_error() == Some(libc::EROFS)

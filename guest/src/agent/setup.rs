@@ -235,10 +235,12 @@ fn enter_shared_root(share: &str, name: &str, os: &mut impl SetupOs) -> Result<(
         "container root",
         &MountCall::bind(&source, SHARED_ROOT, MsFlags::empty()),
     )?;
-    for pseudo in MOVED_MOUNTS {
-        if os.mounted_fstype(pseudo).is_none() {
-            continue;
-        }
+    // Looked up before any moves: /proc/self/mountinfo leaves with /proc.
+    let mounted: Vec<&str> = MOVED_MOUNTS
+        .into_iter()
+        .filter(|p| os.mounted_fstype(p).is_some())
+        .collect();
+    for pseudo in mounted {
         let target = format!("{SHARED_ROOT}{pseudo}");
         // Created in the rootfs on the host when the image lacks it, as
         // runc creates mount points.
@@ -685,9 +687,7 @@ pub fn apply(spec: &ContainerSpec, os: &mut impl SetupOs) -> Result<(), SetupErr
     };
     let rooted = match (spec.root_share.as_deref(), share.as_deref()) {
         (Some(name), Some(share)) => enter_shared_root(share, name, os),
-        (Some(_), None) => Err(SetupError::NoShare {
-            target: "/".into(),
-        }),
+        (Some(_), None) => Err(SetupError::NoShare { target: "/".into() }),
         (None, _) => Ok(()),
     };
     let mounted = rooted.and_then(|()| apply_mounts(spec, share.as_deref(), os));
@@ -895,7 +895,10 @@ impl SetupOs for RealSetupOs {
             Some(tag),
             SHARE_MOUNT,
             Some("virtiofs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            // Binds inherit these flags: the container's root keeps its
+            // setuid programs (as under runc); a bind gets its spec's
+            // options on top.
+            MsFlags::empty(),
             None::<&str>,
         );
         if let Err(e) = mounted {
@@ -1650,7 +1653,11 @@ mod tests {
             &mut os,
         )
         .unwrap();
-        assert!(!os.calls.iter().any(|c| c.contains("moving /sys")), "{:?}", os.calls);
+        assert!(
+            !os.calls.iter().any(|c| c.contains("moving /sys")),
+            "{:?}",
+            os.calls
+        );
     }
 
     #[test]
@@ -1669,7 +1676,8 @@ mod tests {
         assert_eq!(os.calls.last().map(String::as_str), Some("release share"));
         // A path for a name.
         let mut os = FakeOs::default();
-        os.kinds.insert(format!("{SHARE_MOUNT}/../x"), PathKind::Dir);
+        os.kinds
+            .insert(format!("{SHARE_MOUNT}/../x"), PathKind::Dir);
         let bad = ContainerSpec {
             root_share: Some("../x".into()),
             ..spec.clone()
