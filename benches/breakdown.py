@@ -46,8 +46,8 @@ END_WAIT_S = 60
 # moment is this script's, taken right before it spawns `husk create`.
 SLICES_COLD = [
     ("husk create process start", "spawn", "create.begin"),
-    ("bundle, state, rootfs image (cached)", "create.begin", "create.image"),
-    ("VMM process spawn", "create.image", "vmm.main"),
+    ("bundle, state, rootfs (share, or cached image)", "create.begin", "create.rootfs"),
+    ("VMM process spawn", "create.rootfs", "vmm.main"),
     ("host hooks / go-ahead", "vmm.main", "vmm.go"),
     ("network attach, VM config", "vmm.go", "vmm.build"),
     ("KVM: VM, memory, kernel load, devices, vCPUs", "vmm.build", "vmm.vcpus"),
@@ -60,8 +60,8 @@ SLICES_COLD = [
 ]
 SLICES_RESTORE = [
     ("husk create process start", "spawn", "create.begin"),
-    ("bundle, state, rootfs image (cached)", "create.begin", "create.image"),
-    ("VMM process spawn", "create.image", "vmm.main"),
+    ("bundle, state, rootfs (share, or cached image)", "create.begin", "create.rootfs"),
+    ("VMM process spawn", "create.rootfs", "vmm.main"),
     ("host hooks / go-ahead", "vmm.main", "vmm.go"),
     ("VM config, template lookup (cached)", "vmm.go", "vmm.template"),
     ("template found to VM build", "vmm.template", "vmm.build"),

@@ -87,7 +87,7 @@ pub fn mark_used(path: &Path) {
 }
 
 /// When `path` was last used.
-fn last_used(path: &Path) -> Option<SystemTime> {
+pub(crate) fn last_used(path: &Path) -> Option<SystemTime> {
     std::fs::symlink_metadata(path).ok()?.accessed().ok()
 }
 

@@ -99,7 +99,7 @@ fn create_killed_at_each_step_leaves_a_deletable_record_and_no_vm() {
     // to boot (the VM is being restored or booted).
     for (n, point) in [
         "create.begin",
-        "create.image",
+        "create.rootfs",
         "create.spawned",
         "create.cgroup",
         "create.go",
@@ -431,45 +431,31 @@ fn a_full_disk_during_create_fails_cleanly() {
         )
     };
 
-    // The image cache has no room for the root filesystem image.
+    // A block rootfs (`io.husk.rootfs=block`) on a cache with no room for
+    // its image: create fails naming the cache directory, not mkfs.
+    let block = env.bundle("blk", &["sleep", "1000"], |c| {
+        c["annotations"] = serde_json::json!({"io.husk.rootfs": "block"});
+    });
     let tiny_fs = small("tiny-cache", "256k");
     let tiny = tiny_fs.0.clone();
-    let done = with_cache(&tiny, &["create", "--bundle", b(&bundle), "f1"]);
+    let done = with_cache(&tiny, &["create", "--bundle", b(&block), "f1"]);
     assert!(!done.status.success(), "create on a full cache succeeded");
+    let images = tiny.join("rootfs");
     assert!(
-        done.stderr.contains("No space left") || done.stderr.contains("space"),
+        done.stderr.contains("no space for the rootfs image")
+            && done.stderr.contains(&images.display().to_string())
+            && !done.stderr.contains("mkfs"),
         "{}",
         done.stderr
     );
     env.assert_gone("f1");
     assert_eq!(cache_work(&tiny), Vec::<PathBuf>::new());
-    drop(tiny_fs);
 
-    // Room for the image but not for a template's memory file: the
-    // container boots cold and nothing of the failed template stays. The
-    // image's size comes from a build in a roomy cache.
-    let roomy = env.dir.path().join("roomy-cache");
+    // The default rootfs needs no image, and a cache without room for a
+    // template's memory file only means a cold boot: the container runs
+    // and nothing of the failed template stays.
     let done = with_cache(
-        &roomy,
-        &[
-            "run",
-            "--bundle",
-            b(&env.bundle("t0", &["true"], |_| {})),
-            "f0",
-        ],
-    );
-    assert!(done.status.success(), "{}", done.stderr);
-    let image_kib: u64 = std::fs::read_dir(roomy.join("rootfs"))
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".ext4"))
-        .map(|e| std::os::unix::fs::MetadataExt::blocks(&e.metadata().unwrap()) / 2)
-        .sum();
-    assert!(image_kib > 0, "no image in {}", roomy.display());
-    let mid_fs = small("mid-cache", &format!("{}k", image_kib + 2048));
-    let mid = mid_fs.0.clone();
-    let done = with_cache(
-        &mid,
+        &tiny,
         &[
             "run",
             "--bundle",
@@ -479,12 +465,16 @@ fn a_full_disk_during_create_fails_cleanly() {
     );
     assert!(done.status.success(), "{}", done.stderr);
     env.assert_gone("f2");
-    assert_eq!(cache_work(&mid), Vec::<PathBuf>::new());
-    let templates: Vec<_> = std::fs::read_dir(mid.join("templates"))
+    assert_eq!(cache_work(&tiny), Vec::<PathBuf>::new());
+    let templates: Vec<_> = std::fs::read_dir(tiny.join("templates"))
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(templates.is_empty(), "{templates:?}");
-    drop(mid_fs);
+    let images: Vec<_> = std::fs::read_dir(&images)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(images.is_empty(), "{images:?}");
+    drop(tiny_fs);
 
     // The state root is full.
     let state_fs = small("full-state", "16k");

@@ -233,12 +233,12 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
     let image = match rootfs_mode {
         RootfsMode::Block => {
             let image = cache::image_for(&b.rootfs, &crate::paths::cache_dir())?;
-            crate::timeline::mark(&dir, "create.image");
             state.rootfs_image = Some(image.clone());
             Some(image)
         }
         RootfsMode::Share => None,
     };
+    crate::timeline::mark(&dir, "create.rootfs");
     let plan = VmPlan {
         kernel,
         init,
