@@ -275,6 +275,70 @@ fn podman_volumes_are_shared_with_the_host() {
     assert_eq!(done.stdout.trim(), "", "containers left: {}", done.stdout);
 }
 
+/// The container's files live in podman's storage, as under runc: what a
+/// container writes survives `podman stop`/`start`, `podman cp` works both
+/// ways on a running container, `podman diff` lists the changes and
+/// `podman commit` keeps them in an image.
+#[test]
+fn podman_sees_and_keeps_the_containers_files() {
+    let p = Podman::new();
+    let done = p.podman(&[
+        "run",
+        "-d",
+        "--name",
+        "keep",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo run >> /runs; exec sleep 1000",
+    ]);
+    assert!(done.status.success(), "{}", done.stderr);
+    // Into the running container, and seen inside at once.
+    let host_file = runtime_root_of(&p).join("to-container");
+    std::fs::write(&host_file, "copied in\n").unwrap();
+    let done = p.podman(&["cp", host_file.to_str().unwrap(), "keep:/copied-in"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let done = p.podman(&["exec", "keep", "cat", "/copied-in"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(done.stdout, "copied in\n");
+    // Out of it: what the container wrote.
+    let done = p.podman(&["exec", "keep", "sh", "-c", "echo from inside > /made-inside"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let out = runtime_root_of(&p).join("from-container");
+    let done = p.podman(&["cp", "keep:/made-inside", out.to_str().unwrap()]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "from inside\n");
+    let done = p.podman(&["diff", "keep"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    for added in ["A /runs", "A /copied-in", "A /made-inside"] {
+        assert!(done.stdout.lines().any(|l| l == added), "{added}: {}", done.stdout);
+    }
+    // A stop and a start: the same files, one more run.
+    let done = p.podman(&["stop", "-t", "1", "keep"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let done = p.podman(&["start", "keep"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let done = p.podman(&["exec", "keep", "cat", "/runs", "/copied-in", "/made-inside"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(done.stdout, "run\nrun\ncopied in\nfrom inside\n");
+    // Committed, the changes are the new image's.
+    let done = p.podman(&["commit", "keep", "localhost/husk-kept:latest"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let done = p.podman(&["rm", "-f", "-t", "1", "keep"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let done = p.podman(&[
+        "run",
+        "--rm",
+        "localhost/husk-kept:latest",
+        "cat",
+        "/runs",
+        "/made-inside",
+    ]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(done.stdout, "run\nrun\nfrom inside\n");
+    p.assert_no_vm();
+}
+
 /// The engine's side of issue 14's bug and faults: `podman create` then
 /// `podman rm` leaves no VM, and a VMM killed from outside is the
 /// container exiting with 137, after which `podman rm` leaves nothing.

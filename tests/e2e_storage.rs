@@ -286,3 +286,144 @@ fn a_bound_file_stays_live() {
     assert!(env.husk(&["delete", "file1"]).status.success());
     env.assert_gone("file1");
 }
+
+/// The container's root is the bundle's rootfs directory itself: what the
+/// container writes is there on the host after it ends (and for the next
+/// container of the bundle), what the host writes while it runs (as
+/// `podman cp` does) is seen inside, and no image is built.
+#[test]
+fn the_rootfs_is_the_bundles_directory_both_ways() {
+    let env = Env::new();
+    let cache = env.dir.path().join("cache");
+    let script = "echo kept > /etc/motd && mkdir -p /var/lib/app && echo 1 > /var/lib/app/n \
+                  && echo t > /tmp/t && rm /etc/hostname \
+                  && i=0; while [ ! -e /copied-in ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; \
+                  cat /copied-in > /seen";
+    let bundle = env.bundle("b", &["sh", "-c", script], |_| {});
+    let rootfs = bundle.join("rootfs");
+    let (kernel, init) = (common::kernel(), common::init_binary());
+    let with_cache = |args: &[&str]| {
+        env.husk_with_env(
+            &[
+                ("HUSK_CACHE", &cache),
+                ("HUSK_KERNEL", &kernel),
+                ("HUSK_INIT", &init),
+            ],
+            args,
+        )
+    };
+    assert!(with_cache(&["create", "--bundle", b(&bundle), "root1"])
+        .status
+        .success());
+    assert!(with_cache(&["start", "root1"]).status.success());
+    // The host writes into the running container's root.
+    std::fs::write(rootfs.join("copied-in"), "from the host\n").unwrap();
+    env.wait_status("root1", "stopped");
+    let exit = husk::runtime::state::State::load(&env.root(), "root1")
+        .ok()
+        .and_then(|st| st.exit_status);
+    assert_eq!(exit, Some(husk::runtime::state::ExitStatus::Code(0)));
+    assert!(with_cache(&["delete", "root1"]).status.success());
+    env.assert_gone("root1");
+    let read = |p: &str| std::fs::read_to_string(rootfs.join(p)).unwrap();
+    assert_eq!(read("etc/motd"), "kept\n");
+    assert_eq!(read("var/lib/app/n"), "1\n");
+    // /tmp is the rootfs's, as under runc (no tmpfs over it).
+    assert_eq!(read("tmp/t"), "t\n");
+    assert_eq!(read("seen"), "from the host\n");
+    assert!(!rootfs.join("etc/hostname").exists());
+    // No image was built for it.
+    let images: Vec<_> = std::fs::read_dir(cache.join("rootfs"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(images.is_empty(), "{images:?}");
+
+    // The next container of the bundle starts from what the last one left.
+    let config_path = bundle.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["process"]["args"] = serde_json::json!(["cat", "/etc/motd", "/seen"]);
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let run = with_cache(&["run", "--bundle", b(&bundle), "root2"]);
+    assert_eq!(run.status.code(), Some(0), "{}", run.stderr);
+    assert_eq!(run.stdout, "kept\nfrom the host\n");
+    env.assert_gone("root2");
+}
+
+/// `root.readonly` with the rootfs on the host: writes are refused inside,
+/// mount points the spec needs are still made, and the host tree only
+/// gains those.
+#[test]
+fn a_read_only_root_from_the_host_refuses_writes() {
+    let env = Env::new();
+    let data = env.dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let script = "echo x > /etc/motd; echo rc=$?; echo y > /data/ok && echo data-ok";
+    let bundle = env.bundle("b", &["sh", "-c", script], |c| {
+        c["root"]["readonly"] = true.into();
+        add_mounts(c, vec![bind("/data", &data, &["rbind"])])
+    });
+    let rootfs = bundle.join("rootfs");
+    assert!(!rootfs.join("data").exists());
+    let before = tree(&rootfs);
+    let run = env.husk(&["run", "--bundle", b(&bundle), "ro1"]);
+    assert_eq!(run.status.code(), Some(0), "{}", run.stderr);
+    assert!(run.stdout.contains("rc=1"), "{}", run.stdout);
+    assert!(run.stdout.contains("data-ok"), "{}", run.stdout);
+    assert!(run.stderr.contains("Read-only file system"), "{}", run.stderr);
+    env.assert_gone("ro1");
+    assert!(!rootfs.join("etc/motd").exists());
+    assert_eq!(std::fs::read_to_string(data.join("ok")).unwrap(), "y\n");
+    let mut after = tree(&rootfs);
+    after.retain(|p| p != Path::new("data"));
+    assert_eq!(after, before, "only the mount point was added");
+}
+
+/// `io.husk.rootfs=block`: the rootfs is a cached image under an overlay
+/// in guest memory (writes do not reach the bundle), built once and reused;
+/// a value husk does not know fails create, naming it, and leaves nothing.
+#[test]
+fn a_block_rootfs_is_opt_in_cached_and_keeps_writes_in_the_guest() {
+    let env = Env::new();
+    let cache = env.dir.path().join("cache");
+    let bundle = env.bundle("b", &["sh", "-c", "echo x > /w && cat /w"], |c| {
+        c["annotations"] = serde_json::json!({"io.husk.rootfs": "block"});
+    });
+    let (kernel, init) = (common::kernel(), common::init_binary());
+    let with_cache = |args: &[&str]| {
+        env.husk_with_env(
+            &[
+                ("HUSK_CACHE", &cache),
+                ("HUSK_KERNEL", &kernel),
+                ("HUSK_INIT", &init),
+            ],
+            args,
+        )
+    };
+    for id in ["blk1", "blk2"] {
+        let run = with_cache(&["run", "--bundle", b(&bundle), id]);
+        assert_eq!(run.status.code(), Some(0), "{}", run.stderr);
+        assert_eq!(run.stdout, "x\n");
+        env.assert_gone(id);
+    }
+    assert!(!bundle.join("rootfs/w").exists());
+    let images: Vec<_> = std::fs::read_dir(cache.join("rootfs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".ext4"))
+        .collect();
+    assert_eq!(images.len(), 1, "one image, reused: {images:?}");
+
+    let bad = env.bundle("bad", &["true"], |c| {
+        c["annotations"] = serde_json::json!({"io.husk.rootfs": "ext4"});
+    });
+    let done = with_cache(&["create", "--bundle", b(&bad), "blk3"]);
+    assert!(!done.status.success());
+    assert!(
+        done.stderr.contains("io.husk.rootfs") && done.stderr.contains("block"),
+        "{}",
+        done.stderr
+    );
+    env.assert_gone("blk3");
+}
