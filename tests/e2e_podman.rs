@@ -302,7 +302,13 @@ fn podman_sees_and_keeps_the_containers_files() {
     assert!(done.status.success(), "{}", done.stderr);
     assert_eq!(done.stdout, "copied in\n");
     // Out of it: what the container wrote.
-    let done = p.podman(&["exec", "keep", "sh", "-c", "echo from inside > /made-inside"]);
+    let done = p.podman(&[
+        "exec",
+        "keep",
+        "sh",
+        "-c",
+        "echo from inside > /made-inside",
+    ]);
     assert!(done.status.success(), "{}", done.stderr);
     let out = runtime_root_of(&p).join("from-container");
     let done = p.podman(&["cp", "keep:/made-inside", out.to_str().unwrap()]);
@@ -311,7 +317,11 @@ fn podman_sees_and_keeps_the_containers_files() {
     let done = p.podman(&["diff", "keep"]);
     assert!(done.status.success(), "{}", done.stderr);
     for added in ["A /runs", "A /copied-in", "A /made-inside"] {
-        assert!(done.stdout.lines().any(|l| l == added), "{added}: {}", done.stdout);
+        assert!(
+            done.stdout.lines().any(|l| l == added),
+            "{added}: {}",
+            done.stdout
+        );
     }
     // A stop and a start: the same files, one more run.
     let done = p.podman(&["stop", "-t", "1", "keep"]);

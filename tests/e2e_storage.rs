@@ -370,7 +370,11 @@ fn a_read_only_root_from_the_host_refuses_writes() {
     assert_eq!(run.status.code(), Some(0), "{}", run.stderr);
     assert!(run.stdout.contains("rc=1"), "{}", run.stdout);
     assert!(run.stdout.contains("data-ok"), "{}", run.stdout);
-    assert!(run.stderr.contains("Read-only file system"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("Read-only file system"),
+        "{}",
+        run.stderr
+    );
     env.assert_gone("ro1");
     assert!(!rootfs.join("etc/motd").exists());
     assert_eq!(std::fs::read_to_string(data.join("ok")).unwrap(), "y\n");

@@ -167,9 +167,7 @@ fn remove_image(path: &Path, why: &str) {
 /// Bytes free to unprivileged users on the file system of `dir`.
 fn available(dir: &Path) -> Option<u64> {
     let st = nix::sys::statvfs::statvfs(dir).ok()?;
-    Some(
-        u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size())),
-    )
+    Some(st.blocks_available().saturating_mul(st.fragment_size()))
 }
 
 /// Makes room for an image of `need` bytes in `images` (see the module
@@ -301,9 +299,7 @@ pub fn image_for(dir: &Path, cache: &Path) -> Result<PathBuf, CacheError> {
         Err(ImageError::Mkfs { stderr, .. }) if stderr.contains("No space left") => {
             return Err(no_space(free_mib()))
         }
-        Err(ImageError::Create { source, .. })
-            if source.raw_os_error() == Some(libc::ENOSPC) =>
-        {
+        Err(ImageError::Create { source, .. }) if source.raw_os_error() == Some(libc::ENOSPC) => {
             return Err(no_space(free_mib()))
         }
         Err(e) => return Err(e.into()),
@@ -381,8 +377,14 @@ mod tests {
             (at(100), 100, PathBuf::from("oldest")),
             (at(200), 100, PathBuf::from("older")),
         ];
-        assert_eq!(over_budget(&images, 50, 400).unwrap(), Vec::<PathBuf>::new());
-        assert_eq!(over_budget(&images, 150, 400).unwrap(), [PathBuf::from("oldest")]);
+        assert_eq!(
+            over_budget(&images, 50, 400).unwrap(),
+            Vec::<PathBuf>::new()
+        );
+        assert_eq!(
+            over_budget(&images, 150, 400).unwrap(),
+            [PathBuf::from("oldest")]
+        );
         assert_eq!(
             over_budget(&images, 250, 400).unwrap(),
             [PathBuf::from("oldest"), PathBuf::from("older")]

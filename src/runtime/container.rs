@@ -275,7 +275,10 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
     let mut cmd = Command::new(&req.husk_exe);
     cmd.args(&req.vmm_args)
         .arg("--root")
-        .arg(&req.root)
+        // Absolute: `delete` finds a VMM by its command line, and the
+        // VMM's main thread lives in the container's view, so its cwd
+        // says nothing about a relative path.
+        .arg(std::path::absolute(&req.root).unwrap_or_else(|_| req.root.clone()))
         .arg("vmm")
         .arg(&req.id)
         .env(ENV_READY_FD, ready_w.as_raw_fd().to_string())

@@ -42,9 +42,129 @@ const FORWARDED: [nix::sys::signal::Signal; 6] = [
 
 /// Runs the container's VMM; returns how the container ended. The
 /// container's network plumbing is removed when the VM has ended.
+///
+/// Threads: the main thread stages the shared directories (a mount
+/// namespace of the process's own, before any other thread exists), starts
+/// a worker thread that does everything else, then moves into the
+/// container's view of its files ([`crate::storage::view`]), the mount
+/// namespace engines join through the container's pid, and waits for the
+/// worker. The worker starts only once the view is made, and fails the
+/// create when it could not be.
 pub fn run(root: &Path, id: &str) -> Option<ExitStatus> {
     let record = Arc::new(RecordWatch::default());
-    let ending = run_vm(root, id, &record);
+    let mut ready = take_ready_fd();
+    let go = take_go_fd();
+    let dir = state::container_dir(root, id);
+    crate::timeline::mark(&dir, "vmm.main");
+    let staged = match stage(root, id) {
+        Ok(s) => s,
+        Err(msg) => {
+            fail(id, &mut ready, msg);
+            finish(root, id, &record);
+            return None;
+        }
+    };
+    // Forwarded signals are blocked in every thread and read from a
+    // signalfd by one.
+    let mut mask = nix::sys::signal::SigSet::empty();
+    for s in FORWARDED {
+        mask.add(s);
+    }
+    let _ = mask.thread_block();
+    let view_mounts = staged
+        .share_root
+        .as_deref()
+        .map_or_else(Vec::new, |share_root| {
+            crate::storage::view::mounts(&staged.plan.container, &staged.plan.shares, share_root)
+        });
+    let rootfs = staged.state.rootfs.clone();
+    let create_points = staged.plan.rootfs_image.is_none();
+    let read_only = staged.plan.container.readonly_root;
+    let (view_tx, view_rx) = mpsc::channel::<Result<(), String>>();
+    let worker = {
+        let (root, id, record) = (root.to_path_buf(), id.to_owned(), record.clone());
+        std::thread::Builder::new()
+            .name("vmm-main".into())
+            .spawn(move || {
+                let ending = match view_rx.recv() {
+                    Ok(Ok(())) => run_vm(
+                        &root,
+                        &id,
+                        &record,
+                        Start {
+                            ready,
+                            go,
+                            staged,
+                            mask,
+                        },
+                    ),
+                    Ok(Err(msg)) => fail(&id, &mut ready, msg),
+                    Err(_) => fail(&id, &mut ready, "the main thread went away".into()),
+                };
+                finish(&root, &id, &record);
+                ending
+            })
+    };
+    let worker = match worker {
+        Ok(w) => w,
+        Err(e) => {
+            log::error!("container {id}: starting the VMM's worker thread: {e}");
+            finish(root, id, &record);
+            return None;
+        }
+    };
+    let view = crate::storage::view::enter(&dir, &rootfs, &view_mounts, create_points, read_only)
+        .map_err(|e| e.to_string());
+    let _ = view_tx.send(view);
+    worker.join().unwrap_or_else(|_| {
+        log::error!("container {id}: the VMM's worker thread panicked");
+        None
+    })
+}
+
+/// What the main thread prepared for the worker.
+struct Staged {
+    state: State,
+    plan: VmPlan,
+    /// Where the shared directories are staged, when there are any.
+    share_root: Option<PathBuf>,
+}
+
+/// Loads the container's record and plan and stages its shares.
+fn stage(root: &Path, id: &str) -> Result<Staged, String> {
+    let state = State::load(root, id).map_err(|e| e.to_string())?;
+    let dir = state::container_dir(root, id);
+    let plan = VmPlan::load(&dir).map_err(|e| e.to_string())?;
+    let share_root = if plan.shares.is_empty() {
+        None
+    } else {
+        Some(crate::storage::share::stage(&dir, &plan.shares).map_err(|e| e.to_string())?)
+    };
+    Ok(Staged {
+        state,
+        plan,
+        share_root,
+    })
+}
+
+/// Logs `msg` and answers it to `create`; the container has no status.
+fn fail(id: &str, ready: &mut Option<std::fs::File>, msg: String) -> Option<ExitStatus> {
+    log::error!("container {id}: {msg}");
+    answer_ready(ready, &format!("error {msg}"));
+    None
+}
+
+/// What the worker thread starts with.
+struct Start {
+    ready: Option<std::fs::File>,
+    go: Option<std::fs::File>,
+    staged: Staged,
+    mask: nix::sys::signal::SigSet,
+}
+
+/// After the VM: the network plumbing goes, and the cgroup when the
+/// record is gone.
+fn finish(root: &Path, id: &str, record: &RecordWatch) {
     if let Err(e) = crate::net::cleanup(&state::container_dir(root, id)) {
         log::warn!("container {id}: {e}");
     }
@@ -58,44 +178,24 @@ pub fn run(root: &Path, id: &str) -> Option<ExitStatus> {
             }
         }
     }
-    ending
 }
 
-fn run_vm(root: &Path, id: &str, record: &Arc<RecordWatch>) -> Option<ExitStatus> {
-    let mut ready = take_ready_fd();
-    let go = take_go_fd();
-    crate::timeline::mark(&state::container_dir(root, id), "vmm.main");
-    let fail = |ready: &mut Option<std::fs::File>, msg: String| {
-        log::error!("container {id}: {msg}");
-        answer_ready(ready, &format!("error {msg}"));
-        None
-    };
-    let st = match State::load(root, id) {
-        Ok(st) => st,
-        Err(e) => return fail(&mut ready, e.to_string()),
-    };
+/// The worker's part of [`run`]: boot or restore the VM, create the
+/// container in it, relay until it ends.
+fn run_vm(root: &Path, id: &str, record: &Arc<RecordWatch>, start: Start) -> Option<ExitStatus> {
+    let Start {
+        mut ready,
+        go,
+        staged,
+        mask,
+    } = start;
+    let Staged {
+        state: st,
+        plan,
+        share_root,
+    } = staged;
+    let fail = |ready: &mut Option<std::fs::File>, msg: String| fail(id, ready, msg);
     let dir = state::container_dir(root, id);
-    let plan = match VmPlan::load(&dir) {
-        Ok(p) => p,
-        Err(e) => return fail(&mut ready, e.to_string()),
-    };
-    // The shared directories, in a mount namespace of this process's own,
-    // before any other thread exists.
-    let share_root = if plan.shares.is_empty() {
-        None
-    } else {
-        match crate::storage::share::stage(&dir, &plan.shares) {
-            Ok(root) => Some(root),
-            Err(e) => return fail(&mut ready, e.to_string()),
-        }
-    };
-    // Forwarded signals are blocked in every thread and read from a
-    // signalfd by one.
-    let mut mask = nix::sys::signal::SigSet::empty();
-    for s in FORWARDED {
-        mask.add(s);
-    }
-    let _ = mask.thread_block();
 
     let stop = match EventFd::new(EFD_NONBLOCK) {
         Ok(e) => Arc::new(e),

@@ -1,5 +1,7 @@
-//! What the guest's files are on the host side. Today: the host
-//! directories a container shares with its VM ([`share`]); the block images
-//! of root file systems are in [`crate::rootfs`].
+//! What the guest's files are on the host side: the host directories a
+//! container shares with its VM, its rootfs among them ([`share`]), and the
+//! container's view of them that engines join through its pid ([`view`]);
+//! the block images of `io.husk.rootfs=block` are in [`crate::rootfs`].
 
 pub mod share;
+pub mod view;

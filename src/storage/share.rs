@@ -88,7 +88,7 @@ fn errno_reason(e: nix::Error) -> String {
 
 /// Makes `path` `nodev`, and read-only when `read_only` (with everything
 /// under it when `recursive`), keeping its other flags.
-fn restrict(path: &Path, read_only: bool, recursive: bool) -> Result<(), nix::Error> {
+pub(crate) fn restrict(path: &Path, read_only: bool, recursive: bool) -> Result<(), nix::Error> {
     let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| nix::Error::EINVAL)?;
     let attr = MountAttr {
         attr_set: MOUNT_ATTR_NODEV | if read_only { MOUNT_ATTR_RDONLY } else { 0 },

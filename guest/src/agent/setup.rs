@@ -3,25 +3,25 @@
 //!
 //! [`apply`] does it in this order (every step before the next):
 //! 1. hostname;
-//! 1a. with a root on the host ([`ContainerSpec::root_share`]): the
+//! 2. with a root on the host ([`ContainerSpec::root_share`]): the
 //!    virtio-fs file system of [`ContainerSpec::share_tag`] is mounted
 //!    ([`SHARE_MOUNT`]), its root directory bound on [`SHARED_ROOT`], the
 //!    guest's `/proc`, `/sys` and `/dev` moved under it, and the agent
 //!    switches into it (move onto `/`, chroot: what `switch_root` does, as
-//!    the agent runs from the initramfs) — from here on `/` is the
-//!    bundle's rootfs on the host, and every later step, the hooks and the
+//!    the agent runs from the initramfs); from here on `/` is the bundle's
+//!    rootfs on the host, and every later step, the hooks and the
 //!    container's processes see it;
-//! 2. `mounts`, in the spec's order (a tmpfs on `/dev` gets the default
+//! 3. `mounts`, in the spec's order (a tmpfs on `/dev` gets the default
 //!    device nodes and links, as runc creates them); directories the host
 //!    shares ([`SHARE_FSTYPE`] mounts) are binds from the virtio-fs file
 //!    system of [`ContainerSpec::share_tag`], which is mounted on a
 //!    directory of its own ([`SHARE_MOUNT`]) for the time of the mounts,
 //!    then detached and the directory removed (the container process does
 //!    not exist yet, so it never sees it);
-//! 3. `files` (after the mounts, so a file under a mounted tmpfs such as
+//! 4. `files` (after the mounts, so a file under a mounted tmpfs such as
 //!    `/dev/termination-log` lands on top of it);
-//! 4. `sysctl` (before `/proc/sys` may become read-only);
-//! 5. `masked_paths`; 6. `readonly_paths`; 7. the read-only root.
+//! 5. `sysctl` (before `/proc/sys` may become read-only);
+//! 6. `masked_paths`; 7. `readonly_paths`; 8. the read-only root.
 //!
 //! The translation from OCI options to mount calls ([`parse_options`],
 //! [`plan_mount`], [`plan_masked`], [`plan_readonly`]) is pure; the side
@@ -215,7 +215,7 @@ pub const SHARED_ROOT: &str = "/.husk-root";
 /// with the agent (`/dev` carries `/dev/pts`, `/dev/shm` and the share).
 const MOVED_MOUNTS: [&str; 3] = ["/proc", "/sys", "/dev"];
 
-/// Step 1a: the share's directory `name` becomes the root (see the module
+/// Step 2: the share's directory `name` becomes the root (see the module
 /// docs).
 fn enter_shared_root(share: &str, name: &str, os: &mut impl SetupOs) -> Result<(), SetupError> {
     let plain = !name.is_empty() && name != "." && name != ".." && !name.contains('/');
@@ -698,7 +698,7 @@ pub fn apply(spec: &ContainerSpec, os: &mut impl SetupOs) -> Result<(), SetupErr
     apply_rest(spec, os)
 }
 
-/// Step 2: the spec's mounts.
+/// Step 3: the spec's mounts.
 fn apply_mounts(
     spec: &ContainerSpec,
     share: Option<&str>,
@@ -785,7 +785,7 @@ fn apply_mounts(
     Ok(())
 }
 
-/// Steps 3 to 7.
+/// Steps 4 to 8.
 fn apply_rest(spec: &ContainerSpec, os: &mut impl SetupOs) -> Result<(), SetupError> {
     for file in &spec.files {
         absolute("file", &file.path)?;
