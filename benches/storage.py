@@ -84,7 +84,7 @@ def parse(output, job_list):
     return values
 
 
-def make_bundle(path, shell, mounts):
+def make_bundle(path, shell, mounts, annotations=None):
     rootfs = os.path.join(path, "rootfs")
     busybox_rootfs(rootfs)
     copy_with_libs(shutil.which("fio"), rootfs)
@@ -102,6 +102,8 @@ def make_bundle(path, shell, mounts):
         "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
                   "resources": {"memory": {"limit": 512 << 20}}},
     }
+    if annotations:
+        config["annotations"] = annotations
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(config, f)
     return rootfs
@@ -143,7 +145,7 @@ def main():
             contenders[name] = (runtime, d, vol)
         # husk in its block rootfs: the read files are in the image.
         d = os.path.join(work, "husk-block")
-        rootfs = make_bundle(d, script("/work", job_list), [])
+        rootfs = make_bundle(d, script("/work", job_list), [], {"io.husk.rootfs": "block"})
         lay_out(os.path.join(rootfs, "work"), args.size_mb, args.rand_mb)
         contenders["husk block rootfs"] = ([args.husk], d, None)
 

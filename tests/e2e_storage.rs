@@ -431,3 +431,69 @@ fn a_block_rootfs_is_opt_in_cached_and_keeps_writes_in_the_guest() {
     );
     env.assert_gone("blk3");
 }
+
+/// A user-namespaced container (`linux.uidMappings`/`gidMappings`, as
+/// `podman run --uidmap` gives): its rootfs, chowned to the range as
+/// engines do, is root's inside; what root creates is owned by the range's
+/// first ids on the host, a chown inside lands shifted, and a host file
+/// outside the range shows as nobody.
+#[test]
+fn user_namespace_mappings_apply_to_the_containers_files() {
+    use std::os::unix::fs::MetadataExt as _;
+    const HOST_UID: u32 = 100_000;
+    const HOST_GID: u32 = 200_000;
+    let env = Env::new();
+    let data = env.dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("hosts-own"), "root's\n").unwrap();
+    // The volume is the range's, as one chowns a directory for such a
+    // container; a file in it stays the host root's.
+    std::os::unix::fs::chown(&data, Some(HOST_UID), Some(HOST_GID)).unwrap();
+    let script = "stat -c '%u:%g' / /data/hosts-own && echo x > /made && chown 5:6 /made \
+                  && mkdir /data/dir && stat -c '%u:%g' /made /data/dir";
+    let bundle = env.bundle("b", &["sh", "-c", script], |c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"type": "user"}));
+        c["linux"]["uidMappings"] =
+            serde_json::json!([{"containerID": 0, "hostID": HOST_UID, "size": 65536}]);
+        c["linux"]["gidMappings"] =
+            serde_json::json!([{"containerID": 0, "hostID": HOST_GID, "size": 65536}]);
+        add_mounts(c, vec![bind("/data", &data, &["rbind"])]);
+    });
+    let rootfs = bundle.join("rootfs");
+    // As an engine chowns an image's layer for the mapping.
+    let chown = std::process::Command::new("chown")
+        .args(["-R", "-h", &format!("{HOST_UID}:{HOST_GID}")])
+        .arg(&rootfs)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let run = env.husk(&["run", "--bundle", b(&bundle), "userns1"]);
+    assert_eq!(run.status.code(), Some(0), "{}", run.stderr);
+    assert_eq!(run.stdout, "0:0\n65534:65534\n5:6\n0:0\n");
+    env.assert_gone("userns1");
+    let owner = |p: &Path| {
+        let m = std::fs::metadata(p).unwrap();
+        (m.uid(), m.gid())
+    };
+    assert_eq!(owner(&rootfs.join("made")), (HOST_UID + 5, HOST_GID + 6));
+    assert_eq!(owner(&data.join("dir")), (HOST_UID, HOST_GID));
+    assert_eq!(owner(&data.join("hosts-own")), (0, 0));
+
+    // A mapping the kernel would refuse fails create, naming it.
+    let bad = env.bundle("bad", &["true"], |c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"type": "user"}));
+        c["linux"]["uidMappings"] =
+            serde_json::json!([{"containerID": 0, "hostID": 1000, "size": 10},
+                               {"containerID": 5, "hostID": 5000, "size": 10}]);
+    });
+    let done = env.husk(&["create", "--bundle", b(&bad), "userns2"]);
+    assert!(!done.status.success());
+    assert!(done.stderr.contains("linux.uidMappings"), "{}", done.stderr);
+    env.assert_gone("userns2");
+}

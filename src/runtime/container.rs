@@ -162,6 +162,7 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
     let (mut container, mut shares) =
         guest_spec::container_spec(&req.id, &b.spec, &b.path, &guest_spec::read_bind_source)?;
     let rootfs_mode = crate::runtime::vm_plan::rootfs_mode(&b.spec)?;
+    let ids = crate::runtime::vm_plan::id_maps(&b.spec)?;
     if rootfs_mode == RootfsMode::Share {
         if !b.rootfs.is_dir() {
             return Err(CacheError::NotADirectory {
@@ -251,6 +252,7 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
         network,
         snapshot,
         shares,
+        ids,
     };
     plan.save(&dir)?;
     crate::runtime::hooks::save(&dir, b.spec.hooks().as_ref())?;

@@ -347,6 +347,7 @@ mod tests {
             tag: "husk".into(),
             root: dir.path().join("c1/share"),
             read_only: false,
+            ids: Default::default(),
         }];
         assert_ne!(key(&a, &init), key(&shared, &init));
         let mut other_share = shared.clone();

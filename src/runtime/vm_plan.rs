@@ -12,6 +12,7 @@ use crate::runtime::guest_spec::SharedDir;
 use crate::vmm::config::{
     self, BlockConfig, ConsoleOutput, FsConfig, Initramfs, NetConfig, VmConfig, VsockConfig,
 };
+use crate::vmm::devices::virtio::fs::idmap::{IdMap, IdMapError, IdMaps, IdRange};
 
 /// File name of the plan in the container's state directory.
 pub const PLAN_FILE: &str = "vm.json";
@@ -165,6 +166,41 @@ pub struct VmPlan {
     /// stages them, [`crate::storage::share`]).
     #[serde(default)]
     pub shares: Vec<SharedDir>,
+    /// The container's id mappings, applied to its shared files
+    /// ([`id_maps`]).
+    #[serde(default)]
+    pub ids: IdMaps,
+}
+
+/// The uid and gid mappings of a container with a new user namespace
+/// (`linux.uidMappings` / `gidMappings`, as runc applies them), checked;
+/// the identity without one.
+pub fn id_maps(spec: &oci_spec::runtime::Spec) -> Result<IdMaps, PlanError> {
+    let Some(linux) = spec.linux().as_ref() else {
+        return Ok(IdMaps::default());
+    };
+    let new_userns = linux.namespaces().as_ref().is_some_and(|nss| {
+        nss.iter().any(|ns| {
+            ns.typ() == oci_spec::runtime::LinuxNamespaceType::User && ns.path().is_none()
+        })
+    });
+    if !new_userns {
+        return Ok(IdMaps::default());
+    }
+    let ranges = |m: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| -> Vec<IdRange> {
+        m.iter()
+            .flatten()
+            .map(|r| IdRange {
+                container: r.container_id(),
+                host: r.host_id(),
+                size: r.size(),
+            })
+            .collect()
+    };
+    Ok(IdMaps {
+        uid: IdMap::new("linux.uidMappings", ranges(linux.uid_mappings()))?,
+        gid: IdMap::new("linux.gidMappings", ranges(linux.gid_mappings()))?,
+    })
 }
 
 /// Errors reading or writing a plan.
@@ -190,6 +226,8 @@ pub enum PlanError {
         annotation: &'static str,
         value: String,
     },
+    #[error(transparent)]
+    IdMap(#[from] IdMapError),
     #[error(
         "annotation {ANNOTATION_ROOTFS}={value:?}: use \"virtiofs\" (the default: the \
          bundle's rootfs served from the host, writes kept) or \"block\" (a cached \
@@ -289,6 +327,7 @@ impl VmPlan {
                 // Read-only shares are read-only mounts in the staging
                 // directory; the rest are the container's to write.
                 read_only: false,
+                ids: self.ids.clone(),
             })
             .into_iter()
             .collect();
@@ -330,6 +369,7 @@ mod tests {
                 recursive: false,
                 file: false,
             }],
+            ids: IdMaps::default(),
         };
         plan.save(dir.path()).unwrap();
         assert_eq!(VmPlan::load(dir.path()).unwrap(), plan);
@@ -348,6 +388,7 @@ mod tests {
                 tag: "husk".into(),
                 root: "/run/x/share".into(),
                 read_only: false,
+                ids: IdMaps::default(),
             }]
         );
         assert_eq!(
@@ -443,6 +484,7 @@ mod tests {
             network: None,
             snapshot: true,
             shares: vec![],
+            ids: IdMaps::default(),
         };
         let c = plan.vm_config(None, &[], Some(Path::new("/s/share")));
         assert!(c.block.is_empty());
@@ -476,6 +518,38 @@ mod tests {
             err.contains("io.husk.rootfs") && err.contains("\"ext4\"") && err.contains("block"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn id_maps_come_with_a_new_user_namespace_and_bad_ones_are_named() {
+        let spec = |nss: &str, maps: &str| -> oci_spec::runtime::Spec {
+            serde_json::from_str(&format!(
+                r#"{{"ociVersion":"1.0.2","linux":{{"namespaces":[{nss}]{maps}}}}}"#
+            ))
+            .unwrap()
+        };
+        let maps = r#","uidMappings":[{"containerID":0,"hostID":1000,"size":2000}],
+                      "gidMappings":[{"containerID":0,"hostID":1000,"size":3000}]"#;
+        let m = id_maps(&spec(r#"{"type":"user"}"#, maps)).unwrap();
+        assert_eq!(m.uid.to_host(0), Some(1000));
+        assert_eq!(m.gid.to_host(2999), Some(3999));
+        assert_eq!(m.uid.to_host(2000), None);
+        // Without a new user namespace the maps mean nothing (as runc).
+        assert!(id_maps(&spec(r#"{"type":"pid"}"#, maps))
+            .unwrap()
+            .uid
+            .is_identity());
+        assert!(
+            id_maps(&spec(r#"{"type":"user","path":"/proc/1/ns/user"}"#, maps))
+                .unwrap()
+                .uid
+                .is_identity()
+        );
+        let bad = r#","uidMappings":[{"containerID":0,"hostID":1000,"size":0}]"#;
+        let err = id_maps(&spec(r#"{"type":"user"}"#, bad))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("linux.uidMappings"), "{err}");
     }
 
     #[test]

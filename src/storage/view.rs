@@ -267,7 +267,10 @@ pub fn enter(
     )
     .map_err(ns("making the mounts slaves"))?;
     let point = state_dir.join(VIEW_DIR);
-    match std::fs::create_dir(&point) {
+    // Explicit mode: the passthrough cleared this process's umask.
+    match std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+        .create(&point)
+    {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => {

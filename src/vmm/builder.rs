@@ -357,11 +357,13 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
         event_manager.add_subscriber(vsock);
     }
     for share in &config.fs {
-        let fs = Fs::new(&share.tag, &share.root, share.read_only).map_err(|e| BuildError::Fs {
-            tag: share.tag.clone(),
-            root: share.root.clone(),
-            reason: e.to_string(),
-        })?;
+        let fs = Fs::new(&share.tag, &share.root, share.read_only)
+            .and_then(|fs| fs.with_ids(share.ids.clone()))
+            .map_err(|e| BuildError::Fs {
+                tag: share.tag.clone(),
+                root: share.root.clone(),
+                reason: e.to_string(),
+            })?;
         let fs = Arc::new(Mutex::new(fs));
         attach.attach(fs.clone(), &share.root)?;
         event_manager.add_subscriber(fs);

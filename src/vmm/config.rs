@@ -81,6 +81,8 @@ pub struct FsConfig {
     /// Refuse every change on the host side (`EROFS`), whatever the guest
     /// mounts it as.
     pub read_only: bool,
+    /// The container's user and group id mappings (identity when empty).
+    pub ids: crate::vmm::devices::virtio::fs::idmap::IdMaps,
 }
 
 /// A microVM.

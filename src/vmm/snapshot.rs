@@ -25,6 +25,7 @@
 //! deadline arms), then vCPU events.
 
 use std::fs::File;
+use std::io::Write as _;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
@@ -373,7 +374,9 @@ impl VmSnapshot {
             path: path.clone(),
             source,
         })?;
-        std::fs::write(&path, data).map_err(io_at(&path))
+        private_file(&path)
+            .and_then(|mut f| f.write_all(&data))
+            .map_err(io_at(&path))
     }
 
     pub fn read(dir: &Path) -> Result<Self, SnapshotError> {
@@ -394,6 +397,20 @@ impl VmSnapshot {
     }
 }
 
+/// A new (or truncated) file only its owner may read: guest memory and
+/// device state are the guest's secrets, and a writer could change what
+/// every clone runs. The mode is explicit because a virtio-fs device
+/// clears the process umask (it applies the guest's own).
+fn private_file(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
 /// Writes guest RAM to `dir/`[`MEMORY_FILE`], leaving all-zero pages as
 /// holes; returns where each region went.
 pub fn save_memory(
@@ -401,7 +418,7 @@ pub fn save_memory(
     dir: &Path,
 ) -> Result<Vec<RegionSnapshot>, SnapshotError> {
     let path = dir.join(MEMORY_FILE);
-    let file = File::create(&path).map_err(io_at(&path))?;
+    let file = private_file(&path).map_err(io_at(&path))?;
     let mut regions = Vec::new();
     let mut offset = 0u64;
     let mut buf = vec![0u8; SAVE_CHUNK];
@@ -493,6 +510,8 @@ mod tests {
         let meta = std::fs::metadata(dir.path().join(MEMORY_FILE)).unwrap();
         assert_eq!(meta.len(), 0x10_4000);
         use std::os::unix::fs::MetadataExt as _;
+        // Only its owner reads guest memory, whatever the umask.
+        assert_eq!(meta.mode() & 0o777, 0o600);
         // Two data pages, the rest holes (tmpfs and ext4 both allocate by page).
         assert!(
             meta.blocks() * 512 <= 4 * PAGE as u64,

@@ -12,6 +12,7 @@ use virtio_queue_017::QueueT as _;
 use vm_memory::GuestMemoryMmap;
 
 use super::compat::{queue_017, AliasedMemory};
+use super::idmap::IdMaps;
 use super::share::Share;
 use super::{
     FsError, CONFIG_NUM_QUEUES_OFFSET, CONFIG_SPACE_SIZE, CONFIG_TAG_OFFSET, ENTRY_TIMEOUT,
@@ -36,6 +37,7 @@ pub struct Fs {
     tag: String,
     root: PathBuf,
     read_only: bool,
+    ids: IdMaps,
     server: Arc<Server<Share>>,
     config_space: [u8; CONFIG_SPACE_SIZE],
     pub(super) active: Option<Active017>,
@@ -56,7 +58,7 @@ impl std::fmt::Debug for Fs {
 
 /// The FUSE server of `root`: fuse-backend-rs's passthrough behind husk's
 /// policy layer. The root is opened when the guest mounts (`FUSE_INIT`).
-fn server(root: &Path, read_only: bool, tag: &str) -> Result<Server<Share>, FsError> {
+fn server(root: &Path, read_only: bool, ids: &IdMaps, tag: &str) -> Result<Server<Share>, FsError> {
     let root_dir = root
         .to_str()
         .ok_or_else(|| FsError::Path {
@@ -82,7 +84,7 @@ fn server(root: &Path, read_only: bool, tag: &str) -> Result<Server<Share>, FsEr
         path: root.to_path_buf(),
         source,
     })?;
-    Ok(Server::new(Share::new(fs, read_only)))
+    Ok(Server::new(Share::new(fs, read_only, ids.clone())))
 }
 
 impl Fs {
@@ -129,11 +131,21 @@ impl Fs {
             tag: tag.to_owned(),
             root: root.to_path_buf(),
             read_only,
-            server: Arc::new(server(root, read_only, tag)?),
+            ids: IdMaps::default(),
+            server: Arc::new(server(root, read_only, &IdMaps::default(), tag)?),
             config_space,
             active: None,
             bad_requests: 0,
         })
+    }
+
+    /// Maps the ids of the files it serves ([`IdMaps`]: a user-namespaced
+    /// container's `linux.uidMappings` / `gidMappings`); before the guest
+    /// uses the device.
+    pub fn with_ids(mut self, ids: IdMaps) -> Result<Fs, FsError> {
+        self.server = Arc::new(server(&self.root, self.read_only, &ids, &self.tag)?);
+        self.ids = ids;
+        Ok(self)
     }
 
     /// The tag the guest mounts.
@@ -289,7 +301,7 @@ impl VirtioDevice for Fs {
         // inode and handle of the old one (requests are served
         // synchronously, so none is in flight).
         self.active = None;
-        match server(&self.root, self.read_only, &self.tag) {
+        match server(&self.root, self.read_only, &self.ids, &self.tag) {
             Ok(server) => self.server = Arc::new(server),
             Err(err) => {
                 warn!("fs {}: reset: {err}", self.tag);
@@ -303,7 +315,7 @@ impl VirtioDevice for Fs {
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::{symlink, MetadataExt as _};
+    use std::os::unix::fs::{symlink, MetadataExt as _, PermissionsExt as _};
 
     use vm_memory::{Bytes as _, GuestAddress};
 
@@ -313,6 +325,7 @@ mod tests {
     // FUSE opcodes and structures (include/uapi/linux/fuse.h).
     const FUSE_LOOKUP: u32 = 1;
     const FUSE_GETATTR: u32 = 3;
+    const FUSE_SETATTR: u32 = 4;
     const FUSE_READLINK: u32 = 5;
     const FUSE_MKDIR: u32 = 9;
     const FUSE_OPEN: u32 = 14;
@@ -330,6 +343,11 @@ mod tests {
     const ATTR_INO: usize = 0;
     const ATTR_SIZE: usize = 8;
     const ATTR_MODE: usize = 60;
+    const ATTR_UID: usize = 68;
+    const ATTR_GID: usize = 72;
+    /// `fuse_setattr_in.valid` bits (include/uapi/linux/fuse.h).
+    const FATTR_UID: u32 = 1 << 1;
+    const FATTR_GID: u32 = 1 << 2;
 
     const REQ: u64 = 0x1_0000;
     const REPLY: u64 = 0x3_0000;
@@ -341,15 +359,24 @@ mod tests {
         req: GuestQueue,
         irq: Arc<TestInterrupt>,
         unique: u64,
+        /// The uid and gid of the requests' caller.
+        caller: (u32, u32),
     }
 
     impl Guest {
         fn new(root: &Path, read_only: bool) -> Guest {
+            Self::with_ids(root, read_only, IdMaps::default())
+        }
+
+        fn with_ids(root: &Path, read_only: bool, ids: IdMaps) -> Guest {
             let mem = memory();
             let hiprio = GuestQueue::new(&mem, 16, 0x1000);
             let req = GuestQueue::new(&mem, 16, 0x5000);
             let irq = Arc::new(TestInterrupt::default());
-            let mut dev = Fs::new("vol", root, read_only).unwrap();
+            let mut dev = Fs::new("vol", root, read_only)
+                .unwrap()
+                .with_ids(ids)
+                .unwrap();
             dev.activate(
                 mem,
                 irq.clone(),
@@ -362,6 +389,7 @@ mod tests {
                 req,
                 irq,
                 unique: 0,
+                caller: (0, 0),
             };
             let mut init = Vec::new();
             for v in [7u32, 31, 0x2_0000, 0] {
@@ -419,7 +447,9 @@ mod tests {
             msg.extend_from_slice(&opcode.to_le_bytes());
             msg.extend_from_slice(&self.unique.to_le_bytes());
             msg.extend_from_slice(&nodeid.to_le_bytes());
-            msg.extend_from_slice(&[0u8; 16]); // uid, gid, pid, padding: root
+            msg.extend_from_slice(&self.caller.0.to_le_bytes());
+            msg.extend_from_slice(&self.caller.1.to_le_bytes());
+            msg.extend_from_slice(&[0u8; 8]); // pid, padding
             msg.extend_from_slice(body);
             msg
         }
@@ -587,6 +617,95 @@ mod tests {
         assert_eq!(err, 0);
         let ino = u64::from_le_bytes(attr[16..24].try_into().unwrap());
         assert_eq!(ino, std::fs::metadata(&root).unwrap().ino());
+    }
+
+    /// `linux.uidMappings`: host files show with container ids (`nobody`
+    /// outside the map), what the container creates or chowns gets host
+    /// ids, and unmapped ids are refused.
+    #[test]
+    fn ids_are_mapped_between_the_container_and_the_host() {
+        use super::super::idmap::{IdMap, IdRange};
+        let dir = share();
+        let root = dir.path().join("share");
+        let mapped = root.join("mapped");
+        std::fs::write(&mapped, b"x").unwrap();
+        std::os::unix::fs::chown(&mapped, Some(100_005), Some(200_005)).unwrap();
+        // The engine hands a user-namespaced container a root it owns
+        // (its range's first ids); what else the host put there keeps
+        // the host's owner.
+        std::os::unix::fs::chown(&root, Some(100_000), Some(200_000)).unwrap();
+        let range = |host| {
+            vec![IdRange {
+                container: 0,
+                host,
+                size: 65536,
+            }]
+        };
+        let ids = IdMaps {
+            uid: IdMap::new("u", range(100_000)).unwrap(),
+            gid: IdMap::new("g", range(200_000)).unwrap(),
+        };
+        let mut g = Guest::with_ids(&root, false, ids);
+        let owner = |entry: &[u8]| (attr_u32(entry, ATTR_UID), attr_u32(entry, ATTR_GID));
+        let (_, host_root_file) = g.lookup(ROOT, "hello").unwrap();
+        assert_eq!(owner(&host_root_file), (65534, 65534));
+        let (node, entry) = g.lookup(ROOT, "mapped").unwrap();
+        assert_eq!(owner(&entry), (5, 5));
+        // Created by the container's root: the range's first host ids.
+        g.create(ROOT, "new").unwrap();
+        let meta = std::fs::metadata(root.join("new")).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (100_000, 200_000));
+        let (_, entry) = g.lookup(ROOT, "new").unwrap();
+        assert_eq!(owner(&entry), (0, 0));
+        assert_eq!(g.mkdir(ROOT, "dir"), 0);
+        assert_eq!(std::fs::metadata(root.join("dir")).unwrap().uid(), 100_000);
+        // A chown inside maps; to an id outside the map, EINVAL.
+        let setattr = |uid: u32, gid: u32| {
+            let mut body = Vec::new();
+            body.extend_from_slice(&(FATTR_UID | FATTR_GID).to_le_bytes());
+            body.extend_from_slice(&[0u8; 4 + 8 * 6 + 4 * 5]);
+            body.extend_from_slice(&uid.to_le_bytes());
+            body.extend_from_slice(&gid.to_le_bytes());
+            body.extend_from_slice(&[0u8; 4]);
+            body
+        };
+        let (err, attr) = g.call(FUSE_SETATTR, node, &setattr(7, 8));
+        assert_eq!(err, 0);
+        let meta = std::fs::metadata(&mapped).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (100_007, 200_008));
+        // fuse_attr_out: attr_valid, attr_valid_nsec, dummy, then the attr.
+        let at = 16;
+        assert_eq!(
+            u32::from_le_bytes(attr[at + ATTR_UID..at + ATTR_UID + 4].try_into().unwrap()),
+            7
+        );
+        let (err, _) = g.call(FUSE_SETATTR, node, &setattr(70_000, 8));
+        assert_eq!(-err, libc::EINVAL);
+        assert_eq!(std::fs::metadata(&mapped).unwrap().uid(), 100_007);
+        // A host root's file is not the container root's: its mode decides
+        // (hello is 0644: readable, not writable); the container's own is
+        // writable whatever its mode.
+        // (The passthrough clears the process umask: set the mode.)
+        std::fs::set_permissions(root.join("hello"), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+        let (hello, _) = g.lookup(ROOT, "hello").unwrap();
+        assert!(g.open(hello, libc::O_RDONLY).is_ok());
+        assert_eq!(g.open(hello, libc::O_WRONLY), Err(libc::EACCES));
+        assert_eq!(
+            g.open(hello, libc::O_RDONLY | libc::O_TRUNC),
+            Err(libc::EACCES)
+        );
+        std::fs::write(root.join("secret"), b"s").unwrap();
+        std::fs::set_permissions(root.join("secret"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+        let (secret, _) = g.lookup(ROOT, "secret").unwrap();
+        assert_eq!(g.open(secret, libc::O_RDONLY), Err(libc::EACCES));
+        std::fs::set_permissions(&mapped, std::fs::Permissions::from_mode(0o400)).unwrap();
+        assert!(g.open(node, libc::O_RDWR).is_ok());
+        // A caller whose id is outside the map cannot create.
+        g.caller = (70_000, 0);
+        assert_eq!(g.create(ROOT, "unmapped"), Err(libc::EOVERFLOW));
+        assert!(!root.join("unmapped").exists());
     }
 
     #[test]

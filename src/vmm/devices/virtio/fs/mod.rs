@@ -32,6 +32,7 @@
 mod compat;
 mod device;
 mod event_handler;
+pub mod idmap;
 mod share;
 
 use std::path::PathBuf;

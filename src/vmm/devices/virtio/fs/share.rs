@@ -14,6 +14,12 @@
 //!   on the host side: a guest that remounts its mount read-write still
 //!   cannot change a file.
 //!
+//! - **id mapping** (`linux.uidMappings` / `gidMappings`, [`IdMaps`]): the
+//!   caller's ids of a request that creates a file become host ids (an
+//!   unmapped one gets `EOVERFLOW`), a chown's ids too (`EINVAL` when
+//!   unmapped), and every attribute the guest gets back carries container
+//!   ids (`nobody` for a host id outside the map).
+//!
 //! Everything else is passed through unchanged.
 
 use std::ffi::CStr;
@@ -29,12 +35,32 @@ use fuse_backend_rs::api::filesystem::{
 };
 use fuse_backend_rs::passthrough::PassthroughFs;
 
+use super::idmap::IdMaps;
+
 /// What husk adds to the passthrough's `FUSE_INIT` answer: large writes
 /// (`FUSE_BIG_WRITES`, `FUSE_MAX_PAGES`).
 const LARGE_REQUESTS: FsOptions = FsOptions::BIG_WRITES.union(FsOptions::MAX_PAGES);
 
 /// `open(2)` flags that ask for write access or change the file.
 const WRITE_FLAGS: u32 = (libc::O_WRONLY | libc::O_RDWR | libc::O_TRUNC | libc::O_APPEND) as u32;
+
+/// Permission bits ([`Share::not_theirs_check`]).
+const READ: u32 = 4;
+const WRITE: u32 = 2;
+
+/// The permission bits an `open(2)` with `flags` needs.
+fn access_wanted(flags: u32) -> u32 {
+    let mode = flags & libc::O_ACCMODE as u32;
+    let mut want = match mode {
+        m if m == libc::O_WRONLY as u32 => WRITE,
+        m if m == libc::O_RDWR as u32 => READ | WRITE,
+        _ => READ,
+    };
+    if flags & libc::O_TRUNC as u32 != 0 {
+        want |= WRITE;
+    }
+    want
+}
 
 fn erofs() -> io::Error {
     io::Error::from_raw_os_error(libc::EROFS)
@@ -44,11 +70,63 @@ fn erofs() -> io::Error {
 pub struct Share {
     inner: PassthroughFs,
     read_only: bool,
+    ids: IdMaps,
 }
 
 impl Share {
-    pub fn new(inner: PassthroughFs, read_only: bool) -> Share {
-        Share { inner, read_only }
+    pub fn new(inner: PassthroughFs, read_only: bool, ids: IdMaps) -> Share {
+        Share {
+            inner,
+            read_only,
+            ids,
+        }
+    }
+
+    /// The request's caller with host ids: the owner of what it creates.
+    fn host_ctx(&self, ctx: &Context) -> io::Result<Context> {
+        match (self.ids.uid.to_host(ctx.uid), self.ids.gid.to_host(ctx.gid)) {
+            (Some(uid), Some(gid)) => Ok(Context { uid, gid, ..*ctx }),
+            _ => Err(io::Error::from_raw_os_error(libc::EOVERFLOW)),
+        }
+    }
+
+    /// Attributes as the container sees them.
+    fn attr(&self, mut st: stat64) -> stat64 {
+        st.st_uid = self.ids.uid.to_container(st.st_uid);
+        st.st_gid = self.ids.gid.to_container(st.st_gid);
+        st
+    }
+
+    fn entry(&self, mut e: Entry) -> Entry {
+        e.attr = self.attr(e.attr);
+        e
+    }
+
+    /// With a mapping, a file whose host owner or group is outside it is
+    /// not the container's: its permission bits decide for the caller's
+    /// host ids, as the kernel decides for root in a user namespace (no
+    /// DAC override over an inode whose ids it does not map). The guest
+    /// kernel cannot check this (it sees `nobody`, and its root may read
+    /// anything), and the VMM opens files as the host's root.
+    fn not_theirs_check(&self, ctx: &Context, inode: Inode, want: u32) -> io::Result<()> {
+        if self.ids.uid.is_identity() && self.ids.gid.is_identity() {
+            return Ok(());
+        }
+        let (st, _) = self.inner.getattr(ctx, inode, None)?;
+        if self.ids.uid.maps_host(st.st_uid) && self.ids.gid.maps_host(st.st_gid) {
+            return Ok(());
+        }
+        let mode = st.st_mode;
+        let bits = match self.host_ctx(ctx) {
+            Ok(c) if c.uid == st.st_uid => (mode >> 6) & 7,
+            Ok(c) if c.gid == st.st_gid => (mode >> 3) & 7,
+            _ => mode & 7,
+        };
+        if bits & want == want {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(libc::EACCES))
+        }
     }
 
     fn writable(&self) -> io::Result<()> {
@@ -79,7 +157,7 @@ impl FileSystem for Share {
     }
 
     fn lookup(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<Entry> {
-        self.inner.lookup(ctx, parent, name)
+        self.inner.lookup(ctx, parent, name).map(|e| self.entry(e))
     }
 
     fn forget(&self, ctx: &Context, inode: Inode, count: u64) {
@@ -96,7 +174,8 @@ impl FileSystem for Share {
         inode: Inode,
         handle: Option<Handle>,
     ) -> io::Result<(stat64, Duration)> {
-        self.inner.getattr(ctx, inode, handle)
+        let (st, timeout) = self.inner.getattr(ctx, inode, handle)?;
+        Ok((self.attr(st), timeout))
     }
 
     fn setattr(
@@ -108,7 +187,16 @@ impl FileSystem for Share {
         valid: SetattrValid,
     ) -> io::Result<(stat64, Duration)> {
         self.writable()?;
-        self.inner.setattr(ctx, inode, attr, handle, valid)
+        let mut attr = attr;
+        let einval = || io::Error::from_raw_os_error(libc::EINVAL);
+        if valid.contains(SetattrValid::UID) {
+            attr.st_uid = self.ids.uid.to_host(attr.st_uid).ok_or_else(einval)?;
+        }
+        if valid.contains(SetattrValid::GID) {
+            attr.st_gid = self.ids.gid.to_host(attr.st_gid).ok_or_else(einval)?;
+        }
+        let (st, timeout) = self.inner.setattr(ctx, inode, attr, handle, valid)?;
+        Ok((self.attr(st), timeout))
     }
 
     fn readlink(&self, ctx: &Context, inode: Inode) -> io::Result<Vec<u8>> {
@@ -123,7 +211,10 @@ impl FileSystem for Share {
         name: &CStr,
     ) -> io::Result<Entry> {
         self.writable()?;
-        self.inner.symlink(ctx, linkname, parent, name)
+        let ctx = self.host_ctx(ctx)?;
+        self.inner
+            .symlink(&ctx, linkname, parent, name)
+            .map(|e| self.entry(e))
     }
 
     fn mknod(
@@ -136,7 +227,10 @@ impl FileSystem for Share {
         umask: u32,
     ) -> io::Result<Entry> {
         self.writable()?;
-        self.inner.mknod(ctx, inode, name, mode, rdev, umask)
+        let ctx = self.host_ctx(ctx)?;
+        self.inner
+            .mknod(&ctx, inode, name, mode, rdev, umask)
+            .map(|e| self.entry(e))
     }
 
     fn mkdir(
@@ -148,7 +242,10 @@ impl FileSystem for Share {
         umask: u32,
     ) -> io::Result<Entry> {
         self.writable()?;
-        self.inner.mkdir(ctx, parent, name, mode, umask)
+        let ctx = self.host_ctx(ctx)?;
+        self.inner
+            .mkdir(&ctx, parent, name, mode, umask)
+            .map(|e| self.entry(e))
     }
 
     fn unlink(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()> {
@@ -183,7 +280,9 @@ impl FileSystem for Share {
         newname: &CStr,
     ) -> io::Result<Entry> {
         self.writable()?;
-        self.inner.link(ctx, inode, newparent, newname)
+        self.inner
+            .link(ctx, inode, newparent, newname)
+            .map(|e| self.entry(e))
     }
 
     fn open(
@@ -196,6 +295,7 @@ impl FileSystem for Share {
         if flags & WRITE_FLAGS != 0 {
             self.writable()?;
         }
+        self.not_theirs_check(ctx, inode, access_wanted(flags))?;
         self.inner.open(ctx, inode, flags, fuse_flags)
     }
 
@@ -207,7 +307,9 @@ impl FileSystem for Share {
         args: CreateIn,
     ) -> io::Result<(Entry, Option<Handle>, OpenOptions, Option<u32>)> {
         self.writable()?;
-        self.inner.create(ctx, parent, name, args)
+        let ctx = self.host_ctx(ctx)?;
+        let (entry, handle, options, passthrough) = self.inner.create(&ctx, parent, name, args)?;
+        Ok((self.entry(entry), handle, options, passthrough))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -339,6 +441,7 @@ impl FileSystem for Share {
         inode: Inode,
         flags: u32,
     ) -> io::Result<(Option<Handle>, OpenOptions)> {
+        self.not_theirs_check(ctx, inode, READ)?;
         self.inner.opendir(ctx, inode, flags)
     }
 
@@ -365,7 +468,9 @@ impl FileSystem for Share {
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
         self.inner
-            .readdirplus(ctx, inode, handle, size, offset, add_entry)
+            .readdirplus(ctx, inode, handle, size, offset, &mut |d, e| {
+                add_entry(d, self.entry(e))
+            })
     }
 
     fn fsyncdir(
@@ -392,7 +497,11 @@ impl FileSystem for Share {
         if mask & u32::try_from(libc::W_OK).unwrap_or(0) != 0 {
             self.writable()?;
         }
-        self.inner.access(ctx, inode, mask)
+        // Checked against the host's owner: with the caller's host ids.
+        let ctx = self
+            .host_ctx(ctx)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EACCES))?;
+        self.inner.access(&ctx, inode, mask)
     }
 
     fn lseek(
