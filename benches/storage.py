@@ -9,7 +9,12 @@ plus Debian's fio and its libraries):
 - husk, block rootfs: in the container's root file system (reads from the
   rootfs ext4 image over virtio-blk, writes into the guest-memory overlay);
 - runc: in the same kind of directory bind mount (the host's file system
-  directly).
+  directly);
+- QEMU + virtiofsd: QEMU's microvm machine on the same guest kernel and
+  husk-init, its root the same rootfs as an ext4 image, the volume served by
+  QEMU's virtiofsd over vhost-user (guest RAM a shared memfd), the same
+  cache policy as husk's (`cache=auto`). Its time is the VM's (no container
+  runtime around it); the fio figures are inside the guest either way.
 
 Jobs: sequential write (1 MiB blocks, fsync at the end) and read of a file,
 4 KiB random reads and writes for a fixed time, and metadata (fio's
@@ -31,8 +36,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 from common import ROOT, version, write_json
+
+VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
+QEMU_MIB = 512
 from rootfs import busybox_rootfs, copy_with_libs
 
 BEGIN = "=== fio begin"
@@ -109,6 +118,70 @@ def make_bundle(path, shell, mounts, annotations=None):
     return rootfs
 
 
+def encode_cmd(args):
+    import base64
+    raw = json.dumps({"args": args}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def qemu_virtiofsd(husk, work, vol, shell):
+    """The argv of a QEMU microvm + virtiofsd run of `shell` with `vol` on
+    /data, and the virtiofsd argv to start first (it serves one VM)."""
+    d = os.path.join(work, "qemu")
+    os.makedirs(d, exist_ok=True)
+    rootfs = os.path.join(d, "rootfs")
+    busybox_rootfs(rootfs)
+    copy_with_libs(shutil.which("fio"), rootfs)
+    os.makedirs(os.path.join(rootfs, "data"), exist_ok=True)
+    image = os.path.join(d, "root.ext4")
+    initrd = os.path.join(d, "initramfs.cpio")
+    subprocess.run([husk, "image", rootfs, image], check=True, capture_output=True)
+    subprocess.run([husk, "initramfs", initrd], check=True, capture_output=True)
+    kernel = subprocess.run([os.path.join(ROOT, "kernels/build.sh"), "--print-path"], check=True,
+                            capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    sock = os.path.join(d, "vfsd.sock")
+    cmd = ["/bin/sh", "-c", f"mount -t virtiofs vol /data && {shell}"]
+    append = ("console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 no_timer_check quiet "
+              f"husk.quiet=1 husk.overlay=1 husk.root=/dev/vda husk.cmd={encode_cmd(cmd)}")
+    qemu = ["qemu-system-x86_64", "-M", "microvm,acpi=off,rtc=off,x-option-roms=off,memory-backend=mem",
+            "-accel", "kvm", "-cpu", "host", "-m", str(QEMU_MIB), "-smp", "1",
+            "-object", f"memory-backend-memfd,id=mem,size={QEMU_MIB}M,share=on",
+            "-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio",
+            "-kernel", kernel, "-initrd", initrd, "-append", append,
+            "-drive", f"id=root,file={image},format=raw,if=none,readonly=on",
+            "-device", "virtio-blk-device,drive=root",
+            "-chardev", f"socket,id=vfs,path={sock}",
+            "-device", "vhost-user-fs-device,chardev=vfs,tag=vol"]
+    virtiofsd = [VIRTIOFSD, f"--socket-path={sock}", "-o", f"source={vol}", "-o", "cache=auto"]
+    return qemu, virtiofsd, sock
+
+
+def run_qemu(qemu, virtiofsd, sock):
+    """One QEMU + virtiofsd run: the guest console's output."""
+    if os.path.exists(sock):
+        os.unlink(sock)
+    daemon = subprocess.Popen(virtiofsd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(200):
+            if os.path.exists(sock):
+                break
+            if daemon.poll() is not None:
+                sys.exit(f"virtiofsd exited: {daemon.stderr.read()[-2000:]}")
+            time.sleep(0.05)
+        p = subprocess.run(qemu, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=3600)
+        if p.returncode != 0 or END not in p.stdout:
+            sys.exit(f"QEMU + virtiofsd: run failed ({p.returncode}): {p.stdout[-2000:]}{p.stderr[-2000:]}")
+        return p.stdout.replace("\r\n", "\n")
+    finally:
+        daemon.terminate()
+        try:
+            daemon.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+
+
 def lay_out(directory, size_mb, rand_mb):
     """The files the read jobs read, written before the container starts."""
     os.makedirs(directory, exist_ok=True)
@@ -127,8 +200,9 @@ def main():
     ap.add_argument("--files", type=int, default=1000, help="files of the metadata jobs")
     ap.add_argument("--husk", default=os.path.join(ROOT, "target/release/husk"))
     ap.add_argument("--json", help="write raw results here")
+    ap.add_argument("--no-qemu", action="store_true", help="leave QEMU + virtiofsd out")
     args = ap.parse_args()
-    for tool in ("fio", "busybox", "runc"):
+    for tool in ("fio", "busybox", "runc") + (() if args.no_qemu else ("qemu-system-x86_64", VIRTIOFSD)):
         if not shutil.which(tool):
             sys.exit(f"{tool} not found (scripts/install-deps.sh installs it)")
     job_list = jobs(args.size_mb, args.rand_mb, args.seconds, args.files)
@@ -148,16 +222,26 @@ def main():
         rootfs = make_bundle(d, script("/work", job_list), [], {"io.husk.rootfs": "block"})
         lay_out(os.path.join(rootfs, "work"), args.size_mb, args.rand_mb)
         contenders["husk block rootfs"] = ([args.husk], d, None)
+        if not args.no_qemu:
+            vol = os.path.join(work, "qemu-vol")
+            lay_out(vol, args.size_mb, args.rand_mb)
+            contenders["QEMU + virtiofsd"] = (qemu_virtiofsd(args.husk, work, vol, script("/data", job_list)),
+                                              None, vol)
 
         results = {name: {job: [] for job, _, _ in job_list} for name in contenders}
         for r in range(args.runs):
             for name, (runtime, bundle, vol) in contenders.items():
-                state = os.path.join(work, "state")
-                argv = runtime + ["--root", state, "run", "--bundle", bundle, f"s{r}"]
-                p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=3600)
-                if p.returncode != 0:
-                    sys.exit(f"{name}: run failed ({p.returncode}): {p.stdout[-2000:]}{p.stderr[-2000:]}")
-                for job, v in parse(p.stdout, job_list).items():
+                if bundle is None:
+                    output = run_qemu(*runtime)
+                else:
+                    state = os.path.join(work, "state")
+                    argv = runtime + ["--root", state, "run", "--bundle", bundle, f"s{r}"]
+                    p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                       timeout=3600)
+                    if p.returncode != 0:
+                        sys.exit(f"{name}: run failed ({p.returncode}): {p.stdout[-2000:]}{p.stderr[-2000:]}")
+                    output = p.stdout
+                for job, v in parse(output, job_list).items():
                     results[name][job].append(v)
                 if vol:
                     for f in ("seq-w",):
@@ -173,8 +257,10 @@ def main():
           f"metadata over {args.files} files")
     print()
     names = list(contenders)
-    print("| job | " + " | ".join(names) + " | husk virtio-fs / runc |")
-    print("|---|" + "---|" * (len(names) + 1))
+    qemu = "QEMU + virtiofsd" in results
+    print("| job | " + " | ".join(names) + " | husk virtio-fs / runc |"
+          + (" husk virtio-fs / QEMU + virtiofsd |" if qemu else ""))
+    print("|---|" + "---|" * (len(names) + 1 + qemu))
     for job, _, key in job_list:
         unit = "MB/s" if key.endswith("bw") else "ops/s"
         cells = []
@@ -182,10 +268,14 @@ def main():
             vals = results[name][job]
             cells.append(f"{statistics.median(vals):.0f} {unit} ({min(vals):.0f}-{max(vals):.0f})")
         ratio = statistics.median(results["husk virtio-fs"][job]) / statistics.median(results["runc bind mount"][job])
-        print(f"| {job} | " + " | ".join(cells) + f" | {ratio:.2f} |")
+        row = f"| {job} | " + " | ".join(cells) + f" | {ratio:.2f} |"
+        if qemu:
+            row += f" {statistics.median(results['husk virtio-fs'][job]) / statistics.median(results['QEMU + virtiofsd'][job]):.2f} |"
+        print(row)
     if args.json:
         write_json(args.json, "storage", {"args": vars(args), "results": results,
-                                          "runc": version(["runc", "--version"])})
+                                          "runc": version(["runc", "--version"]),
+                                          "qemu": None if args.no_qemu else version(["qemu-system-x86_64", "--version"])})
 
 
 if __name__ == "__main__":

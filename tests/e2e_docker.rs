@@ -246,5 +246,88 @@ fn docker_runs_husk_containers_with_its_bridge_network() {
         std::fs::read_to_string(vol.join("out")).unwrap(),
         "from docker\n"
     );
+    // Read-only: the write is refused inside, the host file unchanged.
+    let ro = format!("{}:/data:ro", vol.display());
+    let done = d.run(
+        &["--rm", "-v", &ro],
+        &["sh", "-c", "cat /data/out; echo x > /data/out"],
+    );
+    assert!(!done.status.success());
+    assert!(done.stdout.contains("from docker"), "{}", done.stdout);
+    assert!(
+        done.stderr.contains("Read-only file system"),
+        "{}",
+        done.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(vol.join("out")).unwrap(),
+        "from docker\n"
+    );
+    // A named volume keeps what one container wrote for the next.
+    let done = d.run(
+        &["--rm", "-v", "husk-vol:/v"],
+        &["sh", "-c", "echo kept > /v/f"],
+    );
+    assert!(done.status.success(), "{}", done.stderr);
+    let done = d.run(&["--rm", "-v", "husk-vol:/v"], &["cat", "/v/f"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(done.stdout, "kept\n");
+    assert!(d.docker(&["volume", "rm", "husk-vol"]).status.success());
+
+    // The container's own files: docker cp both ways on a running
+    // container, kept across stop/start, in docker diff and commit.
+    let done = d.run(
+        &["-d", "--name", "keep", "--network", "none"],
+        &["sh", "-c", "echo run >> /runs; exec sleep 1000"],
+    );
+    assert!(done.status.success(), "{}", done.stderr);
+    let host_file = d.dir.path().join("to-container");
+    std::fs::write(&host_file, "copied in\n").unwrap();
+    let done = d.docker(&["cp", host_file.to_str().unwrap(), "keep:/copied-in"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let done = d.docker(&[
+        "exec",
+        "keep",
+        "sh",
+        "-c",
+        "cat /copied-in; echo inside > /made-inside",
+    ]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(done.stdout, "copied in\n");
+    let out = d.dir.path().join("from-container");
+    let done = d.docker(&["cp", "keep:/made-inside", out.to_str().unwrap()]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "inside\n");
+    let done = d.docker(&["diff", "keep"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    for added in ["A /runs", "A /copied-in", "A /made-inside"] {
+        assert!(
+            done.stdout.lines().any(|l| l == added),
+            "{added}: {}",
+            done.stdout
+        );
+    }
+    assert!(d.docker(&["stop", "-t", "1", "keep"]).status.success());
+    assert!(d.docker(&["start", "keep"]).status.success());
+    let done = d.docker(&["exec", "keep", "cat", "/runs", "/copied-in", "/made-inside"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(done.stdout, "run\nrun\ncopied in\ninside\n");
+    let done = d.docker(&["commit", "keep", "husk-kept:latest"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert!(d.docker(&["rm", "-f", "keep"]).status.success());
+    let done = d.docker(&[
+        "run",
+        "--runtime",
+        "husk",
+        "--rm",
+        "--network",
+        "none",
+        "husk-kept:latest",
+        "cat",
+        "/runs",
+        "/made-inside",
+    ]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(done.stdout, "run\nrun\ninside\n");
     d.assert_nothing_left();
 }

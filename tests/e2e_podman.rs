@@ -349,6 +349,56 @@ fn podman_sees_and_keeps_the_containers_files() {
     p.assert_no_vm();
 }
 
+/// `podman build` with husk as the runtime (buildah's OCI runtime path,
+/// as a CI runner building an untrusted Containerfile uses it): every `RUN`
+/// step runs in a husk VM, and the built image holds every step's changes.
+#[test]
+fn podman_build_runs_each_step_in_a_husk_vm() {
+    let p = Podman::new();
+    let context = runtime_root_of(&p).join("context");
+    std::fs::create_dir_all(&context).unwrap();
+    std::fs::write(context.join("hello.txt"), "from the context\n").unwrap();
+    std::fs::write(
+        context.join("Containerfile"),
+        format!(
+            "FROM {IMAGE}\n\
+             RUN mkdir /built && echo one > /built/step1 \\\n\
+             \x20&& grep -o husk.agent=1 /proc/cmdline > /built/vm\n\
+             RUN cat /built/step1 > /built/step2 && echo two >> /built/step2 \\\n\
+             \x20&& rm /built/step1\n\
+             COPY hello.txt /built/\n\
+             RUN cat /built/hello.txt >> /built/step2\n"
+        ),
+    )
+    .unwrap();
+    let husk = Podman::husk();
+    let done = p.podman(&[
+        "build",
+        "--runtime",
+        husk.to_str().unwrap(),
+        "-t",
+        "localhost/husk-built:latest",
+        context.to_str().unwrap(),
+    ]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let done = p.podman(&[
+        "run",
+        "--rm",
+        "localhost/husk-built:latest",
+        "sh",
+        "-c",
+        "cat /built/step2 /built/vm; test ! -e /built/step1 && echo step1-gone",
+    ]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(
+        done.stdout,
+        "one\ntwo\nfrom the context\nhusk.agent=1\nstep1-gone\n"
+    );
+    p.assert_no_vm();
+    let done = p.podman(&["ps", "-a", "--format", "{{.Names}}"]);
+    assert_eq!(done.stdout.trim(), "", "containers left: {}", done.stdout);
+}
+
 /// The engine's side of issue 14's bug and faults: `podman create` then
 /// `podman rm` leaves no VM, and a VMM killed from outside is the
 /// container exiting with 137, after which `podman rm` leaves nothing.
