@@ -145,6 +145,8 @@ def qemu_virtiofsd(husk, work, vol, shell):
               f"husk.quiet=1 husk.overlay=1 husk.root=/dev/vda husk.cmd={encode_cmd(cmd)}")
     qemu = ["qemu-system-x86_64", "-M", "microvm,acpi=off,rtc=off,x-option-roms=off,memory-backend=mem",
             "-accel", "kvm", "-cpu", "host", "-m", str(QEMU_MIB), "-smp", "1",
+            # virtio 1.0 over mmio (virtiofsd's libvhost-user has no legacy).
+            "-global", "virtio-mmio.force-legacy=false",
             "-object", f"memory-backend-memfd,id=mem,size={QEMU_MIB}M,share=on",
             "-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio",
             "-kernel", kernel, "-initrd", initrd, "-append", append,
