@@ -133,6 +133,9 @@ def qemu_virtiofsd(husk, work, vol, shell):
     busybox_rootfs(rootfs)
     copy_with_libs(shutil.which("fio"), rootfs)
     os.makedirs(os.path.join(rootfs, "data"), exist_ok=True)
+    # In the image: the jobs are longer than a kernel command line.
+    with open(os.path.join(rootfs, "bench.sh"), "w") as f:
+        f.write(f"mount -t virtiofs vol /data && {shell}\n")
     image = os.path.join(d, "root.ext4")
     initrd = os.path.join(d, "initramfs.cpio")
     subprocess.run([husk, "image", rootfs, image], check=True, capture_output=True)
@@ -140,7 +143,7 @@ def qemu_virtiofsd(husk, work, vol, shell):
     kernel = subprocess.run([os.path.join(ROOT, "kernels/build.sh"), "--print-path"], check=True,
                             capture_output=True, text=True).stdout.strip().splitlines()[-1]
     sock = os.path.join(d, "vfsd.sock")
-    cmd = ["/bin/sh", "-c", f"mount -t virtiofs vol /data && {shell}"]
+    cmd = ["/bin/sh", "/bench.sh"]
     append = ("console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 no_timer_check quiet "
               f"husk.quiet=1 husk.overlay=1 husk.root=/dev/vda husk.cmd={encode_cmd(cmd)}")
     qemu = ["qemu-system-x86_64", "-M", "microvm,acpi=off,rtc=off,x-option-roms=off,memory-backend=mem",
