@@ -95,7 +95,7 @@ bench-net: kernel build
 
 bench-storage: kernel build
 	mkdir -p $(BENCH_OUT)
-	$(TESTHOST) --rw $(BENCH_OUT) -- python3 benches/storage.py --qemu --runs $${RUNS:-3} --json $(BENCH_OUT)/storage.json
+	$(TESTHOST) --rw $(BENCH_OUT) -- python3 benches/storage.py --runs $${RUNS:-3} --json $(BENCH_OUT)/storage.json
 
 bench-image: kernel build
 	mkdir -p $(BENCH_OUT)
