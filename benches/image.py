@@ -51,7 +51,8 @@ def python_tree(rootfs):
     """busybox, the host's python3 with its libraries and its standard
     library, at the host's paths."""
     busybox_rootfs(rootfs)
-    binary = os.path.realpath(shutil.which("python3.11") or "/usr/bin/python3")
+    # The distribution's python (a pyenv or venv one may come first on PATH).
+    binary = os.path.realpath("/usr/bin/python3")
     if not binary.startswith("/usr/"):
         sys.exit(f"python3 at {binary}: need the distribution's (/usr/bin/python3)")
     copy_with_libs(binary, rootfs)
