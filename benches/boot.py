@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 
-from common import ROOT, bench_args, ms_summary, process_memory, version, write_json
+from common import ROOT, bench_args, encode_cmd, ms_summary, process_memory, version, write_json
 from rootfs import busybox_rootfs
 
 MARK = b"husk-init: started"
@@ -40,11 +40,6 @@ def kernel_path():
     out = sh(os.path.join(ROOT, "kernels/build.sh"), "--print-path", capture_output=True, text=True)
     return out.stdout.strip().splitlines()[-1]
 
-
-def encode_cmd(args):
-    import base64
-    raw = json.dumps({"args": args}).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def run_once(argv, sample_rss):

@@ -168,3 +168,10 @@ def bench_args(doc, runs=10):
     ap.add_argument("--husk", default=os.path.join(ROOT, "target/release/husk"))
     ap.add_argument("--json", help="write raw results here")
     return ap
+
+
+def encode_cmd(args):
+    """husk-init's `husk.cmd=` value for a command line without the agent."""
+    import base64
+    raw = json.dumps({"args": args}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")

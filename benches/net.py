@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 
+from common import encode_cmd
 from rootfs import busybox_rootfs, copy_with_libs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,11 +74,6 @@ def add_netns(name, host):
         ip -n {name} link set lo up
         ip -n {name} route add default via {NET}.1""")
 
-
-def encode_cmd(args):
-    import base64
-    raw = json.dumps({"args": args}).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def start_qemu(husk, ns, host, rootfs, work, vhost):

@@ -38,7 +38,7 @@ import sys
 import tempfile
 import time
 
-from common import ROOT, version, write_json
+from common import ROOT, encode_cmd, version, write_json
 
 VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
 QEMU_MIB = 512
@@ -117,11 +117,6 @@ def make_bundle(path, shell, mounts, annotations=None):
         json.dump(config, f)
     return rootfs
 
-
-def encode_cmd(args):
-    import base64
-    raw = json.dumps({"args": args}).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def qemu_virtiofsd(husk, work, vol, shell):
