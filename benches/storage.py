@@ -119,9 +119,11 @@ def make_bundle(path, shell, mounts, annotations=None):
 
 
 
-def qemu_virtiofsd(husk, work, vol, shell):
-    """The argv of a QEMU microvm + virtiofsd run of `shell` with `vol` on
-    /data, and the virtiofsd argv to start first (it serves one VM)."""
+def qemu_virtiofsd(husk, work, vol, job_list):
+    """QEMU microvm + virtiofsd with `vol` on /data: one QEMU argv per job
+    (each job runs in a VM of its own, as each husk round runs in a
+    container of its own), and the virtiofsd argv to start before each (it
+    serves one VM)."""
     d = os.path.join(work, "qemu")
     os.makedirs(d, exist_ok=True)
     rootfs = os.path.join(d, "rootfs")
@@ -129,8 +131,9 @@ def qemu_virtiofsd(husk, work, vol, shell):
     copy_with_libs(shutil.which("fio"), rootfs)
     os.makedirs(os.path.join(rootfs, "data"), exist_ok=True)
     # In the image: the jobs are longer than a kernel command line.
-    with open(os.path.join(rootfs, "bench.sh"), "w") as f:
-        f.write(f"mount -t virtiofs vol /data && {shell}\n")
+    for n, job in enumerate(job_list):
+        with open(os.path.join(rootfs, f"bench-{n}.sh"), "w") as f:
+            f.write(f"mount -t virtiofs vol /data && {script('/data', [job])}\n")
     image = os.path.join(d, "root.ext4")
     initrd = os.path.join(d, "initramfs.cpio")
     subprocess.run([husk, "image", rootfs, image], check=True, capture_output=True)
@@ -138,10 +141,13 @@ def qemu_virtiofsd(husk, work, vol, shell):
     kernel = subprocess.run([os.path.join(ROOT, "kernels/build.sh"), "--print-path"], check=True,
                             capture_output=True, text=True).stdout.strip().splitlines()[-1]
     sock = os.path.join(d, "vfsd.sock")
-    cmd = ["/bin/sh", "/bench.sh"]
-    append = ("console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 no_timer_check quiet "
-              f"husk.quiet=1 husk.overlay=1 husk.root=/dev/vda husk.cmd={encode_cmd(cmd)}")
-    qemu = ["qemu-system-x86_64", "-M", "microvm,acpi=off,rtc=off,x-option-roms=off,memory-backend=mem",
+    qemus = []
+    for n in range(len(job_list)):
+        cmd = ["/bin/sh", f"/bench-{n}.sh"]
+        append = ("console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 no_timer_check quiet "
+                  f"husk.quiet=1 husk.overlay=1 husk.root=/dev/vda husk.cmd={encode_cmd(cmd)}")
+        qemus.append([
+            "qemu-system-x86_64", "-M", "microvm,acpi=off,rtc=off,x-option-roms=off,memory-backend=mem",
             "-accel", "kvm", "-cpu", "host", "-m", str(QEMU_MIB), "-smp", "1",
             # virtio 1.0 over mmio (virtiofsd's libvhost-user has no legacy).
             "-global", "virtio-mmio.force-legacy=false",
@@ -153,13 +159,19 @@ def qemu_virtiofsd(husk, work, vol, shell):
             "-chardev", f"socket,id=vfs,path={sock}",
             "-device", "vhost-user-fs-device,chardev=vfs,tag=vol",
             # husk-init's power-off: microvm without ACPI cannot reset.
-            "-device", "isa-debug-exit,iobase=0xf4,iosize=4"]
+            "-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
     virtiofsd = [VIRTIOFSD, f"--socket-path={sock}", "-o", f"source={vol}", "-o", "cache=auto"]
-    return qemu, virtiofsd, sock
+    return qemus, virtiofsd, sock
 
 
-def run_qemu(qemu, virtiofsd, sock):
-    """One QEMU + virtiofsd run: the guest console's output."""
+def run_qemu(qemus, virtiofsd, sock):
+    """One round of QEMU + virtiofsd: every job's VM in turn, the guest
+    consoles' output."""
+    return "".join(run_qemu_vm(qemu, virtiofsd, sock) for qemu in qemus)
+
+
+def run_qemu_vm(qemu, virtiofsd, sock):
+    """One QEMU + virtiofsd VM: the guest console's output."""
     if os.path.exists(sock):
         os.unlink(sock)
     daemon = subprocess.Popen(virtiofsd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -171,7 +183,7 @@ def run_qemu(qemu, virtiofsd, sock):
             if daemon.poll() is not None:
                 sys.exit(f"virtiofsd exited: {daemon.stderr.read()[-2000:]}")
             time.sleep(0.05)
-        p = subprocess.run(qemu, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=3600)
+        p = subprocess.run(qemu, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=1800)
         # isa-debug-exit makes QEMU's status odd; the end marker after the
         # last job (the script runs under `set -e`) tells success.
         if p.stdout.count(END) == 0:
@@ -229,7 +241,7 @@ def main():
         if args.qemu:
             vol = os.path.join(work, "qemu-vol")
             lay_out(vol, args.size_mb, args.rand_mb)
-            contenders["QEMU + virtiofsd"] = (qemu_virtiofsd(args.husk, work, vol, script("/data", job_list)),
+            contenders["QEMU + virtiofsd"] = (qemu_virtiofsd(args.husk, work, vol, job_list),
                                               None, vol)
 
         results = {name: {job: [] for job, _, _ in job_list} for name in contenders}

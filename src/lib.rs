@@ -13,6 +13,7 @@ pub mod net;
 pub mod paths;
 pub mod rootfs;
 pub mod runtime;
+pub mod seccomp;
 pub mod shim;
 pub mod storage;
 pub mod timeline;

@@ -561,3 +561,83 @@ fn hooks_run_on_the_host_and_in_the_guest_with_the_state() {
     );
     env.assert_gone("hgf");
 }
+
+/// `linux.seccomp` from config.json: loaded into the process in the guest
+/// (errno and kill actions, argument conditions, the default errno), and a
+/// profile husk cannot honour fails `create` naming the field and the fix,
+/// with nothing left behind.
+#[test]
+fn the_bundles_seccomp_profile_is_enforced_and_bad_ones_refused() {
+    let env = Env::new();
+    let profile = serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": [
+            {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13},
+            // kill(pid, 0) refused with the default errno; other signals pass.
+            {"names": ["kill"], "action": "SCMP_ACT_ERRNO",
+             "args": [{"index": 1, "value": 0, "op": "SCMP_CMP_EQ"}]},
+            {"names": ["uname"], "action": "SCMP_ACT_KILL_PROCESS"}
+        ]
+    });
+    let bundle = env.bundle(
+        "sc",
+        &[
+            "sh",
+            "-c",
+            "grep Seccomp: /proc/self/status; mkdir /tmp/d || echo mkdir refused; \
+             kill -0 $$ || echo kill -0 refused; exec uname",
+        ],
+        |c| c["linux"]["seccomp"] = profile.clone(),
+    );
+    let done = env.husk(&["run", "--bundle", b(&bundle), "sc"]);
+    assert_eq!(
+        done.stdout, "Seccomp:\t2\nmkdir refused\nkill -0 refused\n",
+        "{}",
+        done.stderr
+    );
+    assert!(
+        done.stderr.contains("Permission denied")
+            && done.stderr.contains("Operation not permitted"),
+        "{}",
+        done.stderr
+    );
+    use std::os::unix::process::ExitStatusExt as _;
+    assert!(
+        done.status.signal() == Some(libc::SIGSYS)
+            || done.status.code() == Some(128 + libc::SIGSYS),
+        "{:?}",
+        done.status
+    );
+    env.assert_gone("sc");
+
+    for (id, edit, needle) in [
+        (
+            "sl",
+            serde_json::json!({"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/run/seccomp-agent.sock"}),
+            "listenerPath",
+        ),
+        (
+            "sn",
+            serde_json::json!({"defaultAction": "SCMP_ACT_ALLOW",
+                               "syscalls": [{"names": ["mount"], "action": "SCMP_ACT_NOTIFY"}]}),
+            "SCMP_ACT_NOTIFY",
+        ),
+        (
+            "se",
+            serde_json::json!({"defaultAction": "SCMP_ACT_ERRNO",
+                               "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW", "errnoRet": 1}]}),
+            "errnoRet",
+        ),
+    ] {
+        let bundle = env.bundle(id, &["true"], |c| c["linux"]["seccomp"] = edit);
+        let done = env.husk(&["create", "--bundle", b(&bundle), id]);
+        assert!(!done.status.success(), "{id}");
+        assert!(
+            done.stderr.contains("linux.seccomp") && done.stderr.contains(needle),
+            "{id}: {}",
+            done.stderr
+        );
+        env.assert_gone(id);
+    }
+}

@@ -435,3 +435,96 @@ fn podman_create_rm_and_a_killed_vmm_leave_nothing() {
     let done = p.podman(&["ps", "-a", "--format", "{{.Names}}"]);
     assert_eq!(done.stdout.trim(), "", "containers left: {}", done.stdout);
 }
+
+/// podman's default seccomp profile reaches the container process in the
+/// guest and answers as it does under runc: the same probe, run by podman
+/// with husk and with runc, prints the same lines (calls outside the profile
+/// get ENOSYS, `personality` only its allowed values); an exec gets the
+/// filter too; `seccomp=unconfined` runs without one; a custom profile's
+/// errno and kill actions behave as under runc.
+#[test]
+fn podmans_seccomp_profile_is_applied_in_the_guest_like_runc() {
+    let p = Podman::new();
+    let dir = runtime_root_of(&p).join("probe");
+    seccomp_probe(&dir);
+    let vol = format!("{}:/probe:ro", dir.display());
+    let run = |runtime: &str, extra: &[&str], cmd: &[&str]| {
+        let mut args = vec!["--runtime", runtime, "run", "--rm", "-v", &vol];
+        args.extend_from_slice(extra);
+        args.push(IMAGE);
+        args.extend_from_slice(cmd);
+        p.podman(&args)
+    };
+    let husk = Podman::husk();
+    let husk = husk.to_str().unwrap();
+
+    let under_husk = run(husk, &[], &["/probe/probe"]);
+    assert!(under_husk.status.success(), "{}", under_husk.stderr);
+    for line in [
+        "Seccomp:\t2",
+        "add_key: Function not implemented",
+        "personality(ADDR_NO_RANDOMIZE): Function not implemented",
+        "personality(query): ok",
+    ] {
+        assert!(
+            under_husk.stdout.lines().any(|l| l == line),
+            "{line:?} in {}",
+            under_husk.stdout
+        );
+    }
+    let under_runc = run("runc", &[], &["/probe/probe"]);
+    assert!(under_runc.status.success(), "{}", under_runc.stderr);
+    assert_eq!(under_husk.stdout, under_runc.stdout, "husk vs runc");
+
+    let unconfined = run(
+        husk,
+        &["--security-opt", "seccomp=unconfined"],
+        &["/probe/probe"],
+    );
+    assert!(unconfined.status.success(), "{}", unconfined.stderr);
+    assert!(
+        unconfined.stdout.starts_with("Seccomp:\t0\nadd_key: ok\n"),
+        "{}",
+        unconfined.stdout
+    );
+
+    // An exec into a running container gets the container's filter.
+    let done = p.podman(&[
+        "run", "-d", "--name", "sc", "-v", &vol, IMAGE, "sleep", "1000",
+    ]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let done = p.podman(&["exec", "sc", "/probe/probe"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(done.stdout, under_runc.stdout, "exec vs runc");
+    let done = p.podman(&["rm", "-f", "-t", "0", "sc"]);
+    assert!(done.status.success(), "{}", done.stderr);
+
+    // A profile of the user's own: errno and kill actions.
+    let profile = runtime_root_of(&p).join("profile.json");
+    std::fs::write(
+        &profile,
+        serde_json::to_vec(&serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [
+                {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13},
+                {"names": ["uname"], "action": "SCMP_ACT_KILL_PROCESS"}
+            ]
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let opt = format!("seccomp={}", profile.display());
+    let script = ["sh", "-c", "mkdir /tmp/d || echo refused; exec uname"];
+    let by_husk = run(husk, &["--security-opt", &opt], &script);
+    let by_runc = run("runc", &["--security-opt", &opt], &script);
+    assert_eq!(by_husk.stdout, "refused\n", "{}", by_husk.stderr);
+    assert!(
+        by_husk.stderr.contains("Permission denied"),
+        "{}",
+        by_husk.stderr
+    );
+    assert_eq!(by_husk.stdout, by_runc.stdout);
+    assert_eq!(by_husk.status.code(), by_runc.status.code());
+    assert_eq!(by_husk.status.code(), Some(128 + libc::SIGSYS));
+    p.assert_no_vm();
+}

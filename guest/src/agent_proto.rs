@@ -284,7 +284,27 @@ pub struct ContainerSpec {
     /// guest booted with (a block image under an overlay).
     #[serde(default)]
     pub root_share: Option<String>,
+    /// The container's OCI `linux.seccomp`, compiled on the host: the
+    /// agent loads it into the main process and every exec, as runc does.
+    #[serde(default)]
+    pub seccomp: Option<SeccompProgram>,
 }
+
+/// One classic BPF instruction (`struct sock_filter`, `linux/filter.h`),
+/// sent as `[code, jt, jf, k]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SockFilter(pub u16, pub u8, pub u8, pub u32);
+
+/// A seccomp filter ready for `seccomp(SECCOMP_SET_MODE_FILTER, flags, ...)`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeccompProgram {
+    /// `SECCOMP_FILTER_FLAG_*` bits.
+    pub flags: u32,
+    pub filter: Vec<SockFilter>,
+}
+
+/// The kernel's limit on one filter's length (`BPF_MAXINSNS`).
+pub const BPF_MAXINSNS: usize = 4096;
 
 /// `MountSpec::fstype` of a directory the host shares: `source` is its name
 /// in the share ([`ContainerSpec::share_tag`]), bound on `destination` with

@@ -2,8 +2,11 @@
 //! `features.md`), printed like runc's: four-space indent, trailing newline.
 //!
 //! Field order and shapes follow runc's output. Lists state what husk
-//! recognizes; booleans say what is enforced. Isolation comes from the VM, so
-//! host-side seccomp, AppArmor and SELinux are reported as not enabled;
+//! recognizes; booleans say what is enforced. The container's seccomp
+//! profile is compiled on the host and loaded by husk-init in the guest
+//! (`crate::seccomp`): enabled, with the actions, operators, architectures
+//! and flags it takes. Isolation comes from the VM, so host-side AppArmor
+//! and SELinux are reported as not enabled;
 //! namespaces are recognized (a config that asks for them is accepted)
 //! because each container has its own kernel anyway. cgroup v2 is: the VMM
 //! is placed in `cgroupsPath` with the container's CPU and memory settings
@@ -97,7 +100,7 @@ pub struct LinuxFeatures {
     pub namespaces: Vec<&'static str>,
     pub capabilities: Vec<&'static str>,
     pub cgroup: CgroupFeatures,
-    pub seccomp: Enabled,
+    pub seccomp: SeccompFeatures,
     pub apparmor: Enabled,
     pub selinux: Enabled,
 }
@@ -110,6 +113,18 @@ pub struct CgroupFeatures {
     pub v2: bool,
     pub systemd: bool,
     pub systemd_user: bool,
+}
+
+/// `features.linux.seccomp`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SeccompFeatures {
+    pub enabled: bool,
+    pub actions: Vec<&'static str>,
+    pub operators: Vec<&'static str>,
+    pub archs: Vec<&'static str>,
+    pub known_flags: Vec<&'static str>,
+    pub supported_flags: Vec<&'static str>,
 }
 
 /// `{"enabled": bool}`.
@@ -134,7 +149,14 @@ pub fn features() -> Features {
                 systemd: false,
                 systemd_user: false,
             },
-            seccomp: Enabled { enabled: false },
+            seccomp: SeccompFeatures {
+                enabled: true,
+                actions: crate::seccomp::ACTIONS.to_vec(),
+                operators: crate::seccomp::OPERATORS.to_vec(),
+                archs: crate::seccomp::ARCHS.to_vec(),
+                known_flags: crate::seccomp::KNOWN_FLAGS.to_vec(),
+                supported_flags: crate::seccomp::SUPPORTED_FLAGS.to_vec(),
+            },
             apparmor: Enabled { enabled: false },
             selinux: Enabled { enabled: false },
         },
@@ -191,7 +213,26 @@ mod tests {
         assert_eq!(parsed.oci_version_max(), OCI_VERSION_MAX);
         let linux = parsed.linux().as_ref().unwrap();
         assert_eq!(linux.namespaces().as_ref().unwrap().len(), NAMESPACES.len());
-        assert_eq!(linux.seccomp().as_ref().unwrap().enabled(), &Some(false));
+        let seccomp = linux.seccomp().as_ref().unwrap();
+        assert_eq!(seccomp.enabled(), &Some(true));
+        assert!(seccomp
+            .actions()
+            .as_ref()
+            .unwrap()
+            .contains(&oci_spec::runtime::LinuxSeccompAction::ScmpActErrno));
+        assert_eq!(
+            seccomp.actions().as_ref().unwrap().len(),
+            crate::seccomp::ACTIONS.len()
+        );
+        assert!(seccomp
+            .operators()
+            .as_ref()
+            .unwrap()
+            .contains(&"SCMP_CMP_MASKED_EQ".to_owned()));
+        assert_eq!(
+            seccomp.supported_flags().as_ref().unwrap().len(),
+            crate::seccomp::SUPPORTED_FLAGS.len()
+        );
         assert_eq!(
             parsed
                 .potentially_unsafe_config_annotations()
@@ -218,9 +259,14 @@ mod tests {
             assert!(cg[k].is_boolean(), "{k}");
         }
         assert_eq!(cg["v2"], serde_json::json!(true));
-        for k in ["seccomp", "apparmor", "selinux"] {
+        for k in ["apparmor", "selinux"] {
             assert_eq!(v["linux"][k]["enabled"], serde_json::json!(false), "{k}");
         }
+        assert_eq!(v["linux"]["seccomp"]["enabled"], serde_json::json!(true));
+        assert_eq!(
+            v["linux"]["seccomp"]["archs"],
+            serde_json::json!(["SCMP_ARCH_X32", "SCMP_ARCH_X86", "SCMP_ARCH_X86_64"])
+        );
         assert_eq!(
             v["hooks"],
             serde_json::json!([

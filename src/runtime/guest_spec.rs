@@ -94,6 +94,8 @@ pub enum GuestSpecError {
     },
     #[error("process.{field}: {reason}")]
     Process { field: &'static str, reason: String },
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
 }
 
 /// What a bind source is, as far as the translation cares.
@@ -255,6 +257,19 @@ pub fn container_spec(
         .unwrap_or_default();
     sysctl.sort();
     let share_tag = (!shares.is_empty()).then(|| SHARE_TAG.to_owned());
+    let seccomp = match linux.and_then(|l| l.seccomp().as_ref()) {
+        Some(profile) => {
+            let (program, skipped) = crate::seccomp::compile(profile)?;
+            if !skipped.is_empty() {
+                log::debug!(
+                    "linux.seccomp: skipping calls x86_64 does not have: {}",
+                    skipped.join(" ")
+                );
+            }
+            Some(program)
+        }
+        None => None,
+    };
     let container = ContainerSpec {
         id: id.to_owned(),
         hostname: spec.hostname().clone(),
@@ -280,6 +295,7 @@ pub fn container_spec(
         host_sync: Default::default(),
         share_tag,
         root_share: None,
+        seccomp,
     };
     Ok((container, shares))
 }

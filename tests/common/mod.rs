@@ -265,3 +265,19 @@ pub fn fetch(ns: Option<&str>, url: &str) -> String {
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+/// Builds `tests/data/seccomp_probe.c` as a static program at `dir/probe`
+/// (gcc, which scripts/install-deps.sh installs) and returns its path.
+pub fn seccomp_probe(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let out = dir.join("probe");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/seccomp_probe.c");
+    let st = Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("gcc (scripts/install-deps.sh installs it)");
+    assert!(st.success(), "building {}", src.display());
+    out
+}

@@ -142,6 +142,9 @@ pub struct Agent<P: Platform> {
     platform: Arc<P>,
     reaper: Arc<Reaper>,
     main: Arc<Mutex<Main>>,
+    /// The container's seccomp filter (from `Create`): loaded into its
+    /// process and every exec, as runc does.
+    seccomp: Mutex<Option<crate::agent_proto::SeccompProgram>>,
 }
 
 /// Why `Start` failed, and how the main session ends if it must.
@@ -162,6 +165,7 @@ impl<P: Platform> Agent<P> {
             platform: Arc::new(platform),
             reaper,
             main: Arc::new(Mutex::new(Main::Empty)),
+            seccomp: Mutex::new(None),
         }
     }
 
@@ -341,8 +345,12 @@ impl<P: Platform> Agent<P> {
             &spec.create_container_hooks,
             &spec.hook_state,
         )?;
-        let prepared = Prepared::new(&spec.process).map_err(|e| e.to_string())?;
+        let mut prepared = Prepared::new(&spec.process).map_err(|e| e.to_string())?;
+        if let Some(program) = &spec.seccomp {
+            prepared.set_seccomp(program).map_err(|e| e.to_string())?;
+        }
         self.report_unknown_caps(&prepared);
+        *self.seccomp.lock().unwrap_or_else(|e| e.into_inner()) = spec.seccomp.clone();
         let slot = IoSlot::pending();
         sink.send(&Frame::json(FrameKind::Response, &Response::Created));
         *main = Main::Created {
@@ -462,7 +470,10 @@ impl<P: Platform> Agent<P> {
             }
             Main::Created { .. } | Main::Running { .. } => {}
         }
-        let prepared = Prepared::new(&process).map_err(|e| e.to_string())?;
+        let mut prepared = Prepared::new(&process).map_err(|e| e.to_string())?;
+        if let Some(program) = &*self.seccomp.lock().unwrap_or_else(|e| e.into_inner()) {
+            prepared.set_seccomp(program).map_err(|e| e.to_string())?;
+        }
         self.report_unknown_caps(&prepared);
         let live = Arc::new(Mutex::new(true));
         let reaped = Arc::clone(&live);

@@ -10,11 +10,15 @@
 //! 2. `setsid`; with a terminal, make the pty slave the controlling tty;
 //!    install stdin/stdout/stderr; mark every other descriptor close-on-exec;
 //! 3. rlimits; `oom_score_adj` (while still privileged); `chdir(cwd)`;
+//!    the container's seccomp filter here when `no_new_privileges` is off
+//!    (loading it then needs `CAP_SYS_ADMIN`, which step 4 may drop: runc's
+//!    order);
 //! 4. with `capabilities`: drop the bounding set, `PR_SET_KEEPCAPS`;
 //! 5. `setgroups` (additional gids), `setgid`, `setuid`;
 //! 6. with `capabilities`: effective/permitted/inheritable by `capset`,
 //!    ambient by `prctl`;
-//! 7. umask; `chdir(cwd)` again if it failed as root; `no_new_privileges`;
+//! 7. umask; `chdir(cwd)` again if it failed as root; `no_new_privileges`,
+//!    then the seccomp filter (as late as possible, as runc loads it);
 //! 8. `execve` of each `PATH` candidate, like `execvp`.
 //!
 //! A failing step writes `(step, index, errno)` to a close-on-exec pipe and
@@ -34,7 +38,7 @@ use nix::fcntl::OFlag;
 
 use super::caps;
 use super::reaper::{OnExit, Reaper};
-use crate::agent_proto::{FrameKind, ProcessSpec};
+use crate::agent_proto::{FrameKind, ProcessSpec, SeccompProgram, SockFilter, BPF_MAXINSNS};
 use crate::proto;
 
 /// Errors starting a process.
@@ -49,6 +53,8 @@ pub enum SpawnError {
     Stat { program: String, errno: Errno },
     #[error("{what} contains a NUL byte")]
     Nul { what: &'static str },
+    #[error("linux.seccomp: a filter of {len} instructions (the kernel takes 1 to 4096)")]
+    Seccomp { len: usize },
     #[error("unknown rlimit type {name}")]
     UnknownRlimit { name: String },
     #[error("creating the process's {what}: {source}")]
@@ -128,6 +134,8 @@ pub struct Prepared {
     limits: Vec<Limit>,
     oom_score_adj: Option<Vec<u8>>,
     no_new_privileges: bool,
+    /// The container's seccomp filter and its `SECCOMP_FILTER_FLAG_*`.
+    seccomp: Option<(Vec<libc::sock_filter>, u32)>,
     caps: Option<CapPlan>,
     terminal: bool,
     console_size: Option<(u16, u16)>,
@@ -314,12 +322,30 @@ impl Prepared {
             limits,
             oom_score_adj: spec.oom_score_adj.map(|v| v.to_string().into_bytes()),
             no_new_privileges: spec.no_new_privileges,
+            seccomp: None,
             caps,
             terminal: spec.terminal,
             console_size: spec.console_size,
             unknown_caps,
             program,
         })
+    }
+
+    /// Loads `program` into the process before it executes (see the
+    /// module's order). Refuses a filter the kernel could not take.
+    pub fn set_seccomp(&mut self, program: &SeccompProgram) -> Result<(), SpawnError> {
+        if program.filter.is_empty() || program.filter.len() > BPF_MAXINSNS {
+            return Err(SpawnError::Seccomp {
+                len: program.filter.len(),
+            });
+        }
+        let filter = program
+            .filter
+            .iter()
+            .map(|&SockFilter(code, jt, jf, k)| libc::sock_filter { code, jt, jf, k })
+            .collect();
+        self.seccomp = Some((filter, program.flags));
+        Ok(())
     }
 
     /// Whether the process gets a terminal.
@@ -350,6 +376,7 @@ impl Prepared {
             Step::Capset => "set capabilities".into(),
             Step::Chdir => format!("chdir to cwd {:?}", self.cwd.to_string_lossy()),
             Step::NoNewPrivs => "prctl(PR_SET_NO_NEW_PRIVS)".into(),
+            Step::Seccomp => "load the seccomp filter (linux.seccomp)".into(),
             Step::Exec => format!(
                 "exec {}",
                 at(index).and_then(|i| self.candidates.get(i)).map_or_else(
@@ -382,10 +409,11 @@ enum Step {
     NoNewPrivs,
     Exec,
     ExecNotFound,
+    Seccomp,
 }
 
 impl Step {
-    const ALL: [Step; 16] = [
+    const ALL: [Step; 17] = [
         Step::Signals,
         Step::Setsid,
         Step::Tty,
@@ -402,6 +430,7 @@ impl Step {
         Step::NoNewPrivs,
         Step::Exec,
         Step::ExecNotFound,
+        Step::Seccomp,
     ];
 
     fn from_u32(v: u32) -> Option<Step> {
@@ -449,6 +478,30 @@ struct ChildCtx<'a> {
     tty: bool,
     report_fd: RawFd,
     as_root: bool,
+}
+
+/// Loads the process's seccomp filter, if it has one. Async-signal-safe.
+fn load_seccomp(ctx: &ChildCtx) {
+    let Some((filter, flags)) = &ctx.p.seccomp else {
+        return;
+    };
+    let prog = libc::sock_fprog {
+        // Checked against BPF_MAXINSNS in `set_seccomp`.
+        len: u16::try_from(filter.len()).unwrap_or(u16::MAX),
+        filter: filter.as_ptr().cast_mut(),
+    };
+    // SAFETY: seccomp reads `prog` and the `len` instructions it points to,
+    // a live allocation of the Prepared this child was forked with; the
+    // kernel copies the program.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            libc::c_ulong::from(*flags),
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    check(ctx, rc, Step::Seccomp, 0);
 }
 
 /// Reports a failed step to the parent and exits. Async-signal-safe.
@@ -569,6 +622,10 @@ fn child_main(ctx: &ChildCtx) -> ! {
     // SAFETY: chdir reads a NUL-terminated path.
     let cwd_done = unsafe { libc::chdir(p.cwd.as_ptr()) } == 0;
 
+    if !p.no_new_privileges {
+        load_seccomp(ctx);
+    }
+
     // 4. Bounding set, keep capabilities across setuid.
     if let Some(plan) = &p.caps {
         for &cap in &plan.bounding_drop {
@@ -686,6 +743,7 @@ fn child_main(ctx: &ChildCtx) -> ! {
         // SAFETY: prctl with integer arguments only.
         let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
         check(ctx, rc.into(), Step::NoNewPrivs, 0);
+        load_seccomp(ctx);
     }
 
     // 8. exec, trying each candidate as execvp does.

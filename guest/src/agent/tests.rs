@@ -770,3 +770,93 @@ fn capabilities_and_no_new_privileges_are_applied_when_root() {
     );
     assert_eq!(event, exited(0));
 }
+
+/// `uname` refused with `EPERM`, everything else allowed.
+fn deny_uname() -> crate::agent_proto::SeccompProgram {
+    use crate::agent_proto::SockFilter;
+    const LD_NR: u16 = 0x20;
+    const JEQ: u16 = 0x15;
+    const RET: u16 = 0x06;
+    crate::agent_proto::SeccompProgram {
+        flags: 0,
+        filter: vec![
+            SockFilter(LD_NR, 0, 0, 0),
+            SockFilter(JEQ, 0, 1, libc::SYS_uname as u32),
+            SockFilter(RET, 0, 0, 0x0005_0000 | libc::EPERM as u32),
+            SockFilter(RET, 0, 0, 0x7fff_0000),
+        ],
+    }
+}
+
+#[test]
+fn the_containers_seccomp_filter_reaches_its_process_and_execs() {
+    let (agent, platform) = agent();
+    let mut c = Client::connect(&agent);
+    let probe = "grep '^Seccomp:' /proc/self/status; uname || echo refused";
+    c.request(&Request::Create {
+        spec: Box::new(ContainerSpec {
+            id: "t1".into(),
+            process: {
+                let mut p = process(&["sh", "-c", probe]);
+                p.no_new_privileges = true;
+                p
+            },
+            seccomp: Some(deny_uname()),
+            ..Default::default()
+        }),
+    });
+    assert_eq!(c.response(), Response::Created);
+    assert_eq!(*platform.setups.lock().unwrap(), ["t1"]);
+
+    // An exec gets the container's filter too; without no_new_privileges
+    // it is loaded while the process still has CAP_SYS_ADMIN (as root).
+    if nix::unistd::geteuid().is_root() {
+        let (mut e, _) = exec(&agent, process(&["sh", "-c", probe]));
+        let (out, _, event) = e.until_exit();
+        assert_eq!(String::from_utf8_lossy(&out), "Seccomp:\t2\nrefused\n");
+        assert_eq!(event, exited(0));
+    }
+
+    let Response::Started { .. } = Client::one_shot(&agent, &Request::Start) else {
+        panic!("expected Started");
+    };
+    let (out, err, event) = c.until_exit();
+    assert_eq!(String::from_utf8_lossy(&out), "Seccomp:\t2\nrefused\n");
+    assert!(
+        String::from_utf8_lossy(&err).contains("Operation not permitted"),
+        "{}",
+        String::from_utf8_lossy(&err)
+    );
+    assert_eq!(event, exited(0));
+}
+
+#[test]
+fn a_filter_the_kernel_refuses_fails_the_process_naming_seccomp() {
+    let (agent, _main) = created(&["true"]);
+    // Set through a created container with a bad program: a jump past the end.
+    let bad = crate::agent_proto::SeccompProgram {
+        flags: 0,
+        filter: vec![crate::agent_proto::SockFilter(0x05, 0, 0, 9)],
+    };
+    *agent.seccomp.lock().unwrap() = Some(bad);
+    let mut p = process(&["true"]);
+    p.no_new_privileges = true;
+    let mut c = Client::connect(&agent);
+    c.request(&Request::Exec {
+        process: Box::new(p),
+    });
+    match c.response() {
+        Response::Error { message } => {
+            assert!(message.contains("seccomp"), "{message}")
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    // An empty program is refused before any fork.
+    let empty = crate::agent_proto::SeccompProgram::default();
+    *agent.seccomp.lock().unwrap() = Some(empty);
+    let mut c = Client::connect(&agent);
+    c.request(&Request::Exec {
+        process: Box::new(process(&["true"])),
+    });
+    assert!(matches!(c.response(), Response::Error { .. }));
+}
