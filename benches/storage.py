@@ -12,9 +12,11 @@ plus Debian's fio and its libraries):
   directly);
 - QEMU + virtiofsd: QEMU's microvm machine on the same guest kernel and
   husk-init, its root the same rootfs as an ext4 image, the volume served by
-  QEMU's virtiofsd over vhost-user (guest RAM a shared memfd), the same
-  cache policy as husk's (`cache=auto`). Its time is the VM's (no container
-  runtime around it); the fio figures are inside the guest either way.
+  virtiofsd over vhost-user (guest RAM a shared memfd; the maintained Rust
+  virtiofsd from crates.io, which `make bench-deps` installs, else Debian's
+  C one from QEMU), the same cache policy as husk's (`cache=auto`). Each job
+  runs in a VM of its own. Its time is the VM's (no container runtime around
+  it); the fio figures are inside the guest either way.
 
 Jobs: sequential write (1 MiB blocks, fsync at the end) and read of a file,
 4 KiB random reads and writes for a fixed time, and metadata (fio's
@@ -40,7 +42,11 @@ import time
 
 from common import ROOT, encode_cmd, version, write_json
 
-VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
+# The maintained (Rust) virtiofsd, as `make bench-deps` installs it from
+# crates.io, else Debian 12's C one from QEMU 7.2 (it hangs on some metadata
+# jobs in the test host: docs/benchmarks.md).
+VIRTIOFSD_RUST = os.path.join(ROOT, "target/tools/bin/virtiofsd")
+VIRTIOFSD_C = "/usr/lib/qemu/virtiofsd"
 QEMU_MIB = 512
 from rootfs import busybox_rootfs, copy_with_libs
 
@@ -119,7 +125,15 @@ def make_bundle(path, shell, mounts, annotations=None):
 
 
 
-def qemu_virtiofsd(husk, work, vol, job_list):
+def virtiofsd_argv(binary, sock, vol):
+    """How `binary` (either virtiofsd) serves `vol` on `sock`, cache=auto."""
+    help_text = subprocess.run([binary, "--help"], capture_output=True, text=True).stdout
+    if "--shared-dir" in help_text:
+        return [binary, f"--socket-path={sock}", f"--shared-dir={vol}", "--cache=auto"]
+    return [binary, f"--socket-path={sock}", "-o", f"source={vol}", "-o", "cache=auto"]
+
+
+def qemu_virtiofsd(husk, work, vol, job_list, virtiofsd_binary):
     """QEMU microvm + virtiofsd with `vol` on /data: one QEMU argv per job
     (each job runs in a VM of its own, as each husk round runs in a
     container of its own), and the virtiofsd argv to start before each (it
@@ -160,8 +174,7 @@ def qemu_virtiofsd(husk, work, vol, job_list):
             "-device", "vhost-user-fs-device,chardev=vfs,tag=vol",
             # husk-init's power-off: microvm without ACPI cannot reset.
             "-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
-    virtiofsd = [VIRTIOFSD, f"--socket-path={sock}", "-o", f"source={vol}", "-o", "cache=auto"]
-    return qemus, virtiofsd, sock
+    return qemus, virtiofsd_argv(virtiofsd_binary, sock, vol), sock
 
 
 def run_qemu(qemus, virtiofsd, sock):
@@ -217,8 +230,10 @@ def main():
     ap.add_argument("--husk", default=os.path.join(ROOT, "target/release/husk"))
     ap.add_argument("--json", help="write raw results here")
     ap.add_argument("--qemu", action="store_true", help="add QEMU + virtiofsd (see docs/benchmarks.md)")
+    ap.add_argument("--virtiofsd", default=VIRTIOFSD_RUST if os.path.exists(VIRTIOFSD_RUST) else VIRTIOFSD_C,
+                    help="the virtiofsd QEMU uses (default: crates.io's from make bench-deps, else Debian's)")
     args = ap.parse_args()
-    for tool in ("fio", "busybox", "runc") + (("qemu-system-x86_64", VIRTIOFSD) if args.qemu else ()):
+    for tool in ("fio", "busybox", "runc") + (("qemu-system-x86_64", args.virtiofsd) if args.qemu else ()):
         if not shutil.which(tool):
             sys.exit(f"{tool} not found (scripts/install-deps.sh installs it)")
     job_list = jobs(args.size_mb, args.rand_mb, args.seconds, args.files)
@@ -241,7 +256,7 @@ def main():
         if args.qemu:
             vol = os.path.join(work, "qemu-vol")
             lay_out(vol, args.size_mb, args.rand_mb)
-            contenders["QEMU + virtiofsd"] = (qemu_virtiofsd(args.husk, work, vol, job_list),
+            contenders["QEMU + virtiofsd"] = (qemu_virtiofsd(args.husk, work, vol, job_list, args.virtiofsd),
                                               None, vol)
 
         results = {name: {job: [] for job, _, _ in job_list} for name in contenders}
@@ -291,7 +306,8 @@ def main():
     if args.json:
         write_json(args.json, "storage", {"args": vars(args), "results": results,
                                           "runc": version(["runc", "--version"]),
-                                          "qemu": None if not args.qemu else version(["qemu-system-x86_64", "--version"])})
+                                          "qemu": None if not args.qemu else version(["qemu-system-x86_64", "--version"]),
+                                          "virtiofsd": None if not args.qemu else version([args.virtiofsd, "--version"])})
 
 
 if __name__ == "__main__":

@@ -577,7 +577,7 @@ fn the_bundles_seccomp_profile_is_enforced_and_bad_ones_refused() {
             // kill(pid, 0) refused with the default errno; other signals pass.
             {"names": ["kill"], "action": "SCMP_ACT_ERRNO",
              "args": [{"index": 1, "value": 0, "op": "SCMP_CMP_EQ"}]},
-            {"names": ["uname"], "action": "SCMP_ACT_KILL_PROCESS"}
+            {"names": ["sync"], "action": "SCMP_ACT_KILL_PROCESS"}
         ]
     });
     let bundle = env.bundle(
@@ -586,7 +586,7 @@ fn the_bundles_seccomp_profile_is_enforced_and_bad_ones_refused() {
             "sh",
             "-c",
             "grep Seccomp: /proc/self/status; mkdir /tmp/d || echo mkdir refused; \
-             kill -0 $$ || echo kill -0 refused; exec uname",
+             kill -0 $$ || echo kill -0 refused; exec sync",
         ],
         |c| c["linux"]["seccomp"] = profile.clone(),
     );

@@ -507,14 +507,14 @@ fn podmans_seccomp_profile_is_applied_in_the_guest_like_runc() {
             "defaultAction": "SCMP_ACT_ALLOW",
             "syscalls": [
                 {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13},
-                {"names": ["uname"], "action": "SCMP_ACT_KILL_PROCESS"}
+                {"names": ["sync"], "action": "SCMP_ACT_KILL_PROCESS"}
             ]
         }))
         .unwrap(),
     )
     .unwrap();
     let opt = format!("seccomp={}", profile.display());
-    let script = ["sh", "-c", "mkdir /tmp/d || echo refused; exec uname"];
+    let script = ["sh", "-c", "mkdir /tmp/d || echo refused; exec sync"];
     let by_husk = run(husk, &["--security-opt", &opt], &script);
     let by_runc = run("runc", &["--security-opt", &opt], &script);
     assert_eq!(by_husk.stdout, "refused\n", "{}", by_husk.stderr);
