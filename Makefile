@@ -6,7 +6,7 @@ INIT_TARGET := x86_64-unknown-linux-musl
 TESTHOST    := $(CURDIR)/tests/testhost/run
 export HUSK_INIT := $(CURDIR)/target/$(INIT_TARGET)/release/husk-init
 
-.PHONY: all deps kernel build demo test unit lint e2e soak bench bench-boot bench-run bench-net bench-storage bench-image bench-density bench-breakdown bench-plot clean
+.PHONY: all deps kernel build demo test unit lint e2e soak fuzz bench-deps bench bench-boot bench-run bench-net bench-storage bench-image bench-density bench-breakdown bench-plot clean
 
 all: build
 
@@ -93,9 +93,17 @@ bench-breakdown: kernel build
 bench-net: kernel build
 	$(TESTHOST) -- python3 benches/net.py --runs $${RUNS:-3}
 
-bench-storage: kernel build
+## Fuzz every target for FUZZ_SECONDS (default 60) each (docs/security.md).
+fuzz:
+	scripts/fuzz.sh
+
+## The benchmarks' extra tools (virtiofsd from crates.io for bench-storage).
+bench-deps:
+	scripts/install-bench-deps.sh
+
+bench-storage: kernel build bench-deps
 	mkdir -p $(BENCH_OUT)
-	$(TESTHOST) --rw $(BENCH_OUT) -- python3 benches/storage.py --runs $${RUNS:-3} --json $(BENCH_OUT)/storage.json
+	$(TESTHOST) --rw $(BENCH_OUT) -- python3 benches/storage.py --qemu --runs $${RUNS:-3} --json $(BENCH_OUT)/storage.json
 
 bench-image: kernel build
 	mkdir -p $(BENCH_OUT)

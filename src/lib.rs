@@ -14,6 +14,8 @@ pub mod paths;
 pub mod rootfs;
 pub mod runtime;
 pub mod seccomp;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
 pub mod shim;
 pub mod storage;
 pub mod timeline;

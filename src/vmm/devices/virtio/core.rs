@@ -608,15 +608,33 @@ pub fn raise_used(device: &str, interrupt: &dyn Interrupt) -> Result<(), DeviceE
 /// `VIRTIO_F_RING_EVENT_IDX`: `avail_event` = the next chain the device
 /// pops, section 2.7.10); returns whether chains were added before that
 /// took effect, which no kick will announce.
+///
+/// An available index more than the queue size ahead of the device is the
+/// driver's error (section 2.7.6) and an error here: no chain can be popped
+/// from such a queue, and a caller that looked again for the "added" chains
+/// would spin forever (the fuzzer found this in the net device).
 pub fn enable_notification(
     device: &str,
     index: usize,
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
 ) -> Result<bool, DeviceError> {
-    queue
+    let added = queue
         .enable_notification(mem)
-        .map_err(|source| queue_error(device, index, source))
+        .map_err(|source| queue_error(device, index, source))?;
+    if added {
+        let avail = queue
+            .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
+            .map_err(|source| queue_error(device, index, source))?;
+        if avail.0.wrapping_sub(queue.next_avail()) > queue.size() {
+            return Err(queue_error(
+                device,
+                index,
+                virtio_queue::Error::InvalidAvailRingIndex,
+            ));
+        }
+    }
+    Ok(added)
 }
 
 #[cfg(test)]
@@ -915,6 +933,36 @@ mod tests {
             "{err}"
         );
         assert_eq!(f.interrupt.count(), 0);
+    }
+
+    #[test]
+    fn an_available_index_past_the_queue_is_an_error_not_more_chains() {
+        use vm_memory::Bytes as _;
+        let mem = memory();
+        let mut vq = GuestQueue::new(&mem, SIZE, BASES[0]);
+        let mut queue = vq.create_queue();
+        queue.set_event_idx(true);
+        // Three real chains: "added", and poppable.
+        for _ in 0..3 {
+            vq.add_chain(&[(0x1_0000, 8, F_WRITE)]);
+        }
+        assert!(enable_notification("net t", 0, &mut queue, &mem).unwrap());
+        // A driver that writes an index far ahead: nothing can be popped,
+        // and saying "added" would make the caller look again forever.
+        mem.write_obj(SIZE * 3, GuestAddress(vq.avail_ring() + 2))
+            .unwrap();
+        assert!(queue.pop_descriptor_chain(&mem).is_none());
+        let err = enable_notification("net t", 0, &mut queue, &mem).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DeviceError::Queue {
+                    source: virtio_queue::Error::InvalidAvailRingIndex,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -21,7 +21,8 @@ pub mod core;
 pub mod fs;
 pub mod mmio;
 pub mod net;
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
+#[cfg_attr(not(test), allow(dead_code, unused_imports))]
 pub(crate) mod test_utils;
 pub mod vsock;
 

@@ -101,7 +101,8 @@
 mod device;
 mod event_handler;
 pub mod tap;
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
+#[cfg_attr(not(test), allow(dead_code, unused_imports))]
 pub(crate) mod test_utils;
 
 pub use device::{Net, NetCounters};

@@ -97,7 +97,8 @@ mod device;
 mod event_handler;
 mod muxer;
 mod packet;
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
+#[cfg_attr(not(test), allow(dead_code, unused_imports))]
 pub(crate) mod test_utils;
 
 use std::path::PathBuf;
