@@ -34,6 +34,7 @@ test: kernel build lint unit e2e
 lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets --release -- -D warnings
+	cargo clippy --release --features fuzzing --lib -- -D warnings
 
 unit:
 	cargo test --release --workspace --lib --bins

@@ -29,7 +29,7 @@ for t in "${targets[@]}"; do
     log="$here/target/fuzz-corpus/$t.log"
     status=0
     cargo fuzz run --sanitizer none -O "$t" "$corpus" -- \
-        -max_total_time="$seconds" -rss_limit_mb=4096 -print_final_stats=1 >"$log" 2>&1 || status=$?
+        -max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 -print_final_stats=1 >"$log" 2>&1 || status=$?
     runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
     runs=${runs:-0}
     files=$(find "$corpus" -type f | wc -l)

@@ -115,7 +115,10 @@ pub fn virtio_blk(data: &[u8]) {
     let mut input = Input::new(data);
     let read_only = input.u8() & 1 == 1;
     let image = tempfile::NamedTempFile::new().expect("a temporary image");
-    image.as_file().set_len(64 * 1024).expect("sizing the image");
+    image
+        .as_file()
+        .set_len(64 * 1024)
+        .expect("sizing the image");
     let mem = memory();
     let mut q = GuestQueue::new(&mem, 16, 0x1000);
     let mut block = Block::new(image.path(), read_only, "fuzz").expect("the image opens");
@@ -406,9 +409,12 @@ pub fn seccomp_profile(data: &[u8]) {
     }
 }
 
+/// A fuzz target: takes any bytes, returns without panicking.
+pub type Target = fn(&[u8]);
+
 /// Every target by name (the `fuzz/` binaries and the corpus directories
 /// are named the same).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("virtio_blk", virtio_blk),
     ("virtio_net", virtio_net),
     ("virtio_vsock", virtio_vsock),

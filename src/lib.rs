@@ -7,6 +7,8 @@ pub mod boot;
 pub mod check;
 pub mod cli;
 pub mod control;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
 pub mod lockfile;
 pub mod lru;
 pub mod net;
@@ -14,8 +16,6 @@ pub mod paths;
 pub mod rootfs;
 pub mod runtime;
 pub mod seccomp;
-#[cfg(any(test, feature = "fuzzing"))]
-pub mod fuzz;
 pub mod shim;
 pub mod storage;
 pub mod timeline;

@@ -273,6 +273,10 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
     vm.register_irqfd(&serial_irq, serial::COM1_IRQ)
         .map_err(kvm_op("KVM_IRQFD (serial)"))?;
     let console_out = ConsoleWriter::new(console_sink, tail.clone());
+    let console_out = match &config.console {
+        ConsoleOutput::File(_) => console_out.with_limit(serial::CONSOLE_FILE_MAX),
+        ConsoleOutput::Stdout | ConsoleOutput::Discard => console_out,
+    };
     let com1 = match &restore {
         Some((_, snap)) => Serial::from_state(&snap.serial, serial_irq, console_out)
             .map_err(SnapshotError::Mismatch)?,

@@ -18,6 +18,10 @@ pub const COM1_LEN: u64 = 8;
 pub const COM1_IRQ: u32 = 4;
 /// Bytes of console output kept for error messages.
 pub const TAIL_BYTES: usize = 8192;
+/// Console output a container's VMM writes to its log file, at most: a
+/// guest can write to its serial port without end (a container sees the
+/// guest's `/dev`), and the file is on the host, often a tmpfs in `/run`.
+pub const CONSOLE_FILE_MAX: u64 = 4 << 20;
 
 /// Raises the UART's interrupt through an irqfd.
 pub struct IrqTrigger(pub EventFd);
@@ -70,11 +74,27 @@ impl ConsoleTail {
 pub struct ConsoleWriter {
     sink: Option<Box<dyn Write + Send>>,
     tail: ConsoleTail,
+    /// Bytes the sink takes before the rest is dropped ([`CONSOLE_FILE_MAX`]
+    /// for a file), and how many it took.
+    limit: Option<u64>,
+    written: u64,
 }
 
 impl ConsoleWriter {
     pub fn new(sink: Option<Box<dyn Write + Send>>, tail: ConsoleTail) -> Self {
-        ConsoleWriter { sink, tail }
+        ConsoleWriter {
+            sink,
+            tail,
+            limit: None,
+            written: 0,
+        }
+    }
+
+    /// The sink takes `limit` bytes; after them a line says the rest was
+    /// dropped (the tail still sees everything).
+    pub fn with_limit(mut self, limit: u64) -> Self {
+        self.limit = Some(limit);
+        self
     }
 }
 
@@ -82,8 +102,22 @@ impl Write for ConsoleWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.tail.push(buf);
         if let Some(sink) = &mut self.sink {
+            let room = self
+                .limit
+                .map_or(buf.len() as u64, |l| l.saturating_sub(self.written));
+            let take = usize::try_from(room).unwrap_or(usize::MAX).min(buf.len());
+            let mut result = sink.write_all(&buf[..take]);
+            self.written += take as u64;
+            if take < buf.len() {
+                if let Some(limit) = self.limit {
+                    let note = format!("\n[husk: console output past {limit} bytes dropped]\n");
+                    result = result.and_then(|()| sink.write_all(note.as_bytes()));
+                    // The note once; then the sink is done.
+                    self.sink = None;
+                }
+            }
             // A closed stdout must not stop the guest: drop the output.
-            if sink.write_all(buf).is_err() {
+            if result.is_err() {
                 self.sink = None;
             }
         }
@@ -174,6 +208,27 @@ mod tests {
         let mut lsr = [0u8];
         s.read(5, &mut lsr);
         assert_ne!(lsr[0] & 0x20, 0, "THR empty");
+    }
+
+    #[test]
+    fn a_console_file_stops_at_its_limit_with_a_note() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let tail = ConsoleTail::default();
+        let mut w =
+            ConsoleWriter::new(Some(Box::new(file.reopen().unwrap())), tail.clone()).with_limit(10);
+        w.write_all(b"12345678").unwrap();
+        w.write_all(b"abcd").unwrap();
+        // A guest that goes on writing changes nothing more on the host.
+        for _ in 0..1000 {
+            w.write_all(b"flood").unwrap();
+        }
+        let text = std::fs::read_to_string(file.path()).unwrap();
+        assert_eq!(
+            text,
+            "12345678ab\n[husk: console output past 10 bytes dropped]\n"
+        );
+        // The tail still has the latest output, for error messages.
+        assert!(tail.text().ends_with("floodflood"));
     }
 
     #[test]
