@@ -275,19 +275,28 @@ fn fuse_message(opcode: u32, node: u64, unique: u64, body: &[u8]) -> Vec<u8> {
     msg
 }
 
-/// The virtio-mmio transport: any sequence of reads and writes of any
-/// width at any offset of a device's window (feature negotiation, queue
-/// setup with wild addresses, status changes, resets, config space).
-pub fn virtio_mmio(data: &[u8]) {
+/// A block device on a 4 KiB image behind its virtio-mmio transport (keep
+/// the image while the transport is used).
+fn block_transport() -> (
+    tempfile::NamedTempFile,
+    crate::vmm::devices::virtio::mmio::MmioTransport,
+) {
     use crate::vmm::devices::virtio::block::Block;
     use crate::vmm::devices::virtio::mmio::MmioTransport;
-    let mut input = Input::new(data);
     let image = tempfile::NamedTempFile::new().expect("a temporary image");
     image.as_file().set_len(4096).expect("sizing the image");
     let block = Block::new(image.path(), false, "fuzz").expect("the image opens");
     let device: Arc<Mutex<dyn VirtioDevice>> = Arc::new(Mutex::new(block));
     let irq = EventFd::new(libc::EFD_NONBLOCK).expect("an eventfd");
-    let mut transport = MmioTransport::new(memory(), device, irq);
+    (image, MmioTransport::new(memory(), device, irq))
+}
+
+/// The virtio-mmio transport: any sequence of reads and writes of any
+/// width at any offset of a device's window (feature negotiation, queue
+/// setup with wild addresses, status changes, resets, config space).
+pub fn virtio_mmio(data: &[u8]) {
+    let mut input = Input::new(data);
+    let (_image, mut transport) = block_transport();
     for _ in 0..256 {
         if input.0.is_empty() {
             break;
@@ -327,8 +336,6 @@ pub fn agent_frames(data: &[u8]) {
 /// transport's state restored onto a live transport (device type, features,
 /// queue count and sizes checked).
 pub fn snapshot_state(data: &[u8]) {
-    use crate::vmm::devices::virtio::block::Block;
-    use crate::vmm::devices::virtio::mmio::MmioTransport;
     use crate::vmm::snapshot::{TransportSnapshot, VmSnapshot};
     let dir = tempfile::tempdir().expect("a temporary directory");
     std::fs::write(dir.path().join(crate::vmm::snapshot::STATE_FILE), data)
@@ -342,12 +349,7 @@ pub fn snapshot_state(data: &[u8]) {
         },
     };
     for t in transports.iter().take(8) {
-        let image = tempfile::NamedTempFile::new().expect("a temporary image");
-        image.as_file().set_len(4096).expect("sizing the image");
-        let block = Block::new(image.path(), false, "fuzz").expect("the image opens");
-        let device: Arc<Mutex<dyn VirtioDevice>> = Arc::new(Mutex::new(block));
-        let irq = EventFd::new(libc::EFD_NONBLOCK).expect("an eventfd");
-        let mut transport = MmioTransport::new(memory(), device, irq);
+        let (_image, mut transport) = block_transport();
         let _ = transport.restore(t);
     }
 }
