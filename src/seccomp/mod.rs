@@ -250,39 +250,27 @@ fn emit_cond(asm: &mut Asm, cond: &Cond, fail: Label) {
                 ],
             )
         }
-        // Greater: the high halves decide unless equal, then the low.
-        LinuxSeccompOperator::ScmpCmpGt | LinuxSeccompOperator::ScmpCmpGe => {
-            let last = if cond.op == LinuxSeccompOperator::ScmpCmpGt {
-                JMP_JGT_K
-            } else {
-                JMP_JGE_K
+        // Greater (GT, GE): the high halves decide unless equal, then the
+        // low. Less is the negation: LT of GE, LE of GT (OK and FAIL swap).
+        LinuxSeccompOperator::ScmpCmpGt
+        | LinuxSeccompOperator::ScmpCmpGe
+        | LinuxSeccompOperator::ScmpCmpLt
+        | LinuxSeccompOperator::ScmpCmpLe => {
+            let (last, ok, fail) = match cond.op {
+                LinuxSeccompOperator::ScmpCmpGt => (JMP_JGT_K, Ok, Fail),
+                LinuxSeccompOperator::ScmpCmpGe => (JMP_JGE_K, Ok, Fail),
+                LinuxSeccompOperator::ScmpCmpLt => (JMP_JGE_K, Fail, Ok),
+                // LE
+                _ => (JMP_JGT_K, Fail, Ok),
             };
             block(
                 asm,
                 &[
                     (LD, Next, Next, hi_off),
-                    (JMP_JGT_K, Ok, Next, high),
-                    (JMP_JEQ_K, Next, Fail, high),
+                    (JMP_JGT_K, ok, Next, high),
+                    (JMP_JEQ_K, Next, fail, high),
                     (LD, Next, Next, lo_off),
-                    (last, Ok, Fail, low),
-                ],
-            )
-        }
-        // Less: the negation of greater-or-equal (LT) or greater (LE).
-        LinuxSeccompOperator::ScmpCmpLt | LinuxSeccompOperator::ScmpCmpLe => {
-            let last = if cond.op == LinuxSeccompOperator::ScmpCmpLt {
-                JMP_JGE_K
-            } else {
-                JMP_JGT_K
-            };
-            block(
-                asm,
-                &[
-                    (LD, Next, Next, hi_off),
-                    (JMP_JGT_K, Fail, Next, high),
-                    (JMP_JEQ_K, Next, Ok, high),
-                    (LD, Next, Next, lo_off),
-                    (last, Fail, Ok, low),
+                    (last, ok, fail, low),
                 ],
             )
         }
