@@ -10,7 +10,8 @@ die() { log "error: $*"; exit 1; }
 # runc and crun are the speed floor the benchmarks compare against, runsc
 # (gVisor) the sandboxed peer; python3-matplotlib draws their chart; iproute2,
 # iptables, iperf3 and the CNI plugins serve the network tests and benchmark,
-# fio the storage benchmark;
+# fio the storage benchmark; gcc with libc6-dev (static libc) builds the
+# seccomp probe of the end-to-end tests;
 # podman, conmon, containerd and docker.io the engine tests.
 declare -A tools=(
     [qemu-system-x86_64]=qemu-system-x86
@@ -48,7 +49,7 @@ done
 if command -v busybox >/dev/null 2>&1 && ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed'; then
     want+=(busybox-static)
 fi
-for pkg in libelf-dev linux-source-6.1 containernetworking-plugins python3-matplotlib; do
+for pkg in libelf-dev libc6-dev linux-source-6.1 containernetworking-plugins python3-matplotlib; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || want+=("$pkg")
 done
 if [ "${#want[@]}" -gt 0 ]; then
