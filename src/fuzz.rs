@@ -182,15 +182,12 @@ pub fn virtio_vsock(data: &[u8]) {
     h.drain();
 }
 
-/// The FUSE header (`fuse_in_header`, 40 bytes).
-const FUSE_IN_HEADER: usize = 40;
-const FUSE_INIT: u32 = 26;
-
 /// virtio-fs: a mounted share gets hostile chains on its request and
 /// high-priority queues: FUSE requests with well-formed headers and any
 /// opcode, node id and body, or raw bytes. Nothing may appear outside the
 /// share.
 pub fn virtio_fs(data: &[u8]) {
+    use crate::vmm::devices::virtio::fs::test_utils::{fuse_message, init_body, FUSE_INIT};
     use crate::vmm::devices::virtio::fs::Fs;
     let mut input = Input::new(data);
     let dir = tempfile::tempdir().expect("a temporary directory");
@@ -210,13 +207,7 @@ pub fn virtio_fs(data: &[u8]) {
     )
     .expect("activation");
     // Mount first (FUSE_INIT 7.31), so most requests reach the file system.
-    let init = fuse_message(FUSE_INIT, 0, 1, &{
-        let mut body = Vec::new();
-        for v in [7u32, 31, 0x2_0000, 0] {
-            body.extend_from_slice(&v.to_le_bytes());
-        }
-        body
-    });
+    let init = fuse_message(FUSE_INIT, 0, 1, (0, 0), &init_body(0));
     let _ = mem.write_slice(&init, GuestAddress(0x1_0000));
     req.add_chain(&[
         (0x1_0000, u32::try_from(init.len()).unwrap_or(0), 0),
@@ -239,7 +230,7 @@ pub fn virtio_fs(data: &[u8]) {
                 _ => 1,
             };
             let len = usize::from(input.u16() % 512);
-            let msg = fuse_message(opcode, node, round + 2, input.bytes(len));
+            let msg = fuse_message(opcode, node, round + 2, (0, 0), input.bytes(len));
             let _ = mem.write_slice(&msg, GuestAddress(0x1_0000));
             q.add_chain(&[
                 (0x1_0000, u32::try_from(msg.len()).unwrap_or(0), 0),
@@ -261,18 +252,6 @@ pub fn virtio_fs(data: &[u8]) {
         .filter(|n| n != "share")
         .collect();
     assert!(outside.is_empty(), "files outside the share: {outside:?}");
-}
-
-fn fuse_message(opcode: u32, node: u64, unique: u64, body: &[u8]) -> Vec<u8> {
-    let len = u32::try_from(FUSE_IN_HEADER + body.len()).unwrap_or(u32::MAX);
-    let mut msg = Vec::with_capacity(FUSE_IN_HEADER + body.len());
-    msg.extend_from_slice(&len.to_le_bytes());
-    msg.extend_from_slice(&opcode.to_le_bytes());
-    msg.extend_from_slice(&unique.to_le_bytes());
-    msg.extend_from_slice(&node.to_le_bytes());
-    msg.extend_from_slice(&[0u8; 16]); // uid, gid, pid, padding
-    msg.extend_from_slice(body);
-    msg
 }
 
 /// A block device on a 4 KiB image behind its virtio-mmio transport (keep

@@ -319,6 +319,7 @@ mod tests {
 
     use vm_memory::{Bytes as _, GuestAddress};
 
+    use super::super::test_utils::{fuse_message, init_body, FUSE_INIT, IN_HEADER};
     use super::*;
     use crate::vmm::devices::virtio::test_utils::{memory, GuestQueue, TestInterrupt, F_WRITE};
 
@@ -331,12 +332,10 @@ mod tests {
     const FUSE_OPEN: u32 = 14;
     const FUSE_READ: u32 = 15;
     const FUSE_WRITE: u32 = 16;
-    const FUSE_INIT: u32 = 26;
     const FUSE_CREATE: u32 = 35;
     const FUSE_LINK: u32 = 13;
     const FUSE_RENAME: u32 = 12;
     const ROOT: u64 = 1;
-    const IN_HEADER: usize = 40;
     const OUT_HEADER: usize = 16;
     /// `fuse_entry_out`: nodeid, generation, valid times, then `fuse_attr`.
     const ENTRY_ATTR: usize = 40;
@@ -391,11 +390,7 @@ mod tests {
                 unique: 0,
                 caller: (0, 0),
             };
-            let mut init = Vec::new();
-            for v in [7u32, 31, 0x2_0000, 0] {
-                init.extend_from_slice(&v.to_le_bytes());
-            }
-            let (err, _) = g.call(FUSE_INIT, 0, &init);
+            let (err, _) = g.call(FUSE_INIT, 0, &init_body(0));
             assert_eq!(err, 0, "FUSE_INIT");
             g
         }
@@ -441,17 +436,7 @@ mod tests {
 
         fn message(&mut self, opcode: u32, nodeid: u64, body: &[u8]) -> Vec<u8> {
             self.unique += 1;
-            let len = u32::try_from(IN_HEADER + body.len()).unwrap();
-            let mut msg = Vec::new();
-            msg.extend_from_slice(&len.to_le_bytes());
-            msg.extend_from_slice(&opcode.to_le_bytes());
-            msg.extend_from_slice(&self.unique.to_le_bytes());
-            msg.extend_from_slice(&nodeid.to_le_bytes());
-            msg.extend_from_slice(&self.caller.0.to_le_bytes());
-            msg.extend_from_slice(&self.caller.1.to_le_bytes());
-            msg.extend_from_slice(&[0u8; 8]); // pid, padding
-            msg.extend_from_slice(body);
-            msg
+            fuse_message(opcode, nodeid, self.unique, self.caller, body)
         }
 
         fn lookup(&mut self, parent: u64, name: &str) -> Result<(u64, Vec<u8>), i32> {
@@ -548,11 +533,7 @@ mod tests {
         let mut g = Guest::new(&dir.path().join("share"), false);
         // A second session start, as a driver that asks for big writes and
         // max_pages (FUSE_BIG_WRITES = 1 << 5, FUSE_MAX_PAGES = 1 << 22).
-        let mut init = Vec::new();
-        for v in [7u32, 31, 0x2_0000, (1 << 5) | (1 << 22)] {
-            init.extend_from_slice(&v.to_le_bytes());
-        }
-        let (err, out) = g.call(FUSE_INIT, 0, &init);
+        let (err, out) = g.call(FUSE_INIT, 0, &init_body((1 << 5) | (1 << 22)));
         assert_eq!(err, 0);
         let max_write = u32::from_le_bytes(out[20..24].try_into().unwrap());
         let max_pages = u16::from_le_bytes(out[28..30].try_into().unwrap());
@@ -857,11 +838,7 @@ mod tests {
                 vec![g.hiprio.create_queue(), g.req.create_queue()],
             )
             .unwrap();
-        let mut init = Vec::new();
-        for v in [7u32, 31, 0x2_0000, 0] {
-            init.extend_from_slice(&v.to_le_bytes());
-        }
-        assert_eq!(g.call(FUSE_INIT, 0, &init).0, 0);
+        assert_eq!(g.call(FUSE_INIT, 0, &init_body(0)).0, 0);
         // The old session's node is unknown to the new one.
         assert_eq!(g.lookup(hello, "x").err(), Some(libc::EBADF));
         assert!(g.lookup(ROOT, "hello").is_ok());

@@ -34,6 +34,8 @@ mod device;
 mod event_handler;
 pub mod idmap;
 mod share;
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) mod test_utils;
 
 use std::path::PathBuf;
 use std::time::Duration;
