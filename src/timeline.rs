@@ -39,17 +39,46 @@ pub fn mark(dir: &Path, event: &str) {
 
 /// Records `event` at `ns` (a [`now_ns`] taken earlier).
 pub fn mark_at(dir: &Path, event: &str, ns: u64) {
-    let line = format!("{event} {ns}\n");
-    // One write of a short line to an O_APPEND file: lines from several
-    // processes do not interleave.
-    let written = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(TIMELINE_FILE))
-        .and_then(|mut f| f.write_all(line.as_bytes()));
-    if let Err(e) = written {
-        log::debug!("timeline {}: {e}", dir.display());
+    match Timeline::open(dir) {
+        Ok(t) => t.mark_at(event, ns),
+        Err(e) => {
+            log::debug!("timeline {}: {e}", dir.display());
+            fault_point(event);
+        }
     }
+}
+
+/// A timeline kept open, for a writer that opens no file later (a vCPU
+/// thread under its seccomp filter).
+#[derive(Debug)]
+pub struct Timeline {
+    file: std::fs::File,
+}
+
+impl Timeline {
+    /// Opens (creates) the timeline of the state directory `dir`.
+    pub fn open(dir: &Path) -> std::io::Result<Timeline> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(TIMELINE_FILE))?;
+        Ok(Timeline { file })
+    }
+
+    /// Records `event` at `ns` (a [`now_ns`] taken earlier).
+    pub fn mark_at(&self, event: &str, ns: u64) {
+        let line = format!("{event} {ns}\n");
+        // One write of a short line to an O_APPEND file: lines from
+        // several processes do not interleave.
+        if let Err(e) = (&self.file).write_all(line.as_bytes()) {
+            log::debug!("timeline: {e}");
+        }
+        fault_point(event);
+    }
+}
+
+/// Kills this process at `event` when [`ENV_FAULT_KILL_AT`] names it.
+fn fault_point(event: &str) {
     if is_fault_point(event) {
         log::warn!("{ENV_FAULT_KILL_AT}: killing this process at {event}");
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);

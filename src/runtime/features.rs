@@ -24,6 +24,9 @@ pub const OCI_VERSION_MIN: &str = "1.0.0";
 pub const OCI_VERSION_MAX: &str = oci_spec::runtime::VERSION;
 /// Annotation carrying husk's version.
 pub const ANNOTATION_HUSK_VERSION: &str = "io.husk.version";
+/// Prefix of the annotations about the VMM process itself
+/// ([`crate::jail::seccomp::ANNOTATION`]).
+pub const VMM_ANNOTATION_PREFIX: &str = "io.husk.vmm.";
 
 /// Lifecycle hooks husk runs (createContainer/startContainer in the guest).
 pub const HOOKS: &[&str] = &[
@@ -160,11 +163,18 @@ pub fn features() -> Features {
             apparmor: Enabled { enabled: false },
             selinux: Enabled { enabled: false },
         },
-        annotations: BTreeMap::from([(
-            ANNOTATION_HUSK_VERSION,
-            env!("CARGO_PKG_VERSION").to_owned(),
-        )]),
-        potentially_unsafe_config_annotations: vec![ANNOTATION_PREFIX],
+        annotations: BTreeMap::from([
+            (
+                ANNOTATION_HUSK_VERSION,
+                env!("CARGO_PKG_VERSION").to_owned(),
+            ),
+            // The VMM's own seccomp filters, per thread, and their default
+            // mode (docs/security.md).
+            (crate::jail::seccomp::ANNOTATION, "enforce".to_owned()),
+        ]),
+        // The VM's sizing, and the VMM's filter mode (log lets calls
+        // through).
+        potentially_unsafe_config_annotations: vec![ANNOTATION_PREFIX, VMM_ANNOTATION_PREFIX],
     }
 }
 
@@ -238,7 +248,16 @@ mod tests {
                 .potentially_unsafe_config_annotations()
                 .as_ref()
                 .unwrap(),
-            &["io.husk.vm."]
+            &["io.husk.vm.", "io.husk.vmm."]
+        );
+        assert_eq!(
+            parsed
+                .annotations()
+                .as_ref()
+                .unwrap()
+                .get(crate::jail::seccomp::ANNOTATION)
+                .unwrap(),
+            "enforce"
         );
         assert_eq!(
             parsed

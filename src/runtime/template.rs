@@ -295,9 +295,12 @@ fn build(
     t.timeout = Some(TEMPLATE_BOOT_TIMEOUT);
     t.timeline = None;
     t.snapshot = Some(Snapshot::TakeWhenAgentListens(work.to_path_buf()));
+    // No seccomp filters: the template VM runs husk-init only (no
+    // container's code), and its VMM thread writes the snapshot files.
     let controls = crate::vmm::builder::RunControls {
         stop,
         taps: Vec::new(),
+        seccomp: None,
     };
     Ok(crate::vmm::builder::run_with(t, controls)?)
 }

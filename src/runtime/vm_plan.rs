@@ -78,6 +78,18 @@ pub fn snapshot_allowed(spec: &oci_spec::runtime::Spec) -> Result<bool, PlanErro
     }
 }
 
+/// What a call outside the VMM's seccomp filters does
+/// ([`crate::jail::seccomp::ANNOTATION`]: `enforce`, the default, or `log`).
+pub fn vmm_seccomp_mode(
+    spec: &oci_spec::runtime::Spec,
+) -> Result<crate::jail::seccomp::Mode, PlanError> {
+    use crate::jail::seccomp::{Mode, ANNOTATION};
+    match spec.annotations().as_ref().and_then(|a| a.get(ANNOTATION)) {
+        None => Ok(Mode::default()),
+        Some(v) => Mode::parse(v).ok_or_else(|| PlanError::SeccompAnnotation { value: v.clone() }),
+    }
+}
+
 /// Environment variable with extra guest kernel parameters for container VMs.
 pub const ENV_KERNEL_ARGS: &str = "HUSK_KERNEL_ARGS";
 
@@ -170,6 +182,10 @@ pub struct VmPlan {
     /// ([`id_maps`]).
     #[serde(default)]
     pub ids: IdMaps,
+    /// What the VMM's seccomp filters do with a call they do not allow
+    /// ([`vmm_seccomp_mode`]).
+    #[serde(default)]
+    pub vmm_seccomp: crate::jail::seccomp::Mode,
 }
 
 /// The uid and gid mappings of a container with a new user namespace
@@ -221,6 +237,12 @@ pub enum PlanError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error(
+        "annotation io.husk.vmm.seccomp={value:?} is neither \"enforce\" (the default: a call \
+         outside the VMM's filters stops it) nor \"log\" (such calls go through and the kernel \
+         logs them)"
+    )]
+    SeccompAnnotation { value: String },
     #[error("annotation {annotation}={value:?} is neither \"true\" nor \"false\"")]
     Annotation {
         annotation: &'static str,
@@ -370,6 +392,7 @@ mod tests {
                 file: false,
             }],
             ids: IdMaps::default(),
+            vmm_seccomp: crate::jail::seccomp::Mode::Log,
         };
         plan.save(dir.path()).unwrap();
         assert_eq!(VmPlan::load(dir.path()).unwrap(), plan);
@@ -471,6 +494,30 @@ mod tests {
     }
 
     #[test]
+    fn the_vmm_seccomp_annotation_is_enforce_log_or_an_error() {
+        use crate::jail::seccomp::Mode;
+        let with = |v: Option<&str>| -> oci_spec::runtime::Spec {
+            let annotations = v.map_or(String::new(), |v| {
+                format!(r#","annotations":{{"io.husk.vmm.seccomp":"{v}"}}"#)
+            });
+            serde_json::from_str(&format!(r#"{{"ociVersion":"1.0.2"{annotations}}}"#)).unwrap()
+        };
+        assert_eq!(vmm_seccomp_mode(&with(None)).unwrap(), Mode::Enforce);
+        assert_eq!(
+            vmm_seccomp_mode(&with(Some("enforce"))).unwrap(),
+            Mode::Enforce
+        );
+        assert_eq!(vmm_seccomp_mode(&with(Some("log"))).unwrap(), Mode::Log);
+        let err = vmm_seccomp_mode(&with(Some("off")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("io.husk.vmm.seccomp") && err.contains("\"off\""),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn a_shared_rootfs_has_no_disk_and_no_root_parameters() {
         let plan = VmPlan {
             kernel: "/k".into(),
@@ -485,6 +532,7 @@ mod tests {
             snapshot: true,
             shares: vec![],
             ids: IdMaps::default(),
+            vmm_seccomp: Default::default(),
         };
         let c = plan.vm_config(None, &[], Some(Path::new("/s/share")));
         assert!(c.block.is_empty());

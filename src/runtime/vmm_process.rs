@@ -21,6 +21,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::agent_proto::{Event, Frame, FrameKind, Request, Response, MAX_DATA};
 use crate::control::AgentConn;
+use crate::jail::seccomp::{Filters, Mode, Thread};
 use crate::runtime::container::{answer_ready, take_go_fd, take_ready_fd, wait_for_go};
 use crate::runtime::state::{self, ExitStatus, State};
 use crate::runtime::vm_plan::VmPlan;
@@ -56,14 +57,18 @@ pub fn run(root: &Path, id: &str) -> Option<ExitStatus> {
     let go = take_go_fd();
     let dir = state::container_dir(root, id);
     crate::timeline::mark(&dir, "vmm.main");
-    let staged = match stage(root, id) {
+    let staged = match stage(root, id).and_then(|s| {
+        let filters = confine(&s)?;
+        Ok((s, filters))
+    }) {
         Ok(s) => s,
         Err(msg) => {
             fail(id, &mut ready, msg);
-            finish(root, id, &record);
+            finish(root, id, &record, false);
             return None;
         }
     };
+    let (staged, filters) = staged;
     // Forwarded signals are blocked in every thread and read from a
     // signalfd by one.
     let mut mask = nix::sys::signal::SigSet::empty();
@@ -83,9 +88,11 @@ pub fn run(root: &Path, id: &str) -> Option<ExitStatus> {
     let (view_tx, view_rx) = mpsc::channel::<Result<(), String>>();
     let worker = {
         let (root, id, record) = (root.to_path_buf(), id.to_owned(), record.clone());
+        let filters = filters.clone();
         std::thread::Builder::new()
             .name("vmm-main".into())
             .spawn(move || {
+                let filtered = AtomicBool::new(false);
                 let ending = match view_rx.recv() {
                     Ok(Ok(())) => run_vm(
                         &root,
@@ -96,12 +103,14 @@ pub fn run(root: &Path, id: &str) -> Option<ExitStatus> {
                             go,
                             staged,
                             mask,
+                            filters,
+                            filtered: &filtered,
                         },
                     ),
                     Ok(Err(msg)) => fail(&id, &mut ready, msg),
                     Err(_) => fail(&id, &mut ready, "the main thread went away".into()),
                 };
-                finish(&root, &id, &record);
+                finish(&root, &id, &record, filtered.load(Ordering::SeqCst));
                 ending
             })
     };
@@ -109,12 +118,19 @@ pub fn run(root: &Path, id: &str) -> Option<ExitStatus> {
         Ok(w) => w,
         Err(e) => {
             log::error!("container {id}: starting the VMM's worker thread: {e}");
-            finish(root, id, &record);
+            finish(root, id, &record, false);
             return None;
         }
     };
     let view = crate::storage::view::enter(&dir, &rootfs, &view_mounts, create_points, read_only)
-        .map_err(|e| e.to_string());
+        .map_err(|e| e.to_string())
+        // From here on the main thread only waits for the worker.
+        .and_then(|()| {
+            filters
+                .as_ref()
+                .map_or(Ok(()), |f| f.apply(Thread::Supervisor))
+                .map_err(|e| e.to_string())
+        });
     let _ = view_tx.send(view);
     worker.join().unwrap_or_else(|_| {
         log::error!("container {id}: the VMM's worker thread panicked");
@@ -147,6 +163,27 @@ fn stage(root: &Path, id: &str) -> Result<Staged, String> {
     })
 }
 
+/// What every container VMM sets up before its guest exists: the process
+/// is hardened ([`crate::jail::harden_process`]), the seccomp filters of
+/// its threads are compiled, and violations are reported into its log
+/// ([`crate::jail::seccomp`]).
+fn confine(staged: &Staged) -> Result<Option<Arc<Filters>>, String> {
+    crate::jail::harden_process().map_err(|e| e.to_string())?;
+    let mode = staged.plan.vmm_seccomp;
+    let filters = Filters::compile(mode).map_err(|e| e.to_string())?;
+    if mode == Mode::Enforce {
+        crate::jail::seccomp::install_report_handler(&staged.state.vmm_log)
+            .map_err(|e| e.to_string())?;
+    } else {
+        log::warn!(
+            "seccomp filters in log mode ({}=log): calls outside them go through and \
+             the kernel logs them",
+            crate::jail::seccomp::ANNOTATION
+        );
+    }
+    Ok(Some(Arc::new(filters)))
+}
+
 /// Logs `msg` and answers it to `create`; the container has no status.
 fn fail(id: &str, ready: &mut Option<std::fs::File>, msg: String) -> Option<ExitStatus> {
     log::error!("container {id}: {msg}");
@@ -155,17 +192,25 @@ fn fail(id: &str, ready: &mut Option<std::fs::File>, msg: String) -> Option<Exit
 }
 
 /// What the worker thread starts with.
-struct Start {
+struct Start<'a> {
     ready: Option<std::fs::File>,
     go: Option<std::fs::File>,
     staged: Staged,
     mask: nix::sys::signal::SigSet,
+    filters: Option<Arc<Filters>>,
+    /// Set once the worker runs under its seccomp filter.
+    filtered: &'a AtomicBool,
 }
 
 /// After the VM: the network plumbing goes, and the cgroup when the
-/// record is gone.
-fn finish(root: &Path, id: &str, record: &RecordWatch) {
-    if let Err(e) = crate::net::cleanup(&state::container_dir(root, id)) {
+/// record is gone. Under its seccomp filter (`filtered`) the VMM runs no
+/// `ip`/`tc` and joins no namespace: its taps went with it, and what is
+/// left in the engine's namespace is removed by `delete` (or by a failed
+/// `create`), as runc leaves a container's resources to `delete`.
+fn finish(root: &Path, id: &str, record: &RecordWatch, filtered: bool) {
+    if filtered {
+        log::debug!("container {id}: the network plumbing is left to delete");
+    } else if let Err(e) = crate::net::cleanup(&state::container_dir(root, id)) {
         log::warn!("container {id}: {e}");
     }
     // Nobody can delete a container whose record is gone: its cgroup goes
@@ -188,6 +233,8 @@ fn run_vm(root: &Path, id: &str, record: &Arc<RecordWatch>, start: Start) -> Opt
         go,
         staged,
         mask,
+        filters,
+        filtered,
     } = start;
     let Staged {
         state: st,
@@ -206,7 +253,10 @@ fn run_vm(root: &Path, id: &str, record: &Arc<RecordWatch>, start: Start) -> Opt
         return fail(&mut ready, "create gave up before the VM started".into());
     }
     // From here on a `create` that dies stops whatever VM is being made.
-    let creator = match ready.as_ref().map(|r| CreatorWatch::start(r, stop.clone())) {
+    let creator = match ready
+        .as_ref()
+        .map(|r| CreatorWatch::start(r, stop.clone(), filters.clone()))
+    {
         Some(Ok(w)) => Some(w),
         Some(Err(e)) => return fail(&mut ready, format!("watching create: {e}")),
         None => None,
@@ -275,6 +325,7 @@ fn run_vm(root: &Path, id: &str, record: &Arc<RecordWatch>, start: Start) -> Opt
     let controls = RunControls {
         stop: Some(stop.clone()),
         taps,
+        seccomp: filters.clone(),
     };
     let vm = std::thread::Builder::new()
         .name("vmm".into())
@@ -291,6 +342,16 @@ fn run_vm(root: &Path, id: &str, record: &Arc<RecordWatch>, start: Start) -> Opt
             Err(_) => log::error!("container {id}: VM thread panicked"),
         }
     };
+    // Everything privileged is done: from here on this thread (and every
+    // thread it starts) talks to the guest's agent under its filter.
+    if let Some(f) = &filters {
+        if let Err(e) = f.apply(Thread::Supervisor) {
+            stop_vm(vm);
+            return fail(&mut ready, e.to_string());
+        }
+        filtered.store(true, Ordering::SeqCst);
+        crate::jail::seccomp::fault_point(Thread::Supervisor);
+    }
 
     let alive = || !vm.is_finished();
     let mut conn = match AgentConn::connect(&plan.control_socket, AGENT_BOOT_TIMEOUT, &alive) {
@@ -372,7 +433,11 @@ struct CreatorWatch {
 }
 
 impl CreatorWatch {
-    fn start(ready: &std::fs::File, stop: Arc<EventFd>) -> std::io::Result<CreatorWatch> {
+    fn start(
+        ready: &std::fs::File,
+        stop: Arc<EventFd>,
+        filters: Option<Arc<Filters>>,
+    ) -> std::io::Result<CreatorWatch> {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         use std::os::fd::AsFd as _;
         let pipe = ready.try_clone()?;
@@ -381,28 +446,38 @@ impl CreatorWatch {
         let (done2, gone2) = (done.clone(), gone.clone());
         std::thread::Builder::new()
             .name("creator".into())
-            .spawn(move || loop {
-                // SAFETY: the eventfd lives in `done2`, held by this thread
-                // for the whole poll.
-                let done_fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(done2.as_raw_fd()) };
-                let mut fds = [
-                    PollFd::new(pipe.as_fd(), PollFlags::empty()),
-                    PollFd::new(done_fd, PollFlags::POLLIN),
-                ];
-                match poll(&mut fds, PollTimeout::NONE) {
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    Err(_) => return,
-                    Ok(_) => {}
-                }
-                let hit = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
-                if hit(&fds[1]) {
-                    return;
-                }
-                if hit(&fds[0]) {
+            .spawn(move || {
+                // It outlives the privileged setup: it polls under the
+                // supervisor's filter.
+                if let Some(Err(e)) = filters.map(|f| f.apply(Thread::Supervisor)) {
+                    log::error!("watching create: {e}; stopping the VM");
                     gone2.store(true, std::sync::atomic::Ordering::SeqCst);
-                    log::error!("create went away: stopping the VM");
                     let _ = stop.write(1);
                     return;
+                }
+                loop {
+                    // SAFETY: the eventfd lives in `done2`, held by this thread
+                    // for the whole poll.
+                    let done_fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(done2.as_raw_fd()) };
+                    let mut fds = [
+                        PollFd::new(pipe.as_fd(), PollFlags::empty()),
+                        PollFd::new(done_fd, PollFlags::POLLIN),
+                    ];
+                    match poll(&mut fds, PollTimeout::NONE) {
+                        Err(nix::errno::Errno::EINTR) => continue,
+                        Err(_) => return,
+                        Ok(_) => {}
+                    }
+                    let hit = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+                    if hit(&fds[1]) {
+                        return;
+                    }
+                    if hit(&fds[0]) {
+                        gone2.store(true, std::sync::atomic::Ordering::SeqCst);
+                        log::error!("create went away: stopping the VM");
+                        let _ = stop.write(1);
+                        return;
+                    }
                 }
             })?;
         Ok(CreatorWatch { gone, done })

@@ -396,6 +396,15 @@ pub fn number(name: &str) -> Option<u32> {
         .map(|i| X86_64[i].1)
 }
 
+/// The name of the x86_64 system call `number` (a linear scan: no
+/// allocation, no lock, so a signal handler may call it).
+pub fn name(number: u32) -> Option<&'static str> {
+    X86_64
+        .iter()
+        .find(|(_, n)| *n == number)
+        .map(|(name, _)| *name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,5 +426,12 @@ mod tests {
         assert_eq!(number("mseal"), Some(462));
         assert_eq!(number("arm_fadvise64_64"), None);
         assert_eq!(number(""), None);
+    }
+
+    #[test]
+    fn numbers_name_their_calls() {
+        assert_eq!(name(59), Some("execve"));
+        assert_eq!(name(0), Some("read"));
+        assert_eq!(name(100_000), None);
     }
 }

@@ -81,6 +81,8 @@ pub enum VmExit {
 pub enum BuildError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Seccomp(crate::jail::seccomp::FilterError),
     #[error("cannot use /dev/kvm: {0} (run `husk check`)")]
     Kvm(kvm_ioctls::Error),
     #[error("{requested} vCPUs requested, but this host's KVM allows at most {max}")]
@@ -162,6 +164,11 @@ pub struct RunControls {
     /// Taps already open (created in another network namespace, say),
     /// used for the [`super::config::NetConfig`]s with the same name.
     pub taps: Vec<Tap>,
+    /// Seccomp filters for the VM's threads ([`crate::jail::seccomp`]):
+    /// each vCPU thread installs its own before its first `KVM_RUN`, the
+    /// calling thread the device filter before the event loop serves any
+    /// queue.
+    pub seccomp: Option<Arc<crate::jail::seccomp::Filters>>,
 }
 
 /// [`build_and_run`] with [`RunControls`].
@@ -451,9 +458,20 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
     for (id, fd) in vcpu_fds.into_iter().enumerate() {
         let shared = shared.clone();
         let id = u8::try_from(id).unwrap_or(u8::MAX);
+        let filters = controls.seccomp.clone();
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || vcpu::run(fd, id, shared))
+            .spawn(move || {
+                use crate::jail::seccomp::{fault_point, Thread};
+                if let Some(f) = filters {
+                    if let Err(e) = f.apply(Thread::Vcpu) {
+                        shared.finish(VcpuStop::Error(format!("vCPU {id}: {e}")));
+                        return fd;
+                    }
+                    fault_point(Thread::Vcpu);
+                }
+                vcpu::run(fd, id, shared)
+            })
             .map_err(io("starting a vCPU thread"))?;
         threads.push(thread);
     }
@@ -468,6 +486,17 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
         agent_evt,
     )?));
     event_manager.add_subscriber(watcher.clone());
+    if let Some(f) = &controls.seccomp {
+        use crate::jail::seccomp::{fault_point, Thread};
+        if let Err(e) = f.apply(Thread::Devices) {
+            let stopped = vcpu::stop_all(threads, &stop);
+            if stopped.stuck > 0 {
+                log::warn!("{} vCPU thread(s) did not stop", stopped.stuck);
+            }
+            return Err(BuildError::Seccomp(e));
+        }
+        fault_point(Thread::Devices);
+    }
     let ended = loop {
         if let Some(end) = lock(&watcher).ended {
             break end;

@@ -39,7 +39,8 @@ pub struct VcpuShared {
 }
 
 impl VcpuShared {
-    fn finish(&self, why: VcpuStop) {
+    /// Records why the VM ends (the first reason wins) and stops it.
+    pub fn finish(&self, why: VcpuStop) {
         let mut outcome = lock(&self.outcome);
         if outcome.is_none() {
             *outcome = Some(why);

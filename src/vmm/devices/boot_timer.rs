@@ -10,10 +10,16 @@ use crate::vmm::bus::BusDevice;
 pub const BOOT_TIMER_BASE: u64 = BOOT_TIMER_PORT as u64;
 pub const BOOT_TIMER_LEN: u64 = 1;
 
+/// How many events a guest may record: husk-init sends a handful per boot;
+/// a guest that writes the port without end does not grow the file.
+pub const MAX_BOOT_EVENTS: usize = 64;
+
 pub struct BootTimer {
-    /// The state directory whose timeline gets the moments (none: they are
-    /// only logged).
-    timeline: Option<PathBuf>,
+    /// The container's timeline, opened once (none: the moments are only
+    /// logged).
+    timeline: Option<crate::timeline::Timeline>,
+    /// Events recorded so far ([`MAX_BOOT_EVENTS`]).
+    recorded: usize,
     started_ns: u64,
     /// Written when the agent reports it listens (a VM that is to be
     /// snapshotted then).
@@ -21,9 +27,17 @@ pub struct BootTimer {
 }
 
 impl BootTimer {
+    /// A timer recording into the timeline of the state directory
+    /// `timeline` (opened now; one that cannot be opened is only logged).
     pub fn new(timeline: Option<PathBuf>) -> Self {
+        let timeline = timeline.and_then(|dir| {
+            crate::timeline::Timeline::open(&dir)
+                .map_err(|e| log::warn!("boot timer: timeline in {}: {e}", dir.display()))
+                .ok()
+        });
         BootTimer {
             timeline,
+            recorded: 0,
             started_ns: crate::timeline::now_ns(),
             on_agent: None,
         }
@@ -59,8 +73,17 @@ impl BusDevice for BootTimer {
             event.name(),
             now.saturating_sub(self.started_ns) as f64 / 1e6
         );
-        if let Some(dir) = &self.timeline {
-            crate::timeline::mark_at(dir, event.name(), now);
+        if let Some(timeline) = &self.timeline {
+            if self.recorded < MAX_BOOT_EVENTS {
+                self.recorded += 1;
+                timeline.mark_at(event.name(), now);
+            } else if self.recorded == MAX_BOOT_EVENTS {
+                self.recorded += 1;
+                log::warn!(
+                    "boot timer: the guest sent more than {MAX_BOOT_EVENTS} events; \
+                     no more are recorded"
+                );
+            }
         }
         if let (BootEvent::AgentListening, Some(evt)) = (event, &self.on_agent) {
             if let Err(e) = evt.write(1) {
@@ -100,5 +123,15 @@ mod tests {
         assert_eq!(evt.read().unwrap(), 1);
         // Without a timeline the events are only logged.
         BootTimer::new(None).write(0, &[1]);
+    }
+
+    #[test]
+    fn a_guest_that_writes_the_port_forever_records_a_bounded_number_of_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = BootTimer::new(Some(dir.path().to_path_buf()));
+        for _ in 0..10 * MAX_BOOT_EVENTS {
+            t.write(0, &[BootEvent::InitStarted as u8]);
+        }
+        assert_eq!(crate::timeline::read(dir.path()).len(), MAX_BOOT_EVENTS);
     }
 }

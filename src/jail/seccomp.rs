@@ -1,0 +1,625 @@
+//! Seccomp filters of the VMM process, one per kind of thread, compiled with
+//! rust-vmm's `seccompiler`.
+//!
+//! A container's VMM runs three kinds of thread, and each gets only the
+//! system calls its code makes (Cloud Hypervisor's shape: one rule function
+//! per thread over a shared base):
+//! - [`Thread::Vcpu`]: `KVM_RUN` and the port/MMIO exits it dispatches to
+//!   device registers (console writes, eventfds). The only ioctl is
+//!   `KVM_RUN`.
+//! - [`Thread::Devices`]: the event loop that serves every virtio queue
+//!   (block reads and writes, tap frames, vsock streams, and the virtio-fs
+//!   passthrough, which needs the file system calls a FUSE server makes).
+//!   Its ioctl is `TUNSETOFFLOAD` (a guest acking offloads); its sockets are
+//!   Unix sockets.
+//! - [`Thread::Supervisor`]: the VMM's main thread, the thread that relays
+//!   the container's stdio and exit status over the agent connection, and
+//!   its helpers (record watch, signal forwarder, stdin pump, terminal size:
+//!   `TIOCGWINSZ` only). It keeps the container's record (`state.json`) and
+//!   may remove its cgroup when that record is gone.
+//!
+//! Every thread of a container's VMM runs under one of them once the guest
+//! can run (a thread made later inherits its maker's): the vCPU threads
+//! before their first `KVM_RUN`, the device thread before its first event,
+//! the supervisor threads before any frame of the agent is read.
+//! What none of them allows: `execve`, `ptrace`, `mount`, namespaces
+//! (`unshare`, `setns`, `clone` with namespace flags: `clone` is allowed
+//! with the flags of a new thread only, `clone3` answers ENOSYS so the C
+//! library falls back to it), `bpf`, `perf_event_open`, module or key
+//! calls, sockets other than Unix ones, new executable memory (`mmap` and
+//! `mprotect` with `PROT_EXEC`), and signals to other processes (`tgkill`
+//! to this process only).
+//!
+//! A call outside the filter ([`Mode::Enforce`]) traps: the handler writes
+//! one line naming the thread and the call into the VMM's log, then the
+//! VMM dies of `SIGSYS` (what its engine reports as the container's end).
+//! [`Mode::Log`] lets such calls through and the kernel logs each one
+//! (audit `type=1326`, `dmesg`), for developing the filters.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::os::fd::{IntoRawFd as _, RawFd};
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition,
+    SeccompFilter, SeccompRule, TargetArch,
+};
+
+/// The annotation choosing the VMM's filter mode ([`Mode`]).
+pub const ANNOTATION: &str = "io.husk.vmm.seccomp";
+
+/// What a call outside a thread's filter does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The VMM dies of `SIGSYS`, after one line in its log.
+    #[default]
+    Enforce,
+    /// The call goes through and the kernel logs it.
+    Log,
+}
+
+impl Mode {
+    /// The values [`ANNOTATION`] takes.
+    pub const VALUES: [&'static str; 2] = ["enforce", "log"];
+
+    /// The mode an annotation value names.
+    pub fn parse(value: &str) -> Option<Mode> {
+        match value {
+            "enforce" => Some(Mode::Enforce),
+            "log" => Some(Mode::Log),
+            _ => None,
+        }
+    }
+}
+
+/// The kinds of thread of a VMM, each with its own filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Thread {
+    Vcpu,
+    Devices,
+    Supervisor,
+}
+
+impl Thread {
+    pub const ALL: [Thread; 3] = [Thread::Vcpu, Thread::Devices, Thread::Supervisor];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Thread::Vcpu => "vcpu",
+            Thread::Devices => "devices",
+            Thread::Supervisor => "supervisor",
+        }
+    }
+
+    /// The thread a name in [`Thread::name`]'s form stands for.
+    pub fn parse(name: &str) -> Option<Thread> {
+        Thread::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            Thread::Vcpu => 1,
+            Thread::Devices => 2,
+            Thread::Supervisor => 3,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Thread> {
+        Thread::ALL.into_iter().find(|t| t.code() == code)
+    }
+}
+
+/// Errors compiling or installing filters.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    #[error("compiling the VMM's {thread} seccomp filter: {source}")]
+    Compile {
+        thread: &'static str,
+        #[source]
+        source: seccompiler::BackendError,
+    },
+    #[error("compiling the VMM's {thread} seccomp filter: {source}")]
+    Program {
+        thread: &'static str,
+        #[source]
+        source: seccompiler::BackendError,
+    },
+    #[error("installing the VMM's {thread} seccomp filter: {source}")]
+    Install {
+        thread: &'static str,
+        #[source]
+        source: seccompiler::Error,
+    },
+    #[error("installing the SIGSYS handler that reports seccomp violations: {0}")]
+    Handler(#[source] std::io::Error),
+}
+
+/// The compiled filters of one VMM; [`Filters::apply`] installs one on the
+/// calling thread.
+pub struct Filters {
+    mode: Mode,
+    vcpu: BpfProgram,
+    devices: BpfProgram,
+    supervisor: BpfProgram,
+    /// `clone3` answers ENOSYS (its flags sit in memory a filter cannot
+    /// read; the C library then uses `clone`, whose flags it can).
+    clone3: BpfProgram,
+}
+
+impl std::fmt::Debug for Filters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Filters")
+            .field("mode", &self.mode)
+            .field("vcpu", &self.vcpu.len())
+            .field("devices", &self.devices.len())
+            .field("supervisor", &self.supervisor.len())
+            .finish()
+    }
+}
+
+impl Filters {
+    /// Compiles the three filters for this process (its pid is part of
+    /// them: signals only to itself).
+    pub fn compile(mode: Mode) -> Result<Filters, FilterError> {
+        let pid = u64::from(std::process::id());
+        let build = |thread: Thread| program(thread, rules(thread, pid), mode);
+        let clone3 = SeccompFilter::new(
+            BTreeMap::from([(libc::SYS_clone3, vec![])]),
+            SeccompAction::Allow,
+            SeccompAction::Errno(u32::try_from(libc::ENOSYS).unwrap_or(38)),
+            TargetArch::x86_64,
+        )
+        .map_err(|source| FilterError::Compile {
+            thread: "clone3",
+            source,
+        })?;
+        Ok(Filters {
+            mode,
+            vcpu: build(Thread::Vcpu)?,
+            devices: build(Thread::Devices)?,
+            supervisor: build(Thread::Supervisor)?,
+            clone3: BpfProgram::try_from(clone3).map_err(|source| FilterError::Program {
+                thread: "clone3",
+                source,
+            })?,
+        })
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The program of `thread`'s filter.
+    pub fn program(&self, thread: Thread) -> &BpfProgram {
+        match thread {
+            Thread::Vcpu => &self.vcpu,
+            Thread::Devices => &self.devices,
+            Thread::Supervisor => &self.supervisor,
+        }
+    }
+
+    /// Installs `thread`'s filter on the calling thread (and so on every
+    /// thread it starts from now on). Filters stack: a thread that already
+    /// has one keeps it too.
+    pub fn apply(&self, thread: Thread) -> Result<(), FilterError> {
+        let install = |program: &BpfProgram, name: &'static str| {
+            seccompiler::apply_filter(program).map_err(|source| FilterError::Install {
+                thread: name,
+                source,
+            })
+        };
+        install(&self.clone3, "clone3")?;
+        CURRENT.with(|c| c.set(thread.code()));
+        install(self.program(thread), thread.name())
+    }
+}
+
+/// Where the SIGSYS handler writes its line (the VMM's log), -1: nowhere.
+static REPORT_FD: AtomicI32 = AtomicI32::new(-1);
+
+thread_local! {
+    /// The kind of filter on this thread ([`Thread::code`]), for the report.
+    static CURRENT: Cell<u8> = const { Cell::new(0) };
+}
+
+/// Installs the process-wide SIGSYS handler that reports a call a filter
+/// refused ([`Mode::Enforce`]): one line into `log` (the VMM's log file,
+/// opened here for appending and kept open), then the process dies of
+/// SIGSYS. Call before the first filter.
+pub fn install_report_handler(log: &std::path::Path) -> Result<(), FilterError> {
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(log)
+        .map_err(FilterError::Handler)?;
+    let old = REPORT_FD.swap(file.into_raw_fd(), Ordering::SeqCst);
+    if old >= 0 {
+        // SAFETY: `old` is a descriptor an earlier call took ownership of
+        // with into_raw_fd and nothing else closes.
+        unsafe { libc::close(old) };
+    }
+    // SAFETY: a zeroed sigaction is a valid "no flags, empty mask" value;
+    // the fields set below make it a SA_SIGINFO handler whose function has
+    // the signature the kernel calls it with.
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    action.sa_sigaction = on_sigsys as *const () as usize;
+    // Reset to the default action on entry: the handler re-raises SIGSYS,
+    // which then ends the process.
+    action.sa_flags = libc::SA_SIGINFO | libc::SA_RESETHAND;
+    // SAFETY: `action` is fully initialised above; the old action is not
+    // wanted (null).
+    let rc = unsafe { libc::sigaction(libc::SIGSYS, &action, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(FilterError::Handler(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Byte offset of `si_syscall` in x86_64's `siginfo_t` (signo, errno,
+/// code, padding, then the `_sigsys` union member: `void *_call_addr`,
+/// `int _syscall`, `unsigned int _arch`; Linux
+/// `include/uapi/asm-generic/siginfo.h`).
+const SI_SYSCALL_OFFSET: usize = 24;
+
+/// The SIGSYS handler: names the thread and the call in the log, then ends
+/// the process with SIGSYS. Only async-signal-safe work: formatting into a
+/// stack buffer, write(2), tgkill(2).
+extern "C" fn on_sigsys(_signal: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    let nr = if info.is_null() {
+        -1
+    } else {
+        // SAFETY: the kernel passes a valid siginfo_t for a SA_SIGINFO
+        // handler; for a seccomp SIGSYS it fills `_sigsys`, whose
+        // `_syscall` is an i32 at SI_SYSCALL_OFFSET (aligned: 24 % 4 == 0).
+        unsafe {
+            info.cast::<u8>()
+                .add(SI_SYSCALL_OFFSET)
+                .cast::<i32>()
+                .read()
+        }
+    };
+    let thread = CURRENT
+        .try_with(Cell::get)
+        .ok()
+        .and_then(Thread::from_code)
+        .map_or("unfiltered", Thread::name);
+    let mut buf = [0u8; 256];
+    let len = report_line(&mut buf, thread, nr);
+    let fd: RawFd = REPORT_FD.load(Ordering::SeqCst);
+    if fd >= 0 {
+        // SAFETY: write(2) reads `len` bytes of `buf`, which holds them.
+        unsafe { libc::write(fd, buf.as_ptr().cast(), len) };
+    }
+    // SAFETY: getpid/gettid/tgkill take no pointers; the handler was reset
+    // to the default action on entry, so the SIGSYS sent here (pending
+    // while this handler runs) ends the process when it returns.
+    unsafe {
+        libc::syscall(
+            libc::SYS_tgkill,
+            libc::getpid(),
+            libc::gettid(),
+            libc::SIGSYS,
+        );
+    }
+}
+
+/// Formats the report line into `buf`; returns its length.
+fn report_line(buf: &mut [u8], thread: &str, nr: i32) -> usize {
+    let name = u32::try_from(nr)
+        .ok()
+        .and_then(crate::seccomp::syscalls::name)
+        .unwrap_or("unknown");
+    let mut cursor = std::io::Cursor::new(buf);
+    let _ = write!(
+        cursor,
+        "[seccomp] the VMM's {thread} thread made system call {nr} ({name}), which its filter \
+         does not allow: the VMM stops (SIGSYS). Annotation {ANNOTATION}=log lets such calls \
+         through for developing the filters (docs/security.md).\n"
+    );
+    usize::try_from(cursor.position()).unwrap_or(0)
+}
+
+/// One condition on argument `arg`.
+fn cond(arg: u8, len: Len, op: Op, value: u64) -> SeccompCondition {
+    // Only fails for an argument index above 5, which the callers here do
+    // not use.
+    SeccompCondition::new(arg, len, op, value).expect("seccomp condition on argument 0..=5")
+}
+
+/// A rule that holds when every condition holds.
+fn all(conditions: Vec<SeccompCondition>) -> SeccompRule {
+    SeccompRule::new(conditions).expect("a seccomp rule with conditions")
+}
+
+/// `ioctl(fd, request, ..)` for these requests (compared as the kernel
+/// does: the low 32 bits).
+fn ioctls(requests: &[u64]) -> Vec<SeccompRule> {
+    requests
+        .iter()
+        .map(|r| all(vec![cond(1, Len::Dword, Op::Eq, *r)]))
+        .collect()
+}
+
+/// `_IO(KVMIO, 0x80)` (`linux/kvm.h`).
+const KVM_RUN: u64 = 0xae80;
+/// `_IOW('T', 208, unsigned int)` (`linux/if_tun.h`).
+const TUNSETOFFLOAD: u64 = 0x4004_54d0;
+/// The flags glibc's pthread_create passes to clone(2).
+const THREAD_CLONE_FLAGS: u64 = (libc::CLONE_VM
+    | libc::CLONE_FS
+    | libc::CLONE_FILES
+    | libc::CLONE_SIGHAND
+    | libc::CLONE_THREAD
+    | libc::CLONE_SYSVSEM
+    | libc::CLONE_SETTLS
+    | libc::CLONE_PARENT_SETTID
+    | libc::CLONE_CHILD_CLEARTID) as u64;
+
+/// The rules of `thread`'s filter: syscall number -> rules (empty: any
+/// arguments).
+fn rules(thread: Thread, pid: u64) -> BTreeMap<i64, Vec<SeccompRule>> {
+    let mut r: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    let any = |r: &mut BTreeMap<i64, Vec<SeccompRule>>, calls: &[i64]| {
+        for c in calls {
+            r.insert(*c, vec![]);
+        }
+    };
+    // Every thread: memory (never executable), time, futexes, its own end,
+    // signals to this process only, logging.
+    any(
+        &mut r,
+        &[
+            libc::SYS_read,
+            libc::SYS_write,
+            libc::SYS_close,
+            libc::SYS_brk,
+            libc::SYS_munmap,
+            libc::SYS_mremap,
+            libc::SYS_madvise,
+            libc::SYS_futex,
+            libc::SYS_sched_yield,
+            libc::SYS_nanosleep,
+            libc::SYS_clock_nanosleep,
+            libc::SYS_clock_gettime,
+            libc::SYS_gettimeofday,
+            libc::SYS_getrandom,
+            libc::SYS_getpid,
+            libc::SYS_gettid,
+            libc::SYS_rt_sigreturn,
+            libc::SYS_rt_sigprocmask,
+            libc::SYS_sigaltstack,
+            libc::SYS_restart_syscall,
+            libc::SYS_exit,
+            libc::SYS_exit_group,
+        ],
+    );
+    let no_exec = || {
+        vec![all(vec![cond(
+            2,
+            Len::Dword,
+            Op::MaskedEq(libc::PROT_EXEC as u64),
+            0,
+        )])]
+    };
+    r.insert(libc::SYS_mmap, no_exec());
+    r.insert(libc::SYS_mprotect, no_exec());
+    r.insert(
+        libc::SYS_tgkill,
+        vec![all(vec![cond(0, Len::Dword, Op::Eq, pid)])],
+    );
+    let unix_sockets = || vec![all(vec![cond(0, Len::Dword, Op::Eq, libc::AF_UNIX as u64)])];
+    match thread {
+        Thread::Vcpu => {
+            r.insert(libc::SYS_ioctl, ioctls(&[KVM_RUN]));
+        }
+        Thread::Devices => {
+            any(
+                &mut r,
+                &[
+                    // The event loop.
+                    libc::SYS_epoll_wait,
+                    libc::SYS_epoll_pwait,
+                    libc::SYS_epoll_ctl,
+                    // Block, tap and vsock data.
+                    libc::SYS_readv,
+                    libc::SYS_writev,
+                    libc::SYS_pread64,
+                    libc::SYS_pwrite64,
+                    libc::SYS_preadv,
+                    libc::SYS_pwritev,
+                    libc::SYS_preadv2,
+                    libc::SYS_pwritev2,
+                    libc::SYS_lseek,
+                    libc::SYS_fsync,
+                    libc::SYS_fdatasync,
+                    libc::SYS_fcntl,
+                    // vsock: streams to Unix sockets on the host.
+                    libc::SYS_connect,
+                    libc::SYS_accept4,
+                    libc::SYS_sendto,
+                    libc::SYS_recvfrom,
+                    libc::SYS_sendmsg,
+                    libc::SYS_recvmsg,
+                    libc::SYS_shutdown,
+                    libc::SYS_getsockopt,
+                    // virtio-fs: the FUSE passthrough, confined to its
+                    // shared directories by handle (docs/storage.md).
+                    libc::SYS_openat,
+                    libc::SYS_newfstatat,
+                    libc::SYS_fstat,
+                    libc::SYS_statx,
+                    libc::SYS_statfs,
+                    libc::SYS_fstatfs,
+                    libc::SYS_getdents64,
+                    libc::SYS_mkdirat,
+                    libc::SYS_mknodat,
+                    libc::SYS_unlinkat,
+                    libc::SYS_renameat,
+                    libc::SYS_renameat2,
+                    libc::SYS_linkat,
+                    libc::SYS_symlinkat,
+                    libc::SYS_readlinkat,
+                    libc::SYS_fchownat,
+                    libc::SYS_fchown,
+                    libc::SYS_fchmodat,
+                    libc::SYS_fchmod,
+                    libc::SYS_utimensat,
+                    libc::SYS_fallocate,
+                    libc::SYS_ftruncate,
+                    libc::SYS_copy_file_range,
+                    libc::SYS_getxattr,
+                    libc::SYS_lgetxattr,
+                    libc::SYS_fgetxattr,
+                    libc::SYS_setxattr,
+                    libc::SYS_lsetxattr,
+                    libc::SYS_fsetxattr,
+                    libc::SYS_listxattr,
+                    libc::SYS_llistxattr,
+                    libc::SYS_flistxattr,
+                    libc::SYS_removexattr,
+                    libc::SYS_lremovexattr,
+                    libc::SYS_fremovexattr,
+                    libc::SYS_dup,
+                    libc::SYS_umask,
+                    libc::SYS_getuid,
+                    libc::SYS_getgid,
+                    libc::SYS_geteuid,
+                    libc::SYS_getegid,
+                    // The passthrough creates files as the guest's caller
+                    // (this thread's ids only, then back).
+                    libc::SYS_setresuid,
+                    libc::SYS_setresgid,
+                ],
+            );
+            r.insert(libc::SYS_socket, unix_sockets());
+            r.insert(libc::SYS_ioctl, ioctls(&[TUNSETOFFLOAD]));
+        }
+        Thread::Supervisor => {
+            any(
+                &mut r,
+                &[
+                    // The agent connection, stdio, signalfd.
+                    libc::SYS_readv,
+                    libc::SYS_writev,
+                    libc::SYS_poll,
+                    libc::SYS_ppoll,
+                    libc::SYS_connect,
+                    libc::SYS_sendto,
+                    libc::SYS_recvfrom,
+                    libc::SYS_sendmsg,
+                    libc::SYS_recvmsg,
+                    libc::SYS_shutdown,
+                    libc::SYS_fcntl,
+                    // The container's record, timeline and cgroup.
+                    libc::SYS_openat,
+                    libc::SYS_newfstatat,
+                    libc::SYS_fstat,
+                    libc::SYS_statx,
+                    libc::SYS_lseek,
+                    libc::SYS_fsync,
+                    libc::SYS_getdents64,
+                    libc::SYS_rename,
+                    libc::SYS_renameat,
+                    libc::SYS_renameat2,
+                    libc::SYS_unlink,
+                    libc::SYS_unlinkat,
+                    libc::SYS_rmdir,
+                    libc::SYS_readlink,
+                    libc::SYS_getcwd,
+                    // Helper threads (clone: a new thread's flags only).
+                    libc::SYS_set_robust_list,
+                    libc::SYS_rseq,
+                    libc::SYS_sched_getaffinity,
+                    // Dying by the container's signal.
+                    libc::SYS_rt_sigaction,
+                ],
+            );
+            r.insert(
+                libc::SYS_clone,
+                vec![all(vec![cond(0, Len::Qword, Op::Eq, THREAD_CLONE_FLAGS)])],
+            );
+            // clone3 is refused with ENOSYS by the filter in front
+            // (`Filters::clone3`); this one lets that answer stand.
+            r.insert(libc::SYS_clone3, vec![]);
+            r.insert(libc::SYS_socket, unix_sockets());
+            r.insert(
+                libc::SYS_setsockopt,
+                vec![
+                    all(vec![
+                        cond(1, Len::Dword, Op::Eq, libc::SOL_SOCKET as u64),
+                        cond(2, Len::Dword, Op::Eq, libc::SO_RCVTIMEO as u64),
+                    ]),
+                    all(vec![
+                        cond(1, Len::Dword, Op::Eq, libc::SOL_SOCKET as u64),
+                        cond(2, Len::Dword, Op::Eq, libc::SO_SNDTIMEO as u64),
+                    ]),
+                ],
+            );
+            r.insert(
+                libc::SYS_prctl,
+                vec![all(vec![cond(
+                    0,
+                    Len::Dword,
+                    Op::Eq,
+                    libc::PR_SET_NAME as u64,
+                )])],
+            );
+            r.insert(libc::SYS_ioctl, ioctls(&[libc::TIOCGWINSZ]));
+        }
+    }
+    r
+}
+
+fn program(
+    thread: Thread,
+    rules: BTreeMap<i64, Vec<SeccompRule>>,
+    mode: Mode,
+) -> Result<BpfProgram, FilterError> {
+    let refuse = match mode {
+        Mode::Enforce => SeccompAction::Trap,
+        Mode::Log => SeccompAction::Log,
+    };
+    let filter = SeccompFilter::new(rules, refuse, SeccompAction::Allow, TargetArch::x86_64)
+        .map_err(|source| FilterError::Compile {
+            thread: thread.name(),
+            source,
+        })?;
+    BpfProgram::try_from(filter).map_err(|source| FilterError::Program {
+        thread: thread.name(),
+        source,
+    })
+}
+
+/// Environment variable (fault injection for tests): the kind of thread
+/// ([`Thread::name`]) that makes one system call no filter allows right
+/// after its filter is on, to prove the filter stops the VMM.
+pub const ENV_FAULT_SYSCALL: &str = "HUSK_FAULT_SYSCALL";
+
+/// The call [`fault_point`] makes: `personality(0xffffffff)` only reads
+/// the persona, and no VMM thread needs it.
+const FAULT_CALL: i64 = libc::SYS_personality;
+
+/// Makes [`FAULT_CALL`] when [`ENV_FAULT_SYSCALL`] names `thread`.
+pub fn fault_point(thread: Thread) {
+    static NAMED: std::sync::OnceLock<Option<Thread>> = std::sync::OnceLock::new();
+    let named = NAMED.get_or_init(|| {
+        std::env::var(ENV_FAULT_SYSCALL)
+            .ok()
+            .and_then(|v| Thread::parse(&v))
+    });
+    if *named == Some(thread) {
+        log::warn!(
+            "{ENV_FAULT_SYSCALL}: the {} thread makes a system call its filter refuses",
+            thread.name()
+        );
+        // SAFETY: personality(0xffffffff) takes no pointer and changes
+        // nothing (it returns the current persona).
+        unsafe { libc::syscall(FAULT_CALL, 0xffff_ffff_u64) };
+    }
+}
+
+#[cfg(test)]
+mod tests;
