@@ -581,3 +581,117 @@ fn a_delete_that_cannot_remove_everything_says_what_and_can_be_retried() {
     squatter.wait().unwrap();
     delete_cleanly(&env, "busy");
 }
+
+/// One field of a `/proc/*/status` text.
+fn status_field(status: &str, key: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map_or_else(String::new, |v| v.trim().to_owned())
+}
+
+/// The VMM's own seccomp filters (docs/security.md): every thread of a
+/// running container's VMM is filtered and has no_new_privs, its core dumps
+/// are off; a thread that makes a call outside its filter ends the VMM by
+/// SIGSYS with a line naming the thread and the call, during create (which
+/// fails and quotes it) or while the container runs (which then ends as
+/// the VMM did); with the log annotation the same calls go through. Nothing
+/// is left either way.
+#[test]
+fn a_vmm_thread_outside_its_seccomp_filter_ends_the_vmm_and_says_why() {
+    use husk::jail::seccomp::ENV_FAULT_SYSCALL;
+    let env = Env::new();
+    let bundle = env.bundle("b", &["sleep", "1000"], |_| {});
+
+    let done = env.husk(&["run", "-d", "--bundle", b(&bundle), "sc-audit"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let pid = vmm_pid(&env, "sc-audit");
+    let mut names = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+        let name = status_field(&status, "Name:");
+        assert_eq!(
+            status_field(&status, "Seccomp:"),
+            "2",
+            "thread {name}: {status}"
+        );
+        assert_eq!(status_field(&status, "NoNewPrivs:"), "1", "thread {name}");
+        names.push(name);
+    }
+    for wanted in ["vcpu0", "vmm", "vmm-main", "record", "signals"] {
+        assert!(
+            names.iter().any(|n| n == wanted),
+            "no {wanted} thread: {names:?}"
+        );
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    assert_eq!(core.split_whitespace().nth(4), Some("0"), "{core}");
+    let done = env.husk(&["delete", "-f", "sc-audit"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    wait_no_vmm(&env, "sc-audit", "deleted");
+
+    for point in ["vcpu", "devices", "supervisor"] {
+        let id = format!("sc-{point}");
+        let done = env.husk_with_env(
+            &[(ENV_FAULT_SYSCALL, Path::new(point))],
+            &["create", "--bundle", b(&bundle), &id],
+        );
+        assert!(!done.status.success(), "{point}: create succeeded");
+        let wanted = format!(
+            "the VMM's {point} thread made system call {} (personality, arguments 0xffffffff",
+            libc::SYS_personality
+        );
+        assert!(done.stderr.contains(&wanted), "{point}: {}", done.stderr);
+        wait_no_vmm(&env, &id, point);
+        env.assert_gone(&id);
+        assert!(
+            !Path::new(&format!("/sys/fs/cgroup/{id}")).exists(),
+            "cgroup of {id} left"
+        );
+    }
+
+    // While the container runs: `run` ends as its VMM did, by SIGSYS.
+    let done = env.husk_with_env(
+        &[(ENV_FAULT_SYSCALL, Path::new("started"))],
+        &["run", "--bundle", b(&bundle), "sc-started"],
+    );
+    let sigsys = libc::SIGSYS;
+    assert!(
+        done.status.signal() == Some(sigsys) || done.status.code() == Some(128 + sigsys),
+        "run ended {:?}: {}",
+        done.status,
+        done.stderr
+    );
+    wait_no_vmm(&env, "sc-started", "started");
+    env.assert_gone("sc-started");
+
+    // Log mode lets each of those calls through.
+    let logged = env.bundle("l", &["echo", "ran"], |c| {
+        c["annotations"] = serde_json::json!({"io.husk.vmm.seccomp": "log"});
+    });
+    for point in ["vcpu", "devices", "supervisor", "started"] {
+        let id = format!("sl-{point}");
+        let done = env.husk_with_env(
+            &[(ENV_FAULT_SYSCALL, Path::new(point))],
+            &["run", "--bundle", b(&logged), &id],
+        );
+        assert!(done.status.success(), "{point}: {}", done.stderr);
+        assert_eq!(done.stdout.trim(), "ran", "{point}");
+        env.assert_gone(&id);
+    }
+    let bad = env.bundle("bad", &["true"], |c| {
+        c["annotations"] = serde_json::json!({"io.husk.vmm.seccomp": "off"});
+    });
+    let done = env.husk(&["create", "--bundle", b(&bad), "sc-bad"]);
+    assert!(!done.status.success());
+    assert!(
+        done.stderr.contains("io.husk.vmm.seccomp") && done.stderr.contains("\"off\""),
+        "{}",
+        done.stderr
+    );
+    env.assert_gone("sc-bad");
+}

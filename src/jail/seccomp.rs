@@ -217,6 +217,9 @@ impl Filters {
     }
 }
 
+/// How the SIGSYS handler's line in the VMM's log starts.
+pub const REPORT_PREFIX: &str = "[seccomp] ";
+
 /// Where the SIGSYS handler writes its line (the VMM's log), -1: nowhere.
 static REPORT_FD: AtomicI32 = AtomicI32::new(-1);
 
@@ -267,7 +270,7 @@ const SI_SYSCALL_OFFSET: usize = 24;
 /// The SIGSYS handler: names the thread and the call in the log, then ends
 /// the process with SIGSYS. Only async-signal-safe work: formatting into a
 /// stack buffer, write(2), tgkill(2).
-extern "C" fn on_sigsys(_signal: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+extern "C" fn on_sigsys(_signal: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     let nr = if info.is_null() {
         -1
     } else {
@@ -286,8 +289,22 @@ extern "C" fn on_sigsys(_signal: libc::c_int, info: *mut libc::siginfo_t, _ctx: 
         .ok()
         .and_then(Thread::from_code)
         .map_or("unfiltered", Thread::name);
-    let mut buf = [0u8; 256];
-    let len = report_line(&mut buf, thread, nr);
+    let args = if ctx.is_null() {
+        [0; 3]
+    } else {
+        // SAFETY: for a SA_SIGINFO handler the third argument is the
+        // interrupted thread's ucontext_t; its saved registers hold the
+        // system call's arguments (x86_64: rdi, rsi, rdx).
+        let regs = unsafe { &(*ctx.cast::<libc::ucontext_t>()).uc_mcontext.gregs };
+        [libc::REG_RDI, libc::REG_RSI, libc::REG_RDX].map(|r| {
+            usize::try_from(r)
+                .ok()
+                .and_then(|i| regs.get(i))
+                .map_or(0, |v| *v as u64)
+        })
+    };
+    let mut buf = [0u8; 320];
+    let len = report_line(&mut buf, thread, nr, args);
     let fd: RawFd = REPORT_FD.load(Ordering::SeqCst);
     if fd >= 0 {
         // SAFETY: write(2) reads `len` bytes of `buf`, which holds them.
@@ -307,7 +324,7 @@ extern "C" fn on_sigsys(_signal: libc::c_int, info: *mut libc::siginfo_t, _ctx: 
 }
 
 /// Formats the report line into `buf`; returns its length.
-fn report_line(buf: &mut [u8], thread: &str, nr: i32) -> usize {
+fn report_line(buf: &mut [u8], thread: &str, nr: i32, args: [u64; 3]) -> usize {
     let name = u32::try_from(nr)
         .ok()
         .and_then(crate::seccomp::syscalls::name)
@@ -315,9 +332,10 @@ fn report_line(buf: &mut [u8], thread: &str, nr: i32) -> usize {
     let mut cursor = std::io::Cursor::new(buf);
     let _ = write!(
         cursor,
-        "[seccomp] the VMM's {thread} thread made system call {nr} ({name}), which its filter \
-         does not allow: the VMM stops (SIGSYS). Annotation {ANNOTATION}=log lets such calls \
-         through for developing the filters (docs/security.md).\n"
+        "{REPORT_PREFIX}the VMM's {thread} thread made system call {nr} ({name}, arguments \
+         {:#x}, {:#x}, {:#x}), which its filter does not allow: the VMM stops (SIGSYS). Annotation {ANNOTATION}=log lets such calls \
+         through for developing the filters (docs/security.md).\n",
+        args[0], args[1], args[2]
     );
     usize::try_from(cursor.position()).unwrap_or(0)
 }
@@ -593,28 +611,23 @@ fn program(
     })
 }
 
-/// Environment variable (fault injection for tests): the kind of thread
-/// ([`Thread::name`]) that makes one system call no filter allows right
-/// after its filter is on, to prove the filter stops the VMM.
+/// Environment variable (fault injection for tests): a point where the
+/// VMM makes one system call no filter allows, to prove the filter stops
+/// it. The points: `vcpu`, `devices`, `supervisor` (right after that
+/// thread's filter is on, during `create`), `started` (in the supervisor,
+/// when the container's process has started).
 pub const ENV_FAULT_SYSCALL: &str = "HUSK_FAULT_SYSCALL";
 
 /// The call [`fault_point`] makes: `personality(0xffffffff)` only reads
 /// the persona, and no VMM thread needs it.
 const FAULT_CALL: i64 = libc::SYS_personality;
 
-/// Makes [`FAULT_CALL`] when [`ENV_FAULT_SYSCALL`] names `thread`.
-pub fn fault_point(thread: Thread) {
-    static NAMED: std::sync::OnceLock<Option<Thread>> = std::sync::OnceLock::new();
-    let named = NAMED.get_or_init(|| {
-        std::env::var(ENV_FAULT_SYSCALL)
-            .ok()
-            .and_then(|v| Thread::parse(&v))
-    });
-    if *named == Some(thread) {
-        log::warn!(
-            "{ENV_FAULT_SYSCALL}: the {} thread makes a system call its filter refuses",
-            thread.name()
-        );
+/// Makes [`FAULT_CALL`] when [`ENV_FAULT_SYSCALL`] names `point`.
+pub fn fault_point(point: &str) {
+    static NAMED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let named = NAMED.get_or_init(|| std::env::var(ENV_FAULT_SYSCALL).ok());
+    if named.as_deref() == Some(point) {
+        log::warn!("{ENV_FAULT_SYSCALL}: making a system call no filter allows at {point}");
         // SAFETY: personality(0xffffffff) takes no pointer and changes
         // nothing (it returns the current persona).
         unsafe { libc::syscall(FAULT_CALL, 0xffff_ffff_u64) };

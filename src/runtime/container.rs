@@ -371,10 +371,14 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
     if answer != "ready" {
         let reason = answer.strip_prefix("error ").unwrap_or(&answer).to_owned();
         return Err(ContainerError::Boot(if reason.is_empty() {
-            format!(
-                "the VMM exited during boot (see {})",
-                state.vmm_log.display()
-            )
+            match seccomp_report(&state.vmm_log) {
+                // The log goes with the failed container: quote it.
+                Some(line) => format!("the VMM exited during boot: {line}"),
+                None => format!(
+                    "the VMM exited during boot (see {})",
+                    state.vmm_log.display()
+                ),
+            }
         } else {
             reason
         }));
@@ -387,6 +391,16 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
     guard.disarm();
     crate::timeline::mark(&dir, "create.end");
     Ok(pid)
+}
+
+/// The last line a VMM's seccomp report ([`crate::jail::seccomp`]) left in
+/// its log, if any.
+fn seccomp_report(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines()
+        .rev()
+        .find(|l| l.starts_with(crate::jail::seccomp::REPORT_PREFIX))
+        .map(str::to_owned)
 }
 
 /// Where the container's VMM goes: its host cgroup (relative to the

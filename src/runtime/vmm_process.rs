@@ -350,7 +350,7 @@ fn run_vm(root: &Path, id: &str, record: &Arc<RecordWatch>, start: Start) -> Opt
             return fail(&mut ready, e.to_string());
         }
         filtered.store(true, Ordering::SeqCst);
-        crate::jail::seccomp::fault_point(Thread::Supervisor);
+        crate::jail::seccomp::fault_point("supervisor");
     }
 
     let alive = || !vm.is_finished();
@@ -696,6 +696,7 @@ pub fn relay_io(
             }
             FrameKind::Event => match frame.parse::<Event>("event") {
                 Ok(Event::Started { .. }) => {
+                    crate::jail::seccomp::fault_point("started");
                     if let Some(tx) = started.take() {
                         let _ = tx.send(());
                     }

@@ -468,7 +468,7 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
                         shared.finish(VcpuStop::Error(format!("vCPU {id}: {e}")));
                         return fd;
                     }
-                    fault_point(Thread::Vcpu);
+                    fault_point("vcpu");
                 }
                 vcpu::run(fd, id, shared)
             })
@@ -495,7 +495,7 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
             }
             return Err(BuildError::Seccomp(e));
         }
-        fault_point(Thread::Devices);
+        fault_point("devices");
     }
     let ended = loop {
         if let Some(end) = lock(&watcher).ended {

@@ -217,21 +217,23 @@ fn log_mode_lets_refused_calls_through_with_a_log() {
 
 #[test]
 fn the_report_names_the_thread_and_the_call() {
-    let mut buf = [0u8; 256];
-    let n = report_line(&mut buf, "vcpu", 59);
+    let mut buf = [0u8; 320];
+    let n = report_line(&mut buf, "vcpu", 16, [3, 0x5421, 0]);
     let line = std::str::from_utf8(&buf[..n]).unwrap();
     assert!(
-        line.starts_with("[seccomp] the VMM's vcpu thread made system call 59 (execve)"),
+        line.starts_with(
+            "[seccomp] the VMM's vcpu thread made system call 16 (ioctl, arguments 0x3, 0x5421, 0x0)"
+        ),
         "{line}"
     );
     assert!(line.ends_with('\n'), "{line}");
     // A line longer than the buffer is cut, not overflowed.
     let mut small = [0u8; 16];
-    assert_eq!(report_line(&mut small, "vcpu", -1), 16);
-    let n = report_line(&mut buf, "devices", 100_000);
+    assert_eq!(report_line(&mut small, "vcpu", -1, [0; 3]), 16);
+    let n = report_line(&mut buf, "devices", 100_000, [0; 3]);
     assert!(std::str::from_utf8(&buf[..n])
         .unwrap()
-        .contains("100000 (unknown)"));
+        .contains("100000 (unknown, "));
 }
 
 #[test]
@@ -295,7 +297,7 @@ fn the_kernel_stops_a_thread_that_steps_outside_its_filter_and_the_log_says_why(
         }
         let text = std::fs::read_to_string(&log).unwrap();
         let wanted = format!(
-            "the VMM's {} thread made system call {FAULT_CALL} (personality)",
+            "the VMM's {} thread made system call {FAULT_CALL} (personality, arguments 0xffffffff",
             t.name()
         );
         assert!(text.contains(&wanted), "{t:?}: {text}");
