@@ -654,10 +654,12 @@ fn a_vmm_thread_outside_its_seccomp_filter_ends_the_vmm_and_says_why() {
         );
     }
 
-    // While the container runs: `run` ends as its VMM did, by SIGSYS.
+    // While the container runs (its first output): `run` ends as its VMM
+    // did, by SIGSYS.
+    let talker = env.bundle("t", &["sh", "-c", "sleep 1; echo up; sleep 1000"], |_| {});
     let done = env.husk_with_env(
-        &[(ENV_FAULT_SYSCALL, Path::new("started"))],
-        &["run", "--bundle", b(&bundle), "sc-started"],
+        &[(ENV_FAULT_SYSCALL, Path::new("output"))],
+        &["run", "--bundle", b(&talker), "sc-output"],
     );
     let sigsys = libc::SIGSYS;
     assert!(
@@ -666,14 +668,14 @@ fn a_vmm_thread_outside_its_seccomp_filter_ends_the_vmm_and_says_why() {
         done.status,
         done.stderr
     );
-    wait_no_vmm(&env, "sc-started", "started");
-    env.assert_gone("sc-started");
+    wait_no_vmm(&env, "sc-output", "output");
+    env.assert_gone("sc-output");
 
     // Log mode lets each of those calls through.
-    let logged = env.bundle("l", &["echo", "ran"], |c| {
+    let logged = env.bundle("l", &["sh", "-c", "sleep 1; echo ran"], |c| {
         c["annotations"] = serde_json::json!({"io.husk.vmm.seccomp": "log"});
     });
-    for point in ["vcpu", "devices", "supervisor", "started"] {
+    for point in ["vcpu", "devices", "supervisor", "output"] {
         let id = format!("sl-{point}");
         let done = env.husk_with_env(
             &[(ENV_FAULT_SYSCALL, Path::new(point))],

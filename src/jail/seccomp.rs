@@ -303,8 +303,26 @@ extern "C" fn on_sigsys(_signal: libc::c_int, info: *mut libc::siginfo_t, ctx: *
                 .map_or(0, |v| *v as u64)
         })
     };
-    let mut buf = [0u8; 320];
-    let len = report_line(&mut buf, thread, nr, args);
+    let mut buf = [0u8; 448];
+    let mut len = report_line(&mut buf, thread, nr, args);
+    // A file a thread tried to open is named (the pointer is the one our
+    // own code passed to openat; at most PATH_SHOWN bytes are read).
+    if i64::from(nr) == libc::SYS_openat && args[1] != 0 {
+        let path = args[1] as *const u8;
+        let mut shown = [0u8; PATH_SHOWN];
+        let mut n = 0;
+        while n < PATH_SHOWN {
+            // SAFETY: the bytes of the NUL-terminated path our code gave
+            // openat, read up to its NUL or PATH_SHOWN bytes.
+            let b = unsafe { path.add(n).read() };
+            if b == 0 {
+                break;
+            }
+            shown[n] = b;
+            n += 1;
+        }
+        len = append_path(&mut buf, len, &shown[..n]);
+    }
     let fd: RawFd = REPORT_FD.load(Ordering::SeqCst);
     if fd >= 0 {
         // SAFETY: write(2) reads `len` bytes of `buf`, which holds them.
@@ -321,6 +339,26 @@ extern "C" fn on_sigsys(_signal: libc::c_int, info: *mut libc::siginfo_t, ctx: *
             libc::SIGSYS,
         );
     }
+}
+
+/// How much of a path the report shows.
+const PATH_SHOWN: usize = 96;
+
+/// Puts `path: PATH` before the report line's newline; returns the new
+/// length (the line is cut where the buffer ends).
+fn append_path(buf: &mut [u8], len: usize, path: &[u8]) -> usize {
+    let mut line = [0u8; 512];
+    let body = len.saturating_sub(1).min(buf.len());
+    let mut cursor = std::io::Cursor::new(&mut line[..]);
+    let _ = cursor.write_all(&buf[..body]);
+    let _ = cursor.write_all(b" Path: ");
+    let _ = cursor.write_all(path);
+    let _ = cursor.write_all(b"\n");
+    let n = usize::try_from(cursor.position())
+        .unwrap_or(0)
+        .min(buf.len());
+    buf[..n].copy_from_slice(&line[..n]);
+    n
 }
 
 /// Formats the report line into `buf`; returns its length.
@@ -365,6 +403,8 @@ fn ioctls(requests: &[u64]) -> Vec<SeccompRule> {
 const KVM_RUN: u64 = 0xae80;
 /// `_IOW('T', 208, unsigned int)` (`linux/if_tun.h`).
 const TUNSETOFFLOAD: u64 = 0x4004_54d0;
+/// `FIONBIO` (`asm-generic/ioctls.h`): what Rust's `set_nonblocking` uses.
+const FIONBIO: u64 = 0x5421;
 /// The flags glibc's pthread_create passes to clone(2).
 const THREAD_CLONE_FLAGS: u64 = (libc::CLONE_VM
     | libc::CLONE_FS
@@ -431,7 +471,9 @@ fn rules(thread: Thread, pid: u64) -> BTreeMap<i64, Vec<SeccompRule>> {
     let unix_sockets = || vec![all(vec![cond(0, Len::Dword, Op::Eq, libc::AF_UNIX as u64)])];
     match thread {
         Thread::Vcpu => {
-            r.insert(libc::SYS_ioctl, ioctls(&[KVM_RUN]));
+            // A driver's DRIVER_OK write activates its device on the vCPU
+            // that made it: the net device then sets the tap's offloads.
+            r.insert(libc::SYS_ioctl, ioctls(&[KVM_RUN, TUNSETOFFLOAD]));
         }
         Thread::Devices => {
             any(
@@ -441,6 +483,9 @@ fn rules(thread: Thread, pid: u64) -> BTreeMap<i64, Vec<SeccompRule>> {
                     libc::SYS_epoll_wait,
                     libc::SYS_epoll_pwait,
                     libc::SYS_epoll_ctl,
+                    // vsock's connection timer.
+                    libc::SYS_timerfd_settime,
+                    libc::SYS_timerfd_gettime,
                     // Block, tap and vsock data.
                     libc::SYS_readv,
                     libc::SYS_writev,
@@ -502,6 +547,8 @@ fn rules(thread: Thread, pid: u64) -> BTreeMap<i64, Vec<SeccompRule>> {
                     libc::SYS_fremovexattr,
                     libc::SYS_dup,
                     libc::SYS_umask,
+                    // vsock removes its socket path when the VM ends.
+                    libc::SYS_unlink,
                     libc::SYS_getuid,
                     libc::SYS_getgid,
                     libc::SYS_geteuid,
@@ -513,7 +560,9 @@ fn rules(thread: Thread, pid: u64) -> BTreeMap<i64, Vec<SeccompRule>> {
                 ],
             );
             r.insert(libc::SYS_socket, unix_sockets());
-            r.insert(libc::SYS_ioctl, ioctls(&[TUNSETOFFLOAD]));
+            // Offloads as the guest acks them; vsock streams made
+            // non-blocking.
+            r.insert(libc::SYS_ioctl, ioctls(&[TUNSETOFFLOAD, FIONBIO]));
         }
         Thread::Supervisor => {
             any(
@@ -551,6 +600,8 @@ fn rules(thread: Thread, pid: u64) -> BTreeMap<i64, Vec<SeccompRule>> {
                     libc::SYS_set_robust_list,
                     libc::SYS_rseq,
                     libc::SYS_sched_getaffinity,
+                    // Forwarded signals arrive on a signalfd.
+                    libc::SYS_signalfd4,
                     // Dying by the container's signal.
                     libc::SYS_rt_sigaction,
                 ],
@@ -585,7 +636,8 @@ fn rules(thread: Thread, pid: u64) -> BTreeMap<i64, Vec<SeccompRule>> {
                     libc::PR_SET_NAME as u64,
                 )])],
             );
-            r.insert(libc::SYS_ioctl, ioctls(&[libc::TIOCGWINSZ]));
+            // Is stdin a terminal (TCGETS), and its size.
+            r.insert(libc::SYS_ioctl, ioctls(&[libc::TCGETS, libc::TIOCGWINSZ]));
         }
     }
     r
@@ -614,8 +666,8 @@ fn program(
 /// Environment variable (fault injection for tests): a point where the
 /// VMM makes one system call no filter allows, to prove the filter stops
 /// it. The points: `vcpu`, `devices`, `supervisor` (right after that
-/// thread's filter is on, during `create`), `started` (in the supervisor,
-/// when the container's process has started).
+/// thread's filter is on, during `create`), `output` (in the supervisor,
+/// when the container's process writes to its stdout).
 pub const ENV_FAULT_SYSCALL: &str = "HUSK_FAULT_SYSCALL";
 
 /// The call [`fault_point`] makes: `personality(0xffffffff)` only reads

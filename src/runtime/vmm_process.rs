@@ -687,6 +687,7 @@ pub fn relay_io(
         };
         match frame.kind {
             FrameKind::Stdout => {
+                crate::jail::seccomp::fault_point("output");
                 let _ = stdout.write_all(&frame.payload);
                 let _ = stdout.flush();
             }
@@ -696,7 +697,6 @@ pub fn relay_io(
             }
             FrameKind::Event => match frame.parse::<Event>("event") {
                 Ok(Event::Started { .. }) => {
-                    crate::jail::seccomp::fault_point("started");
                     if let Some(tx) = started.take() {
                         let _ = tx.send(());
                     }

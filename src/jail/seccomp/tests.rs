@@ -217,7 +217,7 @@ fn log_mode_lets_refused_calls_through_with_a_log() {
 
 #[test]
 fn the_report_names_the_thread_and_the_call() {
-    let mut buf = [0u8; 320];
+    let mut buf = [0u8; 448];
     let n = report_line(&mut buf, "vcpu", 16, [3, 0x5421, 0]);
     let line = std::str::from_utf8(&buf[..n]).unwrap();
     assert!(
@@ -230,6 +230,9 @@ fn the_report_names_the_thread_and_the_call() {
     // A line longer than the buffer is cut, not overflowed.
     let mut small = [0u8; 16];
     assert_eq!(report_line(&mut small, "vcpu", -1, [0; 3]), 16);
+    let n = append_path(&mut buf, n, b"/etc/x");
+    let text = std::str::from_utf8(&buf[..n]).unwrap();
+    assert!(text.ends_with(" Path: /etc/x\n"), "{text}");
     let n = report_line(&mut buf, "devices", 100_000, [0; 3]);
     assert!(std::str::from_utf8(&buf[..n])
         .unwrap()

@@ -39,6 +39,10 @@ pub struct Fs {
     read_only: bool,
     ids: IdMaps,
     server: Arc<Server<Share>>,
+    /// The driver reset the device: the next request gets a new server
+    /// (made on the event thread, whose seccomp filter lets it open the
+    /// share, not on the vCPU that wrote the reset).
+    stale: bool,
     config_space: [u8; CONFIG_SPACE_SIZE],
     pub(super) active: Option<Active017>,
     /// Requests that got no reply because they could not be parsed.
@@ -133,6 +137,7 @@ impl Fs {
             read_only,
             ids: IdMaps::default(),
             server: Arc::new(server(root, read_only, &IdMaps::default(), tag)?),
+            stale: false,
             config_space,
             active: None,
             bad_requests: 0,
@@ -157,6 +162,10 @@ impl Fs {
     /// the used ring and interrupts the driver if any were returned.
     /// Returns whether any request was processed.
     pub fn process_queue(&mut self, index: usize) -> Result<bool, FsError> {
+        if self.stale {
+            self.server = Arc::new(server(&self.root, self.read_only, &self.ids, &self.tag)?);
+            self.stale = false;
+        }
         let (Some(active), Some(core)) = (&mut self.active, self.core.active()) else {
             return Err(DeviceError::NotActivated {
                 device: self.core.label().to_owned(),
@@ -297,17 +306,11 @@ impl VirtioDevice for Fs {
     }
 
     fn on_reset(&mut self) -> bool {
-        // The driver forgot its FUSE session: a new server forgets every
-        // inode and handle of the old one (requests are served
-        // synchronously, so none is in flight).
+        // The driver forgot its FUSE session: the next request gets a new
+        // server, which forgets every inode and handle of the old one
+        // (requests are served synchronously, so none is in flight).
         self.active = None;
-        match server(&self.root, self.read_only, &self.ids, &self.tag) {
-            Ok(server) => self.server = Arc::new(server),
-            Err(err) => {
-                warn!("fs {}: reset: {err}", self.tag);
-                return false;
-            }
-        }
+        self.stale = true;
         debug!("fs {}: reset", self.tag);
         true
     }
