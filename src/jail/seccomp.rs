@@ -368,11 +368,11 @@ fn report_line(buf: &mut [u8], thread: &str, nr: i32, args: [u64; 3]) -> usize {
         .and_then(crate::seccomp::syscalls::name)
         .unwrap_or("unknown");
     let mut cursor = std::io::Cursor::new(buf);
-    let _ = write!(
+    let _ = writeln!(
         cursor,
         "{REPORT_PREFIX}the VMM's {thread} thread made system call {nr} ({name}, arguments \
          {:#x}, {:#x}, {:#x}), which its filter does not allow: the VMM stops (SIGSYS). Annotation {ANNOTATION}=log lets such calls \
-         through for developing the filters (docs/security.md).\n",
+         through for developing the filters (docs/security.md).",
         args[0], args[1], args[2]
     );
     usize::try_from(cursor.position()).unwrap_or(0)
