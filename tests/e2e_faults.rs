@@ -603,9 +603,39 @@ fn a_vmm_thread_outside_its_seccomp_filter_ends_the_vmm_and_says_why() {
     let env = Env::new();
     let bundle = env.bundle("b", &["sleep", "1000"], |_| {});
 
-    let done = env.husk(&["run", "-d", "--bundle", b(&bundle), "sc-audit"]);
+    // What its caller leaves open or set does not reach the VMM: a file
+    // left open without close-on-exec and a credential in the environment.
+    let marker = env.dir.path().join("inherited-marker");
+    std::fs::write(&marker, "x").unwrap();
+    let inherited = std::fs::File::open(&marker).unwrap();
+    {
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: fcntl F_SETFD on a descriptor this test owns.
+        assert_eq!(
+            unsafe { libc::fcntl(inherited.as_raw_fd(), libc::F_SETFD, 0) },
+            0
+        );
+    }
+    let done = env.husk_with_env(
+        &[("AWS_SECRET_ACCESS_KEY", Path::new("inherited-secret"))],
+        &["run", "-d", "--bundle", b(&bundle), "sc-audit"],
+    );
+    drop(inherited);
     assert!(done.status.success(), "{}", done.stderr);
     let pid = vmm_pid(&env, "sc-audit");
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&environ).contains("inherited-secret"),
+        "the VMM's environment holds its caller's: {}",
+        String::from_utf8_lossy(&environ)
+    );
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        let target = std::fs::read_link(fd.unwrap().path()).unwrap_or_default();
+        assert_ne!(
+            target, marker,
+            "the VMM holds a descriptor its caller left open"
+        );
+    }
     let mut names = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
@@ -616,6 +646,29 @@ fn a_vmm_thread_outside_its_seccomp_filter_ends_the_vmm_and_says_why() {
             "thread {name}: {status}"
         );
         assert_eq!(status_field(&status, "NoNewPrivs:"), "1", "thread {name}");
+        // Capabilities: the device thread keeps the file server's, every
+        // other thread none, in every set.
+        let keeps = if name == "vmm" {
+            husk::jail::caps::mask(husk::jail::caps::FS_PASSTHROUGH)
+        } else {
+            0
+        };
+        for set in ["CapEff:", "CapPrm:"] {
+            assert_eq!(
+                status_field(&status, set),
+                format!("{keeps:016x}"),
+                "thread {name} {set}"
+            );
+        }
+        for set in ["CapInh:", "CapAmb:"] {
+            assert_eq!(
+                status_field(&status, set),
+                "0000000000000000",
+                "thread {name} {set}"
+            );
+        }
+        let bounding = u64::from_str_radix(&status_field(&status, "CapBnd:"), 16).unwrap();
+        assert_eq!(bounding & !keeps, 0, "thread {name} CapBnd {bounding:x}");
         names.push(name);
     }
     for wanted in ["vcpu0", "vmm", "vmm-main", "record", "signals"] {

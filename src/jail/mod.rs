@@ -1,11 +1,13 @@
 //! The VMM's confinement: what a VMM process may still do once a guest
 //! runs in it.
 //!
-//! Today: per-thread seccomp filters ([`seccomp`]), no_new_privs, and no
-//! core dumps (a core of the VMM would hold the guest's memory). The
+//! Today: per-thread seccomp filters ([`seccomp`]) and capabilities
+//! ([`caps`]), no_new_privs, and no core dumps (a core of the VMM would
+//! hold the guest's memory). The
 //! namespaces, pivot_root and privilege drop of the jail come on top
 //! (docs/security.md, "Not done yet").
 
+pub mod caps;
 pub mod seccomp;
 
 /// Errors of the process-wide settings.
@@ -26,4 +28,131 @@ pub fn harden_process() -> Result<(), JailError> {
     nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0)
         .map_err(JailError::CoreLimit)?;
     Ok(())
+}
+
+/// Environment variables a VMM process keeps from whoever ran `husk
+/// create` (an engine's environment can hold its credentials and
+/// settings, which a VMM has no use for): the tool search path and home
+/// (network setup runs `tc`; the caches live under `$HOME`), husk's own
+/// settings (`HUSK_*`) and the logger's (`RUST_LOG`, `RUST_BACKTRACE`).
+pub fn vmm_keeps_env(name: &std::ffi::OsStr) -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    let name = name.as_bytes();
+    matches!(name, b"PATH" | b"HOME" | b"RUST_LOG" | b"RUST_BACKTRACE")
+        || name.starts_with(b"HUSK_")
+}
+
+/// The part of this process's environment a VMM it starts keeps
+/// ([`vmm_keeps_env`]).
+pub fn vmm_env() -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    std::env::vars_os()
+        .filter(|(name, _)| vmm_keeps_env(name))
+        .collect()
+}
+
+/// `CLOSE_RANGE_CLOEXEC` (`linux/close_range.h`).
+const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+/// How far the fallback for kernels without `close_range` (before 5.11)
+/// looks.
+const FALLBACK_FD_LIMIT: libc::c_int = 4096;
+
+/// In a child between fork and exec: marks every descriptor from 3 up
+/// close-on-exec except `keep`, so the VMM starts with stdio and `keep`
+/// only, whatever its caller left open (an engine's sync pipes, sockets
+/// and log files). System calls only: async-signal-safe.
+pub fn close_inherited_fds(keep: &[std::os::fd::RawFd]) -> std::io::Result<()> {
+    // SAFETY: close_range with integer arguments; it only sets flags.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        if !matches!(err.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EINVAL)) {
+            return Err(err);
+        }
+        for fd in 3..FALLBACK_FD_LIMIT {
+            // SAFETY: fcntl on a descriptor number; EBADF for closed ones.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+    }
+    for fd in keep {
+        // SAFETY: fcntl with integer arguments on a descriptor we own.
+        if unsafe { libc::fcntl(*fd, libc::F_SETFD, 0) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn the_vmm_keeps_only_its_own_settings_from_the_environment() {
+        for kept in [
+            "PATH",
+            "HOME",
+            "RUST_LOG",
+            "RUST_BACKTRACE",
+            "HUSK_INIT",
+            "HUSK_FAULT_SYSCALL",
+        ] {
+            assert!(vmm_keeps_env(OsStr::new(kept)), "{kept}");
+        }
+        for dropped in [
+            "AWS_SECRET_ACCESS_KEY",
+            "DOCKER_AUTH_CONFIG",
+            "LD_PRELOAD",
+            "XDG_RUNTIME_DIR",
+            "PATHS",
+            "husk_init",
+            "",
+        ] {
+            assert!(!vmm_keeps_env(OsStr::new(dropped)), "{dropped}");
+        }
+    }
+
+    /// In a forked child: an inherited descriptor goes close-on-exec, the
+    /// kept one does not.
+    #[test]
+    fn inherited_descriptors_close_on_exec_but_the_kept_ones() {
+        use std::os::fd::AsRawFd as _;
+        let (a_r, a_w) = nix::unistd::pipe().unwrap();
+        let (b_r, _b_w) = nix::unistd::pipe().unwrap();
+        let flags = |fd: i32| {
+            // SAFETY: fcntl F_GETFD on a descriptor number.
+            unsafe { libc::fcntl(fd, libc::F_GETFD) }
+        };
+        // SAFETY: the child only makes system calls and _exits.
+        match unsafe { nix::unistd::fork() }.expect("fork") {
+            nix::unistd::ForkResult::Child => {
+                let code = match close_inherited_fds(&[b_r.as_raw_fd()]) {
+                    Ok(())
+                        if flags(a_r.as_raw_fd()) == libc::FD_CLOEXEC
+                            && flags(a_w.as_raw_fd()) == libc::FD_CLOEXEC
+                            && flags(b_r.as_raw_fd()) == 0 =>
+                    {
+                        0
+                    }
+                    Ok(()) => 2,
+                    Err(_) => 3,
+                };
+                // SAFETY: _exit ends the child without running destructors.
+                unsafe { libc::_exit(code) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                assert_eq!(
+                    nix::sys::wait::waitpid(child, None).unwrap(),
+                    nix::sys::wait::WaitStatus::Exited(child, 0)
+                );
+            }
+        }
+    }
 }

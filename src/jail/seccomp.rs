@@ -99,6 +99,15 @@ impl Thread {
         Thread::ALL.into_iter().find(|t| t.name() == name)
     }
 
+    /// The capabilities this thread keeps (a [`super::caps::mask`]): the
+    /// device thread the virtio-fs passthrough's, the others none.
+    pub fn keeps(self) -> u64 {
+        match self {
+            Thread::Devices => super::caps::mask(super::caps::FS_PASSTHROUGH),
+            Thread::Vcpu | Thread::Supervisor => 0,
+        }
+    }
+
     fn code(self) -> u8 {
         match self {
             Thread::Vcpu => 1,
@@ -135,12 +144,22 @@ pub enum FilterError {
     },
     #[error("installing the SIGSYS handler that reports seccomp violations: {0}")]
     Handler(#[source] std::io::Error),
+    #[error("dropping the capabilities of the VMM's {thread} thread: {source}")]
+    Caps {
+        thread: &'static str,
+        #[source]
+        source: super::caps::CapsError,
+    },
 }
 
 /// The compiled filters of one VMM; [`Filters::apply`] installs one on the
 /// calling thread.
 pub struct Filters {
     mode: Mode,
+    /// The highest capability of this kernel ([`super::caps::last_cap`]),
+    /// read at compile time: a thread applying its filter may no longer
+    /// open files.
+    last_cap: u32,
     vcpu: BpfProgram,
     devices: BpfProgram,
     supervisor: BpfProgram,
@@ -178,6 +197,7 @@ impl Filters {
         })?;
         Ok(Filters {
             mode,
+            last_cap: super::caps::last_cap(),
             vcpu: build(Thread::Vcpu)?,
             devices: build(Thread::Devices)?,
             supervisor: build(Thread::Supervisor)?,
@@ -201,10 +221,17 @@ impl Filters {
         }
     }
 
-    /// Installs `thread`'s filter on the calling thread (and so on every
-    /// thread it starts from now on). Filters stack: a thread that already
-    /// has one keeps it too.
+    /// Drops the calling thread's capabilities to what `thread` keeps
+    /// ([`Thread::keeps`]), then installs `thread`'s filter on it (and so
+    /// on every thread it starts from now on). Call on a thread without a
+    /// filter yet (the capability calls are not in any filter).
     pub fn apply(&self, thread: Thread) -> Result<(), FilterError> {
+        super::caps::limit_thread(thread.keeps(), self.last_cap).map_err(|source| {
+            FilterError::Caps {
+                thread: thread.name(),
+                source,
+            }
+        })?;
         let install = |program: &BpfProgram, name: &'static str| {
             seccompiler::apply_filter(program).map_err(|source| FilterError::Install {
                 thread: name,

@@ -285,6 +285,9 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
         .arg(std::path::absolute(&req.root).unwrap_or_else(|_| req.root.clone()))
         .arg("vmm")
         .arg(&req.id)
+        // Only what a VMM uses of its caller's environment.
+        .env_clear()
+        .envs(crate::jail::vmm_env())
         .env(ENV_READY_FD, ready_w.as_raw_fd().to_string())
         .env(ENV_GO_FD, go_r.as_raw_fd().to_string())
         .process_group(0);
@@ -315,6 +318,13 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
     }
     clear_cloexec(&ready_w).map_err(ContainerError::Spawn)?;
     clear_cloexec(&go_r).map_err(ContainerError::Spawn)?;
+    // Nothing else its caller left open reaches the VMM.
+    let keep = [ready_w.as_raw_fd(), go_r.as_raw_fd()];
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // makes close_range(2) and fcntl(2) system calls.
+    unsafe {
+        cmd.pre_exec(move || crate::jail::close_inherited_fds(&keep));
+    }
     let child = cmd.spawn().map_err(ContainerError::Spawn)?;
     drop(ready_w);
     drop(go_r);
