@@ -677,6 +677,72 @@ fn a_vmm_thread_outside_its_seccomp_filter_ends_the_vmm_and_says_why() {
             "no {wanted} thread: {names:?}"
         );
     }
+    // The jail: every thread but the main one (which lives in the
+    // container's view) has a root holding the state directory, the
+    // cgroup file system and three files of /proc only; the VMM holds no
+    // directory outside it.
+    let state_top = env
+        .root()
+        .components()
+        .nth(1)
+        .unwrap()
+        .as_os_str()
+        .to_string_lossy()
+        .into_owned();
+    let mut jailed = None;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let name = std::fs::read_to_string(task.join("comm")).unwrap();
+        let name = name.trim();
+        if name == "husk" {
+            continue;
+        }
+        let mut top: Vec<String> = std::fs::read_dir(task.join("root"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        top.sort();
+        let mut want = vec!["proc".to_owned(), "sys".to_owned(), state_top.clone()];
+        want.sort();
+        want.dedup();
+        assert_eq!(top, want, "thread {name}'s root");
+        assert!(
+            task.join("root")
+                .join(env.root().strip_prefix("/").unwrap())
+                .join("sc-audit/state.json")
+                .exists(),
+            "thread {name}: no record in its jail"
+        );
+        if name == "vmm" {
+            jailed = Some(task);
+        }
+    }
+    let jailed = jailed.expect("a vmm thread");
+    let jail_mounts: Vec<String> = std::fs::read_to_string(jailed.join("mountinfo"))
+        .unwrap()
+        .lines()
+        .map(|l| l.split(' ').next().unwrap().to_owned())
+        .collect();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        let fd = fd.unwrap();
+        let Ok(meta) = std::fs::metadata(fd.path()) else {
+            continue;
+        };
+        if !meta.is_dir() {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        let mnt = status_field(&info, "mnt_id:");
+        assert!(
+            jail_mounts.contains(&mnt),
+            "the VMM holds directory {:?} on mount {mnt}, outside its jail",
+            std::fs::read_link(fd.path())
+        );
+    }
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
     let core = limits
         .lines()
@@ -738,6 +804,36 @@ fn a_vmm_thread_outside_its_seccomp_filter_ends_the_vmm_and_says_why() {
         assert_eq!(done.stdout.trim(), "ran", "{point}");
         env.assert_gone(&id);
     }
+    // Without the jail (an explicit opt-out) the VMM's threads keep the
+    // host's root; the filters stay.
+    let unjailed = env.bundle("nj", &["sh", "-c", "echo ran; sleep 1000"], |c| {
+        c["annotations"] = serde_json::json!({"io.husk.vmm.jail": "off"});
+    });
+    let done = env.husk(&["run", "-d", "--bundle", b(&unjailed), "sc-nojail"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let pid = vmm_pid(&env, "sc-nojail");
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let status = std::fs::read_to_string(task.join("status")).unwrap();
+        assert_eq!(status_field(&status, "Seccomp:"), "2");
+        if std::fs::read_to_string(task.join("comm")).unwrap().trim() == "vmm" {
+            assert!(task.join("root/etc").is_dir(), "no jail asked for");
+        }
+    }
+    let done = env.husk(&["delete", "-f", "sc-nojail"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    wait_no_vmm(&env, "sc-nojail", "unjailed");
+    let bad = env.bundle("badj", &["true"], |c| {
+        c["annotations"] = serde_json::json!({"io.husk.vmm.jail": "maybe"});
+    });
+    let done = env.husk(&["create", "--bundle", b(&bad), "sc-badj"]);
+    assert!(!done.status.success());
+    assert!(
+        done.stderr.contains("io.husk.vmm.jail") && done.stderr.contains("\"maybe\""),
+        "{}",
+        done.stderr
+    );
+    env.assert_gone("sc-badj");
     let bad = env.bundle("bad", &["true"], |c| {
         c["annotations"] = serde_json::json!({"io.husk.vmm.seccomp": "off"});
     });

@@ -8,6 +8,7 @@
 //! (docs/security.md, "Not done yet").
 
 pub mod caps;
+pub mod root;
 pub mod seccomp;
 
 /// Errors of the process-wide settings.

@@ -180,6 +180,7 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
     let network = crate::runtime::vm_plan::network_plan(&b.spec)?;
     let snapshot = crate::runtime::vm_plan::snapshot_allowed(&b.spec)?;
     let vmm_seccomp = crate::runtime::vm_plan::vmm_seccomp_mode(&b.spec)?;
+    let vmm_jail = crate::runtime::vm_plan::vmm_jail(&b.spec)?;
     let cgroup = cgroup_plan(req, &b.spec, sizing.mem_mib)?;
     match &network {
         Some(n) if !n.own => {
@@ -255,6 +256,7 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
         shares,
         ids,
         vmm_seccomp,
+        vmm_jail,
     };
     plan.save(&dir)?;
     crate::runtime::hooks::save(&dir, b.spec.hooks().as_ref())?;

@@ -171,9 +171,11 @@ pub fn features() -> Features {
             // The VMM's own seccomp filters, per thread, and their default
             // mode (docs/security.md).
             (crate::jail::seccomp::ANNOTATION, "enforce".to_owned()),
+            // The VMM's jail (its own root) and its default.
+            (crate::jail::root::ANNOTATION, "on".to_owned()),
         ]),
         // The VM's sizing, and the VMM's filter mode (log lets calls
-        // through).
+        // through) and jail (off keeps it in the host's root).
         potentially_unsafe_config_annotations: vec![ANNOTATION_PREFIX, VMM_ANNOTATION_PREFIX],
     }
 }

@@ -301,6 +301,7 @@ fn build(
         stop,
         taps: Vec::new(),
         seccomp: None,
+        jail: None,
     };
     Ok(crate::vmm::builder::run_with(t, controls)?)
 }

@@ -90,6 +90,22 @@ pub fn vmm_seccomp_mode(
     }
 }
 
+/// Whether the VMM pivots into its jail ([`crate::jail::root::ANNOTATION`]:
+/// `on`, the default, or `off`).
+pub fn vmm_jail(spec: &oci_spec::runtime::Spec) -> Result<bool, PlanError> {
+    use crate::jail::root::{parse_annotation, ANNOTATION};
+    match spec.annotations().as_ref().and_then(|a| a.get(ANNOTATION)) {
+        None => Ok(true),
+        Some(v) => {
+            parse_annotation(v).ok_or_else(|| PlanError::JailAnnotation { value: v.clone() })
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
 /// Environment variable with extra guest kernel parameters for container VMs.
 pub const ENV_KERNEL_ARGS: &str = "HUSK_KERNEL_ARGS";
 
@@ -186,6 +202,9 @@ pub struct VmPlan {
     /// ([`vmm_seccomp_mode`]).
     #[serde(default)]
     pub vmm_seccomp: crate::jail::seccomp::Mode,
+    /// Whether the VMM pivots into its jail ([`vmm_jail`]).
+    #[serde(default = "default_true")]
+    pub vmm_jail: bool,
 }
 
 /// The uid and gid mappings of a container with a new user namespace
@@ -243,6 +262,12 @@ pub enum PlanError {
          logs them)"
     )]
     SeccompAnnotation { value: String },
+    #[error(
+        "annotation {}={value:?} is neither \"on\" nor \"off\" (\"off\" keeps the VMM in the \
+         host's root; docs/security.md)",
+        crate::jail::root::ANNOTATION
+    )]
+    JailAnnotation { value: String },
     #[error("annotation {annotation}={value:?} is neither \"true\" nor \"false\"")]
     Annotation {
         annotation: &'static str,
@@ -393,6 +418,7 @@ mod tests {
             }],
             ids: IdMaps::default(),
             vmm_seccomp: crate::jail::seccomp::Mode::Log,
+            vmm_jail: false,
         };
         plan.save(dir.path()).unwrap();
         assert_eq!(VmPlan::load(dir.path()).unwrap(), plan);
@@ -533,6 +559,7 @@ mod tests {
             shares: vec![],
             ids: IdMaps::default(),
             vmm_seccomp: Default::default(),
+            vmm_jail: true,
         };
         let c = plan.vm_config(None, &[], Some(Path::new("/s/share")));
         assert!(c.block.is_empty());

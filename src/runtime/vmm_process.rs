@@ -152,6 +152,11 @@ fn stage(root: &Path, id: &str) -> Result<Staged, String> {
     let dir = state::container_dir(root, id);
     let plan = VmPlan::load(&dir).map_err(|e| e.to_string())?;
     let share_root = if plan.shares.is_empty() {
+        // The jail is pivoted in a mount namespace of the VMM's own, which
+        // staging shares would have made.
+        if plan.vmm_jail {
+            crate::jail::root::private_namespace().map_err(|e| e.to_string())?;
+        }
         None
     } else {
         Some(crate::storage::share::stage(&dir, &plan.shares).map_err(|e| e.to_string())?)
@@ -326,6 +331,12 @@ fn run_vm(root: &Path, id: &str, record: &Arc<RecordWatch>, start: Start) -> Opt
         stop: Some(stop.clone()),
         taps,
         seccomp: filters.clone(),
+        // Every thread but the main one (in the container's view) gets the
+        // jail as its root once the VM is built.
+        jail: (filters.is_some() && plan.vmm_jail).then(|| crate::jail::root::Jail {
+            state_dir: std::path::absolute(&dir).unwrap_or_else(|_| dir.clone()),
+            share: share_root.clone(),
+        }),
     };
     let vm = std::thread::Builder::new()
         .name("vmm".into())

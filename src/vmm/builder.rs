@@ -83,6 +83,8 @@ pub enum BuildError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Seccomp(crate::jail::seccomp::FilterError),
+    #[error(transparent)]
+    Jail(crate::jail::root::RootError),
     #[error("cannot use /dev/kvm: {0} (run `husk check`)")]
     Kvm(kvm_ioctls::Error),
     #[error("{requested} vCPUs requested, but this host's KVM allows at most {max}")]
@@ -169,6 +171,9 @@ pub struct RunControls {
     /// calling thread the device filter before the event loop serves any
     /// queue.
     pub seccomp: Option<Arc<crate::jail::seccomp::Filters>>,
+    /// The root the calling thread pivots into once the VM is built, before
+    /// the device filter and the event loop ([`crate::jail::root`]).
+    pub jail: Option<crate::jail::root::Jail>,
 }
 
 /// [`build_and_run`] with [`RunControls`].
@@ -486,6 +491,16 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
         agent_evt,
     )?));
     event_manager.add_subscriber(watcher.clone());
+    if let Some(jail) = &controls.jail {
+        if let Err(e) = jail.enter() {
+            let stopped = vcpu::stop_all(threads, &stop);
+            if stopped.stuck > 0 {
+                log::warn!("{} vCPU thread(s) did not stop", stopped.stuck);
+            }
+            return Err(BuildError::Jail(e));
+        }
+        step("jailed");
+    }
     if let Some(f) = &controls.seccomp {
         use crate::jail::seccomp::{fault_point, Thread};
         if let Err(e) = f.apply(Thread::Devices) {

@@ -38,11 +38,12 @@ pub struct Fs {
     root: PathBuf,
     read_only: bool,
     ids: IdMaps,
-    server: Arc<Server<Share>>,
-    /// The driver reset the device: the next request gets a new server
-    /// (made on the event thread, whose seccomp filter lets it open the
-    /// share, not on the vCPU that wrote the reset).
-    stale: bool,
+    /// Made at the first request after the device was made or reset, on
+    /// the event thread: inside the VMM's jail ([`crate::jail::root`]),
+    /// whose seccomp filter lets it open the share (not on the vCPU that
+    /// wrote a reset), so the server holds no directory from before the
+    /// jail.
+    server: Option<Arc<Server<Share>>>,
     config_space: [u8; CONFIG_SPACE_SIZE],
     pub(super) active: Option<Active017>,
     /// Requests that got no reply because they could not be parsed.
@@ -61,7 +62,8 @@ impl std::fmt::Debug for Fs {
 }
 
 /// The FUSE server of `root`: fuse-backend-rs's passthrough behind husk's
-/// policy layer. The root is opened when the guest mounts (`FUSE_INIT`).
+/// policy layer. The root is opened when the guest mounts (`FUSE_INIT`);
+/// `/proc/self/fd` and `/proc/self/mountinfo` at once.
 fn server(root: &Path, read_only: bool, ids: &IdMaps, tag: &str) -> Result<Server<Share>, FsError> {
     let root_dir = root
         .to_str()
@@ -136,8 +138,7 @@ impl Fs {
             root: root.to_path_buf(),
             read_only,
             ids: IdMaps::default(),
-            server: Arc::new(server(root, read_only, &IdMaps::default(), tag)?),
-            stale: false,
+            server: None,
             config_space,
             active: None,
             bad_requests: 0,
@@ -148,7 +149,7 @@ impl Fs {
     /// container's `linux.uidMappings` / `gidMappings`); before the guest
     /// uses the device.
     pub fn with_ids(mut self, ids: IdMaps) -> Result<Fs, FsError> {
-        self.server = Arc::new(server(&self.root, self.read_only, &ids, &self.tag)?);
+        self.server = None;
         self.ids = ids;
         Ok(self)
     }
@@ -162,10 +163,14 @@ impl Fs {
     /// the used ring and interrupts the driver if any were returned.
     /// Returns whether any request was processed.
     pub fn process_queue(&mut self, index: usize) -> Result<bool, FsError> {
-        if self.stale {
-            self.server = Arc::new(server(&self.root, self.read_only, &self.ids, &self.tag)?);
-            self.stale = false;
-        }
+        let server = match &self.server {
+            Some(s) => s.clone(),
+            None => {
+                let s = Arc::new(server(&self.root, self.read_only, &self.ids, &self.tag)?);
+                self.server = Some(s.clone());
+                s
+            }
+        };
         let (Some(active), Some(core)) = (&mut self.active, self.core.active()) else {
             return Err(DeviceError::NotActivated {
                 device: self.core.label().to_owned(),
@@ -193,10 +198,7 @@ impl Fs {
                 VirtioFsWriter::new(mem, chain),
             ) {
                 (Ok(reader), Ok(writer)) => {
-                    match self
-                        .server
-                        .handle_message(reader, Writer::VirtioFs(writer), None, None)
-                    {
+                    match server.handle_message(reader, Writer::VirtioFs(writer), None, None) {
                         Ok(n) => u32::try_from(n).unwrap_or(0),
                         Err(err) => {
                             self.bad_requests += 1;
@@ -310,7 +312,7 @@ impl VirtioDevice for Fs {
         // server, which forgets every inode and handle of the old one
         // (requests are served synchronously, so none is in flight).
         self.active = None;
-        self.stale = true;
+        self.server = None;
         debug!("fs {}: reset", self.tag);
         true
     }

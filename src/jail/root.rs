@@ -1,0 +1,294 @@
+//! The VMM's root once its guest runs: a per-container directory holding
+//! only what its threads still open by path.
+//!
+//! A container's VMM stages its shares in a mount namespace of its own
+//! ([`crate::storage::share`], or [`private_namespace`] when it has none),
+//! builds its VM there (kernel, initramfs, images, template, taps, all
+//! opened by then), and then its VM thread calls [`Jail::enter`], before
+//! any device serves the guest and before any thread drops its
+//! capabilities:
+//!
+//! 1. a small tmpfs on `<state dir>/jail` (an empty directory from the
+//!    host);
+//! 2. in it, at the same absolute paths as on the host, so the code keeps
+//!    its paths: the container's state directory (its record, logs and
+//!    vsock sockets; not recursively), the staged shares under it
+//!    (recursively: each share keeps its `nodev` and read-only flags), the
+//!    cgroup file system (the VMM removes its cgroup when its record is
+//!    gone), and of `/proc` only this process's `fd` directory,
+//!    `mountinfo` and `cgroup` (what the virtio-fs passthrough and the
+//!    cgroup code read), at `/proc/self/...`;
+//! 3. the tmpfs read-only, then `pivot_root` into it with the old root
+//!    detached: every thread of the namespace (all but the main thread,
+//!    which lives in the container's view, [`crate::storage::view`]) now
+//!    has the jail as `/`.
+//!
+//! Escapes a jail must not leave open: a directory descriptor from before
+//! the pivot (`openat(fd, "..")` walks up the old tree, detached or not).
+//! The VMM holds none: the virtio-fs server opens its share and
+//! `/proc/self/fd` when the guest first uses it, inside the jail
+//! ([`Jail::enter`] checks, and fails the create if one is found). A
+//! `/proc` of its own is not mounted: it would show every process's
+//! `root`, and another VMM's threads run as the same uid.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt as _;
+use std::path::{Component, Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+
+/// The annotation that turns the jail off for one container: `off` (the
+/// default is `on`). The VMM's seccomp filters and dropped capabilities
+/// stay.
+pub const ANNOTATION: &str = "io.husk.vmm.jail";
+
+/// Whether an [`ANNOTATION`] value asks for the jail; `None`: neither
+/// `on` nor `off`.
+pub fn parse_annotation(value: &str) -> Option<bool> {
+    match value {
+        "on" => Some(true),
+        "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// The jail's mount point in the container's state directory.
+pub const JAIL_DIR: &str = "jail";
+/// Options of the jail's tmpfs (it holds only mount points).
+const JAIL_TMPFS: &str = "mode=0755,size=64k,nr_inodes=1024";
+/// The cgroup file system.
+const CGROUP_FS: &str = "/sys/fs/cgroup";
+/// Of this process's `/proc/PID`: what the jail shows at `/proc/self`.
+const PROC_FILES: &[(&str, bool)] = &[("fd", true), ("mountinfo", false), ("cgroup", false)];
+/// Most descriptors [`Jail::enter`] looks at for directories.
+const MAX_FDS_CHECKED: usize = 65_536;
+
+/// Why the jail could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum RootError {
+    #[error("the VMM's jail: {step} {path}: {errno}")]
+    Step {
+        step: &'static str,
+        path: PathBuf,
+        errno: nix::Error,
+    },
+    #[error(
+        "the VMM's jail: descriptor {fd} ({target}) is a directory from before the jail, which \
+         would let a thread walk out of it; this is a bug in husk, please report it"
+    )]
+    OpenDirectory { fd: i32, target: String },
+    #[error("the VMM's jail: {path} is not an absolute path without `..`")]
+    Path { path: PathBuf },
+}
+
+/// Puts this thread (and every thread sharing its file system state) into
+/// a mount namespace of its own, whose mounts are slaves of the host's:
+/// what the jail mounts and pivots stays in it. For a VMM without shares,
+/// which stages none.
+pub fn private_namespace() -> Result<(), RootError> {
+    let step = |step| {
+        move |errno| RootError::Step {
+            step,
+            path: PathBuf::from("/"),
+            errno,
+        }
+    };
+    unshare(CloneFlags::CLONE_NEWNS).map_err(step("a mount namespace for"))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .map_err(step("making the mounts slaves under"))
+}
+
+/// What a container's VMM keeps in its jail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Jail {
+    /// The container's state directory (absolute).
+    pub state_dir: PathBuf,
+    /// Its staged shares (`<state dir>/share`), when it has any.
+    pub share: Option<PathBuf>,
+}
+
+impl Jail {
+    /// Builds the jail and pivots into it (see the module docs). Call on
+    /// the VM thread, in the VMM's own mount namespace, with
+    /// `CAP_SYS_ADMIN`, once everything outside it is open.
+    pub fn enter(&self) -> Result<(), RootError> {
+        let dir = self.state_dir.join(JAIL_DIR);
+        let step = |step: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |errno| RootError::Step { step, path, errno }
+        };
+        match nix::unistd::mkdir(&dir, nix::sys::stat::Mode::from_bits_truncate(0o700)) {
+            Ok(()) | Err(nix::Error::EEXIST) => {}
+            Err(e) => return Err(step("creating", &dir)(e)),
+        }
+        mount(
+            Some("tmpfs"),
+            &dir,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some(JAIL_TMPFS),
+        )
+        .map_err(step("mounting a tmpfs on", &dir))?;
+
+        bind(&dir, &self.state_dir, false, false)?;
+        if let Some(share) = &self.share {
+            bind(&dir, share, true, false)?;
+        }
+        if Path::new(CGROUP_FS).is_dir() {
+            bind_at(
+                &dir,
+                Path::new(CGROUP_FS),
+                Path::new(CGROUP_FS),
+                true,
+                false,
+            )?;
+        }
+        let proc_dir = PathBuf::from(format!("/proc/{}", std::process::id()));
+        for (name, is_dir) in PROC_FILES {
+            bind_at(
+                &dir,
+                &proc_dir.join(name),
+                &Path::new("/proc/self").join(name),
+                false,
+                !is_dir,
+            )?;
+        }
+        // Nothing can be added beside what is bound.
+        mount(
+            None::<&str>,
+            &dir,
+            None::<&str>,
+            MsFlags::MS_REMOUNT
+                | MsFlags::MS_BIND
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV
+                | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        )
+        .map_err(step("making read-only", &dir))?;
+
+        check_no_directory_fds()?;
+        nix::unistd::chdir(&dir).map_err(step("entering", &dir))?;
+        nix::unistd::pivot_root(".", ".").map_err(step("pivot_root into", &dir))?;
+        // The old root is stacked under the new one: detach it.
+        umount2(".", MntFlags::MNT_DETACH).map_err(step("detaching the old root from", &dir))?;
+        nix::unistd::chdir("/").map_err(step("entering", Path::new("/")))?;
+        Ok(())
+    }
+}
+
+/// Binds `source` at the same path inside `jail`.
+fn bind(jail: &Path, source: &Path, recursive: bool, file: bool) -> Result<(), RootError> {
+    bind_at(jail, source, source, recursive, file)
+}
+
+/// Binds `source` at `at` (absolute) inside `jail`, making the mount point
+/// (a directory, or an empty file when `file`) and its parents.
+fn bind_at(
+    jail: &Path,
+    source: &Path,
+    at: &Path,
+    recursive: bool,
+    file: bool,
+) -> Result<(), RootError> {
+    let target = inside(jail, at)?;
+    let step = |step: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |errno| RootError::Step { step, path, errno }
+    };
+    let parent = if file {
+        target.parent().unwrap_or(jail)
+    } else {
+        &target
+    };
+    std::fs::create_dir_all(parent).map_err(|e| {
+        step("creating", parent)(nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+    })?;
+    if file {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&target)
+            .map_err(|e| {
+                step("creating", &target)(nix::Error::from_raw(
+                    e.raw_os_error().unwrap_or(libc::EIO),
+                ))
+            })?;
+    }
+    let mut flags = MsFlags::MS_BIND;
+    if recursive {
+        flags |= MsFlags::MS_REC;
+    }
+    mount(Some(source), &target, None::<&str>, flags, None::<&str>)
+        .map_err(step("binding into the jail", source))
+}
+
+/// `at` (absolute, no `..`) under `jail`.
+fn inside(jail: &Path, at: &Path) -> Result<PathBuf, RootError> {
+    let mut out = jail.to_path_buf();
+    let mut components = at.components();
+    if components.next() != Some(Component::RootDir) {
+        return Err(RootError::Path {
+            path: at.to_path_buf(),
+        });
+    }
+    for c in components {
+        match c {
+            Component::Normal(name) => out.push(name),
+            Component::CurDir => {}
+            _ => {
+                return Err(RootError::Path {
+                    path: at.to_path_buf(),
+                })
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Fails if this process holds a directory descriptor (one opened before
+/// the jail would lead out of it).
+fn check_no_directory_fds() -> Result<(), RootError> {
+    let entries = std::fs::read_dir("/proc/self/fd").map_err(|e| RootError::Step {
+        step: "listing",
+        path: PathBuf::from("/proc/self/fd"),
+        errno: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+    })?;
+    // Listed first: the listing's own descriptor is closed before any is
+    // looked at.
+    let mut seen = Vec::new();
+    for entry in entries.take(MAX_FDS_CHECKED).flatten() {
+        if let Some(fd) = fd_number(&entry.file_name()) {
+            seen.push(fd);
+        }
+    }
+    for fd in seen {
+        let Ok(st) = nix::sys::stat::fstat(fd) else {
+            continue;
+        };
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            continue;
+        }
+        let target = std::fs::read_link(format!("/proc/self/fd/{fd}"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        return Err(RootError::OpenDirectory { fd, target });
+    }
+    Ok(())
+}
+
+fn fd_number(name: &OsStr) -> Option<i32> {
+    std::str::from_utf8(name.as_bytes()).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,148 @@
+use super::*;
+
+/// Runs `f` in a forked child (its mounts die with it); whether it
+/// returned true.
+fn in_child(f: impl FnOnce() -> bool) -> bool {
+    // SAFETY: the child only runs `f` (mount syscalls and file I/O of this
+    // test) and exits without returning into the test harness.
+    match unsafe { nix::unistd::fork() }.unwrap() {
+        nix::unistd::ForkResult::Child => {
+            let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(false);
+            // SAFETY: `_exit` ends the child at once, without running the
+            // parent's destructors twice.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+        }
+        nix::unistd::ForkResult::Parent { child } => matches!(
+            nix::sys::wait::waitpid(child, None).unwrap(),
+            nix::sys::wait::WaitStatus::Exited(_, 0)
+        ),
+    }
+}
+
+fn need_root() {
+    if !nix::unistd::geteuid().is_root() {
+        panic!("this test needs root (mount(2), as the VMM); CI runs as root");
+    }
+}
+
+/// A state directory with a record and one read-only share staged as
+/// `storage::share` does (a read-only tmpfs with the source bound in it).
+fn staged(dir: &Path) -> (PathBuf, PathBuf) {
+    let state = dir.join("state");
+    let source = dir.join("source");
+    std::fs::create_dir_all(state.join("share")).unwrap();
+    std::fs::create_dir_all(&source).unwrap();
+    std::fs::write(state.join("state.json"), b"{}").unwrap();
+    std::fs::write(source.join("f"), b"shared").unwrap();
+    let share = state.join("share");
+    mount(
+        Some("tmpfs"),
+        &share,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("size=64k"),
+    )
+    .unwrap();
+    std::fs::create_dir(share.join("m0")).unwrap();
+    mount(
+        Some(&source),
+        &share.join("m0"),
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+    (state, share)
+}
+
+#[test]
+fn the_jail_holds_the_state_dir_shares_and_its_proc_files_only() {
+    need_root();
+    let dir = tempfile::tempdir().unwrap();
+    let top = dir.path().to_path_buf();
+    assert!(in_child(move || {
+        private_namespace().unwrap();
+        let (state, share) = staged(&top);
+        let jail = Jail {
+            state_dir: state.clone(),
+            share: Some(share.clone()),
+        };
+        jail.enter().unwrap();
+        let mut roots: Vec<String> = std::fs::read_dir("/")
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        roots.sort();
+        let first = top
+            .components()
+            .nth(1)
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy()
+            .into_owned();
+        let mut want = vec![first, "proc".to_owned()];
+        if Path::new("/sys").exists() {
+            want.push("sys".to_owned());
+        }
+        want.sort();
+        want.dedup();
+        assert_eq!(roots, want);
+        assert_eq!(std::env::current_dir().unwrap(), Path::new("/"));
+        // What the VMM still uses, at the paths it had.
+        assert_eq!(std::fs::read(state.join("state.json")).unwrap(), b"{}");
+        std::fs::write(state.join("vmm.log"), b"x").unwrap();
+        assert_eq!(std::fs::read(share.join("m0/f")).unwrap(), b"shared");
+        assert!(std::fs::read_dir("/proc/self/fd").unwrap().count() >= 3);
+        assert!(std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .contains(" / "));
+        assert!(std::fs::read_to_string("/proc/self/cgroup")
+            .unwrap()
+            .contains("::"));
+        // What it may not reach or add.
+        assert!(!Path::new("/etc/passwd").exists());
+        assert!(!Path::new("/proc/1").exists());
+        assert!(!top.join("source").exists(), "the share's source");
+        assert_eq!(
+            std::fs::write("/planted", b"x").unwrap_err().raw_os_error(),
+            Some(libc::EROFS)
+        );
+        // `..` stops at the jail's root.
+        assert!(!Path::new("/../../etc/passwd").exists());
+        true
+    }));
+    // Nothing of it reached the host.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&dir.path().display().to_string()));
+}
+
+#[test]
+fn a_directory_descriptor_from_before_fails_the_jail() {
+    need_root();
+    let dir = tempfile::tempdir().unwrap();
+    let top = dir.path().to_path_buf();
+    assert!(in_child(move || {
+        private_namespace().unwrap();
+        let (state, _) = staged(&top);
+        let held = std::fs::File::open("/etc").unwrap();
+        let err = Jail {
+            state_dir: state,
+            share: None,
+        }
+        .enter()
+        .unwrap_err();
+        drop(held);
+        matches!(err, RootError::OpenDirectory { ref target, .. } if target == "/etc")
+            && err.to_string().contains("descriptor")
+    }));
+}
+
+#[test]
+fn jail_paths_are_absolute_without_dot_dot() {
+    let j = Path::new("/j");
+    assert_eq!(inside(j, Path::new("/a/b")).unwrap(), Path::new("/j/a/b"));
+    assert_eq!(inside(j, Path::new("/a/./b")).unwrap(), Path::new("/j/a/b"));
+    assert!(inside(j, Path::new("a/b")).is_err());
+    assert!(inside(j, Path::new("/a/../../b")).is_err());
+    assert!(inside(j, Path::new("")).is_err());
+}
