@@ -611,10 +611,8 @@ fn a_vmm_thread_outside_its_seccomp_filter_ends_the_vmm_and_says_why() {
     {
         use std::os::fd::AsRawFd as _;
         // SAFETY: fcntl F_SETFD on a descriptor this test owns.
-        assert_eq!(
-            unsafe { libc::fcntl(inherited.as_raw_fd(), libc::F_SETFD, 0) },
-            0
-        );
+        let rc = unsafe { libc::fcntl(inherited.as_raw_fd(), libc::F_SETFD, 0) };
+        assert_eq!(rc, 0);
     }
     let done = env.husk_with_env(
         &[("AWS_SECRET_ACCESS_KEY", Path::new("inherited-secret"))],
