@@ -16,7 +16,10 @@ const EXIT_ERROR: u8 = 1;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.global, matches!(cli.command, Command::Vmm(_)));
+    init_logging(
+        &cli.global,
+        matches!(cli.command, Command::Vmm(_) | Command::Keep),
+    );
     let global = cli.global.clone();
     match run(cli) {
         Ok(code) => code,
@@ -242,6 +245,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             root,
             &a.container_id,
         ))),
+        Command::Keep => Ok(ExitCode::from(husk::runtime::keeper::run())),
         Command::Check(_) => {
             let report = husk::check::run(&husk::check::HostFacts::probe());
             print!("{}", report.render());

@@ -191,6 +191,10 @@ pub enum Command {
     /// Internal: the VMM process of a container (started by create).
     #[command(hide = true)]
     Vmm(husk_verbs::VmmArgs),
+    /// Internal: a container's keeper, which removes its cgroup should its
+    /// VMM end with its record gone (started by create).
+    #[command(hide = true)]
+    Keep,
 }
 
 #[cfg(test)]

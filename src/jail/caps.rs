@@ -8,14 +8,20 @@
 //! - vCPU and supervisor threads keep nothing;
 //! - the device thread keeps [`FS_PASSTHROUGH`]: the virtio-fs passthrough
 //!   creates files as the guest's caller and sets their owners, modes and
-//!   times (virtiofsd keeps the same set).
+//!   times (virtiofsd's set), and links a file by its descriptor.
 
-/// `CAP_CHOWN`, `CAP_DAC_OVERRIDE`, `CAP_FOWNER`, `CAP_FSETID`,
-/// `CAP_SETGID`, `CAP_SETUID`, `CAP_MKNOD`, `CAP_SETFCAP`
+/// `CAP_CHOWN`, `CAP_DAC_OVERRIDE`, `CAP_DAC_READ_SEARCH`, `CAP_FOWNER`,
+/// `CAP_FSETID`, `CAP_SETGID`, `CAP_SETUID`, `CAP_MKNOD`, `CAP_SETFCAP`
 /// (`linux/capability.h`): what a file server acting for the guest's
 /// root needs (`SETFCAP`: a package that sets file capabilities, as
 /// iputils' ping does, writes `security.capability`).
-pub const FS_PASSTHROUGH: &[u32] = &[0, 1, 3, 4, 6, 7, 27, 31];
+///
+/// `DAC_READ_SEARCH`: the passthrough makes a hard link with
+/// `linkat(fd, "", dir, name, AT_EMPTY_PATH)`, which the kernel refuses
+/// (`ENOENT`) without it. Its other use, `open_by_handle_at` (the way out
+/// of a chroot that "shocker" took), is not in any VMM thread's seccomp
+/// filter, and what it adds to reading is already in `DAC_OVERRIDE`.
+pub const FS_PASSTHROUGH: &[u32] = &[0, 1, 2, 3, 4, 6, 7, 27, 31];
 
 /// `CAP_SETPCAP`: needed to drop from the bounding set.
 const CAP_SETPCAP: u32 = 8;
@@ -166,7 +172,8 @@ mod tests {
         assert_eq!(mask(&[0, 1]), 0b11);
         assert_eq!(mask(&[64, 99]), 0, "out of range capabilities are ignored");
         let fs = mask(FS_PASSTHROUGH);
-        assert_eq!(fs.count_ones(), 8);
+        assert_eq!(fs.count_ones(), 9);
+        assert_eq!(fs, 0x8800_00df);
         assert_eq!(fs & (1 << 21), 0, "no CAP_SYS_ADMIN");
         assert_eq!(fs & (1 << 12), 0, "no CAP_NET_ADMIN");
         assert!(last_cap() >= 36);

@@ -13,11 +13,11 @@
 //! 2. in it, at the same absolute paths as on the host, so the code keeps
 //!    its paths: the container's state directory (its record, logs and
 //!    vsock sockets; not recursively), the staged shares under it
-//!    (recursively: each share keeps its `nodev` and read-only flags), the
-//!    cgroup file system (the VMM removes its cgroup when its record is
-//!    gone), and of `/proc` only this process's `fd` directory,
-//!    `mountinfo` and `cgroup` (what the virtio-fs passthrough and the
-//!    cgroup code read), at `/proc/self/...`;
+//!    (recursively: each share keeps its `nodev` and read-only flags), and
+//!    of `/proc` only this process's `fd` directory and `mountinfo` (what
+//!    the virtio-fs passthrough reads), at `/proc/self/...`; no cgroup file
+//!    system (the container's keeper, [`crate::runtime::keeper`], removes a
+//!    cgroup nobody can delete) and no `/dev`;
 //! 3. the tmpfs read-only, then `pivot_root` into it with the old root
 //!    detached: every thread of the namespace (all but the main thread,
 //!    which lives in the container's view, [`crate::storage::view`]) now
@@ -57,10 +57,8 @@ pub fn parse_annotation(value: &str) -> Option<bool> {
 pub const JAIL_DIR: &str = "jail";
 /// Options of the jail's tmpfs (it holds only mount points).
 const JAIL_TMPFS: &str = "mode=0755,size=64k,nr_inodes=1024";
-/// The cgroup file system.
-const CGROUP_FS: &str = "/sys/fs/cgroup";
 /// Of this process's `/proc/PID`: what the jail shows at `/proc/self`.
-const PROC_FILES: &[(&str, bool)] = &[("fd", true), ("mountinfo", false), ("cgroup", false)];
+const PROC_FILES: &[(&str, bool)] = &[("fd", true), ("mountinfo", false)];
 /// Most descriptors [`Jail::enter`] looks at for directories.
 const MAX_FDS_CHECKED: usize = 65_536;
 
@@ -140,15 +138,6 @@ impl Jail {
         bind(&dir, &self.state_dir, false, false)?;
         if let Some(share) = &self.share {
             bind(&dir, share, true, false)?;
-        }
-        if Path::new(CGROUP_FS).is_dir() {
-            bind_at(
-                &dir,
-                Path::new(CGROUP_FS),
-                Path::new(CGROUP_FS),
-                true,
-                false,
-            )?;
         }
         let proc_dir = PathBuf::from(format!("/proc/{}", std::process::id()));
         for (name, is_dir) in PROC_FILES {

@@ -382,27 +382,6 @@ fn flat_keyed(text: &str) -> std::collections::BTreeMap<String, u64> {
         .collect()
 }
 
-/// Moves this process out of the cgroup at `dir` (into the root cgroup,
-/// the one cgroup v2 lets hold processes beside child cgroups) and removes
-/// `dir`: a VMM ending without anybody left to delete its container does
-/// so. Refused (an error) unless this process is in `dir`.
-pub fn leave_and_remove(dir: &Path) -> Result<(), CgroupError> {
-    let root = Path::new(CGROUP_ROOT);
-    let mine = root.join(own_cgroup().trim_start_matches('/'));
-    if mine != dir {
-        return Err(CgroupError::Remove {
-            dir: dir.to_path_buf(),
-            procs: Vec::new(),
-            source: std::io::Error::other(format!(
-                "this process is in {}, not in it",
-                mine.display()
-            )),
-        });
-    }
-    write_file(root, "cgroup.procs", &std::process::id().to_string())?;
-    remove(dir)
-}
-
 /// Reads the statistics of the cgroup at `dir`. A file a controller that is
 /// not enabled would have is read as empty (zeros); the cgroup itself must
 /// exist.

@@ -64,6 +64,8 @@ pub enum ContainerError {
     Net(#[from] crate::net::NetError),
     #[error(transparent)]
     Cgroup(#[from] crate::runtime::cgroup::CgroupError),
+    #[error(transparent)]
+    Keeper(#[from] crate::runtime::keeper::KeeperError),
     #[error("guest kernel {path} does not exist (run `make kernel`, or set HUSK_KERNEL)")]
     KernelMissing { path: PathBuf },
     #[error("guest init {path} does not exist (run `make build`, or set HUSK_INIT)")]
@@ -394,6 +396,11 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
         } else {
             reason
         }));
+    }
+    // Should the VMM end with its record gone, its keeper removes its
+    // cgroup: the VMM cannot (no capabilities, no cgroup file system).
+    if let Some(cg) = &state.cgroup {
+        crate::runtime::keeper::spawn(pid, &dir, cg, &state.vmm_log)?;
     }
     state.status = Status::Created;
     state.save(&req.root)?;

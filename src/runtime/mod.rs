@@ -10,7 +10,9 @@
 //! * [`container`]: the verbs themselves; its [`container::ContainerError`]
 //!   is where every module's error rolls up;
 //! * [`guest_spec`], [`vm_plan`], [`vmm_process`]: from config.json to the
-//!   VMM process that is the container.
+//!   VMM process that is the container;
+//! * [`keeper`]: removes a container's cgroup when its VMM ends with its
+//!   record gone.
 
 pub mod bundle;
 pub mod cgroup;
@@ -18,6 +20,7 @@ pub mod container;
 pub mod features;
 pub mod guest_spec;
 pub mod hooks;
+pub mod keeper;
 pub mod output;
 pub mod process;
 pub mod spec;

@@ -52,7 +52,6 @@ const FORWARDED: [nix::sys::signal::Signal; 6] = [
 /// worker. The worker starts only once the view is made, and fails the
 /// create when it could not be.
 pub fn run(root: &Path, id: &str) -> Option<ExitStatus> {
-    let record = Arc::new(RecordWatch::default());
     let mut ready = take_ready_fd();
     let go = take_go_fd();
     let dir = state::container_dir(root, id);
@@ -64,7 +63,7 @@ pub fn run(root: &Path, id: &str) -> Option<ExitStatus> {
         Ok(s) => s,
         Err(msg) => {
             fail(id, &mut ready, msg);
-            finish(root, id, &record, false);
+            finish(root, id, false);
             return None;
         }
     };
@@ -87,7 +86,7 @@ pub fn run(root: &Path, id: &str) -> Option<ExitStatus> {
     let read_only = staged.plan.container.readonly_root;
     let (view_tx, view_rx) = mpsc::channel::<Result<(), String>>();
     let worker = {
-        let (root, id, record) = (root.to_path_buf(), id.to_owned(), record.clone());
+        let (root, id) = (root.to_path_buf(), id.to_owned());
         let filters = filters.clone();
         std::thread::Builder::new()
             .name("vmm-main".into())
@@ -97,7 +96,6 @@ pub fn run(root: &Path, id: &str) -> Option<ExitStatus> {
                     Ok(Ok(())) => run_vm(
                         &root,
                         &id,
-                        &record,
                         Start {
                             ready,
                             go,
@@ -110,7 +108,7 @@ pub fn run(root: &Path, id: &str) -> Option<ExitStatus> {
                     Ok(Err(msg)) => fail(&id, &mut ready, msg),
                     Err(_) => fail(&id, &mut ready, "the main thread went away".into()),
                 };
-                finish(&root, &id, &record, filtered.load(Ordering::SeqCst));
+                finish(&root, &id, filtered.load(Ordering::SeqCst));
                 ending
             })
     };
@@ -118,7 +116,7 @@ pub fn run(root: &Path, id: &str) -> Option<ExitStatus> {
         Ok(w) => w,
         Err(e) => {
             log::error!("container {id}: starting the VMM's worker thread: {e}");
-            finish(root, id, &record, false);
+            finish(root, id, false);
             return None;
         }
     };
@@ -207,32 +205,23 @@ struct Start<'a> {
     filtered: &'a AtomicBool,
 }
 
-/// After the VM: the network plumbing goes, and the cgroup when the
-/// record is gone. Under its seccomp filter (`filtered`) the VMM runs no
-/// `ip`/`tc` and joins no namespace: its taps went with it, and what is
-/// left in the engine's namespace is removed by `delete` (or by a failed
-/// `create`), as runc leaves a container's resources to `delete`.
-fn finish(root: &Path, id: &str, record: &RecordWatch, filtered: bool) {
+/// After the VM: the network plumbing goes. Under its seccomp filter
+/// (`filtered`) the VMM runs no `ip`/`tc` and joins no namespace: its taps
+/// went with it, and what is left in the engine's namespace is removed by
+/// `delete` (or by a failed `create`), as runc leaves a container's
+/// resources to `delete`. The cgroup is `delete`'s too, or, when the record
+/// is gone, the container's keeper's ([`crate::runtime::keeper`]).
+fn finish(root: &Path, id: &str, filtered: bool) {
     if filtered {
         log::debug!("container {id}: the network plumbing is left to delete");
     } else if let Err(e) = crate::net::cleanup(&state::container_dir(root, id)) {
         log::warn!("container {id}: {e}");
     }
-    // Nobody can delete a container whose record is gone: its cgroup goes
-    // with its VMM.
-    if record.lost.load(Ordering::SeqCst) {
-        let placed = record.cgroup.lock().ok().and_then(|c| c.clone());
-        if let Some(cg) = placed {
-            if let Err(e) = crate::runtime::cgroup::leave_and_remove(&cg) {
-                log::warn!("container {id}: {e}");
-            }
-        }
-    }
 }
 
 /// The worker's part of [`run`]: boot or restore the VM, create the
 /// container in it, relay until it ends.
-fn run_vm(root: &Path, id: &str, record: &Arc<RecordWatch>, start: Start) -> Option<ExitStatus> {
+fn run_vm(root: &Path, id: &str, start: Start) -> Option<ExitStatus> {
     let Start {
         mut ready,
         go,
@@ -267,10 +256,6 @@ fn run_vm(root: &Path, id: &str, record: &Arc<RecordWatch>, start: Start) -> Opt
         None => None,
     };
     let creator_gone = || creator.as_ref().is_some_and(CreatorWatch::gone);
-    // `create` saved the cgroup it placed us in before it said go.
-    if let (Ok(now), Ok(mut known)) = (State::load(root, id), record.cgroup.lock()) {
-        *known = now.cgroup;
-    }
     crate::timeline::mark(&dir, "vmm.go");
     let mut network = crate::agent_proto::NetSetup::default();
     let mut nics = Vec::new();
@@ -418,7 +403,7 @@ fn run_vm(root: &Path, id: &str, record: &Arc<RecordWatch>, start: Start) -> Opt
         return fail(&mut ready, CREATOR_GONE.into());
     }
     log::info!("container {id}: created");
-    watch_record(root, id, record.clone(), stop.clone());
+    watch_record(root, id, stop.clone());
 
     spawn_signal_forwarder(mask, plan.control_socket.clone());
     let ending = relay(conn, true);
@@ -507,21 +492,11 @@ impl CreatorWatch {
 /// How often a running VMM checks that its container's record exists.
 const RECORD_CHECK: Duration = Duration::from_secs(2);
 
-/// What the record watch ([`watch_record`]) learnt.
-#[derive(Default)]
-struct RecordWatch {
-    /// The record disappeared while the VM ran.
-    lost: AtomicBool,
-    /// The host cgroup `create` placed this VMM in, read from the record
-    /// when the VMM was told to go.
-    cgroup: Mutex<Option<PathBuf>>,
-}
-
 /// Stops the VM if the container's record (`state.json`) disappears: a
 /// state root wiped while its VMs ran (a tmpfs `/run` remounted, an
 /// operator's `rm -rf`) must not leave VMs no `husk list` or `delete` can
 /// reach.
-fn watch_record(root: &Path, id: &str, watch: Arc<RecordWatch>, stop: Arc<EventFd>) {
+fn watch_record(root: &Path, id: &str, stop: Arc<EventFd>) {
     let record = state::state_path(root, id);
     let _ = std::thread::Builder::new()
         .name("record".into())
@@ -532,7 +507,6 @@ fn watch_record(root: &Path, id: &str, watch: Arc<RecordWatch>, stop: Arc<EventF
                     "{} is gone: the container no longer exists for husk; stopping its VM",
                     record.display()
                 );
-                watch.lost.store(true, Ordering::SeqCst);
                 let _ = stop.write(1);
                 return;
             }
@@ -552,12 +526,33 @@ pub(crate) fn console_tail(console: &str) -> String {
 /// Bytes of host entropy the guest mixes into its pool at create.
 const HOST_ENTROPY_BYTES: usize = 64;
 
+/// Fills `buf` from the kernel's random pool (`getrandom(2)`, which
+/// blocks only until the pool is first initialised).
+fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        // SAFETY: the kernel writes at most `rest.len()` bytes into `rest`,
+        // which this function borrows mutably for the call.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        done += usize::try_from(n).unwrap_or(0);
+    }
+    Ok(())
+}
+
 /// The host's wall clock and fresh entropy for the guest
 /// ([`crate::agent_proto::HostSync`]).
 fn host_sync() -> crate::agent_proto::HostSync {
     let mut entropy = vec![0u8; HOST_ENTROPY_BYTES];
-    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut entropy));
-    if let Err(e) = read {
+    // getrandom(2), not /dev/urandom: the jailed VMM has no /dev.
+    if let Err(e) = fill_random(&mut entropy) {
         log::warn!("reading host entropy for the guest: {e}");
         entropy.clear();
     }

@@ -7,6 +7,12 @@ fn in_child(f: impl FnOnce() -> bool) -> bool {
     // test) and exits without returning into the test harness.
     match unsafe { nix::unistd::fork() }.unwrap() {
         nix::unistd::ForkResult::Child => {
+            // Other tests' threads hold descriptors (a tempdir being removed
+            // is a directory): the child holds none of them, as the VMM
+            // holds none of its caller's.
+            // SAFETY: close_range(2) with integer arguments, in a child that
+            // owns nothing above stderr.
+            unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
             let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(false);
             // SAFETY: `_exit` ends the child at once, without running the
             // parent's destructors twice.
@@ -81,9 +87,6 @@ fn the_jail_holds_the_state_dir_shares_and_its_proc_files_only() {
             .to_string_lossy()
             .into_owned();
         let mut want = vec![first, "proc".to_owned()];
-        if Path::new("/sys").exists() {
-            want.push("sys".to_owned());
-        }
         want.sort();
         want.dedup();
         assert_eq!(roots, want);
@@ -96,9 +99,9 @@ fn the_jail_holds_the_state_dir_shares_and_its_proc_files_only() {
         assert!(std::fs::read_to_string("/proc/self/mountinfo")
             .unwrap()
             .contains(" / "));
-        assert!(std::fs::read_to_string("/proc/self/cgroup")
-            .unwrap()
-            .contains("::"));
+        assert!(!Path::new("/proc/self/cgroup").exists());
+        assert!(!Path::new("/sys/fs/cgroup").exists());
+        assert!(!Path::new("/dev/urandom").exists());
         // What it may not reach or add.
         assert!(!Path::new("/etc/passwd").exists());
         assert!(!Path::new("/proc/1").exists());
