@@ -126,7 +126,7 @@ fn park(fd: &OwnedFd) -> std::io::Result<OwnedFd> {
 /// Starts the keeper of the container whose VMM is `vmm_pid` (a child of
 /// this process, not reaped), whose state directory is `dir` and cgroup
 /// `cgroup`. The keeper logs into `log`. It outlives this process (in a
-/// session of its own) and ends when the VMM does.
+/// session of its own, not its child) and ends when the VMM does.
 pub fn spawn(vmm_pid: u32, dir: &Path, cgroup: &Path, log: &Path) -> Result<(), KeeperError> {
     let exe = std::env::current_exe().map_err(|source| KeeperError::Spawn {
         exe: PathBuf::from("/proc/self/exe"),
@@ -158,9 +158,18 @@ pub fn spawn(vmm_pid: u32, dir: &Path, cgroup: &Path, log: &Path) -> Result<(), 
         .stdout(Stdio::null())
         .stderr(log);
     // SAFETY: the closure runs in the child between fork and exec and only
-    // makes setsid(2), dup2(2), close_range(2) and fcntl(2) system calls.
+    // makes fork(2), _exit(2), setsid(2), dup2(2), close_range(2) and
+    // fcntl(2) system calls.
     unsafe {
         cmd.pre_exec(move || {
+            // Twice forked: the keeper is nobody's child here, so a long
+            // lived caller (the shim, which reaps only its VMMs) is not left
+            // with a zombie; the orphan goes to whoever reaps orphans.
+            match libc::fork() {
+                -1 => return Err(std::io::Error::last_os_error()),
+                0 => {}
+                _ => libc::_exit(0),
+            }
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -173,9 +182,10 @@ pub fn spawn(vmm_pid: u32, dir: &Path, cgroup: &Path, log: &Path) -> Result<(), 
             crate::jail::close_inherited_fds(&[PIDFD, STATE_DIR, CGROUP_DIR])
         });
     }
-    let child = cmd.spawn().map_err(spawn_err)?;
-    // Reaped by whoever reaps orphans, as the VMM is.
-    drop(child);
+    let mut child = cmd.spawn().map_err(spawn_err)?;
+    // The first child ends at once (the keeper is its child); an exec that
+    // fails after it is reported in the log only.
+    child.wait().map_err(spawn_err)?;
     drop(fds);
     Ok(())
 }
