@@ -641,3 +641,89 @@ fn the_bundles_seccomp_profile_is_enforced_and_bad_ones_refused() {
         env.assert_gone(id);
     }
 }
+
+/// The container's pid on the host (the VMM) is in the uts and ipc
+/// namespaces runc gives it for the same bundle: new ones (the uts one
+/// named as the spec says), the host's when the spec has no entry, the one
+/// a path names; a path that is not such a namespace fails create clearly.
+#[test]
+fn the_pid_has_the_uts_and_ipc_namespaces_the_spec_asks_for() {
+    let env = Env::new();
+    let ns_of = |pid: i64, kind: &str| {
+        std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    };
+    let host = |kind: &str| ns_of(i64::from(std::process::id()), kind);
+    let fresh = env.bundle("n1", &["sleep", "1000"], |c| {
+        c["linux"]["namespaces"] = serde_json::json!([
+            {"type": "pid"}, {"type": "mount"}, {"type": "uts"}, {"type": "ipc"}
+        ]);
+    });
+    let done = env.husk(&["run", "-d", "--bundle", b(&fresh), "ns1"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let pid1 = env.state("ns1")["pid"].as_i64().unwrap();
+    assert_ne!(ns_of(pid1, "uts"), host("uts"));
+    assert_ne!(ns_of(pid1, "ipc"), host("ipc"));
+    let name = Command::new("nsenter")
+        .args(["-t", &pid1.to_string(), "-u", "hostname"])
+        .output()
+        .unwrap();
+    assert!(name.status.success(), "{name:?}");
+    assert_eq!(String::from_utf8_lossy(&name.stdout).trim(), "husk-test");
+
+    // Joined by path (a pod's containers join the sandbox's); no ipc entry:
+    // the host's.
+    let joined = env.bundle("n2", &["sleep", "1000"], |c| {
+        c["linux"]["namespaces"] = serde_json::json!([
+            {"type": "pid"}, {"type": "mount"},
+            {"type": "uts", "path": format!("/proc/{pid1}/ns/uts")}
+        ]);
+    });
+    let done = env.husk(&["run", "-d", "--bundle", b(&joined), "ns2"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let pid2 = env.state("ns2")["pid"].as_i64().unwrap();
+    assert_eq!(ns_of(pid2, "uts"), ns_of(pid1, "uts"));
+    assert_eq!(ns_of(pid2, "ipc"), host("ipc"));
+
+    // Not a uts namespace.
+    let bad = env.bundle("n3", &["true"], |c| {
+        c["linux"]["namespaces"] = serde_json::json!([
+            {"type": "pid"}, {"type": "mount"},
+            {"type": "uts", "path": format!("/proc/{pid1}/ns/net")}
+        ]);
+    });
+    let done = env.husk(&["create", "--bundle", b(&bad), "ns3"]);
+    assert!(!done.status.success());
+    assert!(
+        done.stderr.contains("uts namespace path")
+            && done.stderr.contains(&format!("/proc/{pid1}/ns/net")),
+        "{}",
+        done.stderr
+    );
+    env.assert_gone("ns3");
+    for id in ["ns1", "ns2"] {
+        let done = env.husk(&["delete", "--force", id]);
+        assert!(done.status.success(), "{}", done.stderr);
+        env.assert_gone(id);
+    }
+}
+
+/// An id long enough that `<root>/<id>/vsock` does not fit in a socket
+/// address (Docker's 64-character ids under its deep runtime root): the
+/// sockets live in a short directory, which the jailed VMM reaches.
+#[test]
+fn a_long_id_gets_short_sockets_the_jailed_vmm_reaches() {
+    let env = Env::new();
+    let id = format!("long-{}", "x".repeat(100));
+    let bundle = env.bundle("l", &["sleep", "1000"], |_| {});
+    let done = env.husk(&["run", "-d", "--bundle", b(&bundle), &id]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let done = env.husk(&["exec", &id, "echo", "through the short socket"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(done.stdout.trim(), "through the short socket");
+    let done = env.husk(&["delete", "--force", &id]);
+    assert!(done.status.success(), "{}", done.stderr);
+    env.assert_gone(&id);
+}

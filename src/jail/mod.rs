@@ -8,6 +8,7 @@
 //! (docs/security.md, "Not done yet").
 
 pub mod caps;
+pub mod ns;
 pub mod root;
 pub mod seccomp;
 

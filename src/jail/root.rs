@@ -12,7 +12,8 @@
 //!    host);
 //! 2. in it, at the same absolute paths as on the host, so the code keeps
 //!    its paths: the container's state directory (its record, logs and
-//!    vsock sockets; not recursively), the staged shares under it
+//!    vsock sockets; not recursively) and its short socket directory where
+//!    the state directory is too deep for a socket address, the staged shares under it
 //!    (recursively: each share keeps its `nodev` and read-only flags), and
 //!    of `/proc` only this process's `fd` directory and `mountinfo` (what
 //!    the virtio-fs passthrough reads), at `/proc/self/...`; no cgroup file
@@ -110,6 +111,10 @@ pub struct Jail {
     pub state_dir: PathBuf,
     /// Its staged shares (`<state dir>/share`), when it has any.
     pub share: Option<PathBuf>,
+    /// The directory of its vsock sockets when it is not the state
+    /// directory (a state directory too deep for a socket address,
+    /// [`crate::runtime::state::control_socket_path`]).
+    pub socket_dir: Option<PathBuf>,
 }
 
 impl Jail {
@@ -136,6 +141,9 @@ impl Jail {
         .map_err(step("mounting a tmpfs on", &dir))?;
 
         bind(&dir, &self.state_dir, false, false)?;
+        if let Some(sockets) = &self.socket_dir {
+            bind(&dir, sockets, false, false)?;
+        }
         if let Some(share) = &self.share {
             bind(&dir, share, true, false)?;
         }

@@ -183,6 +183,7 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
     let snapshot = crate::runtime::vm_plan::snapshot_allowed(&b.spec)?;
     let vmm_seccomp = crate::runtime::vm_plan::vmm_seccomp_mode(&b.spec)?;
     let vmm_jail = crate::runtime::vm_plan::vmm_jail(&b.spec)?;
+    let vmm_ns = crate::jail::ns::plan(&b.spec).map_err(PlanError::from)?;
     let cgroup = cgroup_plan(req, &b.spec, sizing.mem_mib)?;
     match &network {
         Some(n) if !n.own => {
@@ -259,6 +260,7 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
         ids,
         vmm_seccomp,
         vmm_jail,
+        vmm_ns,
     };
     plan.save(&dir)?;
     crate::runtime::hooks::save(&dir, b.spec.hooks().as_ref())?;

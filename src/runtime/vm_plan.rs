@@ -205,6 +205,10 @@ pub struct VmPlan {
     /// Whether the VMM pivots into its jail ([`vmm_jail`]).
     #[serde(default = "default_true")]
     pub vmm_jail: bool,
+    /// The VMM's uts and ipc namespaces, as the spec gives them to the
+    /// container ([`crate::jail::ns`]).
+    #[serde(default)]
+    pub vmm_ns: crate::jail::ns::VmmNamespaces,
 }
 
 /// The uid and gid mappings of a container with a new user namespace
@@ -268,6 +272,8 @@ pub enum PlanError {
         crate::jail::root::ANNOTATION
     )]
     JailAnnotation { value: String },
+    #[error(transparent)]
+    Namespace(#[from] crate::jail::ns::NsError),
     #[error("annotation {annotation}={value:?} is neither \"true\" nor \"false\"")]
     Annotation {
         annotation: &'static str,
@@ -419,6 +425,11 @@ mod tests {
             ids: IdMaps::default(),
             vmm_seccomp: crate::jail::seccomp::Mode::Log,
             vmm_jail: false,
+            vmm_ns: crate::jail::ns::VmmNamespaces {
+                uts: crate::jail::ns::Ns::New,
+                ipc: crate::jail::ns::Ns::Join("/proc/1/ns/ipc".into()),
+                hostname: Some("web".into()),
+            },
         };
         plan.save(dir.path()).unwrap();
         assert_eq!(VmPlan::load(dir.path()).unwrap(), plan);
@@ -560,6 +571,7 @@ mod tests {
             ids: IdMaps::default(),
             vmm_seccomp: Default::default(),
             vmm_jail: true,
+            vmm_ns: Default::default(),
         };
         let c = plan.vm_config(None, &[], Some(Path::new("/s/share")));
         assert!(c.block.is_empty());

@@ -149,6 +149,9 @@ fn stage(root: &Path, id: &str) -> Result<Staged, String> {
     let state = State::load(root, id).map_err(|e| e.to_string())?;
     let dir = state::container_dir(root, id);
     let plan = VmPlan::load(&dir).map_err(|e| e.to_string())?;
+    // Still with every capability: the uts and ipc namespaces the spec
+    // gives the container's pid.
+    crate::jail::ns::enter(&plan.vmm_ns).map_err(|e| e.to_string())?;
     let share_root = if plan.shares.is_empty() {
         // The jail is pivoted in a mount namespace of the VMM's own, which
         // staging shares would have made.
@@ -318,9 +321,18 @@ fn run_vm(root: &Path, id: &str, start: Start) -> Option<ExitStatus> {
         seccomp: filters.clone(),
         // Every thread but the main one (in the container's view) gets the
         // jail as its root once the VM is built.
-        jail: (filters.is_some() && plan.vmm_jail).then(|| crate::jail::root::Jail {
-            state_dir: std::path::absolute(&dir).unwrap_or_else(|_| dir.clone()),
-            share: share_root.clone(),
+        jail: (filters.is_some() && plan.vmm_jail).then(|| {
+            let state_dir = std::path::absolute(&dir).unwrap_or_else(|_| dir.clone());
+            let socket_dir = plan
+                .control_socket
+                .parent()
+                .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()))
+                .filter(|p| *p != state_dir);
+            crate::jail::root::Jail {
+                state_dir,
+                share: share_root.clone(),
+                socket_dir,
+            }
         }),
     };
     let vm = std::thread::Builder::new()

@@ -69,9 +69,14 @@ fn the_jail_holds_the_state_dir_shares_and_its_proc_files_only() {
     assert!(in_child(move || {
         private_namespace().unwrap();
         let (state, share) = staged(&top);
+        let sockets = top.join("short/0123");
+        std::fs::create_dir_all(&sockets).unwrap();
+        std::fs::write(sockets.join("vsock"), b"s").unwrap();
+        std::fs::write(top.join("short/other"), b"o").unwrap();
         let jail = Jail {
             state_dir: state.clone(),
             share: Some(share.clone()),
+            socket_dir: Some(sockets.clone()),
         };
         jail.enter().unwrap();
         let mut roots: Vec<String> = std::fs::read_dir("/")
@@ -106,6 +111,11 @@ fn the_jail_holds_the_state_dir_shares_and_its_proc_files_only() {
         assert!(!Path::new("/etc/passwd").exists());
         assert!(!Path::new("/proc/1").exists());
         assert!(!top.join("source").exists(), "the share's source");
+        assert_eq!(std::fs::read(sockets.join("vsock")).unwrap(), b"s");
+        assert!(
+            !top.join("short/other").exists(),
+            "beside the socket directory"
+        );
         assert_eq!(
             std::fs::write("/planted", b"x").unwrap_err().raw_os_error(),
             Some(libc::EROFS)
@@ -131,6 +141,7 @@ fn a_directory_descriptor_from_before_fails_the_jail() {
         let err = Jail {
             state_dir: state,
             share: None,
+            socket_dir: None,
         }
         .enter()
         .unwrap_err();
