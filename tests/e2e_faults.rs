@@ -850,3 +850,46 @@ fn a_vmm_thread_outside_its_seccomp_filter_ends_the_vmm_and_says_why() {
     );
     env.assert_gone("sc-bad");
 }
+
+/// A guest kernel an attacker controls (tests/data/hostile_guest.c): wild
+/// virtqueues, descriptor loops and addresses outside RAM on every device,
+/// garbage vsock and FUSE requests, stray MMIO and port accesses, a
+/// console burst. The VMM, under its filters and in its jail, serves all
+/// of it until the guest resets; the create fails saying the VM stopped
+/// (quoting the guest's last words), nothing of it is left, and a
+/// container beside it keeps running.
+#[test]
+fn a_hostile_guest_kernel_ends_only_its_own_vm() {
+    let env = Env::new();
+    let bundle = env.bundle("b", &["sleep", "1000"], |_| {});
+    let done = env.husk(&["run", "-d", "--bundle", b(&bundle), "bystander"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let kernel = common::hostile_kernel(&env.dir.path().join("hostile"));
+    // Booted cold: a template is never made from this kernel.
+    let cold = env.bundle("h", &["true"], |c| {
+        c["annotations"] = serde_json::json!({"io.husk.snapshot": "false"});
+    });
+    let done = env.husk_with_env(
+        &[
+            ("HUSK_KERNEL", kernel.as_path()),
+            ("HUSK_CREATE_TIMEOUT", Path::new("300")),
+        ],
+        &["create", "--bundle", b(&cold), "hostile"],
+    );
+    assert!(!done.status.success(), "a hostile guest was created");
+    assert!(
+        done.stderr.contains("the VM stopped before its agent answered")
+            && done.stderr.contains("HOSTILE DONE"),
+        "the VMM did not serve the hostile guest to its end: {}",
+        done.stderr
+    );
+    wait_no_vmm(&env, "hostile", "the hostile guest reset");
+    env.assert_gone("hostile");
+    assert!(!Path::new("/sys/fs/cgroup/hostile").exists());
+    // The container beside it never noticed.
+    assert_eq!(env.state("bystander")["status"], "running");
+    let done = env.husk(&["exec", "bystander", "echo", "still here"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(done.stdout.trim(), "still here");
+    delete_cleanly(&env, "bystander");
+}

@@ -281,3 +281,35 @@ pub fn seccomp_probe(dir: &Path) -> PathBuf {
     assert!(st.success(), "building {}", src.display());
     out
 }
+
+/// Builds `tests/data/hostile_guest.c` (a guest kernel that attacks the
+/// VMM's devices, then resets) as a freestanding ELF at `dir/hostile` and
+/// returns its path.
+pub fn hostile_kernel(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let out = dir.join("hostile");
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let st = Command::new("gcc")
+        .args([
+            "-ffreestanding",
+            "-nostdlib",
+            "-static",
+            "-fno-pic",
+            "-no-pie",
+            "-mno-red-zone",
+            "-mgeneral-regs-only",
+            "-fno-stack-protector",
+            "-fno-asynchronous-unwind-tables",
+            "-O1",
+            "-Wl,--build-id=none",
+            "-Wl,-z,noexecstack",
+        ])
+        .arg(format!("-Wl,-T,{}", data.join("hostile_guest.ld").display()))
+        .arg("-o")
+        .arg(&out)
+        .arg(data.join("hostile_guest.c"))
+        .status()
+        .expect("gcc (scripts/install-deps.sh installs it)");
+    assert!(st.success(), "building the hostile guest kernel");
+    out
+}
