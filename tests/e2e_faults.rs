@@ -883,6 +883,14 @@ fn a_hostile_guest_kernel_ends_only_its_own_vm() {
         "the VMM did not serve the hostile guest to its end: {}",
         done.stderr
     );
+    // It found the VM's devices (virtio-vsock and virtio-fs at least).
+    let found = done
+        .stderr
+        .split("HOSTILE DONE devices ")
+        .nth(1)
+        .and_then(|s| s.get(..16))
+        .and_then(|h| u64::from_str_radix(h, 16).ok());
+    assert!(found.is_some_and(|n| n >= 2), "devices: {found:?}");
     wait_no_vmm(&env, "hostile", "the hostile guest reset");
     env.assert_gone("hostile");
     assert!(!Path::new("/sys/fs/cgroup/hostile").exists());
@@ -891,5 +899,8 @@ fn a_hostile_guest_kernel_ends_only_its_own_vm() {
     let done = env.husk(&["exec", "bystander", "echo", "still here"]);
     assert!(done.status.success(), "{}", done.stderr);
     assert_eq!(done.stdout.trim(), "still here");
-    delete_cleanly(&env, "bystander");
+    let done = env.husk(&["delete", "--force", "bystander"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    wait_no_vmm(&env, "bystander", "deleted");
+    env.assert_gone("bystander");
 }

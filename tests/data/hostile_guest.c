@@ -2,7 +2,7 @@
  * A hostile guest "kernel" for husk's end-to-end tests (e2e_faults): a
  * freestanding x86_64 ELF the VMM loads in place of Linux. It does what a
  * guest kernel an attacker controls could do to the VMM's devices, then
- * prints "HOSTILE DONE" on the serial port and asks the i8042 for a reset.
+ * prints "HOSTILE DONE devices N" on the serial port and asks the i8042 for a reset.
  *
  * - every virtio-mmio device found at 0xd0000000 + n * 0x1000: wild
  *   features, queue sizes that are too big or not powers of two, rings
@@ -329,10 +329,20 @@ __attribute__((used)) void main_(void)
 			(void)inl((u16)p);
 		}
 	}
+	/* Time for the device threads to take up every notification (each
+	 * read is an exit to the VMM, which still answers). */
+	for (int i = 0; i < 50000; i++) {
+		if (r32(MMIO_BASE) != MAGIC) {
+			puts_("HOSTILE the VMM stopped answering\n");
+			break;
+		}
+	}
 	/* A console burst. */
 	for (int line = 0; line < 1024; line++)
 		puts_("flood flood flood flood flood flood flood flood flood flood!!\n");
-	puts_("HOSTILE DONE\n");
+	puts_("HOSTILE DONE devices ");
+	puthex((u64)found);
+	puts_("\n");
 	outb(0x64, 0xfe);
 	for (;;)
 		__asm__ volatile("hlt");
