@@ -22,6 +22,9 @@ pub mod storage;
 pub mod timeline;
 pub mod vmm;
 
+#[cfg(test)]
+pub(crate) mod test_support;
+
 /// The guest side's shared definitions (host↔guest protocol).
 pub use husk_init::agent_proto;
 pub use husk_init::proto;

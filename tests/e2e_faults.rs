@@ -851,10 +851,39 @@ fn a_vmm_thread_outside_its_seccomp_filter_ends_the_vmm_and_says_why() {
     env.assert_gone("sc-bad");
 }
 
+/// A network namespace with one dummy interface (`10.77.0.2/24`, a default
+/// route): a NIC for a VM, no peer. Removed on drop.
+struct DummyNetns(&'static str);
+
+impl DummyNetns {
+    fn new(name: &'static str) -> DummyNetns {
+        let script = format!(
+            "ip netns add {name} && ip -n {name} link set lo up && \
+             ip -n {name} link add eth0 type dummy && \
+             ip -n {name} addr add 10.77.0.2/24 dev eth0 && \
+             ip -n {name} link set eth0 up && \
+             ip -n {name} route add default via 10.77.0.1"
+        );
+        let done = Command::new("sh").args(["-ec", &script]).output().unwrap();
+        assert!(done.status.success(), "{done:?}");
+        DummyNetns(name)
+    }
+
+    fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.0)
+    }
+}
+
+impl Drop for DummyNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", self.0]).status();
+    }
+}
+
 /// A guest kernel an attacker controls (tests/data/hostile_guest.c): wild
-/// virtqueues, descriptor loops and addresses outside RAM on every device,
-/// garbage vsock and FUSE requests, stray MMIO and port accesses, a
-/// console burst. The VMM, under its filters and in its jail, serves all
+/// virtqueues, descriptor loops and addresses outside RAM on every device
+/// (virtio-vsock, virtio-fs, virtio-net), garbage vsock and FUSE requests
+/// and frames, stray MMIO and port accesses, a console burst. The VMM, under its filters and in its jail, serves all
 /// of it until the guest resets; the create fails saying the VM stopped
 /// (quoting the guest's last words), nothing of it is left, and a
 /// container beside it keeps running.
@@ -865,9 +894,14 @@ fn a_hostile_guest_kernel_ends_only_its_own_vm() {
     let done = env.husk(&["run", "-d", "--bundle", b(&bundle), "bystander"]);
     assert!(done.status.success(), "{}", done.stderr);
     let kernel = common::hostile_kernel(&env.dir.path().join("hostile"));
-    // Booted cold: a template is never made from this kernel.
+    // Booted cold (a template is never made from this kernel), with a NIC.
+    let netns = DummyNetns::new("hostile-net");
     let cold = env.bundle("h", &["true"], |c| {
         c["annotations"] = serde_json::json!({"io.husk.snapshot": "false"});
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"type": "network", "path": netns.path()}));
     });
     let done = env.husk_with_env(
         &[
@@ -878,21 +912,34 @@ fn a_hostile_guest_kernel_ends_only_its_own_vm() {
     );
     assert!(!done.status.success(), "a hostile guest was created");
     assert!(
-        done.stderr.contains("the VM stopped before its agent answered")
+        done.stderr
+            .contains("the VM stopped before its agent answered")
             && done.stderr.contains("HOSTILE DONE"),
         "the VMM did not serve the hostile guest to its end: {}",
         done.stderr
     );
-    // It found the VM's devices (virtio-vsock and virtio-fs at least).
+    // It found the VM's devices: virtio-vsock, virtio-fs, virtio-net.
     let found = done
         .stderr
         .split("HOSTILE DONE devices ")
         .nth(1)
         .and_then(|s| s.get(..16))
         .and_then(|h| u64::from_str_radix(h, 16).ok());
-    assert!(found.is_some_and(|n| n >= 2), "devices: {found:?}");
+    assert!(found.is_some_and(|n| n >= 3), "devices: {found:?}");
     wait_no_vmm(&env, "hostile", "the hostile guest reset");
     env.assert_gone("hostile");
+    // Its namespace is as it was: eth0 without a redirect, no tap.
+    let links = Command::new("ip")
+        .args(["-n", netns.0, "-o", "link"])
+        .output()
+        .unwrap();
+    let links = String::from_utf8_lossy(&links.stdout).into_owned();
+    assert_eq!(links.lines().count(), 2, "{links}");
+    let filters = Command::new("tc")
+        .args(["-n", netns.0, "filter", "show", "dev", "eth0", "ingress"])
+        .output()
+        .unwrap();
+    assert!(filters.stdout.is_empty(), "{filters:?}");
     assert!(!Path::new("/sys/fs/cgroup/hostile").exists());
     // The container beside it never noticed.
     assert_eq!(env.state("bystander")["status"], "running");

@@ -184,24 +184,9 @@ mod tests {
     fn a_thread_keeps_only_what_it_asks_for() {
         let last = last_cap();
         let keep = mask(FS_PASSTHROUGH);
-        // SAFETY: the child only makes system calls and _exits.
-        match unsafe { nix::unistd::fork() }.expect("fork") {
-            nix::unistd::ForkResult::Child => {
-                let code = match limit_thread(keep, last).and_then(|()| current()) {
-                    Ok((eff, perm)) if eff & !keep == 0 && perm & !keep == 0 => 0,
-                    Ok(_) => 2,
-                    Err(_) => 3,
-                };
-                // SAFETY: _exit ends the child without running the
-                // parent's destructors.
-                unsafe { libc::_exit(code) }
-            }
-            nix::unistd::ForkResult::Parent { child } => {
-                assert_eq!(
-                    nix::sys::wait::waitpid(child, None).unwrap(),
-                    nix::sys::wait::WaitStatus::Exited(child, 0)
-                );
-            }
-        }
+        assert!(crate::test_support::in_child(|| {
+            let (eff, perm) = limit_thread(keep, last).and_then(|()| current()).unwrap();
+            eff & !keep == 0 && perm & !keep == 0
+        }));
     }
 }

@@ -132,29 +132,11 @@ mod tests {
             // SAFETY: fcntl F_GETFD on a descriptor number.
             unsafe { libc::fcntl(fd, libc::F_GETFD) }
         };
-        // SAFETY: the child only makes system calls and _exits.
-        match unsafe { nix::unistd::fork() }.expect("fork") {
-            nix::unistd::ForkResult::Child => {
-                let code = match close_inherited_fds(&[b_r.as_raw_fd()]) {
-                    Ok(())
-                        if flags(a_r.as_raw_fd()) == libc::FD_CLOEXEC
-                            && flags(a_w.as_raw_fd()) == libc::FD_CLOEXEC
-                            && flags(b_r.as_raw_fd()) == 0 =>
-                    {
-                        0
-                    }
-                    Ok(()) => 2,
-                    Err(_) => 3,
-                };
-                // SAFETY: _exit ends the child without running destructors.
-                unsafe { libc::_exit(code) }
-            }
-            nix::unistd::ForkResult::Parent { child } => {
-                assert_eq!(
-                    nix::sys::wait::waitpid(child, None).unwrap(),
-                    nix::sys::wait::WaitStatus::Exited(child, 0)
-                );
-            }
-        }
+        assert!(crate::test_support::in_child(|| {
+            close_inherited_fds(&[b_r.as_raw_fd()]).unwrap();
+            flags(a_r.as_raw_fd()) == libc::FD_CLOEXEC
+                && flags(a_w.as_raw_fd()) == libc::FD_CLOEXEC
+                && flags(b_r.as_raw_fd()) == 0
+        }));
     }
 }

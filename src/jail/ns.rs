@@ -235,42 +235,26 @@ mod tests {
     /// then joining the parent's again by path.
     #[test]
     fn a_new_uts_namespace_gets_the_hostname_and_a_path_is_joined() {
-        if !nix::unistd::geteuid().is_root() {
-            panic!("this test needs root (unshare, setns); CI runs as root");
-        }
+        crate::test_support::need_root("unshare, setns");
         let host = nix::unistd::gethostname().unwrap();
         let parent_uts = format!("/proc/{}/ns/uts", std::process::id());
         let parent_ipc = std::fs::read_link("/proc/self/ns/ipc").unwrap();
-        // SAFETY: the child only makes namespace system calls and _exits.
-        match unsafe { nix::unistd::fork() }.unwrap() {
-            nix::unistd::ForkResult::Child => {
-                let ok = std::panic::catch_unwind(|| {
-                    enter(&VmmNamespaces {
-                        uts: Ns::New,
-                        ipc: Ns::New,
-                        hostname: Some("husk-ns-test".into()),
-                    })
-                    .unwrap();
-                    let named = nix::unistd::gethostname().unwrap() == "husk-ns-test";
-                    let own_ipc = std::fs::read_link("/proc/self/ns/ipc").unwrap() != parent_ipc;
-                    enter(&VmmNamespaces {
-                        uts: Ns::Join(parent_uts.into()),
-                        ..Default::default()
-                    })
-                    .unwrap();
-                    named && own_ipc && nix::unistd::gethostname().unwrap() == host
-                })
-                .unwrap_or(false);
-                // SAFETY: ends the child without running the harness's code.
-                unsafe { libc::_exit(if ok { 0 } else { 1 }) }
-            }
-            nix::unistd::ForkResult::Parent { child } => {
-                assert_eq!(
-                    nix::sys::wait::waitpid(child, None).unwrap(),
-                    nix::sys::wait::WaitStatus::Exited(child, 0)
-                );
-                assert_eq!(nix::unistd::gethostname().unwrap(), host);
-            }
-        }
+        assert!(crate::test_support::in_child(|| {
+            enter(&VmmNamespaces {
+                uts: Ns::New,
+                ipc: Ns::New,
+                hostname: Some("husk-ns-test".into()),
+            })
+            .unwrap();
+            let named = nix::unistd::gethostname().unwrap() == "husk-ns-test";
+            let own_ipc = std::fs::read_link("/proc/self/ns/ipc").unwrap() != parent_ipc;
+            enter(&VmmNamespaces {
+                uts: Ns::Join(parent_uts.into()),
+                ..Default::default()
+            })
+            .unwrap();
+            named && own_ipc && nix::unistd::gethostname().unwrap() == host
+        }));
+        assert_eq!(nix::unistd::gethostname().unwrap(), host);
     }
 }

@@ -86,14 +86,18 @@ pub enum RootError {
 /// what the jail mounts and pivots stays in it. For a VMM without shares,
 /// which stages none.
 pub fn private_namespace() -> Result<(), RootError> {
-    let step = |step| {
-        move |errno| RootError::Step {
-            step,
-            path: PathBuf::from("/"),
-            errno,
-        }
-    };
-    unshare(CloneFlags::CLONE_NEWNS).map_err(step("a mount namespace for"))?;
+    slave_mount_namespace(CloneFlags::empty()).map_err(|(step, errno)| RootError::Step {
+        step,
+        path: PathBuf::from("/"),
+        errno,
+    })
+}
+
+/// `unshare(CLONE_NEWNS | also)`, then every mount made a slave of the one
+/// it came from: nothing mounted here reaches another namespace. The error
+/// names the step that failed.
+pub(crate) fn slave_mount_namespace(also: CloneFlags) -> Result<(), (&'static str, nix::Error)> {
+    unshare(CloneFlags::CLONE_NEWNS | also).map_err(|e| ("a mount namespace for", e))?;
     mount(
         None::<&str>,
         "/",
@@ -101,7 +105,7 @@ pub fn private_namespace() -> Result<(), RootError> {
         MsFlags::MS_REC | MsFlags::MS_SLAVE,
         None::<&str>,
     )
-    .map_err(step("making the mounts slaves under"))
+    .map_err(|e| ("making the mounts slaves under", e))
 }
 
 /// What a container's VMM keeps in its jail.

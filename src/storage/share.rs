@@ -240,29 +240,10 @@ pub fn stage(state_dir: &Path, shares: &[SharedDir]) -> Result<PathBuf, ShareErr
 mod tests {
     use super::*;
 
-    /// Runs `f` in a child process (the namespace and mounts stay there);
-    /// returns whether it succeeded. Needs root, as the VMM is.
-    fn in_child(f: impl FnOnce() -> bool) -> bool {
-        // SAFETY: the child only runs `f` (mount syscalls and file I/O of
-        // this test) and exits without returning into the test harness.
-        match unsafe { nix::unistd::fork() }.unwrap() {
-            nix::unistd::ForkResult::Child => {
-                let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(false);
-                // SAFETY: `_exit` ends the child at once, without running
-                // the parent's atexit handlers or destructors twice.
-                unsafe { libc::_exit(if ok { 0 } else { 1 }) }
-            }
-            nix::unistd::ForkResult::Parent { child } => matches!(
-                nix::sys::wait::waitpid(child, None).unwrap(),
-                nix::sys::wait::WaitStatus::Exited(_, 0)
-            ),
-        }
-    }
+    use crate::test_support::in_child;
 
     fn need_root() {
-        if !nix::unistd::geteuid().is_root() {
-            panic!("this test needs root (mount(2), as the VMM); CI runs as root");
-        }
+        crate::test_support::need_root("mount(2), as the VMM");
     }
 
     #[test]

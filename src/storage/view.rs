@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sched::{unshare, CloneFlags};
+use nix::sched::CloneFlags;
 use nix::sys::stat::Mode;
 
 use crate::agent_proto::{ContainerSpec, SHARE_FSTYPE};
@@ -256,16 +256,8 @@ pub fn enter(
     read_only: bool,
 ) -> Result<(), ViewError> {
     let ns = |step| move |errno| ViewError::Namespace { step, errno };
-    unshare(CloneFlags::CLONE_FS | CloneFlags::CLONE_NEWNS).map_err(ns("unshare"))?;
-    // Nothing mounted here reaches another namespace.
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_SLAVE,
-        None::<&str>,
-    )
-    .map_err(ns("making the mounts slaves"))?;
+    crate::jail::root::slave_mount_namespace(CloneFlags::CLONE_FS)
+        .map_err(|(step, errno)| ns(step)(errno))?;
     let point = state_dir.join(VIEW_DIR);
     // Explicit mode: the passthrough cleared this process's umask.
     match std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
@@ -500,27 +492,15 @@ mod tests {
             },
         ];
         let (state2, rootfs2, marker2) = (state.clone(), rootfs.clone(), marker.clone());
-        // SAFETY: the child only makes mounts in its own namespace and
-        // reads files, then exits without returning into the harness.
-        match unsafe { nix::unistd::fork() }.unwrap() {
-            nix::unistd::ForkResult::Child => {
-                let ok = std::panic::catch_unwind(move || {
-                    enter(&state2, &rootfs2, &mounts, true, false).unwrap();
-                    std::fs::read("/in-root").unwrap() == b"r"
-                        && std::fs::read("/data/in-vol").unwrap() == b"v"
-                        && std::fs::read("/etc/hosts").unwrap() == b"h"
-                        && !marker2.exists()
-                        && std::fs::write("/data/from-view", b"w").is_ok()
-                })
-                .unwrap_or(false);
-                // SAFETY: `_exit` ends the child at once.
-                unsafe { libc::_exit(if ok { 0 } else { 1 }) }
-            }
-            nix::unistd::ForkResult::Parent { child } => assert!(matches!(
-                nix::sys::wait::waitpid(child, None).unwrap(),
-                nix::sys::wait::WaitStatus::Exited(_, 0)
-            )),
-        }
+        // The view's mounts stay in the child.
+        assert!(crate::test_support::in_child(move || {
+            enter(&state2, &rootfs2, &mounts, true, false).unwrap();
+            std::fs::read("/in-root").unwrap() == b"r"
+                && std::fs::read("/data/in-vol").unwrap() == b"v"
+                && std::fs::read("/etc/hosts").unwrap() == b"h"
+                && !marker2.exists()
+                && std::fs::write("/data/from-view", b"w").is_ok()
+        }));
         assert_eq!(std::fs::read(vol.join("from-view")).unwrap(), b"w");
         // The mount points were made in the rootfs; the view's mount point
         // is an empty directory on the host.

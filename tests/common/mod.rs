@@ -304,7 +304,10 @@ pub fn hostile_kernel(dir: &Path) -> PathBuf {
             "-Wl,--build-id=none",
             "-Wl,-z,noexecstack",
         ])
-        .arg(format!("-Wl,-T,{}", data.join("hostile_guest.ld").display()))
+        .arg(format!(
+            "-Wl,-T,{}",
+            data.join("hostile_guest.ld").display()
+        ))
         .arg("-o")
         .arg(&out)
         .arg(data.join("hostile_guest.c"))

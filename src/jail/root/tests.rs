@@ -1,34 +1,9 @@
 use super::*;
 
-/// Runs `f` in a forked child (its mounts die with it); whether it
-/// returned true.
-fn in_child(f: impl FnOnce() -> bool) -> bool {
-    // SAFETY: the child only runs `f` (mount syscalls and file I/O of this
-    // test) and exits without returning into the test harness.
-    match unsafe { nix::unistd::fork() }.unwrap() {
-        nix::unistd::ForkResult::Child => {
-            // Other tests' threads hold descriptors (a tempdir being removed
-            // is a directory): the child holds none of them, as the VMM
-            // holds none of its caller's.
-            // SAFETY: close_range(2) with integer arguments, in a child that
-            // owns nothing above stderr.
-            unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
-            let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(false);
-            // SAFETY: `_exit` ends the child at once, without running the
-            // parent's destructors twice.
-            unsafe { libc::_exit(if ok { 0 } else { 1 }) }
-        }
-        nix::unistd::ForkResult::Parent { child } => matches!(
-            nix::sys::wait::waitpid(child, None).unwrap(),
-            nix::sys::wait::WaitStatus::Exited(_, 0)
-        ),
-    }
-}
+use crate::test_support::{close_inherited, in_child};
 
 fn need_root() {
-    if !nix::unistd::geteuid().is_root() {
-        panic!("this test needs root (mount(2), as the VMM); CI runs as root");
-    }
+    crate::test_support::need_root("mount(2), as the VMM");
 }
 
 /// A state directory with a record and one read-only share staged as
@@ -61,14 +36,26 @@ fn staged(dir: &Path) -> (PathBuf, PathBuf) {
     (state, share)
 }
 
-#[test]
-fn the_jail_holds_the_state_dir_shares_and_its_proc_files_only() {
+/// Runs `f` in a child with a mount namespace of its own and a staged state
+/// directory under a fresh temporary directory (`f` gets both); checks
+/// that nothing of it reached this namespace.
+fn with_staged(f: impl FnOnce(&Path, PathBuf, PathBuf) -> bool) {
     need_root();
     let dir = tempfile::tempdir().unwrap();
     let top = dir.path().to_path_buf();
     assert!(in_child(move || {
+        close_inherited();
         private_namespace().unwrap();
         let (state, share) = staged(&top);
+        f(&top, state, share)
+    }));
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&dir.path().display().to_string()));
+}
+
+#[test]
+fn the_jail_holds_the_state_dir_shares_and_its_proc_files_only() {
+    with_staged(|top, state, share| {
         let sockets = top.join("short/0123");
         std::fs::create_dir_all(&sockets).unwrap();
         std::fs::write(sockets.join("vsock"), b"s").unwrap();
@@ -123,20 +110,12 @@ fn the_jail_holds_the_state_dir_shares_and_its_proc_files_only() {
         // `..` stops at the jail's root.
         assert!(!Path::new("/../../etc/passwd").exists());
         true
-    }));
-    // Nothing of it reached the host.
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!mounts.contains(&dir.path().display().to_string()));
+    });
 }
 
 #[test]
 fn a_directory_descriptor_from_before_fails_the_jail() {
-    need_root();
-    let dir = tempfile::tempdir().unwrap();
-    let top = dir.path().to_path_buf();
-    assert!(in_child(move || {
-        private_namespace().unwrap();
-        let (state, _) = staged(&top);
+    with_staged(|_, state, _| {
         let held = std::fs::File::open("/etc").unwrap();
         let err = Jail {
             state_dir: state,
@@ -148,7 +127,7 @@ fn a_directory_descriptor_from_before_fails_the_jail() {
         drop(held);
         matches!(err, RootError::OpenDirectory { ref target, .. } if target == "/etc")
             && err.to_string().contains("descriptor")
-    }));
+    });
 }
 
 #[test]
