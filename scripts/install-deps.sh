@@ -12,7 +12,8 @@ die() { log "error: $*"; exit 1; }
 # iptables, iperf3 and the CNI plugins serve the network tests and benchmark,
 # fio the storage benchmark; gcc with libc6-dev (static libc) builds the
 # seccomp probe of the end-to-end tests;
-# podman, conmon, containerd and docker.io the engine tests.
+# podman, conmon, containerd and docker.io the engine tests; uidmap and
+# slirp4netns rootless podman.
 declare -A tools=(
     [qemu-system-x86_64]=qemu-system-x86
     [busybox]=busybox-static
@@ -37,6 +38,8 @@ declare -A tools=(
     [iptables]=iptables
     [podman]=podman
     [conmon]=conmon
+    [newuidmap]=uidmap
+    [slirp4netns]=slirp4netns
     [containerd]=containerd
     [ctr]=containerd
     [dockerd]=docker.io

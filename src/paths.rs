@@ -82,6 +82,20 @@ fn init_candidates(exe: Option<&Path>) -> Vec<PathBuf> {
     out
 }
 
+/// Whether this process runs in a user namespace other than the initial
+/// one (rootless podman runs its runtime in one, as uid 0 there).
+pub fn in_user_namespace() -> bool {
+    std::fs::read_to_string("/proc/self/uid_map")
+        .map(|m| !is_initial_uid_map(&m))
+        .unwrap_or(false)
+}
+
+/// Whether a `uid_map` is the initial user namespace's (`0 0 4294967295`).
+fn is_initial_uid_map(map: &str) -> bool {
+    let fields: Vec<&str> = map.split_whitespace().collect();
+    fields == ["0", "0", "4294967295"]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +110,13 @@ mod tests {
             "/w/target/x86_64-unknown-linux-musl/release/husk-init"
         )));
         assert!(init_candidates(None).is_empty());
+    }
+
+    #[test]
+    fn the_initial_user_namespace_is_told_apart() {
+        assert!(is_initial_uid_map("         0          0 4294967295\n"));
+        assert!(!is_initial_uid_map("         0       1000          1\n"));
+        assert!(!is_initial_uid_map("         0     100000      65536\n         1 1000 1\n"));
+        assert!(!is_initial_uid_map(""));
     }
 }

@@ -528,3 +528,211 @@ fn podmans_seccomp_profile_is_applied_in_the_guest_like_runc() {
     assert_eq!(by_husk.status.code(), Some(128 + libc::SIGSYS));
     p.assert_no_vm();
 }
+
+/// A user of this host as rootless podman wants one: in the `kvm` group,
+/// with subordinate ids (useradd gives them), a runtime directory, and
+/// husk's kernel in its own cache (`make kernel` run as that user puts it
+/// there). The device nodes get the modes Debian's udev gives them
+/// (`/dev/kvm` root:kvm 0660, `/dev/net/tun` 0666), which the test host
+/// does not. Removed on drop, with whatever it left running.
+struct RootlessUser {
+    name: &'static str,
+    uid: u32,
+    home: PathBuf,
+    runtime_dir: PathBuf,
+    /// Last: checks for leaks after the teardown.
+    _census: census::Census,
+}
+
+impl RootlessUser {
+    fn new() -> RootlessUser {
+        let census = require_kvm();
+        let name = "husk-rootless";
+        let sh = |script: &str| {
+            let done = Command::new("sh").args(["-ec", script]).output().unwrap();
+            assert!(done.status.success(), "`{script}`: {done:?}");
+            String::from_utf8_lossy(&done.stdout).trim().to_owned()
+        };
+        sh("getent group kvm >/dev/null || groupadd --system kvm
+            chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
+            chmod 0666 /dev/net/tun");
+        sh(&format!("id {name} >/dev/null 2>&1 || useradd --create-home --groups kvm {name}"));
+        let uid: u32 = sh(&format!("id -u {name}")).parse().unwrap();
+        assert!(
+            sh(&format!("grep -c '^{name}:' /etc/subuid")) != "0",
+            "useradd gave {name} no subordinate ids"
+        );
+        let home = PathBuf::from(sh(&format!("getent passwd {name} | cut -d: -f6")));
+        let runtime_dir = PathBuf::from(format!("/run/user/{uid}"));
+        let kernels = home.join(".cache/husk/kernels/default");
+        sh(&format!(
+            "install -d -m 0700 -o {name} -g {name} {rt}
+             install -d -o {name} -g {name} {home}/.cache {home}/.cache/husk \
+                {home}/.cache/husk/kernels {kernels}
+             install -m 0644 -o {name} -g {name} {kernel} {kernels}/vmlinux",
+            rt = runtime_dir.display(),
+            home = home.display(),
+            kernels = kernels.display(),
+            kernel = husk::paths::default_kernel().display(),
+        ));
+        RootlessUser {
+            name,
+            uid,
+            home,
+            runtime_dir,
+            _census: census,
+        }
+    }
+
+    /// Runs `podman ARGS` as this user, with husk as its runtime (the
+    /// default network: slirp4netns).
+    fn podman(&self, args: &[&str]) -> Finished {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", self.name, "--", "env"])
+            .arg(format!("HOME={}", self.home.display()))
+            .arg(format!("XDG_RUNTIME_DIR={}", self.runtime_dir.display()))
+            .arg(format!("USER={}", self.name))
+            .args(["podman", "--storage-driver", "vfs", "--events-backend", "file"])
+            .arg("--runtime")
+            .arg(env!("CARGO_BIN_EXE_husk"))
+            .args(args)
+            .current_dir(&self.home)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let done = wait_bounded(cmd.spawn().expect("runuser"), LIMIT, "podman");
+        eprintln!(
+            "rootless podman {args:?}: {:?}\nstdout: {}\nstderr: {}",
+            done.status, done.stdout, done.stderr
+        );
+        done
+    }
+
+    /// The pids of this user's husk VMMs.
+    fn vmms(&self) -> Vec<u32> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            // The real uid (a VMM is not dumpable: its /proc files are
+            // root's whoever runs it).
+            let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+            let real = status_field(&status, "Uid:");
+            let owner = real.split_whitespace().next().and_then(|u| u.parse::<u32>().ok());
+            if owner == Some(self.uid) && args.contains(&&b"vmm"[..]) {
+                out.push(pid);
+            }
+        }
+        out
+    }
+}
+
+impl Drop for RootlessUser {
+    fn drop(&mut self) {
+        let _ = self.podman(&["rm", "--all", "--force"]);
+        // Rootless podman's pause process (it holds the user namespace) and
+        // anything else of the user's.
+        let _ = Command::new("pkill").args(["-KILL", "-u", self.name]).status();
+        let start = std::time::Instant::now();
+        while Command::new("pgrep")
+            .args(["-u", self.name])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+            && start.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = Command::new("userdel")
+            .args(["--remove", self.name])
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.runtime_dir);
+    }
+}
+
+fn status_field(status: &str, key: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// Rootless podman (a user in the `kvm` group, slirp4netns networking, its
+/// images in a user namespace) runs husk containers end to end; nothing on
+/// the way needs root. The VMM runs as that user's uid on the host, under
+/// its seccomp filters, jailed.
+#[test]
+fn rootless_podman_runs_husk_containers() {
+    let user = RootlessUser::new();
+    let tar = user.home.join("rootfs.tar");
+    engines::image_tarball(&user.home.join("img"), &tar, "rootless\n");
+    let chown = Command::new("chown")
+        .args(["-R", &format!("{}:{}", user.name, user.name)])
+        .arg(&user.home)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let done = user.podman(&["import", tar.to_str().unwrap(), "husk-busybox"]);
+    assert!(done.status.success(), "{}", done.stderr);
+
+    // The default rootless network (slirp4netns) becomes the VM's NIC.
+    let done = user.podman(&[
+        "run",
+        "--rm",
+        "husk-busybox",
+        "sh",
+        "-c",
+        "echo hello rootless; ip -4 addr show",
+    ]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert!(done.stdout.contains("hello rootless"), "{}", done.stdout);
+    assert!(done.stdout.contains("10.0.2.100"), "{}", done.stdout);
+    // Exit codes come back.
+    let done = user.podman(&["run", "--rm", "--network", "none", "husk-busybox", "sh", "-c", "exit 5"]);
+    assert_eq!(done.status.code(), Some(5), "{}", done.stderr);
+
+    // A detached one: its VMM, as the user's uid, confined.
+    let done = user.podman(&["run", "-d", "--name", "bg", "husk-busybox", "sleep", "1000"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let vmms = user.vmms();
+    assert_eq!(vmms.len(), 1, "{vmms:?}");
+    let pid = vmms[0];
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid = status_field(&status, "Uid:");
+    assert!(
+        uid.split_whitespace().all(|u| u == user.uid.to_string()),
+        "the VMM runs as {uid}"
+    );
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap();
+        let name = status_field(&status, "Name:");
+        assert_eq!(status_field(&status, "Seccomp:"), "2", "thread {name}");
+        assert_eq!(status_field(&status, "NoNewPrivs:"), "1", "thread {name}");
+        if name != "husk" {
+            let root: Vec<String> = std::fs::read_dir(task.path().join("root"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            assert!(
+                !root.iter().any(|e| e == "etc" || e == "home"),
+                "thread {name} is not jailed: {root:?}"
+            );
+        }
+    }
+    let done = user.podman(&["exec", "bg", "echo", "exec rootless"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(done.stdout.trim(), "exec rootless");
+    let done = user.podman(&["rm", "--force", "bg"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let start = std::time::Instant::now();
+    while !user.vmms().is_empty() && start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(user.vmms().is_empty(), "the VMM outlived podman rm");
+}

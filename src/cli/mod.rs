@@ -18,7 +18,7 @@
 //! `runtime/` does the work.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub mod create;
 pub mod delete;
@@ -47,8 +47,36 @@ pub use spec::SpecArgs;
 pub use start::StartArgs;
 pub use state::StateArgs;
 
-/// Where container state lives when `--root` is not given.
+/// Where container state lives when `--root` is not given (and the caller
+/// is not rootless, [`default_root`]).
 pub const DEFAULT_ROOT: &str = "/run/husk";
+
+/// Where container state lives when `--root` is not given: [`DEFAULT_ROOT`],
+/// or `$XDG_RUNTIME_DIR/husk` for a rootless caller, by runc's rule: not
+/// uid 0, or uid 0 of a user namespace (rootless podman runs its runtime
+/// in one) with no `$USER` or one other than root.
+pub fn default_root() -> PathBuf {
+    root_for(
+        nix::unistd::geteuid().as_raw(),
+        crate::paths::in_user_namespace(),
+        std::env::var_os("USER").as_deref(),
+        std::env::var_os("XDG_RUNTIME_DIR").as_deref(),
+    )
+}
+
+/// [`default_root`] from the facts it reads.
+fn root_for(
+    euid: u32,
+    in_userns: bool,
+    user: Option<&std::ffi::OsStr>,
+    xdg_runtime_dir: Option<&std::ffi::OsStr>,
+) -> PathBuf {
+    let rootless = euid != 0 || (in_userns && user.is_none_or(|u| u != "root"));
+    match xdg_runtime_dir {
+        Some(dir) if rootless && !dir.is_empty() => Path::new(dir).join("husk"),
+        _ => PathBuf::from(DEFAULT_ROOT),
+    }
+}
 
 /// The OCI runtime spec version husk implements; also in `--version`.
 /// (`concat!` needs a literal; a test keeps it equal to oci-spec's.)
@@ -101,7 +129,7 @@ pub struct Cli {
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct GlobalOpts {
     /// Root directory for container state (should be on tmpfs).
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_ROOT)]
+    #[arg(long, value_name = "DIR", default_value_os_t = default_root())]
     pub root: PathBuf,
     /// Write husk's own log here (default: standard error). Like runc, the
     /// next word is taken whatever it looks like.
@@ -210,6 +238,23 @@ pub(crate) mod tests {
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_rootless_caller_keeps_its_state_in_its_runtime_dir() {
+        use std::ffi::OsStr;
+        let xdg = Some(OsStr::new("/run/user/1000"));
+        let user = Some(OsStr::new("alice"));
+        let husk_root = PathBuf::from(DEFAULT_ROOT);
+        let mine = PathBuf::from("/run/user/1000/husk");
+        assert_eq!(root_for(0, false, user, xdg), husk_root, "real root");
+        assert_eq!(root_for(1000, false, user, xdg), mine, "a user");
+        assert_eq!(root_for(0, true, user, xdg), mine, "rootless podman");
+        let root_user = Some(OsStr::new("root"));
+        assert_eq!(root_for(0, true, root_user, xdg), husk_root, "root in a userns");
+        assert_eq!(root_for(0, true, None, xdg), mine, "conmon passes no $USER");
+        assert_eq!(root_for(1000, false, user, None), husk_root, "no runtime dir");
+        assert_eq!(root_for(1000, false, user, Some(OsStr::new(""))), husk_root);
     }
 
     #[test]

@@ -462,6 +462,22 @@ fn cgroup_plan(
         &req.id,
         &cgroup::own_cgroup(),
     )?;
+    // Rootless (uid 0 of a user namespace, as under rootless podman): a
+    // cgroup only where one was delegated, as runc's rootless mode.
+    if crate::paths::in_user_namespace() {
+        let wanted = root.join(&rel);
+        let parent = wanted.parent().unwrap_or(root);
+        if nix::unistd::access(parent, nix::unistd::AccessFlags::W_OK).is_err() {
+            log::warn!(
+                "container {}: rootless, and {} is not writable (no cgroup delegated \
+                 there); the VMM stays in its cgroup and the container's limits apply \
+                 inside the VM only",
+                req.id,
+                parent.display()
+            );
+            return Ok(None);
+        }
+    }
     Ok(Some((rel, cgroup::Settings::for_spec(spec, guest_mem_mib))))
 }
 
