@@ -90,6 +90,33 @@ pub fn in_user_namespace() -> bool {
         .unwrap_or(false)
 }
 
+/// The host uid `uid` of this process's user namespace stands for (itself
+/// in the initial namespace, or where `/proc/self/uid_map` does not say).
+pub fn host_uid(uid: u32) -> u32 {
+    std::fs::read_to_string("/proc/self/uid_map")
+        .ok()
+        .and_then(|m| uid_on_host(&m, uid))
+        .unwrap_or(uid)
+}
+
+/// What `uid` maps to on the host by the `uid_map` text `map`.
+fn uid_on_host(map: &str, uid: u32) -> Option<u32> {
+    map.lines().find_map(|line| {
+        let f: Vec<u64> = line
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        let [inside, outside, count] = f[..] else {
+            return None;
+        };
+        let uid = u64::from(uid);
+        (uid >= inside && uid - inside < count)
+            .then(|| u32::try_from(outside + (uid - inside)).ok())
+            .flatten()
+    })
+}
+
 /// Whether a `uid_map` is the initial user namespace's (`0 0 4294967295`).
 fn is_initial_uid_map(map: &str) -> bool {
     let fields: Vec<&str> = map.split_whitespace().collect();
@@ -116,7 +143,15 @@ mod tests {
     fn the_initial_user_namespace_is_told_apart() {
         assert!(is_initial_uid_map("         0          0 4294967295\n"));
         assert!(!is_initial_uid_map("         0       1000          1\n"));
-        assert!(!is_initial_uid_map("         0     100000      65536\n         1 1000 1\n"));
+        assert!(!is_initial_uid_map(
+            "         0     100000      65536\n         1 1000 1\n"
+        ));
         assert!(!is_initial_uid_map(""));
+        let rootless = "         0       1001          1\n         1     100000      65536\n";
+        assert_eq!(uid_on_host(rootless, 0), Some(1001));
+        assert_eq!(uid_on_host(rootless, 5), Some(100_004));
+        assert_eq!(uid_on_host(rootless, 70_000), None);
+        assert_eq!(uid_on_host("0 0 4294967295", 42), Some(42));
+        assert_eq!(uid_on_host("garbage\n", 0), None);
     }
 }

@@ -556,7 +556,9 @@ impl RootlessUser {
         sh("getent group kvm >/dev/null || groupadd --system kvm
             chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
             chmod 0666 /dev/net/tun");
-        sh(&format!("id {name} >/dev/null 2>&1 || useradd --create-home --groups kvm {name}"));
+        sh(&format!(
+            "id {name} >/dev/null 2>&1 || useradd --create-home --groups kvm {name}"
+        ));
         let uid: u32 = sh(&format!("id -u {name}")).parse().unwrap();
         assert!(
             sh(&format!("grep -c '^{name}:' /etc/subuid")) != "0",
@@ -592,7 +594,13 @@ impl RootlessUser {
             .arg(format!("HOME={}", self.home.display()))
             .arg(format!("XDG_RUNTIME_DIR={}", self.runtime_dir.display()))
             .arg(format!("USER={}", self.name))
-            .args(["podman", "--storage-driver", "vfs", "--events-backend", "file"])
+            .args([
+                "podman",
+                "--storage-driver",
+                "vfs",
+                "--events-backend",
+                "file",
+            ])
             .arg("--runtime")
             .arg(env!("CARGO_BIN_EXE_husk"))
             .args(args)
@@ -621,7 +629,10 @@ impl RootlessUser {
             // root's whoever runs it).
             let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
             let real = status_field(&status, "Uid:");
-            let owner = real.split_whitespace().next().and_then(|u| u.parse::<u32>().ok());
+            let owner = real
+                .split_whitespace()
+                .next()
+                .and_then(|u| u.parse::<u32>().ok());
             if owner == Some(self.uid) && args.contains(&&b"vmm"[..]) {
                 out.push(pid);
             }
@@ -635,7 +646,9 @@ impl Drop for RootlessUser {
         let _ = self.podman(&["rm", "--all", "--force"]);
         // Rootless podman's pause process (it holds the user namespace) and
         // anything else of the user's.
-        let _ = Command::new("pkill").args(["-KILL", "-u", self.name]).status();
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-u", self.name])
+            .status();
         let start = std::time::Instant::now();
         while Command::new("pgrep")
             .args(["-u", self.name])
@@ -694,7 +707,16 @@ fn rootless_podman_runs_husk_containers() {
     assert!(done.stdout.contains("hello rootless"), "{}", done.stdout);
     assert!(done.stdout.contains("10.0.2.100"), "{}", done.stdout);
     // Exit codes come back.
-    let done = user.podman(&["run", "--rm", "--network", "none", "husk-busybox", "sh", "-c", "exit 5"]);
+    let done = user.podman(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "husk-busybox",
+        "sh",
+        "-c",
+        "exit 5",
+    ]);
     assert_eq!(done.status.code(), Some(5), "{}", done.stderr);
 
     // A detached one: its VMM, as the user's uid, confined.
@@ -709,7 +731,10 @@ fn rootless_podman_runs_husk_containers() {
         uid.split_whitespace().all(|u| u == user.uid.to_string()),
         "the VMM runs as {uid}"
     );
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
         let status = std::fs::read_to_string(task.path().join("status")).unwrap();
         let name = status_field(&status, "Name:");
         assert_eq!(status_field(&status, "Seccomp:"), "2", "thread {name}");

@@ -251,9 +251,17 @@ pub(crate) mod tests {
         assert_eq!(root_for(1000, false, user, xdg), mine, "a user");
         assert_eq!(root_for(0, true, user, xdg), mine, "rootless podman");
         let root_user = Some(OsStr::new("root"));
-        assert_eq!(root_for(0, true, root_user, xdg), husk_root, "root in a userns");
+        assert_eq!(
+            root_for(0, true, root_user, xdg),
+            husk_root,
+            "root in a userns"
+        );
         assert_eq!(root_for(0, true, None, xdg), mine, "conmon passes no $USER");
-        assert_eq!(root_for(1000, false, user, None), husk_root, "no runtime dir");
+        assert_eq!(
+            root_for(1000, false, user, None),
+            husk_root,
+            "no runtime dir"
+        );
         assert_eq!(root_for(1000, false, user, Some(OsStr::new(""))), husk_root);
     }
 

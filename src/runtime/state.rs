@@ -618,10 +618,14 @@ fn short_socket_dir(dir: &Path) -> Option<PathBuf> {
     if inside + SOCKET_PORT_SUFFIX <= MAX_SOCKET_PATH {
         return None;
     }
-    let base = if nix::unistd::geteuid().is_root() {
+    // uid 0 of a user namespace (rootless podman) cannot write the root
+    // one; its directory is named by its uid on the host, so two users'
+    // namespaces do not meet there.
+    let euid = nix::unistd::geteuid().as_raw();
+    let base = if euid == 0 && !crate::paths::in_user_namespace() {
         PathBuf::from(SHORT_SOCKET_BASE_ROOT)
     } else {
-        std::env::temp_dir().join(format!("husk-sock-{}", nix::unistd::geteuid()))
+        std::env::temp_dir().join(format!("husk-sock-{}", crate::paths::host_uid(euid)))
     };
     Some(base.join(format!("{:016x}", fnv1a(dir.as_os_str().as_bytes()))))
 }
