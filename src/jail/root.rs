@@ -93,6 +93,28 @@ pub fn private_namespace() -> Result<(), RootError> {
     })
 }
 
+/// Makes the directory `dir` (mode `mode` when new) and mounts a tmpfs on it
+/// (`options`; nosuid, nodev, noexec): a room for mount points. The error
+/// names the step that failed.
+pub(crate) fn tmpfs_room(
+    dir: &Path,
+    mode: u32,
+    options: &str,
+) -> Result<(), (&'static str, nix::Error)> {
+    match nix::unistd::mkdir(dir, nix::sys::stat::Mode::from_bits_truncate(mode)) {
+        Ok(()) | Err(nix::Error::EEXIST) => {}
+        Err(e) => return Err(("creating", e)),
+    }
+    mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(options),
+    )
+    .map_err(|e| ("mounting a tmpfs on", e))
+}
+
 /// `unshare(CLONE_NEWNS | also)`, then every mount made a slave of the one
 /// it came from: nothing mounted here reaches another namespace. The error
 /// names the step that failed.
@@ -131,18 +153,7 @@ impl Jail {
             let path = path.to_path_buf();
             move |errno| RootError::Step { step, path, errno }
         };
-        match nix::unistd::mkdir(&dir, nix::sys::stat::Mode::from_bits_truncate(0o700)) {
-            Ok(()) | Err(nix::Error::EEXIST) => {}
-            Err(e) => return Err(step("creating", &dir)(e)),
-        }
-        mount(
-            Some("tmpfs"),
-            &dir,
-            Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-            Some(JAIL_TMPFS),
-        )
-        .map_err(step("mounting a tmpfs on", &dir))?;
+        tmpfs_room(&dir, 0o700, JAIL_TMPFS).map_err(|(s, e)| step(s, &dir)(e))?;
 
         bind(&dir, &self.state_dir, false, false)?;
         if let Some(sockets) = &self.socket_dir {

@@ -29,7 +29,7 @@ use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, MsFlags};
-use nix::sched::{unshare, CloneFlags};
+use nix::sched::CloneFlags;
 
 use crate::runtime::guest_spec::SharedDir;
 
@@ -158,33 +158,15 @@ pub fn stage(state_dir: &Path, shares: &[SharedDir]) -> Result<PathBuf, ShareErr
             });
         }
     }
-    unshare(CloneFlags::CLONE_NEWNS).map_err(ShareError::Namespace)?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_SLAVE,
-        None::<&str>,
-    )
-    .map_err(ShareError::Namespace)?;
+    crate::jail::root::slave_mount_namespace(CloneFlags::empty())
+        .map_err(|(_, e)| ShareError::Namespace(e))?;
     let root = state_dir.join(SHARE_DIR);
     let dir_err = |step: &'static str, path: &Path| {
         let path = path.to_path_buf();
         move |source| ShareError::Dir { step, path, source }
     };
-    match std::fs::create_dir(&root) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(dir_err("creating", &root)(e)),
-    }
-    mount(
-        Some("tmpfs"),
-        &root,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some(STAGING_TMPFS),
-    )
-    .map_err(|e| dir_err("mounting a tmpfs on", &root)(std::io::Error::from(e)))?;
+    crate::jail::root::tmpfs_room(&root, 0o755, STAGING_TMPFS)
+        .map_err(|(step, e)| dir_err(step, &root)(std::io::Error::from(e)))?;
     for s in shares {
         let target = root.join(&s.name);
         if s.file {
