@@ -380,6 +380,13 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
     let _ = go.write_all(GO.as_bytes());
     drop(go);
     crate::timeline::mark(&dir, "create.go");
+    // Should the VMM end with its record gone, its keeper removes its
+    // cgroup: the VMM cannot (no capabilities, no cgroup file system).
+    // Started now, while the VM boots; a create that fails from here on
+    // ends the VMM, and with it the keeper.
+    if let Some(cg) = &state.cgroup {
+        crate::runtime::keeper::spawn(pid, &dir, cg, &state.vmm_log)?;
+    }
 
     let mut ready = std::fs::File::from(ready_r);
     let answer = read_ready(&mut ready, create_timeout())?;
@@ -398,11 +405,6 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
         } else {
             reason
         }));
-    }
-    // Should the VMM end with its record gone, its keeper removes its
-    // cgroup: the VMM cannot (no capabilities, no cgroup file system).
-    if let Some(cg) = &state.cgroup {
-        crate::runtime::keeper::spawn(pid, &dir, cg, &state.vmm_log)?;
     }
     state.status = Status::Created;
     state.save(&req.root)?;

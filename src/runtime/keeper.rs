@@ -143,6 +143,7 @@ pub fn spawn(vmm_pid: u32, dir: &Path, cgroup: &Path, log: &Path) -> Result<(), 
         .collect::<std::io::Result<Vec<_>>>()
         .map_err(spawn_err)?;
     let log = std::fs::OpenOptions::new()
+        .create(true)
         .append(true)
         .open(log)
         .map_err(|source| KeeperError::Open {
