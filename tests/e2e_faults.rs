@@ -583,13 +583,6 @@ fn a_delete_that_cannot_remove_everything_says_what_and_can_be_retried() {
 }
 
 /// One field of a `/proc/*/status` text.
-fn status_field(status: &str, key: &str) -> String {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .map_or_else(String::new, |v| v.trim().to_owned())
-}
-
 /// The VMM's own seccomp filters (docs/security.md): every thread of a
 /// running container's VMM is filtered and has no_new_privs, its core dumps
 /// are off; a thread that makes a call outside its filter ends the VMM by

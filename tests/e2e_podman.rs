@@ -667,15 +667,6 @@ impl Drop for RootlessUser {
     }
 }
 
-fn status_field(status: &str, key: &str) -> String {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .unwrap_or_default()
-        .trim()
-        .to_owned()
-}
-
 /// Rootless podman (a user in the `kvm` group, slirp4netns networking, its
 /// images in a user namespace) runs husk containers end to end; nothing on
 /// the way needs root. The VMM runs as that user's uid on the host, under

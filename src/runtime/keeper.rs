@@ -21,9 +21,7 @@
 //! taken for the VMM by what looks for `husk vmm ID`); it logs into the
 //! container's VMM log.
 
-use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -63,27 +61,18 @@ pub enum KeeperError {
 
 /// Opens a directory for the keeper (no following a last symlink).
 fn open_dir(path: &Path) -> Result<OwnedFd, KeeperError> {
-    let open = |path: &Path| -> std::io::Result<OwnedFd> {
-        let c = CString::new(path.as_os_str().as_bytes())
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-        // SAFETY: a NUL-terminated path; the descriptor returned is owned
-        // by the OwnedFd below and by nothing else.
-        let fd = unsafe {
-            libc::open(
-                c.as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just opened and is owned by nobody else.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-    };
-    open(path).map_err(|source| KeeperError::Open {
+    use nix::fcntl::OFlag;
+    let fd = nix::fcntl::open(
+        path,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| KeeperError::Open {
         path: path.to_path_buf(),
-        source,
-    })
+        source: e.into(),
+    })?;
+    // SAFETY: `fd` was just opened and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// A pidfd of `pid` (a child of this process that has not been reaped,
@@ -93,22 +82,7 @@ fn pidfd_open(pid: u32) -> Result<OwnedFd, KeeperError> {
         pid,
         source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
     })?;
-    // SAFETY: pidfd_open(2) with integer arguments; a descriptor it returns
-    // is owned by the OwnedFd below.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, raw, 0) };
-    if fd < 0 {
-        return Err(KeeperError::Pidfd {
-            pid,
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    let fd = RawFd::try_from(fd).map_err(|_| KeeperError::Pidfd {
-        pid,
-        source: std::io::Error::from(std::io::ErrorKind::InvalidData),
-    })?;
-    // SAFETY: `fd` was just returned by the kernel and is owned by nobody
-    // else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    crate::runtime::process::pidfd_open(raw).map_err(|source| KeeperError::Pidfd { pid, source })
 }
 
 /// A copy of `fd` at `PARKED_FROM` or above, close-on-exec.
@@ -204,10 +178,13 @@ fn fd_identity(fd: RawFd) -> std::io::Result<(u64, u64)> {
 
 /// Whether the directory `dir` (a descriptor) holds the container's record.
 fn record_exists(dir: RawFd) -> bool {
-    let name = CString::new(STATE_FILE).unwrap_or_default();
-    // SAFETY: a NUL-terminated name relative to a directory descriptor this
-    // process owns.
-    unsafe { libc::faccessat(dir, name.as_ptr(), libc::F_OK, libc::AT_SYMLINK_NOFOLLOW) == 0 }
+    nix::unistd::faccessat(
+        Some(dir),
+        STATE_FILE,
+        nix::unistd::AccessFlags::F_OK,
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .is_ok()
 }
 
 /// Waits until the pidfd `fd` is readable (its process has exited).

@@ -149,7 +149,7 @@ impl Held {
     }
 }
 
-fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     // SAFETY: pidfd_open(2) takes a pid and flags (0) and returns a new fd
     // or -1; no memory is passed.
     let rc = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0u32) };

@@ -316,3 +316,12 @@ pub fn hostile_kernel(dir: &Path) -> PathBuf {
     assert!(st.success(), "building the hostile guest kernel");
     out
 }
+
+/// The value of the line starting with `key` in a `/proc/PID/status` (or
+/// `fdinfo`) text, trimmed; empty when there is none.
+pub fn status_field(status: &str, key: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map_or_else(String::new, |v| v.trim().to_owned())
+}
