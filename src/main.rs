@@ -18,7 +18,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(
         &cli.global,
-        matches!(cli.command, Command::Vmm(_) | Command::Keep),
+        matches!(
+            cli.command,
+            Command::Vmm(_) | Command::Keep | Command::FsServer(_)
+        ),
     );
     let global = cli.global.clone();
     match run(cli) {
@@ -246,6 +249,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             &a.container_id,
         ))),
         Command::Keep => Ok(ExitCode::from(husk::runtime::keeper::run())),
+        Command::FsServer(a) => Ok(ExitCode::from(husk::runtime::fs_server::run(
+            &a.container_id,
+        ))),
         Command::Check(_) => {
             let report = husk::check::run(&husk::check::HostFacts::probe());
             print!("{}", report.render());

@@ -45,6 +45,35 @@ fn wait_no_vmm(env: &Env, id: &str, why: &str) {
     }
 }
 
+/// Pids of the fs server processes of container `id`.
+fn fs_servers_of(id: &str) -> Vec<u32> {
+    let needle = format!(" fs-server {id}");
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.trim_end().ends_with(&needle) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Waits until no fs server of `id` runs; fails the test otherwise.
+fn wait_no_fs_server(id: &str) {
+    let start = Instant::now();
+    while !fs_servers_of(id).is_empty() {
+        assert!(
+            start.elapsed() < VMM_GONE_WAIT,
+            "the fs server of {id} is still running after {VMM_GONE_WAIT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn vmm_pid(env: &Env, id: &str) -> nix::unistd::Pid {
     let pid = env.state(id)["pid"].as_i64().unwrap();
     assert!(pid > 0, "{id} has no pid");
@@ -637,13 +666,9 @@ fn a_vmm_thread_outside_its_seccomp_filter_ends_the_vmm_and_says_why() {
             "thread {name}: {status}"
         );
         assert_eq!(status_field(&status, "NoNewPrivs:"), "1", "thread {name}");
-        // Capabilities: the device thread keeps the file server's, every
-        // other thread none, in every set.
-        let keeps = if name == "vmm" {
-            husk::jail::caps::mask(husk::jail::caps::FS_PASSTHROUGH)
-        } else {
-            0
-        };
+        // Capabilities: none, in every set, on every thread (the file
+        // server's are its own process's, below).
+        let keeps = 0u64;
         for set in ["CapEff:", "CapPrm:"] {
             assert_eq!(
                 status_field(&status, set),
@@ -692,10 +717,7 @@ fn a_vmm_thread_outside_its_seccomp_filter_ends_the_vmm_and_says_why() {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         top.sort();
-        let mut want = vec!["proc".to_owned(), state_top.clone()];
-        want.sort();
-        want.dedup();
-        assert_eq!(top, want, "thread {name}'s root");
+        assert_eq!(top, vec![state_top.clone()], "thread {name}'s root");
         assert!(
             task.join("root")
                 .join(env.root().strip_prefix("/").unwrap())
@@ -733,6 +755,70 @@ fn a_vmm_thread_outside_its_seccomp_filter_ends_the_vmm_and_says_why() {
             std::fs::read_link(fd.path())
         );
     }
+    // The fs server: the VMM's child, with the file server's capabilities
+    // only, filtered, in the VMM's cgroup, jailed with the shares and two
+    // entries of /proc (not the record), holding the stream, its log and
+    // /dev/null only.
+    let servers = fs_servers_of("sc-audit");
+    assert_eq!(servers.len(), 1, "fs servers of sc-audit: {servers:?}");
+    let server = servers[0];
+    let status = std::fs::read_to_string(format!("/proc/{server}/status")).unwrap();
+    assert_eq!(status_field(&status, "Name:"), "husk-fs");
+    assert_eq!(status_field(&status, "PPid:"), pid.to_string());
+    assert_eq!(status_field(&status, "Seccomp:"), "2", "{status}");
+    assert_eq!(status_field(&status, "NoNewPrivs:"), "1");
+    let fs_caps = husk::jail::caps::mask(husk::jail::caps::FS_PASSTHROUGH);
+    for set in ["CapEff:", "CapPrm:"] {
+        assert_eq!(
+            status_field(&status, set),
+            format!("{fs_caps:016x}"),
+            "fs server {set}"
+        );
+    }
+    let bounding = u64::from_str_radix(&status_field(&status, "CapBnd:"), 16).unwrap();
+    assert_eq!(bounding & !fs_caps, 0, "fs server CapBnd {bounding:x}");
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{server}/cgroup")).unwrap(),
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap(),
+        "the fs server is not in the VMM's cgroup"
+    );
+    let mut top: Vec<String> = std::fs::read_dir(format!("/proc/{server}/root"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    top.sort();
+    let mut want = vec!["proc".to_owned(), state_top.clone()];
+    want.sort();
+    want.dedup();
+    assert_eq!(top, want, "the fs server's root");
+    let server_root = PathBuf::from(format!("/proc/{server}/root"));
+    let state_in = server_root.join(env.root().strip_prefix("/").unwrap());
+    assert!(
+        !state_in.join("sc-audit/state.json").exists(),
+        "the record in the fs server's jail"
+    );
+    assert!(
+        state_in.join("sc-audit/share").is_dir(),
+        "no shares in the fs server's jail"
+    );
+    let mut fds = Vec::new();
+    for fd in std::fs::read_dir(format!("/proc/{server}/fd")).unwrap() {
+        let fd = fd.unwrap();
+        let target = std::fs::read_link(fd.path()).unwrap_or_default();
+        fds.push((fd.file_name().to_string_lossy().into_owned(), target));
+    }
+    fds.sort();
+    assert!(fds.len() <= 5, "the fs server holds {fds:?}");
+    for (fd, target) in &fds {
+        match fd.as_str() {
+            "0" | "1" => assert_eq!(target, Path::new("/dev/null"), "fd {fd}"),
+            "3" => assert!(
+                target.to_string_lossy().starts_with("socket:"),
+                "fd 3: {target:?}"
+            ),
+            _ => assert!(target.ends_with("vmm.log"), "fd {fd}: {target:?}"),
+        }
+    }
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
     let core = limits
         .lines()
@@ -749,20 +835,27 @@ fn a_vmm_thread_outside_its_seccomp_filter_ends_the_vmm_and_says_why() {
     let done = env.husk(&["delete", "-f", "sc-audit"]);
     assert!(done.status.success(), "{}", done.stderr);
     wait_no_vmm(&env, "sc-audit", "deleted");
+    wait_no_fs_server("sc-audit");
 
-    for point in ["vcpu", "devices", "supervisor"] {
+    for point in ["vcpu", "devices", "supervisor", "fs-server"] {
         let id = format!("sc-{point}");
         let done = env.husk_with_env(
             &[(ENV_FAULT_SYSCALL, Path::new(point))],
             &["create", "--bundle", b(&bundle), &id],
         );
         assert!(!done.status.success(), "{point}: create succeeded");
+        let who = if point == "fs-server" {
+            "fs server process".to_owned()
+        } else {
+            format!("{point} thread")
+        };
         let wanted = format!(
-            "the VMM's {point} thread made system call {} (personality, arguments 0xffffffff",
+            "the VMM's {who} made system call {} (personality, arguments 0xffffffff",
             libc::SYS_personality
         );
         assert!(done.stderr.contains(&wanted), "{point}: {}", done.stderr);
         wait_no_vmm(&env, &id, point);
+        wait_no_fs_server(&id);
         env.assert_gone(&id);
         assert!(
             !Path::new(&format!("/sys/fs/cgroup/{id}")).exists(),
@@ -791,7 +884,7 @@ fn a_vmm_thread_outside_its_seccomp_filter_ends_the_vmm_and_says_why() {
     let logged = env.bundle("l", &["sh", "-c", "sleep 1; echo ran"], |c| {
         c["annotations"] = serde_json::json!({"io.husk.vmm.seccomp": "log"});
     });
-    for point in ["vcpu", "devices", "supervisor", "output"] {
+    for point in ["vcpu", "devices", "supervisor", "fs-server", "output"] {
         let id = format!("sl-{point}");
         let done = env.husk_with_env(
             &[(ENV_FAULT_SYSCALL, Path::new(point))],

@@ -68,3 +68,10 @@ pub struct InitramfsArgs {
 pub struct VmmArgs {
     pub container_id: String,
 }
+
+/// `husk fs-server ID` (internal).
+#[derive(Debug, Clone, clap::Args)]
+pub struct FsServerArgs {
+    /// The container whose files it serves.
+    pub container_id: String,
+}

@@ -223,6 +223,10 @@ pub enum Command {
     /// VMM end with its record gone (started by create).
     #[command(hide = true)]
     Keep,
+    /// Internal: a container's fs server, which serves its shared files to
+    /// its VM (started by its VMM).
+    #[command(hide = true, name = "fs-server")]
+    FsServer(husk_verbs::FsServerArgs),
 }
 
 #[cfg(test)]

@@ -148,6 +148,17 @@ impl Jail {
     /// the VM thread, in the VMM's own mount namespace, with
     /// `CAP_SYS_ADMIN`, once everything outside it is open.
     pub fn enter(&self) -> Result<(), RootError> {
+        self.build(true)
+    }
+
+    /// The fs server's jail ([`crate::runtime::fs_server`]): the shares and
+    /// `/proc/self/{fd,mountinfo}` only (no state directory, no sockets).
+    /// Call in a mount namespace of the server's own.
+    pub fn enter_fs_server(&self) -> Result<(), RootError> {
+        self.build(false)
+    }
+
+    fn build(&self, vmm: bool) -> Result<(), RootError> {
         let dir = self.state_dir.join(JAIL_DIR);
         let step = |step: &'static str, path: &Path| {
             let path = path.to_path_buf();
@@ -155,22 +166,25 @@ impl Jail {
         };
         tmpfs_room(&dir, 0o700, JAIL_TMPFS).map_err(|(s, e)| step(s, &dir)(e))?;
 
-        bind(&dir, &self.state_dir, false, false)?;
-        if let Some(sockets) = &self.socket_dir {
-            bind(&dir, sockets, false, false)?;
-        }
-        if let Some(share) = &self.share {
-            bind(&dir, share, true, false)?;
-        }
-        let proc_dir = PathBuf::from(format!("/proc/{}", std::process::id()));
-        for (name, is_dir) in PROC_FILES {
-            bind_at(
-                &dir,
-                &proc_dir.join(name),
-                &Path::new("/proc/self").join(name),
-                false,
-                !is_dir,
-            )?;
+        if vmm {
+            bind(&dir, &self.state_dir, false, false)?;
+            if let Some(sockets) = &self.socket_dir {
+                bind(&dir, sockets, false, false)?;
+            }
+        } else {
+            if let Some(share) = &self.share {
+                bind(&dir, share, true, false)?;
+            }
+            let proc_dir = PathBuf::from(format!("/proc/{}", std::process::id()));
+            for (name, is_dir) in PROC_FILES {
+                bind_at(
+                    &dir,
+                    &proc_dir.join(name),
+                    &Path::new("/proc/self").join(name),
+                    false,
+                    !is_dir,
+                )?;
+            }
         }
         // Nothing can be added beside what is bound.
         mount(

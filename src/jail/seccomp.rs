@@ -8,10 +8,14 @@
 //!   device registers (console writes, eventfds). The only ioctl is
 //!   `KVM_RUN`.
 //! - [`Thread::Devices`]: the event loop that serves every virtio queue
-//!   (block reads and writes, tap frames, vsock streams, and the virtio-fs
-//!   passthrough, which needs the file system calls a FUSE server makes).
+//!   (block reads and writes, tap frames, vsock streams, and virtio-fs
+//!   requests, which it sends to the fs server process: it opens no file).
 //!   Its ioctl is `TUNSETOFFLOAD` (a guest acking offloads); its sockets are
 //!   Unix sockets.
+//! - [`Thread::FsServer`]: not a VMM thread but the container's fs server
+//!   process ([`crate::runtime::fs_server`]): the virtio-fs passthrough's
+//!   file system calls, on the one stream from its VMM; no new threads, no
+//!   sockets of its own.
 //! - [`Thread::Supervisor`]: the VMM's main thread, the thread that relays
 //!   the container's stdio and exit status over the agent connection, and
 //!   its helpers (record watch, signal forwarder, stdin pump, terminal size:
@@ -81,16 +85,24 @@ pub enum Thread {
     Vcpu,
     Devices,
     Supervisor,
+    /// The container's fs server process ([`crate::runtime::fs_server`]).
+    FsServer,
 }
 
 impl Thread {
-    pub const ALL: [Thread; 3] = [Thread::Vcpu, Thread::Devices, Thread::Supervisor];
+    pub const ALL: [Thread; 4] = [
+        Thread::Vcpu,
+        Thread::Devices,
+        Thread::Supervisor,
+        Thread::FsServer,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Thread::Vcpu => "vcpu",
             Thread::Devices => "devices",
             Thread::Supervisor => "supervisor",
+            Thread::FsServer => "fs-server",
         }
     }
 
@@ -100,11 +112,11 @@ impl Thread {
     }
 
     /// The capabilities this thread keeps (a [`super::caps::mask`]): the
-    /// device thread the virtio-fs passthrough's, the others none.
+    /// fs server the virtio-fs passthrough's, the VMM's threads none.
     pub fn keeps(self) -> u64 {
         match self {
-            Thread::Devices => super::caps::mask(super::caps::FS_PASSTHROUGH),
-            Thread::Vcpu | Thread::Supervisor => 0,
+            Thread::FsServer => super::caps::mask(super::caps::FS_PASSTHROUGH),
+            Thread::Vcpu | Thread::Devices | Thread::Supervisor => 0,
         }
     }
 
@@ -113,6 +125,7 @@ impl Thread {
             Thread::Vcpu => 1,
             Thread::Devices => 2,
             Thread::Supervisor => 3,
+            Thread::FsServer => 4,
         }
     }
 
@@ -163,6 +176,7 @@ pub struct Filters {
     vcpu: BpfProgram,
     devices: BpfProgram,
     supervisor: BpfProgram,
+    fs_server: BpfProgram,
     /// `clone3` answers ENOSYS (its flags sit in memory a filter cannot
     /// read; the C library then uses `clone`, whose flags it can).
     clone3: BpfProgram,
@@ -175,6 +189,7 @@ impl std::fmt::Debug for Filters {
             .field("vcpu", &self.vcpu.len())
             .field("devices", &self.devices.len())
             .field("supervisor", &self.supervisor.len())
+            .field("fs_server", &self.fs_server.len())
             .finish()
     }
 }
@@ -201,6 +216,7 @@ impl Filters {
             vcpu: build(Thread::Vcpu)?,
             devices: build(Thread::Devices)?,
             supervisor: build(Thread::Supervisor)?,
+            fs_server: build(Thread::FsServer)?,
             clone3: BpfProgram::try_from(clone3).map_err(|source| FilterError::Program {
                 thread: "clone3",
                 source,
@@ -218,6 +234,7 @@ impl Filters {
             Thread::Vcpu => &self.vcpu,
             Thread::Devices => &self.devices,
             Thread::Supervisor => &self.supervisor,
+            Thread::FsServer => &self.fs_server,
         }
     }
 
@@ -394,10 +411,16 @@ fn report_line(buf: &mut [u8], thread: &str, nr: i32, args: [u64; 3]) -> usize {
         .ok()
         .and_then(crate::seccomp::syscalls::name)
         .unwrap_or("unknown");
+    // The fs server is a process of its own beside the VMM.
+    let (thread, kind) = if thread == Thread::FsServer.name() {
+        ("fs server", "process")
+    } else {
+        (thread, "thread")
+    };
     let mut cursor = std::io::Cursor::new(buf);
     let _ = writeln!(
         cursor,
-        "{REPORT_PREFIX}the VMM's {thread} thread made system call {nr} ({name}, arguments \
+        "{REPORT_PREFIX}the VMM's {thread} {kind} made system call {nr} ({name}, arguments \
          {:#x}, {:#x}, {:#x}), which its filter does not allow: the VMM stops (SIGSYS). Annotation {ANNOTATION}=log lets such calls \
          through for developing the filters (docs/security.md).",
         args[0], args[1], args[2]
@@ -535,55 +558,16 @@ fn rules(thread: Thread, pid: u64) -> BTreeMap<i64, Vec<SeccompRule>> {
                     libc::SYS_recvmsg,
                     libc::SYS_shutdown,
                     libc::SYS_getsockopt,
-                    // virtio-fs: the FUSE passthrough, confined to its
-                    // shared directories by handle (docs/storage.md).
-                    libc::SYS_openat,
-                    libc::SYS_newfstatat,
+                    // What std asks of a descriptor it reads or writes.
                     libc::SYS_fstat,
+                    libc::SYS_newfstatat,
                     libc::SYS_statx,
-                    libc::SYS_statfs,
-                    libc::SYS_fstatfs,
-                    libc::SYS_getdents64,
-                    libc::SYS_mkdirat,
-                    libc::SYS_mknodat,
-                    libc::SYS_unlinkat,
-                    libc::SYS_renameat,
-                    libc::SYS_renameat2,
-                    libc::SYS_linkat,
-                    libc::SYS_symlinkat,
-                    libc::SYS_readlinkat,
-                    libc::SYS_fchownat,
-                    libc::SYS_fchown,
-                    libc::SYS_fchmodat,
-                    libc::SYS_fchmod,
-                    libc::SYS_utimensat,
-                    libc::SYS_fallocate,
-                    libc::SYS_ftruncate,
-                    libc::SYS_copy_file_range,
-                    libc::SYS_getxattr,
-                    libc::SYS_lgetxattr,
-                    libc::SYS_fgetxattr,
-                    libc::SYS_setxattr,
-                    libc::SYS_lsetxattr,
-                    libc::SYS_fsetxattr,
-                    libc::SYS_listxattr,
-                    libc::SYS_llistxattr,
-                    libc::SYS_flistxattr,
-                    libc::SYS_removexattr,
-                    libc::SYS_lremovexattr,
-                    libc::SYS_fremovexattr,
-                    libc::SYS_dup,
-                    libc::SYS_umask,
                     // vsock removes its socket path when the VM ends.
                     libc::SYS_unlink,
                     libc::SYS_getuid,
                     libc::SYS_getgid,
                     libc::SYS_geteuid,
                     libc::SYS_getegid,
-                    // The passthrough creates files as the guest's caller
-                    // (this thread's ids only, then back).
-                    libc::SYS_setresuid,
-                    libc::SYS_setresgid,
                 ],
             );
             r.insert(libc::SYS_socket, unix_sockets());
@@ -666,6 +650,78 @@ fn rules(thread: Thread, pid: u64) -> BTreeMap<i64, Vec<SeccompRule>> {
             // Is stdin a terminal (TCGETS), and its size.
             r.insert(libc::SYS_ioctl, ioctls(&[libc::TCGETS, libc::TIOCGWINSZ]));
         }
+        Thread::FsServer => {
+            any(
+                &mut r,
+                &[
+                    // Frames from the VMM on one Unix stream.
+                    libc::SYS_recvfrom,
+                    libc::SYS_sendto,
+                    libc::SYS_recvmsg,
+                    libc::SYS_sendmsg,
+                    // The FUSE passthrough, confined to the shared
+                    // directories by handle (docs/storage.md).
+                    libc::SYS_readv,
+                    libc::SYS_writev,
+                    libc::SYS_pread64,
+                    libc::SYS_pwrite64,
+                    libc::SYS_preadv,
+                    libc::SYS_pwritev,
+                    libc::SYS_preadv2,
+                    libc::SYS_pwritev2,
+                    libc::SYS_lseek,
+                    libc::SYS_fsync,
+                    libc::SYS_fdatasync,
+                    libc::SYS_fcntl,
+                    libc::SYS_openat,
+                    libc::SYS_newfstatat,
+                    libc::SYS_fstat,
+                    libc::SYS_statx,
+                    libc::SYS_statfs,
+                    libc::SYS_fstatfs,
+                    libc::SYS_getdents64,
+                    libc::SYS_mkdirat,
+                    libc::SYS_mknodat,
+                    libc::SYS_unlinkat,
+                    libc::SYS_renameat,
+                    libc::SYS_renameat2,
+                    libc::SYS_linkat,
+                    libc::SYS_symlinkat,
+                    libc::SYS_readlinkat,
+                    libc::SYS_fchownat,
+                    libc::SYS_fchown,
+                    libc::SYS_fchmodat,
+                    libc::SYS_fchmod,
+                    libc::SYS_utimensat,
+                    libc::SYS_fallocate,
+                    libc::SYS_ftruncate,
+                    libc::SYS_copy_file_range,
+                    libc::SYS_getxattr,
+                    libc::SYS_lgetxattr,
+                    libc::SYS_fgetxattr,
+                    libc::SYS_setxattr,
+                    libc::SYS_lsetxattr,
+                    libc::SYS_fsetxattr,
+                    libc::SYS_listxattr,
+                    libc::SYS_llistxattr,
+                    libc::SYS_flistxattr,
+                    libc::SYS_removexattr,
+                    libc::SYS_lremovexattr,
+                    libc::SYS_fremovexattr,
+                    libc::SYS_dup,
+                    libc::SYS_umask,
+                    libc::SYS_getuid,
+                    libc::SYS_getgid,
+                    libc::SYS_geteuid,
+                    libc::SYS_getegid,
+                    // The passthrough creates files as the guest's caller
+                    // (this thread's ids only, then back).
+                    libc::SYS_setresuid,
+                    libc::SYS_setresgid,
+                ],
+            );
+            r.insert(libc::SYS_ioctl, ioctls(&[FIONBIO]));
+        }
     }
     r
 }
@@ -692,9 +748,10 @@ fn program(
 
 /// Environment variable (fault injection for tests): a point where the
 /// VMM makes one system call no filter allows, to prove the filter stops
-/// it. The points: `vcpu`, `devices`, `supervisor` (right after that
-/// thread's filter is on, during `create`), `output` (in the supervisor,
-/// when the container's process writes to its stdout).
+/// it. The points: `vcpu`, `devices`, `supervisor`, `fs-server` (right
+/// after that thread's or process's filter is on, during `create`),
+/// `output` (in the supervisor, when the container's process writes to its
+/// stdout).
 pub const ENV_FAULT_SYSCALL: &str = "HUSK_FAULT_SYSCALL";
 
 /// The call [`fault_point`] makes: `personality(0xffffffff)` only reads

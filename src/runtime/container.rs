@@ -403,7 +403,12 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
                 ),
             }
         } else {
-            reason
+            // A thread or the fs server that stepped outside its filter
+            // is why, whatever the VMM saw of it.
+            match seccomp_report(&state.vmm_log) {
+                Some(line) => format!("{reason} ({line})"),
+                None => reason,
+            }
         }));
     }
     state.status = Status::Created;

@@ -18,6 +18,7 @@ pub mod bundle;
 pub mod cgroup;
 pub mod container;
 pub mod features;
+pub mod fs_server;
 pub mod guest_spec;
 pub mod hooks;
 pub mod keeper;

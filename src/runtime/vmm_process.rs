@@ -23,6 +23,7 @@ use crate::agent_proto::{Event, Frame, FrameKind, Request, Response, MAX_DATA};
 use crate::control::AgentConn;
 use crate::jail::seccomp::{Filters, Mode, Thread};
 use crate::runtime::container::{answer_ready, take_go_fd, take_ready_fd, wait_for_go};
+use crate::runtime::fs_server::FsServerProcess;
 use crate::runtime::state::{self, ExitStatus, State};
 use crate::runtime::vm_plan::VmPlan;
 use crate::vmm::{self, builder::RunControls, VmExit};
@@ -142,6 +143,8 @@ struct Staged {
     plan: VmPlan,
     /// Where the shared directories are staged, when there are any.
     share_root: Option<PathBuf>,
+    /// The fs server of each virtio-fs device, by tag.
+    fs_servers: Vec<(String, FsServerProcess)>,
 }
 
 /// Loads the container's record and plan and stages its shares.
@@ -162,10 +165,33 @@ fn stage(root: &Path, id: &str) -> Result<Staged, String> {
     } else {
         Some(crate::storage::share::stage(&dir, &plan.shares).map_err(|e| e.to_string())?)
     };
+    // On the main thread (the servers' parent-death signal is tied to it),
+    // with every capability: the fs servers start now.
+    let mut fs_servers = Vec::new();
+    if let Some(share_root) = &share_root {
+        let jail_state_dir = plan
+            .vmm_jail
+            .then(|| std::path::absolute(&dir).unwrap_or_else(|_| dir.clone()));
+        for fs in plan.vm_config(None, &[], Some(share_root)).fs {
+            let spec = crate::runtime::fs_server::Spec {
+                tag: fs.tag.clone(),
+                root: fs.root,
+                read_only: fs.read_only,
+                ids: fs.ids,
+                jail_state_dir: jail_state_dir.clone(),
+                seccomp: plan.vmm_seccomp,
+                log: state.vmm_log.clone(),
+                vmm_pid: std::process::id(),
+            };
+            let server = crate::runtime::fs_server::spawn(&spec, id).map_err(|e| e.to_string())?;
+            fs_servers.push((fs.tag, server));
+        }
+    }
     Ok(Staged {
         state,
         plan,
         share_root,
+        fs_servers,
     })
 }
 
@@ -237,6 +263,7 @@ fn run_vm(root: &Path, id: &str, start: Start) -> Option<ExitStatus> {
         state: st,
         plan,
         share_root,
+        mut fs_servers,
     } = staged;
     let fail = |ready: &mut Option<std::fs::File>, msg: String| fail(id, ready, msg);
     let dir = state::container_dir(root, id);
@@ -260,6 +287,16 @@ fn run_vm(root: &Path, id: &str, start: Start) -> Option<ExitStatus> {
     };
     let creator_gone = || creator.as_ref().is_some_and(CreatorWatch::gone);
     crate::timeline::mark(&dir, "vmm.go");
+    // `create` has put this process in the container's cgroup: its fs
+    // servers go there too (their file I/O is the container's).
+    for (_, server) in &fs_servers {
+        if let Err(e) = server.join_cgroup() {
+            if nix::unistd::geteuid().is_root() && !crate::paths::in_user_namespace() {
+                return fail(&mut ready, e.to_string());
+            }
+            log::warn!("container {id}: {e}");
+        }
+    }
     let mut network = crate::agent_proto::NetSetup::default();
     let mut nics = Vec::new();
     let mut taps = Vec::new();
@@ -330,10 +367,15 @@ fn run_vm(root: &Path, id: &str, start: Start) -> Option<ExitStatus> {
                 .filter(|p| *p != state_dir);
             crate::jail::root::Jail {
                 state_dir,
-                share: share_root.clone(),
+                // The shares are the fs server's, not the VMM's.
+                share: None,
                 socket_dir,
             }
         }),
+        fs_servers: fs_servers
+            .iter_mut()
+            .filter_map(|(tag, server)| server.take_client().map(|c| (tag.clone(), c)))
+            .collect(),
     };
     let vm = std::thread::Builder::new()
         .name("vmm".into())

@@ -174,6 +174,10 @@ pub struct RunControls {
     /// The root the calling thread pivots into once the VM is built, before
     /// the device filter and the event loop ([`crate::jail::root`]).
     pub jail: Option<crate::jail::root::Jail>,
+    /// Streams to fs server processes ([`crate::runtime::fs_server`]) by
+    /// tag: the [`super::config::FsConfig`] with that tag is served there
+    /// (the others in the device thread).
+    pub fs_servers: Vec<(String, super::devices::virtio::fs::backend::Client)>,
 }
 
 /// [`build_and_run`] with [`RunControls`].
@@ -373,13 +377,21 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
         event_manager.add_subscriber(vsock);
     }
     for share in &config.fs {
-        let fs = Fs::new(&share.tag, &share.root, share.read_only)
+        let mut fs = Fs::new(&share.tag, &share.root, share.read_only)
             .and_then(|fs| fs.with_ids(share.ids.clone()))
             .map_err(|e| BuildError::Fs {
                 tag: share.tag.clone(),
                 root: share.root.clone(),
                 reason: e.to_string(),
             })?;
+        if let Some(i) = controls
+            .fs_servers
+            .iter()
+            .position(|(t, _)| *t == share.tag)
+        {
+            let (_, client) = controls.fs_servers.swap_remove(i);
+            fs = fs.with_remote(client, controls.stop.clone());
+        }
         let fs = Arc::new(Mutex::new(fs));
         attach.attach(fs.clone(), &share.root)?;
         event_manager.add_subscriber(fs);

@@ -53,8 +53,44 @@ fn with_staged(f: impl FnOnce(&Path, PathBuf, PathBuf) -> bool) {
     assert!(!mounts.contains(&dir.path().display().to_string()));
 }
 
+/// The top-level names under `/`.
+fn roots() -> Vec<String> {
+    let mut roots: Vec<String> = std::fs::read_dir("/")
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    roots.sort();
+    roots
+}
+
+/// What no jail shows or lets a thread add.
+fn nothing_of_the_host(top: &Path) {
+    assert_eq!(std::env::current_dir().unwrap(), Path::new("/"));
+    assert!(!Path::new("/proc/self/cgroup").exists());
+    assert!(!Path::new("/sys/fs/cgroup").exists());
+    assert!(!Path::new("/dev/urandom").exists());
+    assert!(!Path::new("/etc/passwd").exists());
+    assert!(!Path::new("/proc/1").exists());
+    assert!(!top.join("source").exists(), "the share's source");
+    assert_eq!(
+        std::fs::write("/planted", b"x").unwrap_err().raw_os_error(),
+        Some(libc::EROFS)
+    );
+    // `..` stops at the jail's root.
+    assert!(!Path::new("/../../etc/passwd").exists());
+}
+
+fn first_component(top: &Path) -> String {
+    top.components()
+        .nth(1)
+        .unwrap()
+        .as_os_str()
+        .to_string_lossy()
+        .into_owned()
+}
+
 #[test]
-fn the_jail_holds_the_state_dir_shares_and_its_proc_files_only() {
+fn the_vmm_jail_holds_the_state_dir_and_sockets_only() {
     with_staged(|top, state, share| {
         let sockets = top.join("short/0123");
         std::fs::create_dir_all(&sockets).unwrap();
@@ -66,49 +102,44 @@ fn the_jail_holds_the_state_dir_shares_and_its_proc_files_only() {
             socket_dir: Some(sockets.clone()),
         };
         jail.enter().unwrap();
-        let mut roots: Vec<String> = std::fs::read_dir("/")
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        roots.sort();
-        let first = top
-            .components()
-            .nth(1)
-            .unwrap()
-            .as_os_str()
-            .to_string_lossy()
-            .into_owned();
-        let mut want = vec![first, "proc".to_owned()];
-        want.sort();
-        want.dedup();
-        assert_eq!(roots, want);
-        assert_eq!(std::env::current_dir().unwrap(), Path::new("/"));
+        assert_eq!(roots(), vec![first_component(top)]);
         // What the VMM still uses, at the paths it had.
         assert_eq!(std::fs::read(state.join("state.json")).unwrap(), b"{}");
         std::fs::write(state.join("vmm.log"), b"x").unwrap();
+        assert_eq!(std::fs::read(sockets.join("vsock")).unwrap(), b"s");
+        // The shares are the fs server's: an empty mount point here.
+        assert!(!share.join("m0/f").exists());
+        assert!(!Path::new("/proc").exists());
+        assert!(
+            !top.join("short/other").exists(),
+            "beside the socket directory"
+        );
+        nothing_of_the_host(top);
+        true
+    });
+}
+
+#[test]
+fn the_fs_server_jail_holds_the_shares_and_its_proc_files_only() {
+    with_staged(|top, state, share| {
+        let jail = Jail {
+            state_dir: state.clone(),
+            share: Some(share.clone()),
+            socket_dir: None,
+        };
+        jail.enter_fs_server().unwrap();
+        let mut want = vec![first_component(top), "proc".to_owned()];
+        want.sort();
+        want.dedup();
+        assert_eq!(roots(), want);
         assert_eq!(std::fs::read(share.join("m0/f")).unwrap(), b"shared");
         assert!(std::fs::read_dir("/proc/self/fd").unwrap().count() >= 3);
         assert!(std::fs::read_to_string("/proc/self/mountinfo")
             .unwrap()
             .contains(" / "));
-        assert!(!Path::new("/proc/self/cgroup").exists());
-        assert!(!Path::new("/sys/fs/cgroup").exists());
-        assert!(!Path::new("/dev/urandom").exists());
-        // What it may not reach or add.
-        assert!(!Path::new("/etc/passwd").exists());
-        assert!(!Path::new("/proc/1").exists());
-        assert!(!top.join("source").exists(), "the share's source");
-        assert_eq!(std::fs::read(sockets.join("vsock")).unwrap(), b"s");
-        assert!(
-            !top.join("short/other").exists(),
-            "beside the socket directory"
-        );
-        assert_eq!(
-            std::fs::write("/planted", b"x").unwrap_err().raw_os_error(),
-            Some(libc::EROFS)
-        );
-        // `..` stops at the jail's root.
-        assert!(!Path::new("/../../etc/passwd").exists());
+        // No record, no log, no sockets.
+        assert!(!state.join("state.json").exists());
+        nothing_of_the_host(top);
         true
     });
 }

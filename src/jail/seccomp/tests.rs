@@ -299,9 +299,13 @@ fn the_kernel_stops_a_thread_that_steps_outside_its_filter_and_the_log_says_why(
             other => panic!("{t:?}: the child ended {other:?}, not by SIGSYS"),
         }
         let text = std::fs::read_to_string(&log).unwrap();
+        let who = if t == Thread::FsServer {
+            "fs server process".to_owned()
+        } else {
+            format!("{} thread", t.name())
+        };
         let wanted = format!(
-            "the VMM's {} thread made system call {FAULT_CALL} (personality, arguments 0xffffffff",
-            t.name()
+            "the VMM's {who} made system call {FAULT_CALL} (personality, arguments 0xffffffff"
         );
         assert!(text.contains(&wanted), "{t:?}: {text}");
         // In log mode the same call goes through.

@@ -3,33 +3,21 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use fuse_backend_rs::api::server::Server;
-use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
-use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
-use log::{debug, warn};
-use virtio_queue::Queue;
-use virtio_queue_017::QueueT as _;
+use log::{debug, error, warn};
+use virtio_queue::{Queue, QueueT as _};
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 
-use super::compat::{queue_017, AliasedMemory};
+use super::backend::{Backend, BackendError, Client, FsServer, Outcome, MAX_REQUEST};
 use super::idmap::IdMaps;
-use super::share::Share;
 use super::{
-    FsError, CONFIG_NUM_QUEUES_OFFSET, CONFIG_SPACE_SIZE, CONFIG_TAG_OFFSET, ENTRY_TIMEOUT,
-    NUM_QUEUES, NUM_REQUEST_QUEUES, QUEUE_SIZE, TAG_MAX,
+    FsError, CONFIG_NUM_QUEUES_OFFSET, CONFIG_SPACE_SIZE, CONFIG_TAG_OFFSET, NUM_QUEUES,
+    NUM_REQUEST_QUEUES, QUEUE_SIZE, TAG_MAX,
 };
-use crate::vmm::devices::virtio::core::{raise_used, DeviceError, VirtioCore};
+use crate::vmm::devices::virtio::core::VirtioCore;
 use crate::vmm::devices::virtio::{
     ActivateError, Interrupt, VirtioDevice, TYPE_FS, VIRTIO_F_VERSION_1,
 };
-
-/// The 0.17 views of guest memory and of the queues that fuse-backend-rs's
-/// transport reads (see [`super::compat`]); the core's own queues are not
-/// used past activation.
-pub(super) struct Active017 {
-    mem: AliasedMemory,
-    queues: Vec<virtio_queue_017::Queue>,
-}
 
 /// A virtio-fs device serving one host directory.
 pub struct Fs {
@@ -37,15 +25,21 @@ pub struct Fs {
     tag: String,
     root: PathBuf,
     read_only: bool,
-    ids: IdMaps,
-    /// Made at the first request after the device was made or reset, on
-    /// the event thread: inside the VMM's jail ([`crate::jail::root`]),
-    /// whose seccomp filter lets it open the share (not on the vCPU that
-    /// wrote a reset), so the server holds no directory from before the
-    /// jail.
-    server: Option<Arc<Server<Share>>>,
+    /// Where requests are served ([`super::backend`]).
+    backend: Backend,
+    /// Written when the backend can no longer serve (its process ended):
+    /// the VM stops rather than leave the guest waiting on its files.
+    on_broken: Option<Arc<EventFd>>,
+    /// Set once the backend failed; requests are no longer served.
+    broken: bool,
+    /// The driver reset the device: the server's session goes before the
+    /// next request (on the device thread, not the vCPU that wrote the
+    /// reset).
+    reset_pending: bool,
     config_space: [u8; CONFIG_SPACE_SIZE],
-    pub(super) active: Option<Active017>,
+    /// One request's bytes, and one answer's.
+    request: Vec<u8>,
+    reply: Vec<u8>,
     /// Requests that got no reply because they could not be parsed.
     pub(super) bad_requests: u64,
 }
@@ -61,42 +55,22 @@ impl std::fmt::Debug for Fs {
     }
 }
 
-/// The FUSE server of `root`: fuse-backend-rs's passthrough behind husk's
-/// policy layer. The root is opened when the guest mounts (`FUSE_INIT`);
-/// `/proc/self/fd` and `/proc/self/mountinfo` at once.
-fn server(root: &Path, read_only: bool, ids: &IdMaps, tag: &str) -> Result<Server<Share>, FsError> {
-    let root_dir = root
-        .to_str()
-        .ok_or_else(|| FsError::Path {
-            tag: tag.to_owned(),
-            path: root.to_path_buf(),
-        })?
-        .to_owned();
-    let cfg = Config {
-        root_dir,
-        // The host may change files too (an engine's `cp`, a volume shared
-        // by two containers): the guest revalidates names and attributes
-        // after this long, and page cache on open (close-to-open).
-        entry_timeout: ENTRY_TIMEOUT,
-        attr_timeout: ENTRY_TIMEOUT,
-        cache_policy: CachePolicy::Auto,
-        writeback: false,
-        xattr: true,
-        do_import: true,
-        ..Default::default()
-    };
-    let fs = PassthroughFs::new(cfg).map_err(|source| FsError::Passthrough {
-        tag: tag.to_owned(),
-        path: root.to_path_buf(),
-        source,
-    })?;
-    Ok(Server::new(Share::new(fs, read_only, ids.clone())))
+/// Why a chain was returned unanswered.
+#[derive(Debug, thiserror::Error)]
+enum ChainError {
+    #[error("bad descriptor chain: {0}")]
+    Chain(virtio_queue::Error),
+    #[error("reading the request: {0}")]
+    Read(std::io::Error),
+    #[error("writing the answer: {0}")]
+    Write(std::io::Error),
 }
 
 impl Fs {
     /// A device named `tag` (what the guest mounts: `mount -t virtiofs
     /// TAG DIR`) serving the directory `root`, refusing every change when
-    /// `read_only`.
+    /// `read_only`; its server runs in the device's thread until
+    /// [`Fs::with_remote`] moves it.
     pub fn new(tag: &str, root: &Path, read_only: bool) -> Result<Fs, FsError> {
         if tag.is_empty() || tag.len() > TAG_MAX {
             return Err(FsError::Tag {
@@ -126,6 +100,12 @@ impl Fs {
             .copy_from_slice(tag.as_bytes());
         config_space[CONFIG_NUM_QUEUES_OFFSET..CONFIG_NUM_QUEUES_OFFSET + 4]
             .copy_from_slice(&NUM_REQUEST_QUEUES.to_le_bytes());
+        let server = FsServer::new(tag, root, read_only, IdMaps::default()).map_err(|e| {
+            FsError::Backend {
+                tag: tag.to_owned(),
+                reason: e.to_string(),
+            }
+        })?;
 
         debug!(
             "fs {tag}: {}{}",
@@ -137,10 +117,13 @@ impl Fs {
             tag: tag.to_owned(),
             root: root.to_path_buf(),
             read_only,
-            ids: IdMaps::default(),
-            server: None,
+            backend: Backend::Local(Box::new(server)),
+            on_broken: None,
+            broken: false,
+            reset_pending: false,
             config_space,
-            active: None,
+            request: Vec::new(),
+            reply: Vec::new(),
             bad_requests: 0,
         })
     }
@@ -149,9 +132,26 @@ impl Fs {
     /// container's `linux.uidMappings` / `gidMappings`); before the guest
     /// uses the device.
     pub fn with_ids(mut self, ids: IdMaps) -> Result<Fs, FsError> {
-        self.server = None;
-        self.ids = ids;
+        if self.backend.local_mut().is_some() {
+            let server =
+                FsServer::new(&self.tag, &self.root, self.read_only, ids).map_err(|e| {
+                    FsError::Backend {
+                        tag: self.tag.clone(),
+                        reason: e.to_string(),
+                    }
+                })?;
+            self.backend = Backend::Local(Box::new(server));
+        }
         Ok(self)
+    }
+
+    /// Serves requests in the fs server process at the other end of
+    /// `client` (which was made for this share, its ids and mode); when it
+    /// can no longer serve, `on_broken` is written.
+    pub fn with_remote(mut self, client: Client, on_broken: Option<Arc<EventFd>>) -> Fs {
+        self.backend = Backend::Remote(client);
+        self.on_broken = on_broken;
+        self
     }
 
     /// The tag the guest mounts.
@@ -159,93 +159,99 @@ impl Fs {
         &self.tag
     }
 
+    /// Counts (and logs the first few of) requests that get no answer.
+    fn bad_request(&mut self, index: usize, what: &dyn std::fmt::Display) {
+        self.bad_requests += 1;
+        if self.bad_requests <= super::BAD_REQUESTS_LOGGED {
+            warn!("fs {}: request on queue {index}: {what}", self.tag);
+        }
+    }
+
+    /// The backend failed: no request is served from now on, and the VM
+    /// is asked to stop.
+    fn break_down(&mut self, err: BackendError) -> FsError {
+        if !self.broken {
+            self.broken = true;
+            error!(
+                "fs {}: {err}; the container's files are out of reach, the VM stops",
+                self.tag
+            );
+            if let Some(stop) = &self.on_broken {
+                let _ = stop.write(1);
+            }
+        }
+        FsError::Backend {
+            tag: self.tag.clone(),
+            reason: err.to_string(),
+        }
+    }
+
     /// Serves every available request of queue `index`, returns them in
     /// the used ring and interrupts the driver if any were returned.
     /// Returns whether any request was processed.
     pub fn process_queue(&mut self, index: usize) -> Result<bool, FsError> {
-        let server = match &self.server {
-            Some(s) => s.clone(),
-            None => {
-                let s = Arc::new(server(&self.root, self.read_only, &self.ids, &self.tag)?);
-                self.server = Some(s.clone());
-                s
+        if self.broken {
+            return Ok(false);
+        }
+        if std::mem::take(&mut self.reset_pending) {
+            if let Err(e) = self.backend.reset() {
+                return Err(self.break_down(e));
             }
-        };
-        let (Some(active), Some(core)) = (&mut self.active, self.core.active()) else {
-            return Err(DeviceError::NotActivated {
-                device: self.core.label().to_owned(),
-            }
-            .into());
-        };
-        let Some(queue) = active.queues.get_mut(index) else {
-            return Err(DeviceError::NoQueue {
-                device: self.core.label().to_owned(),
-                index,
-            }
-            .into());
-        };
-        let mem = active.mem.get();
+        }
         let mut used_any = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        loop {
+            let mut active = self.core.active_mut()?;
+            let mem = active.mem;
+            let Some(chain) = active.queue(index)?.pop_descriptor_chain(mem) else {
+                break;
+            };
             let head = chain.head_index();
-            // A chain the transport cannot even describe (a descriptor
+            // A chain the device cannot even describe (a descriptor
             // outside guest memory, lengths that overflow) and a request
             // the server cannot decode get no reply: returned with a used
             // length of 0, counted and logged. The server answers every
             // request it could decode, errors included.
-            let used = match (
-                Reader::from_descriptor_chain(mem, chain.clone()),
-                VirtioFsWriter::new(mem, chain),
-            ) {
-                (Ok(reader), Ok(writer)) => {
-                    match server.handle_message(reader, Writer::VirtioFs(writer), None, None) {
-                        Ok(n) => u32::try_from(n).unwrap_or(0),
-                        Err(err) => {
-                            self.bad_requests += 1;
-                            if self.bad_requests <= super::BAD_REQUESTS_LOGGED {
-                                warn!("fs {}: request on queue {index}: {err}", self.tag);
-                            }
+            let reader = chain.clone().reader(mem).map_err(ChainError::Chain);
+            let writer = chain.writer(mem).map_err(ChainError::Chain);
+            let (mut reader, mut writer) = match (reader, writer) {
+                (Ok(r), Ok(w)) => (r, w),
+                (Err(e), _) | (_, Err(e)) => {
+                    used_any |= active.add_used(index, head, 0)?;
+                    self.bad_request(index, &e);
+                    continue;
+                }
+            };
+            let len = reader.available_bytes().min(MAX_REQUEST);
+            self.request.resize(len, 0);
+            if let Err(e) = std::io::Read::read_exact(&mut reader, &mut self.request) {
+                used_any |= active.add_used(index, head, 0)?;
+                self.bad_request(index, &ChainError::Read(e));
+                continue;
+            }
+            let cap = writer.available_bytes();
+            let used = match self.backend.call(&self.request, cap, &mut self.reply) {
+                Ok(Outcome::Reply(n)) => {
+                    let answer = self.reply.get(..n).unwrap_or_default();
+                    match std::io::Write::write_all(&mut writer, answer) {
+                        Ok(()) => u32::try_from(n).unwrap_or(0),
+                        Err(e) => {
+                            self.bad_request(index, &ChainError::Write(e));
                             0
                         }
                     }
                 }
-                (Err(err), _) | (_, Err(err)) => {
+                Ok(Outcome::Undecodable) => {
                     self.bad_requests += 1;
-                    if self.bad_requests <= super::BAD_REQUESTS_LOGGED {
-                        warn!(
-                            "fs {}: bad descriptor chain on queue {index}: {err}",
-                            self.tag
-                        );
-                    }
                     0
                 }
+                Err(BackendError::Server(e)) => return Err(e),
+                Err(e) => return Err(self.break_down(e)),
             };
-            match queue.add_used(mem, head, used) {
-                Ok(()) => used_any = true,
-                Err(virtio_queue_017::Error::InvalidDescriptorIndex) => {
-                    debug!(
-                        "fs {}: dropping request with bad head index {head}",
-                        self.tag
-                    );
-                }
-                Err(source) => {
-                    return Err(FsError::Queue {
-                        tag: self.tag.clone(),
-                        reason: source.to_string(),
-                    })
-                }
-            }
+            let mut active = self.core.active_mut()?;
+            used_any |= active.add_used(index, head, used)?;
         }
         if used_any {
-            let notify = queue
-                .needs_notification(mem)
-                .map_err(|source| FsError::Queue {
-                    tag: self.tag.clone(),
-                    reason: source.to_string(),
-                })?;
-            if notify {
-                raise_used(self.core.label(), &*core.interrupt)?;
-            }
+            self.core.active_mut()?.signal_used(&[index])?;
         }
         Ok(used_any)
     }
@@ -264,8 +270,6 @@ impl VirtioDevice for Fs {
         &self.config_space
     }
 
-    /// The core's checks, then the 0.17 views the FUSE transport reads,
-    /// then the core's activation.
     fn activate(
         &mut self,
         mem: GuestMemoryMmap,
@@ -273,46 +277,14 @@ impl VirtioDevice for Fs {
         queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
         self.core.check_queues(&mem, &queues)?;
-        let alias =
-            AliasedMemory::new(&mem).map_err(|e| ActivateError::Io(std::io::Error::other(e)))?;
-        let mut converted = Vec::with_capacity(queues.len());
-        for (index, q) in queues.iter().enumerate() {
-            let q = queue_017(q).map_err(|_| ActivateError::BadQueue { index })?;
-            if !q.is_valid(alias.get()) {
-                return Err(ActivateError::BadQueue { index });
-            }
-            converted.push(q);
-        }
-        self.core.activate(mem, interrupt, queues)?;
-        self.active = Some(Active017 {
-            mem: alias,
-            queues: converted,
-        });
-        Ok(())
-    }
-
-    /// From the queues the device works on (the core's copies stand still).
-    fn queue_positions(&self) -> Vec<crate::vmm::snapshot::QueuePosition> {
-        self.active
-            .as_ref()
-            .map(|a| {
-                a.queues
-                    .iter()
-                    .map(|q| crate::vmm::snapshot::QueuePosition {
-                        next_avail: q.next_avail(),
-                        next_used: q.next_used(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.core.activate(mem, interrupt, queues)
     }
 
     fn on_reset(&mut self) -> bool {
-        // The driver forgot its FUSE session: the next request gets a new
-        // server, which forgets every inode and handle of the old one
+        // The driver forgot its FUSE session: the server forgets every
+        // inode and handle of the old one before the next request
         // (requests are served synchronously, so none is in flight).
-        self.active = None;
-        self.server = None;
+        self.reset_pending = true;
         debug!("fs {}: reset", self.tag);
         true
     }
@@ -326,6 +298,7 @@ mod tests {
 
     use super::super::test_utils::{fuse_message, init_body, FUSE_INIT, IN_HEADER};
     use super::*;
+    use crate::vmm::devices::virtio::core::DeviceError;
     use crate::vmm::devices::virtio::test_utils::{memory, GuestQueue, TestInterrupt, F_WRITE};
 
     // FUSE opcodes and structures (include/uapi/linux/fuse.h).
@@ -847,6 +820,96 @@ mod tests {
         // The old session's node is unknown to the new one.
         assert_eq!(g.lookup(hello, "x").err(), Some(libc::EBADF));
         assert!(g.lookup(ROOT, "hello").is_ok());
+    }
+
+    /// The same guest against a server in another thread (as the fs server
+    /// process serves it); when that server goes, the VM is asked to stop
+    /// and the device serves nothing more.
+    #[test]
+    fn a_remote_server_serves_the_guest_and_its_end_stops_the_vm() {
+        use super::super::backend::{serve, Client, FsServer};
+        let dir = share();
+        let root = dir.path().join("share");
+        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let server = std::thread::spawn(move || {
+            let mut s = FsServer::new("vol", &root, false, IdMaps::default()).unwrap();
+            serve(&mut theirs, &mut s)
+        });
+        let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let mem = memory();
+        let hiprio = GuestQueue::new(&mem, 16, 0x1000);
+        let req = GuestQueue::new(&mem, 16, 0x5000);
+        let irq = Arc::new(TestInterrupt::default());
+        let mut dev = Fs::new("vol", &dir.path().join("share"), false)
+            .unwrap()
+            .with_remote(Client::new(ours), Some(stop.clone()));
+        dev.activate(
+            mem,
+            irq.clone(),
+            vec![hiprio.create_queue(), req.create_queue()],
+        )
+        .unwrap();
+        let mut g = Guest {
+            dev,
+            hiprio,
+            req,
+            irq,
+            unique: 0,
+            caller: (0, 0),
+        };
+        assert_eq!(g.call(FUSE_INIT, 0, &init_body(0)).0, 0);
+        let (hello, _) = g.lookup(ROOT, "hello").unwrap();
+        let fh = g.open(hello, libc::O_RDONLY).unwrap();
+        assert_eq!(g.read(hello, fh, 4096).unwrap(), b"hello from the host");
+        let (node, fh) = g.create(ROOT, "new").unwrap();
+        g.write(node, fh, b"through the server").unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("share/new")).unwrap(),
+            b"through the server"
+        );
+        // A reset reaches the server before the next request.
+        assert!(g.dev.reset());
+        assert!(stop.read().is_err(), "no stop yet");
+        // The server goes (its process ended).
+        let mem = g.req.mem.clone();
+        g.req = GuestQueue::new(&mem, 16, 0x5000);
+        g.hiprio = GuestQueue::new(&mem, 16, 0x1000);
+        g.dev
+            .activate(
+                mem,
+                g.irq.clone(),
+                vec![g.hiprio.create_queue(), g.req.create_queue()],
+            )
+            .unwrap();
+        assert_eq!(g.call(FUSE_INIT, 0, &init_body(0)).0, 0);
+        assert_eq!(g.lookup(hello, "x").err(), Some(libc::EBADF));
+        let Backend::Remote(client) = std::mem::replace(
+            &mut g.dev.backend,
+            Backend::Local(Box::new(
+                FsServer::new("x", dir.path(), true, IdMaps::default()).unwrap(),
+            )),
+        ) else {
+            panic!("not remote");
+        };
+        drop(client);
+        server.join().unwrap().unwrap();
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        drop(theirs);
+        g.dev.backend = Backend::Remote(Client::new(ours));
+        let msg = g.message(FUSE_LOOKUP, ROOT, b"hello\0");
+        g.req.mem.write_slice(&msg, GuestAddress(REQ)).unwrap();
+        g.req.add_chain(&[
+            (REQ, u32::try_from(msg.len()).unwrap(), 0),
+            (REPLY, REPLY_LEN, F_WRITE),
+        ]);
+        assert!(matches!(
+            g.dev.process_queue(1),
+            Err(FsError::Backend { .. })
+        ));
+        assert_eq!(stop.read().unwrap(), 1);
+        // Broken: nothing more is served, and no second stop is asked.
+        assert!(!g.dev.process_queue(1).unwrap());
+        assert!(stop.read().is_err());
     }
 
     #[test]

@@ -1,23 +1,26 @@
 //! virtio-fs (virtio 1.2, section 5.11): a host directory the guest mounts
-//! with `mount -t virtiofs TAG DIR`, FUSE over virtqueues, served in the
-//! VMM process (no separate daemon, no shared-memory requirement on guest
-//! RAM, so a VM restored copy-on-write from a template keeps it).
+//! with `mount -t virtiofs TAG DIR`, FUSE over virtqueues. The device copies
+//! each request out of guest memory and its answer back in; the FUSE server
+//! runs in a process of its own beside a container's VMM (the VMM proper
+//! keeps no capability), or in the device's thread (no shared-memory
+//! requirement on guest RAM either way, so a VM restored copy-on-write from
+//! a template keeps it).
 //!
 //! - `device`: [`Fs`], its state (`Inactive` / `Activated`), config space
 //!   (the tag and the number of request queues) and request processing.
+//! - `backend`: the FUSE server and the stream protocol to its process.
 //! - `share`: the file system behind it: fuse-backend-rs's passthrough
 //!   (names resolved one component at a time under `O_PATH` handles with
 //!   `O_NOFOLLOW`, never by joining path strings) and husk's policy layer
 //!   (read-only shares refused on the host side).
-//! - `compat`: fuse-backend-rs reads requests through vm-memory 0.17 and
-//!   virtio-queue 0.17; this aliases husk's 0.18 memory and queues for it.
 //! - `event_handler`: the event-manager side, as for virtio-blk.
 //!
 //! # Queues
 //!
 //! Queue 0 is the high-priority queue (`FUSE_FORGET`, `FUSE_INTERRUPT`),
 //! queue 1 the one request queue. Requests are served synchronously on the
-//! event-manager thread, in queue order.
+//! event-manager thread, in queue order (a remote server answers one
+//! request before the next is sent).
 //!
 //! # Hostile guests
 //!
@@ -25,11 +28,13 @@
 //! a FUSE message that cannot be decoded is returned with a used length of
 //! 0 and counted (the first [`BAD_REQUESTS_LOGGED`] are logged); requests
 //! that decode but fail get the FUSE error reply. Messages longer than
-//! fuse-backend-rs's `MAX_BUFFER_SIZE` are refused by the server. Nothing
+//! fuse-backend-rs's `MAX_BUFFER_SIZE` are refused by the server, and no
+//! more than [`backend::MAX_REQUEST`] bytes of a chain are read. A server
+//! process that ends stops the VM. Nothing
 //! a guest sends panics the VMM or reaches a host file outside the shared
 //! directory.
 
-mod compat;
+pub mod backend;
 mod device;
 mod event_handler;
 pub mod idmap;
@@ -83,4 +88,6 @@ pub enum FsError {
     Device(#[from] crate::vmm::devices::virtio::core::DeviceError),
     #[error("virtio-fs {tag}: queue: {reason}")]
     Queue { tag: String, reason: String },
+    #[error("virtio-fs {tag}: {reason}")]
+    Backend { tag: String, reason: String },
 }
