@@ -63,6 +63,8 @@ const STATUS_REPLY: u32 = 0;
 const STATUS_UNDECODABLE: u32 = 1;
 const STATUS_RESET: u32 = 2;
 const STATUS_BROKEN: u32 = 3;
+/// The server's first frame: confined, serving from now on.
+const STATUS_READY: u32 = 4;
 
 // The loopback's layout in the server's memory: a split virtqueue of two
 // descriptors (virtio 1.2 section 2.7: the table 16-byte aligned, the
@@ -405,6 +407,20 @@ impl Client {
         }
     }
 
+    /// Waits (at most `timeout`) for the server's first frame, which it
+    /// sends once it is confined ([`send_ready`]).
+    pub fn wait_ready(&mut self, timeout: std::time::Duration) -> Result<(), BackendError> {
+        self.stream.set_read_timeout(Some(timeout))?;
+        let answer = self.answer();
+        self.stream.set_read_timeout(None)?;
+        match answer? {
+            (STATUS_READY, 0) => Ok(()),
+            (status, len) => Err(BackendError::Protocol(format!(
+                "status {status} with {len} bytes before it was ready"
+            ))),
+        }
+    }
+
     /// Resets the server's session.
     pub fn reset(&mut self) -> Result<(), BackendError> {
         self.stream.write_all(&header(&[KIND_RESET, 0, 0]))?;
@@ -456,6 +472,11 @@ impl Backend {
             Backend::Remote(_) => None,
         }
     }
+}
+
+/// The server's first frame: it is confined and serves from now on.
+pub fn send_ready(stream: &mut UnixStream) -> io::Result<()> {
+    stream.write_all(&header(&[STATUS_READY, 0]))
 }
 
 /// Why [`serve`] stopped before its device hung up.

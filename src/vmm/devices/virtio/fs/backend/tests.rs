@@ -213,3 +213,32 @@ fn a_client_checks_what_the_server_answers() {
     }
     t.join().unwrap();
 }
+
+#[test]
+fn a_client_waits_for_its_server_to_be_ready() {
+    let (ours, mut theirs) = UnixStream::pair().unwrap();
+    let mut c = Client::new(ours);
+    send_ready(&mut theirs).unwrap();
+    c.wait_ready(std::time::Duration::from_secs(5)).unwrap();
+    // Not ready in time.
+    let started = std::time::Instant::now();
+    assert!(matches!(
+        c.wait_ready(std::time::Duration::from_millis(50)),
+        Err(BackendError::Io(_))
+    ));
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // Gone before it was ready.
+    drop(theirs);
+    assert!(matches!(
+        c.wait_ready(std::time::Duration::from_secs(5)),
+        Err(BackendError::Gone)
+    ));
+    // Anything else first breaks the protocol.
+    let (ours, mut theirs) = UnixStream::pair().unwrap();
+    let mut c = Client::new(ours);
+    theirs.write_all(&header(&[STATUS_REPLY, 0])).unwrap();
+    assert!(matches!(
+        c.wait_ready(std::time::Duration::from_secs(5)),
+        Err(BackendError::Protocol(_))
+    ));
+}
