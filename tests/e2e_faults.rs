@@ -656,10 +656,38 @@ fn a_vmm_thread_outside_its_seccomp_filter_ends_the_vmm_and_says_why() {
             "the VMM holds a descriptor its caller left open"
         );
     }
+    // The VMM's own user: one uid of husk's range, claimed for this
+    // container, on every thread (real, effective, saved, fs), no groups.
+    let main_status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let vmm_uid: u32 = status_field(&main_status, "Uid:")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let range =
+        husk::jail::user::RANGE_START..husk::jail::user::RANGE_START + husk::jail::user::RANGE_SIZE;
+    assert!(range.contains(&vmm_uid), "the VMM runs as uid {vmm_uid}");
+    let claim = Path::new(husk::jail::user::CLAIMS_DIR).join(vmm_uid.to_string());
+    assert_eq!(
+        std::fs::read_to_string(&claim).unwrap(),
+        env.root().join("sc-audit").display().to_string(),
+        "the claim of uid {vmm_uid}"
+    );
     let mut names = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
         let name = status_field(&status, "Name:");
+        for ids in ["Uid:", "Gid:"] {
+            assert!(
+                status_field(&status, ids)
+                    .split_whitespace()
+                    .all(|u| u == vmm_uid.to_string()),
+                "thread {name} {ids} {}",
+                status_field(&status, ids)
+            );
+        }
+        assert_eq!(status_field(&status, "Groups:"), "", "thread {name}");
         assert_eq!(
             status_field(&status, "Seccomp:"),
             "2",
@@ -764,6 +792,9 @@ fn a_vmm_thread_outside_its_seccomp_filter_ends_the_vmm_and_says_why() {
     let server = servers[0];
     let status = std::fs::read_to_string(format!("/proc/{server}/status")).unwrap();
     assert_eq!(status_field(&status, "Name:"), "husk-fs");
+    assert!(status_field(&status, "Uid:")
+        .split_whitespace()
+        .all(|u| u == "0"));
     assert_eq!(status_field(&status, "PPid:"), pid.to_string());
     assert_eq!(status_field(&status, "Seccomp:"), "2", "{status}");
     assert_eq!(status_field(&status, "NoNewPrivs:"), "1");
@@ -840,6 +871,7 @@ fn a_vmm_thread_outside_its_seccomp_filter_ends_the_vmm_and_says_why() {
     assert!(done.status.success(), "{}", done.stderr);
     wait_no_vmm(&env, "sc-audit", "deleted");
     wait_no_fs_server("sc-audit");
+    assert!(!claim.exists(), "delete left the claim of uid {vmm_uid}");
 
     for point in ["vcpu", "devices", "supervisor", "fs-server"] {
         let id = format!("sc-{point}");
@@ -917,6 +949,51 @@ fn a_vmm_thread_outside_its_seccomp_filter_ends_the_vmm_and_says_why() {
     let done = env.husk(&["delete", "-f", "sc-nojail"]);
     assert!(done.status.success(), "{}", done.stderr);
     wait_no_vmm(&env, "sc-nojail", "unjailed");
+    // The VMM's user: `root` keeps uid 0 (without capabilities), a pinned
+    // one is used as given (and claims nothing), `0` is refused.
+    for (id, user, want) in [
+        ("sc-uroot", "root", "0"),
+        ("sc-upin", "3000000:3000001", "3000000"),
+    ] {
+        let bundle = env.bundle(id, &["sh", "-c", "echo ran; sleep 1000"], |c| {
+            c["annotations"] = serde_json::json!({ "io.husk.vmm.user": user });
+        });
+        let done = env.husk(&["run", "-d", "--bundle", b(&bundle), id]);
+        assert!(done.status.success(), "{id}: {}", done.stderr);
+        let pid = vmm_pid(&env, id);
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+            let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+            assert_eq!(status_field(&status, "Seccomp:"), "2");
+            assert_eq!(status_field(&status, "CapEff:"), "0000000000000000");
+            assert!(
+                status_field(&status, "Uid:")
+                    .split_whitespace()
+                    .all(|u| u == want),
+                "{id}: {}",
+                status_field(&status, "Uid:")
+            );
+        }
+        let done = env.husk(&["exec", id, "echo", "exec ok"]);
+        assert_eq!(done.stdout.trim(), "exec ok", "{id}: {}", done.stderr);
+        let done = env.husk(&["delete", "-f", id]);
+        assert!(done.status.success(), "{}", done.stderr);
+        wait_no_vmm(&env, id, user);
+        env.assert_gone(id);
+    }
+    assert!(!Path::new(husk::jail::user::CLAIMS_DIR)
+        .join("3000000")
+        .exists());
+    let bad = env.bundle("badu", &["true"], |c| {
+        c["annotations"] = serde_json::json!({"io.husk.vmm.user": "0"});
+    });
+    let done = env.husk(&["create", "--bundle", b(&bad), "sc-badu"]);
+    assert!(!done.status.success());
+    assert!(
+        done.stderr.contains("io.husk.vmm.user") && done.stderr.contains("\"0\""),
+        "{}",
+        done.stderr
+    );
+    env.assert_gone("sc-badu");
     let bad = env.bundle("badj", &["true"], |c| {
         c["annotations"] = serde_json::json!({"io.husk.vmm.jail": "maybe"});
     });

@@ -11,6 +11,7 @@ pub mod caps;
 pub mod ns;
 pub mod root;
 pub mod seccomp;
+pub mod user;
 
 /// Errors of the process-wide settings.
 #[derive(Debug, thiserror::Error)]

@@ -157,6 +157,12 @@ pub enum FilterError {
     },
     #[error("installing the SIGSYS handler that reports seccomp violations: {0}")]
     Handler(#[source] std::io::Error),
+    #[error("the VMM's {thread} thread: {source}")]
+    User {
+        thread: &'static str,
+        #[source]
+        source: super::user::UserError,
+    },
     #[error("dropping the capabilities of the VMM's {thread} thread: {source}")]
     Caps {
         thread: &'static str,
@@ -180,6 +186,9 @@ pub struct Filters {
     /// `clone3` answers ENOSYS (its flags sit in memory a filter cannot
     /// read; the C library then uses `clone`, whose flags it can).
     clone3: BpfProgram,
+    /// The VMM's own user ([`super::user`]): each VMM thread drops to it as
+    /// it applies its filter.
+    user: Option<super::user::VmmUser>,
 }
 
 impl std::fmt::Debug for Filters {
@@ -221,7 +230,20 @@ impl Filters {
                 thread: "clone3",
                 source,
             })?,
+            user: None,
         })
+    }
+
+    /// Every VMM thread (not the fs server) drops to `user` as it applies
+    /// its filter.
+    pub fn for_user(mut self, user: Option<super::user::VmmUser>) -> Filters {
+        self.user = user;
+        self
+    }
+
+    /// The user VMM threads drop to.
+    pub fn user(&self) -> Option<super::user::VmmUser> {
+        self.user
     }
 
     pub fn mode(&self) -> Mode {
@@ -243,12 +265,27 @@ impl Filters {
     /// on every thread it starts from now on). Call on a thread without a
     /// filter yet (the capability calls are not in any filter).
     pub fn apply(&self, thread: Thread) -> Result<(), FilterError> {
-        super::caps::limit_thread(thread.keeps(), self.last_cap).map_err(|source| {
-            FilterError::Caps {
+        let caps = |keep: u64| {
+            super::caps::limit_thread(keep, self.last_cap).map_err(|source| FilterError::Caps {
                 thread: thread.name(),
                 source,
+            })
+        };
+        // SAFETY: getuid takes no arguments; as a raw system call it
+        // answers for this thread.
+        let uid = unsafe { libc::syscall(libc::SYS_getuid) };
+        match self.user {
+            // A thread started by one that already dropped has the user.
+            Some(user) if thread != Thread::FsServer && uid != i64::from(user.uid) => {
+                caps(thread.keeps() | super::user::drop_needs())?;
+                super::user::drop_thread(&user).map_err(|source| FilterError::User {
+                    thread: thread.name(),
+                    source,
+                })?;
+                caps(thread.keeps())?;
             }
-        })?;
+            _ => caps(thread.keeps())?,
+        }
         let install = |program: &BpfProgram, name: &'static str| {
             seccompiler::apply_filter(program).map_err(|source| FilterError::Install {
                 thread: name,

@@ -184,6 +184,7 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
     let vmm_seccomp = crate::runtime::vm_plan::vmm_seccomp_mode(&b.spec)?;
     let vmm_jail = crate::runtime::vm_plan::vmm_jail(&b.spec)?;
     let vmm_ns = crate::jail::ns::plan(&b.spec).map_err(PlanError::from)?;
+    let user_choice = crate::runtime::vm_plan::vmm_user_choice(&b.spec)?;
     let cgroup = cgroup_plan(req, &b.spec, sizing.mem_mib)?;
     match &network {
         Some(n) if !n.own => {
@@ -232,8 +233,11 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
         dir: dir.clone(),
         vmm: None,
         cgroup: None,
+        user: None,
         lock: Some(lock),
     };
+    let vmm_user = vmm_user(&req.id, user_choice, vmm_jail, &dir)?;
+    guard.user = vmm_user;
     crate::timeline::mark_at(&dir, "create.begin", began);
     // Only a block rootfs needs an image (built once per tree, cached).
     let image = match rootfs_mode {
@@ -261,6 +265,7 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
         vmm_seccomp,
         vmm_jail,
         vmm_ns,
+        vmm_user,
     };
     plan.save(&dir)?;
     crate::runtime::hooks::save(&dir, b.spec.hooks().as_ref())?;
@@ -495,6 +500,8 @@ struct CreateGuard {
     dir: PathBuf,
     vmm: Option<u32>,
     cgroup: Option<PathBuf>,
+    /// The VMM user claimed for the container.
+    user: Option<crate::jail::user::VmmUser>,
     /// `None` once the create succeeded (the lock is let go, its file stays
     /// with the container until delete).
     lock: Option<crate::lockfile::LockFile>,
@@ -523,6 +530,9 @@ impl Drop for CreateGuard {
         }
         if let Err(e) = crate::net::cleanup(&self.dir) {
             log::warn!("{e}");
+        }
+        if let Some(user) = &self.user {
+            release_vmm_user(&self.dir, user);
         }
         match state::remove_container_dir(&self.dir) {
             Ok(()) => {
@@ -873,6 +883,9 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), ContainerError> 
         }
     }
     if left.is_empty() {
+        if let Some(user) = VmPlan::load(&dir).ok().and_then(|p| p.vmm_user) {
+            release_vmm_user(&dir, &user);
+        }
         if let Err(e) = State::remove(root, id) {
             left.push(e.to_string());
         }
@@ -892,6 +905,46 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), ContainerError> 
     cache::remove_stale_work(&cache);
     crate::runtime::template::remove_stale_work(&cache);
     Ok(())
+}
+
+/// The user container `id`'s VMM drops to ([`crate::jail::user`]): under a
+/// root caller with the jail on, a uid of husk's range claimed for it (or
+/// the one the annotation pins); otherwise none.
+fn vmm_user(
+    id: &str,
+    choice: crate::jail::user::Choice,
+    jail: bool,
+    dir: &Path,
+) -> Result<Option<crate::jail::user::VmmUser>, ContainerError> {
+    use crate::jail::user::{claim, Choice, VmmUser, CLAIMS_DIR};
+    let rootful = nix::unistd::geteuid().is_root() && !crate::paths::in_user_namespace();
+    match choice {
+        Choice::Root => Ok(None),
+        _ if !rootful => Ok(None),
+        _ if !jail => {
+            log::warn!(
+                "container {id}: {}=off: the VMM stays uid 0 (without capabilities)",
+                crate::jail::root::ANNOTATION
+            );
+            Ok(None)
+        }
+        Choice::Pinned { uid, gid } => Ok(Some(VmmUser {
+            uid,
+            gid,
+            claimed: false,
+        })),
+        Choice::Auto => {
+            let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+            claim(Path::new(CLAIMS_DIR), &abs)
+                .map(Some)
+                .map_err(|e| ContainerError::Io(e.to_string()))
+        }
+    }
+}
+
+fn release_vmm_user(dir: &Path, user: &crate::jail::user::VmmUser) {
+    let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    crate::jail::user::release(Path::new(crate::jail::user::CLAIMS_DIR), &abs, user);
 }
 
 /// Runs the poststop hooks once (a delete run again after a failed removal

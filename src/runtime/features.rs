@@ -173,9 +173,12 @@ pub fn features() -> Features {
             (crate::jail::seccomp::ANNOTATION, "enforce".to_owned()),
             // The VMM's jail (its own root) and its default.
             (crate::jail::root::ANNOTATION, "on".to_owned()),
+            // The VMM's own user and its default.
+            (crate::jail::user::ANNOTATION, "auto".to_owned()),
         ]),
         // The VM's sizing, and the VMM's filter mode (log lets calls
-        // through) and jail (off keeps it in the host's root).
+        // through), jail (off keeps it in the host's root) and user (root
+        // keeps uid 0).
         potentially_unsafe_config_annotations: vec![ANNOTATION_PREFIX, VMM_ANNOTATION_PREFIX],
     }
 }

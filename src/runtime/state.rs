@@ -197,6 +197,36 @@ fn refusal(op: Operation, id: &str, status: Status) -> String {
     }
 }
 
+/// The file a VMM writes how its container ended into: the VMM may run as
+/// a user of its own, which cannot write (or replace) `state.json`.
+pub const EXIT_FILE: &str = "exit";
+/// Most bytes of an [`EXIT_FILE`] read.
+const MAX_EXIT_FILE: u64 = 256;
+
+/// Writes `status` into `dir`'s [`EXIT_FILE`] (made beforehand for the
+/// VMM's user: it is opened, not created).
+pub fn write_exit(dir: &Path, status: ExitStatus) -> io::Result<()> {
+    let json = serde_json::to_vec(&status).map_err(io::Error::other)?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(dir.join(EXIT_FILE))?;
+    // One short write: whole or not at all for a reader that waits for
+    // the VMM to end.
+    f.write_all(&json)
+}
+
+/// How `dir`'s VMM said its container ended, if it did. Its content is the
+/// VMM's to write, so anything but a short, well-formed status is none.
+pub fn read_exit(dir: &Path) -> Option<ExitStatus> {
+    let path = dir.join(EXIT_FILE);
+    let meta = fs::symlink_metadata(&path).ok()?;
+    if !meta.is_file() || meta.len() > MAX_EXIT_FILE {
+        return None;
+    }
+    serde_json::from_slice(&fs::read(&path).ok()?).ok()
+}
+
 /// How the user process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -544,10 +574,11 @@ impl State {
     }
 
     /// Loads the record of `id` with its status brought up to date
-    /// ([`State::refresh_in`]) and saves a change. The VMM saves how the
-    /// container ended *before* it exits, so once it is seen gone the
-    /// record is read again: a refresh that loaded the record just before
-    /// that save must not overwrite it (the exit status would be lost).
+    /// ([`State::refresh_in`]) and saves a change. The VMM writes how the
+    /// container ended into its [`EXIT_FILE`] *before* it exits, so once
+    /// it is seen gone that file is read into the record. (The record is
+    /// read again first: a VMM of an older husk saved it into the record,
+    /// which a refresh loaded just before must not overwrite.)
     pub fn load_current(
         root: &Path,
         id: &str,
@@ -557,6 +588,9 @@ impl State {
         if st.refresh_in(root, probe) {
             st = State::load(root, id)?;
             if st.refresh_in(root, probe) {
+                if st.exit_status.is_none() {
+                    st.exit_status = read_exit(&container_dir(root, id));
+                }
                 st.save(root)?;
             }
         }
@@ -1193,6 +1227,40 @@ mod tests {
             State::load(root.path(), "c2").unwrap().status,
             Status::Stopped
         );
+    }
+
+    /// A VMM running as its own user writes how the container ended into
+    /// its exit file; the record gets it once the VMM is gone, and
+    /// anything but a short well-formed status is ignored.
+    #[test]
+    fn the_exit_file_reaches_the_record_once_the_vmm_is_gone() {
+        let root = tempfile::tempdir().unwrap();
+        let mut s = new_state(root.path(), "c1");
+        s.status = Status::Running;
+        s.pid = Some(10);
+        s.save(root.path()).unwrap();
+        let dir = container_dir(root.path(), "c1");
+        // Not made beforehand: nothing is created.
+        assert!(write_exit(&dir, ExitStatus::Code(3)).is_err());
+        std::fs::write(dir.join(EXIT_FILE), b"").unwrap();
+        assert_eq!(read_exit(&dir), None);
+        write_exit(&dir, ExitStatus::Signal(9)).unwrap();
+        write_exit(&dir, ExitStatus::Code(3)).unwrap();
+        assert_eq!(read_exit(&dir), Some(ExitStatus::Code(3)));
+        let st = State::load_current(root.path(), "c1", &FakeProbe::default()).unwrap();
+        assert_eq!(st.status, Status::Stopped);
+        assert_eq!(st.exit_status, Some(ExitStatus::Code(3)));
+        assert_eq!(
+            State::load(root.path(), "c1").unwrap().exit_status,
+            Some(ExitStatus::Code(3))
+        );
+        for bad in [&b"{\"code\": \"x\"}"[..], b"garbage", &[b' '; 300][..]] {
+            std::fs::write(dir.join(EXIT_FILE), bad).unwrap();
+            assert_eq!(read_exit(&dir), None, "{bad:?}");
+        }
+        std::fs::remove_file(dir.join(EXIT_FILE)).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", dir.join(EXIT_FILE)).unwrap();
+        assert_eq!(read_exit(&dir), None, "a symlink");
     }
 
     #[test]

@@ -302,6 +302,7 @@ fn build(
         taps: Vec::new(),
         seccomp: None,
         jail: None,
+        socket_owner: None,
         fs_servers: Vec::new(),
     };
     Ok(crate::vmm::builder::run_with(t, controls)?)

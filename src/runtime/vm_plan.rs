@@ -102,6 +102,20 @@ pub fn vmm_jail(spec: &oci_spec::runtime::Spec) -> Result<bool, PlanError> {
     }
 }
 
+/// The VMM's user as [`crate::jail::user::ANNOTATION`] asks (`auto`, the
+/// default, `root` or `UID[:GID]`).
+pub fn vmm_user_choice(
+    spec: &oci_spec::runtime::Spec,
+) -> Result<crate::jail::user::Choice, PlanError> {
+    use crate::jail::user::{parse_annotation, Choice, ANNOTATION};
+    match spec.annotations().as_ref().and_then(|a| a.get(ANNOTATION)) {
+        None => Ok(Choice::Auto),
+        Some(v) => {
+            parse_annotation(v).ok_or_else(|| PlanError::UserAnnotation { value: v.clone() })
+        }
+    }
+}
+
 fn default_true() -> bool {
     true
 }
@@ -209,6 +223,11 @@ pub struct VmPlan {
     /// container ([`crate::jail::ns`]).
     #[serde(default)]
     pub vmm_ns: crate::jail::ns::VmmNamespaces,
+    /// The user the VMM's threads drop to ([`crate::jail::user`]); `None`:
+    /// they stay the caller's (rootless, `io.husk.vmm.user=root`, or no
+    /// jail).
+    #[serde(default)]
+    pub vmm_user: Option<crate::jail::user::VmmUser>,
 }
 
 /// The uid and gid mappings of a container with a new user namespace
@@ -272,6 +291,13 @@ pub enum PlanError {
         crate::jail::root::ANNOTATION
     )]
     JailAnnotation { value: String },
+    #[error(
+        "annotation {}={value:?} is none of \"auto\" (a uid of husk's range for this \
+         container's VMM), \"root\" (the VMM stays uid 0, without capabilities) or \
+         \"UID[:GID]\" (not 0); docs/security.md",
+        crate::jail::user::ANNOTATION
+    )]
+    UserAnnotation { value: String },
     #[error(transparent)]
     Namespace(#[from] crate::jail::ns::NsError),
     #[error("annotation {annotation}={value:?} is neither \"true\" nor \"false\"")]
@@ -425,6 +451,7 @@ mod tests {
             ids: IdMaps::default(),
             vmm_seccomp: crate::jail::seccomp::Mode::Log,
             vmm_jail: false,
+            vmm_user: None,
             vmm_ns: crate::jail::ns::VmmNamespaces {
                 uts: crate::jail::ns::Ns::New,
                 ipc: crate::jail::ns::Ns::Join("/proc/1/ns/ipc".into()),
@@ -572,6 +599,7 @@ mod tests {
             vmm_seccomp: Default::default(),
             vmm_jail: true,
             vmm_ns: Default::default(),
+            vmm_user: None,
         };
         let c = plan.vm_config(None, &[], Some(Path::new("/s/share")));
         assert!(c.block.is_empty());

@@ -202,7 +202,9 @@ fn stage(root: &Path, id: &str) -> Result<Staged, String> {
 fn confine(staged: &Staged) -> Result<Option<Arc<Filters>>, String> {
     crate::jail::harden_process().map_err(|e| e.to_string())?;
     let mode = staged.plan.vmm_seccomp;
-    let filters = Filters::compile(mode).map_err(|e| e.to_string())?;
+    let filters = Filters::compile(mode)
+        .map_err(|e| e.to_string())?
+        .for_user(staged.plan.vmm_user);
     if mode == Mode::Enforce {
         crate::jail::seccomp::install_report_handler(&staged.state.vmm_log)
             .map_err(|e| e.to_string())?;
@@ -359,6 +361,12 @@ fn run_vm(root: &Path, id: &str, start: Start) -> Option<ExitStatus> {
         }
     }
     crate::timeline::mark(&dir, "vmm.build");
+    // What the VMM still writes once its threads are its own user's.
+    if let Some(user) = &plan.vmm_user {
+        if let Err(e) = give_to_user(&dir, &plan, &st.vmm_log, user) {
+            return fail(&mut ready, e);
+        }
+    }
     let controls = RunControls {
         stop: Some(stop.clone()),
         taps,
@@ -379,6 +387,7 @@ fn run_vm(root: &Path, id: &str, start: Start) -> Option<ExitStatus> {
                 socket_dir,
             }
         }),
+        socket_owner: plan.vmm_user.map(|u| (u.uid, u.gid)),
         fs_servers: fs_servers
             .iter_mut()
             .filter_map(|(tag, server)| server.take_client().map(|c| (tag.clone(), c)))
@@ -469,12 +478,58 @@ fn run_vm(root: &Path, id: &str, start: Start) -> Option<ExitStatus> {
     spawn_signal_forwarder(mask, plan.control_socket.clone());
     let ending = relay(conn, true);
     log::info!("container {id}: process ended: {ending:?}");
-    if let Ok(mut now) = State::load(root, id) {
-        now.set_stopped(ending);
-        let _ = now.save(root);
+    // Into the exit file, not the record: this thread may run as the
+    // VMM's own user, which cannot write the record.
+    if let Some(ending) = ending {
+        if let Err(e) = state::write_exit(&dir, ending) {
+            log::warn!("container {id}: recording how it ended: {e}");
+        }
     }
     stop_vm(vm);
     ending
+}
+
+/// Makes what the VMM writes after its threads drop to `user` theirs: its
+/// timeline, its exit file and its console log (made now when missing),
+/// its log, and its short socket directory. The state directory and the
+/// record stay root's.
+fn give_to_user(
+    dir: &Path,
+    plan: &VmPlan,
+    vmm_log: &Path,
+    user: &crate::jail::user::VmmUser,
+) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let own = |path: &Path| -> Result<(), String> {
+        std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid)).map_err(|e| {
+            format!(
+                "giving {} to the VMM's user {}: {e}",
+                path.display(),
+                user.uid
+            )
+        })
+    };
+    let files = [
+        dir.join(crate::timeline::TIMELINE_FILE),
+        dir.join(state::EXIT_FILE),
+        plan.console_log.clone(),
+        vmm_log.to_path_buf(),
+    ];
+    for path in &files {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        own(path)?;
+    }
+    if let Some(sockets) = plan.control_socket.parent() {
+        if sockets != dir {
+            own(sockets)?;
+        }
+    }
+    Ok(())
 }
 
 /// Why a VMM gives up when its `create` went away.

@@ -174,6 +174,9 @@ pub struct RunControls {
     /// The root the calling thread pivots into once the VM is built, before
     /// the device filter and the event loop ([`crate::jail::root`]).
     pub jail: Option<crate::jail::root::Jail>,
+    /// Who owns the vsock socket once it is bound (uid, gid): the VMM's own
+    /// user ([`crate::jail::user`]), whose threads connect to it.
+    pub socket_owner: Option<(u32, u32)>,
     /// Streams to fs server processes ([`crate::runtime::fs_server`]) by
     /// tag: the [`super::config::FsConfig`] with that tag is served there
     /// (the others in the device thread).
@@ -372,6 +375,14 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
             path: vs.uds_path.clone(),
             reason: e.to_string(),
         })?;
+        if let Some((uid, gid)) = controls.socket_owner {
+            std::os::unix::fs::chown(&vs.uds_path, Some(uid), Some(gid)).map_err(|e| {
+                BuildError::Vsock {
+                    path: vs.uds_path.clone(),
+                    reason: format!("giving it to uid {uid}: {e}"),
+                }
+            })?;
+        }
         let vsock = Arc::new(Mutex::new(vsock));
         attach.attach(vsock.clone(), &vs.uds_path)?;
         event_manager.add_subscriber(vsock);

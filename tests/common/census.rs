@@ -29,9 +29,11 @@ const TESTHOST_HOSTNAME: &str = "husk-testhost";
 /// of the containers' entries in each: 1 for a plain state root, 2 where an
 /// engine keeps one root per namespace (made once and kept, as runc's are:
 /// only what is inside counts).
-const STATE_ROOTS: [(&str, usize); 5] = [
+const STATE_ROOTS: [(&str, usize); 6] = [
     ("/run/husk", 1),
     ("/run/husk-sock", 1),
+    // A claimed VMM user per container (src/jail/user.rs).
+    (husk::jail::user::CLAIMS_DIR, 1),
     ("/run/runc", 1),
     ("/run/containerd/runc", 2),
     ("/run/containerd/husk", 2),

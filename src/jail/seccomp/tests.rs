@@ -315,3 +315,56 @@ fn the_kernel_stops_a_thread_that_steps_outside_its_filter_and_the_log_says_why(
         }
     }
 }
+
+/// With a VMM user, a VMM thread drops to it as it applies its filter
+/// (no capability left, bounding set empty); a thread it starts keeps it
+/// and applies its own filter without a second drop; the fs server keeps
+/// root and its capabilities.
+#[test]
+fn vmm_threads_drop_to_the_vmm_user_and_the_fs_server_does_not() {
+    crate::test_support::need_root("setresuid(2)");
+    let user = super::super::user::VmmUser {
+        uid: super::super::user::RANGE_START + 11,
+        gid: super::super::user::RANGE_START + 12,
+        claimed: false,
+    };
+    let field = |status: &str, name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let filters = Filters::compile(Mode::Log).unwrap().for_user(Some(user));
+    let f2 = Filters::compile(Mode::Log).unwrap().for_user(Some(user));
+    assert!(crate::test_support::in_child(move || {
+        filters.apply(Thread::Devices).unwrap();
+        let me = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        let child = std::thread::spawn(move || {
+            f2.apply(Thread::Vcpu).unwrap();
+            std::fs::read_to_string("/proc/thread-self/status").unwrap()
+        })
+        .join()
+        .unwrap();
+        let uid = user.uid.to_string();
+        [me, child].iter().all(|s| {
+            field(s, "Uid:").iter().all(|u| *u == uid)
+                && field(s, "CapEff:") == ["0000000000000000"]
+                && field(s, "CapBnd:") == ["0000000000000000"]
+                && field(s, "Seccomp:") == ["2"]
+        })
+    }));
+    let server = Filters::compile(Mode::Log).unwrap().for_user(Some(user));
+    assert!(crate::test_support::in_child(move || {
+        server.apply(Thread::FsServer).unwrap();
+        let s = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        field(&s, "Uid:").iter().all(|u| u == "0")
+            && field(&s, "CapEff:")
+                == [format!(
+                    "{:016x}",
+                    super::super::caps::mask(super::super::caps::FS_PASSTHROUGH)
+                )]
+    }));
+}

@@ -303,8 +303,17 @@ impl Drop for Vsock {
         };
         match fs::symlink_metadata(&self.uds_path) {
             Ok(meta) if (meta.dev(), meta.ino()) == id => {
-                if let Err(err) = fs::remove_file(&self.uds_path) {
-                    warn!("vsock: removing {}: {err}", self.uds_path.display());
+                match fs::remove_file(&self.uds_path) {
+                    Ok(()) => {}
+                    // A VMM running as its own user in a directory that
+                    // is root's: the directory goes with the container.
+                    Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => {
+                        log::debug!(
+                            "vsock: {} is left to delete: {err}",
+                            self.uds_path.display()
+                        );
+                    }
+                    Err(err) => warn!("vsock: removing {}: {err}", self.uds_path.display()),
                 }
             }
             // Replaced by someone else, or gone: not ours to remove.

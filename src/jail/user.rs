@@ -1,0 +1,356 @@
+//! The VMM's own user: under a root engine, each container's VMM drops to a
+//! uid and gid of its own, from a range kept for husk, before its guest
+//! runs.
+//!
+//! With no capability left (every VMM thread keeps none, see
+//! [`super::caps`]), uid 0 still owns every root-owned file a thread can
+//! reach; as its own uid, a VMM thread that slips its code can write only
+//! what that container's VMM was given (its timeline, its exit file, its
+//! logs, its vsock socket), and no two containers' VMMs share a uid.
+//!
+//! - The range: [`RANGE_START`] .. `+` [`RANGE_SIZE`], above the ids
+//!   `/etc/subuid` ranges, systemd's dynamic users and Kubernetes' user
+//!   namespaces use by default.
+//! - The claim: a file `<claims>/<uid>` made with `O_EXCL`, holding the
+//!   claiming container's state directory; a claim whose directory is gone
+//!   (a host whose state root was wiped) is taken back. `delete` and a
+//!   failed `create` release it.
+//! - The annotation [`ANNOTATION`]: `auto` (the default), `root` (no drop:
+//!   the VMM stays uid 0 without capabilities), or `UID[:GID]` pinned by
+//!   the operator (not claimed: theirs to keep apart).
+//! - Per thread: [`drop_thread`] uses the raw system calls, which change
+//!   the calling thread's credentials only (the C library's wrappers would
+//!   change every thread's), each VMM thread as it applies its filter.
+
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The annotation choosing the VMM's user.
+pub const ANNOTATION: &str = "io.husk.vmm.user";
+/// First uid (and gid) of husk's range.
+pub const RANGE_START: u32 = 0x7d00_0000;
+/// Uids in the range: one per running container.
+pub const RANGE_SIZE: u32 = 65_536;
+/// Where claims live (host-wide: every state root's containers share the
+/// range).
+pub const CLAIMS_DIR: &str = "/run/husk-users";
+/// Most bytes of a claim file.
+const MAX_CLAIM: u64 = 4096;
+
+/// A VMM's uid and gid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmmUser {
+    pub uid: u32,
+    pub gid: u32,
+    /// Whether it was claimed from the range (and is released with the
+    /// container).
+    #[serde(default)]
+    pub claimed: bool,
+}
+
+/// What [`ANNOTATION`] asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    /// A uid of the range, claimed for the container.
+    Auto,
+    /// No drop.
+    Root,
+    /// These ids.
+    Pinned { uid: u32, gid: u32 },
+}
+
+/// Parses an [`ANNOTATION`] value; `None` when it is none of its forms (or
+/// pins uid or gid 0, which is `root`'s to say).
+pub fn parse_annotation(value: &str) -> Option<Choice> {
+    match value {
+        "auto" => Some(Choice::Auto),
+        "root" => Some(Choice::Root),
+        _ => {
+            let (uid, gid) = match value.split_once(':') {
+                Some((u, g)) => (u.parse().ok()?, g.parse().ok()?),
+                None => {
+                    let u = value.parse().ok()?;
+                    (u, u)
+                }
+            };
+            (uid != 0 && gid != 0).then_some(Choice::Pinned { uid, gid })
+        }
+    }
+}
+
+/// Why a user could not be claimed or dropped to.
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error("claiming a VMM user in {dir}: {source}")]
+    Claim {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "all {RANGE_SIZE} VMM users from {RANGE_START} are claimed (see {dir}); delete stopped \
+         containers, or pin a user with the annotation {ANNOTATION}=UID:GID"
+    )]
+    Exhausted { dir: PathBuf },
+    #[error("dropping this thread to uid {uid} gid {gid}: {step}: {source}")]
+    Drop {
+        uid: u32,
+        gid: u32,
+        step: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// FNV-1a of the container's state directory: where its search for a
+/// free uid starts (so ids spread over the range).
+fn first_slot(key: &Path) -> u32 {
+    let h = crate::runtime::state::fnv1a(key.as_os_str().as_encoded_bytes());
+    u32::try_from(h % u64::from(RANGE_SIZE)).unwrap_or(0)
+}
+
+/// Whether the claim file `path` names a state directory that is gone.
+fn stale(path: &Path) -> bool {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return false;
+    };
+    if !meta.is_file() || meta.len() > MAX_CLAIM {
+        return false;
+    }
+    match std::fs::read_to_string(path) {
+        Ok(owner) => !Path::new(owner.trim_end()).is_dir(),
+        Err(_) => false,
+    }
+}
+
+/// Claims a uid of the range for the container whose state directory is
+/// `state_dir` (absolute), under `claims` ([`CLAIMS_DIR`]).
+pub fn claim(claims: &Path, state_dir: &Path) -> Result<VmmUser, UserError> {
+    let err = |source| UserError::Claim {
+        dir: claims.to_path_buf(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(claims)
+        .map_err(err)?;
+    let start = first_slot(state_dir);
+    for i in 0..RANGE_SIZE {
+        let slot = (start + i) % RANGE_SIZE;
+        let uid = RANGE_START + slot;
+        let path = claims.join(uid.to_string());
+        let open = || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+        };
+        let file = match open() {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                if !stale(&path) {
+                    continue;
+                }
+                // Taken back from a container that is gone; a create
+                // that races for it loses on create_new.
+                let _ = std::fs::remove_file(&path);
+                match open() {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                    Err(e) => return Err(err(e)),
+                }
+            }
+            Err(e) => return Err(err(e)),
+        };
+        let mut file = file;
+        file.write_all(state_dir.as_os_str().as_encoded_bytes())
+            .map_err(err)?;
+        return Ok(VmmUser {
+            uid,
+            gid: uid,
+            claimed: true,
+        });
+    }
+    Err(UserError::Exhausted {
+        dir: claims.to_path_buf(),
+    })
+}
+
+/// Releases `user`'s claim if the container of `state_dir` holds it.
+pub fn release(claims: &Path, state_dir: &Path, user: &VmmUser) {
+    if !user.claimed {
+        return;
+    }
+    let path = claims.join(user.uid.to_string());
+    let owned =
+        std::fs::read(&path).is_ok_and(|owner| owner == state_dir.as_os_str().as_encoded_bytes());
+    if owned {
+        if let Err(e) = std::fs::remove_file(&path) {
+            log::warn!("releasing VMM user {}: {e}", user.uid);
+        }
+    }
+}
+
+/// `CAP_SETGID`, `CAP_SETUID`, `CAP_SETPCAP` (`linux/capability.h`).
+const CAP_SETGID: u32 = 6;
+const CAP_SETUID: u32 = 7;
+const CAP_SETPCAP: u32 = 8;
+
+/// What a thread keeps to make [`drop_thread`]'s calls.
+pub fn drop_needs() -> u64 {
+    super::caps::mask(&[CAP_SETGID, CAP_SETUID, CAP_SETPCAP])
+}
+
+fn os_err(step: &'static str, user: &VmmUser) -> UserError {
+    UserError::Drop {
+        uid: user.uid,
+        gid: user.gid,
+        step,
+        source: std::io::Error::last_os_error(),
+    }
+}
+
+/// Makes the calling thread `user` (real, effective, saved and file-system
+/// ids; no supplementary groups), leaving it no capability and none in its
+/// bounding set. The thread must hold [`drop_needs`] (and nothing else it
+/// means to keep: a uid change clears the rest).
+pub fn drop_thread(user: &VmmUser) -> Result<(), UserError> {
+    // SAFETY: setgroups with a count of 0 reads no memory.
+    if unsafe { libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) } != 0 {
+        return Err(os_err("setgroups", user));
+    }
+    let (u, g) = (user.uid, user.gid);
+    // SAFETY: setresgid with integer arguments, this thread only.
+    if unsafe { libc::syscall(libc::SYS_setresgid, g, g, g) } != 0 {
+        return Err(os_err("setresgid", user));
+    }
+    for cap in [CAP_SETGID, CAP_SETUID, CAP_SETPCAP] {
+        // SAFETY: prctl with integer arguments. The effective set keeps
+        // CAP_SETUID for the next call; the bounding set loses it.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) } != 0 {
+            return Err(os_err("dropping from the bounding set", user));
+        }
+    }
+    // SAFETY: setresuid with integer arguments, this thread only. With
+    // every uid non-zero (and no SECBIT_KEEP_CAPS) the kernel clears the
+    // permitted, effective and ambient sets.
+    if unsafe { libc::syscall(libc::SYS_setresuid, u, u, u) } != 0 {
+        return Err(os_err("setresuid", user));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_annotation_is_auto_root_or_ids() {
+        assert_eq!(parse_annotation("auto"), Some(Choice::Auto));
+        assert_eq!(parse_annotation("root"), Some(Choice::Root));
+        assert_eq!(
+            parse_annotation("5000"),
+            Some(Choice::Pinned {
+                uid: 5000,
+                gid: 5000
+            })
+        );
+        assert_eq!(
+            parse_annotation("5000:6000"),
+            Some(Choice::Pinned {
+                uid: 5000,
+                gid: 6000
+            })
+        );
+        for bad in [
+            "",
+            "0",
+            "0:5",
+            "5:0",
+            "x",
+            "5:",
+            ":5",
+            "-1",
+            "1:2:3",
+            "99999999999",
+        ] {
+            assert_eq!(parse_annotation(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn claims_are_unique_released_and_taken_back_when_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let claims = dir.path().join("claims");
+        let a = dir.path().join("a");
+        let b = dir.path().join("b");
+        std::fs::create_dir(&a).unwrap();
+        std::fs::create_dir(&b).unwrap();
+        let ua = claim(&claims, &a).unwrap();
+        let ub = claim(&claims, &b).unwrap();
+        assert_ne!(ua.uid, ub.uid);
+        for u in [ua, ub] {
+            assert!(u.claimed && u.uid == u.gid);
+            assert!((RANGE_START..RANGE_START + RANGE_SIZE).contains(&u.uid));
+        }
+        // Only its owner releases a claim.
+        release(&claims, &b, &ua);
+        assert!(claims.join(ua.uid.to_string()).exists());
+        release(&claims, &a, &ua);
+        assert!(!claims.join(ua.uid.to_string()).exists());
+        // A claim of a container whose directory is gone is taken back.
+        std::fs::remove_dir(&b).unwrap();
+        std::fs::create_dir(&b).unwrap();
+        let again = claim(&claims, &b).unwrap();
+        assert_ne!(again.uid, ub.uid, "b's old claim is still b's");
+        let c = dir.path().join("c");
+        std::fs::remove_dir(&b).unwrap();
+        std::fs::create_dir(&c).unwrap();
+        // c hashes elsewhere; plant a stale claim where it starts.
+        let start = RANGE_START + first_slot(&c);
+        std::fs::write(
+            claims.join(start.to_string()),
+            b.as_os_str().as_encoded_bytes(),
+        )
+        .unwrap();
+        assert_eq!(claim(&claims, &c).unwrap().uid, start);
+    }
+
+    #[test]
+    fn a_dropped_thread_has_the_ids_and_no_capability() {
+        crate::test_support::need_root("setresuid(2)");
+        let user = VmmUser {
+            uid: RANGE_START + 7,
+            gid: RANGE_START + 8,
+            claimed: false,
+        };
+        assert!(crate::test_support::in_child(move || {
+            let last = crate::jail::caps::last_cap();
+            crate::jail::caps::limit_thread(drop_needs(), last).unwrap();
+            drop_thread(&user).unwrap();
+            let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .unwrap()
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            };
+            let uid = (RANGE_START + 7).to_string();
+            let gid = (RANGE_START + 8).to_string();
+            field("Uid:").iter().all(|u| *u == uid)
+                && field("Gid:").iter().all(|g| *g == gid)
+                && field("Groups:").is_empty()
+                && field("CapEff:") == ["0000000000000000"]
+                && field("CapPrm:") == ["0000000000000000"]
+                && field("CapBnd:") == ["0000000000000000"]
+        }));
+    }
+}
