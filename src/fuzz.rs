@@ -390,6 +390,48 @@ pub fn seccomp_profile(data: &[u8]) {
     }
 }
 
+/// The fs server's side of its stream from the VMM (the frames a VMM
+/// taken over by its guest could send): a well-formed `FUSE_INIT` request
+/// frame, then the input as raw frames. The server answers, resets or
+/// stops at a frame it refuses; nothing may appear outside the share.
+pub fn fs_server_frames(data: &[u8]) {
+    use crate::vmm::devices::virtio::fs::backend::{serve, FsServer};
+    use crate::vmm::devices::virtio::fs::idmap::IdMaps;
+    use crate::vmm::devices::virtio::fs::test_utils::{fuse_message, init_body, FUSE_INIT};
+    use std::io::{Read as _, Write as _};
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let share = dir.path().join("share");
+    std::fs::create_dir_all(share.join("sub")).expect("the share");
+    std::fs::write(share.join("file"), b"inside").expect("a file in the share");
+    std::os::unix::fs::symlink("/", share.join("to-root")).expect("a symlink out");
+    let (vmm, mut ours) = std::os::unix::net::UnixStream::pair().expect("a stream");
+    let mut reader = vmm.try_clone().expect("the stream");
+    let mut frames = Vec::new();
+    let init = fuse_message(FUSE_INIT, 0, 1, (0, 0), &init_body(0));
+    for v in [1u32, u32::try_from(init.len()).unwrap_or(0), 4096] {
+        frames.extend_from_slice(&v.to_le_bytes());
+    }
+    frames.extend_from_slice(&init);
+    frames.extend_from_slice(data);
+    let writer = std::thread::spawn(move || {
+        let mut vmm = vmm;
+        let _ = vmm.write_all(&frames);
+        let _ = vmm.shutdown(std::net::Shutdown::Write);
+    });
+    let answers = std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = reader.read_to_end(&mut sink);
+    });
+    let read_only = data.first().is_some_and(|b| b & 1 == 1);
+    let mut server =
+        FsServer::new("fuzz", &share, read_only, IdMaps::default()).expect("the server");
+    let _ = serve(&mut ours, &mut server);
+    drop(ours);
+    let _ = writer.join();
+    let _ = answers.join();
+    assert!(!Path::new("/planted").exists());
+}
+
 /// A fuzz target: takes any bytes, returns without panicking.
 pub type Target = fn(&[u8]);
 
@@ -400,6 +442,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("virtio_net", virtio_net),
     ("virtio_vsock", virtio_vsock),
     ("virtio_fs", virtio_fs),
+    ("fs_server_frames", fs_server_frames),
     ("virtio_mmio", virtio_mmio),
     ("agent_frames", agent_frames),
     ("snapshot_state", snapshot_state),
