@@ -271,6 +271,8 @@ def main():
     ap.add_argument("--husk", default=os.path.join(ROOT, "target/release/husk"))
     ap.add_argument("--json", help="write raw results here")
     ap.add_argument("--qemu", action="store_true", help="add QEMU + virtiofsd (see docs/benchmarks.md)")
+    ap.add_argument("--husk-other", action="append", default=[], metavar="LABEL=PATH",
+                    help="another husk binary over virtio-fs, side by side (e.g. an earlier build); repeatable")
     ap.add_argument("--virtiofsd", default=VIRTIOFSD_RUST if os.path.exists(VIRTIOFSD_RUST) else VIRTIOFSD_C,
                     help="the virtiofsd QEMU uses (default: crates.io's from make bench-deps, else Debian's)")
     args = ap.parse_args()
@@ -289,6 +291,17 @@ def main():
             make_bundle(d, script("/data", job_list),
                         [{"destination": "/data", "type": "bind", "source": vol, "options": ["rbind", "rw"]}])
             contenders[name] = (runtime, d, vol)
+        # Other husk builds over virtio-fs, each with a volume of its own.
+        for i, other in enumerate(args.husk_other):
+            label, _, path = other.partition("=")
+            if not path or not os.access(path, os.X_OK):
+                sys.exit(f"--husk-other {other!r}: LABEL=PATH of a husk binary")
+            d = os.path.join(work, f"other{i}-vol")
+            vol = os.path.join(d, "vol")
+            lay_out(vol, args.size_mb, args.rand_mb)
+            make_bundle(d, script("/data", job_list),
+                        [{"destination": "/data", "type": "bind", "source": vol, "options": ["rbind", "rw"]}])
+            contenders[f"husk virtio-fs ({label})"] = ([path], d, vol)
         # husk in its block rootfs: the read files are in the image.
         d = os.path.join(work, "husk-block")
         rootfs = make_bundle(d, script("/work", job_list), [], {"io.husk.rootfs": "block"})
@@ -332,9 +345,11 @@ def main():
     print()
     names = list(contenders)
     qemu = "QEMU + virtiofsd" in results
+    others = [n for n in names if n.startswith("husk virtio-fs (")]
     print("| job | " + " | ".join(names) + " | husk virtio-fs / runc |"
-          + (" husk virtio-fs / QEMU + virtiofsd |" if qemu else ""))
-    print("|---|" + "---|" * (len(names) + 1 + qemu))
+          + (" husk virtio-fs / QEMU + virtiofsd |" if qemu else "")
+          + "".join(f" husk virtio-fs / {n} |" for n in others))
+    print("|---|" + "---|" * (len(names) + 1 + qemu + len(others)))
     for job, _, key in job_list:
         unit = "MB/s" if key.endswith("bw") else "ops/s"
         cells = []
@@ -345,6 +360,8 @@ def main():
         row = f"| {job} | " + " | ".join(cells) + f" | {ratio:.2f} |"
         if qemu:
             row += f" {statistics.median(results['husk virtio-fs'][job]) / statistics.median(results['QEMU + virtiofsd'][job]):.2f} |"
+        for n in others:
+            row += f" {statistics.median(results['husk virtio-fs'][job]) / statistics.median(results[n][job]):.2f} |"
         print(row)
     if args.json:
         write_json(args.json, "storage", {"args": vars(args), "results": results,

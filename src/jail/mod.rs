@@ -53,6 +53,25 @@ pub fn vmm_env() -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
         .collect()
 }
 
+/// A command for one of husk's helper processes (`exe VERB`): the VMM's
+/// environment only ([`vmm_env`]), stdin and stdout on `/dev/null`, stderr
+/// into `log`.
+pub fn helper_command(
+    exe: &std::path::Path,
+    verb: &str,
+    log: std::fs::File,
+) -> std::process::Command {
+    use std::process::Stdio;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg(verb)
+        .env_clear()
+        .envs(vmm_env())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    cmd
+}
+
 /// `CLOSE_RANGE_CLOEXEC` (`linux/close_range.h`).
 const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
 /// How far the fallback for kernels without `close_range` (before 5.11)

@@ -503,6 +503,22 @@ const THREAD_CLONE_FLAGS: u64 = (libc::CLONE_VM
     | libc::CLONE_PARENT_SETTID
     | libc::CLONE_CHILD_CLEARTID) as u64;
 
+/// Reading and writing open descriptors at offsets and in vectors.
+const FILE_IO: &[i64] = &[
+    libc::SYS_readv,
+    libc::SYS_writev,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
+    libc::SYS_preadv2,
+    libc::SYS_pwritev2,
+    libc::SYS_lseek,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
+    libc::SYS_fcntl,
+];
+
 /// The rules of `thread`'s filter: syscall number -> rules (empty: any
 /// arguments).
 fn rules(thread: Thread, pid: u64) -> BTreeMap<i64, Vec<SeccompRule>> {
@@ -563,6 +579,8 @@ fn rules(thread: Thread, pid: u64) -> BTreeMap<i64, Vec<SeccompRule>> {
             r.insert(libc::SYS_ioctl, ioctls(&[KVM_RUN, TUNSETOFFLOAD]));
         }
         Thread::Devices => {
+            // Block, tap and vsock data.
+            any(&mut r, FILE_IO);
             any(
                 &mut r,
                 &[
@@ -573,19 +591,6 @@ fn rules(thread: Thread, pid: u64) -> BTreeMap<i64, Vec<SeccompRule>> {
                     // vsock's connection timer.
                     libc::SYS_timerfd_settime,
                     libc::SYS_timerfd_gettime,
-                    // Block, tap and vsock data.
-                    libc::SYS_readv,
-                    libc::SYS_writev,
-                    libc::SYS_pread64,
-                    libc::SYS_pwrite64,
-                    libc::SYS_preadv,
-                    libc::SYS_pwritev,
-                    libc::SYS_preadv2,
-                    libc::SYS_pwritev2,
-                    libc::SYS_lseek,
-                    libc::SYS_fsync,
-                    libc::SYS_fdatasync,
-                    libc::SYS_fcntl,
                     // vsock: streams to Unix sockets on the host.
                     libc::SYS_connect,
                     libc::SYS_accept4,
@@ -688,6 +693,8 @@ fn rules(thread: Thread, pid: u64) -> BTreeMap<i64, Vec<SeccompRule>> {
             r.insert(libc::SYS_ioctl, ioctls(&[libc::TCGETS, libc::TIOCGWINSZ]));
         }
         Thread::FsServer => {
+            // File data of the passthrough.
+            any(&mut r, FILE_IO);
             any(
                 &mut r,
                 &[
@@ -698,18 +705,6 @@ fn rules(thread: Thread, pid: u64) -> BTreeMap<i64, Vec<SeccompRule>> {
                     libc::SYS_sendmsg,
                     // The FUSE passthrough, confined to the shared
                     // directories by handle (docs/storage.md).
-                    libc::SYS_readv,
-                    libc::SYS_writev,
-                    libc::SYS_pread64,
-                    libc::SYS_pwrite64,
-                    libc::SYS_preadv,
-                    libc::SYS_pwritev,
-                    libc::SYS_preadv2,
-                    libc::SYS_pwritev2,
-                    libc::SYS_lseek,
-                    libc::SYS_fsync,
-                    libc::SYS_fdatasync,
-                    libc::SYS_fcntl,
                     libc::SYS_openat,
                     libc::SYS_newfstatat,
                     libc::SYS_fstat,

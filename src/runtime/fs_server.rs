@@ -13,9 +13,11 @@
 //! guest memory, and a VMM taken over by its guest can ask of it only what
 //! the guest's FUSE driver could.
 //!
-//! The server ([`run`]), before it serves: ends when the VMM's main thread
-//! ends (`PR_SET_PDEATHSIG`), holds only the stream, its log and stdio on
-//! `/dev/null`, moves into a mount namespace of its own with a jail holding
+//! The server ([`run`]), before it serves: dies with the VMM's main thread
+//! (`PR_SET_PDEATHSIG`; the kernel clears it when the passthrough first
+//! acts as a guest's user, and from then on the server ends at the end of
+//! its stream, which the kernel closes with the VMM), holds only the
+//! stream, its log and stdio on `/dev/null`, moves into a mount namespace of its own with a jail holding
 //! only the shares and `/proc/self/{fd,mountinfo}` (unless the container's
 //! jail is off), sets no_new_privs and no core dumps, keeps only the
 //! passthrough's capabilities, and installs its seccomp filter
@@ -29,7 +31,6 @@ use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use serde::{Deserialize, Serialize};
 
@@ -190,14 +191,8 @@ pub fn spawn(spec: &Spec, id: &str) -> Result<FsServerProcess, FsServerError> {
             source,
         })?;
     let from = theirs.as_raw_fd();
-    let mut cmd = Command::new(&exe);
-    cmd.arg(VERB)
-        .arg(id)
-        .env_clear()
-        .envs(crate::jail::vmm_env())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
+    let mut cmd = crate::jail::helper_command(&exe, VERB, log);
+    cmd.arg(id);
     // SAFETY: the closure runs in the child between fork and exec and only
     // makes prctl(2), dup2(2), close_range(2) and fcntl(2) system calls.
     unsafe {

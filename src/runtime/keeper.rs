@@ -24,7 +24,6 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use crate::runtime::state::STATE_FILE;
 
@@ -125,13 +124,7 @@ pub fn spawn(vmm_pid: u32, dir: &Path, cgroup: &Path, log: &Path) -> Result<(), 
             source,
         })?;
     let from: Vec<RawFd> = parked.iter().map(AsRawFd::as_raw_fd).collect();
-    let mut cmd = Command::new(&exe);
-    cmd.arg("keep")
-        .env_clear()
-        .envs(crate::jail::vmm_env())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
+    let mut cmd = crate::jail::helper_command(&exe, "keep", log);
     // SAFETY: the closure runs in the child between fork and exec and only
     // makes fork(2), _exit(2), setsid(2), dup2(2), close_range(2) and
     // fcntl(2) system calls.
@@ -338,7 +331,7 @@ mod tests {
 
     #[test]
     fn a_pidfd_of_a_child_turns_readable_when_it_exits() {
-        let child = Command::new("true").spawn().unwrap();
+        let child = std::process::Command::new("true").spawn().unwrap();
         let fd = pidfd_open(child.id()).unwrap();
         wait_exit(fd.as_raw_fd()).unwrap();
         let mut child = child;

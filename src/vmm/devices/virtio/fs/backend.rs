@@ -497,25 +497,41 @@ fn memory_error(e: vm_memory_017::GuestMemoryError) -> ServeError {
     }
 }
 
-/// Reads exactly `len` bytes from `stream` into `mem` at `at` (a short
-/// read is read on; an end before `len` is an error).
+/// Moves `len` bytes between `stream` and `mem` at `at`, one `step` (a
+/// volatile read from or write to the stream at an address, for at most so
+/// many bytes) at a time until done; a step that moves nothing is `end`.
+fn transfer(
+    mem: &GuestMemoryMmap,
+    at: u64,
+    len: usize,
+    end: io::ErrorKind,
+    mut step: impl FnMut(
+        &GuestMemoryMmap,
+        GuestAddress,
+        usize,
+    ) -> Result<usize, vm_memory_017::GuestMemoryError>,
+) -> Result<(), ServeError> {
+    let mut done = 0;
+    while done < len {
+        let n = step(mem, GuestAddress(at + done as u64), len - done).map_err(memory_error)?;
+        if n == 0 {
+            return Err(ServeError::Io(end.into()));
+        }
+        done += n;
+    }
+    Ok(())
+}
+
+/// Reads exactly `len` bytes from `stream` into `mem` at `at`.
 fn fill(
     mem: &GuestMemoryMmap,
     at: u64,
     stream: &mut UnixStream,
     len: usize,
 ) -> Result<(), ServeError> {
-    let mut done = 0;
-    while done < len {
-        let n = mem
-            .read_volatile_from(GuestAddress(at + done as u64), stream, len - done)
-            .map_err(memory_error)?;
-        if n == 0 {
-            return Err(ServeError::Io(io::ErrorKind::UnexpectedEof.into()));
-        }
-        done += n;
-    }
-    Ok(())
+    transfer(mem, at, len, io::ErrorKind::UnexpectedEof, |m, a, n| {
+        m.read_volatile_from(a, stream, n)
+    })
 }
 
 /// Writes `len` bytes of `mem` at `at` to `stream`.
@@ -525,17 +541,9 @@ fn drain(
     stream: &mut UnixStream,
     len: usize,
 ) -> Result<(), ServeError> {
-    let mut done = 0;
-    while done < len {
-        let n = mem
-            .write_volatile_to(GuestAddress(at + done as u64), stream, len - done)
-            .map_err(memory_error)?;
-        if n == 0 {
-            return Err(ServeError::Io(io::ErrorKind::WriteZero.into()));
-        }
-        done += n;
-    }
-    Ok(())
+    transfer(mem, at, len, io::ErrorKind::WriteZero, |m, a, n| {
+        m.write_volatile_to(a, stream, n)
+    })
 }
 
 /// The fs server process's loop: answers the device's frames on `stream`

@@ -346,14 +346,19 @@ mod tests {
         }
 
         fn with_ids(root: &Path, read_only: bool, ids: IdMaps) -> Guest {
+            let dev = Fs::new("vol", root, read_only)
+                .unwrap()
+                .with_ids(ids)
+                .unwrap();
+            Self::with_device(dev)
+        }
+
+        /// A guest that activated `dev` and mounted it (`FUSE_INIT`).
+        fn with_device(mut dev: Fs) -> Guest {
             let mem = memory();
             let hiprio = GuestQueue::new(&mem, 16, 0x1000);
             let req = GuestQueue::new(&mem, 16, 0x5000);
             let irq = Arc::new(TestInterrupt::default());
-            let mut dev = Fs::new("vol", root, read_only)
-                .unwrap()
-                .with_ids(ids)
-                .unwrap();
             dev.activate(
                 mem,
                 irq.clone(),
@@ -371,6 +376,22 @@ mod tests {
             let (err, _) = g.call(FUSE_INIT, 0, &init_body(0));
             assert_eq!(err, 0, "FUSE_INIT");
             g
+        }
+
+        /// After a reset: the driver sets up fresh queues (ring positions
+        /// from 0), activates and mounts again.
+        fn reactivate(&mut self) {
+            let mem = self.req.mem.clone();
+            self.req = GuestQueue::new(&mem, 16, 0x5000);
+            self.hiprio = GuestQueue::new(&mem, 16, 0x1000);
+            self.dev
+                .activate(
+                    mem,
+                    self.irq.clone(),
+                    vec![self.hiprio.create_queue(), self.req.create_queue()],
+                )
+                .unwrap();
+            assert_eq!(self.call(FUSE_INIT, 0, &init_body(0)).0, 0);
         }
 
         /// Sends one raw chain (bytes at REQ, a writable reply buffer) on
@@ -806,17 +827,7 @@ mod tests {
         ));
         // The driver sets up fresh queues (ring positions from 0) and a
         // new session.
-        let mem = g.req.mem.clone();
-        g.req = GuestQueue::new(&mem, 16, 0x5000);
-        g.hiprio = GuestQueue::new(&mem, 16, 0x1000);
-        g.dev
-            .activate(
-                mem,
-                g.irq.clone(),
-                vec![g.hiprio.create_queue(), g.req.create_queue()],
-            )
-            .unwrap();
-        assert_eq!(g.call(FUSE_INIT, 0, &init_body(0)).0, 0);
+        g.reactivate();
         // The old session's node is unknown to the new one.
         assert_eq!(g.lookup(hello, "x").err(), Some(libc::EBADF));
         assert!(g.lookup(ROOT, "hello").is_ok());
@@ -836,28 +847,11 @@ mod tests {
             serve(&mut theirs, &mut s)
         });
         let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
-        let mem = memory();
-        let hiprio = GuestQueue::new(&mem, 16, 0x1000);
-        let req = GuestQueue::new(&mem, 16, 0x5000);
-        let irq = Arc::new(TestInterrupt::default());
-        let mut dev = Fs::new("vol", &dir.path().join("share"), false)
-            .unwrap()
-            .with_remote(Client::new(ours), Some(stop.clone()));
-        dev.activate(
-            mem,
-            irq.clone(),
-            vec![hiprio.create_queue(), req.create_queue()],
-        )
-        .unwrap();
-        let mut g = Guest {
-            dev,
-            hiprio,
-            req,
-            irq,
-            unique: 0,
-            caller: (0, 0),
-        };
-        assert_eq!(g.call(FUSE_INIT, 0, &init_body(0)).0, 0);
+        let mut g = Guest::with_device(
+            Fs::new("vol", &dir.path().join("share"), false)
+                .unwrap()
+                .with_remote(Client::new(ours), Some(stop.clone())),
+        );
         let (hello, _) = g.lookup(ROOT, "hello").unwrap();
         let fh = g.open(hello, libc::O_RDONLY).unwrap();
         assert_eq!(g.read(hello, fh, 4096).unwrap(), b"hello from the host");
@@ -871,17 +865,7 @@ mod tests {
         assert!(g.dev.reset());
         assert!(stop.read().is_err(), "no stop yet");
         // The server goes (its process ended).
-        let mem = g.req.mem.clone();
-        g.req = GuestQueue::new(&mem, 16, 0x5000);
-        g.hiprio = GuestQueue::new(&mem, 16, 0x1000);
-        g.dev
-            .activate(
-                mem,
-                g.irq.clone(),
-                vec![g.hiprio.create_queue(), g.req.create_queue()],
-            )
-            .unwrap();
-        assert_eq!(g.call(FUSE_INIT, 0, &init_body(0)).0, 0);
+        g.reactivate();
         assert_eq!(g.lookup(hello, "x").err(), Some(libc::EBADF));
         let Backend::Remote(client) = std::mem::replace(
             &mut g.dev.backend,
