@@ -860,6 +860,16 @@ fn a_vmm_thread_outside_its_seccomp_filter_ends_the_vmm_and_says_why() {
         .find(|l| l.starts_with("Max core file size"))
         .unwrap();
     assert_eq!(core.split_whitespace().nth(4), Some("0"), "{core}");
+    // Its threads are bounded: RLIMIT_NPROC counts its user's tasks only.
+    let nproc = limits
+        .lines()
+        .find(|l| l.starts_with("Max processes"))
+        .unwrap();
+    let soft: u64 = nproc.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert!(
+        (husk::jail::user::THREADS_BEYOND_VCPUS..1024).contains(&soft),
+        "{nproc}"
+    );
     // Nothing the jailed VMM needed was missing (the guest's entropy comes
     // from getrandom, not /dev/urandom).
     let log = std::fs::read_to_string(env.root().join("sc-audit/vmm.log")).unwrap();

@@ -13,8 +13,9 @@
 //!   namespaces use by default.
 //! - The claim: a file `<claims>/<uid>` made with `O_EXCL`, holding the
 //!   claiming container's state directory; a claim whose directory is gone
-//!   (a host whose state root was wiped) is taken back. `delete` and a
-//!   failed `create` release it.
+//!   is released by `delete`, a failed `create` and, for a wiped state root,
+//!   the container's keeper ([`release_stale`]), or taken back by the next
+//!   claim that finds it.
 //! - The annotation [`ANNOTATION`]: `auto` (the default), `root` (no drop:
 //!   the VMM stays uid 0 without capabilities), or `UID[:GID]` pinned by
 //!   the operator (not claimed: theirs to keep apart).
@@ -112,6 +113,10 @@ fn first_slot(key: &Path) -> u32 {
     u32::try_from(h % u64::from(RANGE_SIZE)).unwrap_or(0)
 }
 
+/// How long an empty claim (being made: created, not yet written) counts
+/// as live; one older was left by a create that died in between.
+const EMPTY_CLAIM_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Whether the claim file `path` names a state directory that is gone.
 fn stale(path: &Path) -> bool {
     let Ok(meta) = std::fs::symlink_metadata(path) else {
@@ -120,9 +125,33 @@ fn stale(path: &Path) -> bool {
     if !meta.is_file() || meta.len() > MAX_CLAIM {
         return false;
     }
+    if meta.len() == 0 {
+        return meta
+            .modified()
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > EMPTY_CLAIM_GRACE);
+    }
     match std::fs::read_to_string(path) {
         Ok(owner) => !Path::new(owner.trim_end()).is_dir(),
         Err(_) => false,
+    }
+}
+
+/// Releases every claim under `claims` whose container's state directory
+/// is gone: what `delete` and a failed `create` leave once they removed
+/// it, and what a wiped state root leaves (its keeper calls this).
+pub fn release_stale(claims: &Path) {
+    let Ok(entries) = std::fs::read_dir(claims) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if stale(&path) {
+            if let Err(err) = std::fs::remove_file(&path) {
+                log::warn!("releasing VMM user claim {}: {err}", path.display());
+            }
+        }
     }
 }
 
@@ -181,19 +210,18 @@ pub fn claim(claims: &Path, state_dir: &Path) -> Result<VmmUser, UserError> {
     })
 }
 
-/// Releases `user`'s claim if the container of `state_dir` holds it.
-pub fn release(claims: &Path, state_dir: &Path, user: &VmmUser) {
-    if !user.claimed {
-        return;
-    }
-    let path = claims.join(user.uid.to_string());
-    let owned =
-        std::fs::read(&path).is_ok_and(|owner| owner == state_dir.as_os_str().as_encoded_bytes());
-    if owned {
-        if let Err(e) = std::fs::remove_file(&path) {
-            log::warn!("releasing VMM user {}: {e}", user.uid);
-        }
-    }
+/// Threads a VMM may have beyond its vCPUs (its main, relay, VM, record,
+/// signal, stdin, terminal-size and create-watch threads, with room).
+pub const THREADS_BEYOND_VCPUS: u64 = 64;
+
+/// Bounds the threads of a VMM that runs as its own user: `RLIMIT_NPROC`
+/// counts every task of the user, and a VMM's user has no other. The limit
+/// is process-wide; it binds threads once they dropped to the user (uid 0
+/// is exempt).
+pub fn limit_threads(vcpus: u32) -> std::io::Result<()> {
+    let n = u64::from(vcpus) + THREADS_BEYOND_VCPUS;
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NPROC, n, n)
+        .map_err(std::io::Error::from)
 }
 
 /// `CAP_SETGID`, `CAP_SETUID`, `CAP_SETPCAP` (`linux/capability.h`).
@@ -298,11 +326,16 @@ mod tests {
             assert!(u.claimed && u.uid == u.gid);
             assert!((RANGE_START..RANGE_START + RANGE_SIZE).contains(&u.uid));
         }
-        // Only its owner releases a claim.
-        release(&claims, &b, &ua);
+        // A claim goes once its container's directory is gone; one being
+        // made (empty) stays.
+        std::fs::write(claims.join("5"), b"").unwrap();
+        release_stale(&claims);
         assert!(claims.join(ua.uid.to_string()).exists());
-        release(&claims, &a, &ua);
+        assert!(claims.join("5").exists());
+        std::fs::remove_dir(&a).unwrap();
+        release_stale(&claims);
         assert!(!claims.join(ua.uid.to_string()).exists());
+        assert!(claims.join(ub.uid.to_string()).exists());
         // A claim of a container whose directory is gone is taken back.
         std::fs::remove_dir(&b).unwrap();
         std::fs::create_dir(&b).unwrap();

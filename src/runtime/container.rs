@@ -531,11 +531,11 @@ impl Drop for CreateGuard {
         if let Err(e) = crate::net::cleanup(&self.dir) {
             log::warn!("{e}");
         }
-        if let Some(user) = &self.user {
-            release_vmm_user(&self.dir, user);
-        }
         match state::remove_container_dir(&self.dir) {
             Ok(()) => {
+                if self.user.is_some_and(|u| u.claimed) {
+                    crate::jail::user::release_stale(Path::new(crate::jail::user::CLAIMS_DIR));
+                }
                 if let Err(e) = lock.remove() {
                     log::warn!("removing the lock file of {}: {e}", self.dir.display());
                 }
@@ -883,11 +883,15 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), ContainerError> 
         }
     }
     if left.is_empty() {
-        if let Some(user) = VmPlan::load(&dir).ok().and_then(|p| p.vmm_user) {
-            release_vmm_user(&dir, &user);
-        }
-        if let Err(e) = State::remove(root, id) {
-            left.push(e.to_string());
+        match State::remove(root, id) {
+            // Its VMM user's claim (if any) goes with its directory; read
+            // from the claims, not the plan, which a create killed early
+            // did not write.
+            Ok(()) if nix::unistd::geteuid().is_root() => {
+                crate::jail::user::release_stale(Path::new(crate::jail::user::CLAIMS_DIR));
+            }
+            Ok(()) => {}
+            Err(e) => left.push(e.to_string()),
         }
     }
     if !left.is_empty() {
@@ -940,11 +944,6 @@ fn vmm_user(
                 .map_err(|e| ContainerError::Io(e.to_string()))
         }
     }
-}
-
-fn release_vmm_user(dir: &Path, user: &crate::jail::user::VmmUser) {
-    let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
-    crate::jail::user::release(Path::new(crate::jail::user::CLAIMS_DIR), &abs, user);
 }
 
 /// Runs the poststop hooks once (a delete run again after a failed removal

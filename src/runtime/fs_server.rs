@@ -302,6 +302,12 @@ fn read_spec(stream: &mut UnixStream) -> Result<Spec, String> {
 /// Everything the server does before it serves (see the module docs).
 fn confine(spec: &Spec) -> Result<(), String> {
     crate::jail::harden_process().map_err(|e| e.to_string())?;
+    // The passthrough holds a descriptor per file the guest has looked
+    // up: as many as the hard limit allows (virtiofsd does the same).
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_err(|e| format!("RLIMIT_NOFILE: {e}"))?;
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard)
+        .map_err(|e| format!("RLIMIT_NOFILE: {e}"))?;
     let filters = Filters::compile(spec.seccomp).map_err(|e| e.to_string())?;
     if spec.seccomp == Mode::Enforce {
         crate::jail::seccomp::install_report_handler(&spec.log).map_err(|e| e.to_string())?;

@@ -17,6 +17,9 @@
 //! - the container's cgroup: it is removed only while its path still names
 //!   the same cgroup (a later container with the same id has a new one).
 //!
+//! With the record gone it also releases the VMM user claims whose state
+//! directories are gone ([`crate::jail::user::release_stale`]).
+//!
 //! The keeper's command line is `husk keep` (no container id: it is not
 //! taken for the VMM by what looks for `husk vmm ID`); it logs into the
 //! container's VMM log.
@@ -218,6 +221,9 @@ pub fn after_exit(state_dir: RawFd, cgroup_dir: RawFd) -> Result<Outcome, String
     if record_exists(state_dir) {
         return Ok(Outcome::RecordKept);
     }
+    // The record is gone, and with it (a wiped state root) the directory
+    // the VMM's user claim names.
+    crate::jail::user::release_stale(Path::new(crate::jail::user::CLAIMS_DIR));
     let path = fd_path(cgroup_dir).map_err(|e| format!("the cgroup's path: {e}"))?;
     let ours = fd_identity(cgroup_dir).map_err(|e| format!("{}: {e}", path.display()))?;
     let now = match nix::sys::stat::lstat(&path) {

@@ -366,6 +366,9 @@ fn run_vm(root: &Path, id: &str, start: Start) -> Option<ExitStatus> {
         if let Err(e) = give_to_user(&dir, &plan, &st.vmm_log, user) {
             return fail(&mut ready, e);
         }
+        if let Err(e) = crate::jail::user::limit_threads(plan.vcpus) {
+            return fail(&mut ready, format!("limiting the VMM's threads: {e}"));
+        }
     }
     let controls = RunControls {
         stop: Some(stop.clone()),
