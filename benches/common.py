@@ -167,6 +167,8 @@ def bench_args(doc, runs=10):
     ap.add_argument("--runs", type=int, default=runs)
     ap.add_argument("--husk", default=os.path.join(ROOT, "target/release/husk"))
     ap.add_argument("--json", help="write raw results here")
+    ap.add_argument("--husk-other", action="append", default=[], metavar="LABEL=PATH",
+                    help="another husk binary, side by side (e.g. an earlier build); repeatable")
     return ap
 
 

@@ -79,6 +79,12 @@ def main():
             "crun": (["crun", "--root", os.path.join(work, "crun-state")], bundle),
             "runsc": (["runsc", "--root", os.path.join(work, "runsc-state")] + RUNSC_FLAGS, bundle),
         }
+        for other in args.husk_other:
+            label, _, path = other.partition("=")
+            if not path or not os.access(path, os.X_OK):
+                sys.exit(f"--husk-other {other!r}: LABEL=PATH of a husk binary")
+            runtimes[f"husk ({label})"] = ([path, "--root", os.path.join(work, f"husk-{label}-state")],
+                                           bundle)
         versions = {name: version([base[0], "--version"]) for name, (base, _) in runtimes.items()}
         first = {}
         unavailable = {}
