@@ -1071,10 +1071,19 @@ fn a_hostile_guest_kernel_ends_only_its_own_vm() {
     let done = env.husk(&["run", "-d", "--bundle", b(&bundle), "bystander"]);
     assert!(done.status.success(), "{}", done.stderr);
     let kernel = common::hostile_kernel(&env.dir.path().join("hostile"));
-    // Booted cold (a template is never made from this kernel), with a NIC.
+    // Booted cold (a template is never made from this kernel), with a NIC,
+    // its rootfs on a block device and a volume over virtio-fs: every kind
+    // of device husk has.
     let netns = DummyNetns::new("hostile-net");
+    let volume = env.dir.path().join("hostile-volume");
+    std::fs::create_dir_all(&volume).unwrap();
+    std::fs::write(volume.join("kept"), b"host data").unwrap();
     let cold = env.bundle("h", &["true"], |c| {
-        c["annotations"] = serde_json::json!({"io.husk.snapshot": "false"});
+        c["annotations"] =
+            serde_json::json!({"io.husk.snapshot": "false", "io.husk.rootfs": "block"});
+        c["mounts"].as_array_mut().unwrap().push(serde_json::json!({
+            "destination": "/data", "type": "bind", "source": volume, "options": ["rbind", "rw"]
+        }));
         c["linux"]["namespaces"]
             .as_array_mut()
             .unwrap()
@@ -1095,14 +1104,17 @@ fn a_hostile_guest_kernel_ends_only_its_own_vm() {
         "the VMM did not serve the hostile guest to its end: {}",
         done.stderr
     );
-    // It found the VM's devices: virtio-vsock, virtio-fs, virtio-net.
+    // It found the VM's devices: virtio-blk, virtio-vsock, virtio-fs,
+    // virtio-net.
     let found = done
         .stderr
         .split("HOSTILE DONE devices ")
         .nth(1)
         .and_then(|s| s.get(..16))
         .and_then(|h| u64::from_str_radix(h, 16).ok());
-    assert!(found.is_some_and(|n| n >= 3), "devices: {found:?}");
+    assert!(found.is_some_and(|n| n >= 4), "devices: {found:?}");
+    // The file the fs server served is as it was.
+    assert_eq!(std::fs::read(volume.join("kept")).unwrap(), b"host data");
     wait_no_vmm(&env, "hostile", "the hostile guest reset");
     env.assert_gone("hostile");
     // Its namespace is as it was: eth0 without a redirect, no tap.
