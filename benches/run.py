@@ -29,6 +29,7 @@ raw numbers.
 """
 
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -106,7 +107,7 @@ def main():
         times = {name: [] for name in runtimes}
         for i in range(args.runs):
             for name, (base, bdir) in runtimes.items():
-                cid = f"{name}-{i}"
+                cid = re.sub(r"[^A-Za-z0-9_.-]", "-", f"{name}-{i}")
                 t, p = timed(base + ["run", "--bundle", bdir, cid])
                 subprocess.run(base + ["delete", "--force", cid], capture_output=True)
                 if p.returncode != 0:

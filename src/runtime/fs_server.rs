@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::jail::root::Jail;
 use crate::jail::seccomp::{Filters, Mode, Thread};
-use crate::vmm::devices::virtio::fs::backend::{send_ready, serve, BackendError, Client, FsServer};
+use crate::vmm::devices::virtio::fs::backend::{send_ready, serve, Client, FsServer};
 use crate::vmm::devices::virtio::fs::idmap::IdMaps;
 
 /// The fs server's name in `ps` and `/proc/PID/comm`.
@@ -45,8 +45,6 @@ pub const PROCESS_NAME: &str = "husk-fs";
 pub const VERB: &str = "fs-server";
 /// The descriptor of the stream in the server.
 const STREAM_FD: i32 = 3;
-/// How long a VMM waits for its fs server to be confined.
-const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 /// Most bytes of a [`Spec`] as sent.
 const MAX_SPEC: usize = 1 << 20;
 
@@ -78,8 +76,6 @@ pub enum FsServerError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the fs server (pid {pid}) did not start: {reason}")]
-    Ready { pid: u32, reason: String },
     #[error("the fs server (pid {pid}): moving it into the container's cgroup {cgroup}: {source}")]
     Cgroup {
         pid: u32,
@@ -121,26 +117,6 @@ impl FsServerProcess {
     /// The device's end of the stream (once).
     pub fn take_client(&mut self) -> Option<Client> {
         self.client.take()
-    }
-
-    /// Waits until the server is confined (its own mount namespace and
-    /// jail, its filter on). Call before the VMM pivots into its own jail:
-    /// a server still in the VMM's mount namespace would be moved with it.
-    pub fn wait_ready(&mut self) -> Result<(), FsServerError> {
-        let pid = self.pid;
-        let client = self.client.as_mut().ok_or_else(|| FsServerError::Ready {
-            pid,
-            reason: "its stream was already handed on".into(),
-        })?;
-        client
-            .wait_ready(READY_TIMEOUT)
-            .map_err(|e| FsServerError::Ready {
-                pid,
-                reason: match e {
-                    BackendError::Gone => "it ended before it was ready (its log says why)".into(),
-                    other => other.to_string(),
-                },
-            })
     }
 
     /// Moves the server into this process's cgroup (the VMM's, once

@@ -353,13 +353,6 @@ fn run_vm(root: &Path, id: &str, start: Start) -> Option<ExitStatus> {
         config.snapshot = Some(crate::vmm::config::Snapshot::Restore(t));
         crate::timeline::mark(&dir, "vmm.template");
     }
-    // The fs servers must have left this mount namespace before the VM
-    // thread pivots it into the jail.
-    for (_, server) in &mut fs_servers {
-        if let Err(e) = server.wait_ready() {
-            return fail(&mut ready, e.to_string());
-        }
-    }
     crate::timeline::mark(&dir, "vmm.build");
     // What the VMM still writes once its threads are its own user's.
     if let Some(user) = &plan.vmm_user {

@@ -85,6 +85,8 @@ pub enum BuildError {
     Seccomp(crate::jail::seccomp::FilterError),
     #[error(transparent)]
     Jail(crate::jail::root::RootError),
+    #[error("{0}")]
+    FsServer(String),
     #[error("cannot use /dev/kvm: {0} (run `husk check`)")]
     Kvm(kvm_ioctls::Error),
     #[error("{requested} vCPUs requested, but this host's KVM allows at most {max}")]
@@ -387,6 +389,7 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
         attach.attach(vsock.clone(), &vs.uds_path)?;
         event_manager.add_subscriber(vsock);
     }
+    let mut remote_fs = Vec::new();
     for share in &config.fs {
         let mut fs = Fs::new(&share.tag, &share.root, share.read_only)
             .and_then(|fs| fs.with_ids(share.ids.clone()))
@@ -395,16 +398,19 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
                 root: share.root.clone(),
                 reason: e.to_string(),
             })?;
-        if let Some(i) = controls
+        let remote = controls
             .fs_servers
             .iter()
-            .position(|(t, _)| *t == share.tag)
-        {
+            .position(|(t, _)| *t == share.tag);
+        if let Some(i) = remote {
             let (_, client) = controls.fs_servers.swap_remove(i);
             fs = fs.with_remote(client, controls.stop.clone());
         }
         let fs = Arc::new(Mutex::new(fs));
         attach.attach(fs.clone(), &share.root)?;
+        if remote.is_some() {
+            remote_fs.push(fs.clone());
+        }
         event_manager.add_subscriber(fs);
     }
 
@@ -514,6 +520,21 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
         agent_evt,
     )?));
     event_manager.add_subscriber(watcher.clone());
+    // The fs servers started while the VM was built; each must be confined
+    // (out of this mount namespace) before the jail's pivot_root, which
+    // would move a process still in it.
+    for fs in &remote_fs {
+        if let Err(e) = lock(fs).wait_backend_ready() {
+            let stopped = vcpu::stop_all(threads, &stop);
+            if stopped.stuck > 0 {
+                log::warn!("{} vCPU thread(s) did not stop", stopped.stuck);
+            }
+            return Err(BuildError::FsServer(e.to_string()));
+        }
+    }
+    if !remote_fs.is_empty() {
+        step("fs servers ready");
+    }
     if let Some(jail) = &controls.jail {
         if let Err(e) = jail.enter() {
             let stopped = vcpu::stop_all(threads, &stop);

@@ -52,6 +52,8 @@ pub const MAX_REQUEST: usize = MAX_BUFFER_SIZE as usize + HEADER_ROOM;
 pub const MAX_REPLY: usize = MAX_BUFFER_SIZE as usize + HEADER_ROOM;
 /// Most bytes of a broken server's reason ([`STATUS_BROKEN`]).
 const MAX_REASON: usize = 4096;
+/// How long a device waits for its server process to be ready.
+pub const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 /// Undecodable requests a server logs (the rest are only counted).
 const UNDECODABLE_LOGGED: u64 = 16;
 

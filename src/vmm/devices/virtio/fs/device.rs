@@ -154,6 +154,29 @@ impl Fs {
         self
     }
 
+    /// Waits until a remote backend's server is confined and serving
+    /// ([`super::backend::Client::wait_ready`]); a local one is at once.
+    pub fn wait_backend_ready(&mut self) -> Result<(), FsError> {
+        match &mut self.backend {
+            Backend::Remote(client) => {
+                client
+                    .wait_ready(super::backend::READY_TIMEOUT)
+                    .map_err(|e| FsError::Backend {
+                        tag: self.tag.clone(),
+                        reason: match e {
+                            BackendError::Gone => {
+                                "the fs server process ended before it was ready (the VMM's log \
+                                 says why)"
+                                    .into()
+                            }
+                            other => format!("the fs server process did not start: {other}"),
+                        },
+                    })
+            }
+            Backend::Local(_) => Ok(()),
+        }
+    }
+
     /// The tag the guest mounts.
     pub fn tag(&self) -> &str {
         &self.tag
