@@ -241,11 +241,6 @@ impl Filters {
         self
     }
 
-    /// The user VMM threads drop to.
-    pub fn user(&self) -> Option<super::user::VmmUser> {
-        self.user
-    }
-
     pub fn mode(&self) -> Mode {
         self.mode
     }

@@ -86,8 +86,6 @@ pub enum FsError {
     },
     #[error(transparent)]
     Device(#[from] crate::vmm::devices::virtio::core::DeviceError),
-    #[error("virtio-fs {tag}: queue: {reason}")]
-    Queue { tag: String, reason: String },
     #[error("virtio-fs {tag}: {reason}")]
     Backend { tag: String, reason: String },
 }
