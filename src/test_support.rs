@@ -37,3 +37,15 @@ pub(crate) fn need_root(what: &str) {
         "this test needs root ({what}); CI runs as root"
     );
 }
+
+/// The words of field `name` (`"Uid:"`) of a `/proc/.../status` text;
+/// panics when the field is missing.
+pub(crate) fn status_words(status: &str, name: &str) -> Vec<String> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .unwrap_or_else(|| panic!("no {name} in the status"))
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}

@@ -367,15 +367,7 @@ mod tests {
             crate::jail::caps::limit_thread(drop_needs(), last).unwrap();
             drop_thread(&user).unwrap();
             let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
-            let field = |name: &str| {
-                status
-                    .lines()
-                    .find_map(|l| l.strip_prefix(name))
-                    .unwrap()
-                    .split_whitespace()
-                    .map(str::to_owned)
-                    .collect::<Vec<_>>()
-            };
+            let field = |name: &str| crate::test_support::status_words(&status, name);
             let uid = (RANGE_START + 7).to_string();
             let gid = (RANGE_START + 8).to_string();
             field("Uid:").iter().all(|u| *u == uid)

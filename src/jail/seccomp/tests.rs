@@ -328,15 +328,7 @@ fn vmm_threads_drop_to_the_vmm_user_and_the_fs_server_does_not() {
         gid: super::super::user::RANGE_START + 12,
         claimed: false,
     };
-    let field = |status: &str, name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect::<Vec<_>>()
-    };
+    let field = crate::test_support::status_words;
     let filters = Filters::compile(Mode::Log).unwrap().for_user(Some(user));
     let f2 = Filters::compile(Mode::Log).unwrap().for_user(Some(user));
     assert!(crate::test_support::in_child(move || {
