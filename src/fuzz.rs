@@ -390,45 +390,43 @@ pub fn seccomp_profile(data: &[u8]) {
     }
 }
 
-/// The fs server's side of its stream from the VMM (the frames a VMM
-/// taken over by its guest could send): a well-formed `FUSE_INIT` request
-/// frame, then the input as raw frames. The server answers, resets or
-/// stops at a frame it refuses; nothing may appear outside the share.
-pub fn fs_server_frames(data: &[u8]) {
-    use crate::vmm::devices::virtio::fs::backend::{serve, FsServer};
-    use crate::vmm::devices::virtio::fs::idmap::IdMaps;
+/// The fs server's side of its channel from the VMM (what a VMM taken
+/// over by its guest could post): a well-formed `FUSE_INIT`, then the input
+/// as raw requests, each `kind u32, len u32, cap u32, n u16` and `n` bytes
+/// put at the start of the request buffer (so `len` may claim more or
+/// fewer than were put there). The server answers, resets or stops at a
+/// request it refuses; nothing may appear outside the share.
+pub fn fs_server_channel(data: &[u8]) {
+    use crate::vmm::devices::virtio::fs::backend::{serve_on_a_thread, BackendError};
     use crate::vmm::devices::virtio::fs::test_utils::{fuse_message, init_body, FUSE_INIT};
-    use std::io::{Read as _, Write as _};
     let dir = tempfile::tempdir().expect("a temporary directory");
     let share = dir.path().join("share");
     std::fs::create_dir_all(share.join("sub")).expect("the share");
     std::fs::write(share.join("file"), b"inside").expect("a file in the share");
     std::os::unix::fs::symlink("/", share.join("to-root")).expect("a symlink out");
-    let (vmm, mut ours) = std::os::unix::net::UnixStream::pair().expect("a stream");
-    let mut reader = vmm.try_clone().expect("the stream");
-    let mut frames = Vec::new();
-    let init = fuse_message(FUSE_INIT, 0, 1, (0, 0), &init_body(0));
-    for v in [1u32, u32::try_from(init.len()).unwrap_or(0), 4096] {
-        frames.extend_from_slice(&v.to_le_bytes());
-    }
-    frames.extend_from_slice(&init);
-    frames.extend_from_slice(data);
-    let writer = std::thread::spawn(move || {
-        let mut vmm = vmm;
-        let _ = vmm.write_all(&frames);
-        let _ = vmm.shutdown(std::net::Shutdown::Write);
-    });
-    let answers = std::thread::spawn(move || {
-        let mut sink = Vec::new();
-        let _ = reader.read_to_end(&mut sink);
-    });
     let read_only = data.first().is_some_and(|b| b & 1 == 1);
-    let mut server =
-        FsServer::new("fuzz", &share, read_only, IdMaps::default()).expect("the server");
-    let _ = serve(&mut ours, &mut server);
-    drop(ours);
-    let _ = writer.join();
-    let _ = answers.join();
+    let (mut client, server) =
+        serve_on_a_thread("fuzz", &share, read_only, std::time::Duration::ZERO)
+            .expect("the server");
+    let mut reply = Vec::new();
+    let init = fuse_message(FUSE_INIT, 0, 1, (0, 0), &init_body(0));
+    client.call(&init, 4096, &mut reply).expect("FUSE_INIT");
+    let mut input = Input::new(data.get(1..).unwrap_or_default());
+    while !input.0.is_empty() {
+        let (kind, len, cap) = (input.u32(), input.u32(), input.u32());
+        let n = usize::from(input.u16());
+        let bytes = input.bytes(n);
+        if client.load(bytes).is_err() {
+            break;
+        }
+        match client.exchange(kind, len, cap) {
+            Ok(_) => {}
+            Err(BackendError::Gone) => break,
+            Err(e) => panic!("the device's end failed: {e}"),
+        }
+    }
+    drop(client);
+    let _ = server.join().expect("the server thread");
     assert!(!Path::new("/planted").exists());
 }
 
@@ -442,7 +440,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("virtio_net", virtio_net),
     ("virtio_vsock", virtio_vsock),
     ("virtio_fs", virtio_fs),
-    ("fs_server_frames", fs_server_frames),
+    ("fs_server_channel", fs_server_channel),
     ("virtio_mmio", virtio_mmio),
     ("agent_frames", agent_frames),
     ("snapshot_state", snapshot_state),

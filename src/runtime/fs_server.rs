@@ -7,8 +7,10 @@
 //! none once its VM is built, and it is the process that holds guest
 //! memory and parses virtqueues. So a container's VMM starts one fs server
 //! (`husk fs-server ID`, a fresh exec of the same binary) right after
-//! staging the shares ([`spawn`]); the VMM's virtio-fs device sends it FUSE
-//! requests over a Unix stream and copies its answers into the guest
+//! staging the shares ([`spawn`]); the VMM's virtio-fs device copies each
+//! FUSE request into memory the two share (a sealed memfd, the *channel*,
+//! [`crate::vmm::devices::virtio::fs::channel`]) and copies the server's
+//! answer from there into the guest
 //! ([`crate::vmm::devices::virtio::fs::backend`]). The server never sees
 //! guest memory, and a VMM taken over by its guest can ask of it only what
 //! the guest's FUSE driver could.
@@ -17,7 +19,7 @@
 //! (`PR_SET_PDEATHSIG`; the kernel clears it when the passthrough first
 //! acts as a guest's user, and from then on the server ends at the end of
 //! its stream, which the kernel closes with the VMM), holds only the
-//! stream, its log and stdio on `/dev/null`, moves into a mount namespace of its own with a jail holding
+//! stream, the channel, its log and stdio on `/dev/null`, moves into a mount namespace of its own with a jail holding
 //! only the shares and `/proc/self/{fd,mountinfo}` (unless the container's
 //! jail is off), sets no_new_privs and no core dumps, keeps only the
 //! passthrough's capabilities, and installs its seccomp filter
@@ -37,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use crate::jail::root::Jail;
 use crate::jail::seccomp::{Filters, Mode, Thread};
 use crate::vmm::devices::virtio::fs::backend::{send_ready, serve, Client, FsServer};
+use crate::vmm::devices::virtio::fs::channel;
 use crate::vmm::devices::virtio::fs::idmap::IdMaps;
 
 /// The fs server's name in `ps` and `/proc/PID/comm`.
@@ -45,6 +48,11 @@ pub const PROCESS_NAME: &str = "husk-fs";
 pub const VERB: &str = "fs-server";
 /// The descriptor of the stream in the server.
 const STREAM_FD: i32 = 3;
+/// The descriptor of the channel in the server.
+const CHANNEL_FD: i32 = 4;
+/// Where the child first moves the two descriptors it is given, above any
+/// it must end up at (so placing one cannot close the other).
+const FD_PARKING: i32 = 16;
 /// Most bytes of a [`Spec`] as sent.
 const MAX_SPEC: usize = 1 << 20;
 
@@ -58,6 +66,8 @@ const EXIT_PROTOCOL: u8 = 2;
 pub enum FsServerError {
     #[error("the fs server: a stream to it: {0}")]
     Stream(#[source] std::io::Error),
+    #[error("the fs server: the memory it shares with the VMM: {0}")]
+    Channel(#[source] std::io::Error),
     #[error("the fs server: starting {exe}: {source}")]
     Spawn {
         exe: PathBuf,
@@ -149,8 +159,8 @@ impl FsServerProcess {
 
 /// Starts the fs server of `spec` for container `id`: `husk fs-server ID`
 /// with the VMM's environment, stdio on `/dev/null` but stderr on the
-/// VMM's log, the stream on descriptor 3 and nothing else; then sends it
-/// `spec`. Call from the thread that lives as long as the VMM (the
+/// VMM's log, the stream on descriptor 3, the channel on 4 and nothing
+/// else; then sends it `spec`. Call from the thread that lives as long as the VMM (the
 /// server's parent-death signal is tied to it).
 pub fn spawn(spec: &Spec, id: &str) -> Result<FsServerProcess, FsServerError> {
     let exe = std::env::current_exe().map_err(|source| FsServerError::Spawn {
@@ -166,21 +176,30 @@ pub fn spawn(spec: &Spec, id: &str) -> Result<FsServerProcess, FsServerError> {
             path: spec.log.clone(),
             source,
         })?;
+    let shared = channel::create().map_err(FsServerError::Channel)?;
     let from = theirs.as_raw_fd();
+    let from_channel = shared.as_raw_fd();
     let mut cmd = crate::jail::helper_command(&exe, VERB, log);
     cmd.arg(id);
     // SAFETY: the closure runs in the child between fork and exec and only
-    // makes prctl(2), dup2(2), close_range(2) and fcntl(2) system calls.
+    // makes prctl(2), fcntl(2), dup2(2) and close_range(2) system calls.
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            // dup2 leaves the new descriptor without close-on-exec.
-            if libc::dup2(from, STREAM_FD) < 0 {
+            // Both above 4 first: dup2 onto 3 must not close the channel
+            // if it happens to be descriptor 3 (and the same for 4).
+            let stream = libc::fcntl(from, libc::F_DUPFD, FD_PARKING);
+            let shared = libc::fcntl(from_channel, libc::F_DUPFD, FD_PARKING);
+            if stream < 0 || shared < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            crate::jail::close_inherited_fds(&[STREAM_FD])
+            // dup2 leaves the new descriptor without close-on-exec.
+            if libc::dup2(stream, STREAM_FD) < 0 || libc::dup2(shared, CHANNEL_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            crate::jail::close_inherited_fds(&[STREAM_FD, CHANNEL_FD])
         });
     }
     let child = cmd.spawn().map_err(|source| FsServerError::Spawn {
@@ -201,9 +220,12 @@ pub fn spawn(spec: &Spec, id: &str) -> Result<FsServerProcess, FsServerError> {
         .and_then(|()| ours.write_all(&json))
         .map_err(|source| FsServerError::Send { pid, source })?;
     log::debug!("fs server {pid} started for {}", spec.root.display());
+    let client = Client::new(ours, shared, channel::spin_budget()).map_err(|e| {
+        FsServerError::Channel(std::io::Error::other(e))
+    })?;
     Ok(FsServerProcess {
         pid,
-        client: Some(Client::new(ours)),
+        client: Some(client),
     })
 }
 
@@ -219,9 +241,24 @@ pub fn run(id: &str) -> u8 {
         );
         return EXIT_SETUP;
     }
+    let is_file = nix::sys::stat::fstat(CHANNEL_FD)
+        .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG);
+    if !is_file {
+        eprintln!(
+            "husk {VERB}: descriptor {CHANNEL_FD} is not the memory shared with a VMM: only a \
+             container's VMM starts its fs server"
+        );
+        return EXIT_SETUP;
+    }
     // SAFETY: the VMM passed this descriptor (checked above to be a
     // socket) and nothing else in this process uses it.
     let mut stream = UnixStream::from(unsafe { OwnedFd::from_raw_fd(STREAM_FD) });
+    // SAFETY: the VMM passed this descriptor (checked above to be a
+    // regular file; its size and seals are checked before it is mapped)
+    // and nothing else in this process uses it.
+    let shared = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(CHANNEL_FD) });
+    // Read before the jail: it looks at the CPUs and cgroup limits.
+    let spin = channel::spin_budget();
     let spec = match read_spec(&mut stream) {
         Ok(s) => s,
         Err(e) => {
@@ -247,14 +284,20 @@ pub fn run(id: &str) -> u8 {
         return EXIT_SETUP;
     }
     crate::jail::seccomp::fault_point(Thread::FsServer.name());
-    let mut server = match FsServer::new(&spec.tag, &spec.root, spec.read_only, spec.ids.clone()) {
+    let mut server = match FsServer::with_channel(
+        &spec.tag,
+        &spec.root,
+        spec.read_only,
+        spec.ids.clone(),
+        shared,
+    ) {
         Ok(s) => s,
         Err(e) => {
             log::error!("container {id}: fs server: {e}");
             return EXIT_SETUP;
         }
     };
-    match serve(&mut stream, &mut server) {
+    match serve(&mut stream, &mut server, spin) {
         Ok(()) => EXIT_SERVED,
         Err(e) => {
             log::error!("container {id}: fs server: {e}; it stops");

@@ -13,19 +13,22 @@
 //! send anyway: FUSE messages.
 //!
 //! - [`FsServer`]: fuse-backend-rs's `Server` over husk's [`Share`], fed
-//!   through a private two-descriptor virtqueue in its own memory (the
-//!   *loopback*), so the crate's virtio-fs transport parses each request
-//!   exactly as it would parse a guest's.
+//!   through a private two-descriptor virtqueue (the *loopback*) whose
+//!   buffers lie in a [`channel`], so the crate's virtio-fs transport
+//!   parses each request exactly as it would parse a guest's.
 //! - [`Backend::Local`]: the server in the device's own thread (template
-//!   VMs, `husk boot`, tests, fuzzing).
-//! - [`Backend::Remote`]: a [`Client`] on a Unix stream to the fs server
-//!   process; [`serve`] is the other end. Frames (little endian):
-//!   request `kind u32, len u32, cap u32` then `len` bytes; answer
-//!   `status u32, len u32` then `len` bytes. Both ends check every length
-//!   against its bound before reading what follows.
-
+//!   VMs, `husk boot`, tests, fuzzing), its channel private memory.
+//! - [`Backend::Remote`]: a [`Client`] to the fs server process; [`serve`]
+//!   is the other end. The request and its answer travel in a channel both
+//!   processes map (a sealed memfd), a Unix stream beside it carries the
+//!   wake-ups and tells each side when the other is gone
+//!   ([`channel`]'s docs). The device writes kind, length and room and
+//!   posts a sequence number; the server answers status and length under
+//!   the same number. Both ends check every length against its bound.
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
+use std::time::Duration;
 use std::path::{Path, PathBuf};
 
 use fuse_backend_rs::api::server::{Server, MAX_BUFFER_SIZE};
@@ -34,8 +37,9 @@ use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
 use log::warn;
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue_017::{Queue, QueueT as _};
-use vm_memory_017::{Bytes as _, GuestAddress, GuestMemoryMmap};
+use vm_memory_017::{Bytes as _, FileOffset, GuestAddress, GuestMemoryMmap};
 
+use super::channel::{self, At, Words as _};
 use super::idmap::IdMaps;
 use super::share::Share;
 use super::{FsError, ENTRY_TIMEOUT};
@@ -57,7 +61,7 @@ pub const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60
 /// Undecodable requests a server logs (the rest are only counted).
 const UNDECODABLE_LOGGED: u64 = 16;
 
-/// Frame kinds from the device.
+/// Request kinds from the device.
 const KIND_REQUEST: u32 = 1;
 const KIND_RESET: u32 = 2;
 /// Answer statuses from the server.
@@ -65,12 +69,14 @@ const STATUS_REPLY: u32 = 0;
 const STATUS_UNDECODABLE: u32 = 1;
 const STATUS_RESET: u32 = 2;
 const STATUS_BROKEN: u32 = 3;
-/// The server's first frame: confined, serving from now on.
+/// The server's first word on the stream (before any kick): confined,
+/// serving from now on.
 const STATUS_READY: u32 = 4;
 
 // The loopback's layout in the server's memory: a split virtqueue of two
 // descriptors (virtio 1.2 section 2.7: the table 16-byte aligned, the
-// rings 2- and 4-byte aligned), then the request and the answer buffers.
+// rings 2- and 4-byte aligned) in a private page, then the channel whose
+// request and answer buffers the descriptors point at.
 const LOOP_QUEUE_SIZE: u16 = 2;
 const DESC_TABLE: u64 = 0;
 const AVAIL_RING: u64 = 0x100;
@@ -79,14 +85,10 @@ const DESCRIPTOR_SIZE: u64 = 16;
 /// `avail.idx` and `avail.ring[]` past `avail.flags`.
 const AVAIL_IDX: u64 = AVAIL_RING + 2;
 const AVAIL_ENTRIES: u64 = AVAIL_RING + 4;
-const PAGE: usize = 0x1000;
-const REQUEST_AT: u64 = PAGE as u64;
-const REPLY_AT: u64 = REQUEST_AT + round_up(MAX_REQUEST) as u64;
-const LOOP_MEMORY: usize = REPLY_AT as usize + round_up(MAX_REPLY);
-
-const fn round_up(n: usize) -> usize {
-    n.div_ceil(PAGE) * PAGE
-}
+/// Where the channel is in the loopback's memory.
+const CHANNEL_AT: u64 = channel::PAGE as u64;
+const REQUEST_AT: u64 = CHANNEL_AT + channel::REQUEST;
+const REPLY_AT: u64 = CHANNEL_AT + channel::REPLY;
 
 /// What the server made of one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,10 +124,19 @@ struct Loopback {
 }
 
 impl Loopback {
-    fn new() -> Result<Loopback, BackendError> {
+    /// A loopback whose channel is `channel` (shared with a device in
+    /// another process), or private memory.
+    fn new(channel: Option<File>) -> Result<Loopback, BackendError> {
         let err = |e: String| BackendError::Loopback(e);
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), LOOP_MEMORY)])
-            .map_err(|e| err(e.to_string()))?;
+        let mem = GuestMemoryMmap::<()>::from_ranges_with_files(&[
+            (GuestAddress(0), channel::PAGE, None),
+            (
+                GuestAddress(CHANNEL_AT),
+                channel::SIZE,
+                channel.map(|f| FileOffset::new(f, 0)),
+            ),
+        ])
+        .map_err(|e| err(e.to_string()))?;
         let mut queue = Queue::new(LOOP_QUEUE_SIZE).map_err(|e| err(e.to_string()))?;
         queue.set_desc_table_address(Some(DESC_TABLE as u32), Some(0));
         queue.set_avail_ring_address(Some(AVAIL_RING as u32), Some(0));
@@ -139,6 +150,11 @@ impl Loopback {
             queue,
             next_avail: 0,
         })
+    }
+
+    /// The channel's control words.
+    fn control(&self) -> At<'_, GuestMemoryMmap> {
+        At(&self.mem, CHANNEL_AT)
     }
 
     fn descriptor(&self, index: u64, addr: u64, len: u32, flags: u32, next: u16) -> io::Result<()> {
@@ -258,13 +274,37 @@ impl FsServer {
         read_only: bool,
         ids: IdMaps,
     ) -> Result<FsServer, BackendError> {
+        FsServer::build(tag, root, read_only, ids, None)
+    }
+
+    /// A server whose requests come through `channel`, a memfd made by
+    /// [`channel::create`] that the device maps too (checked with
+    /// [`channel::check`]).
+    pub fn with_channel(
+        tag: &str,
+        root: &Path,
+        read_only: bool,
+        ids: IdMaps,
+        channel: File,
+    ) -> Result<FsServer, BackendError> {
+        channel::check(&channel).map_err(BackendError::Loopback)?;
+        FsServer::build(tag, root, read_only, ids, Some(channel))
+    }
+
+    fn build(
+        tag: &str,
+        root: &Path,
+        read_only: bool,
+        ids: IdMaps,
+        channel: Option<File>,
+    ) -> Result<FsServer, BackendError> {
         Ok(FsServer {
             tag: tag.to_owned(),
             root: root.to_path_buf(),
             read_only,
             ids,
             server: None,
-            lo: Loopback::new()?,
+            lo: Loopback::new(channel)?,
             undecodable: 0,
         })
     }
@@ -326,15 +366,29 @@ impl FsServer {
 }
 
 /// The device's end of the stream to its fs server process.
-#[derive(Debug)]
+/// The device's end of a remote server: the channel and the stream.
 pub struct Client {
     stream: UnixStream,
+    channel: vm_memory::GuestMemoryMmap,
+    /// The last request's sequence number.
+    seq: u32,
+    /// How long to spin for an answer before sleeping.
+    spin: Duration,
 }
 
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("seq", &self.seq)
+            .field("spin", &self.spin)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads `N` little-endian words from `stream`; `None` at its end.
 fn read_u32s<const N: usize>(stream: &mut UnixStream) -> io::Result<Option<[u32; N]>> {
     let mut buf = [0u8; 12];
     let buf = &mut buf[..4 * N];
-    // EOF before the first byte is the peer's orderly end.
     let mut got = 0;
     while got < buf.len() {
         match stream.read(&mut buf[got..]) {
@@ -358,20 +412,66 @@ fn header(values: &[u32]) -> Vec<u8> {
 }
 
 impl Client {
-    pub fn new(stream: UnixStream) -> Client {
-        Client { stream }
+    /// The device's end: `stream` to the server and the `channel` memfd
+    /// it was given ([`channel::create`]); waits for answers spinning for
+    /// at most `spin` ([`channel::spin_budget`]) before it sleeps.
+    pub fn new(stream: UnixStream, channel: File, spin: Duration) -> Result<Client, BackendError> {
+        Ok(Client {
+            stream,
+            channel: channel::map(channel)?,
+            seq: 0,
+            spin,
+        })
     }
 
-    fn answer(&mut self) -> Result<(u32, u32), BackendError> {
-        match read_u32s::<2>(&mut self.stream)? {
-            Some([status, len]) => Ok((status, len)),
-            None => Err(BackendError::Gone),
+    /// Posts the request already in the channel as `kind` with `len`
+    /// bytes and `cap` bytes of room, and waits for the server's status
+    /// and length.
+    pub fn exchange(&mut self, kind: u32, len: u32, cap: u32) -> Result<(u32, u32), BackendError> {
+        let seq = self.seq.wrapping_add(1);
+        self.seq = seq;
+        let c = At(&self.channel, 0);
+        c.set_word(channel::KIND, kind)?;
+        c.set_word(channel::REQ_LEN, len)?;
+        c.set_word(channel::REQ_CAP, cap)?;
+        c.set_word(channel::REQ_SEQ, seq)?;
+        if c.word(channel::SERVER_IDLE)? == 1 {
+            channel::kick(&mut self.stream)?;
         }
+        let answered = channel::wait_for(
+            &c,
+            &mut self.stream,
+            channel::VMM_IDLE,
+            self.spin,
+            |w| Ok(w.word(channel::REP_SEQ)? == seq),
+        )?;
+        if !answered {
+            return Err(BackendError::Gone);
+        }
+        Ok((c.word(channel::STATUS)?, c.word(channel::REP_LEN)?))
     }
 
-    /// Serves `request` (at most [`MAX_REQUEST`] bytes of it) in the fs
-    /// server process; an answer goes into `reply` (at most `cap` bytes,
-    /// at most [`MAX_REPLY`]).
+    /// Puts `bytes` where the server reads the request (at most
+    /// [`MAX_REQUEST`] of them).
+    pub fn load(&self, bytes: &[u8]) -> Result<(), BackendError> {
+        let bytes = bytes.get(..MAX_REQUEST).unwrap_or(bytes);
+        vm_memory::Bytes::write_slice(
+            &self.channel,
+            bytes,
+            vm_memory::GuestAddress(channel::REQUEST),
+        )
+        .map_err(|e| BackendError::Io(io::Error::other(e)))
+    }
+
+    fn read_answer(&self, into: &mut [u8]) -> Result<(), BackendError> {
+        vm_memory::Bytes::read_slice(
+            &self.channel,
+            into,
+            vm_memory::GuestAddress(channel::REPLY),
+        )
+        .map_err(|e| BackendError::Io(io::Error::other(e)))
+    }
+
     pub fn call(
         &mut self,
         request: &[u8],
@@ -381,15 +481,13 @@ impl Client {
         let request = request.get(..MAX_REQUEST).unwrap_or(request);
         let cap = cap.min(MAX_REPLY);
         let as_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-        self.stream
-            .write_all(&header(&[KIND_REQUEST, as_u32(request.len()), as_u32(cap)]))?;
-        self.stream.write_all(request)?;
-        let (status, len) = self.answer()?;
+        self.load(request)?;
+        let (status, len) = self.exchange(KIND_REQUEST, as_u32(request.len()), as_u32(cap))?;
         let len = usize::try_from(len).unwrap_or(usize::MAX);
         match status {
             STATUS_REPLY if len <= cap => {
                 reply.resize(len, 0);
-                self.stream.read_exact(reply)?;
+                self.read_answer(reply)?;
                 Ok(Outcome::Reply(len))
             }
             STATUS_REPLY => Err(BackendError::Protocol(format!(
@@ -398,7 +496,7 @@ impl Client {
             STATUS_UNDECODABLE if len == 0 => Ok(Outcome::Undecodable),
             STATUS_BROKEN if len <= MAX_REASON => {
                 let mut reason = vec![0u8; len];
-                self.stream.read_exact(&mut reason)?;
+                self.read_answer(&mut reason)?;
                 Err(BackendError::Broken(
                     String::from_utf8_lossy(&reason).into_owned(),
                 ))
@@ -409,33 +507,38 @@ impl Client {
         }
     }
 
-    /// Waits (at most `timeout`) for the server's first frame, which it
-    /// sends once it is confined ([`send_ready`]).
+    /// Waits at most `timeout` for the server's first word on the stream:
+    /// ready.
     pub fn wait_ready(&mut self, timeout: std::time::Duration) -> Result<(), BackendError> {
         self.stream.set_read_timeout(Some(timeout))?;
-        let answer = self.answer();
+        let answer = read_u32s::<2>(&mut self.stream);
         self.stream.set_read_timeout(None)?;
         match answer? {
-            (STATUS_READY, 0) => Ok(()),
-            (status, len) => Err(BackendError::Protocol(format!(
+            Some([STATUS_READY, 0]) => Ok(()),
+            Some([status, len]) => Err(BackendError::Protocol(format!(
                 "status {status} with {len} bytes before it was ready"
             ))),
+            None => Err(BackendError::Gone),
         }
     }
 
-    /// Resets the server's session.
     pub fn reset(&mut self) -> Result<(), BackendError> {
-        self.stream.write_all(&header(&[KIND_RESET, 0, 0]))?;
-        match self.answer()? {
+        match self.exchange(KIND_RESET, 0, 0)? {
             (STATUS_RESET, 0) => Ok(()),
             (status, len) => Err(BackendError::Protocol(format!(
                 "status {status} with {len} bytes to a reset"
             ))),
         }
     }
+
+    /// The channel's control words, for tests and fuzzing that play a
+    /// server.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn words(&self) -> At<'_, vm_memory::GuestMemoryMmap> {
+        At(&self.channel, 0)
+    }
 }
 
-/// Where a device's requests are served.
 #[derive(Debug)]
 pub enum Backend {
     /// In the device's thread.
@@ -481,10 +584,9 @@ pub fn send_ready(stream: &mut UnixStream) -> io::Result<()> {
     stream.write_all(&header(&[STATUS_READY, 0]))
 }
 
-/// Why [`serve`] stopped before its device hung up.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("reading from the VMM: {0}")]
+    #[error("talking to the VMM: {0}")]
     Io(#[from] io::Error),
     #[error("the VMM broke the protocol: {0}")]
     Protocol(String),
@@ -492,107 +594,100 @@ pub enum ServeError {
     Backend(#[from] BackendError),
 }
 
-fn memory_error(e: vm_memory_017::GuestMemoryError) -> ServeError {
-    match e {
-        vm_memory_017::GuestMemoryError::IOError(io) => ServeError::Io(io),
-        other => ServeError::Backend(BackendError::Loopback(other.to_string())),
-    }
-}
-
-/// Moves `len` bytes between `stream` and `mem` at `at`, one `step` (a
-/// volatile read from or write to the stream at an address, for at most so
-/// many bytes) at a time until done; a step that moves nothing is `end`.
-fn transfer(
-    mem: &GuestMemoryMmap,
-    at: u64,
-    len: usize,
-    end: io::ErrorKind,
-    mut step: impl FnMut(
-        &GuestMemoryMmap,
-        GuestAddress,
-        usize,
-    ) -> Result<usize, vm_memory_017::GuestMemoryError>,
-) -> Result<(), ServeError> {
-    let mut done = 0;
-    while done < len {
-        let n = step(mem, GuestAddress(at + done as u64), len - done).map_err(memory_error)?;
-        if n == 0 {
-            return Err(ServeError::Io(end.into()));
-        }
-        done += n;
-    }
-    Ok(())
-}
-
-/// Reads exactly `len` bytes from `stream` into `mem` at `at`.
-fn fill(
-    mem: &GuestMemoryMmap,
-    at: u64,
+/// The fs server process's loop: answers the device's requests in the
+/// server's channel until the device hangs up (`Ok`), or a request breaks
+/// the protocol (the VMM is not the one that made this channel: stop
+/// serving it). Waits for requests spinning for at most `spin` before it
+/// sleeps.
+pub fn serve(
     stream: &mut UnixStream,
-    len: usize,
+    server: &mut FsServer,
+    spin: Duration,
 ) -> Result<(), ServeError> {
-    transfer(mem, at, len, io::ErrorKind::UnexpectedEof, |m, a, n| {
-        m.read_volatile_from(a, stream, n)
-    })
-}
-
-/// Writes `len` bytes of `mem` at `at` to `stream`.
-fn drain(
-    mem: &GuestMemoryMmap,
-    at: u64,
-    stream: &mut UnixStream,
-    len: usize,
-) -> Result<(), ServeError> {
-    transfer(mem, at, len, io::ErrorKind::WriteZero, |m, a, n| {
-        m.write_volatile_to(a, stream, n)
-    })
-}
-
-/// The fs server process's loop: answers the device's frames on `stream`
-/// until the device hangs up (`Ok`), or a frame breaks the protocol (the
-/// VMM is not the one that made this stream: stop serving it).
-pub fn serve(stream: &mut UnixStream, server: &mut FsServer) -> Result<(), ServeError> {
+    // A new channel's numbers start at 0; the device may have posted its
+    // first request before this thread got here.
+    let mut seen = 0;
     loop {
-        let Some([kind, len, cap]) = read_u32s::<3>(stream)? else {
+        let posted = channel::wait_for(
+            &server.lo.control(),
+            stream,
+            channel::SERVER_IDLE,
+            spin,
+            |w| Ok(w.word(channel::REQ_SEQ)? != seen),
+        )?;
+        if !posted {
             return Ok(());
+        }
+        let (kind, len, cap) = {
+            let c = server.lo.control();
+            seen = c.word(channel::REQ_SEQ)?;
+            (
+                c.word(channel::KIND)?,
+                c.word(channel::REQ_LEN)?,
+                c.word(channel::REQ_CAP)?,
+            )
         };
         let len = usize::try_from(len).unwrap_or(usize::MAX);
         let cap = usize::try_from(cap).unwrap_or(usize::MAX);
-        match kind {
+        let (status, n) = match kind {
             KIND_RESET if len == 0 && cap == 0 => {
                 server.reset();
-                stream.write_all(&header(&[STATUS_RESET, 0]))?;
+                (STATUS_RESET, 0)
             }
             KIND_REQUEST if len <= MAX_REQUEST && cap <= MAX_REPLY => {
-                fill(&server.lo.mem, REQUEST_AT, stream, len)?;
                 match server.serve(len, cap) {
-                    Ok(Outcome::Reply(n)) => {
-                        stream
-                            .write_all(&header(&[STATUS_REPLY, u32::try_from(n).unwrap_or(0)]))?;
-                        drain(&server.lo.mem, REPLY_AT, stream, n)?;
-                    }
-                    Ok(Outcome::Undecodable) => {
-                        stream.write_all(&header(&[STATUS_UNDECODABLE, 0]))?;
-                    }
+                    Ok(Outcome::Reply(n)) => (STATUS_REPLY, n),
+                    Ok(Outcome::Undecodable) => (STATUS_UNDECODABLE, 0),
                     Err(e) => {
                         let reason = e.to_string();
                         let reason = reason.as_bytes();
                         let reason = reason.get(..MAX_REASON).unwrap_or(reason);
-                        stream.write_all(&header(&[
-                            STATUS_BROKEN,
-                            u32::try_from(reason.len()).unwrap_or(0),
-                        ]))?;
-                        stream.write_all(reason)?;
+                        server
+                            .lo
+                            .mem
+                            .write_slice(reason, GuestAddress(REPLY_AT))
+                            .map_err(|e| BackendError::Loopback(e.to_string()))?;
+                        (STATUS_BROKEN, reason.len())
                     }
                 }
             }
             _ => {
                 return Err(ServeError::Protocol(format!(
-                    "frame kind {kind} with {len} bytes and room for {cap}"
+                    "request kind {kind} with {len} bytes and room for {cap}"
                 )))
             }
+        };
+        let c = server.lo.control();
+        c.set_word(channel::STATUS, status)?;
+        c.set_word(channel::REP_LEN, u32::try_from(n).unwrap_or(0))?;
+        c.set_word(channel::REP_SEQ, seen)?;
+        if c.word(channel::VMM_IDLE)? == 1 {
+            channel::kick(stream)?;
         }
     }
+}
+
+/// A server process stand-in for tests and fuzzing: [`serve`] on a thread,
+/// with a channel of its own, and the device's [`Client`] to it.
+#[cfg(any(test, feature = "fuzzing"))]
+pub fn serve_on_a_thread(
+    tag: &str,
+    root: &Path,
+    read_only: bool,
+    spin: Duration,
+) -> Result<(Client, std::thread::JoinHandle<Result<(), ServeError>>), BackendError> {
+    let (ours, mut theirs) = UnixStream::pair()?;
+    let shared = channel::create()?;
+    let mut server = FsServer::with_channel(
+        tag,
+        root,
+        read_only,
+        IdMaps::default(),
+        shared.try_clone()?,
+    )?;
+    let client = Client::new(ours, shared, spin)?;
+    let serving = std::thread::spawn(move || serve(&mut theirs, &mut server, spin));
+    Ok((client, serving))
 }
 
 #[cfg(test)]

@@ -861,19 +861,16 @@ mod tests {
     /// and the device serves nothing more.
     #[test]
     fn a_remote_server_serves_the_guest_and_its_end_stops_the_vm() {
-        use super::super::backend::{serve, Client, FsServer};
+        use super::super::backend::{serve_on_a_thread, Client, FsServer};
         let dir = share();
         let root = dir.path().join("share");
-        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
-        let server = std::thread::spawn(move || {
-            let mut s = FsServer::new("vol", &root, false, IdMaps::default()).unwrap();
-            serve(&mut theirs, &mut s)
-        });
+        let (client, server) =
+            serve_on_a_thread("vol", &root, false, std::time::Duration::ZERO).unwrap();
         let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
         let mut g = Guest::with_device(
             Fs::new("vol", &dir.path().join("share"), false)
                 .unwrap()
-                .with_remote(Client::new(ours), Some(stop.clone())),
+                .with_remote(client, Some(stop.clone())),
         );
         let (hello, _) = g.lookup(ROOT, "hello").unwrap();
         let fh = g.open(hello, libc::O_RDONLY).unwrap();
@@ -900,9 +897,13 @@ mod tests {
         };
         drop(client);
         server.join().unwrap().unwrap();
+        // A server whose process has ended: its end of the stream is closed.
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
         drop(theirs);
-        g.dev.backend = Backend::Remote(Client::new(ours));
+        let shared = super::super::channel::create().unwrap();
+        g.dev.backend = Backend::Remote(
+            Client::new(ours, shared, std::time::Duration::ZERO).unwrap(),
+        );
         let msg = g.message(FUSE_LOOKUP, ROOT, b"hello\0");
         g.req.mem.write_slice(&msg, GuestAddress(REQ)).unwrap();
         g.req.add_chain(&[

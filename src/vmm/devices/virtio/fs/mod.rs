@@ -35,6 +35,7 @@
 //! directory.
 
 pub mod backend;
+pub mod channel;
 mod device;
 mod event_handler;
 pub mod idmap;

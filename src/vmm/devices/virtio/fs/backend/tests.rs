@@ -1,5 +1,6 @@
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::os::unix::net::UnixStream;
+use std::time::Duration;
 
 use super::super::test_utils::{fuse_message, init_body, FUSE_INIT};
 use super::*;
@@ -33,13 +34,50 @@ fn lookup(name: &str, unique: u64) -> Vec<u8> {
 
 /// A server process stand-in: [`serve`] on a thread.
 fn remote(dir: &tempfile::TempDir) -> (Client, std::thread::JoinHandle<Result<(), ServeError>>) {
+    serve_on_a_thread("t", dir.path(), false, Duration::ZERO).unwrap()
+}
+
+/// A client whose server is played by the test: the client, the
+/// server's view of the channel, and its end of the stream.
+fn played() -> (Client, vm_memory::GuestMemoryMmap, UnixStream) {
     let (ours, theirs) = UnixStream::pair().unwrap();
-    let mut s = server(dir);
-    let t = std::thread::spawn(move || {
-        let mut theirs = theirs;
-        serve(&mut theirs, &mut s)
-    });
-    (Client::new(ours), t)
+    let shared = channel::create().unwrap();
+    let view = channel::map(shared.try_clone().unwrap()).unwrap();
+    (
+        Client::new(ours, shared, Duration::ZERO).unwrap(),
+        view,
+        theirs,
+    )
+}
+
+/// Plays the server once: waits for a request, answers `status` and
+/// `len` with `bytes` as the answer.
+fn answer_once(
+    view: vm_memory::GuestMemoryMmap,
+    mut stream: UnixStream,
+    status: u32,
+    len: u32,
+    bytes: &'static [u8],
+) -> std::thread::JoinHandle<UnixStream> {
+    std::thread::spawn(move || {
+        let c = At(&view, 0);
+        assert!(channel::wait_for(
+            &c,
+            &mut stream,
+            channel::SERVER_IDLE,
+            Duration::ZERO,
+            |w| Ok(w.word(channel::REQ_SEQ)? != 0),
+        )
+        .unwrap());
+        vm_memory::Bytes::write_slice(&view, bytes, vm_memory::GuestAddress(channel::REPLY))
+            .unwrap();
+        c.set_word(channel::STATUS, status).unwrap();
+        c.set_word(channel::REP_LEN, len).unwrap();
+        c.set_word(channel::REP_SEQ, c.word(channel::REQ_SEQ).unwrap())
+            .unwrap();
+        channel::kick(&mut stream).unwrap();
+        stream
+    })
 }
 
 #[test]
@@ -130,94 +168,129 @@ fn a_remote_server_serves_resets_and_ends_when_the_device_hangs_up() {
 }
 
 #[test]
-fn a_server_refuses_frames_past_their_bounds_without_reading_them() {
+fn a_server_refuses_requests_past_their_bounds() {
     let dir = share();
-    let frame = |kind: u32, len: u32, cap: u32| header(&[kind, len, cap]);
-    for bad in [
-        frame(KIND_REQUEST, u32::try_from(MAX_REQUEST).unwrap() + 1, 0),
-        frame(KIND_REQUEST, 0, u32::try_from(MAX_REPLY).unwrap() + 1),
-        frame(KIND_RESET, 1, 0),
-        frame(77, 0, 0),
+    let max_request = u32::try_from(MAX_REQUEST).unwrap();
+    let max_reply = u32::try_from(MAX_REPLY).unwrap();
+    for (kind, len, cap) in [
+        (KIND_REQUEST, max_request + 1, 0),
+        (KIND_REQUEST, 0, max_reply + 1),
+        (KIND_REQUEST, u32::MAX, u32::MAX),
+        (KIND_RESET, 1, 0),
+        (77, 0, 0),
     ] {
-        let (mut ours, mut theirs) = UnixStream::pair().unwrap();
-        ours.write_all(&bad).unwrap();
-        let mut s = server(&dir);
+        let (mut c, t) = remote(&dir);
+        // The server stops serving: the device hears it is gone.
         assert!(matches!(
-            serve(&mut theirs, &mut s),
-            Err(ServeError::Protocol(_))
+            c.exchange(kind, len, cap),
+            Err(BackendError::Gone)
         ));
+        assert!(matches!(t.join().unwrap(), Err(ServeError::Protocol(_))));
     }
-    // A frame cut short is an error, not an orderly end.
-    let (mut ours, mut theirs) = UnixStream::pair().unwrap();
-    ours.write_all(&[1, 0, 0]).unwrap();
-    drop(ours);
-    let mut s = server(&dir);
-    assert!(matches!(serve(&mut theirs, &mut s), Err(ServeError::Io(_))));
-    // So is a request whose bytes never come.
-    let (mut ours, mut theirs) = UnixStream::pair().unwrap();
-    ours.write_all(&frame(KIND_REQUEST, 100, 0)).unwrap();
-    ours.write_all(&[0u8; 10]).unwrap();
-    drop(ours);
-    assert!(serve(&mut theirs, &mut s).is_err());
+    // A stray kick with nothing posted is looked at and ignored.
+    let (mut c, t) = remote(&dir);
+    let mut reply = Vec::new();
+    {
+        let mut kicker = c.stream.try_clone().unwrap();
+        kicker.write_all(&[1, 1, 1]).unwrap();
+    }
+    let init = fuse_message(FUSE_INIT, 0, 1, (0, 0), &init_body(0));
+    assert!(matches!(
+        c.call(&init, 4096, &mut reply).unwrap(),
+        Outcome::Reply(_)
+    ));
+    drop(c);
+    t.join().unwrap().unwrap();
+}
+
+#[test]
+fn a_server_refuses_a_channel_that_could_shrink() {
+    let dir = share();
+    let plain = tempfile::tempfile().unwrap();
+    plain.set_len(channel::SIZE as u64).unwrap();
+    let err = FsServer::with_channel("t", dir.path(), false, IdMaps::default(), plain)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not sealed"), "{err}");
 }
 
 #[test]
 fn a_client_checks_what_the_server_answers() {
     let mut reply = Vec::new();
     // An answer longer than the room asked for.
-    let (ours, mut theirs) = UnixStream::pair().unwrap();
-    let mut c = Client::new(ours);
-    let t = std::thread::spawn(move || {
-        let mut req = [0u8; 12 + 3];
-        theirs.read_exact(&mut req).unwrap();
-        theirs.write_all(&header(&[STATUS_REPLY, 5000])).unwrap();
-    });
+    let (mut c, view, theirs) = played();
+    let t = answer_once(view, theirs, STATUS_REPLY, 5000, b"");
     assert!(matches!(
         c.call(&[1, 2, 3], 4096, &mut reply),
         Err(BackendError::Protocol(_))
     ));
     t.join().unwrap();
     // An unknown status.
-    let (ours, mut theirs) = UnixStream::pair().unwrap();
-    let mut c = Client::new(ours);
-    let t = std::thread::spawn(move || {
-        let mut req = [0u8; 12];
-        theirs.read_exact(&mut req).unwrap();
-        theirs.write_all(&header(&[99, 0])).unwrap();
-    });
+    let (mut c, view, theirs) = played();
+    let t = answer_once(view, theirs, 99, 0, b"");
+    assert!(matches!(
+        c.call(&[], 4096, &mut reply),
+        Err(BackendError::Protocol(_))
+    ));
+    t.join().unwrap();
+    // A reason longer than its bound.
+    let (mut c, view, theirs) = played();
+    let t = answer_once(view, theirs, STATUS_BROKEN, 1 << 20, b"");
     assert!(matches!(
         c.call(&[], 4096, &mut reply),
         Err(BackendError::Protocol(_))
     ));
     t.join().unwrap();
     // A server that is gone.
-    let (ours, theirs) = UnixStream::pair().unwrap();
+    let (mut c, _view, theirs) = played();
     drop(theirs);
-    let mut c = Client::new(ours);
     assert!(matches!(
         c.call(&[1], 4096, &mut reply),
         Err(BackendError::Gone | BackendError::Io(_))
     ));
     // A broken server's reason comes through.
-    let (ours, mut theirs) = UnixStream::pair().unwrap();
-    let mut c = Client::new(ours);
-    let t = std::thread::spawn(move || {
-        let mut req = [0u8; 12];
-        theirs.read_exact(&mut req).unwrap();
-        theirs.write_all(&header(&[STATUS_BROKEN, 4])).unwrap();
-        theirs.write_all(b"gone").unwrap();
-    });
+    let (mut c, view, theirs) = played();
+    let t = answer_once(view, theirs, STATUS_BROKEN, 4, b"gone");
     match c.call(&[], 4096, &mut reply) {
         Err(BackendError::Broken(reason)) => assert_eq!(reason, "gone"),
         other => panic!("{other:?}"),
     }
     t.join().unwrap();
+    // An answer within the room is read from the channel.
+    let (mut c, view, theirs) = played();
+    let t = answer_once(view, theirs, STATUS_REPLY, 5, b"hello");
+    assert_eq!(c.call(&[1], 4096, &mut reply).unwrap(), Outcome::Reply(5));
+    assert_eq!(reply, b"hello");
+    t.join().unwrap();
+}
+
+#[test]
+fn spinning_and_sleeping_servers_answer_alike() {
+    let dir = share();
+    for spin in [Duration::ZERO, Duration::from_micros(100)] {
+        let (mut c, t) = serve_on_a_thread("t", dir.path(), false, spin).unwrap();
+        let mut reply = Vec::new();
+        let init = fuse_message(FUSE_INIT, 0, 1, (0, 0), &init_body(0));
+        c.call(&init, 4096, &mut reply).unwrap();
+        for unique in 2..2000 {
+            assert!(matches!(
+                c.call(&lookup("hello", unique), 4096, &mut reply).unwrap(),
+                Outcome::Reply(_)
+            ));
+            assert_eq!(error_of(&reply), 0);
+            // Now and then the server falls asleep between requests.
+            if unique % 500 == 0 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        drop(c);
+        t.join().unwrap().unwrap();
+    }
 }
 
 #[test]
 fn a_client_waits_for_its_server_to_be_ready() {
-    let (ours, mut theirs) = UnixStream::pair().unwrap();
-    let mut c = Client::new(ours);
+    let (mut c, _view, mut theirs) = played();
     send_ready(&mut theirs).unwrap();
     c.wait_ready(std::time::Duration::from_secs(5)).unwrap();
     // Not ready in time.
@@ -234,8 +307,7 @@ fn a_client_waits_for_its_server_to_be_ready() {
         Err(BackendError::Gone)
     ));
     // Anything else first breaks the protocol.
-    let (ours, mut theirs) = UnixStream::pair().unwrap();
-    let mut c = Client::new(ours);
+    let (mut c, _view, mut theirs) = played();
     theirs.write_all(&header(&[STATUS_REPLY, 0])).unwrap();
     assert!(matches!(
         c.wait_ready(std::time::Duration::from_secs(5)),

@@ -1,3 +1,0 @@
-#![no_main]
-//! husk::fuzz::fs_server_frames under libFuzzer.
-libfuzzer_sys::fuzz_target!(|data: &[u8]| husk::fuzz::fs_server_frames(data));
