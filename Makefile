@@ -6,7 +6,7 @@ INIT_TARGET := x86_64-unknown-linux-musl
 TESTHOST    := $(CURDIR)/tests/testhost/run
 export HUSK_INIT := $(CURDIR)/target/$(INIT_TARGET)/release/husk-init
 
-.PHONY: all deps kernel build demo test unit lint e2e soak fuzz bench-deps bench bench-boot bench-run bench-net bench-storage bench-image bench-density bench-breakdown bench-plot clean
+.PHONY: all deps kernel build demo test unit lint e2e soak fuzz bench-deps bench bench-boot bench-run bench-net bench-storage bench-fs-channel bench-image bench-density bench-breakdown bench-plot clean
 
 all: build
 
@@ -77,7 +77,7 @@ BENCH_OUT   := $(CURDIR)/benches/results
 # Debian's interpreter: python3-matplotlib is installed for it.
 PLOT_PYTHON ?= /usr/bin/python3
 
-bench: bench-boot bench-run bench-breakdown bench-net bench-storage bench-image bench-density bench-plot
+bench: bench-boot bench-run bench-breakdown bench-net bench-storage bench-fs-channel bench-image bench-density bench-plot
 
 bench-boot: kernel build
 	mkdir -p $(BENCH_OUT)
@@ -105,6 +105,12 @@ bench-deps:
 bench-storage: kernel build bench-deps
 	mkdir -p $(BENCH_OUT)
 	$(TESTHOST) --rw $(BENCH_OUT) -- python3 benches/storage.py --qemu --runs $${RUNS:-3} --json $(BENCH_OUT)/storage.json
+
+## A FUSE request's cost between the fs device and its server process, no VM
+## (benches/fs_channel.rs; on the machine itself, not in the test host).
+bench-fs-channel:
+	mkdir -p $(BENCH_OUT)
+	cargo bench --features fuzzing --bench fs_channel -- --rounds $${RUNS:-5} --json $(BENCH_OUT)/fs_channel.json
 
 bench-image: kernel build
 	mkdir -p $(BENCH_OUT)

@@ -693,7 +693,8 @@ fn rules(thread: Thread, pid: u64) -> BTreeMap<i64, Vec<SeccompRule>> {
             any(
                 &mut r,
                 &[
-                    // Frames from the VMM on one Unix stream.
+                    // Wake-ups on the one Unix stream to the VMM (the
+                    // requests are in the channel both map).
                     libc::SYS_recvfrom,
                     libc::SYS_sendto,
                     libc::SYS_recvmsg,
