@@ -785,8 +785,8 @@ fn a_vmm_thread_outside_its_seccomp_filter_ends_the_vmm_and_says_why() {
     }
     // The fs server: the VMM's child, with the file server's capabilities
     // only, filtered, in the VMM's cgroup, jailed with the shares and two
-    // entries of /proc (not the record), holding the stream, its log and
-    // /dev/null only.
+    // entries of /proc (not the record), holding the stream, the channel,
+    // its log and /dev/null only.
     let servers = fs_servers_of("sc-audit");
     assert_eq!(servers.len(), 1, "fs servers of sc-audit: {servers:?}");
     let server = servers[0];
@@ -838,7 +838,7 @@ fn a_vmm_thread_outside_its_seccomp_filter_ends_the_vmm_and_says_why() {
         let target = std::fs::read_link(fd.path()).unwrap_or_default();
         fds.push((fd.file_name().to_string_lossy().into_owned(), target));
     }
-    // Beside stdio, the stream and its log: what the passthrough opened
+    // Beside stdio, the stream, the channel and its log: what the passthrough opened
     // (handles under the shares, its /proc files), nothing else.
     let share = env.root().join("sc-audit/share");
     for (fd, target) in &fds {
@@ -846,6 +846,7 @@ fn a_vmm_thread_outside_its_seccomp_filter_ends_the_vmm_and_says_why() {
         let ok = match fd.as_str() {
             "0" | "1" => t.ends_with("/null"),
             "3" => t.starts_with("socket:"),
+            "4" => t.starts_with("/memfd:husk-fs-channel"),
             _ => {
                 target.ends_with("vmm.log")
                     || target.starts_with(&share)

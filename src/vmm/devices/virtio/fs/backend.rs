@@ -373,14 +373,14 @@ pub struct Client {
     /// The last request's sequence number.
     seq: u32,
     /// How long to spin for an answer before sleeping.
-    spin: Duration,
+    spinner: channel::Spinner,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
             .field("seq", &self.seq)
-            .field("spin", &self.spin)
+            .field("spinner", &self.spinner)
             .finish_non_exhaustive()
     }
 }
@@ -420,7 +420,7 @@ impl Client {
             stream,
             channel: channel::map(channel)?,
             seq: 0,
-            spin,
+            spinner: channel::Spinner::new(spin),
         })
     }
 
@@ -442,7 +442,7 @@ impl Client {
             &c,
             &mut self.stream,
             channel::VMM_IDLE,
-            self.spin,
+            &mut self.spinner,
             |w| Ok(w.word(channel::REP_SEQ)? == seq),
         )?;
         if !answered {
@@ -598,7 +598,7 @@ pub enum ServeError {
 /// server's channel until the device hangs up (`Ok`), or a request breaks
 /// the protocol (the VMM is not the one that made this channel: stop
 /// serving it). Waits for requests spinning for at most `spin` before it
-/// sleeps.
+/// sleeps ([`channel::Spinner`]).
 pub fn serve(
     stream: &mut UnixStream,
     server: &mut FsServer,
@@ -607,12 +607,13 @@ pub fn serve(
     // A new channel's numbers start at 0; the device may have posted its
     // first request before this thread got here.
     let mut seen = 0;
+    let mut spinner = channel::Spinner::new(spin);
     loop {
         let posted = channel::wait_for(
             &server.lo.control(),
             stream,
             channel::SERVER_IDLE,
-            spin,
+            &mut spinner,
             |w| Ok(w.word(channel::REQ_SEQ)? != seen),
         )?;
         if !posted {

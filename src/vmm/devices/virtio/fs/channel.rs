@@ -7,8 +7,8 @@
 //! reads from it once; no bytes of a request go through the kernel. A side
 //! waiting for the other first *spins* for a short while ([`spin_budget`]:
 //! most requests are answered in microseconds, and a sleeping thread takes
-//! longer than that to wake), then says so in its *idle* word and sleeps on
-//! the stream; the other side writes one byte (a *kick*) only when it finds
+//! longer than that to wake; [`Spinner`] shortens the spin where it does
+//! not pay), then says so in its *idle* word and sleeps on the stream; the other side writes one byte (a *kick*) only when it finds
 //! that word set. A side that ends closes its stream: the other's read
 //! returns 0, never a hang.
 //!
@@ -215,25 +215,90 @@ pub fn kick(stream: &mut UnixStream) -> io::Result<()> {
     stream.write_all(&[1])
 }
 
-/// Waits until `done` holds: spins for at most `spin`, then sets the word
-/// at `idle`, looks once more and sleeps on `stream` until kicked, looking
-/// again at each kick. `Ok(false)`: the other side closed the stream.
+/// How long one side spins before it sleeps, adapted to how its waits go
+/// (as an adaptive mutex does): a wait that ends while spinning keeps (or
+/// doubles back to) the full budget; one that had to sleep halves the
+/// next spin, down to none. At none, every [`PROBE_EVERY`]th wait spins the
+/// full budget once more, to notice when answers come quickly again. Where
+/// the other side is slow, or shares this side's CPU (an oversubscribed
+/// host, an emulated one), spinning fades out; where answers come in
+/// microseconds it stays.
+#[derive(Debug, Clone)]
+pub struct Spinner {
+    budget: Duration,
+    now: Duration,
+    waits: u32,
+}
+
+/// A spinner at zero tries the full budget once in so many waits.
+pub const PROBE_EVERY: u32 = 64;
+
+impl Spinner {
+    /// A spinner whose spins last at most `budget` ([`spin_budget`]).
+    pub fn new(budget: Duration) -> Spinner {
+        Spinner {
+            budget,
+            now: budget,
+            waits: 0,
+        }
+    }
+
+    /// How long the next wait spins.
+    fn next(&mut self) -> Duration {
+        self.waits = self.waits.wrapping_add(1);
+        if self.now.is_zero() && self.waits % PROBE_EVERY == 0 {
+            self.budget
+        } else {
+            self.now
+        }
+    }
+
+    /// A wait that spun for `spun` ended while spinning (`true`) or had to
+    /// sleep.
+    fn record(&mut self, spun: Duration, caught: bool) {
+        if spun.is_zero() {
+            return;
+        }
+        self.now = if caught {
+            self.budget
+        } else {
+            let half = self.now / 2;
+            if half < Duration::from_micros(1) {
+                Duration::ZERO
+            } else {
+                half
+            }
+        };
+    }
+
+    /// The spin the next wait would use before probing (for tests).
+    pub fn current(&self) -> Duration {
+        self.now
+    }
+}
+
+/// Waits until `done` holds: spins for at most what `spinner` allows, then
+/// sets the word at `idle`, looks once more and sleeps on `stream` until
+/// kicked, looking again at each kick. `Ok(false)`: the other side closed
+/// the stream.
 pub fn wait_for<W: Words>(
     words: &W,
     stream: &mut UnixStream,
     idle: u64,
-    spin: Duration,
+    spinner: &mut Spinner,
     done: impl Fn(&W) -> io::Result<bool>,
 ) -> io::Result<bool> {
     if done(words)? {
         return Ok(true);
     }
+    let spin = spinner.next();
     if !spin.is_zero() {
         let started = Instant::now();
         'spinning: loop {
             for _ in 0..SPINS_PER_LOOK {
                 std::hint::spin_loop();
                 if done(words)? {
+                    spinner.record(spin, true);
                     return Ok(true);
                 }
             }
@@ -241,6 +306,7 @@ pub fn wait_for<W: Words>(
                 break 'spinning;
             }
         }
+        spinner.record(spin, false);
     }
     let mut kicks = [0u8; 64];
     loop {
@@ -296,6 +362,30 @@ mod tests {
     }
 
     #[test]
+    fn spinning_fades_where_it_fails_and_comes_back_where_it_works() {
+        let full = Duration::from_micros(64);
+        let mut s = Spinner::new(full);
+        assert_eq!(s.next(), full);
+        // Waits that had to sleep halve the spin, down to none.
+        for _ in 0..8 {
+            let spin = s.next();
+            s.record(spin, false);
+        }
+        assert_eq!(s.current(), Duration::ZERO);
+        // At none, a wait in every PROBE_EVERY spins the full budget.
+        let spins: Vec<Duration> = (0..PROBE_EVERY).map(|_| s.next()).collect();
+        assert_eq!(spins.iter().filter(|d| **d == full).count(), 1);
+        assert!(spins.iter().all(|d| d.is_zero() || *d == full));
+        // A probe that catches its answer restores the full budget.
+        s.record(full, true);
+        assert_eq!(s.current(), full);
+        // A wait that did not spin teaches nothing.
+        let mut off = Spinner::new(Duration::ZERO);
+        off.record(Duration::ZERO, false);
+        assert_eq!(off.next(), Duration::ZERO);
+    }
+
+    #[test]
     fn a_waiter_wakes_at_a_kick_and_at_a_hang_up_with_or_without_spinning() {
         for spin in [Duration::ZERO, Duration::from_micros(200)] {
             let file = create().unwrap();
@@ -317,13 +407,14 @@ mod tests {
                 b
             });
             let w = At(&ours, 0);
+            let mut spinner = Spinner::new(spin);
             let seq = |n: u32| move |w: &At<'_, _>| Ok(w.word(REP_SEQ)? == n);
-            assert!(wait_for(&w, &mut a, VMM_IDLE, spin, seq(1)).unwrap());
-            assert!(wait_for(&w, &mut a, VMM_IDLE, spin, seq(2)).unwrap());
+            assert!(wait_for(&w, &mut a, VMM_IDLE, &mut spinner, seq(1)).unwrap());
+            assert!(wait_for(&w, &mut a, VMM_IDLE, &mut spinner, seq(2)).unwrap());
             assert_eq!(w.word(VMM_IDLE).unwrap(), 0);
             drop(poster.join().unwrap());
             // Never done, and the other side is gone.
-            assert!(!wait_for(&w, &mut a, VMM_IDLE, spin, seq(3)).unwrap());
+            assert!(!wait_for(&w, &mut a, VMM_IDLE, &mut spinner, seq(3)).unwrap());
         }
     }
 }

@@ -65,7 +65,7 @@ fn answer_once(
             &c,
             &mut stream,
             channel::SERVER_IDLE,
-            Duration::ZERO,
+            &mut channel::Spinner::new(Duration::ZERO),
             |w| Ok(w.word(channel::REQ_SEQ)? != 0),
         )
         .unwrap());
