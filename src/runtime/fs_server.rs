@@ -220,9 +220,8 @@ pub fn spawn(spec: &Spec, id: &str) -> Result<FsServerProcess, FsServerError> {
         .and_then(|()| ours.write_all(&json))
         .map_err(|source| FsServerError::Send { pid, source })?;
     log::debug!("fs server {pid} started for {}", spec.root.display());
-    let client = Client::new(ours, shared, channel::spin_budget()).map_err(|e| {
-        FsServerError::Channel(std::io::Error::other(e))
-    })?;
+    let client = Client::new(ours, shared, channel::spin_budget())
+        .map_err(|e| FsServerError::Channel(std::io::Error::other(e)))?;
     Ok(FsServerProcess {
         pid,
         client: Some(client),

@@ -28,8 +28,8 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use fuse_backend_rs::api::server::{Server, MAX_BUFFER_SIZE};
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
@@ -464,12 +464,8 @@ impl Client {
     }
 
     fn read_answer(&self, into: &mut [u8]) -> Result<(), BackendError> {
-        vm_memory::Bytes::read_slice(
-            &self.channel,
-            into,
-            vm_memory::GuestAddress(channel::REPLY),
-        )
-        .map_err(|e| BackendError::Io(io::Error::other(e)))
+        vm_memory::Bytes::read_slice(&self.channel, into, vm_memory::GuestAddress(channel::REPLY))
+            .map_err(|e| BackendError::Io(io::Error::other(e)))
     }
 
     pub fn call(
@@ -679,13 +675,8 @@ pub fn serve_on_a_thread(
 ) -> Result<(Client, std::thread::JoinHandle<Result<(), ServeError>>), BackendError> {
     let (ours, mut theirs) = UnixStream::pair()?;
     let shared = channel::create()?;
-    let mut server = FsServer::with_channel(
-        tag,
-        root,
-        read_only,
-        IdMaps::default(),
-        shared.try_clone()?,
-    )?;
+    let mut server =
+        FsServer::with_channel(tag, root, read_only, IdMaps::default(), shared.try_clone()?)?;
     let client = Client::new(ours, shared, spin)?;
     let serving = std::thread::spawn(move || serve(&mut theirs, &mut server, spin));
     Ok((client, serving))

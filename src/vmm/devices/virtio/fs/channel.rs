@@ -132,7 +132,11 @@ pub fn check(file: &File) -> Result<(), String> {
         return Err(format!(
             "not a channel: a regular file of {SIZE} bytes was expected, found {} bytes{}",
             meta.len(),
-            if meta.is_file() { "" } else { " (not a regular file)" }
+            if meta.is_file() {
+                ""
+            } else {
+                " (not a regular file)"
+            }
         ));
     }
     // A file that cannot be sealed at all (not a memfd) has no seals.
@@ -246,7 +250,7 @@ impl Spinner {
     /// How long the next wait spins.
     fn next(&mut self) -> Duration {
         self.waits = self.waits.wrapping_add(1);
-        if self.now.is_zero() && self.waits % PROBE_EVERY == 0 {
+        if self.now.is_zero() && self.waits.is_multiple_of(PROBE_EVERY) {
             self.budget
         } else {
             self.now

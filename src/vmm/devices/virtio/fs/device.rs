@@ -901,9 +901,8 @@ mod tests {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
         drop(theirs);
         let shared = super::super::channel::create().unwrap();
-        g.dev.backend = Backend::Remote(
-            Client::new(ours, shared, std::time::Duration::ZERO).unwrap(),
-        );
+        g.dev.backend =
+            Backend::Remote(Client::new(ours, shared, std::time::Duration::ZERO).unwrap());
         let msg = g.message(FUSE_LOOKUP, ROOT, b"hello\0");
         g.req.mem.write_slice(&msg, GuestAddress(REQ)).unwrap();
         g.req.add_chain(&[
