@@ -36,6 +36,7 @@ use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
 use log::warn;
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_queue::DescriptorChain;
 use virtio_queue_017::{Queue, QueueT as _};
 use vm_memory_017::{Bytes as _, FileOffset, GuestAddress, GuestMemoryMmap};
 
@@ -475,32 +476,108 @@ impl Client {
         reply: &mut Vec<u8>,
     ) -> Result<Outcome, BackendError> {
         let request = request.get(..MAX_REQUEST).unwrap_or(request);
+        self.load(request)?;
+        let outcome = self.post(request.len(), cap)?;
+        if let Outcome::Reply(n) = outcome {
+            reply.resize(n, 0);
+            self.read_answer(reply)?;
+        }
+        Ok(outcome)
+    }
+
+    /// Posts the `len` bytes already in the channel as a request with room
+    /// for `cap` (both cut to their bounds) and checks the answer's status
+    /// and length; the answer of a `Reply(n)` is then at the start of the
+    /// channel's answer area ([`Client::answer_into_chain`]).
+    pub fn post(&mut self, len: usize, cap: usize) -> Result<Outcome, BackendError> {
+        let len = len.min(MAX_REQUEST);
         let cap = cap.min(MAX_REPLY);
         let as_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-        self.load(request)?;
-        let (status, len) = self.exchange(KIND_REQUEST, as_u32(request.len()), as_u32(cap))?;
-        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        let (status, got) = self.exchange(KIND_REQUEST, as_u32(len), as_u32(cap))?;
+        let got = usize::try_from(got).unwrap_or(usize::MAX);
         match status {
-            STATUS_REPLY if len <= cap => {
-                reply.resize(len, 0);
-                self.read_answer(reply)?;
-                Ok(Outcome::Reply(len))
-            }
+            STATUS_REPLY if got <= cap => Ok(Outcome::Reply(got)),
             STATUS_REPLY => Err(BackendError::Protocol(format!(
-                "an answer of {len} bytes to a request that had room for {cap}"
+                "an answer of {got} bytes to a request that had room for {cap}"
             ))),
-            STATUS_UNDECODABLE if len == 0 => Ok(Outcome::Undecodable),
-            STATUS_BROKEN if len <= MAX_REASON => {
-                let mut reason = vec![0u8; len];
+            STATUS_UNDECODABLE if got == 0 => Ok(Outcome::Undecodable),
+            STATUS_BROKEN if got <= MAX_REASON => {
+                let mut reason = vec![0u8; got];
                 self.read_answer(&mut reason)?;
                 Err(BackendError::Broken(
                     String::from_utf8_lossy(&reason).into_owned(),
                 ))
             }
             other => Err(BackendError::Protocol(format!(
-                "status {other} with {len} bytes"
+                "status {other} with {got} bytes"
             ))),
         }
+    }
+
+    /// Copies the driver-readable buffers of `chain` (at most
+    /// [`MAX_REQUEST`] bytes) from guest memory straight into the
+    /// channel's request area; returns how many bytes. An address outside
+    /// guest memory is an error (the chain's, not the server's).
+    pub fn load_chain(
+        &self,
+        mem: &vm_memory::GuestMemoryMmap,
+        chain: DescriptorChain<&vm_memory::GuestMemoryMmap>,
+    ) -> io::Result<usize> {
+        let room = self.channel_slice(channel::REQUEST, MAX_REQUEST)?;
+        let mut at = 0usize;
+        for desc in chain.filter(|d| !d.is_write_only()) {
+            if at >= MAX_REQUEST {
+                break;
+            }
+            let want = usize::try_from(desc.len())
+                .unwrap_or(usize::MAX)
+                .min(MAX_REQUEST - at);
+            for piece in vm_memory::GuestMemoryBackend::get_slices(mem, desc.addr(), want) {
+                let piece = piece.map_err(io::Error::other)?;
+                piece.copy_to_volatile_slice(room.offset(at).map_err(io::Error::other)?);
+                at += piece.len();
+            }
+        }
+        Ok(at)
+    }
+
+    /// Copies the first `n` bytes of the channel's answer area straight
+    /// into the device-writable buffers of `chain`; returns how many fit
+    /// (less than `n` when the chain offers less room than it did when the
+    /// request was read: the guest changed it).
+    pub fn answer_into_chain(
+        &self,
+        mem: &vm_memory::GuestMemoryMmap,
+        chain: DescriptorChain<&vm_memory::GuestMemoryMmap>,
+        n: usize,
+    ) -> io::Result<usize> {
+        let n = n.min(MAX_REPLY);
+        let answer = self.channel_slice(channel::REPLY, n)?;
+        let mut at = 0usize;
+        for desc in chain.filter(|d| d.is_write_only()) {
+            if at >= n {
+                break;
+            }
+            let want = usize::try_from(desc.len())
+                .unwrap_or(usize::MAX)
+                .min(n - at);
+            for piece in vm_memory::GuestMemoryBackend::get_slices(mem, desc.addr(), want) {
+                let piece = piece.map_err(io::Error::other)?;
+                let len = piece.len();
+                answer
+                    .offset(at)
+                    .map_err(io::Error::other)?
+                    .copy_to_volatile_slice(piece);
+                at += len;
+            }
+        }
+        Ok(at)
+    }
+
+    /// `len` bytes of the channel at `at`.
+    fn channel_slice(&self, at: u64, len: usize) -> io::Result<vm_memory::VolatileSlice<'_, ()>> {
+        vm_memory::GuestMemoryBackend::get_slice(&self.channel, vm_memory::GuestAddress(at), len)
+            .map_err(io::Error::other)
     }
 
     /// Waits at most `timeout` for the server's first word on the stream:

@@ -55,6 +55,18 @@ impl std::fmt::Debug for Fs {
     }
 }
 
+/// How one request went.
+enum Served {
+    /// The answer, this many bytes, is in the guest's buffers.
+    Answered(usize),
+    /// The chain could not be read or the answer not written.
+    Bad(ChainError),
+    /// The server could not decode the request.
+    Undecodable,
+    /// The server failed.
+    Failed(BackendError),
+}
+
 /// Why a chain was returned unanswered.
 #[derive(Debug, thiserror::Error)]
 enum ChainError {
@@ -235,7 +247,7 @@ impl Fs {
             // length of 0, counted and logged. The server answers every
             // request it could decode, errors included.
             let reader = chain.clone().reader(mem).map_err(ChainError::Chain);
-            let writer = chain.writer(mem).map_err(ChainError::Chain);
+            let writer = chain.clone().writer(mem).map_err(ChainError::Chain);
             let (mut reader, mut writer) = match (reader, writer) {
                 (Ok(r), Ok(w)) => (r, w),
                 (Err(e), _) | (_, Err(e)) => {
@@ -244,31 +256,55 @@ impl Fs {
                     continue;
                 }
             };
-            let len = reader.available_bytes().min(MAX_REQUEST);
-            self.request.resize(len, 0);
-            if let Err(e) = std::io::Read::read_exact(&mut reader, &mut self.request) {
-                used_any |= active.add_used(index, head, 0)?;
-                self.bad_request(index, &ChainError::Read(e));
-                continue;
-            }
             let cap = writer.available_bytes();
-            let used = match self.backend.call(&self.request, cap, &mut self.reply) {
-                Ok(Outcome::Reply(n)) => {
-                    let answer = self.reply.get(..n).unwrap_or_default();
-                    match std::io::Write::write_all(&mut writer, answer) {
-                        Ok(()) => u32::try_from(n).unwrap_or(0),
-                        Err(e) => {
-                            self.bad_request(index, &ChainError::Write(e));
-                            0
-                        }
+            // A remote server's channel is filled from guest memory and
+            // emptied into it directly; a local server gets a copy.
+            let served = match &mut self.backend {
+                Backend::Remote(client) => match client.load_chain(mem, chain.clone()) {
+                    Err(e) => Served::Bad(ChainError::Read(e)),
+                    Ok(len) => match client.post(len, cap) {
+                        Ok(Outcome::Reply(n)) => match client.answer_into_chain(mem, chain, n) {
+                            Ok(put) if put == n => Served::Answered(n),
+                            Ok(_) => {
+                                Served::Bad(ChainError::Write(std::io::ErrorKind::WriteZero.into()))
+                            }
+                            Err(e) => Served::Bad(ChainError::Write(e)),
+                        },
+                        Ok(Outcome::Undecodable) => Served::Undecodable,
+                        Err(e) => Served::Failed(e),
+                    },
+                },
+                Backend::Local(_) => {
+                    let len = reader.available_bytes().min(MAX_REQUEST);
+                    self.request.resize(len, 0);
+                    match std::io::Read::read_exact(&mut reader, &mut self.request) {
+                        Err(e) => Served::Bad(ChainError::Read(e)),
+                        Ok(()) => match self.backend.call(&self.request, cap, &mut self.reply) {
+                            Ok(Outcome::Reply(n)) => {
+                                let answer = self.reply.get(..n).unwrap_or_default();
+                                match std::io::Write::write_all(&mut writer, answer) {
+                                    Ok(()) => Served::Answered(n),
+                                    Err(e) => Served::Bad(ChainError::Write(e)),
+                                }
+                            }
+                            Ok(Outcome::Undecodable) => Served::Undecodable,
+                            Err(e) => Served::Failed(e),
+                        },
                     }
                 }
-                Ok(Outcome::Undecodable) => {
+            };
+            let used = match served {
+                Served::Answered(n) => u32::try_from(n).unwrap_or(0),
+                Served::Bad(e) => {
+                    self.bad_request(index, &e);
+                    0
+                }
+                Served::Undecodable => {
                     self.bad_requests += 1;
                     0
                 }
-                Err(BackendError::Server(e)) => return Err(e),
-                Err(e) => return Err(self.break_down(e)),
+                Served::Failed(BackendError::Server(e)) => return Err(e),
+                Served::Failed(e) => return Err(self.break_down(e)),
             };
             let mut active = self.core.active_mut()?;
             used_any |= active.add_used(index, head, used)?;
@@ -917,6 +953,117 @@ mod tests {
         // Broken: nothing more is served, and no second stop is asked.
         assert!(!g.dev.process_queue(1).unwrap());
         assert!(stop.read().is_err());
+    }
+
+    /// A remote server's requests are copied from every readable buffer of
+    /// a chain and its answers into every writable one, however the guest
+    /// splits them, and a chain that offers too little room for the
+    /// answer gets none.
+    #[test]
+    fn a_remote_server_reads_and_answers_split_chains() {
+        use super::super::backend::serve_on_a_thread;
+        let dir = share();
+        let root = dir.path().join("share");
+        let (client, server) =
+            serve_on_a_thread("vol", &root, false, std::time::Duration::ZERO).unwrap();
+        let mut g = Guest::with_device(
+            Fs::new("vol", &root, false)
+                .unwrap()
+                .with_remote(client, None),
+        );
+        let (node, fh) = g.create(ROOT, "split").unwrap();
+        // A write whose message is cut into three readable buffers, with
+        // gaps between them; the answer in a 10-byte and a larger buffer.
+        let data = b"across three buffers";
+        let mut body = Vec::new();
+        body.extend_from_slice(&fh.to_le_bytes());
+        body.extend_from_slice(&0u64.to_le_bytes());
+        body.extend_from_slice(&u32::try_from(data.len()).unwrap().to_le_bytes());
+        body.extend_from_slice(&[0u8; 20]);
+        body.extend_from_slice(data);
+        let msg = g.message(FUSE_WRITE, node, &body);
+        let cuts = [
+            (REQ, 0..20),
+            (REQ + 0x100, 20..60),
+            (REQ + 0x400, 60..msg.len()),
+        ];
+        for (at, range) in &cuts {
+            g.req
+                .mem
+                .write_slice(&msg[range.clone()], GuestAddress(*at))
+                .unwrap();
+        }
+        let len = |r: &std::ops::Range<usize>| u32::try_from(r.len()).unwrap();
+        g.req.add_chain(&[
+            (cuts[0].0, len(&cuts[0].1), 0),
+            (cuts[1].0, len(&cuts[1].1), 0),
+            (cuts[2].0, len(&cuts[2].1), 0),
+            (REPLY, 10, F_WRITE),
+            (REPLY + 0x100, 0x1000, F_WRITE),
+        ]);
+        g.dev.process_queue(1).unwrap();
+        let (_, used) = g.req.pop_used().unwrap();
+        // fuse_out_header + fuse_write_out.
+        assert_eq!(used, 24);
+        let mut head = [0u8; 10];
+        g.req
+            .mem
+            .read_slice(&mut head, GuestAddress(REPLY))
+            .unwrap();
+        let mut rest = [0u8; 14];
+        g.req
+            .mem
+            .read_slice(&mut rest, GuestAddress(REPLY + 0x100))
+            .unwrap();
+        let answer: Vec<u8> = head.iter().chain(rest.iter()).copied().collect();
+        assert_eq!(i32::from_le_bytes(answer[4..8].try_into().unwrap()), 0);
+        let written = u32::from_le_bytes(answer[16..20].try_into().unwrap());
+        assert_eq!(written as usize, data.len());
+        assert_eq!(std::fs::read(root.join("split")).unwrap(), data);
+        // A read answered into two writable buffers.
+        let mut body = Vec::new();
+        body.extend_from_slice(&fh.to_le_bytes());
+        body.extend_from_slice(&0u64.to_le_bytes());
+        body.extend_from_slice(&4096u32.to_le_bytes());
+        body.extend_from_slice(&[0u8; 20]);
+        let msg = g.message(FUSE_READ, node, &body);
+        g.req.mem.write_slice(&msg, GuestAddress(REQ)).unwrap();
+        g.req.add_chain(&[
+            (REQ, u32::try_from(msg.len()).unwrap(), 0),
+            (REPLY, 20, F_WRITE),
+            (REPLY + 0x100, 0x1000, F_WRITE),
+        ]);
+        g.dev.process_queue(1).unwrap();
+        let (_, used) = g.req.pop_used().unwrap();
+        assert_eq!(used as usize, OUT_HEADER + data.len());
+        let mut first = [0u8; 20];
+        g.req
+            .mem
+            .read_slice(&mut first, GuestAddress(REPLY))
+            .unwrap();
+        let mut second = vec![0u8; data.len() - 4];
+        g.req
+            .mem
+            .read_slice(&mut second, GuestAddress(REPLY + 0x100))
+            .unwrap();
+        let mut got = first[OUT_HEADER..].to_vec();
+        got.extend_from_slice(&second);
+        assert_eq!(got, data);
+        // Room for the header only: no answer, counted as a bad request.
+        let bad = g.dev.bad_requests;
+        g.req.mem.write_slice(&msg, GuestAddress(REQ)).unwrap();
+        g.req.add_chain(&[
+            (REQ, u32::try_from(msg.len()).unwrap(), 0),
+            (REPLY, 8, F_WRITE),
+        ]);
+        g.dev.process_queue(1).unwrap();
+        let (_, used) = g.req.pop_used().unwrap();
+        assert_eq!(used, 0);
+        assert!(g.dev.bad_requests > bad);
+        // Still serving.
+        assert!(g.lookup(ROOT, "split").is_ok());
+        drop(g);
+        server.join().unwrap().unwrap();
     }
 
     #[test]
