@@ -386,6 +386,34 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// Calls `each` with the offset so far and every piece of guest memory of
+/// the device-writable (`writable`) or driver-readable buffers of `chain`,
+/// in order, until `limit` bytes; returns how many bytes the pieces held.
+fn each_buffer<'m>(
+    mem: &'m vm_memory::GuestMemoryMmap,
+    chain: DescriptorChain<&'m vm_memory::GuestMemoryMmap>,
+    writable: bool,
+    limit: usize,
+    mut each: impl FnMut(usize, vm_memory::VolatileSlice<'m, ()>) -> io::Result<()>,
+) -> io::Result<usize> {
+    let mut at = 0usize;
+    for desc in chain.filter(|d| d.is_write_only() == writable) {
+        if at >= limit {
+            break;
+        }
+        let want = usize::try_from(desc.len())
+            .unwrap_or(usize::MAX)
+            .min(limit - at);
+        for piece in vm_memory::GuestMemoryBackend::get_slices(mem, desc.addr(), want) {
+            let piece = piece.map_err(io::Error::other)?;
+            let len = piece.len();
+            each(at, piece)?;
+            at += len;
+        }
+    }
+    Ok(at)
+}
+
 /// Reads `N` little-endian words from `stream`; `None` at its end.
 fn read_u32s<const N: usize>(stream: &mut UnixStream) -> io::Result<Option<[u32; N]>> {
     let mut buf = [0u8; 12];
@@ -524,21 +552,10 @@ impl Client {
         chain: DescriptorChain<&vm_memory::GuestMemoryMmap>,
     ) -> io::Result<usize> {
         let room = self.channel_slice(channel::REQUEST, MAX_REQUEST)?;
-        let mut at = 0usize;
-        for desc in chain.filter(|d| !d.is_write_only()) {
-            if at >= MAX_REQUEST {
-                break;
-            }
-            let want = usize::try_from(desc.len())
-                .unwrap_or(usize::MAX)
-                .min(MAX_REQUEST - at);
-            for piece in vm_memory::GuestMemoryBackend::get_slices(mem, desc.addr(), want) {
-                let piece = piece.map_err(io::Error::other)?;
-                piece.copy_to_volatile_slice(room.offset(at).map_err(io::Error::other)?);
-                at += piece.len();
-            }
-        }
-        Ok(at)
+        each_buffer(mem, chain, false, MAX_REQUEST, |at, piece| {
+            piece.copy_to_volatile_slice(room.offset(at).map_err(io::Error::other)?);
+            Ok(())
+        })
     }
 
     /// Copies the first `n` bytes of the channel's answer area straight
@@ -553,25 +570,13 @@ impl Client {
     ) -> io::Result<usize> {
         let n = n.min(MAX_REPLY);
         let answer = self.channel_slice(channel::REPLY, n)?;
-        let mut at = 0usize;
-        for desc in chain.filter(|d| d.is_write_only()) {
-            if at >= n {
-                break;
-            }
-            let want = usize::try_from(desc.len())
-                .unwrap_or(usize::MAX)
-                .min(n - at);
-            for piece in vm_memory::GuestMemoryBackend::get_slices(mem, desc.addr(), want) {
-                let piece = piece.map_err(io::Error::other)?;
-                let len = piece.len();
-                answer
-                    .offset(at)
-                    .map_err(io::Error::other)?
-                    .copy_to_volatile_slice(piece);
-                at += len;
-            }
-        }
-        Ok(at)
+        each_buffer(mem, chain, true, n, |at, piece| {
+            answer
+                .offset(at)
+                .map_err(io::Error::other)?
+                .copy_to_volatile_slice(piece);
+            Ok(())
+        })
     }
 
     /// `len` bytes of the channel at `at`.

@@ -517,12 +517,7 @@ mod tests {
         }
 
         fn read(&mut self, node: u64, fh: u64, size: u32) -> Result<Vec<u8>, i32> {
-            let mut body = Vec::new();
-            body.extend_from_slice(&fh.to_le_bytes());
-            body.extend_from_slice(&0u64.to_le_bytes());
-            body.extend_from_slice(&size.to_le_bytes());
-            body.extend_from_slice(&[0u8; 20]);
-            match self.call(FUSE_READ, node, &body) {
+            match self.call(FUSE_READ, node, &io_body(fh, size)) {
                 (0, out) => Ok(out),
                 (err, _) => Err(-err),
             }
@@ -545,11 +540,7 @@ mod tests {
         }
 
         fn write(&mut self, node: u64, fh: u64, data: &[u8]) -> Result<(), i32> {
-            let mut body = Vec::new();
-            body.extend_from_slice(&fh.to_le_bytes());
-            body.extend_from_slice(&0u64.to_le_bytes());
-            body.extend_from_slice(&u32::try_from(data.len()).unwrap().to_le_bytes());
-            body.extend_from_slice(&[0u8; 20]);
+            let mut body = io_body(fh, u32::try_from(data.len()).unwrap());
             body.extend_from_slice(data);
             match self.call(FUSE_WRITE, node, &body) {
                 (0, _) => Ok(()),
@@ -565,6 +556,36 @@ mod tests {
             body.push(0);
             -self.call(FUSE_MKDIR, parent, &body).0
         }
+    }
+
+    /// `fuse_read_in` / `fuse_write_in` at offset 0: fh, offset, size,
+    /// then flags, lock owner, flags and padding as zeros.
+    fn io_body(fh: u64, size: u32) -> Vec<u8> {
+        let mut body = Vec::new();
+        body.extend_from_slice(&fh.to_le_bytes());
+        body.extend_from_slice(&0u64.to_le_bytes());
+        body.extend_from_slice(&size.to_le_bytes());
+        body.extend_from_slice(&[0u8; 20]);
+        body
+    }
+
+    /// A guest mounted on a device whose server runs on a thread, as the
+    /// fs server process serves it; `stop` is what the device writes when
+    /// the server goes.
+    fn remote_guest(
+        root: &Path,
+        stop: Option<Arc<EventFd>>,
+    ) -> (
+        Guest,
+        std::thread::JoinHandle<Result<(), super::super::backend::ServeError>>,
+    ) {
+        let (client, server) =
+            super::super::backend::serve_on_a_thread("vol", root, false, std::time::Duration::ZERO)
+                .unwrap();
+        let dev = Fs::new("vol", root, false)
+            .unwrap()
+            .with_remote(client, stop);
+        (Guest::with_device(dev), server)
     }
 
     fn attr_u64(entry: &[u8], field: usize) -> u64 {
@@ -897,17 +918,11 @@ mod tests {
     /// and the device serves nothing more.
     #[test]
     fn a_remote_server_serves_the_guest_and_its_end_stops_the_vm() {
-        use super::super::backend::{serve_on_a_thread, Client, FsServer};
+        use super::super::backend::{Client, FsServer};
         let dir = share();
         let root = dir.path().join("share");
-        let (client, server) =
-            serve_on_a_thread("vol", &root, false, std::time::Duration::ZERO).unwrap();
         let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
-        let mut g = Guest::with_device(
-            Fs::new("vol", &dir.path().join("share"), false)
-                .unwrap()
-                .with_remote(client, Some(stop.clone())),
-        );
+        let (mut g, server) = remote_guest(&root, Some(stop.clone()));
         let (hello, _) = g.lookup(ROOT, "hello").unwrap();
         let fh = g.open(hello, libc::O_RDONLY).unwrap();
         assert_eq!(g.read(hello, fh, 4096).unwrap(), b"hello from the host");
@@ -961,25 +976,14 @@ mod tests {
     /// answer gets none.
     #[test]
     fn a_remote_server_reads_and_answers_split_chains() {
-        use super::super::backend::serve_on_a_thread;
         let dir = share();
         let root = dir.path().join("share");
-        let (client, server) =
-            serve_on_a_thread("vol", &root, false, std::time::Duration::ZERO).unwrap();
-        let mut g = Guest::with_device(
-            Fs::new("vol", &root, false)
-                .unwrap()
-                .with_remote(client, None),
-        );
+        let (mut g, server) = remote_guest(&root, None);
         let (node, fh) = g.create(ROOT, "split").unwrap();
         // A write whose message is cut into three readable buffers, with
         // gaps between them; the answer in a 10-byte and a larger buffer.
         let data = b"across three buffers";
-        let mut body = Vec::new();
-        body.extend_from_slice(&fh.to_le_bytes());
-        body.extend_from_slice(&0u64.to_le_bytes());
-        body.extend_from_slice(&u32::try_from(data.len()).unwrap().to_le_bytes());
-        body.extend_from_slice(&[0u8; 20]);
+        let mut body = io_body(fh, u32::try_from(data.len()).unwrap());
         body.extend_from_slice(data);
         let msg = g.message(FUSE_WRITE, node, &body);
         let cuts = [
@@ -1021,12 +1025,7 @@ mod tests {
         assert_eq!(written as usize, data.len());
         assert_eq!(std::fs::read(root.join("split")).unwrap(), data);
         // A read answered into two writable buffers.
-        let mut body = Vec::new();
-        body.extend_from_slice(&fh.to_le_bytes());
-        body.extend_from_slice(&0u64.to_le_bytes());
-        body.extend_from_slice(&4096u32.to_le_bytes());
-        body.extend_from_slice(&[0u8; 20]);
-        let msg = g.message(FUSE_READ, node, &body);
+        let msg = g.message(FUSE_READ, node, &io_body(fh, 4096));
         g.req.mem.write_slice(&msg, GuestAddress(REQ)).unwrap();
         g.req.add_chain(&[
             (REQ, u32::try_from(msg.len()).unwrap(), 0),
