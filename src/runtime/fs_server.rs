@@ -160,8 +160,8 @@ impl FsServerProcess {
 /// Starts the fs server of `spec` for container `id`: `husk fs-server ID`
 /// with the VMM's environment, stdio on `/dev/null` but stderr on the
 /// VMM's log, the stream on descriptor 3, the channel on 4 and nothing
-/// else; then sends it `spec`. Call from the thread that lives as long as the VMM (the
-/// server's parent-death signal is tied to it).
+/// else; then sends it `spec`. Call from the thread that lives as long as
+/// the VMM (the server's parent-death signal is tied to it).
 pub fn spawn(spec: &Spec, id: &str) -> Result<FsServerProcess, FsServerError> {
     let exe = std::env::current_exe().map_err(|source| FsServerError::Spawn {
         exe: PathBuf::from("/proc/self/exe"),

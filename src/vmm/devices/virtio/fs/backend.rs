@@ -346,6 +346,9 @@ impl FsServer {
     }
 
     /// Serves `request`; the answer (when there is one) goes into `reply`.
+    /// Serves `request` (at most [`MAX_REQUEST`] bytes of it) in the fs
+    /// server process; an answer goes into `reply` (at most `cap` bytes,
+    /// at most [`MAX_REPLY`]).
     pub fn call(
         &mut self,
         request: &[u8],
@@ -366,7 +369,6 @@ impl FsServer {
     }
 }
 
-/// The device's end of the stream to its fs server process.
 /// The device's end of a remote server: the channel and the stream.
 pub struct Client {
     stream: UnixStream,
@@ -418,6 +420,7 @@ fn each_buffer<'m>(
 fn read_u32s<const N: usize>(stream: &mut UnixStream) -> io::Result<Option<[u32; N]>> {
     let mut buf = [0u8; 12];
     let buf = &mut buf[..4 * N];
+    // EOF before the first byte is the peer's orderly end.
     let mut got = 0;
     while got < buf.len() {
         match stream.read(&mut buf[got..]) {
@@ -585,8 +588,8 @@ impl Client {
             .map_err(io::Error::other)
     }
 
-    /// Waits at most `timeout` for the server's first word on the stream:
-    /// ready.
+    /// Waits (at most `timeout`) for the server's first words on the
+    /// stream, which it sends once it is confined ([`send_ready`]).
     pub fn wait_ready(&mut self, timeout: std::time::Duration) -> Result<(), BackendError> {
         self.stream.set_read_timeout(Some(timeout))?;
         let answer = read_u32s::<2>(&mut self.stream);
@@ -600,6 +603,7 @@ impl Client {
         }
     }
 
+    /// Resets the server's session.
     pub fn reset(&mut self) -> Result<(), BackendError> {
         match self.exchange(KIND_RESET, 0, 0)? {
             (STATUS_RESET, 0) => Ok(()),
@@ -617,6 +621,7 @@ impl Client {
     }
 }
 
+/// Where a device's requests are served.
 #[derive(Debug)]
 pub enum Backend {
     /// In the device's thread.
@@ -662,6 +667,7 @@ pub fn send_ready(stream: &mut UnixStream) -> io::Result<()> {
     stream.write_all(&header(&[STATUS_READY, 0]))
 }
 
+/// Why [`serve`] stopped before its device hung up.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("talking to the VMM: {0}")]

@@ -8,7 +8,9 @@
 //!
 //! - `device`: [`Fs`], its state (`Inactive` / `Activated`), config space
 //!   (the tag and the number of request queues) and request processing.
-//! - `backend`: the FUSE server and the stream protocol to its process.
+//! - `backend`: the FUSE server and how the device reaches its process.
+//! - `channel`: the memory the device and that process share, and how each
+//!   side waits for the other.
 //! - `share`: the file system behind it: fuse-backend-rs's passthrough
 //!   (names resolved one component at a time under `O_PATH` handles with
 //!   `O_NOFOLLOW`, never by joining path strings) and husk's policy layer
