@@ -184,7 +184,8 @@ pub fn virtio_vsock(data: &[u8]) {
 
 /// virtio-fs: a mounted share gets hostile chains on its request and
 /// high-priority queues: FUSE requests with well-formed headers and any
-/// opcode, node id and body, or raw bytes. Nothing may appear outside the
+/// opcode, node id and body, or raw bytes, served in the device's thread
+/// or by a remote server behind a channel. Nothing may appear outside the
 /// share.
 pub fn virtio_fs(data: &[u8]) {
     use crate::vmm::devices::virtio::fs::test_utils::{fuse_message, init_body, FUSE_INIT};
@@ -195,11 +196,27 @@ pub fn virtio_fs(data: &[u8]) {
     std::fs::create_dir_all(share.join("sub")).expect("the share");
     std::fs::write(share.join("file"), b"inside").expect("a file in the share");
     std::os::unix::fs::symlink("/", share.join("to-root")).expect("a symlink out");
-    let read_only = input.u8() & 1 == 1;
+    let mode = input.u8();
+    let read_only = mode & 1 == 1;
     let mem = memory();
     let mut hiprio = GuestQueue::new(&mem, 16, 0x1000);
     let mut req = GuestQueue::new(&mem, 16, 0x5000);
     let mut dev = Fs::new("fuzz", &share, read_only).expect("the device");
+    // Bit 1: the server is remote (a thread behind a channel, as the fs
+    // server process), so chains are copied straight into the channel and
+    // answers straight back.
+    let mut server = None;
+    if mode & 2 != 0 {
+        let (client, serving) = crate::vmm::devices::virtio::fs::backend::serve_on_a_thread(
+            "fuzz",
+            &share,
+            read_only,
+            std::time::Duration::ZERO,
+        )
+        .expect("the server");
+        dev = dev.with_remote(client, None);
+        server = Some(serving);
+    }
     dev.activate(
         mem.clone(),
         Arc::new(TestInterrupt::default()),
@@ -244,6 +261,9 @@ pub fn virtio_fs(data: &[u8]) {
         let _ = dev.process_queue(queue);
     }
     drop(dev);
+    if let Some(serving) = server {
+        let _ = serving.join();
+    }
     // Everything the guest made is inside the share.
     let outside: Vec<_> = std::fs::read_dir(dir.path())
         .expect("the temporary directory")
