@@ -467,8 +467,8 @@ impl Client {
         c.set_word(channel::REQ_LEN, len)?;
         c.set_word(channel::REQ_CAP, cap)?;
         c.set_word(channel::REQ_SEQ, seq)?;
-        if c.word(channel::SERVER_IDLE)? == 1 {
-            channel::kick(&mut self.stream)?;
+        if c.word(channel::SERVER_IDLE)? == 1 && !channel::kick(&mut self.stream)? {
+            return Err(BackendError::Gone);
         }
         let answered = channel::wait_for(
             &c,
@@ -746,8 +746,9 @@ pub fn serve(
         c.set_word(channel::STATUS, status)?;
         c.set_word(channel::REP_LEN, u32::try_from(n).unwrap_or(0))?;
         c.set_word(channel::REP_SEQ, seen)?;
-        if c.word(channel::VMM_IDLE)? == 1 {
-            channel::kick(stream)?;
+        if c.word(channel::VMM_IDLE)? == 1 && !channel::kick(stream)? {
+            // The device hung up.
+            return Ok(());
         }
     }
 }

@@ -214,9 +214,22 @@ pub fn map(file: File) -> io::Result<vm_memory::GuestMemoryMmap> {
     .map_err(io::Error::other)
 }
 
-/// Wakes the other side (see the module docs).
-pub fn kick(stream: &mut UnixStream) -> io::Result<()> {
-    stream.write_all(&[1])
+/// The other side closed its end of the stream (a close with kicks still
+/// unread there resets the connection rather than ending it).
+fn hung_up(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// Wakes the other side (see the module docs). `Ok(false)`: it is gone.
+pub fn kick(stream: &mut UnixStream) -> io::Result<bool> {
+    match stream.write_all(&[1]) {
+        Ok(()) => Ok(true),
+        Err(e) if hung_up(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// How long one side spins before it sleeps, adapted to how its waits go
@@ -322,6 +335,7 @@ pub fn wait_for<W: Words>(
         let n = match stream.read(&mut kicks) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if hung_up(&e) => 0,
             Err(e) => return Err(e),
         };
         words.set_word(idle, 0)?;
@@ -401,13 +415,13 @@ mod tests {
                 let w = At(&theirs, 0);
                 w.set_word(REP_SEQ, 1).unwrap();
                 if w.word(VMM_IDLE).unwrap() == 1 {
-                    kick(&mut b).unwrap();
+                    assert!(kick(&mut b).unwrap());
                 }
                 // A needless kick is harmless.
-                kick(&mut b).unwrap();
+                assert!(kick(&mut b).unwrap());
                 std::thread::sleep(Duration::from_millis(20));
                 w.set_word(REP_SEQ, 2).unwrap();
-                kick(&mut b).unwrap();
+                assert!(kick(&mut b).unwrap());
                 b
             });
             let w = At(&ours, 0);
@@ -419,6 +433,8 @@ mod tests {
             drop(poster.join().unwrap());
             // Never done, and the other side is gone.
             assert!(!wait_for(&w, &mut a, VMM_IDLE, &mut spinner, seq(3)).unwrap());
+            // Kicking a side that is gone says so.
+            assert!(!kick(&mut a).unwrap());
         }
     }
 }

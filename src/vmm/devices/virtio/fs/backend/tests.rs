@@ -75,7 +75,7 @@ fn answer_once(
         c.set_word(channel::REP_LEN, len).unwrap();
         c.set_word(channel::REP_SEQ, c.word(channel::REQ_SEQ).unwrap())
             .unwrap();
-        channel::kick(&mut stream).unwrap();
+        assert!(channel::kick(&mut stream).unwrap());
         stream
     })
 }
