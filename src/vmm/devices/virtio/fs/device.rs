@@ -274,12 +274,12 @@ impl Fs {
                         Err(e) => Served::Failed(e),
                     },
                 },
-                Backend::Local(_) => {
+                Backend::Local(server) => {
                     let len = reader.available_bytes().min(MAX_REQUEST);
                     self.request.resize(len, 0);
                     match std::io::Read::read_exact(&mut reader, &mut self.request) {
                         Err(e) => Served::Bad(ChainError::Read(e)),
-                        Ok(()) => match self.backend.call(&self.request, cap, &mut self.reply) {
+                        Ok(()) => match server.call(&self.request, cap, &mut self.reply) {
                             Ok(Outcome::Reply(n)) => {
                                 let answer = self.reply.get(..n).unwrap_or_default();
                                 match std::io::Write::write_all(&mut writer, answer) {
