@@ -416,10 +416,9 @@ fn each_buffer<'m>(
     Ok(at)
 }
 
-/// Reads `N` little-endian words from `stream`; `None` at its end.
-fn read_u32s<const N: usize>(stream: &mut UnixStream) -> io::Result<Option<[u32; N]>> {
-    let mut buf = [0u8; 12];
-    let buf = &mut buf[..4 * N];
+/// Reads the server's two ready words from `stream`; `None` at its end.
+fn read_ready_words(stream: &mut UnixStream) -> io::Result<Option<[u32; 2]>> {
+    let mut buf = [0u8; 8];
     // EOF before the first byte is the peer's orderly end.
     let mut got = 0;
     while got < buf.len() {
@@ -431,12 +430,10 @@ fn read_u32s<const N: usize>(stream: &mut UnixStream) -> io::Result<Option<[u32;
             Err(e) => return Err(e),
         }
     }
-    let mut out = [0u32; N];
-    for (i, v) in out.iter_mut().enumerate() {
-        let at = 4 * i;
-        *v = u32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
-    }
-    Ok(Some(out))
+    Ok(Some([
+        u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]),
+        u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]),
+    ]))
 }
 
 fn header(values: &[u32]) -> Vec<u8> {
@@ -506,7 +503,7 @@ impl Client {
         cap: usize,
         reply: &mut Vec<u8>,
     ) -> Result<Outcome, BackendError> {
-        let request = request.get(..MAX_REQUEST).unwrap_or(request);
+        // Both cut the request at MAX_REQUEST.
         self.load(request)?;
         let outcome = self.post(request.len(), cap)?;
         if let Outcome::Reply(n) = outcome {
@@ -592,7 +589,7 @@ impl Client {
     /// stream, which it sends once it is confined ([`send_ready`]).
     pub fn wait_ready(&mut self, timeout: std::time::Duration) -> Result<(), BackendError> {
         self.stream.set_read_timeout(Some(timeout))?;
-        let answer = read_u32s::<2>(&mut self.stream);
+        let answer = read_ready_words(&mut self.stream);
         self.stream.set_read_timeout(None)?;
         match answer? {
             Some([STATUS_READY, 0]) => Ok(()),
@@ -611,13 +608,6 @@ impl Client {
                 "status {status} with {len} bytes to a reset"
             ))),
         }
-    }
-
-    /// The channel's control words, for tests and fuzzing that play a
-    /// server.
-    #[cfg(any(test, feature = "fuzzing"))]
-    pub fn words(&self) -> At<'_, vm_memory::GuestMemoryMmap> {
-        At(&self.channel, 0)
     }
 }
 
