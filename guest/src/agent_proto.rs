@@ -288,6 +288,33 @@ pub struct ContainerSpec {
     /// agent loads it into the main process and every exec, as runc does.
     #[serde(default)]
     pub seccomp: Option<SeccompProgram>,
+    /// The OCI `linux.namespaces` types the container gets new ones of in
+    /// the guest (`pid`, `uts`, `ipc`, `cgroup`; its mount namespace is
+    /// always its own, its network the guest's).
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// Device nodes made in the container after its mounts (OCI
+    /// `linux.devices`, and the device bind mounts of the config).
+    #[serde(default)]
+    pub devices: Vec<DeviceSpec>,
+    /// OCI `linux.rootfsPropagation` (`shared`, `rslave`, `private`,
+    /// `unbindable`, ...): applied to the container's `/`.
+    #[serde(default)]
+    pub rootfs_propagation: Option<String>,
+}
+
+/// A device node of the container (OCI `linux.devices` entry).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceSpec {
+    pub path: String,
+    /// `c` (or `u`), `b` or `p`.
+    pub kind: String,
+    pub major: u64,
+    pub minor: u64,
+    /// Permission bits (`fileMode`, default 0666).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// One classic BPF instruction (`struct sock_filter`, `linux/filter.h`),

@@ -270,6 +270,14 @@ fn report_to_port(ending: Ending) {
 }
 
 fn main() {
+    // The container's holder (see husk_init::agent::container): init's
+    // binary again, in the container's namespaces.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == husk_init::agent::container::HOLDER_ARG)
+    {
+        husk_init::agent::container::holder_main();
+    }
     if std::process::id() != 1 {
         eprintln!(
             "{} must run as PID 1 inside a husk microVM (it mounts filesystems and powers off)",

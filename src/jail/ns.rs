@@ -51,11 +51,16 @@ pub struct VmmNamespaces {
     pub hostname: Option<String>,
 }
 
-/// The two kinds of namespace this module handles.
+/// The kinds of namespace this module checks: the VMM enters the uts and
+/// ipc ones; the paths of the others are checked at create.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Uts,
     Ipc,
+    Pid,
+    Mount,
+    Cgroup,
+    User,
 }
 
 impl Kind {
@@ -63,6 +68,10 @@ impl Kind {
         match self {
             Kind::Uts => "uts",
             Kind::Ipc => "ipc",
+            Kind::Pid => "pid",
+            Kind::Mount => "mnt",
+            Kind::Cgroup => "cgroup",
+            Kind::User => "user",
         }
     }
 
@@ -70,6 +79,10 @@ impl Kind {
         match self {
             Kind::Uts => libc::CLONE_NEWUTS,
             Kind::Ipc => libc::CLONE_NEWIPC,
+            Kind::Pid => libc::CLONE_NEWPID,
+            Kind::Mount => libc::CLONE_NEWNS,
+            Kind::Cgroup => libc::CLONE_NEWCGROUP,
+            Kind::User => libc::CLONE_NEWUSER,
         }
     }
 }
@@ -168,6 +181,16 @@ pub fn plan(spec: &oci_spec::runtime::Spec) -> Result<VmmNamespaces, NsError> {
     };
     let uts = of(Kind::Uts, T::Uts)?;
     let ipc = of(Kind::Ipc, T::Ipc)?;
+    // Not entered by the VMM (docs/oci.md), but a path of the wrong type
+    // is a mistake in the bundle: create fails naming it, as runc's does.
+    for (kind, typ) in [
+        (Kind::Pid, T::Pid),
+        (Kind::Mount, T::Mount),
+        (Kind::Cgroup, T::Cgroup),
+        (Kind::User, T::User),
+    ] {
+        of(kind, typ)?;
+    }
     let hostname = spec.hostname().clone().filter(|h| !h.is_empty());
     Ok(VmmNamespaces { uts, ipc, hostname })
 }
@@ -214,6 +237,24 @@ mod tests {
                 .to_string();
             assert!(e.contains("uts namespace path") && e.contains(path), "{e}");
             assert!(e.contains(why) && e.contains("/proc/PID/ns/uts"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_path_of_the_wrong_type_fails_for_every_kind() {
+        for (typ, right, wrong) in [
+            ("pid", "/proc/self/ns/pid", "/proc/self/ns/ipc"),
+            ("mount", "/proc/self/ns/mnt", "/proc/self/ns/uts"),
+            ("cgroup", "/proc/self/ns/cgroup", "/proc/self/ns/ipc"),
+            ("user", "/proc/self/ns/user", "/proc/self/ns/mnt"),
+            ("ipc", "/proc/self/ns/ipc", "/proc/self/ns/pid"),
+        ] {
+            plan(&spec(serde_json::json!([{"type": typ, "path": right}])))
+                .unwrap_or_else(|e| panic!("{typ} {right}: {e}"));
+            let e = plan(&spec(serde_json::json!([{"type": typ, "path": wrong}])))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(wrong) && e.contains("namespace path"), "{e}");
         }
     }
 

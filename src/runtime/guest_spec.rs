@@ -11,8 +11,8 @@
 //!   (podman and CRI-O bind
 //!   a host tmpfs there): shared memory cannot cross the VM boundary
 //!   anyway, so the guest gets its own tmpfs;
-//! - a tmpfs on `/dev` becomes the guest's devtmpfs (the VM is the
-//!   container: its devices are the container's);
+//! - a device bind mount becomes a device node of the same numbers in the
+//!   container's `/dev` (the guest's device: the VM's null, zero, fuse);
 //! - `cgroup` (v1) mounts become cgroup2, the guest kernel's only hierarchy.
 
 use std::path::{Path, PathBuf};
@@ -25,7 +25,8 @@ const SHM: &str = "/dev/shm";
 const SHM_OPTIONS: [&str; 5] = ["nosuid", "nodev", "noexec", "mode=1777", "size=65536k"];
 
 use crate::agent_proto::{
-    Capabilities, ContainerSpec, GuestHook, MountSpec, ProcessSpec, Rlimit, SHARE_FSTYPE,
+    Capabilities, ContainerSpec, DeviceSpec, GuestHook, MountSpec, ProcessSpec, Rlimit,
+    SHARE_FSTYPE,
 };
 
 /// The virtio-fs tag under which the VMM serves a container's shared
@@ -96,14 +97,37 @@ pub enum GuestSpecError {
     Process { field: &'static str, reason: String },
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::SeccompError),
+    #[error(
+        "linux.rootfsPropagation {0:?}: not a propagation; use shared, slave, private or \
+         unbindable, or their r-prefixed recursive forms"
+    )]
+    Propagation(String),
 }
+
+/// The values `linux.rootfsPropagation` takes.
+const PROPAGATIONS: [&str; 8] = [
+    "shared",
+    "rshared",
+    "slave",
+    "rslave",
+    "private",
+    "rprivate",
+    "unbindable",
+    "runbindable",
+];
 
 /// What a bind source is, as far as the translation cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BindSource {
     File,
     Directory,
-    Device,
+    /// A device node: block or character, its numbers and permission bits.
+    Device {
+        block: bool,
+        major: u64,
+        minor: u64,
+        mode: u32,
+    },
     Socket,
     Other,
 }
@@ -118,7 +142,13 @@ pub fn read_bind_source(path: &Path) -> Result<BindSource, String> {
     } else if ft.is_dir() {
         BindSource::Directory
     } else if ft.is_char_device() || ft.is_block_device() {
-        BindSource::Device
+        use std::os::unix::fs::MetadataExt as _;
+        BindSource::Device {
+            block: ft.is_block_device(),
+            major: libc::major(meta.rdev()).into(),
+            minor: libc::minor(meta.rdev()).into(),
+            mode: meta.mode() & 0o7777,
+        }
     } else if ft.is_socket() {
         BindSource::Socket
     } else {
@@ -144,6 +174,7 @@ pub fn container_spec(
 ) -> Result<(ContainerSpec, Vec<SharedDir>), GuestSpecError> {
     let process = process_spec(spec.process().as_ref().ok_or(GuestSpecError::NoProcess)?)?;
     let mut mounts = Vec::new();
+    let mut devices = Vec::new();
     let mut shares: Vec<SharedDir> = Vec::new();
     for m in spec.mounts().as_deref().unwrap_or_default() {
         let destination = m.destination().to_string_lossy().into_owned();
@@ -183,12 +214,23 @@ pub fn container_spec(
                         options,
                     });
                 }
-                BindSource::Device => {
-                    // The guest's devtmpfs has its own device nodes.
-                    log::warn!(
-                        "mount {destination}: device bind from {} uses the guest's own device",
-                        source.display()
-                    );
+                BindSource::Device {
+                    block,
+                    major,
+                    minor,
+                    mode,
+                } => {
+                    // The guest's own device of the same numbers (the VM's
+                    // null, zero, fuse...), made where the bind would be.
+                    devices.push(DeviceSpec {
+                        path: destination,
+                        kind: if block { "b" } else { "c" }.into(),
+                        major,
+                        minor,
+                        mode,
+                        uid: 0,
+                        gid: 0,
+                    });
                 }
                 BindSource::Socket => {
                     return Err(GuestSpecError::BindKind {
@@ -213,12 +255,6 @@ pub fn container_spec(
             .as_ref()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| fstype.clone());
-        let mut options = options;
-        if destination == "/dev" && fstype == "tmpfs" {
-            fstype = "devtmpfs".into();
-            source = "devtmpfs".into();
-            options.retain(|o| !o.starts_with("size="));
-        }
         if fstype == "cgroup" {
             fstype = "cgroup2".into();
             source = "cgroup2".into();
@@ -270,6 +306,14 @@ pub fn container_spec(
         }
         None => None,
     };
+    let rootfs_propagation = linux
+        .and_then(|l| l.rootfs_propagation().clone())
+        .filter(|p| !p.is_empty());
+    if let Some(p) = rootfs_propagation.as_deref() {
+        if !PROPAGATIONS.contains(&p) {
+            return Err(GuestSpecError::Propagation(p.to_owned()));
+        }
+    }
     let container = ContainerSpec {
         id: id.to_owned(),
         hostname: spec.hostname().clone(),
@@ -296,8 +340,35 @@ pub fn container_spec(
         share_tag,
         root_share: None,
         seccomp,
+        namespaces: linux
+            .and_then(|l| l.namespaces().clone())
+            .unwrap_or_default()
+            .iter()
+            .map(|n| serde_name(&n.typ()))
+            .filter(|t| matches!(t.as_str(), "pid" | "uts" | "ipc" | "cgroup"))
+            .collect(),
+        rootfs_propagation,
+        devices: spec_devices(linux).into_iter().chain(devices).collect(),
     };
     Ok((container, shares))
+}
+
+/// OCI `linux.devices`, for the guest.
+fn spec_devices(linux: Option<&oci_spec::runtime::Linux>) -> Vec<DeviceSpec> {
+    linux
+        .and_then(|l| l.devices().clone())
+        .unwrap_or_default()
+        .iter()
+        .map(|d| DeviceSpec {
+            path: d.path().to_string_lossy().into_owned(),
+            kind: serde_name(&d.typ()),
+            major: u64::try_from(d.major()).unwrap_or(0),
+            minor: u64::try_from(d.minor()).unwrap_or(0),
+            mode: d.file_mode().unwrap_or(0o666) & 0o7777,
+            uid: d.uid().unwrap_or(0),
+            gid: d.gid().unwrap_or(0),
+        })
+        .collect()
 }
 
 fn serde_name<T: serde::Serialize>(v: &T) -> String {
@@ -395,7 +466,12 @@ mod tests {
             "/h/hosts" | "/bundle/resolv.conf" => Ok(BindSource::File),
             "/h/sock" => Ok(BindSource::Socket),
             "/h/dir" => Ok(BindSource::Directory),
-            "/dev/null" => Ok(BindSource::Device),
+            "/dev/null" => Ok(BindSource::Device {
+                block: false,
+                major: 1,
+                minor: 3,
+                mode: 0o666,
+            }),
             other => Err(format!("{other}: No such file or directory")),
         }
     }
@@ -457,13 +533,13 @@ mod tests {
             dests,
             [
                 ("/proc", "proc"),
-                ("/dev", "devtmpfs"),
+                ("/dev", "tmpfs"),
                 ("/sys/fs/cgroup", "cgroup2"),
                 ("/etc/hosts", SHARE_FSTYPE),
                 ("/etc/resolv.conf", SHARE_FSTYPE),
             ]
         );
-        assert!(!c.mounts[1].options.iter().any(|o| o.starts_with("size=")));
+        assert!(c.mounts[1].options.iter().any(|o| o == "size=65536k"));
         assert_eq!(c.mounts[3].options, ["rbind", "ro"]);
         assert_eq!(c.masked_paths, ["/proc/kcore"]);
         assert_eq!(c.readonly_paths, ["/proc/sys"]);
@@ -552,13 +628,53 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_bind_source_is_an_error_and_devices_are_skipped() {
+    fn a_missing_bind_source_is_an_error_and_a_device_bind_is_a_node() {
         let json = BASE.replace("\"/h/hosts\"", "\"/h/missing\"");
         let err = container_spec("c", &spec(&json), Path::new("/bundle"), &files).unwrap_err();
         assert!(matches!(err, GuestSpecError::BindSource { .. }), "{err}");
         let json = BASE.replace("\"/h/hosts\"", "\"/dev/null\"");
         let (c, _) = container_spec("c", &spec(&json), Path::new("/bundle"), &files).unwrap();
         assert!(!c.mounts.iter().any(|m| m.destination == "/etc/hosts"));
+        assert_eq!(
+            c.devices,
+            [DeviceSpec {
+                path: "/etc/hosts".into(),
+                kind: "c".into(),
+                major: 1,
+                minor: 3,
+                mode: 0o666,
+                uid: 0,
+                gid: 0
+            }]
+        );
+        // linux.devices come first, with their modes and owners.
+        let json = BASE.replace(
+            r#""linux": {"#,
+            r#""linux": {"devices": [{"path": "/dev/test1", "type": "c", "major": 10, "minor": 229, "fileMode": 432, "uid": 1000, "gid": 1001}, {"path": "/dev/test2", "type": "b", "major": 8, "minor": 0}],"#,
+        );
+        let (c, _) = container_spec("c", &spec(&json), Path::new("/bundle"), &files).unwrap();
+        let got: Vec<_> = c
+            .devices
+            .iter()
+            .map(|d| {
+                (
+                    d.path.as_str(),
+                    d.kind.as_str(),
+                    d.major,
+                    d.minor,
+                    d.mode,
+                    d.uid,
+                    d.gid,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("/dev/test1", "c", 10, 229, 0o660, 1000, 1001),
+                ("/dev/test2", "b", 8, 0, 0o666, 0, 0)
+            ]
+        );
         // A Unix socket (a docker.sock for a CI job) is refused at create,
         // saying why and what to do instead.
         let json = BASE.replace("\"/h/hosts\"", "\"/h/sock\"");
@@ -569,6 +685,26 @@ mod tests {
                 && text.contains("a Unix socket")
                 && text.contains("/h/sock"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn root_propagation_is_checked_and_passed_on() {
+        let with = |p: &str| {
+            BASE.replace(
+                r#""linux": {"#,
+                &format!(r#""linux": {{"rootfsPropagation": "{p}","#),
+            )
+        };
+        let (c, _) =
+            container_spec("c", &spec(&with("rslave")), Path::new("/bundle"), &files).unwrap();
+        assert_eq!(c.rootfs_propagation.as_deref(), Some("rslave"));
+        let err = container_spec("c", &spec(&with("sideways")), Path::new("/bundle"), &files)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sideways") && err.contains("rootfsPropagation"),
+            "{err}"
         );
     }
 
@@ -591,7 +727,12 @@ mod tests {
         assert_eq!(read_bind_source(dir.path()).unwrap(), BindSource::Directory);
         assert_eq!(
             read_bind_source(Path::new("/dev/null")).unwrap(),
-            BindSource::Device
+            BindSource::Device {
+                block: false,
+                major: 1,
+                minor: 3,
+                mode: 0o666
+            }
         );
         assert!(read_bind_source(&dir.path().join("none")).is_err());
     }

@@ -35,6 +35,7 @@
 
 pub mod caps;
 pub mod conn;
+pub mod container;
 pub mod ps;
 pub mod reaper;
 pub mod setup;
@@ -42,6 +43,7 @@ pub mod spawn;
 pub mod vsock;
 
 use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -56,7 +58,7 @@ use crate::agent_proto::{
 use conn::{pump_output, Connection, FrameSink, FrameWriter, IoSlot, ProcIo, DRAIN_IDLE};
 use reaper::{ExitStatus, Reaper};
 use setup::SetupError;
-use spawn::{errno_text, Prepared, SpawnError, Spawned};
+use spawn::{errno_text, Launch, Prepared, SpawnError, Spawned};
 
 /// Errors that stop the agent from serving at all.
 #[derive(Debug, thiserror::Error)]
@@ -70,8 +72,18 @@ pub enum AgentError {
 /// What the agent does to the system beyond starting processes, so the
 /// session logic runs on a host in tests.
 pub trait Platform: Send + Sync + 'static {
-    /// The container-wide setup of `Create` (see [`setup::apply`]).
+    /// The guest-wide setup of `Create` (clock, entropy, network).
     fn setup(&self, spec: &ContainerSpec) -> Result<(), SetupError>;
+    /// The container's own namespaces and file systems
+    /// ([`container::launch`]): its holder, or `None` where the container
+    /// runs in the agent's namespaces (the agent's tests on a host).
+    fn holder(
+        &self,
+        _spec: &ContainerSpec,
+        _reaper: &Reaper,
+    ) -> Result<Option<container::Holder>, String> {
+        Ok(None)
+    }
     /// Sends `signal` to every process but init (`kill(-1, signal)`).
     fn signal_all(&self, signal: i32) -> Result<(), Errno>;
     /// The main process ended: end every other process, as the kernel does
@@ -92,7 +104,15 @@ impl Platform for GuestPlatform {
             self.log(&problem);
         }
         crate::net::configure(&spec.network)?;
-        setup::apply(spec, &mut setup::RealSetupOs::default())
+        Ok(())
+    }
+
+    fn holder(
+        &self,
+        spec: &ContainerSpec,
+        reaper: &Reaper,
+    ) -> Result<Option<container::Holder>, String> {
+        container::launch(spec, reaper).map(Some)
     }
 
     fn signal_all(&self, signal: i32) -> Result<(), Errno> {
@@ -145,6 +165,11 @@ pub struct Agent<P: Platform> {
     /// The container's seccomp filter (from `Create`): loaded into its
     /// process and every exec, as runc does.
     seccomp: Mutex<Option<crate::agent_proto::SeccompProgram>>,
+    /// The container's holder, from `Create` until `Start` hands the main
+    /// process to it.
+    holder: Mutex<Option<container::Holder>>,
+    /// The container's namespaces, which every exec and guest hook joins.
+    namespaces: Mutex<Option<Arc<container::Namespaces>>>,
 }
 
 /// Why `Start` failed, and how the main session ends if it must.
@@ -166,6 +191,8 @@ impl<P: Platform> Agent<P> {
             reaper,
             main: Arc::new(Mutex::new(Main::Empty)),
             seccomp: Mutex::new(None),
+            holder: Mutex::new(None),
+            namespaces: Mutex::new(None),
         }
     }
 
@@ -187,6 +214,7 @@ impl<P: Platform> Agent<P> {
     fn spawn_session(
         &self,
         prepared: &Prepared,
+        main: bool,
         also: impl FnOnce() + Send + 'static,
     ) -> Result<(Spawned, SessionEnd), SpawnError> {
         let (wake, wake_w) =
@@ -201,7 +229,11 @@ impl<P: Platform> Agent<P> {
             // Closing the write end wakes the session's poll.
             drop(wake_w);
         });
-        let spawned = spawn::spawn(prepared, &self.reaper, on_exit)?;
+        let spawned = if main {
+            self.spawn_main(prepared, on_exit)?
+        } else {
+            self.spawn_inside(prepared, on_exit)?
+        };
         Ok((
             spawned,
             SessionEnd {
@@ -209,6 +241,59 @@ impl<P: Platform> Agent<P> {
                 exits,
             },
         ))
+    }
+
+    /// Checks and converts a process spec, looking the program up in the
+    /// container's root once it has one of its own.
+    fn prepare(&self, spec: &ProcessSpec) -> Result<Prepared, SpawnError> {
+        let namespaces = self
+            .namespaces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(ns) = namespaces else {
+            return Prepared::new(spec);
+        };
+        let root = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(format!("/proc/{}/root", ns.root_pid))
+            .map_err(|source| SpawnError::Stdio {
+                what: "view of the container's root",
+                source,
+            })?;
+        Prepared::new_in(spec, Some(&root))
+    }
+
+    /// Spawns an exec or a hook: in the container's namespaces once it has
+    /// them.
+    fn spawn_inside(
+        &self,
+        prepared: &Prepared,
+        on_exit: reaper::OnExit,
+    ) -> Result<Spawned, SpawnError> {
+        let namespaces = self
+            .namespaces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match namespaces.as_deref() {
+            Some(ns) => spawn::spawn_with(prepared, &self.reaper, on_exit, Launch::Enter(ns)),
+            None => spawn::spawn(prepared, &self.reaper, on_exit),
+        }
+    }
+
+    /// Spawns the main process: the holder becomes it, where there is one.
+    fn spawn_main(
+        &self,
+        prepared: &Prepared,
+        on_exit: reaper::OnExit,
+    ) -> Result<Spawned, SpawnError> {
+        let holder = self.holder.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match &holder {
+            Some(h) => spawn::spawn_with(prepared, &self.reaper, on_exit, Launch::Handoff(h)),
+            None => spawn::spawn(prepared, &self.reaper, on_exit),
+        }
     }
 
     /// Runs a session's output pump and its end on a new thread.
@@ -273,13 +358,14 @@ impl<P: Platform> Agent<P> {
                 cwd: "/".into(),
                 ..Default::default()
             };
-            let prepared = Prepared::new(&spec).map_err(|e| fail(e.to_string()))?;
+            let prepared = self.prepare(&spec).map_err(|e| fail(e.to_string()))?;
             let (tx, rx) = mpsc::channel();
             let on_exit = Box::new(move |status: ExitStatus| {
                 let _ = tx.send(status);
             });
-            let spawned =
-                spawn::spawn(&prepared, &self.reaper, on_exit).map_err(|e| fail(e.to_string()))?;
+            let spawned = self
+                .spawn_inside(&prepared, on_exit)
+                .map_err(|e| fail(e.to_string()))?;
             if let Some(mut stdin) = spawned.stdin {
                 use std::io::Write as _;
                 let _ = stdin.write_all(state.as_bytes());
@@ -340,12 +426,17 @@ impl<P: Platform> Agent<P> {
             }
         }
         self.platform.setup(&spec).map_err(|e| e.to_string())?;
+        if let Some(holder) = self.platform.holder(&spec, &self.reaper)? {
+            *self.namespaces.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(Arc::clone(&holder.namespaces));
+            *self.holder.lock().unwrap_or_else(|e| e.into_inner()) = Some(holder);
+        }
         self.run_hooks(
             "createContainer",
             &spec.create_container_hooks,
             &spec.hook_state,
         )?;
-        let mut prepared = Prepared::new(&spec.process).map_err(|e| e.to_string())?;
+        let mut prepared = self.prepare(&spec.process).map_err(|e| e.to_string())?;
         if let Some(program) = &spec.seccomp {
             prepared.set_seccomp(program).map_err(|e| e.to_string())?;
         }
@@ -423,7 +514,7 @@ impl<P: Platform> Agent<P> {
                 *exited = true;
             }
         };
-        let (spawned, end) = match self.spawn_session(&prepared, mark_exited) {
+        let (spawned, end) = match self.spawn_session(&prepared, true, mark_exited) {
             Ok(s) => s,
             Err(err) => {
                 // Like runc: a container whose process cannot start stops.
@@ -470,7 +561,7 @@ impl<P: Platform> Agent<P> {
             }
             Main::Created { .. } | Main::Running { .. } => {}
         }
-        let mut prepared = Prepared::new(&process).map_err(|e| e.to_string())?;
+        let mut prepared = self.prepare(&process).map_err(|e| e.to_string())?;
         if let Some(program) = &*self.seccomp.lock().unwrap_or_else(|e| e.into_inner()) {
             prepared.set_seccomp(program).map_err(|e| e.to_string())?;
         }
@@ -478,7 +569,7 @@ impl<P: Platform> Agent<P> {
         let live = Arc::new(Mutex::new(true));
         let reaped = Arc::clone(&live);
         let (spawned, end) = self
-            .spawn_session(&prepared, move || {
+            .spawn_session(&prepared, false, move || {
                 *reaped.lock().unwrap_or_else(|e| e.into_inner()) = false;
             })
             .map_err(|e| e.to_string())?;

@@ -3,25 +3,25 @@
 //!
 //! [`apply`] does it in this order (every step before the next):
 //! 1. hostname;
-//! 2. with a root on the host ([`ContainerSpec::root_share`]): the
-//!    virtio-fs file system of [`ContainerSpec::share_tag`] is mounted
-//!    ([`SHARE_MOUNT`]), its root directory bound on [`SHARED_ROOT`], the
-//!    guest's `/proc`, `/sys` and `/dev` moved under it, and the agent
-//!    switches into it (move onto `/`, chroot: what `switch_root` does, as
-//!    the agent runs from the initramfs); from here on `/` is the bundle's
-//!    rootfs on the host, and every later step, the hooks and the
-//!    container's processes see it;
-//! 3. `mounts`, in the spec's order (a tmpfs on `/dev` gets the default
-//!    device nodes and links, as runc creates them); directories the host
-//!    shares ([`SHARE_FSTYPE`] mounts) are binds from the virtio-fs file
-//!    system of [`ContainerSpec::share_tag`], which is mounted on a
-//!    directory of its own ([`SHARE_MOUNT`]) for the time of the mounts,
-//!    then detached and the directory removed (the container process does
-//!    not exist yet, so it never sees it);
-//! 4. `files` (after the mounts, so a file under a mounted tmpfs such as
+//! 2. with a share ([`ContainerSpec::share_tag`]): the virtio-fs file
+//!    system is mounted ([`SHARE_MOUNT`]); the root directory
+//!    ([`ContainerSpec::root_share`]) is bound on [`SHARED_ROOT`], and each
+//!    directory a [`SHARE_FSTYPE`] mount names is copied (`open_tree`) to
+//!    be attached later; the share is then detached;
+//! 3. the root alone ([`SetupOs::enter_root`]): every other mount of the
+//!    guest is detached from this mount namespace (the container's own, see
+//!    [`super::container`]) and, with a shared root, it becomes `/` (move
+//!    onto `/`, chroot: what `switch_root` does, as pivot_root refuses the
+//!    initramfs); from here on `/` is the bundle's rootfs;
+//! 4. `mounts`, in the spec's order, made fresh (a tmpfs on `/dev` gets the
+//!    default device nodes and links, as runc creates them; share mounts
+//!    attach their copies);
+//! 5. `devices` (`linux.devices` and device binds);
+//! 6. `files` (after the mounts, so a file under a mounted tmpfs such as
 //!    `/dev/termination-log` lands on top of it);
-//! 5. `sysctl` (before `/proc/sys` may become read-only);
-//! 6. `masked_paths`; 7. `readonly_paths`; 8. the read-only root.
+//! 7. `sysctl` (before `/proc/sys` may become read-only);
+//! 8. `readonly_paths`, then `masked_paths` (runc's order); 9. the
+//!    read-only root.
 //!
 //! The translation from OCI options to mount calls ([`parse_options`],
 //! [`plan_mount`], [`plan_masked`], [`plan_readonly`]) is pure; the side
@@ -34,7 +34,7 @@ use nix::errno::Errno;
 use nix::mount::MsFlags;
 
 use super::spawn::errno_text;
-use crate::agent_proto::{ContainerSpec, MountSpec, SHARE_FSTYPE};
+use crate::agent_proto::{ContainerSpec, DeviceSpec, MountSpec, SHARE_FSTYPE};
 
 /// What is at a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +66,17 @@ impl MountCall {
         }
     }
 
+    /// A change of propagation (`MS_SHARED`, `MS_SLAVE`, ... with `MS_REC`).
+    fn propagation(target: &str, flags: MsFlags) -> Self {
+        MountCall {
+            source: None,
+            target: target.to_owned(),
+            fstype: None,
+            flags,
+            data: None,
+        }
+    }
+
     /// A remount of a bind mount (changes only per-mount flags).
     fn remount(target: &str, flags: MsFlags) -> Self {
         MountCall {
@@ -73,17 +84,6 @@ impl MountCall {
             target: target.to_owned(),
             fstype: None,
             flags: MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags,
-            data: None,
-        }
-    }
-
-    /// Moves the mount at `source` (with everything under it) to `target`.
-    fn move_to(source: &str, target: &str) -> Self {
-        MountCall {
-            source: Some(source.to_owned()),
-            target: target.to_owned(),
-            fstype: None,
-            flags: MsFlags::MS_MOVE,
             data: None,
         }
     }
@@ -120,6 +120,11 @@ impl MountCall {
 /// Errors of container setup; each names the step and the path.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
+    #[error(
+        "linux.rootfsPropagation {name:?}: not a propagation (use shared, slave, private or \
+         unbindable, or their r-prefixed recursive forms)"
+    )]
+    Propagation { name: String },
     #[error("network: {0}")]
     Net(#[from] crate::net::NetError),
     #[error("setting hostname {name:?}: {}", errno_text(*errno))]
@@ -194,6 +199,9 @@ pub trait SetupOs {
     fn sethostname(&mut self, name: &str) -> Result<(), Errno>;
     /// Creates a character device node with exactly `mode`.
     fn mknod_char(&mut self, path: &str, major: u32, minor: u32, mode: u32) -> io::Result<()>;
+    /// Makes a device node of the spec (an existing one is kept), with
+    /// its mode and owner.
+    fn device(&mut self, device: &DeviceSpec) -> io::Result<()>;
     fn symlink(&mut self, target: &str, path: &str) -> io::Result<()>;
     /// Reports something skipped (a line on the console).
     fn log(&mut self, line: &str);
@@ -203,21 +211,27 @@ pub trait SetupOs {
     /// Detaches that mount and removes its directory (the binds made from
     /// it stay).
     fn release_share(&mut self);
-    /// Makes the mount at `path` the root of this process (every thread):
-    /// chdir into it, move it onto `/`, chroot there.
-    fn switch_root(&mut self, path: &str) -> Result<(), Errno>;
+    /// A detached copy of the mount tree at `path` (`open_tree` with
+    /// `OPEN_TREE_CLONE`, with the mounts under it when `recursive`), kept
+    /// until [`Self::attach_tree`]: what a share bind is made of once the
+    /// share itself is no longer reachable.
+    fn clone_tree(&mut self, path: &str, recursive: bool) -> Result<usize, Errno>;
+    /// Attaches the copy [`Self::clone_tree`] returned on `target`
+    /// (`move_mount`).
+    fn attach_tree(&mut self, tree: usize, target: &str) -> Result<(), Errno>;
+    /// Leaves the container's mount namespace with its root only: every
+    /// other mount of the guest (its `/proc`, `/sys`, `/dev`, the share) is
+    /// detached; then, with `new_root`, the mount there becomes the root
+    /// (chdir into it, move it onto `/`, chroot there).
+    fn enter_root(&mut self, new_root: Option<&str>) -> Result<(), Errno>;
 }
 
 /// Where the container's root from the share is bound before the agent
 /// switches into it (a directory of the initramfs).
 pub const SHARED_ROOT: &str = "/.husk-root";
-/// The guest's pseudo file systems that move into the container's root
-/// with the agent (`/dev` carries `/dev/pts`, `/dev/shm` and the share).
-const MOVED_MOUNTS: [&str; 3] = ["/proc", "/sys", "/dev"];
-
-/// Step 2: the share's directory `name` becomes the root (see the module
-/// docs).
-fn enter_shared_root(share: &str, name: &str, os: &mut impl SetupOs) -> Result<(), SetupError> {
+/// Step 2: binds the share's directory `name` on [`SHARED_ROOT`] (see the
+/// module docs).
+fn bind_shared_root(share: &str, name: &str, os: &mut impl SetupOs) -> Result<(), SetupError> {
     let plain = !name.is_empty() && name != "." && name != ".." && !name.contains('/');
     if !plain {
         return Err(SetupError::ShareName {
@@ -234,24 +248,44 @@ fn enter_shared_root(share: &str, name: &str, os: &mut impl SetupOs) -> Result<(
         os,
         "container root",
         &MountCall::bind(&source, SHARED_ROOT, MsFlags::empty()),
-    )?;
-    // Looked up before any moves: /proc/self/mountinfo leaves with /proc.
-    let mounted: Vec<&str> = MOVED_MOUNTS
-        .into_iter()
-        .filter(|p| os.mounted_fstype(p).is_some())
-        .collect();
-    for pseudo in mounted {
-        let target = format!("{SHARED_ROOT}{pseudo}");
-        // Created in the rootfs on the host when the image lacks it, as
-        // runc creates mount points.
-        mkdir(os, "container root", &target)?;
-        run_mount(os, "container root", &MountCall::move_to(pseudo, &target))?;
+    )
+}
+
+/// A copy of the share's directory a [`SHARE_FSTYPE`] mount names, taken
+/// while the share is mounted: (tree, what is at its root).
+type Tree = (usize, PathKind);
+
+/// Step 2: the trees of the spec's [`SHARE_FSTYPE`] mounts, by mount index.
+fn clone_share_trees(
+    spec: &ContainerSpec,
+    share: &str,
+    os: &mut impl SetupOs,
+) -> Result<Vec<Option<Tree>>, SetupError> {
+    let mut trees = Vec::with_capacity(spec.mounts.len());
+    for m in &spec.mounts {
+        if m.fstype != SHARE_FSTYPE {
+            trees.push(None);
+            continue;
+        }
+        let bind = share_bind(m, Some(share))?;
+        let kind = os.kind(&bind.source);
+        if kind == PathKind::Missing {
+            return Err(SetupError::BindSource {
+                source_path: bind.source,
+                target: bind.destination,
+            });
+        }
+        let recursive = bind.options.iter().any(|o| o == "rbind");
+        let tree = os
+            .clone_tree(&bind.source, recursive)
+            .map_err(|errno| SetupError::Mount {
+                step: "mount",
+                call: format!("copying the mount tree of {}", bind.source),
+                errno,
+            })?;
+        trees.push(Some((tree, kind)));
     }
-    os.switch_root(SHARED_ROOT)
-        .map_err(|errno| SetupError::SwitchRoot {
-            path: SHARED_ROOT.into(),
-            errno,
-        })
+    Ok(trees)
 }
 
 /// A [`SHARE_FSTYPE`] mount as the bind from the share it stands for.
@@ -652,6 +686,15 @@ fn default_devices(os: &mut impl SetupOs) -> Result<(), SetupError> {
                 source,
             })?;
     }
+    // runc's link to the kernel's core image, where the kernel has one.
+    if os.kind("/proc/kcore") != PathKind::Missing {
+        os.symlink("/proc/kcore", "/dev/core")
+            .map_err(|source| SetupError::Create {
+                step: "default devices",
+                path: "/dev/core".into(),
+                source,
+            })?;
+    }
     for (target, path) in DEFAULT_LINKS {
         os.symlink(target, path)
             .map_err(|source| SetupError::Create {
@@ -685,40 +728,83 @@ pub fn apply(spec: &ContainerSpec, os: &mut impl SetupOs) -> Result<(), SetupErr
         })?),
         None => None,
     };
-    let rooted = match (spec.root_share.as_deref(), share.as_deref()) {
-        (Some(name), Some(share)) => enter_shared_root(share, name, os),
-        (Some(_), None) => Err(SetupError::NoShare { target: "/".into() }),
-        (None, _) => Ok(()),
+    let taken = match share.as_deref() {
+        Some(share) => spec
+            .root_share
+            .as_deref()
+            .map_or(Ok(()), |name| bind_shared_root(share, name, os))
+            .and_then(|()| clone_share_trees(spec, share, os)),
+        None if spec.root_share.is_some() => Err(SetupError::NoShare { target: "/".into() }),
+        None => Ok(vec![None; spec.mounts.len()]),
     };
-    let mounted = rooted.and_then(|()| apply_mounts(spec, share.as_deref(), os));
     if share.is_some() {
         os.release_share();
     }
-    mounted?;
+    let trees = taken?;
+    let new_root = spec.root_share.as_ref().map(|_| SHARED_ROOT);
+    os.enter_root(new_root)
+        .map_err(|errno| SetupError::SwitchRoot {
+            path: new_root.unwrap_or("/").into(),
+            errno,
+        })?;
+    let propagation = match spec.rootfs_propagation.as_deref() {
+        None | Some("") => None,
+        Some(name) => Some(
+            PROPAGATION_OPTIONS
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, flags)| *flags)
+                .ok_or_else(|| SetupError::Propagation { name: name.into() })?,
+        ),
+    };
+    // A shared root makes the mounts under it shared too, as under runc
+    // (whose rootfs is a bind of a shared root then).
+    if let Some(flags) = propagation.filter(|f| f.contains(MsFlags::MS_SHARED)) {
+        run_mount(os, "root propagation", &MountCall::propagation("/", flags))?;
+    }
+    apply_mounts(spec, &trees, os)?;
+    for device in &spec.devices {
+        absolute("device", &device.path)?;
+        if let Some(parent) = parent_of(&device.path) {
+            mkdir(os, "device", parent)?;
+        }
+        os.device(device).map_err(|source| SetupError::Create {
+            step: "device",
+            path: device.path.clone(),
+            source,
+        })?;
+    }
+    if let Some(flags) = propagation {
+        run_mount(os, "root propagation", &MountCall::propagation("/", flags))?;
+    }
     apply_rest(spec, os)
 }
 
-/// Step 3: the spec's mounts.
+/// Step 3: the spec's mounts; `trees` has the copy of the share's directory
+/// for each [`SHARE_FSTYPE`] mount.
 fn apply_mounts(
     spec: &ContainerSpec,
-    share: Option<&str>,
+    trees: &[Option<Tree>],
     os: &mut impl SetupOs,
 ) -> Result<(), SetupError> {
     let filesystems = os.filesystems();
     let mut dev_tmpfs = false;
     let mut dev_pts = false;
-    for m in &spec.mounts {
+    for (index, m) in spec.mounts.iter().enumerate() {
+        let tree = trees.get(index).copied().flatten();
         let shared;
-        let m = if m.fstype == SHARE_FSTYPE {
-            shared = share_bind(m, share)?;
-            &shared
-        } else {
-            m
-        };
-        let source_kind = if m.source.starts_with('/') {
-            os.kind(&m.source)
-        } else {
-            PathKind::Missing
+        let (m, source_kind) = match (m.fstype == SHARE_FSTYPE, tree) {
+            (true, Some((_, kind))) => {
+                shared = share_bind(m, Some(""))?;
+                (&shared, kind)
+            }
+            (true, None) => {
+                return Err(SetupError::NoShare {
+                    target: m.destination.clone(),
+                })
+            }
+            (false, _) if m.source.starts_with('/') => (m, os.kind(&m.source)),
+            (false, _) => (m, PathKind::Missing),
         };
         let Some(plan) = plan_mount(m, source_kind, &filesystems)? else {
             os.log(&format!(
@@ -741,27 +827,14 @@ fn apply_mounts(
             }
             _ => mkdir(os, "mount destination", &m.destination)?,
         }
-        let mut calls = plan.calls.iter();
-        if let (Some(first), Some(fstype)) = (calls.next(), plan.fstype.as_deref()) {
-            match os.mount(first) {
-                Ok(()) => {}
-                // Init mounted this file system there already (sysfs on
-                // /sys, the guest's devtmpfs on /dev) and the kernel has one
-                // instance of it: keep it, with the spec's flags.
-                Err(Errno::EBUSY)
-                    if os.mounted_fstype(&m.destination).as_deref() == Some(fstype) =>
-                {
-                    let flags = first.flags - MsFlags::MS_REMOUNT;
-                    run_mount(os, "mount", &MountCall::remount(&m.destination, flags))?;
-                }
-                Err(errno) => {
-                    return Err(SetupError::Mount {
-                        step: "mount",
-                        call: first.describe(),
-                        errno,
-                    })
-                }
-            }
+        if let (Some((tree, _)), Some(first)) = (tree, plan.calls.first()) {
+            // The bind of a share's directory: its copy, attached here.
+            os.attach_tree(tree, &m.destination)
+                .map_err(|errno| SetupError::Mount {
+                    step: "mount",
+                    call: first.describe(),
+                    errno,
+                })?;
         } else if let Some(first) = plan.calls.first() {
             run_mount(os, "mount", first)?;
         }
@@ -770,7 +843,7 @@ fn apply_mounts(
         }
         if plan.default_devices {
             default_devices(os)?;
-            // A devtmpfs keeps init's /dev/pts underneath; a tmpfs needs one.
+            // A devtmpfs has its own /dev/pts underneath; a tmpfs needs one.
             dev_tmpfs = plan.fstype.as_deref() == Some("tmpfs");
             dev_pts = false;
         }
@@ -818,24 +891,6 @@ fn apply_rest(spec: &ContainerSpec, os: &mut impl SetupOs) -> Result<(), SetupEr
             })?;
     }
 
-    for path in &spec.masked_paths {
-        absolute("masked path", path)?;
-    }
-    let masked = plan_masked(&spec.masked_paths, |p| os.kind(p));
-    for call in &masked {
-        match os.mount(call) {
-            // Gone since it was looked at: nothing to mask.
-            Ok(()) | Err(Errno::ENOENT) => {}
-            Err(errno) => {
-                return Err(SetupError::Mount {
-                    step: "masked path",
-                    call: call.describe(),
-                    errno,
-                })
-            }
-        }
-    }
-
     for path in &spec.readonly_paths {
         absolute("read-only path", path)?;
     }
@@ -858,6 +913,24 @@ fn apply_rest(spec: &ContainerSpec, os: &mut impl SetupOs) -> Result<(), SetupEr
         run_mount(os, "read-only path", call)?;
     }
 
+    for path in &spec.masked_paths {
+        absolute("masked path", path)?;
+    }
+    let masked = plan_masked(&spec.masked_paths, |p| os.kind(p));
+    for call in &masked {
+        match os.mount(call) {
+            // Gone since it was looked at: nothing to mask.
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(errno) => {
+                return Err(SetupError::Mount {
+                    step: "masked path",
+                    call: call.describe(),
+                    errno,
+                })
+            }
+        }
+    }
+
     if spec.readonly_root {
         let kept = os.mount_flags("/") & KEPT_FLAGS;
         run_mount(
@@ -874,6 +947,27 @@ fn apply_rest(spec: &ContainerSpec, os: &mut impl SetupOs) -> Result<(), SetupEr
 pub struct RealSetupOs {
     /// Whether the share is mounted at [`SHARE_MOUNT`].
     share: bool,
+    /// The copies [`SetupOs::clone_tree`] made, by index.
+    trees: Vec<Option<std::os::fd::OwnedFd>>,
+}
+
+/// `open_tree(2)` flags and `move_mount(2)`'s (`linux/mount.h`).
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+
+/// The mount points of `mountinfo` other than `/` and `keep`, deepest
+/// (latest) first: what [`SetupOs::enter_root`] detaches.
+pub fn mounts_to_detach(mountinfo: &str, keep: Option<&str>) -> Vec<String> {
+    let mut points: Vec<String> = mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(unescape_mountinfo)
+        .filter(|p| p != "/" && Some(p.as_str()) != keep)
+        .filter(|p| keep.is_none_or(|k| !p.starts_with(&format!("{k}/"))))
+        .collect();
+    points.reverse();
+    points
 }
 
 /// Where the agent mounts the shared directories' file system while it
@@ -916,7 +1010,64 @@ impl SetupOs for RealSetupOs {
         let _ = std::fs::remove_dir(SHARE_MOUNT);
     }
 
-    fn switch_root(&mut self, path: &str) -> Result<(), Errno> {
+    fn clone_tree(&mut self, path: &str, recursive: bool) -> Result<usize, Errno> {
+        use std::os::fd::FromRawFd as _;
+        let path = std::ffi::CString::new(path).map_err(|_| Errno::EINVAL)?;
+        let mut flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
+        if recursive {
+            flags |= AT_RECURSIVE;
+        }
+        // SAFETY: open_tree reads the NUL-terminated path and returns a new
+        // descriptor (or -1); no memory of ours is written.
+        let fd =
+            unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) };
+        let fd = Errno::result(fd)?;
+        let fd = i32::try_from(fd).map_err(|_| Errno::EBADF)?;
+        // SAFETY: open_tree returned this descriptor to us alone.
+        self.trees
+            .push(Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }));
+        Ok(self.trees.len() - 1)
+    }
+
+    fn attach_tree(&mut self, tree: usize, target: &str) -> Result<(), Errno> {
+        use std::os::fd::AsRawFd as _;
+        let fd = self
+            .trees
+            .get_mut(tree)
+            .and_then(Option::take)
+            .ok_or(Errno::EBADF)?;
+        let target = std::ffi::CString::new(target).map_err(|_| Errno::EINVAL)?;
+        // SAFETY: move_mount reads two NUL-terminated strings (the empty
+        // one with MOVE_MOUNT_F_EMPTY_PATH names the descriptor itself).
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                fd.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                target.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        };
+        Errno::result(rc).map(drop)
+    }
+
+    fn enter_root(&mut self, new_root: Option<&str>) -> Result<(), Errno> {
+        // Nothing of the guest stays reachable from the container: its
+        // pseudo file systems and the share go (the namespace is the
+        // container's own, so the agent keeps them).
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+        for point in mounts_to_detach(&mountinfo, new_root) {
+            match nix::mount::umount2(point.as_str(), nix::mount::MntFlags::MNT_DETACH) {
+                // Gone with a mount above it already.
+                Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let Some(path) = new_root else {
+            return Ok(());
+        };
         // pivot_root(2) refuses the initramfs as the old root; moving the
         // new root onto it and chrooting is what switch_root(8) does.
         nix::unistd::chdir(path)?;
@@ -1041,6 +1192,41 @@ impl SetupOs for RealSetupOs {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
             other => other,
         }
+    }
+
+    fn device(&mut self, device: &DeviceSpec) -> io::Result<()> {
+        use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+        use std::os::unix::fs::PermissionsExt as _;
+        let kind = match device.kind.as_str() {
+            "c" | "u" => SFlag::S_IFCHR,
+            "b" => SFlag::S_IFBLK,
+            "p" => SFlag::S_IFIFO,
+            other => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("device type {other:?} (linux.devices takes c, u, b or p)"),
+                ))
+            }
+        };
+        let mode = device.mode & 0o7777;
+        match mknod(
+            device.path.as_str(),
+            kind,
+            Mode::from_bits_truncate(mode),
+            makedev(device.major, device.minor),
+        ) {
+            Ok(()) => {}
+            Err(Errno::EEXIST) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        // mknod applied the umask.
+        std::fs::set_permissions(&device.path, std::fs::Permissions::from_mode(mode))?;
+        nix::unistd::chown(
+            device.path.as_str(),
+            Some(nix::unistd::Uid::from_raw(device.uid)),
+            Some(nix::unistd::Gid::from_raw(device.gid)),
+        )
+        .map_err(io::Error::from)
     }
 
     fn log(&mut self, line: &str) {
@@ -1317,6 +1503,13 @@ mod tests {
             self.calls.push(format!("symlink {path} -> {target}"));
             Ok(())
         }
+        fn device(&mut self, d: &DeviceSpec) -> io::Result<()> {
+            self.calls.push(format!(
+                "device {} {} {}:{} {:o} {}:{}",
+                d.path, d.kind, d.major, d.minor, d.mode, d.uid, d.gid
+            ));
+            Ok(())
+        }
         fn log(&mut self, line: &str) {
             self.calls.push(format!("log {line}"));
         }
@@ -1330,8 +1523,23 @@ mod tests {
         fn release_share(&mut self) {
             self.calls.push("release share".into());
         }
-        fn switch_root(&mut self, path: &str) -> Result<(), Errno> {
-            self.calls.push(format!("switch_root {path}"));
+        fn clone_tree(&mut self, path: &str, recursive: bool) -> Result<usize, Errno> {
+            let n = self
+                .calls
+                .iter()
+                .filter(|c| c.starts_with("clone "))
+                .count();
+            let how = if recursive { " recursive" } else { "" };
+            self.calls.push(format!("clone {path}{how} as tree {n}"));
+            Ok(n)
+        }
+        fn attach_tree(&mut self, tree: usize, target: &str) -> Result<(), Errno> {
+            self.calls.push(format!("attach tree {tree} on {target}"));
+            Ok(())
+        }
+        fn enter_root(&mut self, new_root: Option<&str>) -> Result<(), Errno> {
+            self.calls
+                .push(format!("enter_root {}", new_root.unwrap_or("/")));
             Ok(())
         }
     }
@@ -1384,6 +1592,15 @@ mod tests {
             masked_paths: opts(&["/proc/kcore", "/proc/acpi", "/proc/missing"]),
             readonly_paths: opts(&["/proc/sys"]),
             sysctl: vec![("net.ipv4.ip_forward".into(), "1".into())],
+            devices: vec![DeviceSpec {
+                path: "/dev/test1".into(),
+                kind: "c".into(),
+                major: 10,
+                minor: 229,
+                mode: 0o660,
+                uid: 1000,
+                gid: 1001,
+            }],
             ..Default::default()
         }
     }
@@ -1417,8 +1634,9 @@ mod tests {
         assert!(pos("log skipping mount of mqueue") > pos("mount mounting devpts"));
         assert!(
             pos("mount mounting cgroup2 cgroup on /sys/fs/cgroup")
-                < pos("write /dev/termination-log 644")
+                < pos("device /dev/test1 c 10:229 660 1000:1001")
         );
+        assert!(pos("device /dev/test1") < pos("write /dev/termination-log 644"));
         assert!(
             pos("write /dev/termination-log")
                 < pos("mount bind-mounting /dev/termination-log on /dev/termination-log")
@@ -1428,9 +1646,10 @@ mod tests {
                 < pos("sysctl /proc/sys/net/ipv4/ip_forward 1")
         );
         assert!(pos("sysctl") < pos("mount bind-mounting /dev/null on /proc/kcore"));
+        // runc's order: read-only paths, then masked ones.
         assert!(
-            pos("mount mounting tmpfs tmpfs on /proc/acpi")
-                < pos("mount bind-mounting /proc/sys on /proc/sys")
+            pos("mount bind-mounting /proc/sys on /proc/sys")
+                < pos("mount mounting tmpfs tmpfs on /proc/acpi")
         );
         assert!(pos("mount remounting /proc/sys") < pos("mount remounting / ("));
         assert!(
@@ -1450,53 +1669,6 @@ mod tests {
                 .as_str()
             )
         );
-    }
-
-    #[test]
-    fn a_file_system_init_mounted_already_is_kept_with_the_spec_flags() {
-        let spec = ContainerSpec {
-            mounts: vec![
-                spec_mount(
-                    "/sys",
-                    "sysfs",
-                    "sysfs",
-                    &["nosuid", "noexec", "nodev", "ro"],
-                ),
-                spec_mount("/dev", "devtmpfs", "devtmpfs", &["nosuid", "mode=755"]),
-            ],
-            ..Default::default()
-        };
-        let mut os = FakeOs {
-            mounted: HashMap::from([
-                ("/sys".into(), "sysfs".into()),
-                ("/dev".into(), "devtmpfs".into()),
-            ]),
-            ..Default::default()
-        };
-        apply(&spec, &mut os).unwrap();
-        let ro = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV | MsFlags::MS_RDONLY;
-        let want = format!("mount {}", MountCall::remount("/sys", ro).describe());
-        assert!(os.calls.contains(&want), "{:#?}", os.calls);
-        // The devtmpfs gets the links it lacks, and keeps init's /dev/pts.
-        assert!(os
-            .calls
-            .contains(&"symlink /dev/fd -> /proc/self/fd".to_owned()));
-        assert!(
-            !os.calls.iter().any(|c| c.contains("devpts")),
-            "{:#?}",
-            os.calls
-        );
-        // Busy for another reason is still an error.
-        let mut os = FakeOs {
-            mounted: HashMap::from([("/sys".into(), "sysfs".into())]),
-            ..Default::default()
-        };
-        let spec = ContainerSpec {
-            mounts: vec![spec_mount("/sys", "tmpfs", "tmpfs", &[])],
-            ..Default::default()
-        };
-        let err = apply(&spec, &mut os).unwrap_err().to_string();
-        assert!(err.contains("busy"), "{err}");
     }
 
     #[test]
@@ -1566,11 +1738,18 @@ mod tests {
                 .find(needle)
                 .unwrap_or_else(|| panic!("{needle:?} not in:\n{calls}"))
         };
-        assert!(pos("share husk") < pos("mounting proc"));
-        assert!(pos("bind-mounting /dev/.husk-share/m0 on /data") < pos("release share"));
-        assert!(pos("bind-mounting /dev/.husk-share/m1 on /cache") < pos("release share"));
+        // Each share bind is a copy of its directory taken while the share
+        // is mounted, attached in the spec's order once the guest's mounts
+        // are gone.
+        assert!(pos("share husk") < pos("clone /dev/.husk-share/m0 recursive as tree 0"));
+        assert!(pos("clone /dev/.husk-share/m1 as tree 1") < pos("release share"));
+        assert!(pos("release share") < pos("enter_root /"));
+        assert!(pos("enter_root /") < pos("mounting proc"));
+        assert!(pos("mounting proc") < pos("attach tree 0 on /data"));
+        assert!(pos("attach tree 0 on /data") < pos("attach tree 1 on /cache"));
         // The options apply to the bind: read-only, nosuid.
-        assert!(calls.contains("remounting /data"), "{calls}");
+        assert!(pos("attach tree 0 on /data") < pos("remounting /data"));
+        assert!(!calls.contains("remounting /cache"), "{calls}");
 
         // A share mount without a share, or with a path for a name: errors
         // that name the mount; a failed share mount names the tag.
@@ -1600,7 +1779,7 @@ mod tests {
     }
 
     #[test]
-    fn a_shared_root_is_entered_before_the_mounts_with_proc_sys_dev_moved() {
+    fn a_shared_root_is_entered_alone_before_the_mounts() {
         let spec = ContainerSpec {
             share_tag: Some("husk".into()),
             root_share: Some("rootfs".into()),
@@ -1616,9 +1795,6 @@ mod tests {
         os.kinds
             .insert(format!("{SHARE_MOUNT}/rootfs"), PathKind::Dir);
         os.kinds.insert(format!("{SHARE_MOUNT}/m0"), PathKind::Dir);
-        for (path, fstype) in [("/proc", "proc"), ("/sys", "sysfs"), ("/dev", "devtmpfs")] {
-            os.mounted.insert(path.into(), fstype.into());
-        }
         apply(&spec, &mut os).unwrap();
         let calls = os.calls.join("\n");
         let pos = |needle: &str| {
@@ -1628,36 +1804,81 @@ mod tests {
         };
         assert!(pos("hostname box") < pos("share husk"));
         assert!(pos("share husk") < pos("bind-mounting /dev/.husk-share/rootfs on /.husk-root"));
-        for pseudo in ["/proc", "/sys", "/dev"] {
-            let mkdir = pos(&format!("mkdir /.husk-root{pseudo}\n"));
-            let moved = pos(&format!("moving {pseudo} to /.husk-root{pseudo}"));
-            assert!(pos("on /.husk-root\n") < mkdir && mkdir < moved, "{calls}");
-            assert!(moved < pos("switch_root /.husk-root"));
-        }
+        assert!(pos("on /.husk-root\n") < pos("clone /dev/.husk-share/m0 recursive"));
+        assert!(pos("clone /dev/.husk-share/m0") < pos("release share"));
+        // Nothing of the guest moves along: the root is entered alone.
+        assert!(!calls.contains("moving"), "{calls}");
+        assert!(pos("release share") < pos("enter_root /.husk-root"));
         // The spec's mounts and the read-only root come after the switch.
-        assert!(pos("switch_root /.husk-root") < pos("mounting proc proc on /proc"));
-        assert!(pos("switch_root /.husk-root") < pos("bind-mounting /dev/.husk-share/m0 on /data"));
-        assert!(pos("bind-mounting /dev/.husk-share/m0 on /data") < pos("release share"));
-        assert!(pos("release share") < pos("remounting / "));
+        assert!(pos("enter_root /.husk-root") < pos("mounting proc proc on /proc"));
+        assert!(pos("mounting proc proc on /proc") < pos("attach tree 0 on /data"));
+        assert!(pos("attach tree 0 on /data") < pos("remounting / "));
+    }
 
-        // Only what is mounted moves (a guest without sysfs, say).
+    #[test]
+    fn root_propagation_is_applied_shared_before_the_mounts_others_after() {
+        let spec = |p: &str| ContainerSpec {
+            rootfs_propagation: Some(p.into()),
+            mounts: vec![spec_mount("/proc", "proc", "proc", &[])],
+            devices: vec![DeviceSpec {
+                path: "/dev/x".into(),
+                kind: "c".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
         let mut os = FakeOs::default();
-        os.kinds
-            .insert(format!("{SHARE_MOUNT}/rootfs"), PathKind::Dir);
-        os.mounted.insert("/proc".into(), "proc".into());
-        apply(
-            &ContainerSpec {
-                mounts: vec![],
-                ..spec.clone()
-            },
-            &mut os,
-        )
-        .unwrap();
-        assert!(
-            !os.calls.iter().any(|c| c.contains("moving /sys")),
-            "{:?}",
-            os.calls
+        apply(&spec("rshared"), &mut os).unwrap();
+        let calls = os.calls.join("\n");
+        let shared = format!(
+            "mount {}",
+            MountCall::propagation("/", MsFlags::MS_SHARED | MsFlags::MS_REC).describe()
         );
+        let first = calls.find(&shared).unwrap();
+        assert!(first < calls.find("mounting proc").unwrap(), "{calls}");
+        assert!(calls.rfind(&shared).unwrap() > calls.find("device /dev/x").unwrap());
+        let mut os = FakeOs::default();
+        apply(&spec("unbindable"), &mut os).unwrap();
+        let calls = os.calls.join("\n");
+        let unbindable = format!(
+            "mount {}",
+            MountCall::propagation("/", MsFlags::MS_UNBINDABLE).describe()
+        );
+        assert_eq!(calls.matches(&unbindable).count(), 1, "{calls}");
+        assert!(calls.find(&unbindable).unwrap() > calls.find("device /dev/x").unwrap());
+        let err = apply(&spec("sideways"), &mut FakeOs::default()).unwrap_err();
+        assert!(matches!(err, SetupError::Propagation { .. }), "{err}");
+    }
+
+    #[test]
+    fn the_mounts_to_detach_are_all_but_the_root_and_the_new_root_deepest_first() {
+        let info = "\
+1 0 0:1 / / rw - rootfs rootfs rw
+2 1 0:2 / /proc rw - proc proc rw
+3 1 0:3 / /dev rw - devtmpfs devtmpfs rw
+4 3 0:4 / /dev/pts rw - devpts devpts rw
+5 3 0:5 / /dev/.husk-share rw - virtiofs husk rw
+6 1 0:5 /rootfs /.husk-root rw - virtiofs husk rw
+7 6 0:6 / /.husk-root/x rw - tmpfs tmpfs rw
+8 1 0:7 / /a\\040b rw - tmpfs tmpfs rw
+";
+        assert_eq!(
+            mounts_to_detach(info, Some("/.husk-root")),
+            ["/a b", "/dev/.husk-share", "/dev/pts", "/dev", "/proc"]
+        );
+        assert_eq!(
+            mounts_to_detach(info, None),
+            [
+                "/a b",
+                "/.husk-root/x",
+                "/.husk-root",
+                "/dev/.husk-share",
+                "/dev/pts",
+                "/dev",
+                "/proc"
+            ]
+        );
+        assert!(mounts_to_detach("garbage\n\n", None).is_empty());
     }
 
     #[test]

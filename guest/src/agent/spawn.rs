@@ -37,6 +37,7 @@ use nix::errno::Errno;
 use nix::fcntl::OFlag;
 
 use super::caps;
+use super::container::{fork_in_pid_ns, Holder, Namespaces};
 use super::reaper::{OnExit, Reaper};
 use crate::agent_proto::{FrameKind, ProcessSpec, SeccompProgram, SockFilter, BPF_MAXINSNS};
 use crate::proto;
@@ -119,6 +120,9 @@ struct CapPlan {
 /// built (and checked) in advance.
 #[derive(Debug)]
 pub struct Prepared {
+    /// The container's root, seen from the agent: its terminal comes from
+    /// the container's own `/dev/ptmx` (its devpts instance), as under runc.
+    root: Option<File>,
     program: String,
     /// Paths to try with `execve`, in order.
     candidates: Vec<CString>,
@@ -199,6 +203,67 @@ fn home_of(passwd: &str, uid: u32) -> Option<String> {
     })
 }
 
+/// `struct open_how` of `openat2(2)`.
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+/// `RESOLVE_IN_ROOT`: `/` and `..` stop at the directory given.
+const RESOLVE_IN_ROOT: u64 = 0x10;
+
+/// Opens `path` as if `root` were `/` (`openat2` with `RESOLVE_IN_ROOT`);
+/// without `root`, plainly.
+fn open_in(root: Option<&File>, path: &Path, flags: libc::c_int) -> io::Result<File> {
+    let Some(root) = root else {
+        return std::fs::OpenOptions::new()
+            .read(true)
+            .write(flags & libc::O_ACCMODE == libc::O_RDWR)
+            .custom_flags(flags & !libc::O_ACCMODE)
+            .open(path);
+    };
+    let name = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: RESOLVE_IN_ROOT,
+    };
+    // SAFETY: openat2 reads the NUL-terminated name and `how` (its size
+    // given) and returns a new descriptor or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            name.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = RawFd::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: openat2 returned this descriptor to us alone.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// What is at `path` under `root` (symbolic links followed inside it).
+fn metadata_in(root: Option<&File>, path: &Path) -> io::Result<std::fs::Metadata> {
+    match root {
+        None => std::fs::metadata(path),
+        Some(_) => open_in(root, path, libc::O_PATH)?.metadata(),
+    }
+}
+
+/// A text file under `root`.
+fn read_in(root: Option<&File>, path: &Path) -> io::Result<String> {
+    let mut text = String::new();
+    open_in(root, path, 0)?.read_to_string(&mut text)?;
+    Ok(text)
+}
+
 /// Where `execve` should look for `program`: itself when it has a `/`, else
 /// each `PATH` entry (an empty entry is the working directory).
 fn candidates(program: &str, path_var: &str) -> Vec<String> {
@@ -222,10 +287,17 @@ impl Prepared {
     /// runc does at create), so a missing one fails here; `HOME` is added
     /// from `/etc/passwd` when the environment has none.
     pub fn new(spec: &ProcessSpec) -> Result<Prepared, SpawnError> {
+        Prepared::new_in(spec, None)
+    }
+
+    /// [`Prepared::new`], with the program and `/etc/passwd` looked up in
+    /// the directory `root` (the container's root, seen from the agent):
+    /// symbolic links resolve inside it.
+    pub fn new_in(spec: &ProcessSpec, root: Option<&File>) -> Result<Prepared, SpawnError> {
         let program = spec.args.first().ok_or(SpawnError::NoArgs)?.clone();
         let mut env = spec.env.clone();
         if !env.iter().any(|e| e.starts_with("HOME=")) {
-            let home = std::fs::read_to_string("/etc/passwd")
+            let home = read_in(root, Path::new("/etc/passwd"))
                 .ok()
                 .and_then(|p| home_of(&p, spec.uid))
                 .unwrap_or_else(|| "/".to_owned());
@@ -240,11 +312,13 @@ impl Prepared {
         let cwd = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
         let searched = !program.contains('/');
         let found = candidates(&program, &path_var);
-        if searched && !found.iter().any(|c| Path::new(cwd).join(c).is_file()) {
+        let is_file =
+            |c: &str| metadata_in(root, &Path::new(cwd).join(c)).is_ok_and(|m| m.is_file());
+        if searched && !found.iter().any(|c| is_file(c)) {
             return Err(SpawnError::NotFound { program });
         }
         if !searched {
-            if let Err(e) = std::fs::metadata(Path::new(cwd).join(&program)) {
+            if let Err(e) = metadata_in(root, &Path::new(cwd).join(&program)) {
                 let errno = Errno::from_raw(e.raw_os_error().unwrap_or(libc::ENOENT));
                 return Err(SpawnError::Stat { program, errno });
             }
@@ -300,6 +374,7 @@ impl Prepared {
         unknown_caps.sort();
         unknown_caps.dedup();
         Ok(Prepared {
+            root: root.and_then(|r| r.try_clone().ok()),
             candidates: found
                 .iter()
                 .map(|c| cstring(c, "the program path"))
@@ -385,6 +460,7 @@ impl Prepared {
                 )
             ),
             Step::ExecNotFound => format!("exec: {:?}", self.program),
+            Step::Enter => format!("join the container's namespace #{index}"),
         }
     }
 }
@@ -410,10 +486,11 @@ enum Step {
     Exec,
     ExecNotFound,
     Seccomp,
+    Enter,
 }
 
 impl Step {
-    const ALL: [Step; 17] = [
+    const ALL: [Step; 18] = [
         Step::Signals,
         Step::Setsid,
         Step::Tty,
@@ -431,6 +508,7 @@ impl Step {
         Step::Exec,
         Step::ExecNotFound,
         Step::Seccomp,
+        Step::Enter,
     ];
 
     fn from_u32(v: u32) -> Option<Step> {
@@ -472,6 +550,8 @@ struct Rlimit64 {
 /// What the child works on; all of it built before `fork`.
 struct ChildCtx<'a> {
     p: &'a Prepared,
+    /// Namespaces to join first (`setns`), the mount one first.
+    enter: &'a [RawFd],
     argv: &'a [*const libc::c_char],
     envp: &'a [*const libc::c_char],
     stdio: [RawFd; 3],
@@ -533,6 +613,12 @@ fn check(ctx: &ChildCtx, result: libc::c_long, step: Step, index: u32) {
 /// data: see the module docs for the order.
 fn child_main(ctx: &ChildCtx) -> ! {
     let p = ctx.p;
+    // 0. The container's namespaces (an exec or a hook).
+    for (i, fd) in (0..).zip(ctx.enter) {
+        // SAFETY: setns takes a descriptor and flags only.
+        let rc = unsafe { libc::setns(*fd, 0) };
+        check(ctx, rc.into(), Step::Enter, i);
+    }
     // 1. Signals: empty mask, default dispositions (SIG_IGN survives exec).
     // SAFETY: sigset_t is plain data; an all-zero value is then initialized
     // by sigemptyset before use.
@@ -771,11 +857,18 @@ fn child_main(ctx: &ChildCtx) -> ! {
 /// Opens a pty pair: master, and slave (both close-on-exec, no controlling
 /// terminal), sized `size` (rows, columns).
 pub fn open_pty(size: Option<(u16, u16)>) -> io::Result<(File, File)> {
-    let master = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NOCTTY)
-        .open("/dev/ptmx")?;
+    open_pty_in(None, size)
+}
+
+/// [`open_pty`] from the `/dev/ptmx` under `root` (a container's), or the
+/// guest's where that has none.
+pub fn open_pty_in(root: Option<&File>, size: Option<(u16, u16)>) -> io::Result<(File, File)> {
+    let flags = libc::O_RDWR | libc::O_NOCTTY;
+    let master = match open_in(root, Path::new("/dev/ptmx"), flags) {
+        Ok(m) => m,
+        Err(_) if root.is_some() => open_in(None, Path::new("/dev/ptmx"), flags)?,
+        Err(e) => return Err(e),
+    };
     let unlock: libc::c_int = 0;
     // SAFETY: TIOCSPTLCK reads an int from a live local.
     if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } < 0 {
@@ -839,6 +932,28 @@ fn pipe() -> Result<(File, File), SpawnError> {
 /// once the program has been executed, or with the child's report of what
 /// failed (the failed child is reaped like any other).
 pub fn spawn(p: &Prepared, reaper: &Reaper, on_exit: OnExit) -> Result<Spawned, SpawnError> {
+    spawn_with(p, reaper, on_exit, Launch::Fork)
+}
+
+/// How [`spawn_with`] starts the process.
+pub enum Launch<'a> {
+    /// A child of init, in init's namespaces (a container without a
+    /// holder: the agent's tests).
+    Fork,
+    /// A child of init that joins the container's namespaces (an exec, a
+    /// guest hook).
+    Enter(&'a Namespaces),
+    /// The container's holder becomes the process (its main process).
+    Handoff(&'a Holder),
+}
+
+/// [`spawn`], started as `launch` says.
+pub fn spawn_with(
+    p: &Prepared,
+    reaper: &Reaper,
+    on_exit: OnExit,
+    launch: Launch<'_>,
+) -> Result<Spawned, SpawnError> {
     // The child's ends (closed here after fork) and ours.
     let child_ends: Vec<File>;
     let stdio: [RawFd; 3];
@@ -849,10 +964,11 @@ pub fn spawn(p: &Prepared, reaper: &Reaper, on_exit: OnExit) -> Result<Spawned, 
         terminal: None,
     };
     if p.terminal {
-        let (master, slave) = open_pty(p.console_size).map_err(|source| SpawnError::Stdio {
-            what: "terminal",
-            source,
-        })?;
+        let (master, slave) =
+            open_pty_in(p.root.as_ref(), p.console_size).map_err(|source| SpawnError::Stdio {
+                what: "terminal",
+                source,
+            })?;
         let reader = master.try_clone().map_err(|source| SpawnError::Stdio {
             what: "terminal",
             source,
@@ -884,8 +1000,13 @@ pub fn spawn(p: &Prepared, reaper: &Reaper, on_exit: OnExit) -> Result<Spawned, 
         .map(|e| e.as_ptr())
         .chain(std::iter::once(std::ptr::null()))
         .collect();
+    let enter: Vec<RawFd> = match &launch {
+        Launch::Enter(ns) => ns.others.iter().map(|f| f.as_raw_fd()).collect(),
+        _ => Vec::new(),
+    };
     let ctx = ChildCtx {
         p,
+        enter: &enter,
         argv: &argv,
         envp: &envp,
         stdio,
@@ -893,19 +1014,35 @@ pub fn spawn(p: &Prepared, reaper: &Reaper, on_exit: OnExit) -> Result<Spawned, 
         report_fd: report_w.as_raw_fd(),
         as_root: nix::unistd::geteuid().is_root(),
     };
-    let pid = reaper.fork_registered(
-        || {
-            // SAFETY: the child runs only child_main, which makes raw,
-            // async-signal-safe system calls on data prepared before the
-            // fork, and never returns (exec or _exit).
-            match unsafe { nix::unistd::fork() } {
-                Ok(nix::unistd::ForkResult::Child) => child_main(&ctx),
-                Ok(nix::unistd::ForkResult::Parent { child }) => Ok(child.as_raw()),
-                Err(errno) => Err(SpawnError::Fork { errno }),
+    let fork = |on_exit: OnExit| {
+        reaper.fork_registered(
+            || {
+                // SAFETY: the child runs only child_main, which makes raw,
+                // async-signal-safe system calls on data prepared before
+                // the fork, and never returns (exec or _exit).
+                match unsafe { nix::unistd::fork() } {
+                    Ok(nix::unistd::ForkResult::Child) => child_main(&ctx),
+                    Ok(nix::unistd::ForkResult::Parent { child }) => Ok(child.as_raw()),
+                    Err(errno) => Err(errno),
+                }
+            },
+            on_exit,
+        )
+    };
+    let pid = match launch {
+        Launch::Fork => fork(on_exit),
+        Launch::Enter(ns) => fork_in_pid_ns(false, ns.pid.as_ref(), || fork(on_exit)),
+        Launch::Handoff(holder) => {
+            match holder.hand_over(stdio, p.terminal, report_w.as_raw_fd()) {
+                Ok(()) => {
+                    holder.exit.set(on_exit);
+                    Ok(holder.pid)
+                }
+                Err(errno) => Err(errno),
             }
-        },
-        on_exit,
-    )?;
+        }
+    }
+    .map_err(|errno| SpawnError::Fork { errno })?;
     drop(child_ends);
     drop(report_w);
     spawned.pid = pid;
@@ -944,6 +1081,34 @@ pub fn spawn(p: &Prepared, reaper: &Reaper, on_exit: OnExit) -> Result<Spawned, 
         step: p.step_text(step, index),
         errno,
     })
+}
+
+/// Runs `p` in this process (the container's holder, single-threaded):
+/// the same steps as a spawned child, with the descriptors it was handed.
+pub fn run_here(p: &Prepared, stdio: [RawFd; 3], tty: bool, report_fd: RawFd) -> ! {
+    let argv: Vec<*const libc::c_char> = p
+        .argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let envp: Vec<*const libc::c_char> = p
+        .envp
+        .iter()
+        .map(|e| e.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let ctx = ChildCtx {
+        p,
+        enter: &[],
+        argv: &argv,
+        envp: &envp,
+        stdio,
+        tty,
+        report_fd,
+        as_root: nix::unistd::geteuid().is_root(),
+    };
+    child_main(&ctx)
 }
 
 #[cfg(test)]

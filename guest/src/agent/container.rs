@@ -1,0 +1,414 @@
+//! The container's own namespaces in the guest, made as runc makes them.
+//!
+//! At `Create` the agent starts the container's first process, the
+//! *holder*: forked from a thread that unshared the pid namespace for its
+//! children (so the holder is pid 1 of a new one when the spec lists
+//! `pid`), it unshares the mount namespace (always) and the uts, ipc and
+//! cgroup ones the spec lists, then executes init's own binary again
+//! ([`HOLDER_ARG`]). Fresh and single-threaded, the holder reads the
+//! [`ContainerSpec`] from fd [`SPEC_FD`], makes the container's file
+//! systems ([`setup::apply`]: its root alone, then the config's mounts in
+//! order, devices, masks, read-only paths, the read-only root), answers on
+//! fd [`CONTROL_FD`] (`ok`, or the error), and waits there.
+//!
+//! At `Start` the agent hands it the process's stdio and the spawn report
+//! pipe (`SCM_RIGHTS`), and the holder becomes the container's process: the
+//! same steps as any spawned child ([`spawn::run_here`]), ending in
+//! `execve`. So the container's process is pid 1 of its namespace, in the
+//! mount table the config describes, as under runc. An exec (and a guest
+//! hook) joins those namespaces ([`Namespaces`]) before its own steps.
+//!
+//! The guest's own namespaces keep the agent, the network (the guest's
+//! network namespace is the container's, configured from the engine's),
+//! and the guest's pseudo file systems.
+
+use std::fs::File;
+use std::io::{Read as _, Write as _};
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex};
+
+use nix::errno::Errno;
+use nix::sys::socket::{
+    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockFlag, SockType,
+};
+
+use super::reaper::{ExitStatus, OnExit, Reaper};
+use super::setup;
+use super::spawn::{self, Prepared};
+use crate::agent_proto::ContainerSpec;
+
+/// The argument that makes init's binary the holder.
+pub const HOLDER_ARG: &str = "--container-holder";
+/// The holder's descriptor with the spec (read to EOF).
+pub const SPEC_FD: RawFd = 3;
+/// The holder's end of its control socket (`SOCK_SEQPACKET`).
+pub const CONTROL_FD: RawFd = 4;
+/// Largest spec the holder reads.
+const MAX_SPEC: u64 = 64 << 20;
+/// Largest answer of the holder.
+const MAX_ANSWER: usize = 64 << 10;
+/// The holder's answer when the container is set up.
+const READY: &[u8] = b"ok";
+/// First byte of a report from the forked child before it executed the
+/// holder: then the errno (4 bytes, little-endian).
+const CHILD_FAILED: u8 = 0xff;
+
+/// The namespaces a spec can give the container besides `pid` (spec type,
+/// clone flag, name under `/proc/PID/ns`). The mount namespace is always a
+/// new one: the container's file systems are made in it.
+const KINDS: [(&str, libc::c_int, &str); 4] = [
+    ("mount", libc::CLONE_NEWNS, "mnt"),
+    ("uts", libc::CLONE_NEWUTS, "uts"),
+    ("ipc", libc::CLONE_NEWIPC, "ipc"),
+    ("cgroup", libc::CLONE_NEWCGROUP, "cgroup"),
+];
+
+/// The container's namespaces, for processes that join them.
+pub struct Namespaces {
+    /// The holder's pid in the guest (then the main process's): its root
+    /// is the container's.
+    pub root_pid: i32,
+    /// Its pid namespace (`None`: the guest's).
+    pub pid: Option<OwnedFd>,
+    /// The others, joined in this order (mount first).
+    pub others: Vec<OwnedFd>,
+}
+
+/// An exit status that may come before anyone waits for it.
+#[derive(Default)]
+pub struct Deferred(Mutex<(Option<ExitStatus>, Option<OnExit>)>);
+
+impl Deferred {
+    /// The process ended: to the handler, or kept for it.
+    pub fn exited(&self, status: ExitStatus) {
+        let handler = {
+            let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            match slot.1.take() {
+                Some(h) => h,
+                None => {
+                    slot.0 = Some(status);
+                    return;
+                }
+            }
+        };
+        handler(status);
+    }
+
+    /// Sets the handler (called at once if the process has ended).
+    pub fn set(&self, handler: OnExit) {
+        let status = {
+            let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            match slot.0.take() {
+                Some(s) => s,
+                None => {
+                    slot.1 = Some(handler);
+                    return;
+                }
+            }
+        };
+        handler(status);
+    }
+}
+
+/// The holder, from `Create` until it becomes the container's process.
+pub struct Holder {
+    pub pid: i32,
+    control: OwnedFd,
+    pub exit: Arc<Deferred>,
+    pub namespaces: Arc<Namespaces>,
+}
+
+impl Holder {
+    /// Hands the process's stdio and the report pipe's write end over: the
+    /// holder starts the process.
+    pub fn hand_over(&self, stdio: [RawFd; 3], tty: bool, report: RawFd) -> Result<(), Errno> {
+        let fds = [stdio[0], stdio[1], stdio[2], report];
+        let flag = [u8::from(tty)];
+        let iov = [std::io::IoSlice::new(&flag)];
+        let cmsg = [ControlMessage::ScmRights(&fds)];
+        sendmsg::<()>(
+            self.control.as_raw_fd(),
+            &iov,
+            &cmsg,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )
+        .map(drop)
+    }
+}
+
+/// Opens a namespace file of `pid`.
+fn open_ns(pid: i32, name: &str) -> Result<OwnedFd, String> {
+    File::open(format!("/proc/{pid}/ns/{name}"))
+        .map(OwnedFd::from)
+        .map_err(|e| format!("opening the container's {name} namespace: {e}"))
+}
+
+/// The pid namespace this thread's children get (to restore it).
+fn pid_for_children() -> Result<OwnedFd, Errno> {
+    File::open("/proc/thread-self/ns/pid_for_children")
+        .map(OwnedFd::from)
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+}
+
+/// Runs `fork` with this thread's children in a new pid namespace (`new`)
+/// or in `join` (a pid namespace file), then puts the thread back.
+pub fn fork_in_pid_ns<T, E: From<Errno>>(
+    new: bool,
+    join: Option<&OwnedFd>,
+    fork: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E> {
+    if !new && join.is_none() {
+        return fork();
+    }
+    let saved = pid_for_children()?;
+    match join {
+        Some(ns) => nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWPID)?,
+        None => nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID)?,
+    }
+    let forked = fork();
+    // The namespace this thread's next children get: the guest's again.
+    if let Err(e) = nix::sched::setns(&saved, nix::sched::CloneFlags::CLONE_NEWPID) {
+        eprintln!(
+            "{} restoring the agent's pid namespace: {e}",
+            crate::proto::LOG_PREFIX
+        );
+    }
+    forked
+}
+
+/// The forked child: new namespaces, the descriptors in place, init's
+/// binary again. Raw system calls only (init has threads).
+fn holder_child(
+    flags: libc::c_int,
+    spec: RawFd,
+    control: RawFd,
+    argv: &[*const libc::c_char],
+) -> ! {
+    let fail = |errno: i32| -> ! {
+        let mut report = [CHILD_FAILED, 0, 0, 0, 0];
+        report[1..].copy_from_slice(&errno.to_le_bytes());
+        // SAFETY: writes from a live stack buffer; a failed write only loses
+        // the report (the agent then sees the socket close).
+        let _ = unsafe { libc::write(control, report.as_ptr().cast(), report.len()) };
+        // SAFETY: _exit is async-signal-safe and never returns.
+        unsafe { libc::_exit(127) }
+    };
+    // SAFETY: unshare takes flags only.
+    if unsafe { libc::unshare(flags) } < 0 {
+        fail(Errno::last_raw());
+    }
+    // Out of the way of 3 and 4 first, then into place (dup2 clears
+    // close-on-exec on the copy).
+    // SAFETY: fcntl and dup2 on descriptors this process owns.
+    let (spec, control) = unsafe {
+        (
+            libc::fcntl(spec, libc::F_DUPFD_CLOEXEC, 10),
+            libc::fcntl(control, libc::F_DUPFD_CLOEXEC, 10),
+        )
+    };
+    if spec < 0 || control < 0 {
+        fail(Errno::last_raw());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::dup2(spec, SPEC_FD) } < 0 || unsafe { libc::dup2(control, CONTROL_FD) } < 0 {
+        fail(Errno::last_raw());
+    }
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    // SAFETY: argv is a NULL-terminated array of NUL-terminated strings
+    // built before the fork; envp is an empty one.
+    unsafe { libc::execve(c"/proc/self/exe".as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    fail(Errno::last_raw())
+}
+
+/// `Create`'s side: starts the holder for `spec` and waits until the
+/// container is set up (or why it is not).
+pub fn launch(spec: &ContainerSpec, reaper: &Reaper) -> Result<Holder, String> {
+    let json = serde_json::to_vec(spec).map_err(|e| format!("encoding the spec: {e}"))?;
+    let wants = |kind: &str| spec.namespaces.iter().any(|n| n == kind);
+    let new_pid = wants("pid");
+    let mut flags = libc::CLONE_NEWNS;
+    let mut joined = vec!["mnt"];
+    for (kind, flag, name) in KINDS.into_iter().skip(1) {
+        if wants(kind) {
+            flags |= flag;
+            joined.push(name);
+        }
+    }
+    let (spec_r, spec_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| format!("a pipe for the spec: {e}"))?;
+    let (control, child_control) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| format!("the holder's control socket: {e}"))?;
+    let argv_strings = [
+        c"husk-init".to_owned(),
+        std::ffi::CString::new(HOLDER_ARG).unwrap_or_default(),
+    ];
+    let argv: Vec<*const libc::c_char> = argv_strings
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let exit = Arc::new(Deferred::default());
+    let on_exit: OnExit = {
+        let exit = Arc::clone(&exit);
+        Box::new(move |status| exit.exited(status))
+    };
+    let (spec_raw, control_raw) = (spec_r.as_raw_fd(), child_control.as_raw_fd());
+    let pid = fork_in_pid_ns(new_pid, None, || {
+        reaper.fork_registered(
+            || {
+                // SAFETY: the child runs only holder_child: raw system calls
+                // on data built before the fork; it never returns.
+                match unsafe { nix::unistd::fork() } {
+                    Ok(nix::unistd::ForkResult::Child) => {
+                        holder_child(flags, spec_raw, control_raw, &argv)
+                    }
+                    Ok(nix::unistd::ForkResult::Parent { child }) => Ok(child.as_raw()),
+                    Err(errno) => Err(errno),
+                }
+            },
+            on_exit,
+        )
+    })
+    .map_err(|e| format!("starting the container's first process: {e}"))?;
+    drop(spec_r);
+    drop(child_control);
+    let kill = || {
+        // SAFETY: kill has no memory effects; the pid is our child, reaped
+        // by the reaper only.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    };
+    // A holder that died early closes its end: the write fails, and the
+    // answer below says why.
+    let _ = File::from(spec_w).write_all(&json);
+    let mut answer = vec![0u8; MAX_ANSWER];
+    let n = loop {
+        match nix::sys::socket::recv(control.as_raw_fd(), &mut answer, MsgFlags::empty()) {
+            Err(Errno::EINTR) => continue,
+            other => break other,
+        }
+    };
+    let answer = match n {
+        Ok(n) => &answer[..n],
+        Err(e) => {
+            kill();
+            return Err(format!("reading the container setup's answer: {e}"));
+        }
+    };
+    if answer != READY {
+        kill();
+        return Err(match answer {
+            [] => "the container's setup process ended without an answer".into(),
+            [CHILD_FAILED, errno @ ..] if errno.len() == 4 => {
+                let mut b = [0u8; 4];
+                b.copy_from_slice(errno);
+                format!(
+                    "entering the container's namespaces: {}",
+                    spawn::errno_text(Errno::from_raw(i32::from_le_bytes(b)))
+                )
+            }
+            text => String::from_utf8_lossy(text).into_owned(),
+        });
+    }
+    let opened = (|| {
+        let pid_ns = if new_pid {
+            Some(open_ns(pid, "pid")?)
+        } else {
+            None
+        };
+        let others = joined
+            .iter()
+            .map(|name| open_ns(pid, name))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok::<_, String>(Namespaces {
+            root_pid: pid,
+            pid: pid_ns,
+            others,
+        })
+    })();
+    let namespaces = match opened {
+        Ok(ns) => ns,
+        Err(e) => {
+            kill();
+            return Err(e);
+        }
+    };
+    Ok(Holder {
+        pid,
+        control,
+        exit,
+        namespaces: Arc::new(namespaces),
+    })
+}
+
+/// The holder's side ([`HOLDER_ARG`]): never returns.
+pub fn holder_main() -> ! {
+    // SAFETY: launch installed both descriptors for this process alone.
+    let control = unsafe { OwnedFd::from_raw_fd(CONTROL_FD) };
+    let answer = |text: &[u8]| {
+        let _ = nix::sys::socket::send(control.as_raw_fd(), text, MsgFlags::MSG_NOSIGNAL);
+    };
+    let prepared = match set_up() {
+        Ok(p) => p,
+        Err(e) => {
+            answer(e.as_bytes());
+            std::process::exit(1);
+        }
+    };
+    answer(READY);
+    let mut flag = [0u8; 1];
+    let mut space = nix::cmsg_space!([RawFd; 4]);
+    let received = loop {
+        let mut iov = [std::io::IoSliceMut::new(&mut flag)];
+        match recvmsg::<()>(
+            control.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Err(Errno::EINTR) => continue,
+            Err(_) => std::process::exit(0),
+            Ok(msg) => {
+                let mut fds = Vec::new();
+                if let Ok(cmsgs) = msg.cmsgs() {
+                    for c in cmsgs {
+                        if let ControlMessageOwned::ScmRights(list) = c {
+                            fds.extend(list);
+                        }
+                    }
+                }
+                break (msg.bytes, fds);
+            }
+        }
+    };
+    let (bytes, fds) = received;
+    // The agent closed the socket (deleted before start), or sent nonsense.
+    if bytes != 1 || fds.len() != 4 {
+        std::process::exit(0);
+    }
+    spawn::run_here(&prepared, [fds[0], fds[1], fds[2]], flag[0] == 1, fds[3])
+}
+
+/// Reads the spec and sets the container up; the process, ready to run.
+fn set_up() -> Result<Prepared, String> {
+    // SAFETY: launch installed this descriptor for this process alone.
+    let file = unsafe { File::from_raw_fd(SPEC_FD) };
+    let mut json = Vec::new();
+    file.take(MAX_SPEC)
+        .read_to_end(&mut json)
+        .map_err(|e| format!("reading the container spec: {e}"))?;
+    let spec: ContainerSpec =
+        serde_json::from_slice(&json).map_err(|e| format!("decoding the container spec: {e}"))?;
+    setup::apply(&spec, &mut setup::RealSetupOs::default()).map_err(|e| e.to_string())?;
+    let mut prepared = Prepared::new(&spec.process).map_err(|e| e.to_string())?;
+    if let Some(program) = &spec.seccomp {
+        prepared.set_seccomp(program).map_err(|e| e.to_string())?;
+    }
+    Ok(prepared)
+}
