@@ -298,3 +298,106 @@ fn rootfs_propagation_is_the_roots() {
     );
     env.assert_gone("prop-bad");
 }
+
+/// A user namespace with `linux.uidMappings` / `gidMappings`: the process
+/// sees the maps runc writes (`0 1000 2000`, `0 1000 3000`), and is root
+/// inside. In a user namespace runc cannot `mknod`, so it bind-mounts the
+/// host's device nodes over `/dev/null` and the others; husk makes the
+/// nodes before the process enters the namespace, so those bind mounts
+/// are the one difference in the mount table (docs/oci.md).
+#[test]
+fn user_namespace_mappings_are_the_specs() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let env = Env::new();
+    // runc's init runs as the mapped root, which must reach the bundle.
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = bundle(&env, "userns", &[], |c, rootfs| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"type": "user"}));
+        c["linux"]["uidMappings"] =
+            serde_json::json!([{"containerID": 0, "hostID": 1000, "size": 2000}]);
+        c["linux"]["gidMappings"] =
+            serde_json::json!([{"containerID": 0, "hostID": 1000, "size": 3000}]);
+        let chown = Command::new("chown")
+            .args(["-R", "1000:1000"])
+            .arg(rootfs)
+            .status()
+            .unwrap();
+        assert!(chown.success());
+    });
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let runc = view(&env, "runc", &dir, "userns-runc");
+    let husk = view(&env, "husk", &dir, "userns-husk");
+    env.assert_gone("userns-husk");
+    assert_eq!(husk["uid_map"], serde_json::json!(["0 1000 2000"]));
+    assert_eq!(husk["gid_map"], serde_json::json!(["0 1000 3000"]));
+    assert_eq!(husk["status"]["Uid"], "0 0 0 0");
+    // runc's device binds aside, the views are the same.
+    let missing: Vec<String> = GUEST_LACKS.iter().map(|p| p.to_string()).collect();
+    let mut r = normalized(&runc, &missing);
+    let mut h = normalized(&husk, &missing);
+    // runc's binds of the host's device nodes: on /dev's nodes, and under
+    // every masked file (bound from its /dev/null, itself such a bind).
+    let binds: Vec<Value> = runc["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["fstype"] == "devtmpfs")
+        .map(|m| m["point"].clone())
+        .collect();
+    for view in [&mut r, &mut h] {
+        view["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|m| !binds.contains(&m["point"]));
+    }
+    for key in r.as_object().unwrap().keys() {
+        assert_eq!(
+            serde_json::to_string_pretty(&h[key]).unwrap(),
+            serde_json::to_string_pretty(&r[key]).unwrap(),
+            "userns: `{key}` differs (left: husk, right: runc)"
+        );
+    }
+}
+
+/// An exec joins the container's user namespace (and its other ones): it
+/// sees the maps and the container's processes, with the main one as pid 1.
+#[test]
+fn an_exec_joins_the_containers_namespaces() {
+    let env = Env::new();
+    let bundle = env.bundle("exec", &["sleep", "1000"], |c| {
+        c["linux"]["namespaces"] = serde_json::json!([
+            {"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}, {"type": "user"}
+        ]);
+        c["linux"]["uidMappings"] =
+            serde_json::json!([{"containerID": 0, "hostID": 1000, "size": 2000}]);
+        c["linux"]["gidMappings"] =
+            serde_json::json!([{"containerID": 0, "hostID": 1000, "size": 3000}]);
+    });
+    let done = env.husk(&["run", "-d", "--bundle", b(&bundle), "ex"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let done = env.husk(&[
+        "exec",
+        "ex",
+        "sh",
+        "-c",
+        "cat /proc/self/uid_map; id -u; cat /proc/1/cmdline | tr '\\0' ' '; echo; hostname",
+    ]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let lines: Vec<String> = done
+        .stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(
+        lines,
+        ["0 1000 2000", "0", "sleep 1000", "husk-test"],
+        "{}",
+        done.stdout
+    );
+    let done = env.husk(&["delete", "--force", "ex"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    env.assert_gone("ex");
+}

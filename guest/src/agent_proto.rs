@@ -301,6 +301,30 @@ pub struct ContainerSpec {
     /// `unbindable`, ...): applied to the container's `/`.
     #[serde(default)]
     pub rootfs_propagation: Option<String>,
+    /// OCI `linux.uidMappings` / `gidMappings` of a new user namespace
+    /// (empty: none): the container's process gets one with these maps,
+    /// the guest's ids being the host's.
+    #[serde(default)]
+    pub uid_map: Vec<IdMapping>,
+    #[serde(default)]
+    pub gid_map: Vec<IdMapping>,
+}
+
+/// One range of a user namespace's map: container ids
+/// `container..container+size` are `host..host+size` outside.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdMapping {
+    pub container: u32,
+    pub host: u32,
+    pub size: u32,
+}
+
+/// The text of `/proc/PID/uid_map` (or `gid_map`) for `ranges`.
+pub fn map_text(ranges: &[IdMapping]) -> String {
+    ranges
+        .iter()
+        .map(|r| format!("{} {} {}\n", r.container, r.host, r.size))
+        .collect()
 }
 
 /// A device node of the container (OCI `linux.devices` entry).

@@ -164,7 +164,23 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
     let (mut container, mut shares) =
         guest_spec::container_spec(&req.id, &b.spec, &b.path, &guest_spec::read_bind_source)?;
     let rootfs_mode = crate::runtime::vm_plan::rootfs_mode(&b.spec)?;
+    // A new user namespace is the guest's (the container's process gets
+    // one with the spec's maps, as under runc): the guest's ids are the
+    // host's, so its files are served with them as they are.
     let ids = crate::runtime::vm_plan::id_maps(&b.spec)?;
+    let guest_map = |m: &crate::vmm::devices::virtio::fs::idmap::IdMap| {
+        m.ranges()
+            .iter()
+            .map(|r| crate::agent_proto::IdMapping {
+                container: r.container,
+                host: r.host,
+                size: r.size,
+            })
+            .collect::<Vec<_>>()
+    };
+    container.uid_map = guest_map(&ids.uid);
+    container.gid_map = guest_map(&ids.gid);
+    let ids = crate::vmm::devices::virtio::fs::idmap::IdMaps::default();
     if rootfs_mode == RootfsMode::Share {
         if !b.rootfs.is_dir() {
             return Err(CacheError::NotADirectory {

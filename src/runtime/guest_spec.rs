@@ -348,6 +348,9 @@ pub fn container_spec(
             .filter(|t| matches!(t.as_str(), "pid" | "uts" | "ipc" | "cgroup"))
             .collect(),
         rootfs_propagation,
+        // Checked and filled in by create (`vm_plan::id_maps`).
+        uid_map: Vec::new(),
+        gid_map: Vec::new(),
         devices: spec_devices(linux).into_iter().chain(devices).collect(),
     };
     Ok((container, shares))

@@ -73,6 +73,25 @@ pub struct Namespaces {
     pub pid: Option<OwnedFd>,
     /// The others, joined in this order (mount first).
     pub others: Vec<OwnedFd>,
+    /// Whether the container has a user namespace of its own, and the
+    /// namespace once its process has made it (at `Start`).
+    pub has_user: bool,
+    pub user: Mutex<Option<OwnedFd>>,
+}
+
+impl Namespaces {
+    /// The user namespace to join, if the container has one.
+    pub fn user_fd(&self) -> Result<Option<RawFd>, &'static str> {
+        if !self.has_user {
+            return Ok(None);
+        }
+        self.user
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|fd| Some(fd.as_raw_fd()))
+            .ok_or("the container's user namespace (made when the container starts)")
+    }
 }
 
 /// An exit status that may come before anyone waits for it.
@@ -115,6 +134,8 @@ impl Deferred {
 pub struct Holder {
     pub pid: i32,
     control: OwnedFd,
+    /// The uid and gid maps its user namespace gets (`None`: it makes none).
+    maps: Option<(String, String)>,
     pub exit: Arc<Deferred>,
     pub namespaces: Arc<Namespaces>,
 }
@@ -133,9 +154,57 @@ impl Holder {
             &cmsg,
             MsgFlags::MSG_NOSIGNAL,
             None,
-        )
-        .map(drop)
+        )?;
+        let Some((uid_map, gid_map)) = &self.maps else {
+            return Ok(());
+        };
+        // It asks once its user namespace exists (or closes the socket,
+        // having failed before: its report says why).
+        let mut request = [0u8; 16];
+        let n = loop {
+            match nix::sys::socket::recv(self.control.as_raw_fd(), &mut request, MsgFlags::empty())
+            {
+                Err(Errno::EINTR) => continue,
+                other => break other?,
+            }
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        let written = if &request[..n] == spawn::USER_MAP_REQUEST {
+            write_maps(self.pid, uid_map, gid_map)
+        } else {
+            Err(Errno::EPROTO)
+        };
+        let ack = [if written.is_ok() {
+            spawn::USER_MAP_DONE
+        } else {
+            b'x'
+        }];
+        nix::sys::socket::send(self.control.as_raw_fd(), &ack, MsgFlags::MSG_NOSIGNAL)?;
+        written?;
+        let user = File::open(format!("/proc/{}/ns/user", self.pid))
+            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+        *self
+            .namespaces
+            .user
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(user.into());
+        Ok(())
     }
+}
+
+/// Writes the maps of `pid`'s user namespace (gid first needs no
+/// `setgroups` change: init has `CAP_SETGID` outside).
+fn write_maps(pid: i32, uid_map: &str, gid_map: &str) -> Result<(), Errno> {
+    for (file, text) in [("uid_map", uid_map), ("gid_map", gid_map)] {
+        if text.is_empty() {
+            continue;
+        }
+        std::fs::write(format!("/proc/{pid}/{file}"), text)
+            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    }
+    Ok(())
 }
 
 /// Opens a namespace file of `pid`.
@@ -226,6 +295,12 @@ fn holder_child(
 /// container is set up (or why it is not).
 pub fn launch(spec: &ContainerSpec, reaper: &Reaper) -> Result<Holder, String> {
     let json = serde_json::to_vec(spec).map_err(|e| format!("encoding the spec: {e}"))?;
+    let maps = (!spec.uid_map.is_empty() || !spec.gid_map.is_empty()).then(|| {
+        (
+            crate::agent_proto::map_text(&spec.uid_map),
+            crate::agent_proto::map_text(&spec.gid_map),
+        )
+    });
     let wants = |kind: &str| spec.namespaces.iter().any(|n| n == kind);
     let new_pid = wants("pid");
     let mut flags = libc::CLONE_NEWNS;
@@ -330,6 +405,8 @@ pub fn launch(spec: &ContainerSpec, reaper: &Reaper) -> Result<Holder, String> {
             root_pid: pid,
             pid: pid_ns,
             others,
+            has_user: maps.is_some(),
+            user: Mutex::new(None),
         })
     })();
     let namespaces = match opened {
@@ -342,6 +419,7 @@ pub fn launch(spec: &ContainerSpec, reaper: &Reaper) -> Result<Holder, String> {
     Ok(Holder {
         pid,
         control,
+        maps,
         exit,
         namespaces: Arc::new(namespaces),
     })
@@ -354,7 +432,7 @@ pub fn holder_main() -> ! {
     let answer = |text: &[u8]| {
         let _ = nix::sys::socket::send(control.as_raw_fd(), text, MsgFlags::MSG_NOSIGNAL);
     };
-    let prepared = match set_up() {
+    let (prepared, user) = match set_up() {
         Ok(p) => p,
         Err(e) => {
             answer(e.as_bytes());
@@ -392,11 +470,19 @@ pub fn holder_main() -> ! {
     if bytes != 1 || fds.len() != 4 {
         std::process::exit(0);
     }
-    spawn::run_here(&prepared, [fds[0], fds[1], fds[2]], flag[0] == 1, fds[3])
+    let new_user = user.then_some(control.as_raw_fd());
+    spawn::run_here(
+        &prepared,
+        [fds[0], fds[1], fds[2]],
+        flag[0] == 1,
+        fds[3],
+        new_user,
+    )
 }
 
-/// Reads the spec and sets the container up; the process, ready to run.
-fn set_up() -> Result<Prepared, String> {
+/// Reads the spec and sets the container up; the process, ready to run,
+/// and whether it gets a user namespace of its own.
+fn set_up() -> Result<(Prepared, bool), String> {
     // SAFETY: launch installed this descriptor for this process alone.
     let file = unsafe { File::from_raw_fd(SPEC_FD) };
     let mut json = Vec::new();
@@ -410,5 +496,8 @@ fn set_up() -> Result<Prepared, String> {
     if let Some(program) = &spec.seccomp {
         prepared.set_seccomp(program).map_err(|e| e.to_string())?;
     }
-    Ok(prepared)
+    Ok((
+        prepared,
+        !spec.uid_map.is_empty() || !spec.gid_map.is_empty(),
+    ))
 }

@@ -202,6 +202,9 @@ pub trait SetupOs {
     /// Makes a device node of the spec (an existing one is kept), with
     /// its mode and owner.
     fn device(&mut self, device: &DeviceSpec) -> io::Result<()>;
+    /// Changes the owner of `path` itself (a link is not followed); `None`
+    /// keeps the group.
+    fn chown(&mut self, path: &str, uid: u32, gid: Option<u32>) -> io::Result<()>;
     fn symlink(&mut self, target: &str, path: &str) -> io::Result<()>;
     /// Reports something skipped (a line on the console).
     fn log(&mut self, line: &str);
@@ -677,7 +680,7 @@ fn parent_of(path: &str) -> Option<&str> {
         .filter(|p| !p.is_empty())
 }
 
-fn default_devices(os: &mut impl SetupOs) -> Result<(), SetupError> {
+fn default_devices(os: &mut impl SetupOs, owner: Option<(u32, u32)>) -> Result<(), SetupError> {
     for (path, major, minor) in DEFAULT_DEVICES {
         os.mknod_char(path, major, minor, DEVICE_MODE)
             .map_err(|source| SetupError::Create {
@@ -702,8 +705,72 @@ fn default_devices(os: &mut impl SetupOs) -> Result<(), SetupError> {
                 path: path.to_owned(),
                 source,
             })?;
+        // runc makes them as the container's root.
+        if let Some((uid, gid)) = owner {
+            os.chown(path, uid, Some(gid))
+                .map_err(|source| SetupError::Create {
+                    step: "default devices",
+                    path: path.to_owned(),
+                    source,
+                })?;
+        }
     }
     Ok(())
+}
+
+/// File systems runc mounts inside the container's user namespace, whose
+/// root is then the container's root's: husk mounts them before the
+/// process enters it and gives their root to the mapped root.
+const OWNED_BY_ROOT: [&str; 3] = ["tmpfs", "mqueue", "devpts"];
+
+/// Maps a container id through `map` (a user namespace's), as the kernel
+/// reads ids in mount options given inside the namespace.
+fn map_id(map: &[crate::agent_proto::IdMapping], id: u32) -> Option<u32> {
+    map.iter()
+        .find(|r| id >= r.container && id - r.container < r.size)
+        .map(|r| r.host + (id - r.container))
+}
+
+/// A mount as runc makes it inside the container's user namespace: a
+/// tmpfs belongs to the namespace's root (`uid=`, `gid=` options), and the
+/// ids in a tmpfs's or devpts's options are the container's.
+fn in_user_namespace(m: &MountSpec, spec: &ContainerSpec) -> MountSpec {
+    let mut m = m.clone();
+    if !matches!(m.fstype.as_str(), "tmpfs" | "devpts") {
+        return m;
+    }
+    for option in &mut m.options {
+        for (key, map) in [("uid=", &spec.uid_map), ("gid=", &spec.gid_map)] {
+            if let Some(id) = option.strip_prefix(key).and_then(|v| v.parse::<u32>().ok()) {
+                if let Some(mapped) = map_id(map, id) {
+                    *option = format!("{key}{mapped}");
+                }
+            }
+        }
+    }
+    if m.fstype == "tmpfs" {
+        for (key, map) in [("uid=", &spec.uid_map), ("gid=", &spec.gid_map)] {
+            if !m.options.iter().any(|o| o.starts_with(key)) {
+                if let Some(root) = map_id(map, 0) {
+                    m.options.push(format!("{key}{root}"));
+                }
+            }
+        }
+    }
+    m
+}
+
+/// The host (guest) ids of the container's root in its user namespace.
+pub fn mapped_root(spec: &ContainerSpec) -> Option<(u32, u32)> {
+    let of = |map: &[crate::agent_proto::IdMapping]| {
+        map.iter()
+            .find(|r| r.container == 0 && r.size > 0)
+            .map(|r| r.host)
+    };
+    if spec.uid_map.is_empty() && spec.gid_map.is_empty() {
+        return None;
+    }
+    Some((of(&spec.uid_map)?, of(&spec.gid_map).unwrap_or(0)))
 }
 
 /// Sets the container up (see the module docs for the order).
@@ -788,6 +855,7 @@ fn apply_mounts(
     os: &mut impl SetupOs,
 ) -> Result<(), SetupError> {
     let filesystems = os.filesystems();
+    let owner = mapped_root(spec);
     let mut dev_tmpfs = false;
     let mut dev_pts = false;
     for (index, m) in spec.mounts.iter().enumerate() {
@@ -805,6 +873,13 @@ fn apply_mounts(
             }
             (false, _) if m.source.starts_with('/') => (m, os.kind(&m.source)),
             (false, _) => (m, PathKind::Missing),
+        };
+        let owned;
+        let m = if owner.is_some() && tree.is_none() {
+            owned = in_user_namespace(m, spec);
+            &owned
+        } else {
+            m
         };
         let Some(plan) = plan_mount(m, source_kind, &filesystems)? else {
             os.log(&format!(
@@ -841,8 +916,14 @@ fn apply_mounts(
         for call in plan.calls.iter().skip(1) {
             run_mount(os, "mount", call)?;
         }
+        if let (Some((uid, gid)), Some(fstype)) = (owner, plan.fstype.as_deref()) {
+            // A tmpfs got its owner as options.
+            if OWNED_BY_ROOT.contains(&fstype) && fstype != "tmpfs" {
+                chown_root(os, &m.destination, fstype, uid, gid)?;
+            }
+        }
         if plan.default_devices {
-            default_devices(os)?;
+            default_devices(os, owner)?;
             // A devtmpfs has its own /dev/pts underneath; a tmpfs needs one.
             dev_tmpfs = plan.fstype.as_deref() == Some("tmpfs");
             dev_pts = false;
@@ -854,6 +935,35 @@ fn apply_mounts(
     if dev_tmpfs && !dev_pts {
         mkdir(os, "mount destination", "/dev/pts")?;
         run_mount(os, "mount", &fallback_devpts())?;
+        if let Some((uid, gid)) = owner {
+            chown_root(os, "/dev/pts", "devpts", uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
+/// Gives a fresh mount's root (and a devpts's `ptmx`) to the mapped root.
+fn chown_root(
+    os: &mut impl SetupOs,
+    target: &str,
+    fstype: &str,
+    uid: u32,
+    gid: u32,
+) -> Result<(), SetupError> {
+    let mut paths = vec![target.to_owned()];
+    if fstype == "devpts" {
+        paths.push(format!("{}/ptmx", target.trim_end_matches('/')));
+    }
+    // runc's mqueue root keeps the group it is made with (the guest's
+    // root group here, unmapped inside: as runc's shows it).
+    let gid = (fstype != "mqueue").then_some(gid);
+    for path in paths {
+        os.chown(&path, uid, gid)
+            .map_err(|source| SetupError::Create {
+                step: "user namespace owner",
+                path,
+                source,
+            })?;
     }
     Ok(())
 }
@@ -916,7 +1026,16 @@ fn apply_rest(spec: &ContainerSpec, os: &mut impl SetupOs) -> Result<(), SetupEr
     for path in &spec.masked_paths {
         absolute("masked path", path)?;
     }
-    let masked = plan_masked(&spec.masked_paths, |p| os.kind(p));
+    let mut masked = plan_masked(&spec.masked_paths, |p| os.kind(p));
+    // In a user namespace, runc's masking tmpfs is its root's.
+    if let Some((uid, gid)) = mapped_root(spec) {
+        for call in masked
+            .iter_mut()
+            .filter(|c| c.fstype.as_deref() == Some("tmpfs"))
+        {
+            call.data = Some(format!("uid={uid},gid={gid}"));
+        }
+    }
     for call in &masked {
         match os.mount(call) {
             // Gone since it was looked at: nothing to mask.
@@ -1192,6 +1311,10 @@ impl SetupOs for RealSetupOs {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
             other => other,
         }
+    }
+
+    fn chown(&mut self, path: &str, uid: u32, gid: Option<u32>) -> io::Result<()> {
+        std::os::unix::fs::lchown(path, Some(uid), gid)
     }
 
     fn device(&mut self, device: &DeviceSpec) -> io::Result<()> {
@@ -1501,6 +1624,10 @@ mod tests {
         }
         fn symlink(&mut self, target: &str, path: &str) -> io::Result<()> {
             self.calls.push(format!("symlink {path} -> {target}"));
+            Ok(())
+        }
+        fn chown(&mut self, path: &str, uid: u32, gid: Option<u32>) -> io::Result<()> {
+            self.calls.push(format!("chown {path} {uid}:{gid:?}"));
             Ok(())
         }
         fn device(&mut self, d: &DeviceSpec) -> io::Result<()> {
@@ -1848,6 +1975,56 @@ mod tests {
         assert!(calls.find(&unbindable).unwrap() > calls.find("device /dev/x").unwrap());
         let err = apply(&spec("sideways"), &mut FakeOs::default()).unwrap_err();
         assert!(matches!(err, SetupError::Propagation { .. }), "{err}");
+    }
+
+    #[test]
+    fn in_a_user_namespace_fresh_file_systems_and_links_belong_to_its_root() {
+        let mut spec = docker_like_spec();
+        spec.uid_map = vec![crate::agent_proto::IdMapping {
+            container: 0,
+            host: 1000,
+            size: 2000,
+        }];
+        spec.gid_map = vec![crate::agent_proto::IdMapping {
+            container: 0,
+            host: 3000,
+            size: 10,
+        }];
+        assert_eq!(mapped_root(&spec), Some((1000, 3000)));
+        let mut os = FakeOs::default();
+        apply(&spec, &mut os).unwrap();
+        let calls = os.calls.join("\n");
+        // A tmpfs is mounted as the namespace's root's, its ids mapped.
+        assert!(
+            calls.contains("mounting tmpfs tmpfs on /dev") && !calls.contains("chown /dev 1"),
+            "{calls}"
+        );
+        let tmpfs = in_user_namespace(&spec_mount("/dev", "tmpfs", "tmpfs", &["mode=755"]), &spec);
+        assert_eq!(tmpfs.options, ["mode=755", "uid=1000", "gid=3000"]);
+        let given = in_user_namespace(&spec_mount("/x", "tmpfs", "tmpfs", &["uid=5"]), &spec);
+        assert_eq!(given.options, ["uid=1005", "gid=3000"]);
+        let pts = in_user_namespace(
+            &spec_mount("/dev/pts", "devpts", "devpts", &["gid=5", "mode=620"]),
+            &spec,
+        );
+        // gid 5 is outside the gid map (size 10 from 0: inside): 3005.
+        assert_eq!(pts.options, ["gid=3005", "mode=620"]);
+        let proc = in_user_namespace(&spec_mount("/proc", "proc", "proc", &["uid=5"]), &spec);
+        assert_eq!(proc.options, ["uid=5"]);
+        for want in [
+            "chown /dev/pts 1000:Some(3000)",
+            "chown /dev/pts/ptmx 1000:Some(3000)",
+            "chown /dev/ptmx 1000:Some(3000)",
+            "chown /dev/stdin 1000:Some(3000)",
+        ] {
+            assert!(calls.contains(want), "{want} not in:\n{calls}");
+        }
+        // Binds and the proc file system are not the container's to own.
+        assert!(!calls.contains("chown /proc "), "{calls}");
+        // Without a user namespace nothing changes owner.
+        let mut os = FakeOs::default();
+        apply(&docker_like_spec(), &mut os).unwrap();
+        assert!(!os.calls.iter().any(|c| c.starts_with("chown")));
     }
 
     #[test]

@@ -461,6 +461,11 @@ impl Prepared {
             ),
             Step::ExecNotFound => format!("exec: {:?}", self.program),
             Step::Enter => format!("join the container's namespace #{index}"),
+            Step::User => match index {
+                0 => "join the container's user namespace".into(),
+                1 => "create the container's user namespace".into(),
+                _ => "map the container's user namespace".into(),
+            },
         }
     }
 }
@@ -487,10 +492,11 @@ enum Step {
     ExecNotFound,
     Seccomp,
     Enter,
+    User,
 }
 
 impl Step {
-    const ALL: [Step; 18] = [
+    const ALL: [Step; 19] = [
         Step::Signals,
         Step::Setsid,
         Step::Tty,
@@ -509,12 +515,18 @@ impl Step {
         Step::ExecNotFound,
         Step::Seccomp,
         Step::Enter,
+        Step::User,
     ];
 
     fn from_u32(v: u32) -> Option<Step> {
         Step::ALL.iter().copied().find(|s| *s as u32 == v)
     }
 }
+
+/// What the holder sends when its new user namespace needs its maps, and
+/// the agent's answer once they are written.
+pub const USER_MAP_REQUEST: &[u8] = b"map";
+pub const USER_MAP_DONE: u8 = b'k';
 
 /// Size of a child's failure report: step, index, errno.
 const REPORT_LEN: usize = 12;
@@ -552,6 +564,12 @@ struct ChildCtx<'a> {
     p: &'a Prepared,
     /// Namespaces to join first (`setns`), the mount one first.
     enter: &'a [RawFd],
+    /// The container's user namespace, joined after the limits (which
+    /// may need privilege the namespace does not give).
+    user_ns: Option<RawFd>,
+    /// The holder's control socket when it makes the container's user
+    /// namespace: it unshares one there and has the agent write its maps.
+    new_user: Option<RawFd>,
     argv: &'a [*const libc::c_char],
     envp: &'a [*const libc::c_char],
     stdio: [RawFd; 3],
@@ -704,6 +722,33 @@ fn child_main(ctx: &ChildCtx) -> ! {
         check(ctx, n.try_into().unwrap_or(-1), Step::Oom, 0);
         // SAFETY: closes the descriptor just opened.
         unsafe { libc::close(fd) };
+    }
+    // 3b. The user namespace, once the limits are set (as runc sets them
+    // from outside it).
+    if let Some(fd) = ctx.user_ns {
+        // SAFETY: setns takes a descriptor and flags only.
+        let rc = unsafe { libc::setns(fd, libc::CLONE_NEWUSER) };
+        check(ctx, rc.into(), Step::User, 0);
+    }
+    if let Some(control) = ctx.new_user {
+        // SAFETY: unshare takes flags only; this process is single-threaded.
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWUSER) };
+        check(ctx, rc.into(), Step::User, 1);
+        // SAFETY: writes a constant buffer; reads one byte into a local.
+        let sent = unsafe {
+            libc::write(
+                control,
+                USER_MAP_REQUEST.as_ptr().cast(),
+                USER_MAP_REQUEST.len(),
+            )
+        };
+        check(ctx, sent.try_into().unwrap_or(-1), Step::User, 2);
+        let mut ack = [0u8; 1];
+        // SAFETY: as above.
+        let got = unsafe { libc::read(control, ack.as_mut_ptr().cast(), 1) };
+        if got != 1 || ack[0] != USER_MAP_DONE {
+            fail(ctx, Step::User, 2, libc::EPROTO);
+        }
     }
     // SAFETY: chdir reads a NUL-terminated path.
     let cwd_done = unsafe { libc::chdir(p.cwd.as_ptr()) } == 0;
@@ -1004,9 +1049,18 @@ pub fn spawn_with(
         Launch::Enter(ns) => ns.others.iter().map(|f| f.as_raw_fd()).collect(),
         _ => Vec::new(),
     };
+    let user_ns = match &launch {
+        Launch::Enter(ns) => ns.user_fd().map_err(|what| SpawnError::Stdio {
+            what,
+            source: io::Error::from_raw_os_error(libc::ENOENT),
+        })?,
+        _ => None,
+    };
     let ctx = ChildCtx {
         p,
         enter: &enter,
+        user_ns,
+        new_user: None,
         argv: &argv,
         envp: &envp,
         stdio,
@@ -1085,7 +1139,13 @@ pub fn spawn_with(
 
 /// Runs `p` in this process (the container's holder, single-threaded):
 /// the same steps as a spawned child, with the descriptors it was handed.
-pub fn run_here(p: &Prepared, stdio: [RawFd; 3], tty: bool, report_fd: RawFd) -> ! {
+pub fn run_here(
+    p: &Prepared,
+    stdio: [RawFd; 3],
+    tty: bool,
+    report_fd: RawFd,
+    new_user: Option<RawFd>,
+) -> ! {
     let argv: Vec<*const libc::c_char> = p
         .argv
         .iter()
@@ -1101,6 +1161,8 @@ pub fn run_here(p: &Prepared, stdio: [RawFd; 3], tty: bool, report_fd: RawFd) ->
     let ctx = ChildCtx {
         p,
         enter: &[],
+        user_ns: None,
+        new_user,
         argv: &argv,
         envp: &envp,
         stdio,

@@ -107,6 +107,11 @@ impl IdMap {
         Ok(IdMap { ranges })
     }
 
+    /// The ranges, in order.
+    pub fn ranges(&self) -> &[IdRange] {
+        &self.ranges
+    }
+
     /// Whether this is the identity (no mapping).
     pub fn is_identity(&self) -> bool {
         self.ranges.is_empty()
