@@ -166,7 +166,9 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
     let rootfs_mode = crate::runtime::vm_plan::rootfs_mode(&b.spec)?;
     // A new user namespace is the guest's (the container's process gets
     // one with the spec's maps, as under runc): the guest's ids are the
-    // host's, so its files are served with them as they are.
+    // host's, and its files are served with them as they are, but only
+    // the ids the map gives the container (vm_plan::guest_ids): a guest
+    // root outside them acts as nobody on the host.
     let ids = crate::runtime::vm_plan::id_maps(&b.spec)?;
     let guest_map = |m: &crate::vmm::devices::virtio::fs::idmap::IdMap| {
         m.ranges()
@@ -180,7 +182,7 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
     };
     container.uid_map = guest_map(&ids.uid);
     container.gid_map = guest_map(&ids.gid);
-    let ids = crate::vmm::devices::virtio::fs::idmap::IdMaps::default();
+    let ids = crate::runtime::vm_plan::guest_ids(&ids)?;
     if rootfs_mode == RootfsMode::Share {
         if !b.rootfs.is_dir() {
             return Err(CacheError::NotADirectory {

@@ -261,6 +261,31 @@ pub fn id_maps(spec: &oci_spec::runtime::Spec) -> Result<IdMaps, PlanError> {
     })
 }
 
+/// What the fs server maps for a container whose user namespace is the
+/// guest's: the guest already speaks host ids, so the map is the identity
+/// on the host ranges of `maps` and nothing else (an id outside them is
+/// unmapped: it cannot own what it creates, and host owners outside them
+/// show as nobody). The identity when `maps` is.
+pub fn guest_ids(maps: &IdMaps) -> Result<IdMaps, PlanError> {
+    let on_host = |m: &IdMap| -> Vec<IdRange> {
+        m.ranges()
+            .iter()
+            .map(|r| IdRange {
+                container: r.host,
+                host: r.host,
+                size: r.size,
+            })
+            .collect()
+    };
+    if maps.uid.is_identity() && maps.gid.is_identity() {
+        return Ok(IdMaps::default());
+    }
+    Ok(IdMaps {
+        uid: IdMap::new("linux.uidMappings", on_host(&maps.uid))?,
+        gid: IdMap::new("linux.gidMappings", on_host(&maps.gid))?,
+    })
+}
+
 /// Errors reading or writing a plan.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -633,6 +658,31 @@ mod tests {
             err.contains("io.husk.rootfs") && err.contains("\"ext4\"") && err.contains("block"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_guest_speaks_host_ids_within_the_maps_only() {
+        use crate::vmm::devices::virtio::fs::idmap::OVERFLOW_ID;
+        let spec = |nss: &str, maps: &str| -> oci_spec::runtime::Spec {
+            serde_json::from_str(&format!(
+                r#"{{"ociVersion":"1.0.2","linux":{{"namespaces":[{nss}]{maps}}}}}"#
+            ))
+            .unwrap()
+        };
+        let maps = r#","uidMappings":[{"containerID":0,"hostID":1000,"size":2000}],
+            "gidMappings":[{"containerID":0,"hostID":5000,"size":10}]"#;
+        let m = guest_ids(&id_maps(&spec(r#"{"type":"user"}"#, maps)).unwrap()).unwrap();
+        assert_eq!(m.uid.to_host(1000), Some(1000));
+        assert_eq!(m.uid.to_host(2999), Some(2999));
+        assert_eq!(
+            m.uid.to_host(0),
+            None,
+            "the guest's root is nobody on the host"
+        );
+        assert_eq!(m.uid.to_container(0), OVERFLOW_ID);
+        assert_eq!(m.gid.to_host(5009), Some(5009));
+        assert_eq!(m.gid.to_host(5010), None);
+        assert!(guest_ids(&IdMaps::default()).unwrap().uid.is_identity());
     }
 
     #[test]

@@ -480,6 +480,62 @@ pub fn holder_main() -> ! {
     )
 }
 
+/// `_LINUX_CAPABILITY_VERSION_3` and its header and data (`linux/capability.h`).
+const CAP_VERSION_3: u32 = 0x2008_0522;
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// Makes the holder's file system accesses those of the container's root
+/// in its user namespace (`setfsuid`, `setfsgid`), keeping its
+/// capabilities (a non-zero fsuid clears the file ones from the effective
+/// set; they stay permitted): what it creates in the rootfs, on the host
+/// over virtio-fs, is the mapped root's, as under runc, whose init does
+/// this inside the namespace. The fs server refuses ids outside the map,
+/// so a guest root cannot act as the host's.
+fn act_as(uid: u32, gid: u32) -> Result<(), String> {
+    // SAFETY: setfsgid/setfsuid take an id and change this process's
+    // credentials only (it is single-threaded).
+    unsafe {
+        libc::setfsgid(gid);
+        libc::setfsuid(uid);
+    }
+    let header = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: capget reads the header and writes two CapData, both live.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &header as *const CapHeader,
+            data.as_mut_ptr(),
+        )
+    };
+    if rc < 0 {
+        return Err(format!("capget: {}", Errno::last()));
+    }
+    for d in &mut data {
+        d.effective = d.permitted;
+    }
+    // SAFETY: capset reads the header and two CapData, both live.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) };
+    if rc < 0 {
+        return Err(format!("capset: {}", Errno::last()));
+    }
+    Ok(())
+}
+
 /// Reads the spec and sets the container up; the process, ready to run,
 /// and whether it gets a user namespace of its own.
 fn set_up() -> Result<(Prepared, bool), String> {
@@ -491,6 +547,9 @@ fn set_up() -> Result<(Prepared, bool), String> {
         .map_err(|e| format!("reading the container spec: {e}"))?;
     let spec: ContainerSpec =
         serde_json::from_slice(&json).map_err(|e| format!("decoding the container spec: {e}"))?;
+    if let Some((uid, gid)) = setup::mapped_root(&spec) {
+        act_as(uid, gid)?;
+    }
     setup::apply(&spec, &mut setup::RealSetupOs::default()).map_err(|e| e.to_string())?;
     let mut prepared = Prepared::new(&spec.process).map_err(|e| e.to_string())?;
     if let Some(program) = &spec.seccomp {

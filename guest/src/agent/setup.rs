@@ -688,6 +688,16 @@ fn default_devices(os: &mut impl SetupOs, owner: Option<(u32, u32)>) -> Result<(
                 path: path.to_owned(),
                 source,
             })?;
+        // In a user namespace runc binds the host's nodes, the host root's
+        // (nobody inside): these are the guest's, its root's.
+        if owner.is_some() {
+            os.chown(path, 0, Some(0))
+                .map_err(|source| SetupError::Create {
+                    step: "default devices",
+                    path: path.to_owned(),
+                    source,
+                })?;
+        }
     }
     // runc's link to the kernel's core image, where the kernel has one.
     if os.kind("/proc/kcore") != PathKind::Missing {
@@ -722,6 +732,9 @@ fn default_devices(os: &mut impl SetupOs, owner: Option<(u32, u32)>) -> Result<(
 /// root is then the container's root's: husk mounts them before the
 /// process enters it and gives their root to the mapped root.
 const OWNED_BY_ROOT: [&str; 3] = ["tmpfs", "mqueue", "devpts"];
+
+/// The kernel's overflow id (`/proc/sys/kernel/overflowuid`).
+const OVERFLOW_ID: u32 = 65534;
 
 /// Maps a container id through `map` (a user namespace's), as the kernel
 /// reads ids in mount options given inside the namespace.
@@ -832,6 +845,19 @@ pub fn apply(spec: &ContainerSpec, os: &mut impl SetupOs) -> Result<(), SetupErr
     apply_mounts(spec, &trees, os)?;
     for device in &spec.devices {
         absolute("device", &device.path)?;
+        // Its owner is given in the container's ids.
+        let mapped;
+        let device = if spec.uid_map.is_empty() && spec.gid_map.is_empty() {
+            device
+        } else {
+            mapped = DeviceSpec {
+                // Outside the map: the overflow id, nobody inside.
+                uid: map_id(&spec.uid_map, device.uid).unwrap_or(OVERFLOW_ID),
+                gid: map_id(&spec.gid_map, device.gid).unwrap_or(OVERFLOW_ID),
+                ..device.clone()
+            };
+            &mapped
+        };
         if let Some(parent) = parent_of(&device.path) {
             mkdir(os, "device", parent)?;
         }
@@ -954,9 +980,10 @@ fn chown_root(
     if fstype == "devpts" {
         paths.push(format!("{}/ptmx", target.trim_end_matches('/')));
     }
-    // runc's mqueue root keeps the group it is made with (the guest's
-    // root group here, unmapped inside: as runc's shows it).
-    let gid = (fstype != "mqueue").then_some(gid);
+    // runc's mqueue root has a group unmapped inside (nobody): the
+    // guest root's here.
+    let gid = if fstype == "mqueue" { 0 } else { gid };
+    let gid = Some(gid);
     for path in paths {
         os.chown(&path, uid, gid)
             .map_err(|source| SetupError::Create {
@@ -2016,6 +2043,8 @@ mod tests {
             "chown /dev/pts/ptmx 1000:Some(3000)",
             "chown /dev/ptmx 1000:Some(3000)",
             "chown /dev/stdin 1000:Some(3000)",
+            "chown /dev/null 0:Some(0)",
+            "device /dev/test1 c 10:229 660 2000:65534",
         ] {
             assert!(calls.contains(want), "{want} not in:\n{calls}");
         }
