@@ -660,15 +660,18 @@ mod tests {
         );
     }
 
+    /// A spec with these `linux.namespaces` entries and extra `linux` fields.
+    fn linux_spec(nss: &str, maps: &str) -> oci_spec::runtime::Spec {
+        serde_json::from_str(&format!(
+            r#"{{"ociVersion":"1.0.2","linux":{{"namespaces":[{nss}]{maps}}}}}"#
+        ))
+        .unwrap()
+    }
+
     #[test]
     fn the_guest_speaks_host_ids_within_the_maps_only() {
         use crate::vmm::devices::virtio::fs::idmap::OVERFLOW_ID;
-        let spec = |nss: &str, maps: &str| -> oci_spec::runtime::Spec {
-            serde_json::from_str(&format!(
-                r#"{{"ociVersion":"1.0.2","linux":{{"namespaces":[{nss}]{maps}}}}}"#
-            ))
-            .unwrap()
-        };
+        let spec = linux_spec;
         let maps = r#","uidMappings":[{"containerID":0,"hostID":1000,"size":2000}],
             "gidMappings":[{"containerID":0,"hostID":5000,"size":10}]"#;
         let m = guest_ids(&id_maps(&spec(r#"{"type":"user"}"#, maps)).unwrap()).unwrap();
@@ -687,12 +690,7 @@ mod tests {
 
     #[test]
     fn id_maps_come_with_a_new_user_namespace_and_bad_ones_are_named() {
-        let spec = |nss: &str, maps: &str| -> oci_spec::runtime::Spec {
-            serde_json::from_str(&format!(
-                r#"{{"ociVersion":"1.0.2","linux":{{"namespaces":[{nss}]{maps}}}}}"#
-            ))
-            .unwrap()
-        };
+        let spec = linux_spec;
         let maps = r#","uidMappings":[{"containerID":0,"hostID":1000,"size":2000}],
                       "gidMappings":[{"containerID":0,"hostID":1000,"size":3000}]"#;
         let m = id_maps(&spec(r#"{"type":"user"}"#, maps)).unwrap();

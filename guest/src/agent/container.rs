@@ -480,21 +480,6 @@ pub fn holder_main() -> ! {
     )
 }
 
-/// `_LINUX_CAPABILITY_VERSION_3` and its header and data (`linux/capability.h`).
-const CAP_VERSION_3: u32 = 0x2008_0522;
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: libc::c_int,
-}
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
 /// Makes the holder's file system accesses those of the container's root
 /// in its user namespace (`setfsuid`, `setfsgid`), keeping its
 /// capabilities (a non-zero fsuid clears the file ones from the effective
@@ -509,31 +494,11 @@ fn act_as(uid: u32, gid: u32) -> Result<(), String> {
         libc::setfsgid(gid);
         libc::setfsuid(uid);
     }
-    let header = CapHeader {
-        version: CAP_VERSION_3,
-        pid: 0,
-    };
-    let mut data = [CapData::default(); 2];
-    // SAFETY: capget reads the header and writes two CapData, both live.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_capget,
-            &header as *const CapHeader,
-            data.as_mut_ptr(),
-        )
-    };
-    if rc < 0 {
-        return Err(format!("capget: {}", Errno::last()));
-    }
+    let mut data = spawn::capget().map_err(|e| format!("capget: {e}"))?;
     for d in &mut data {
         d.effective = d.permitted;
     }
-    // SAFETY: capset reads the header and two CapData, both live.
-    let rc = unsafe { libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) };
-    if rc < 0 {
-        return Err(format!("capset: {}", Errno::last()));
-    }
-    Ok(())
+    spawn::capset(&data).map_err(|e| format!("capset: {e}"))
 }
 
 /// Reads the spec and sets the container up; the process, ready to run,

@@ -539,18 +539,59 @@ const OOM_SCORE_ADJ: &CStr = c"/proc/self/oom_score_adj";
 /// Highest signal number to reset.
 const LAST_SIGNAL: libc::c_int = 64;
 
+/// `struct __user_cap_header_struct` (`linux/capability.h`).
 #[repr(C)]
 struct CapHeader {
     version: u32,
     pid: libc::c_int,
 }
 
+/// `struct __user_cap_data_struct`; version 3 takes two.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
+pub(crate) struct CapData {
+    pub effective: u32,
+    pub permitted: u32,
+    pub inheritable: u32,
+}
+
+/// This thread's capability sets (`capget`, version 3). Async-signal-safe.
+pub(crate) fn capget() -> Result<[CapData; 2], Errno> {
+    let header = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: capget reads the header and fills two CapData structs (the v3
+    // layout), both live locals.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &header as *const CapHeader,
+            data.as_mut_ptr(),
+        )
+    };
+    Errno::result(rc).map(|_| data)
+}
+
+/// Sets this thread's capability sets (`capset`, version 3).
+/// Async-signal-safe.
+pub(crate) fn capset(data: &[CapData; 2]) -> Result<(), Errno> {
+    let header = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    // SAFETY: capset reads the header and two CapData structs, both live.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) };
+    Errno::result(rc).map(drop)
+}
+
+/// Pointers to `list`'s strings and a terminating NULL, as `execve` takes.
+fn null_terminated(list: &[CString]) -> Vec<*const libc::c_char> {
+    list.iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
 }
 
 #[repr(C)]
@@ -797,21 +838,7 @@ fn child_main(ctx: &ChildCtx) -> ! {
         // SAFETY: prctl with integer arguments only.
         let rc = unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) };
         check(ctx, rc.into(), Step::KeepCaps, 0);
-        let header = CapHeader {
-            version: CAP_VERSION_3,
-            pid: 0,
-        };
-        let mut data = [CapData::default(); 2];
-        // SAFETY: capget reads the header and fills two CapData structs (the
-        // v3 layout), both live locals.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_capget,
-                &header as *const CapHeader,
-                data.as_mut_ptr(),
-            )
-        };
-        check(ctx, rc, Step::Capset, 0);
+        let mut data = capget().unwrap_or_else(|e| fail(ctx, Step::Capset, 0, e as i32));
         let split = |bits: u64| [(bits & 0xffff_ffff) as u32, (bits >> 32) as u32];
         for (i, slot) in data.iter_mut().enumerate() {
             if let Some(bits) = plan.effective {
@@ -824,10 +851,9 @@ fn child_main(ctx: &ChildCtx) -> ! {
                 slot.inheritable = split(bits)[i];
             }
         }
-        // SAFETY: capset reads the header and two CapData structs.
-        let rc =
-            unsafe { libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) };
-        check(ctx, rc, Step::Capset, 0);
+        if let Err(e) = capset(&data) {
+            fail(ctx, Step::Capset, 0, e as i32);
+        }
         if let Some(ambient) = &plan.ambient {
             // Ambient capabilities need the kernel's support and the cap in
             // permitted and inheritable; like runc, a failure is not fatal.
@@ -1033,18 +1059,7 @@ pub fn spawn_with(
         spawned.outputs.push((err_r, FrameKind::Stderr));
     }
     let (mut report_r, report_w) = pipe()?;
-    let argv: Vec<*const libc::c_char> = p
-        .argv
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
-    let envp: Vec<*const libc::c_char> = p
-        .envp
-        .iter()
-        .map(|e| e.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
+    let (argv, envp) = (null_terminated(&p.argv), null_terminated(&p.envp));
     let enter: Vec<RawFd> = match &launch {
         Launch::Enter(ns) => ns.others.iter().map(|f| f.as_raw_fd()).collect(),
         _ => Vec::new(),
@@ -1146,18 +1161,7 @@ pub fn run_here(
     report_fd: RawFd,
     new_user: Option<RawFd>,
 ) -> ! {
-    let argv: Vec<*const libc::c_char> = p
-        .argv
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
-    let envp: Vec<*const libc::c_char> = p
-        .envp
-        .iter()
-        .map(|e| e.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
+    let (argv, envp) = (null_terminated(&p.argv), null_terminated(&p.envp));
     let ctx = ChildCtx {
         p,
         enter: &[],
