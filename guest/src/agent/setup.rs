@@ -193,9 +193,6 @@ pub trait SetupOs {
     fn mount_flags(&mut self, path: &str) -> MsFlags;
     /// The text of `/proc/filesystems` (empty when unreadable).
     fn filesystems(&mut self) -> String;
-    /// The file system type of the topmost mount at exactly `path`, if
-    /// `path` is a mount point.
-    fn mounted_fstype(&mut self, path: &str) -> Option<String>;
     fn sethostname(&mut self, name: &str) -> Result<(), Errno>;
     /// Creates a character device node with exactly `mode`.
     fn mknod_char(&mut self, path: &str, major: u32, minor: u32, mode: u32) -> io::Result<()>;
@@ -442,17 +439,6 @@ fn unescape_mountinfo(field: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The file system type of the last (topmost) mount at `path` in the text of
-/// `/proc/self/mountinfo`.
-pub fn mountinfo_fstype(mountinfo: &str, path: &str) -> Option<String> {
-    mountinfo.lines().rev().find_map(|line| {
-        let (mount, fs) = line.split_once(" - ")?;
-        let point = unescape_mountinfo(mount.split_whitespace().nth(4)?);
-        let fstype = fs.split_whitespace().next()?;
-        (point == path).then(|| fstype.to_owned())
-    })
 }
 
 /// What one spec mount needs: the kind of target to create, and the calls.
@@ -1307,11 +1293,6 @@ impl SetupOs for RealSetupOs {
         std::fs::read_to_string("/proc/filesystems").unwrap_or_default()
     }
 
-    fn mounted_fstype(&mut self, path: &str) -> Option<String> {
-        let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-        mountinfo_fstype(&text, path)
-    }
-
     fn sethostname(&mut self, name: &str) -> Result<(), Errno> {
         nix::unistd::sethostname(name)
     }
@@ -1589,8 +1570,6 @@ mod tests {
         calls: Vec<String>,
         kinds: HashMap<String, PathKind>,
         fail_target: Option<String>,
-        /// Mounted already: EBUSY for a mount of this type there.
-        mounted: HashMap<String, String>,
         /// `mount_share` fails with this.
         share_fails: Option<Errno>,
     }
@@ -1626,9 +1605,6 @@ mod tests {
             if self.fail_target.as_deref() == Some(call.target.as_str()) {
                 return Err(Errno::ENODEV);
             }
-            if call.fstype.is_some() && self.mounted.contains_key(&call.target) {
-                return Err(Errno::EBUSY);
-            }
             Ok(())
         }
         fn mount_flags(&mut self, _path: &str) -> MsFlags {
@@ -1636,9 +1612,6 @@ mod tests {
         }
         fn filesystems(&mut self) -> String {
             FILESYSTEMS.into()
-        }
-        fn mounted_fstype(&mut self, path: &str) -> Option<String> {
-            self.mounted.get(path).cloned()
         }
         fn sethostname(&mut self, name: &str) -> Result<(), Errno> {
             self.calls.push(format!("hostname {name}"));
@@ -1823,19 +1796,6 @@ mod tests {
                 .as_str()
             )
         );
-    }
-
-    #[test]
-    fn mountinfo_gives_the_topmost_fstype() {
-        let info = "22 1 0:21 / /sys rw,nosuid - sysfs sysfs rw\n\
-                    30 22 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n\
-                    40 1 0:5 / /dev rw - devtmpfs devtmpfs rw\n\
-                    41 40 0:30 / /dev rw - tmpfs tmpfs rw\n\
-                    50 1 0:31 / /a\\040b rw shared:1 - tmpfs none rw\n";
-        assert_eq!(mountinfo_fstype(info, "/sys").as_deref(), Some("sysfs"));
-        assert_eq!(mountinfo_fstype(info, "/dev").as_deref(), Some("tmpfs"));
-        assert_eq!(mountinfo_fstype(info, "/a b").as_deref(), Some("tmpfs"));
-        assert_eq!(mountinfo_fstype(info, "/proc"), None);
     }
 
     #[test]
