@@ -55,7 +55,7 @@ fn add_entropy(bytes: &[u8]) -> Result<(), Errno> {
     let random = std::fs::OpenOptions::new()
         .write(true)
         .open("/dev/urandom")
-        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+        .map_err(crate::agent::spawn::errno_of)?;
     let info = pool_info(bytes);
     // SAFETY: `info` is a complete rand_pool_info (header and as many bytes
     // as it says) that lives across the call; the kernel only reads it.

@@ -782,7 +782,7 @@ impl NetOps for RealNetOps {
 
     fn set_ipv6_conf(&mut self, ifname: &str, key: &str, value: &str) -> Result<(), Errno> {
         let path = format!("/proc/sys/net/ipv6/conf/{ifname}/{key}");
-        let os_errno = |e: std::io::Error| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
+        let os_errno = crate::agent::spawn::errno_of;
         let mut file = OpenOptions::new()
             .write(true)
             .open(path)

@@ -104,18 +104,6 @@ pub enum GuestSpecError {
     Propagation(String),
 }
 
-/// The values `linux.rootfsPropagation` takes.
-const PROPAGATIONS: [&str; 8] = [
-    "shared",
-    "rshared",
-    "slave",
-    "rslave",
-    "private",
-    "rprivate",
-    "unbindable",
-    "runbindable",
-];
-
 /// What a bind source is, as far as the translation cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BindSource {
@@ -310,7 +298,7 @@ pub fn container_spec(
         .and_then(|l| l.rootfs_propagation().clone())
         .filter(|p| !p.is_empty());
     if let Some(p) = rootfs_propagation.as_deref() {
-        if !PROPAGATIONS.contains(&p) {
+        if husk_init::agent::setup::propagation_flags(p).is_none() {
             return Err(GuestSpecError::Propagation(p.to_owned()));
         }
     }

@@ -161,13 +161,7 @@ impl Holder {
         // It asks once its user namespace exists (or closes the socket,
         // having failed before: its report says why).
         let mut request = [0u8; 16];
-        let n = loop {
-            match nix::sys::socket::recv(self.control.as_raw_fd(), &mut request, MsgFlags::empty())
-            {
-                Err(Errno::EINTR) => continue,
-                other => break other?,
-            }
-        };
+        let n = recv(&self.control, &mut request)?;
         if n == 0 {
             return Ok(());
         }
@@ -183,8 +177,7 @@ impl Holder {
         }];
         nix::sys::socket::send(self.control.as_raw_fd(), &ack, MsgFlags::MSG_NOSIGNAL)?;
         written?;
-        let user = File::open(format!("/proc/{}/ns/user", self.pid))
-            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+        let user = File::open(format!("/proc/{}/ns/user", self.pid)).map_err(spawn::errno_of)?;
         *self
             .namespaces
             .user
@@ -201,10 +194,20 @@ fn write_maps(pid: i32, uid_map: &str, gid_map: &str) -> Result<(), Errno> {
         if text.is_empty() {
             continue;
         }
-        std::fs::write(format!("/proc/{pid}/{file}"), text)
-            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+        std::fs::write(format!("/proc/{pid}/{file}"), text).map_err(spawn::errno_of)?;
     }
     Ok(())
+}
+
+/// One packet from the control socket (its length; 0 when the other end
+/// closed it), interrupted reads retried.
+fn recv(control: &OwnedFd, buf: &mut [u8]) -> Result<usize, Errno> {
+    loop {
+        match nix::sys::socket::recv(control.as_raw_fd(), buf, MsgFlags::empty()) {
+            Err(Errno::EINTR) => continue,
+            other => return other,
+        }
+    }
 }
 
 /// Opens a namespace file of `pid`.
@@ -218,7 +221,7 @@ fn open_ns(pid: i32, name: &str) -> Result<OwnedFd, String> {
 fn pid_for_children() -> Result<OwnedFd, Errno> {
     File::open("/proc/thread-self/ns/pid_for_children")
         .map(OwnedFd::from)
-        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+        .map_err(spawn::errno_of)
 }
 
 /// Runs `fork` with this thread's children in a new pid namespace (`new`)
@@ -324,11 +327,7 @@ pub fn launch(spec: &ContainerSpec, reaper: &Reaper) -> Result<Holder, String> {
         c"husk-init".to_owned(),
         std::ffi::CString::new(HOLDER_ARG).unwrap_or_default(),
     ];
-    let argv: Vec<*const libc::c_char> = argv_strings
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
+    let argv = spawn::null_terminated(&argv_strings);
     let exit = Arc::new(Deferred::default());
     let on_exit: OnExit = {
         let exit = Arc::clone(&exit);
@@ -363,13 +362,7 @@ pub fn launch(spec: &ContainerSpec, reaper: &Reaper) -> Result<Holder, String> {
     // answer below says why.
     let _ = File::from(spec_w).write_all(&json);
     let mut answer = vec![0u8; MAX_ANSWER];
-    let n = loop {
-        match nix::sys::socket::recv(control.as_raw_fd(), &mut answer, MsgFlags::empty()) {
-            Err(Errno::EINTR) => continue,
-            other => break other,
-        }
-    };
-    let answer = match n {
+    let answer = match recv(&control, &mut answer) {
         Ok(n) => &answer[..n],
         Err(e) => {
             kill();

@@ -243,15 +243,18 @@ impl<P: Platform> Agent<P> {
         ))
     }
 
+    /// The container's namespaces, once `Create` made them.
+    fn namespaces(&self) -> Option<Arc<container::Namespaces>> {
+        self.namespaces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Checks and converts a process spec, looking the program up in the
     /// container's root once it has one of its own.
     fn prepare(&self, spec: &ProcessSpec) -> Result<Prepared, SpawnError> {
-        let namespaces = self
-            .namespaces
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let Some(ns) = namespaces else {
+        let Some(ns) = self.namespaces() else {
             return Prepared::new(spec);
         };
         let root = std::fs::OpenOptions::new()
@@ -272,12 +275,7 @@ impl<P: Platform> Agent<P> {
         prepared: &Prepared,
         on_exit: reaper::OnExit,
     ) -> Result<Spawned, SpawnError> {
-        let namespaces = self
-            .namespaces
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        match namespaces.as_deref() {
+        match self.namespaces().as_deref() {
             Some(ns) => spawn::spawn_with(prepared, &self.reaper, on_exit, Launch::Enter(ns)),
             None => spawn::spawn(prepared, &self.reaper, on_exit),
         }

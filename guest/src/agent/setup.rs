@@ -33,7 +33,7 @@ use std::path::Path;
 use nix::errno::Errno;
 use nix::mount::MsFlags;
 
-use super::spawn::errno_text;
+use super::spawn::{errno_of, errno_text};
 use crate::agent_proto::{ContainerSpec, DeviceSpec, MountSpec, SHARE_FSTYPE};
 
 /// What is at a path.
@@ -362,6 +362,15 @@ const PROPAGATION_OPTIONS: [(&str, MsFlags); 8] = [
     ("runbindable", MsFlags::MS_UNBINDABLE.union(MsFlags::MS_REC)),
 ];
 
+/// The mount flags of a propagation name (`rshared` is `MS_SHARED |
+/// MS_REC`), as mount options and `linux.rootfsPropagation` spell them.
+pub fn propagation_flags(name: &str) -> Option<MsFlags> {
+    PROPAGATION_OPTIONS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, flags)| *flags)
+}
+
 /// Options runc understands that mean nothing here.
 const IGNORED_OPTIONS: [&str; 4] = ["tmpcopyup", "idmap", "ridmap", "rrw"];
 
@@ -395,8 +404,8 @@ pub fn parse_options(options: &[String]) -> MountOptions {
             } else {
                 out.flags.insert(*flags);
             }
-        } else if let Some((_, flags)) = PROPAGATION_OPTIONS.iter().find(|(n, _)| *n == option) {
-            out.propagation.push(*flags);
+        } else if let Some(flags) = propagation_flags(option) {
+            out.propagation.push(flags);
         } else if !IGNORED_OPTIONS.contains(&option) && !option.is_empty() {
             out.data.push(option.to_owned());
         }
@@ -512,13 +521,7 @@ pub fn plan_mount(
         (PathKind::Dir, Some(fstype.to_owned()))
     };
     for propagation in &opts.propagation {
-        calls.push(MountCall {
-            source: None,
-            target: target.to_owned(),
-            fstype: None,
-            flags: *propagation,
-            data: None,
-        });
+        calls.push(MountCall::propagation(target, *propagation));
     }
     let default_devices = target.trim_end_matches('/') == "/dev"
         && matches!(fstype.as_deref(), Some("tmpfs" | "devtmpfs"));
@@ -816,11 +819,7 @@ pub fn apply(spec: &ContainerSpec, os: &mut impl SetupOs) -> Result<(), SetupErr
     let propagation = match spec.rootfs_propagation.as_deref() {
         None | Some("") => None,
         Some(name) => Some(
-            PROPAGATION_OPTIONS
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, flags)| *flags)
-                .ok_or_else(|| SetupError::Propagation { name: name.into() })?,
+            propagation_flags(name).ok_or_else(|| SetupError::Propagation { name: name.into() })?,
         ),
     };
     // A shared root makes the mounts under it shared too, as under runc
@@ -1188,8 +1187,7 @@ impl SetupOs for RealSetupOs {
         // Nothing of the guest stays reachable from the container: its
         // pseudo file systems and the share go (the namespace is the
         // container's own, so the agent keeps them).
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
-            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(errno_of)?;
         for point in mounts_to_detach(&mountinfo, new_root) {
             match nix::mount::umount2(point.as_str(), nix::mount::MntFlags::MNT_DETACH) {
                 // Gone with a mount above it already.

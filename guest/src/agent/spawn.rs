@@ -85,6 +85,11 @@ impl SpawnError {
     }
 }
 
+/// The errno of an I/O error (`EIO` when it has none).
+pub fn errno_of(e: io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
 /// An errno as Go (runc) spells it: `no such file or directory`. Engines
 /// match on these words (Docker maps them to exit codes 126/127).
 pub fn errno_text(errno: Errno) -> String {
@@ -203,19 +208,10 @@ fn home_of(passwd: &str, uid: u32) -> Option<String> {
     })
 }
 
-/// `struct open_how` of `openat2(2)`.
-#[repr(C)]
-struct OpenHow {
-    flags: u64,
-    mode: u64,
-    resolve: u64,
-}
-/// `RESOLVE_IN_ROOT`: `/` and `..` stop at the directory given.
-const RESOLVE_IN_ROOT: u64 = 0x10;
-
 /// Opens `path` as if `root` were `/` (`openat2` with `RESOLVE_IN_ROOT`);
 /// without `root`, plainly.
 fn open_in(root: Option<&File>, path: &Path, flags: libc::c_int) -> io::Result<File> {
+    use nix::fcntl::{OpenHow, ResolveFlag};
     let Some(root) = root else {
         return std::fs::OpenOptions::new()
             .read(true)
@@ -223,28 +219,10 @@ fn open_in(root: Option<&File>, path: &Path, flags: libc::c_int) -> io::Result<F
             .custom_flags(flags & !libc::O_ACCMODE)
             .open(path);
     };
-    let name = CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let how = OpenHow {
-        flags: (flags | libc::O_CLOEXEC) as u64,
-        mode: 0,
-        resolve: RESOLVE_IN_ROOT,
-    };
-    // SAFETY: openat2 reads the NUL-terminated name and `how` (its size
-    // given) and returns a new descriptor or -1.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            root.as_raw_fd(),
-            name.as_ptr(),
-            &how as *const OpenHow,
-            std::mem::size_of::<OpenHow>(),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let fd = RawFd::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    let how = OpenHow::new()
+        .flags(OFlag::from_bits_truncate(flags) | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT);
+    let fd = nix::fcntl::openat2(root.as_raw_fd(), path, how)?;
     // SAFETY: openat2 returned this descriptor to us alone.
     Ok(unsafe { File::from_raw_fd(fd) })
 }
@@ -587,7 +565,7 @@ pub(crate) fn capset(data: &[CapData; 2]) -> Result<(), Errno> {
 }
 
 /// Pointers to `list`'s strings and a terminating NULL, as `execve` takes.
-fn null_terminated(list: &[CString]) -> Vec<*const libc::c_char> {
+pub(crate) fn null_terminated(list: &[CString]) -> Vec<*const libc::c_char> {
     list.iter()
         .map(|a| a.as_ptr())
         .chain(std::iter::once(std::ptr::null()))
