@@ -644,12 +644,14 @@ fn the_bundles_seccomp_profile_is_enforced_and_bad_ones_refused() {
     }
 }
 
-/// The container's pid on the host (the VMM) is in the uts and ipc
-/// namespaces runc gives it for the same bundle: new ones (the uts one
-/// named as the spec says), the host's when the spec has no entry, the one
-/// a path names; a path that is not such a namespace fails create clearly.
+/// The container's pid on the host (the VMM) is in the namespaces runc
+/// gives it for the same bundle: new pid, cgroup, uts and ipc ones (pid 1
+/// of the pid one, its own cgroup the root of the cgroup one, the uts one
+/// named as the spec says), the host's when the spec has no entry, the
+/// ones a path names; a path that is not such a namespace fails create
+/// clearly.
 #[test]
-fn the_pid_has_the_uts_and_ipc_namespaces_the_spec_asks_for() {
+fn the_pid_has_the_namespaces_the_spec_asks_for() {
     let env = Env::new();
     let ns_of = |pid: i64, kind: &str| {
         std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
@@ -658,54 +660,106 @@ fn the_pid_has_the_uts_and_ipc_namespaces_the_spec_asks_for() {
             .into_owned()
     };
     let host = |kind: &str| ns_of(i64::from(std::process::id()), kind);
+    // The pids of `pid` in each pid namespace it is in, outermost first.
+    let ns_pids = |pid: i64| -> Vec<i64> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .unwrap()
+            .split_whitespace()
+            .map(|p| p.parse().unwrap())
+            .collect()
+    };
+    let nsenter = |args: &[&str]| {
+        let out = Command::new("nsenter").args(args).output().unwrap();
+        assert!(out.status.success(), "nsenter {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
     let fresh = env.bundle("n1", &["sleep", "1000"], |c| {
         c["linux"]["namespaces"] = serde_json::json!([
-            {"type": "pid"}, {"type": "mount"}, {"type": "uts"}, {"type": "ipc"}
+            {"type": "pid"}, {"type": "mount"}, {"type": "uts"}, {"type": "ipc"},
+            {"type": "cgroup"}
         ]);
     });
     let done = env.husk(&["run", "-d", "--bundle", b(&fresh), "ns1"]);
     assert!(done.status.success(), "{}", done.stderr);
     let pid1 = env.state("ns1")["pid"].as_i64().unwrap();
-    assert_ne!(ns_of(pid1, "uts"), host("uts"));
-    assert_ne!(ns_of(pid1, "ipc"), host("ipc"));
-    let name = Command::new("nsenter")
-        .args(["-t", &pid1.to_string(), "-u", "hostname"])
-        .output()
-        .unwrap();
-    assert!(name.status.success(), "{name:?}");
-    assert_eq!(String::from_utf8_lossy(&name.stdout).trim(), "husk-test");
+    for kind in ["uts", "ipc", "pid", "cgroup", "mnt"] {
+        assert_ne!(ns_of(pid1, kind), host(kind), "{kind}");
+    }
+    // Pid 1 of its own pid namespace, as runc's container process.
+    assert_eq!(ns_pids(pid1), vec![pid1, 1]);
+    let p1 = pid1.to_string();
+    assert_eq!(nsenter(&["-t", &p1, "-u", "hostname"]), "husk-test");
+    // Its cgroup (the container's, on the host) is the root of its cgroup
+    // namespace.
+    let on_host = std::fs::read_to_string(format!("/proc/{pid1}/cgroup")).unwrap();
+    assert_ne!(on_host.trim(), "0::/", "the VMM is in a cgroup of its own");
+    assert_eq!(
+        nsenter(&["-t", &p1, "-C", "cat", &format!("/proc/{pid1}/cgroup")]),
+        "0::/"
+    );
 
     // Joined by path (a pod's containers join the sandbox's); no ipc entry:
     // the host's.
     let joined = env.bundle("n2", &["sleep", "1000"], |c| {
         c["linux"]["namespaces"] = serde_json::json!([
-            {"type": "pid"}, {"type": "mount"},
-            {"type": "uts", "path": format!("/proc/{pid1}/ns/uts")}
+            {"type": "pid", "path": format!("/proc/{pid1}/ns/pid")},
+            {"type": "mount"},
+            {"type": "uts", "path": format!("/proc/{pid1}/ns/uts")},
+            {"type": "cgroup", "path": format!("/proc/{pid1}/ns/cgroup")}
         ]);
     });
     let done = env.husk(&["run", "-d", "--bundle", b(&joined), "ns2"]);
     assert!(done.status.success(), "{}", done.stderr);
     let pid2 = env.state("ns2")["pid"].as_i64().unwrap();
-    assert_eq!(ns_of(pid2, "uts"), ns_of(pid1, "uts"));
+    for kind in ["uts", "pid", "cgroup"] {
+        assert_eq!(ns_of(pid2, kind), ns_of(pid1, kind), "{kind}");
+    }
     assert_eq!(ns_of(pid2, "ipc"), host("ipc"));
+    let pids2 = ns_pids(pid2);
+    assert_eq!(pids2.len(), 2, "{pids2:?}");
+    assert_ne!(pids2[1], 1, "{pids2:?}");
 
-    // Not a uts namespace.
-    let bad = env.bundle("n3", &["true"], |c| {
-        c["linux"]["namespaces"] = serde_json::json!([
-            {"type": "pid"}, {"type": "mount"},
-            {"type": "uts", "path": format!("/proc/{pid1}/ns/net")}
-        ]);
+    // No pid or cgroup entry: the host's.
+    let shared = env.bundle("n4", &["sleep", "1000"], |c| {
+        c["linux"]["namespaces"] = serde_json::json!([{"type": "mount"}]);
     });
-    let done = env.husk(&["create", "--bundle", b(&bad), "ns3"]);
-    assert!(!done.status.success());
-    assert!(
-        done.stderr.contains("uts namespace path")
-            && done.stderr.contains(&format!("/proc/{pid1}/ns/net")),
-        "{}",
-        done.stderr
-    );
-    env.assert_gone("ns3");
-    for id in ["ns1", "ns2"] {
+    let done = env.husk(&["run", "-d", "--bundle", b(&shared), "ns4"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let pid4 = env.state("ns4")["pid"].as_i64().unwrap();
+    for kind in ["uts", "ipc", "pid", "cgroup"] {
+        assert_eq!(ns_of(pid4, kind), host(kind), "{kind}");
+    }
+    assert_eq!(ns_pids(pid4), vec![pid4]);
+
+    // Not a namespace of the entry's type.
+    for (id, typ, wrong) in [
+        ("ns3", "uts", "net"),
+        ("ns5", "cgroup", "ipc"),
+        ("ns6", "pid", "mnt"),
+    ] {
+        let path = format!("/proc/{pid1}/ns/{wrong}");
+        let bad = env.bundle(id, &["true"], |c| {
+            c["linux"]["namespaces"] = serde_json::json!([
+                {"type": "mount"}, {"type": typ, "path": path}
+            ]);
+        });
+        let done = env.husk(&["create", "--bundle", b(&bad), id]);
+        assert!(!done.status.success(), "{id}");
+        assert!(
+            done.stderr.contains(&format!("{typ} namespace path"))
+                && done.stderr.contains(&path)
+                && done.stderr.contains(&format!("not a {typ} namespace")),
+            "{}",
+            done.stderr
+        );
+        env.assert_gone(id);
+    }
+    // ns2 is in ns1's pid namespace: it goes first (with ns1, pid 1 of it,
+    // it would die too, as under runc).
+    for id in ["ns2", "ns4", "ns1"] {
         let done = env.husk(&["delete", "--force", id]);
         assert!(done.status.success(), "{}", done.stderr);
         env.assert_gone(id);

@@ -1,22 +1,34 @@
-//! The VMM's uts and ipc namespaces: what the spec gives the container, as
-//! runc gives it to the container's pid.
+//! The VMM's pid, cgroup, uts and ipc namespaces: what the spec gives the
+//! container, as runc gives it to the container's pid.
 //!
-//! The container's processes live in the guest, which has its own hostname
-//! and IPC objects whatever the host does; but the container's pid on the
-//! host is the VMM, and what engines and operators see through
-//! `/proc/PID/ns/{uts,ipc}` (`nsenter -t PID -u hostname`, a pod whose
+//! The container's processes live in the guest, which has its own hostname,
+//! IPC objects, pids and cgroups whatever the host does; but the
+//! container's pid on the host is the VMM, and what engines and operators
+//! see through `/proc/PID/ns/*` (`nsenter -t PID -u hostname`, a pod whose
 //! containers join the sandbox's namespaces by path) should be what runc
 //! shows for the same bundle:
-//! - no `uts`/`ipc` entry in `linux.namespaces`: the host's (as asked);
+//! - no entry of a type in `linux.namespaces`: the host's (as asked);
 //! - an entry without a path: a new namespace for the VMM, the new uts one
 //!   named `hostname` (runc sets it there);
 //! - an entry with a path: the VMM joins it (checked at create to be a
 //!   namespace of that type).
 //!
-//! Either way the VMM's threads cannot change a hostname or reach an IPC
-//! object once their capabilities are dropped and their seccomp filters on
-//! ([`super::seccomp`]): the new namespaces are about fidelity, and they
-//! keep a VMM out of the host's SysV IPC before then.
+//! How each is entered:
+//! - pid: `create` spawns the VMM from a thread of its own that unshared
+//!   (or joined) the pid namespace for its children ([`in_pid_namespace`]):
+//!   a new one has the VMM as its pid 1, as runc's has the container's
+//!   process;
+//! - cgroup: the VMM, between fork and exec, moves itself into its cgroup,
+//!   then unshares (or joins) the cgroup namespace, whose root is then that
+//!   cgroup ([`ChildCgroup`]);
+//! - uts, ipc: the VMM's main thread, before it starts any other
+//!   ([`enter`]).
+//!
+//! Either way the VMM's threads cannot change a hostname, reach an IPC
+//! object or signal a process outside it once their capabilities are
+//! dropped and their seccomp filters on ([`super::seccomp`]): the new
+//! namespaces are about fidelity, and they keep a VMM out of the host's
+//! SysV IPC and process table before then.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -39,20 +51,26 @@ pub enum Ns {
     Join(PathBuf),
 }
 
-/// The VMM's uts and ipc namespaces, and the hostname of a new uts one.
+/// The VMM's namespaces of the spec, and the hostname of a new uts one.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmmNamespaces {
     #[serde(default)]
     pub uts: Ns,
     #[serde(default)]
     pub ipc: Ns,
+    /// Entered by `create` as it spawns the VMM ([`in_pid_namespace`]).
+    #[serde(default)]
+    pub pid: Ns,
+    /// Entered by the VMM between fork and exec ([`ChildCgroup`]).
+    #[serde(default)]
+    pub cgroup: Ns,
     /// Set in a new uts namespace (`hostname` of the spec).
     #[serde(default)]
     pub hostname: Option<String>,
 }
 
-/// The kinds of namespace this module checks: the VMM enters the uts and
-/// ipc ones; the paths of the others are checked at create.
+/// The kinds of namespace this module checks: the VMM enters the uts, ipc,
+/// pid and cgroup ones; the paths of the others are checked at create.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Uts,
@@ -158,8 +176,106 @@ pub fn enter(ns: &VmmNamespaces) -> Result<(), NsError> {
     Ok(())
 }
 
-/// What a spec asks of the VMM's uts and ipc namespaces; a path is checked
-/// now, so that a bad one fails `create` before any VM exists.
+/// Runs `spawn` (which starts the VMM) on a thread of its own whose
+/// children go to the pid namespace `pid` asks for: a new one (the VMM its
+/// pid 1) or the one at a path. A thread's pid namespace for children is
+/// its own, so the caller's other threads and later children stay where
+/// they were. Needs `CAP_SYS_ADMIN` for anything but [`Ns::Host`].
+pub fn in_pid_namespace<T: Send>(pid: &Ns, spawn: impl FnOnce() -> T + Send) -> Result<T, NsError> {
+    let err = |step| {
+        move |errno| NsError::Enter {
+            kind: "pid",
+            step,
+            errno,
+        }
+    };
+    let target = match pid {
+        Ns::Host => return Ok(spawn()),
+        Ns::New => None,
+        Ns::Join(path) => Some(open_checked(Kind::Pid, path)?),
+    };
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            match target {
+                None => nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID)
+                    .map_err(err("unshare"))?,
+                Some(fd) => nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWPID)
+                    .map_err(err("setns"))?,
+            }
+            Ok(spawn())
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// What the VMM does about its cgroup between fork and exec: it moves into
+/// the cgroup `create` made for it (by writing `0` to the cgroup's
+/// `cgroup.procs`, opened beforehand), then enters its cgroup namespace,
+/// whose root is then that cgroup, as runc's container process sees its
+/// own cgroup as `/`.
+#[derive(Debug, Default)]
+pub struct ChildCgroup {
+    procs: Option<OwnedFd>,
+    ns: ChildCgroupNs,
+}
+
+#[derive(Debug, Default)]
+enum ChildCgroupNs {
+    #[default]
+    Host,
+    New,
+    Join(OwnedFd),
+}
+
+impl ChildCgroup {
+    /// `procs`: the container cgroup's `cgroup.procs` open for writing
+    /// (`None` where husk manages no cgroup). A path in `ns` is opened and
+    /// checked now.
+    pub fn prepare(ns: &Ns, procs: Option<OwnedFd>) -> Result<ChildCgroup, NsError> {
+        let ns = match ns {
+            Ns::Host => ChildCgroupNs::Host,
+            Ns::New => ChildCgroupNs::New,
+            Ns::Join(path) => ChildCgroupNs::Join(open_checked(Kind::Cgroup, path)?),
+        };
+        Ok(ChildCgroup { procs, ns })
+    }
+
+    /// Whether there is anything to do in the child.
+    pub fn is_empty(&self) -> bool {
+        self.procs.is_none() && matches!(self.ns, ChildCgroupNs::Host)
+    }
+
+    /// In the child, between fork and exec: system calls only
+    /// (async-signal-safe).
+    pub fn enter(&self) -> std::io::Result<()> {
+        if let Some(procs) = &self.procs {
+            // SAFETY: write(2) of one byte from a static buffer to a
+            // descriptor this value owns.
+            let n = unsafe { libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) };
+            if n != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        match &self.ns {
+            ChildCgroupNs::Host => Ok(()),
+            ChildCgroupNs::New => nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
+                .map_err(std::io::Error::from),
+            ChildCgroupNs::Join(fd) => {
+                // SAFETY: setns(2) with a descriptor this value owns.
+                let rc = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWCGROUP) };
+                if rc == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            }
+        }
+    }
+}
+
+/// What a spec asks of the VMM's namespaces; a path is checked now, so
+/// that a bad one fails `create` before any VM exists.
 pub fn plan(spec: &oci_spec::runtime::Spec) -> Result<VmmNamespaces, NsError> {
     use oci_spec::runtime::LinuxNamespaceType as T;
     let entries = spec
@@ -181,18 +297,23 @@ pub fn plan(spec: &oci_spec::runtime::Spec) -> Result<VmmNamespaces, NsError> {
     };
     let uts = of(Kind::Uts, T::Uts)?;
     let ipc = of(Kind::Ipc, T::Ipc)?;
-    // Not entered by the VMM (docs/oci.md), but a path of the wrong type
-    // is a mistake in the bundle: create fails naming it, as runc's does.
-    for (kind, typ) in [
-        (Kind::Pid, T::Pid),
-        (Kind::Mount, T::Mount),
-        (Kind::Cgroup, T::Cgroup),
-        (Kind::User, T::User),
-    ] {
+    let pid = of(Kind::Pid, T::Pid)?;
+    let cgroup = of(Kind::Cgroup, T::Cgroup)?;
+    // Not entered by the VMM (docs/oci.md: the VMM has a mount namespace of
+    // its own whatever the spec says, and no user namespace), but a path of
+    // the wrong type is a mistake in the bundle: create fails naming it, as
+    // runc's does.
+    for (kind, typ) in [(Kind::Mount, T::Mount), (Kind::User, T::User)] {
         of(kind, typ)?;
     }
     let hostname = spec.hostname().clone().filter(|h| !h.is_empty());
-    Ok(VmmNamespaces { uts, ipc, hostname })
+    Ok(VmmNamespaces {
+        uts,
+        ipc,
+        pid,
+        cgroup,
+        hostname,
+    })
 }
 
 #[cfg(test)]
@@ -213,6 +334,14 @@ mod tests {
     fn entries_map_to_host_new_and_join() {
         let p = plan(&spec(serde_json::json!([{"type": "pid"}]))).unwrap();
         assert_eq!((p.uts, p.ipc), (Ns::Host, Ns::Host));
+        assert_eq!((p.pid, p.cgroup), (Ns::New, Ns::Host));
+        let p = plan(&spec(serde_json::json!([
+            {"type": "cgroup"},
+            {"type": "pid", "path": "/proc/self/ns/pid"}
+        ])))
+        .unwrap();
+        assert_eq!(p.pid, Ns::Join("/proc/self/ns/pid".into()));
+        assert_eq!(p.cgroup, Ns::New);
         let p = plan(&spec(serde_json::json!([{"type": "uts"}, {"type": "ipc"}]))).unwrap();
         assert_eq!((p.uts, p.ipc), (Ns::New, Ns::New));
         assert_eq!(p.hostname.as_deref(), Some("web"));
@@ -263,6 +392,8 @@ mod tests {
         let p = VmmNamespaces {
             uts: Ns::New,
             ipc: Ns::Join("/proc/1/ns/ipc".into()),
+            pid: Ns::New,
+            cgroup: Ns::Join("/proc/1/ns/cgroup".into()),
             hostname: Some("h".into()),
         };
         let back: VmmNamespaces =
@@ -285,6 +416,7 @@ mod tests {
                 uts: Ns::New,
                 ipc: Ns::New,
                 hostname: Some("husk-ns-test".into()),
+                ..Default::default()
             })
             .unwrap();
             let named = nix::unistd::gethostname().unwrap() == "husk-ns-test";
@@ -297,5 +429,83 @@ mod tests {
             named && own_ipc && nix::unistd::gethostname().unwrap() == host
         }));
         assert_eq!(nix::unistd::gethostname().unwrap(), host);
+    }
+
+    /// A child spawned in a new pid namespace is its pid 1; one spawned
+    /// into that namespace by path is not, and shares it; the calling
+    /// thread's own children stay in the host's.
+    #[test]
+    fn the_vmm_is_spawned_into_a_new_pid_namespace_or_the_one_named() {
+        crate::test_support::need_root("unshare, setns");
+        use std::process::{Command, Stdio};
+        let own_pid = |out: std::process::Output| {
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        let first = in_pid_namespace(&Ns::New, || {
+            Command::new("sh")
+                .args(["-c", "echo $$; exec sleep 100"])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .unwrap();
+        let mut first = first;
+        let mut line = String::new();
+        {
+            use std::io::BufRead as _;
+            let out = first.stdout.take().unwrap();
+            std::io::BufReader::new(out).read_line(&mut line).unwrap();
+        }
+        assert_eq!(line.trim(), "1");
+        let ns_of = |pid: u32| std::fs::read_link(format!("/proc/{pid}/ns/pid")).unwrap();
+        assert_ne!(ns_of(first.id()), ns_of(std::process::id()));
+        let path = PathBuf::from(format!("/proc/{}/ns/pid", first.id()));
+        let joined = in_pid_namespace(&Ns::Join(path.clone()), || {
+            Command::new("sh").args(["-c", "echo $$"]).output().unwrap()
+        })
+        .unwrap();
+        assert_ne!(own_pid(joined), "1");
+        let host = Command::new("sh").args(["-c", "echo $$"]).output().unwrap();
+        assert_ne!(own_pid(host), "1");
+        let _ = first.kill();
+        let _ = first.wait();
+        // The namespace died with its pid 1: joining it fails, naming it.
+        let e = in_pid_namespace(&Ns::Join(path), || ())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pid namespace path"), "{e}");
+    }
+
+    /// In a forked child (root): a new cgroup namespace's root is the
+    /// cgroup the child moved into first; with nothing to do, nothing
+    /// changes.
+    #[test]
+    fn the_vmm_moves_into_its_cgroup_then_roots_a_cgroup_namespace_there() {
+        crate::test_support::need_root("cgroup namespaces");
+        let own = || std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let host = own();
+        assert!(ChildCgroup::prepare(&Ns::Host, None).unwrap().is_empty());
+        ChildCgroup::default().enter().unwrap();
+        assert_eq!(own(), host);
+        let ns = || std::fs::read_link("/proc/self/ns/cgroup").unwrap();
+        let host_ns = ns();
+        assert!(crate::test_support::in_child(|| {
+            let c = ChildCgroup::prepare(&Ns::New, None).unwrap();
+            // Every hierarchy (a hybrid host has v1 ones too) is rooted
+            // at the child's cgroups.
+            !c.is_empty()
+                && c.enter().is_ok()
+                && ns() != host_ns
+                && own().lines().all(|l| l.ends_with(":/"))
+        }));
+        let e = ChildCgroup::prepare(&Ns::Join("/proc/self/ns/ipc".into()), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a cgroup namespace"), "{e}");
+        // A cgroup.procs that refuses the write fails the child's setup.
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        let c = ChildCgroup::prepare(&Ns::Host, Some(r)).unwrap();
+        assert!(c.enter().is_err());
     }
 }

@@ -175,7 +175,10 @@ impl Jail {
             if let Some(share) = &self.share {
                 bind(&dir, share, true, false)?;
             }
-            let proc_dir = PathBuf::from(format!("/proc/{}", std::process::id()));
+            // Our own entries, by the host's pid (a VMM in a pid namespace
+            // of its own is 1 there, which /proc would take for the host's
+            // init).
+            let proc_dir = PathBuf::from(format!("/proc/{}", crate::runtime::process::own_pid()));
             for (name, is_dir) in PROC_FILES {
                 bind_at(
                     &dir,

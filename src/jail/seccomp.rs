@@ -307,7 +307,8 @@ thread_local! {
 /// Installs the process-wide SIGSYS handler that reports a call a filter
 /// refused ([`Mode::Enforce`]): one line into `log` (the VMM's log file,
 /// opened here for appending and kept open), then the process dies of
-/// SIGSYS. Call before the first filter.
+/// SIGSYS (exits with 128 + SIGSYS as pid 1 of a pid namespace, which
+/// cannot signal itself). Call before the first filter.
 pub fn install_report_handler(log: &std::path::Path) -> Result<(), FilterError> {
     let file = std::fs::OpenOptions::new()
         .append(true)
@@ -404,10 +405,15 @@ extern "C" fn on_sigsys(_signal: libc::c_int, info: *mut libc::siginfo_t, ctx: *
         // SAFETY: write(2) reads `len` bytes of `buf`, which holds them.
         unsafe { libc::write(fd, buf.as_ptr().cast(), len) };
     }
-    // SAFETY: getpid/gettid/tgkill take no pointers; the handler was reset
-    // to the default action on entry, so the SIGSYS sent here (pending
-    // while this handler runs) ends the process when it returns.
+    // SAFETY: getpid/gettid/tgkill/exit_group take no pointers; the
+    // handler was reset to the default action on entry, so the SIGSYS sent
+    // here (pending while this handler runs) ends the process when it
+    // returns. Pid 1 of a pid namespace (a VMM in its own) ignores the
+    // signals it sends itself: it exits at once, with SIGSYS's code.
     unsafe {
+        if libc::getpid() == 1 {
+            libc::syscall(libc::SYS_exit_group, 128 + libc::SIGSYS);
+        }
         libc::syscall(
             libc::SYS_tgkill,
             libc::getpid(),

@@ -100,7 +100,10 @@ pub struct NetRecord {
 /// Our own network namespace, by a path other processes can open while we
 /// live (what the VMM records for a namespace of its own).
 pub fn own_netns_path() -> PathBuf {
-    PathBuf::from(format!("/proc/{}/ns/net", std::process::id()))
+    PathBuf::from(format!(
+        "/proc/{}/ns/net",
+        crate::runtime::process::own_pid()
+    ))
 }
 
 /// The container's network, attached.

@@ -287,7 +287,26 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
     };
     plan.save(&dir)?;
     crate::runtime::hooks::save(&dir, b.spec.hooks().as_ref())?;
+    // Its cgroup exists before the VMM does: the VMM moves itself in
+    // between fork and exec (every thread and page of the VM is counted
+    // there), then roots its cgroup namespace there when the spec asks
+    // for one (crate::jail::ns::ChildCgroup).
+    let procs = match &cgroup {
+        Some((rel, settings)) => {
+            let root = Path::new(crate::runtime::cgroup::CGROUP_ROOT);
+            let made = crate::runtime::cgroup::make(root, rel, settings)?;
+            guard.cgroup = Some(made.clone());
+            // In the record before the VMM exists, for a delete after a
+            // create that died, and for the VMM.
+            state.cgroup = Some(made.clone());
+            Some(crate::runtime::cgroup::open_procs(&made)?)
+        }
+        None => None,
+    };
+    let child_cgroup = crate::jail::ns::ChildCgroup::prepare(&plan.vmm_ns.cgroup, procs)
+        .map_err(PlanError::from)?;
     state.save(&req.root)?;
+    crate::timeline::mark(&dir, "create.cgroup");
 
     // The terminal: a host pty whose master goes to the engine; the VMM
     // relays the slave to the guest's pty.
@@ -330,6 +349,13 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
             });
         }
     }
+    if !child_cgroup.is_empty() {
+        // SAFETY: the closure runs in the child between fork and exec and
+        // only makes write(2) and unshare(2)/setns(2) system calls.
+        unsafe {
+            cmd.pre_exec(move || child_cgroup.enter());
+        }
+    }
     let dup = |fd: &OwnedFd| fd.try_clone().map(Stdio::from);
     if let Some(slave) = &pty_slave {
         cmd.stdin(dup(slave).map_err(ContainerError::Spawn)?)
@@ -354,7 +380,11 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
     unsafe {
         cmd.pre_exec(move || crate::jail::close_inherited_fds(&keep));
     }
-    let child = cmd.spawn().map_err(ContainerError::Spawn)?;
+    // In the pid namespace the spec asks for: a new one has the VMM as
+    // its pid 1, as runc's has the container's process.
+    let child = crate::jail::ns::in_pid_namespace(&plan.vmm_ns.pid, || cmd.spawn())
+        .map_err(PlanError::from)?
+        .map_err(ContainerError::Spawn)?;
     drop(ready_w);
     drop(go_r);
     drop(pty_slave);
@@ -373,18 +403,6 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
     // On disk at once: should this create die from here on, a delete finds
     // the VMM by its record.
     state.save(&req.root)?;
-    // Into its cgroup before it boots: every thread and page of the VM is
-    // counted there.
-    if let Some((rel, settings)) = &cgroup {
-        let root = Path::new(crate::runtime::cgroup::CGROUP_ROOT);
-        let placed = crate::runtime::cgroup::place(root, rel, settings, pid)?;
-        guard.cgroup = Some(placed.clone());
-        state.cgroup = Some(placed);
-        // In the record at once, for a delete after a create that died and
-        // for the VMM (it reads it once told to go).
-        state.save(&req.root)?;
-    }
-    crate::timeline::mark(&dir, "create.cgroup");
     if let Some(h) = b.spec.hooks() {
         let json = crate::runtime::output::render_state(&state);
         crate::runtime::hooks::run(

@@ -23,16 +23,15 @@
 //! only the shares and `/proc/self/{fd,mountinfo}` (unless the container's
 //! jail is off), sets no_new_privs and no core dumps, keeps only the
 //! passthrough's capabilities, and installs its seccomp filter
-//! ([`crate::jail::seccomp::Thread::FsServer`]). Once the VMM has been put
-//! in its cgroup, it puts the server there too
-//! ([`FsServerProcess::join_cgroup`]), so the container's file I/O counts
-//! against the container's limits.
+//! ([`crate::jail::seccomp::Thread::FsServer`]). The VMM is in the
+//! container's cgroup from its exec on, so the server, its child, is born
+//! there: the container's file I/O counts against the container's limits.
 
 use std::io::{Read as _, Write as _};
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -86,13 +85,6 @@ pub enum FsServerError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the fs server (pid {pid}): moving it into the container's cgroup {cgroup}: {source}")]
-    Cgroup {
-        pid: u32,
-        cgroup: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 /// What the fs server serves and how it is confined.
@@ -127,33 +119,6 @@ impl FsServerProcess {
     /// The device's end of the stream (once).
     pub fn take_client(&mut self) -> Option<Client> {
         self.client.take()
-    }
-
-    /// Moves the server into this process's cgroup (the VMM's, once
-    /// `create` put it there). Where the VMM has not moved since the
-    /// server started (no cgroup managed: rootless without delegation),
-    /// nothing changes.
-    pub fn join_cgroup(&self) -> Result<(), FsServerError> {
-        let pid = self.pid;
-        let own = crate::runtime::cgroup::own_cgroup();
-        let theirs = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
-            });
-        if theirs.as_deref() == Some(own.as_str()) {
-            return Ok(());
-        }
-        let cgroup =
-            Path::new(crate::runtime::cgroup::CGROUP_ROOT).join(own.trim_start_matches('/'));
-        std::fs::write(cgroup.join("cgroup.procs"), pid.to_string()).map_err(|source| {
-            FsServerError::Cgroup {
-                pid,
-                cgroup,
-                source,
-            }
-        })
     }
 }
 

@@ -162,10 +162,24 @@ pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// This process's pid as `/proc` names it: in the pid namespace of the
+/// `/proc` mount, the host's, which is not [`std::process::id`] for a VMM
+/// in a pid namespace of its own (there it is 1). Read once, on the first
+/// call: a VMM makes it before its jail hides `/proc`.
+pub fn own_pid() -> u32 {
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *PID.get_or_init(|| {
+        std::fs::read_link("/proc/self")
+            .ok()
+            .and_then(|p| p.to_str()?.parse().ok())
+            .unwrap_or_else(std::process::id)
+    })
+}
+
 /// This process's identity as a file-name part, `PID-STARTTIME`, for work
 /// files whose owner may die without removing them ([`owner_is_alive`]).
 pub fn own_tag() -> String {
-    let pid = i32::try_from(std::process::id()).unwrap_or(0);
+    let pid = i32::try_from(own_pid()).unwrap_or(0);
     format!("{pid}-{}", ProcProbe.start_time(pid).unwrap_or(0))
 }
 
@@ -240,6 +254,7 @@ mod tests {
     #[test]
     fn tags_name_live_owners_only() {
         assert!(owner_is_alive(&own_tag()));
+        assert_eq!(own_pid(), std::process::id());
         let mut child = Command::new("true").spawn().unwrap();
         let pid = child.id();
         child.wait().unwrap();

@@ -480,6 +480,8 @@ mod tests {
             vmm_ns: crate::jail::ns::VmmNamespaces {
                 uts: crate::jail::ns::Ns::New,
                 ipc: crate::jail::ns::Ns::Join("/proc/1/ns/ipc".into()),
+                pid: crate::jail::ns::Ns::New,
+                cgroup: crate::jail::ns::Ns::Host,
                 hostname: Some("web".into()),
             },
         };

@@ -56,6 +56,8 @@ pub fn run(root: &Path, id: &str) -> Option<ExitStatus> {
     let mut ready = take_ready_fd();
     let go = take_go_fd();
     let dir = state::container_dir(root, id);
+    // Our pid on the host, read while /proc is there (the jail hides it).
+    crate::runtime::process::own_pid();
     crate::timeline::mark(&dir, "vmm.main");
     let staged = match stage(root, id).and_then(|s| {
         let filters = confine(&s)?;
@@ -289,16 +291,6 @@ fn run_vm(root: &Path, id: &str, start: Start) -> Option<ExitStatus> {
     };
     let creator_gone = || creator.as_ref().is_some_and(CreatorWatch::gone);
     crate::timeline::mark(&dir, "vmm.go");
-    // `create` has put this process in the container's cgroup: its fs
-    // servers go there too (their file I/O is the container's).
-    for (_, server) in &fs_servers {
-        if let Err(e) = server.join_cgroup() {
-            if nix::unistd::geteuid().is_root() && !crate::paths::in_user_namespace() {
-                return fail(&mut ready, e.to_string());
-            }
-            log::warn!("container {id}: {e}");
-        }
-    }
     let mut network = crate::agent_proto::NetSetup::default();
     let mut nics = Vec::new();
     let mut taps = Vec::new();
@@ -442,7 +434,7 @@ fn run_vm(root: &Path, id: &str, start: Start) -> Option<ExitStatus> {
     spec.network = network;
     spec.host_sync = host_sync();
     let mut hook_view = st.clone();
-    hook_view.pid = i32::try_from(std::process::id()).ok();
+    hook_view.pid = i32::try_from(crate::runtime::process::own_pid()).ok();
     spec.hook_state = crate::runtime::output::render_state(&hook_view);
     match conn.request(&Request::Create {
         spec: Box::new(spec),
