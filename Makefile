@@ -26,7 +26,8 @@ build: deps
 ## Boot a microVM and run a command in it (through the KVM test host when
 ## this machine has no vmx/svm).
 demo: kernel build
-	$(TESTHOST) -- scripts/demo.sh
+	HUSK_TESTHOST_CPUS=$${HUSK_TESTHOST_CPUS:-1} HUSK_TESTHOST_TCG_THREAD=$${HUSK_TESTHOST_TCG_THREAD:-single} \
+		$(TESTHOST) -- scripts/demo.sh
 
 ## The whole suite: lints, unit tests, end-to-end tests in real guests.
 test: kernel build lint unit e2e
