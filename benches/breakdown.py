@@ -21,7 +21,10 @@ threads start, `vmm.agent` once husk-init's agent answered, `vmm.created`);
 and husk-init's own, which it writes to the boot timer port and the VMM
 timestamps on arrival (`guest.init`: init's first instructions,
 `guest.agent`: the agent listens, both cold only: a restored guest booted
-in the template; `guest.exec`: the container process has been executed).
+in the template; `guest.holder`: the container's holder process runs,
+forked and executed in the container's namespaces; `guest.setup`: the
+holder made the container's file systems; `guest.exec`: the container
+process has been executed).
 They are read from `<state>/<id>/timeline` before the container is deleted.
 Each mode's slices chain from the spawn of `create` to `guest.exec`, so
 they add up to its total; a slice whose marks are missing is reported so.
@@ -53,7 +56,9 @@ SLICES_COLD = [
     ("KVM: VM, memory, kernel load, devices, vCPUs", "vmm.build", "vmm.vcpus"),
     ("guest kernel boot to init", "vmm.vcpus", "guest.init"),
     ("init to agent listening", "guest.init", "guest.agent"),
-    ("agent connect + container setup", "guest.agent", "vmm.created"),
+    ("agent connect, Create to the holder running (fork, exec)", "guest.agent", "guest.holder"),
+    ("holder: the container's mounts, devices, masks", "guest.holder", "guest.setup"),
+    ("setup answered to created", "guest.setup", "vmm.created"),
     ("readiness to create's exit", "vmm.created", "create.end"),
     ("create exit to start (engine gap)", "create.end", "start.begin"),
     ("start to the process's first instruction", "start.begin", "guest.exec"),
@@ -68,7 +73,9 @@ SLICES_RESTORE = [
     ("restore: KVM VM, memory map, devices, vCPU state", "vmm.build", "vmm.restored"),
     ("vCPU threads start", "vmm.restored", "vmm.vcpus"),
     ("agent connect (already listening)", "vmm.vcpus", "vmm.agent"),
-    ("container setup", "vmm.agent", "vmm.created"),
+    ("Create to the holder running (agent's part, fork, exec)", "vmm.agent", "guest.holder"),
+    ("holder: the container's mounts, devices, masks", "guest.holder", "guest.setup"),
+    ("setup answered to created", "guest.setup", "vmm.created"),
     ("readiness to create's exit", "vmm.created", "create.end"),
     ("create exit to start (engine gap)", "create.end", "start.begin"),
     ("start to the process's first instruction", "start.begin", "guest.exec"),

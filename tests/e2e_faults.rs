@@ -123,8 +123,8 @@ fn cache_work(cache: &Path) -> Vec<PathBuf> {
 fn create_killed_at_each_step_leaves_a_deletable_record_and_no_vm() {
     let env = Env::new();
     let bundle = env.bundle("b", &["sleep", "1000"], |_| {});
-    // Before the VMM exists (with and without a record on disk, and once
-    // its cgroup is made), right after it is spawned, and once it was told
+    // Before the VMM exists (with and without a record on disk), right
+    // after it is spawned, once it is in its cgroup, and once it was told
     // to boot (the VM is being restored or booted).
     for (n, point) in [
         "create.begin",

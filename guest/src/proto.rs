@@ -69,6 +69,11 @@ pub enum BootEvent {
     /// The container's main process has been executed (its first
     /// instruction runs).
     ProcessExecuted = 3,
+    /// The container's holder process runs (forked and executed in the
+    /// container's namespaces, before its setup).
+    HolderStarted = 4,
+    /// The holder made the container's file systems (its setup is done).
+    ContainerSetUp = 5,
 }
 
 impl BootEvent {
@@ -77,6 +82,8 @@ impl BootEvent {
             1 => Some(BootEvent::InitStarted),
             2 => Some(BootEvent::AgentListening),
             3 => Some(BootEvent::ProcessExecuted),
+            4 => Some(BootEvent::HolderStarted),
+            5 => Some(BootEvent::ContainerSetUp),
             _ => None,
         }
     }
@@ -87,6 +94,8 @@ impl BootEvent {
             BootEvent::InitStarted => "guest.init",
             BootEvent::AgentListening => "guest.agent",
             BootEvent::ProcessExecuted => "guest.exec",
+            BootEvent::HolderStarted => "guest.holder",
+            BootEvent::ContainerSetUp => "guest.setup",
         }
     }
 }

@@ -18,9 +18,9 @@
 //!   (or joined) the pid namespace for its children ([`in_pid_namespace`]):
 //!   a new one has the VMM as its pid 1, as runc's has the container's
 //!   process;
-//! - cgroup: the VMM, between fork and exec, moves itself into its cgroup,
-//!   then unshares (or joins) the cgroup namespace, whose root is then that
-//!   cgroup ([`ChildCgroup`]);
+//! - cgroup: the VMM's main thread, once `create` has put the VMM in its
+//!   cgroup (it then tells the VMM to go), unshares (or joins) the cgroup
+//!   namespace, whose root is then that cgroup ([`CgroupNs`]);
 //! - uts, ipc: the VMM's main thread, before it starts any other
 //!   ([`enter`]).
 //!
@@ -61,7 +61,8 @@ pub struct VmmNamespaces {
     /// Entered by `create` as it spawns the VMM ([`in_pid_namespace`]).
     #[serde(default)]
     pub pid: Ns,
-    /// Entered by the VMM between fork and exec ([`ChildCgroup`]).
+    /// Entered by the VMM's main thread once it is in its cgroup
+    /// ([`CgroupNs`]).
     #[serde(default)]
     pub cgroup: Ns,
     /// Set in a new uts namespace (`hostname` of the spec).
@@ -209,67 +210,45 @@ pub fn in_pid_namespace<T: Send>(pid: &Ns, spawn: impl FnOnce() -> T + Send) -> 
     })
 }
 
-/// What the VMM does about its cgroup between fork and exec: it moves into
-/// the cgroup `create` made for it (by writing `0` to the cgroup's
-/// `cgroup.procs`, opened beforehand), then enters its cgroup namespace,
-/// whose root is then that cgroup, as runc's container process sees its
-/// own cgroup as `/`.
-#[derive(Debug, Default)]
-pub struct ChildCgroup {
-    procs: Option<OwnedFd>,
-    ns: ChildCgroupNs,
-}
-
-#[derive(Debug, Default)]
-enum ChildCgroupNs {
-    #[default]
+/// The cgroup namespace the VMM's main thread enters once `create` has
+/// put the VMM in its cgroup ([`CgroupNs::enter`]). A path is opened (and
+/// checked) when this is made, while the host's `/proc` is still the
+/// thread's: by the time it is entered the thread lives in the container's
+/// view of its files.
+#[derive(Debug)]
+pub enum CgroupNs {
     Host,
     New,
     Join(OwnedFd),
 }
 
-impl ChildCgroup {
-    /// `procs`: the container cgroup's `cgroup.procs` open for writing
-    /// (`None` where husk manages no cgroup). A path in `ns` is opened and
-    /// checked now.
-    pub fn prepare(ns: &Ns, procs: Option<OwnedFd>) -> Result<ChildCgroup, NsError> {
-        let ns = match ns {
-            Ns::Host => ChildCgroupNs::Host,
-            Ns::New => ChildCgroupNs::New,
-            Ns::Join(path) => ChildCgroupNs::Join(open_checked(Kind::Cgroup, path)?),
+impl CgroupNs {
+    pub fn open(ns: &Ns) -> Result<CgroupNs, NsError> {
+        Ok(match ns {
+            Ns::Host => CgroupNs::Host,
+            Ns::New => CgroupNs::New,
+            Ns::Join(path) => CgroupNs::Join(open_checked(Kind::Cgroup, path)?),
+        })
+    }
+
+    /// Puts the calling thread (the VMM's main one, whose namespaces are
+    /// the ones `/proc/PID/ns` shows) in this namespace: a new one, whose
+    /// root is the cgroup the process is in now (the container's), as
+    /// runc's container process sees its own cgroup as `/`; or the one
+    /// opened. Needs `CAP_SYS_ADMIN` for anything but [`CgroupNs::Host`].
+    pub fn enter(self) -> Result<(), NsError> {
+        let err = |step| {
+            move |errno| NsError::Enter {
+                kind: "cgroup",
+                step,
+                errno,
+            }
         };
-        Ok(ChildCgroup { procs, ns })
-    }
-
-    /// Whether there is anything to do in the child.
-    pub fn is_empty(&self) -> bool {
-        self.procs.is_none() && matches!(self.ns, ChildCgroupNs::Host)
-    }
-
-    /// In the child, between fork and exec: system calls only
-    /// (async-signal-safe).
-    pub fn enter(&self) -> std::io::Result<()> {
-        if let Some(procs) = &self.procs {
-            // SAFETY: write(2) of one byte from a static buffer to a
-            // descriptor this value owns.
-            let n = unsafe { libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) };
-            if n != 1 {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
-        match &self.ns {
-            ChildCgroupNs::Host => Ok(()),
-            ChildCgroupNs::New => nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
-                .map_err(std::io::Error::from),
-            ChildCgroupNs::Join(fd) => {
-                // SAFETY: setns(2) with a descriptor this value owns.
-                let rc = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWCGROUP) };
-                if rc == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            }
+        let flag = nix::sched::CloneFlags::CLONE_NEWCGROUP;
+        match self {
+            CgroupNs::Host => Ok(()),
+            CgroupNs::New => nix::sched::unshare(flag).map_err(err("unshare")),
+            CgroupNs::Join(fd) => nix::sched::setns(fd, flag).map_err(err("setns")),
         }
     }
 }
@@ -478,34 +457,30 @@ mod tests {
     }
 
     /// In a forked child (root): a new cgroup namespace's root is the
-    /// cgroup the child moved into first; with nothing to do, nothing
-    /// changes.
+    /// cgroup the thread is in; joined by path, the namespace is that one;
+    /// a path of another type is refused.
     #[test]
-    fn the_vmm_moves_into_its_cgroup_then_roots_a_cgroup_namespace_there() {
+    fn the_vmm_roots_a_cgroup_namespace_at_its_cgroup_or_joins_one() {
         crate::test_support::need_root("cgroup namespaces");
         let own = || std::fs::read_to_string("/proc/self/cgroup").unwrap();
-        let host = own();
-        assert!(ChildCgroup::prepare(&Ns::Host, None).unwrap().is_empty());
-        ChildCgroup::default().enter().unwrap();
-        assert_eq!(own(), host);
-        let ns = || std::fs::read_link("/proc/self/ns/cgroup").unwrap();
+        let ns = || std::fs::read_link("/proc/thread-self/ns/cgroup").unwrap();
         let host_ns = ns();
+        CgroupNs::open(&Ns::Host).unwrap().enter().unwrap();
+        assert_eq!(ns(), host_ns);
         assert!(crate::test_support::in_child(|| {
-            let c = ChildCgroup::prepare(&Ns::New, None).unwrap();
-            // Every hierarchy (a hybrid host has v1 ones too) is rooted
-            // at the child's cgroups.
-            !c.is_empty()
-                && c.enter().is_ok()
+            // Opened before it is entered (the VMM's main thread then
+            // lives where the path does not resolve).
+            let back = CgroupNs::open(&Ns::Join("/proc/self/ns/cgroup".into())).unwrap();
+            // Every hierarchy (a hybrid host has v1 ones too) is rooted at
+            // the child's cgroups.
+            let rooted = CgroupNs::open(&Ns::New).unwrap().enter().is_ok()
                 && ns() != host_ns
-                && own().lines().all(|l| l.ends_with(":/"))
+                && own().lines().all(|l| l.ends_with(":/"));
+            rooted && back.enter().is_ok() && ns() == host_ns
         }));
-        let e = ChildCgroup::prepare(&Ns::Join("/proc/self/ns/ipc".into()), None)
+        let e = CgroupNs::open(&Ns::Join("/proc/self/ns/ipc".into()))
             .unwrap_err()
             .to_string();
         assert!(e.contains("not a cgroup namespace"), "{e}");
-        // A cgroup.procs that refuses the write fails the child's setup.
-        let (r, _w) = nix::unistd::pipe().unwrap();
-        let c = ChildCgroup::prepare(&Ns::Host, Some(r)).unwrap();
-        assert!(c.enter().is_err());
     }
 }

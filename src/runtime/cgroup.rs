@@ -258,10 +258,14 @@ fn write_file(dir: &Path, file: &str, value: &str) -> Result<(), CgroupError> {
 }
 
 /// Creates the cgroup `rel` under `root` with `settings` applied (the
-/// controllers they need enabled along the way). Returns the cgroup's
-/// directory; a process moves in through its `cgroup.procs`
-/// ([`open_procs`]).
-pub fn make(root: &Path, rel: &Path, settings: &Settings) -> Result<PathBuf, CgroupError> {
+/// controllers they need enabled along the way) and moves `pid` into it.
+/// Returns the cgroup's directory.
+pub fn place(
+    root: &Path,
+    rel: &Path,
+    settings: &Settings,
+    pid: u32,
+) -> Result<PathBuf, CgroupError> {
     let wanted = settings.controllers_to_enable();
     let mut dir = root.to_path_buf();
     for part in rel.components() {
@@ -281,7 +285,8 @@ pub fn make(root: &Path, rel: &Path, settings: &Settings) -> Result<PathBuf, Cgr
     let applied = settings
         .0
         .iter()
-        .try_for_each(|(file, value)| write_file(&dir, file, value));
+        .try_for_each(|(file, value)| write_file(&dir, file, value))
+        .and_then(|()| write_file(&dir, "cgroup.procs", &pid.to_string()));
     if let Err(e) = applied {
         if let Err(re) = remove(&dir) {
             log::warn!("{re}");
@@ -289,21 +294,6 @@ pub fn make(root: &Path, rel: &Path, settings: &Settings) -> Result<PathBuf, Cgr
         return Err(e);
     }
     Ok(dir)
-}
-
-/// The cgroup's `cgroup.procs` at `dir`, open for writing (close-on-exec):
-/// the VMM writes `0` there between fork and exec to move itself in
-/// ([`crate::jail::ns::ChildCgroup`]), so that it is counted from its
-/// first instruction and its cgroup namespace is rooted there.
-pub fn open_procs(dir: &Path) -> Result<std::os::fd::OwnedFd, CgroupError> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(dir.join("cgroup.procs"))
-        .map(Into::into)
-        .map_err(|source| CgroupError::Io {
-            path: dir.join("cgroup.procs"),
-            source,
-        })
 }
 
 /// Enables in `dir`'s subtree those of `wanted` it offers and has not
@@ -514,9 +504,9 @@ mod tests {
     }
 
     /// A directory tree standing for a cgroup2 mount: every directory made
-    /// by `make` gets the interface files a kernel would show.
+    /// by `place` gets the interface files a kernel would show.
     #[test]
-    fn making_enables_controllers_and_writes_settings() {
+    fn placing_enables_controllers_writes_settings_and_the_pid() {
         let root = tempfile::tempdir().unwrap();
         std::fs::write(
             root.path().join("cgroup.controllers"),
@@ -531,7 +521,7 @@ mod tests {
             ("memory.max".into(), "1000".into()),
             ("cpu.max".into(), "max 100000".into()),
         ]);
-        let dir = make(root.path(), Path::new("a/c1"), &settings).unwrap();
+        let dir = place(root.path(), Path::new("a/c1"), &settings, 42).unwrap();
         assert_eq!(dir, root.path().join("a/c1"));
         let read = |p: &str| std::fs::read_to_string(root.path().join(p)).unwrap();
         // Each controller is written on its own, in name order (cpu,
@@ -540,12 +530,7 @@ mod tests {
         assert_eq!(read("a/cgroup.subtree_control"), "+memory");
         assert_eq!(read("a/c1/memory.max"), "1000");
         assert_eq!(read("a/c1/cpu.max"), "max 100000");
-        // No process is moved by make; a missing cgroup.procs is named.
-        assert!(!dir.join("cgroup.procs").exists());
-        let e = open_procs(&dir).unwrap_err().to_string();
-        assert!(e.contains("c1/cgroup.procs"), "{e}");
-        std::fs::write(dir.join("cgroup.procs"), "").unwrap();
-        open_procs(&dir).unwrap();
+        assert_eq!(read("a/c1/cgroup.procs"), "42");
     }
 
     #[test]
@@ -576,7 +561,7 @@ mod tests {
         let settings = Settings(vec![("memory.max".into(), "1".into())]);
         // A directory where the file should be: the write fails.
         std::fs::create_dir_all(root.path().join("c1/memory.max")).unwrap();
-        let err = make(root.path(), Path::new("c1"), &settings)
+        let err = place(root.path(), Path::new("c1"), &settings, 1)
             .unwrap_err()
             .to_string();
         assert!(err.contains("memory.max") && err.contains("c1"), "{err}");

@@ -287,26 +287,7 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
     };
     plan.save(&dir)?;
     crate::runtime::hooks::save(&dir, b.spec.hooks().as_ref())?;
-    // Its cgroup exists before the VMM does: the VMM moves itself in
-    // between fork and exec (every thread and page of the VM is counted
-    // there), then roots its cgroup namespace there when the spec asks
-    // for one (crate::jail::ns::ChildCgroup).
-    let procs = match &cgroup {
-        Some((rel, settings)) => {
-            let root = Path::new(crate::runtime::cgroup::CGROUP_ROOT);
-            let made = crate::runtime::cgroup::make(root, rel, settings)?;
-            guard.cgroup = Some(made.clone());
-            // In the record before the VMM exists, for a delete after a
-            // create that died, and for the VMM.
-            state.cgroup = Some(made.clone());
-            Some(crate::runtime::cgroup::open_procs(&made)?)
-        }
-        None => None,
-    };
-    let child_cgroup = crate::jail::ns::ChildCgroup::prepare(&plan.vmm_ns.cgroup, procs)
-        .map_err(PlanError::from)?;
     state.save(&req.root)?;
-    crate::timeline::mark(&dir, "create.cgroup");
 
     // The terminal: a host pty whose master goes to the engine; the VMM
     // relays the slave to the guest's pty.
@@ -347,13 +328,6 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
                 nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
                     .map_err(std::io::Error::from)
             });
-        }
-    }
-    if !child_cgroup.is_empty() {
-        // SAFETY: the closure runs in the child between fork and exec and
-        // only makes write(2) and unshare(2)/setns(2) system calls.
-        unsafe {
-            cmd.pre_exec(move || child_cgroup.enter());
         }
     }
     let dup = |fd: &OwnedFd| fd.try_clone().map(Stdio::from);
@@ -403,6 +377,20 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
     // On disk at once: should this create die from here on, a delete finds
     // the VMM by its record.
     state.save(&req.root)?;
+    // Into its cgroup before it boots: every thread and page of the VM is
+    // counted there. Made while the VMM process starts (making a cgroup
+    // waits on the kernel, which the VMM's exec uses meanwhile); the VMM
+    // roots its cgroup namespace there once told to go.
+    if let Some((rel, settings)) = &cgroup {
+        let root = Path::new(crate::runtime::cgroup::CGROUP_ROOT);
+        let placed = crate::runtime::cgroup::place(root, rel, settings, pid)?;
+        guard.cgroup = Some(placed.clone());
+        state.cgroup = Some(placed);
+        // In the record at once, for a delete after a create that died and
+        // for the VMM (it reads it once told to go).
+        state.save(&req.root)?;
+    }
+    crate::timeline::mark(&dir, "create.cgroup");
     if let Some(h) = b.spec.hooks() {
         let json = crate::runtime::output::render_state(&state);
         crate::runtime::hooks::run(

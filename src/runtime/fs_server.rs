@@ -23,15 +23,16 @@
 //! only the shares and `/proc/self/{fd,mountinfo}` (unless the container's
 //! jail is off), sets no_new_privs and no core dumps, keeps only the
 //! passthrough's capabilities, and installs its seccomp filter
-//! ([`crate::jail::seccomp::Thread::FsServer`]). The VMM is in the
-//! container's cgroup from its exec on, so the server, its child, is born
-//! there: the container's file I/O counts against the container's limits.
+//! ([`crate::jail::seccomp::Thread::FsServer`]). Once the VMM has been put
+//! in its cgroup, it puts the server there too
+//! ([`FsServerProcess::join_cgroup`]), so the container's file I/O counts
+//! against the container's limits.
 
 use std::io::{Read as _, Write as _};
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -85,6 +86,13 @@ pub enum FsServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the fs server (pid {pid}): moving it into the container's cgroup {cgroup}: {source}")]
+    Cgroup {
+        pid: u32,
+        cgroup: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What the fs server serves and how it is confined.
@@ -119,6 +127,21 @@ impl FsServerProcess {
     /// The device's end of the stream (once).
     pub fn take_client(&mut self) -> Option<Client> {
         self.client.take()
+    }
+
+    /// Moves the server into the cgroup at `cgroup` (a cgroup2
+    /// directory): the VMM's, once `create` put the VMM there after the
+    /// server started. The pid written is the server's in the VMM's pid
+    /// namespace, the one the writer is in, as the kernel reads it.
+    pub fn join_cgroup(&self, cgroup: &Path) -> Result<(), FsServerError> {
+        let pid = self.pid;
+        std::fs::write(cgroup.join("cgroup.procs"), pid.to_string()).map_err(|source| {
+            FsServerError::Cgroup {
+                pid,
+                cgroup: cgroup.to_path_buf(),
+                source,
+            }
+        })
     }
 }
 

@@ -49,9 +49,11 @@ const FORWARDED: [nix::sys::signal::Signal; 6] = [
 /// namespace of the process's own, before any other thread exists), starts
 /// a worker thread that does everything else, then moves into the
 /// container's view of its files ([`crate::storage::view`]), the mount
-/// namespace engines join through the container's pid, and waits for the
-/// worker. The worker starts only once the view is made, and fails the
-/// create when it could not be.
+/// namespace engines join through the container's pid; once the worker
+/// heard `create`'s go (the process is in its cgroup by then), it enters
+/// the spec's cgroup namespace and its filter, and waits for the worker.
+/// The worker starts only once the view is made, and fails the create when
+/// it could not be; it builds no VM before the main thread is done.
 pub fn run(root: &Path, id: &str) -> Option<ExitStatus> {
     let mut ready = take_ready_fd();
     let go = take_go_fd();
@@ -61,7 +63,10 @@ pub fn run(root: &Path, id: &str) -> Option<ExitStatus> {
     crate::timeline::mark(&dir, "vmm.main");
     let staged = match stage(root, id).and_then(|s| {
         let filters = confine(&s)?;
-        Ok((s, filters))
+        // Opened now: the main thread enters it from the container's view.
+        let cgroup_ns =
+            crate::jail::ns::CgroupNs::open(&s.plan.vmm_ns.cgroup).map_err(|e| e.to_string())?;
+        Ok((s, filters, cgroup_ns))
     }) {
         Ok(s) => s,
         Err(msg) => {
@@ -70,7 +75,7 @@ pub fn run(root: &Path, id: &str) -> Option<ExitStatus> {
             return None;
         }
     };
-    let (staged, filters) = staged;
+    let (staged, filters, cgroup_ns) = staged;
     // Forwarded signals are blocked in every thread and read from a
     // signalfd by one.
     let mut mask = nix::sys::signal::SigSet::empty();
@@ -88,6 +93,8 @@ pub fn run(root: &Path, id: &str) -> Option<ExitStatus> {
     let create_points = staged.plan.rootfs_image.is_none();
     let read_only = staged.plan.container.readonly_root;
     let (view_tx, view_rx) = mpsc::channel::<Result<(), String>>();
+    let (went_tx, went_rx) = mpsc::channel::<()>();
+    let (main_done_tx, main_done_rx) = mpsc::channel::<Result<(), String>>();
     let worker = {
         let (root, id) = (root.to_path_buf(), id.to_owned());
         let filters = filters.clone();
@@ -106,6 +113,8 @@ pub fn run(root: &Path, id: &str) -> Option<ExitStatus> {
                             mask,
                             filters,
                             filtered: &filtered,
+                            went: went_tx,
+                            main_done: main_done_rx,
                         },
                     ),
                     Ok(Err(msg)) => fail(&id, &mut ready, msg),
@@ -124,15 +133,23 @@ pub fn run(root: &Path, id: &str) -> Option<ExitStatus> {
         }
     };
     let view = crate::storage::view::enter(&dir, &rootfs, &view_mounts, create_points, read_only)
-        .map_err(|e| e.to_string())
-        // From here on the main thread only waits for the worker.
-        .and_then(|()| {
-            filters
-                .as_ref()
-                .map_or(Ok(()), |f| f.apply(Thread::Supervisor))
-                .map_err(|e| e.to_string())
-        });
+        .map_err(|e| e.to_string());
+    let viewed = view.is_ok();
     let _ = view_tx.send(view);
+    // Once `create` has put the process in its cgroup and said go: the
+    // cgroup namespace the spec gives the container's pid (this thread's
+    // namespaces are the ones /proc/PID/ns shows), then the filter. From
+    // there on the main thread only waits for the worker. (A worker that
+    // failed before go hangs up: the filter comes all the same.)
+    let entered =
+        (viewed && went_rx.recv().is_ok()).then(|| cgroup_ns.enter().map_err(|e| e.to_string()));
+    let filtered = filters
+        .as_ref()
+        .map_or(Ok(()), |f| f.apply(Thread::Supervisor))
+        .map_err(|e| e.to_string());
+    if let Some(entered) = entered {
+        let _ = main_done_tx.send(entered.and(filtered));
+    }
     worker.join().unwrap_or_else(|_| {
         log::error!("container {id}: the VMM's worker thread panicked");
         None
@@ -147,6 +164,9 @@ struct Staged {
     share_root: Option<PathBuf>,
     /// The fs server of each virtio-fs device, by tag.
     fs_servers: Vec<(String, FsServerProcess)>,
+    /// The cgroup the VMM started in (`/proc/self/cgroup`), where the fs
+    /// servers were born.
+    start_cgroup: String,
 }
 
 /// Loads the container's record and plan and stages its shares.
@@ -154,6 +174,7 @@ fn stage(root: &Path, id: &str) -> Result<Staged, String> {
     let state = State::load(root, id).map_err(|e| e.to_string())?;
     let dir = state::container_dir(root, id);
     let plan = VmPlan::load(&dir).map_err(|e| e.to_string())?;
+    let start_cgroup = crate::runtime::cgroup::own_cgroup();
     // Still with every capability: the uts and ipc namespaces the spec
     // gives the container's pid.
     crate::jail::ns::enter(&plan.vmm_ns).map_err(|e| e.to_string())?;
@@ -194,6 +215,7 @@ fn stage(root: &Path, id: &str) -> Result<Staged, String> {
         plan,
         share_root,
         fs_servers,
+        start_cgroup,
     })
 }
 
@@ -236,6 +258,11 @@ struct Start<'a> {
     filters: Option<Arc<Filters>>,
     /// Set once the worker runs under its seccomp filter.
     filtered: &'a AtomicBool,
+    /// Told once `create` said go (the VMM is in its cgroup) ...
+    went: mpsc::Sender<()>,
+    /// ... and answered once the main thread entered its cgroup namespace
+    /// and its filter.
+    main_done: mpsc::Receiver<Result<(), String>>,
 }
 
 /// After the VM: the network plumbing goes. Under its seccomp filter
@@ -262,12 +289,15 @@ fn run_vm(root: &Path, id: &str, start: Start) -> Option<ExitStatus> {
         mask,
         filters,
         filtered,
+        went,
+        main_done,
     } = start;
     let Staged {
         state: st,
         plan,
         share_root,
         mut fs_servers,
+        start_cgroup,
     } = staged;
     let fail = |ready: &mut Option<std::fs::File>, msg: String| fail(id, ready, msg);
     let dir = state::container_dir(root, id);
@@ -291,6 +321,29 @@ fn run_vm(root: &Path, id: &str, start: Start) -> Option<ExitStatus> {
     };
     let creator_gone = || creator.as_ref().is_some_and(CreatorWatch::gone);
     crate::timeline::mark(&dir, "vmm.go");
+    // The main thread roots its cgroup namespace in the cgroup `create`
+    // has put this process in, and takes its filter, before the VM exists.
+    let _ = went.send(());
+    match main_done.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(msg)) => return fail(&mut ready, msg),
+        Err(_) => return fail(&mut ready, "the main thread went away".into()),
+    }
+    // The fs servers were born where the VMM started: they follow it into
+    // its cgroup (their file I/O is the container's).
+    let cgroup = crate::runtime::cgroup::own_cgroup();
+    if cgroup != start_cgroup {
+        let dir =
+            Path::new(crate::runtime::cgroup::CGROUP_ROOT).join(cgroup.trim_start_matches('/'));
+        for (_, server) in &fs_servers {
+            if let Err(e) = server.join_cgroup(&dir) {
+                if nix::unistd::geteuid().is_root() && !crate::paths::in_user_namespace() {
+                    return fail(&mut ready, e.to_string());
+                }
+                log::warn!("container {id}: {e}");
+            }
+        }
+    }
     let mut network = crate::agent_proto::NetSetup::default();
     let mut nics = Vec::new();
     let mut taps = Vec::new();

@@ -420,6 +420,7 @@ pub fn launch(spec: &ContainerSpec, reaper: &Reaper) -> Result<Holder, String> {
 
 /// The holder's side ([`HOLDER_ARG`]): never returns.
 pub fn holder_main() -> ! {
+    crate::boot_timer::mark(crate::proto::BootEvent::HolderStarted);
     // SAFETY: launch installed both descriptors for this process alone.
     let control = unsafe { OwnedFd::from_raw_fd(CONTROL_FD) };
     let answer = |text: &[u8]| {
@@ -432,6 +433,7 @@ pub fn holder_main() -> ! {
             std::process::exit(1);
         }
     };
+    crate::boot_timer::mark(crate::proto::BootEvent::ContainerSetUp);
     answer(READY);
     let mut flag = [0u8; 1];
     let mut space = nix::cmsg_space!([RawFd; 4]);

@@ -105,12 +105,18 @@ mod tests {
         t.write(0, &[99]);
         t.write(0, &[1, 2]);
         t.write(1, &[1]);
+        t.write(0, &[BootEvent::HolderStarted as u8]);
+        t.write(0, &[BootEvent::ContainerSetUp as u8]);
         t.write(0, &[BootEvent::ProcessExecuted as u8]);
+        t.write(0, &[6]);
         let names: Vec<String> = crate::timeline::read(dir.path())
             .into_iter()
             .map(|(n, _)| n)
             .collect();
-        assert_eq!(names, ["guest.init", "guest.exec"]);
+        assert_eq!(
+            names,
+            ["guest.init", "guest.holder", "guest.setup", "guest.exec"]
+        );
         let mut data = [7u8];
         t.read(0, &mut data);
         assert_eq!(data, [0]);
