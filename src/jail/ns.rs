@@ -20,7 +20,8 @@
 //!   process;
 //! - cgroup: the VMM's main thread, once `create` has put the VMM in its
 //!   cgroup (it then tells the VMM to go), unshares (or joins) the cgroup
-//!   namespace, whose root is then that cgroup ([`CgroupNs`]);
+//!   namespace, whose root is then that cgroup ([`OpenedNs`], opened
+//!   before the main thread moves into the container's view);
 //! - uts, ipc: the VMM's main thread, before it starts any other
 //!   ([`enter`]).
 //!
@@ -62,7 +63,7 @@ pub struct VmmNamespaces {
     #[serde(default)]
     pub pid: Ns,
     /// Entered by the VMM's main thread once it is in its cgroup
-    /// ([`CgroupNs`]).
+    /// ([`OpenedNs`]).
     #[serde(default)]
     pub cgroup: Ns,
     /// Set in a new uts namespace (`hostname` of the spec).
@@ -144,10 +145,31 @@ pub fn open_checked(kind: Kind, path: &Path) -> Result<OwnedFd, NsError> {
     Ok(file.into())
 }
 
-/// Puts the calling thread (the VMM's main thread, before it starts any
-/// other) in the namespaces `ns` asks for. Needs `CAP_SYS_ADMIN`.
-pub fn enter(ns: &VmmNamespaces) -> Result<(), NsError> {
-    for (kind, what) in [(Kind::Uts, &ns.uts), (Kind::Ipc, &ns.ipc)] {
+/// One namespace of a plan, ready to enter: a path is opened (and checked)
+/// when this is made, so it can be entered later from where the path no
+/// longer resolves (the VMM's main thread enters its cgroup namespace from
+/// the container's view of its files).
+#[derive(Debug)]
+pub enum OpenedNs {
+    Host,
+    New,
+    Join(OwnedFd),
+}
+
+impl OpenedNs {
+    pub fn open(kind: Kind, ns: &Ns) -> Result<OpenedNs, NsError> {
+        Ok(match ns {
+            Ns::Host => OpenedNs::Host,
+            Ns::New => OpenedNs::New,
+            Ns::Join(path) => OpenedNs::Join(open_checked(kind, path)?),
+        })
+    }
+
+    /// Puts the calling thread in this namespace of `kind` (the one it was
+    /// opened as): unshares a new one or joins the one opened. For `pid`
+    /// this is the namespace of the thread's children. Needs
+    /// `CAP_SYS_ADMIN` for anything but [`OpenedNs::Host`].
+    pub fn enter(self, kind: Kind) -> Result<(), NsError> {
         let err = |step| {
             move |errno| NsError::Enter {
                 kind: kind.name(),
@@ -156,14 +178,20 @@ pub fn enter(ns: &VmmNamespaces) -> Result<(), NsError> {
             }
         };
         let flag = nix::sched::CloneFlags::from_bits_truncate(kind.clone_flag());
-        match what {
-            Ns::Host => {}
-            Ns::New => nix::sched::unshare(flag).map_err(err("unshare"))?,
-            Ns::Join(path) => {
-                let fd = open_checked(kind, path)?;
-                nix::sched::setns(fd, flag).map_err(err("setns"))?;
-            }
+        match self {
+            OpenedNs::Host => Ok(()),
+            OpenedNs::New => nix::sched::unshare(flag).map_err(err("unshare")),
+            OpenedNs::Join(fd) => nix::sched::setns(fd, flag).map_err(err("setns")),
         }
+    }
+}
+
+/// Puts the calling thread (the VMM's main thread, before it starts any
+/// other) in the uts and ipc namespaces `ns` asks for. Needs
+/// `CAP_SYS_ADMIN`.
+pub fn enter(ns: &VmmNamespaces) -> Result<(), NsError> {
+    for (kind, what) in [(Kind::Uts, &ns.uts), (Kind::Ipc, &ns.ipc)] {
+        OpenedNs::open(kind, what)?.enter(kind)?;
     }
     if ns.uts == Ns::New {
         if let Some(name) = &ns.hostname {
@@ -183,74 +211,18 @@ pub fn enter(ns: &VmmNamespaces) -> Result<(), NsError> {
 /// its own, so the caller's other threads and later children stay where
 /// they were. Needs `CAP_SYS_ADMIN` for anything but [`Ns::Host`].
 pub fn in_pid_namespace<T: Send>(pid: &Ns, spawn: impl FnOnce() -> T + Send) -> Result<T, NsError> {
-    let err = |step| {
-        move |errno| NsError::Enter {
-            kind: "pid",
-            step,
-            errno,
-        }
-    };
-    let target = match pid {
-        Ns::Host => return Ok(spawn()),
-        Ns::New => None,
-        Ns::Join(path) => Some(open_checked(Kind::Pid, path)?),
-    };
+    let target = OpenedNs::open(Kind::Pid, pid)?;
+    if let OpenedNs::Host = target {
+        return Ok(spawn());
+    }
     std::thread::scope(|s| {
         s.spawn(move || {
-            match target {
-                None => nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID)
-                    .map_err(err("unshare"))?,
-                Some(fd) => nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWPID)
-                    .map_err(err("setns"))?,
-            }
+            target.enter(Kind::Pid)?;
             Ok(spawn())
         })
         .join()
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
-}
-
-/// The cgroup namespace the VMM's main thread enters once `create` has
-/// put the VMM in its cgroup ([`CgroupNs::enter`]). A path is opened (and
-/// checked) when this is made, while the host's `/proc` is still the
-/// thread's: by the time it is entered the thread lives in the container's
-/// view of its files.
-#[derive(Debug)]
-pub enum CgroupNs {
-    Host,
-    New,
-    Join(OwnedFd),
-}
-
-impl CgroupNs {
-    pub fn open(ns: &Ns) -> Result<CgroupNs, NsError> {
-        Ok(match ns {
-            Ns::Host => CgroupNs::Host,
-            Ns::New => CgroupNs::New,
-            Ns::Join(path) => CgroupNs::Join(open_checked(Kind::Cgroup, path)?),
-        })
-    }
-
-    /// Puts the calling thread (the VMM's main one, whose namespaces are
-    /// the ones `/proc/PID/ns` shows) in this namespace: a new one, whose
-    /// root is the cgroup the process is in now (the container's), as
-    /// runc's container process sees its own cgroup as `/`; or the one
-    /// opened. Needs `CAP_SYS_ADMIN` for anything but [`CgroupNs::Host`].
-    pub fn enter(self) -> Result<(), NsError> {
-        let err = |step| {
-            move |errno| NsError::Enter {
-                kind: "cgroup",
-                step,
-                errno,
-            }
-        };
-        let flag = nix::sched::CloneFlags::CLONE_NEWCGROUP;
-        match self {
-            CgroupNs::Host => Ok(()),
-            CgroupNs::New => nix::sched::unshare(flag).map_err(err("unshare")),
-            CgroupNs::Join(fd) => nix::sched::setns(fd, flag).map_err(err("setns")),
-        }
-    }
 }
 
 /// What a spec asks of the VMM's namespaces; a path is checked now, so
@@ -465,20 +437,21 @@ mod tests {
         let own = || std::fs::read_to_string("/proc/self/cgroup").unwrap();
         let ns = || std::fs::read_link("/proc/thread-self/ns/cgroup").unwrap();
         let host_ns = ns();
-        CgroupNs::open(&Ns::Host).unwrap().enter().unwrap();
+        let cgroup = |ns: &Ns| OpenedNs::open(Kind::Cgroup, ns);
+        cgroup(&Ns::Host).unwrap().enter(Kind::Cgroup).unwrap();
         assert_eq!(ns(), host_ns);
         assert!(crate::test_support::in_child(|| {
             // Opened before it is entered (the VMM's main thread then
             // lives where the path does not resolve).
-            let back = CgroupNs::open(&Ns::Join("/proc/self/ns/cgroup".into())).unwrap();
+            let back = cgroup(&Ns::Join("/proc/self/ns/cgroup".into())).unwrap();
             // Every hierarchy (a hybrid host has v1 ones too) is rooted at
             // the child's cgroups.
-            let rooted = CgroupNs::open(&Ns::New).unwrap().enter().is_ok()
+            let rooted = cgroup(&Ns::New).unwrap().enter(Kind::Cgroup).is_ok()
                 && ns() != host_ns
                 && own().lines().all(|l| l.ends_with(":/"));
-            rooted && back.enter().is_ok() && ns() == host_ns
+            rooted && back.enter(Kind::Cgroup).is_ok() && ns() == host_ns
         }));
-        let e = CgroupNs::open(&Ns::Join("/proc/self/ns/ipc".into()))
+        let e = cgroup(&Ns::Join("/proc/self/ns/ipc".into()))
             .unwrap_err()
             .to_string();
         assert!(e.contains("not a cgroup namespace"), "{e}");

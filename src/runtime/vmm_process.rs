@@ -21,6 +21,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::agent_proto::{Event, Frame, FrameKind, Request, Response, MAX_DATA};
 use crate::control::AgentConn;
+use crate::jail::ns::{Kind, OpenedNs};
 use crate::jail::seccomp::{Filters, Mode, Thread};
 use crate::runtime::container::{answer_ready, take_go_fd, take_ready_fd, wait_for_go};
 use crate::runtime::fs_server::FsServerProcess;
@@ -65,7 +66,7 @@ pub fn run(root: &Path, id: &str) -> Option<ExitStatus> {
         let filters = confine(&s)?;
         // Opened now: the main thread enters it from the container's view.
         let cgroup_ns =
-            crate::jail::ns::CgroupNs::open(&s.plan.vmm_ns.cgroup).map_err(|e| e.to_string())?;
+            OpenedNs::open(Kind::Cgroup, &s.plan.vmm_ns.cgroup).map_err(|e| e.to_string())?;
         Ok((s, filters, cgroup_ns))
     }) {
         Ok(s) => s,
@@ -141,8 +142,8 @@ pub fn run(root: &Path, id: &str) -> Option<ExitStatus> {
     // namespaces are the ones /proc/PID/ns shows), then the filter. From
     // there on the main thread only waits for the worker. (A worker that
     // failed before go hangs up: the filter comes all the same.)
-    let entered =
-        (viewed && went_rx.recv().is_ok()).then(|| cgroup_ns.enter().map_err(|e| e.to_string()));
+    let entered = (viewed && went_rx.recv().is_ok())
+        .then(|| cgroup_ns.enter(Kind::Cgroup).map_err(|e| e.to_string()));
     let filtered = filters
         .as_ref()
         .map_or(Ok(()), |f| f.apply(Thread::Supervisor))
