@@ -766,6 +766,149 @@ fn the_pid_has_the_namespaces_the_spec_asks_for() {
     }
 }
 
+/// The spec's `user` namespace holds the state pid too: a new one has the
+/// spec's maps as the host reads them from the VMM (`/proc/PID/uid_map`,
+/// what tools compare with the spec), every VMM thread runs as the
+/// container's root on the host (the map's first id) with no capability,
+/// and the container works as before (exec, its exit status, `podman
+/// cp`'s view through the pid's mount namespace); a path is joined; a path
+/// of another type, or a new one without maps, fails `create`, naming it.
+#[test]
+fn the_pid_is_in_the_specs_user_namespace() {
+    let env = Env::new();
+    let ns_of = |pid: i64, kind: &str| {
+        std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    };
+    let host_user = ns_of(i64::from(std::process::id()), "user");
+    let lines = |path: String| -> Vec<String> {
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect()
+    };
+    // Every thread of `pid`: its uid line and effective capabilities.
+    let threads = |pid: i64| -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+            let status = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap();
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .unwrap()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            out.push((field("Uid:"), field("CapEff:")));
+        }
+        out
+    };
+    let with_user = |c: &mut serde_json::Value, entry: serde_json::Value, maps: bool| {
+        c["linux"]["namespaces"] = serde_json::json!([
+            {"type": "pid"}, {"type": "mount"}, {"type": "uts"}, {"type": "ipc"},
+            {"type": "cgroup"}, entry
+        ]);
+        if maps {
+            c["linux"]["uidMappings"] =
+                serde_json::json!([{"containerID": 0, "hostID": 1000, "size": 2000}]);
+            c["linux"]["gidMappings"] =
+                serde_json::json!([{"containerID": 0, "hostID": 1000, "size": 3000}]);
+        }
+    };
+    let fresh = env.bundle("u1", &["sleep", "1000"], |c| {
+        with_user(c, serde_json::json!({"type": "user"}), true)
+    });
+    let done = env.husk(&["run", "-d", "--bundle", b(&fresh), "us1"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let pid1 = env.state("us1")["pid"].as_i64().unwrap();
+    assert_ne!(ns_of(pid1, "user"), host_user);
+    assert_eq!(lines(format!("/proc/{pid1}/uid_map")), ["0 1000 2000"]);
+    assert_eq!(lines(format!("/proc/{pid1}/gid_map")), ["0 1000 3000"]);
+    let t1 = threads(pid1);
+    assert!(t1.len() > 3, "{t1:?}");
+    for (uid, caps) in &t1 {
+        assert_eq!(uid, "1000 1000 1000 1000", "{t1:?}");
+        assert_eq!(caps, "0000000000000000", "{t1:?}");
+    }
+    // The container: its own user namespace with the maps, as before.
+    let done = env.husk(&["exec", "us1", "sh", "-c", "cat /proc/self/uid_map; id -u"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let inside: Vec<String> = done
+        .stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(inside, ["0 1000 2000", "0"], "{}", done.stdout);
+    // The view engines copy through.
+    let view = Command::new("nsenter")
+        .args(["-t", &pid1.to_string(), "-m", "ls", "/"])
+        .output()
+        .unwrap();
+    assert!(view.status.success(), "{view:?}");
+    let names = String::from_utf8_lossy(&view.stdout).into_owned();
+    assert!(names.lines().any(|l| l == "bin"), "{names}");
+
+    // Joined by path, without maps of its own.
+    let path = format!("/proc/{pid1}/ns/user");
+    let joined = env.bundle("u2", &["sh", "-c", "exit 3"], |c| {
+        with_user(c, serde_json::json!({"type": "user", "path": path}), false)
+    });
+    let done = env.husk(&["create", "--bundle", b(&joined), "us2"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let pid2 = env.state("us2")["pid"].as_i64().unwrap();
+    assert_eq!(ns_of(pid2, "user"), ns_of(pid1, "user"));
+    for (uid, caps) in threads(pid2) {
+        assert_eq!(
+            (uid.as_str(), caps.as_str()),
+            ("1000 1000 1000 1000", "0000000000000000")
+        );
+    }
+    let done = env.husk(&["start", "us2"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    env.wait_status("us2", "stopped");
+    let done = env.husk(&["delete", "us2"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    env.assert_gone("us2");
+    // Its process's status came back from the namespace.
+    let run = env.bundle("u3", &["sh", "-c", "exit 3"], |c| {
+        with_user(c, serde_json::json!({"type": "user"}), true)
+    });
+    let done = env.husk(&["run", "--bundle", b(&run), "us3"]);
+    assert_eq!(done.status.code(), Some(3), "{}", done.stderr);
+    env.assert_gone("us3");
+
+    // Mistakes in the bundle fail create, naming them, leaving nothing.
+    let wrong = format!("/proc/{pid1}/ns/ipc");
+    for (id, entry, maps, want) in [
+        (
+            "us4",
+            serde_json::json!({"type": "user", "path": wrong}),
+            false,
+            "not a user namespace",
+        ),
+        (
+            "us5",
+            serde_json::json!({"type": "user"}),
+            false,
+            "uidMappings is empty",
+        ),
+    ] {
+        let bad = env.bundle(id, &["true"], |c| with_user(c, entry, maps));
+        let done = env.husk(&["create", "--bundle", b(&bad), id]);
+        assert!(!done.status.success(), "{id}");
+        assert!(done.stderr.contains(want), "{id}: {}", done.stderr);
+        env.assert_gone(id);
+    }
+    let done = env.husk(&["delete", "--force", "us1"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    env.assert_gone("us1");
+}
+
 /// An id long enough that `<root>/<id>/vsock` does not fit in a socket
 /// address (Docker's 64-character ids under its deep runtime root): the
 /// sockets live in a short directory, which the jailed VMM reaches.

@@ -33,9 +33,11 @@
 //! `root`, and another VMM's threads run as the same uid.
 
 use std::ffi::OsStr;
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Component, Path, PathBuf};
 
+use nix::fcntl::OFlag;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 
@@ -159,6 +161,34 @@ impl Jail {
     }
 
     fn build(&self, vmm: bool) -> Result<(), RootError> {
+        let dir = self.mount(vmm)?;
+        check_no_directory_fds(None)?;
+        let step = |step: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |errno| RootError::Step { step, path, errno }
+        };
+        nix::unistd::chdir(&dir).map_err(step("entering", &dir))?;
+        nix::unistd::pivot_root(".", ".").map_err(step("pivot_root into", &dir))?;
+        // The old root is stacked under the new one: detach it.
+        umount2(".", MntFlags::MNT_DETACH).map_err(step("detaching the old root from", &dir))?;
+        nix::unistd::chdir("/").map_err(step("entering", Path::new("/")))?;
+        Ok(())
+    }
+
+    /// Builds the jail now, in this mount namespace, for threads that
+    /// enter it later with `chroot` ([`PreparedJail::enter`]): the VMM of a
+    /// user namespace, whose threads have no privilege over this mount
+    /// namespace by the time they enter it.
+    pub fn prepare(&self) -> Result<PreparedJail, RootError> {
+        let dir = self.mount(true)?;
+        Ok(PreparedJail {
+            root: open_dir(&dir)?,
+        })
+    }
+
+    /// Mounts the jail's tmpfs and binds (read-only once made); its
+    /// directory.
+    fn mount(&self, vmm: bool) -> Result<PathBuf, RootError> {
         let dir = self.state_dir.join(JAIL_DIR);
         let step = |step: &'static str, path: &Path| {
             let path = path.to_path_buf();
@@ -203,14 +233,113 @@ impl Jail {
             None::<&str>,
         )
         .map_err(step("making read-only", &dir))?;
+        Ok(dir)
+    }
+}
 
-        check_no_directory_fds()?;
-        nix::unistd::chdir(&dir).map_err(step("entering", &dir))?;
-        nix::unistd::pivot_root(".", ".").map_err(step("pivot_root into", &dir))?;
-        // The old root is stacked under the new one: detach it.
-        umount2(".", MntFlags::MNT_DETACH).map_err(step("detaching the old root from", &dir))?;
-        nix::unistd::chdir("/").map_err(step("entering", Path::new("/")))?;
-        Ok(())
+/// `path` opened as a directory handle (`O_PATH`).
+fn open_dir(path: &Path) -> Result<OwnedFd, RootError> {
+    let fd = nix::fcntl::open(
+        path,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|errno| RootError::Step {
+        step: "opening",
+        path: path.to_path_buf(),
+        errno,
+    })?;
+    // SAFETY: open returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `fchdir(dir)` then `chroot(".")`: the calling thread's (and every thread
+/// sharing its file system state) root becomes `dir`, wherever its mount
+/// namespace is. Needs `CAP_SYS_CHROOT` in the thread's user namespace.
+fn chroot_to(dir: &OwnedFd, path: &Path) -> Result<(), RootError> {
+    let step = |step: &'static str| {
+        let path = path.to_path_buf();
+        move |errno| RootError::Step { step, path, errno }
+    };
+    nix::unistd::fchdir(dir.as_raw_fd()).map_err(step("entering"))?;
+    nix::unistd::chroot(".").map_err(step("chroot into"))
+}
+
+/// The jail of a VMM in a user namespace, built in the namespace its
+/// shares were staged in ([`Jail::prepare`]).
+#[derive(Debug)]
+pub struct PreparedJail {
+    root: OwnedFd,
+}
+
+impl PreparedJail {
+    /// Makes the jail the root of the calling thread and of every thread
+    /// sharing its file system state (the VM thread: the VMM's worker,
+    /// vCPU and device threads); its main thread keeps the container's
+    /// view. Unlike [`Jail::enter`]'s pivot, the staging namespace's other
+    /// mounts stay where they are, out of reach: the thread holds no
+    /// directory from outside (checked), and once its capabilities are
+    /// dropped it cannot `chroot` again.
+    pub fn enter(self) -> Result<(), RootError> {
+        check_no_directory_fds(Some(self.root.as_raw_fd()))?;
+        chroot_to(&self.root, Path::new(JAIL_DIR))?;
+        drop(self.root);
+        nix::unistd::chdir("/").map_err(|errno| RootError::Step {
+            step: "entering",
+            path: PathBuf::from("/"),
+            errno,
+        })
+    }
+}
+
+/// The host's file system as the VMM's staging mount namespace shows it,
+/// kept for the threads of a VMM in a user namespace: its main thread
+/// moves into the container's view before the process enters the user
+/// namespace, and the threads it starts then (which inherit the view) get
+/// the staging namespace's root back with `chroot` ([`StagingRoot::enter`]),
+/// as they would have kept it had they been started before.
+#[derive(Debug)]
+pub struct StagingRoot {
+    root: OwnedFd,
+    cwd: OwnedFd,
+}
+
+/// The staging mount namespace, held open for the VMM's life: a namespace
+/// no thread is in is taken apart (its mounts detached from each other),
+/// and the staging root and the jail are in it.
+static STAGING_NS: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+
+impl StagingRoot {
+    /// Opens the calling thread's root, working directory and mount
+    /// namespace (call in the staging namespace, with the host's `/proc`).
+    pub fn open() -> Result<StagingRoot, RootError> {
+        let ns = std::fs::File::open("/proc/thread-self/ns/mnt").map_err(|e| RootError::Step {
+            step: "opening",
+            path: PathBuf::from("/proc/thread-self/ns/mnt"),
+            errno: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+        })?;
+        let _ = STAGING_NS.set(ns.into());
+        Ok(StagingRoot {
+            root: open_dir(Path::new("/"))?,
+            cwd: open_dir(Path::new("."))?,
+        })
+    }
+
+    /// Gives the calling thread a file system state of its own whose root
+    /// and working directory are the staging namespace's. Needs
+    /// `CAP_SYS_CHROOT` in the thread's user namespace.
+    pub fn enter(self) -> Result<(), RootError> {
+        unshare(CloneFlags::CLONE_FS).map_err(|errno| RootError::Step {
+            step: "a file system state of its own for",
+            path: PathBuf::from("/"),
+            errno,
+        })?;
+        chroot_to(&self.root, Path::new("/"))?;
+        nix::unistd::fchdir(self.cwd.as_raw_fd()).map_err(|errno| RootError::Step {
+            step: "entering the working directory",
+            path: PathBuf::from("."),
+            errno,
+        })
     }
 }
 
@@ -285,8 +414,8 @@ fn inside(jail: &Path, at: &Path) -> Result<PathBuf, RootError> {
 }
 
 /// Fails if this process holds a directory descriptor (one opened before
-/// the jail would lead out of it).
-fn check_no_directory_fds() -> Result<(), RootError> {
+/// the jail would lead out of it), `but` aside.
+fn check_no_directory_fds(but: Option<i32>) -> Result<(), RootError> {
     let entries = std::fs::read_dir("/proc/self/fd").map_err(|e| RootError::Step {
         step: "listing",
         path: PathBuf::from("/proc/self/fd"),
@@ -301,6 +430,9 @@ fn check_no_directory_fds() -> Result<(), RootError> {
         }
     }
     for fd in seen {
+        if Some(fd) == but {
+            continue;
+        }
         let Ok(st) = nix::sys::stat::fstat(fd) else {
             continue;
         };

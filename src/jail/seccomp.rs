@@ -271,7 +271,7 @@ impl Filters {
         let uid = unsafe { libc::syscall(libc::SYS_getuid) };
         match self.user {
             // A thread started by one that already dropped has the user.
-            Some(user) if thread != Thread::FsServer && uid != i64::from(user.uid) => {
+            Some(user) if thread != Thread::FsServer && uid != i64::from(user.thread_ids().uid) => {
                 caps(thread.keeps() | super::user::drop_needs())?;
                 super::user::drop_thread(&user).map_err(|source| FilterError::User {
                     thread: thread.name(),

@@ -29,6 +29,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::vmm::devices::virtio::fs::idmap::{IdMap, IdRange};
+
 /// The annotation choosing the VMM's user.
 pub const ANNOTATION: &str = "io.husk.vmm.user";
 /// First uid (and gid) of husk's range.
@@ -50,6 +52,84 @@ pub struct VmmUser {
     /// container).
     #[serde(default)]
     pub claimed: bool,
+    /// The same ids as the VMM's user namespace numbers them, when the VMM
+    /// enters one ([`in_namespace`]); `uid` and `gid` are the host's.
+    #[serde(default)]
+    pub in_ns: Option<NsIds>,
+}
+
+/// A uid and gid inside a user namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NsIds {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl VmmUser {
+    /// The ids a VMM thread drops to: the ones its user namespace gives
+    /// this user.
+    pub fn thread_ids(&self) -> NsIds {
+        self.in_ns.unwrap_or(NsIds {
+            uid: self.uid,
+            gid: self.gid,
+        })
+    }
+}
+
+/// The user of a VMM that enters a user namespace whose maps are `uids`
+/// and `gids` (host ids of namespace ids): its threads can only become ids
+/// the namespace maps, so a uid of husk's range is not theirs. `Auto`: the
+/// container's root (namespace id 0) where it is not the host's root, else
+/// the first mapped id that is not; `Pinned` host ids must be mapped;
+/// `Root`: no drop. Never the host's root: a thread that is uid 0 on the
+/// host owns every root file.
+pub fn in_namespace(
+    choice: Choice,
+    uids: &IdMap,
+    gids: &IdMap,
+) -> Result<Option<VmmUser>, UserError> {
+    let pick = |map: &IdMap, which: &'static str, pinned: Option<u32>| {
+        let none = |why: String| UserError::NotMapped { which, why };
+        if map.is_identity() {
+            return Err(none("the user namespace has no map".into()));
+        }
+        if let Some(host) = pinned {
+            if !map.maps_host(host) {
+                return Err(none(format!(
+                    "{ANNOTATION} pins host {which} {host}, which the namespace does not map"
+                )));
+            }
+            return Ok((host, map.to_container(host)));
+        }
+        let not_root = |r: &IdRange| {
+            let skip = u32::from(r.host == 0);
+            (skip < r.size).then(|| (r.host + skip, r.container + skip))
+        };
+        let mut ranges = map.ranges().to_vec();
+        ranges.sort_by_key(|r| r.container);
+        ranges.iter().find_map(not_root).ok_or_else(|| {
+            none(format!(
+                "the namespace maps only the host's root {which}, which a VMM thread must not \
+                 be"
+            ))
+        })
+    };
+    let (uid, gid) = match choice {
+        Choice::Root => return Ok(None),
+        Choice::Auto => (None, None),
+        Choice::Pinned { uid, gid } => (Some(uid), Some(gid)),
+    };
+    let (host_uid, ns_uid) = pick(uids, "uid", uid)?;
+    let (host_gid, ns_gid) = pick(gids, "gid", gid)?;
+    Ok(Some(VmmUser {
+        uid: host_uid,
+        gid: host_gid,
+        claimed: false,
+        in_ns: Some(NsIds {
+            uid: ns_uid,
+            gid: ns_gid,
+        }),
+    }))
 }
 
 /// What [`ANNOTATION`] asks for.
@@ -96,6 +176,11 @@ pub enum UserError {
          containers, or pin a user with the annotation {ANNOTATION}=UID:GID"
     )]
     Exhausted { dir: PathBuf },
+    #[error(
+        "the VMM's user namespace: no {which} for its threads: {why}; map a {which} that is not \
+         the host's root, or set {ANNOTATION}=root"
+    )]
+    NotMapped { which: &'static str, why: String },
     #[error("dropping this thread to uid {uid} gid {gid}: {step}: {source}")]
     Drop {
         uid: u32,
@@ -203,6 +288,7 @@ pub fn claim(claims: &Path, state_dir: &Path) -> Result<VmmUser, UserError> {
             uid,
             gid: uid,
             claimed: true,
+            in_ns: None,
         });
     }
     Err(UserError::Exhausted {
@@ -235,9 +321,10 @@ pub fn drop_needs() -> u64 {
 }
 
 fn os_err(step: &'static str, user: &VmmUser) -> UserError {
+    let ids = user.thread_ids();
     UserError::Drop {
-        uid: user.uid,
-        gid: user.gid,
+        uid: ids.uid,
+        gid: ids.gid,
         step,
         source: std::io::Error::last_os_error(),
     }
@@ -252,7 +339,7 @@ pub fn drop_thread(user: &VmmUser) -> Result<(), UserError> {
     if unsafe { libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) } != 0 {
         return Err(os_err("setgroups", user));
     }
-    let (u, g) = (user.uid, user.gid);
+    let NsIds { uid: u, gid: g } = user.thread_ids();
     // SAFETY: setresgid with integer arguments, this thread only.
     if unsafe { libc::syscall(libc::SYS_setresgid, g, g, g) } != 0 {
         return Err(os_err("setresgid", user));
@@ -264,9 +351,10 @@ pub fn drop_thread(user: &VmmUser) -> Result<(), UserError> {
             return Err(os_err("dropping from the bounding set", user));
         }
     }
-    // SAFETY: setresuid with integer arguments, this thread only. With
-    // every uid non-zero (and no SECBIT_KEEP_CAPS) the kernel clears the
-    // permitted, effective and ambient sets.
+    // SAFETY: setresuid with integer arguments, this thread only. From
+    // uid 0 to non-zero ids (and no SECBIT_KEEP_CAPS) the kernel clears the
+    // permitted, effective and ambient sets; in a user namespace, whose root
+    // the thread was not, the caller's next `limit_thread` does.
     if unsafe { libc::syscall(libc::SYS_setresuid, u, u, u) } != 0 {
         return Err(os_err("setresuid", user));
     }
@@ -361,6 +449,7 @@ mod tests {
             uid: RANGE_START + 7,
             gid: RANGE_START + 8,
             claimed: false,
+            in_ns: None,
         };
         assert!(crate::test_support::in_child(move || {
             let last = crate::jail::caps::last_cap();
@@ -377,5 +466,62 @@ mod tests {
                 && field("CapPrm:") == ["0000000000000000"]
                 && field("CapBnd:") == ["0000000000000000"]
         }));
+    }
+
+    #[test]
+    fn in_a_user_namespace_the_vmm_drops_to_mapped_ids_never_host_root() {
+        let map = |text: &str| IdMap::parse_proc("uid_map", text).unwrap();
+        let ids = |u: &VmmUser| (u.uid, u.gid, u.in_ns.map(|n| (n.uid, n.gid)), u.claimed);
+        // The container's root, as the host numbers it.
+        let u = in_namespace(Choice::Auto, &map("0 1000 2000\n"), &map("0 1000 3000\n"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(ids(&u), (1000, 1000, Some((0, 0)), false));
+        assert_eq!(u.thread_ids(), NsIds { uid: 0, gid: 0 });
+        // Ranges out of order; the container's root is the host's: the
+        // next id.
+        let u = in_namespace(Choice::Auto, &map("10 5000 5\n0 0 2\n"), &map("0 7000 1\n"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(ids(&u), (1, 7000, Some((1, 0)), false));
+        // Pinned host ids must be mapped.
+        let u = in_namespace(
+            Choice::Pinned {
+                uid: 1005,
+                gid: 1007,
+            },
+            &map("0 1000 2000\n"),
+            &map("0 1000 3000\n"),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(ids(&u), (1005, 1007, Some((5, 7)), false));
+        let e = in_namespace(
+            Choice::Pinned {
+                uid: 9999,
+                gid: 1000,
+            },
+            &map("0 1000 2000\n"),
+            &map("0 1000 3000\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("pins host uid 9999") && e.contains(ANNOTATION),
+            "{e}"
+        );
+        // Only the host's root mapped, or no map: refused, saying so.
+        let e = in_namespace(Choice::Auto, &map("0 0 1\n"), &map("0 1000 1\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("only the host's root uid"), "{e}");
+        assert!(in_namespace(Choice::Auto, &map("0 1000 1\n"), &IdMap::default()).is_err());
+        assert_eq!(
+            in_namespace(Choice::Root, &map("0 0 1\n"), &map("0 0 1\n")).unwrap(),
+            None
+        );
+        // Old plans (no namespace ids) read as before.
+        let old: VmmUser = serde_json::from_str(r#"{"uid":5,"gid":6,"claimed":true}"#).unwrap();
+        assert_eq!(old.thread_ids(), NsIds { uid: 5, gid: 6 });
     }
 }

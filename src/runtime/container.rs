@@ -170,6 +170,7 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
     // the ids the map gives the container (vm_plan::guest_ids): a guest
     // root outside them acts as nobody on the host.
     let ids = crate::runtime::vm_plan::id_maps(&b.spec)?;
+    let spec_ids = ids.clone();
     let guest_map = |m: &crate::vmm::devices::virtio::fs::idmap::IdMap| {
         m.ranges()
             .iter()
@@ -254,7 +255,14 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
         user: None,
         lock: Some(lock),
     };
-    let vmm_user = vmm_user(&req.id, user_choice, vmm_jail, &dir)?;
+    let vmm_user = vmm_user(
+        &req.id,
+        user_choice,
+        vmm_jail,
+        &dir,
+        &vmm_ns.user,
+        &spec_ids,
+    )?;
     guard.user = vmm_user;
     crate::timeline::mark_at(&dir, "create.begin", began);
     // Only a block rootfs needs an image (built once per tree, cached).
@@ -938,14 +946,23 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), ContainerError> 
 /// The user container `id`'s VMM drops to ([`crate::jail::user`]): under a
 /// root caller with the jail on, a uid of husk's range claimed for it (or
 /// the one the annotation pins); otherwise none.
+///
+/// A VMM that enters a user namespace (`userns`, [`crate::jail::ns`])
+/// drops to ids the namespace maps instead ([`crate::jail::user::in_namespace`]):
+/// the spec's maps for a new one (`ids`), the joined one's own.
 fn vmm_user(
     id: &str,
     choice: crate::jail::user::Choice,
     jail: bool,
     dir: &Path,
+    userns: &crate::jail::ns::Ns,
+    ids: &crate::vmm::devices::virtio::fs::idmap::IdMaps,
 ) -> Result<Option<crate::jail::user::VmmUser>, ContainerError> {
-    use crate::jail::user::{claim, Choice, VmmUser, CLAIMS_DIR};
+    use crate::jail::ns::Ns;
+    use crate::jail::user::{claim, in_namespace, Choice, VmmUser, CLAIMS_DIR};
+    use crate::vmm::devices::virtio::fs::idmap::IdMap;
     let rootful = nix::unistd::geteuid().is_root() && !crate::paths::in_user_namespace();
+    let io = |e: &dyn std::fmt::Display| ContainerError::Io(e.to_string());
     match choice {
         Choice::Root => Ok(None),
         _ if !rootful => Ok(None),
@@ -956,10 +973,25 @@ fn vmm_user(
             );
             Ok(None)
         }
+        _ if *userns != Ns::Host => {
+            let (uids, gids) = match userns {
+                Ns::Join(path) => {
+                    let (u, g) = crate::jail::ns::read_maps(path).map_err(PlanError::from)?;
+                    let parse = |which, text: &str| {
+                        IdMap::parse_proc(which, text)
+                            .map_err(|e| io(&format!("{}: {e}", path.display())))
+                    };
+                    (parse("uid_map", &u)?, parse("gid_map", &g)?)
+                }
+                _ => (ids.uid.clone(), ids.gid.clone()),
+            };
+            in_namespace(choice, &uids, &gids).map_err(|e| io(&e))
+        }
         Choice::Pinned { uid, gid } => Ok(Some(VmmUser {
             uid,
             gid,
             claimed: false,
+            in_ns: None,
         })),
         Choice::Auto => {
             let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());

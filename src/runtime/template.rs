@@ -302,6 +302,7 @@ fn build(
         taps: Vec::new(),
         seccomp: None,
         jail: None,
+        vsock_listener: None,
         socket_owner: None,
         fs_servers: Vec::new(),
     };

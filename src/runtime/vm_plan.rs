@@ -483,6 +483,7 @@ mod tests {
                 pid: crate::jail::ns::Ns::New,
                 cgroup: crate::jail::ns::Ns::Host,
                 hostname: Some("web".into()),
+                ..Default::default()
             },
         };
         plan.save(dir.path()).unwrap();

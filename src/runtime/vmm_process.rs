@@ -21,13 +21,18 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::agent_proto::{Event, Frame, FrameKind, Request, Response, MAX_DATA};
 use crate::control::AgentConn;
-use crate::jail::ns::{Kind, OpenedNs};
+use crate::jail::ns::{Kind, Ns, OpenedNs, UserNs};
+use crate::jail::root::StagingRoot;
 use crate::jail::seccomp::{Filters, Mode, Thread};
 use crate::runtime::container::{answer_ready, take_go_fd, take_ready_fd, wait_for_go};
 use crate::runtime::fs_server::FsServerProcess;
 use crate::runtime::state::{self, ExitStatus, State};
 use crate::runtime::vm_plan::VmPlan;
-use crate::vmm::{self, builder::RunControls, VmExit};
+use crate::vmm::{
+    self,
+    builder::{JailEntry, RunControls},
+    VmExit,
+};
 
 /// How long the VMM waits for husk-init's agent after starting the VM.
 const AGENT_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -84,6 +89,20 @@ pub fn run(root: &Path, id: &str) -> Option<ExitStatus> {
         mask.add(s);
     }
     let _ = mask.thread_block();
+    if staged.plan.vmm_ns.user != Ns::Host {
+        return run_in_user_ns(
+            root,
+            id,
+            InUserNs {
+                ready,
+                go,
+                staged,
+                filters,
+                cgroup_ns,
+                mask,
+            },
+        );
+    }
     let view_mounts = staged
         .share_root
         .as_deref()
@@ -293,13 +312,6 @@ fn run_vm(root: &Path, id: &str, start: Start) -> Option<ExitStatus> {
         went,
         main_done,
     } = start;
-    let Staged {
-        state: st,
-        plan,
-        share_root,
-        mut fs_servers,
-        start_cgroup,
-    } = staged;
     let fail = |ready: &mut Option<std::fs::File>, msg: String| fail(id, ready, msg);
     let dir = state::container_dir(root, id);
 
@@ -312,13 +324,9 @@ fn run_vm(root: &Path, id: &str, start: Start) -> Option<ExitStatus> {
         return fail(&mut ready, "create gave up before the VM started".into());
     }
     // From here on a `create` that dies stops whatever VM is being made.
-    let creator = match ready
-        .as_ref()
-        .map(|r| CreatorWatch::start(r, stop.clone(), filters.clone()))
-    {
-        Some(Ok(w)) => Some(w),
-        Some(Err(e)) => return fail(&mut ready, format!("watching create: {e}")),
-        None => None,
+    let creator = match watch_creator(&ready, &stop, &filters) {
+        Ok(w) => w,
+        Err(msg) => return fail(&mut ready, msg),
     };
     let creator_gone = || creator.as_ref().is_some_and(CreatorWatch::gone);
     crate::timeline::mark(&dir, "vmm.go");
@@ -330,16 +338,251 @@ fn run_vm(root: &Path, id: &str, start: Start) -> Option<ExitStatus> {
         Ok(Err(msg)) => return fail(&mut ready, msg),
         Err(_) => return fail(&mut ready, "the main thread went away".into()),
     }
+    // Read where this thread (not the main one) is: outside the cgroup
+    // namespace, so /proc names the cgroup as the host does.
+    let cgroup = crate::runtime::cgroup::own_cgroup();
+    let prepared = match prepare_vm(&dir, id, &staged, &cgroup, &stop, &creator_gone) {
+        Ok(p) => p,
+        Err(msg) => return fail(&mut ready, msg),
+    };
+    let jail = (filters.is_some() && staged.plan.vmm_jail)
+        .then(|| JailEntry::Pivot(vmm_jail(&dir, &staged.plan)));
+    drive_vm(
+        root,
+        id,
+        Drive {
+            ready,
+            stop,
+            creator,
+            filters,
+            filtered,
+            mask,
+            staged,
+            prepared,
+            jail,
+            vsock_listener: None,
+        },
+    )
+}
+
+/// The VMM of a container with a `user` namespace ([`crate::jail::ns::UserNs`]):
+/// the same steps as [`run`] and [`run_vm`], in the order a process that
+/// gives up the host's privileges for good needs. Everything privileged is
+/// done by the main thread while it is the only one: wait for go, the cgroup
+/// namespace, the network, the template, the files given to the VMM's
+/// user, the vsock socket (bound now, given to that user), the jail (built
+/// now, in the staging mount namespace, for a later `chroot`); then the main
+/// thread moves into the container's view and the process into the user
+/// namespace; only then does the worker start, which takes the staging
+/// namespace's root back ([`StagingRoot`]) and builds the VM there.
+fn run_in_user_ns(root: &Path, id: &str, start: InUserNs) -> Option<ExitStatus> {
+    let InUserNs {
+        mut ready,
+        go,
+        staged,
+        filters,
+        cgroup_ns,
+        mask,
+    } = start;
+    let dir = state::container_dir(root, id);
+    let privileged = (|| -> Result<_, String> {
+        let stop = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?);
+        if !wait_for_go(go) {
+            return Err("create gave up before the VM started".into());
+        }
+        crate::timeline::mark(&dir, "vmm.go");
+        // As the host names it: read before the cgroup namespace is entered.
+        let cgroup = crate::runtime::cgroup::own_cgroup();
+        cgroup_ns.enter(Kind::Cgroup).map_err(|e| e.to_string())?;
+        let prepared = prepare_vm(&dir, id, &staged, &cgroup, &stop, &|| false)?;
+        let plan = &staged.plan;
+        let listener =
+            crate::vmm::devices::virtio::vsock::Vsock::bind_listener(&plan.control_socket)
+                .map_err(|e| e.to_string())?;
+        if let Some(user) = &plan.vmm_user {
+            std::os::unix::fs::chown(&plan.control_socket, Some(user.uid), Some(user.gid))
+                .map_err(|e| {
+                    format!(
+                        "giving {} to the VMM's user {}: {e}",
+                        plan.control_socket.display(),
+                        user.uid
+                    )
+                })?;
+        }
+        let jail = (filters.is_some() && plan.vmm_jail)
+            .then(|| vmm_jail(&dir, plan).prepare())
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        let staging = StagingRoot::open().map_err(|e| e.to_string())?;
+        let userns = UserNs::prepare(
+            &plan.vmm_ns.user,
+            crate::runtime::process::own_pid(),
+            &plan.vmm_ns.uid_map,
+            &plan.vmm_ns.gid_map,
+        )
+        .map_err(|e| e.to_string())?;
+        Ok((stop, prepared, listener, jail, staging, userns))
+    })();
+    let (stop, prepared, listener, jail, staging, userns) = match privileged {
+        Ok(p) => p,
+        Err(msg) => {
+            fail(id, &mut ready, msg);
+            finish(root, id, false);
+            return None;
+        }
+    };
+    let view_mounts = staged
+        .share_root
+        .as_deref()
+        .map_or_else(Vec::new, |share_root| {
+            crate::storage::view::mounts(&staged.plan.container, &staged.plan.shares, share_root)
+        });
+    let entered = crate::storage::view::enter(
+        &dir,
+        &staged.state.rootfs,
+        &view_mounts,
+        staged.plan.rootfs_image.is_none(),
+        staged.plan.container.readonly_root,
+    )
+    .map_err(|e| e.to_string())
+    .and_then(|()| userns.enter().map_err(|e| e.to_string()));
+    if let Err(msg) = entered {
+        fail(id, &mut ready, msg);
+        // Out of the host's namespaces by now: the plumbing is delete's.
+        finish(root, id, true);
+        return None;
+    }
+    crate::timeline::mark(&dir, "vmm.userns");
+    let worker = {
+        let (root, id) = (root.to_path_buf(), id.to_owned());
+        let filters = filters.clone();
+        std::thread::Builder::new()
+            .name("vmm-main".into())
+            .spawn(move || {
+                let filtered = AtomicBool::new(false);
+                let ending = match staging.enter() {
+                    Err(e) => fail(&id, &mut ready, e.to_string()),
+                    Ok(()) => match watch_creator(&ready, &stop, &filters) {
+                        Err(msg) => fail(&id, &mut ready, msg),
+                        Ok(creator) => drive_vm(
+                            &root,
+                            &id,
+                            Drive {
+                                ready,
+                                stop,
+                                creator,
+                                filters,
+                                filtered: &filtered,
+                                mask,
+                                staged,
+                                prepared,
+                                jail: jail.map(JailEntry::Chroot),
+                                vsock_listener: Some(listener),
+                            },
+                        ),
+                    },
+                };
+                finish(&root, &id, true);
+                ending
+            })
+    };
+    let worker = match worker {
+        Ok(w) => w,
+        Err(e) => {
+            log::error!("container {id}: starting the VMM's worker thread: {e}");
+            finish(root, id, true);
+            return None;
+        }
+    };
+    if let Some(f) = &filters {
+        if let Err(e) = f.apply(Thread::Supervisor) {
+            // The worker fails too: its own filter is the same.
+            log::error!("container {id}: {e}");
+        }
+    }
+    worker.join().unwrap_or_else(|_| {
+        log::error!("container {id}: the VMM's worker thread panicked");
+        None
+    })
+}
+
+/// What [`run_in_user_ns`] starts with.
+struct InUserNs {
+    ready: Option<std::fs::File>,
+    go: Option<std::fs::File>,
+    staged: Staged,
+    filters: Option<Arc<Filters>>,
+    cgroup_ns: OpenedNs,
+    mask: nix::sys::signal::SigSet,
+}
+
+/// Starts watching `create` (when the VMM has one) until the container is
+/// created.
+fn watch_creator(
+    ready: &Option<std::fs::File>,
+    stop: &Arc<EventFd>,
+    filters: &Option<Arc<Filters>>,
+) -> Result<Option<CreatorWatch>, String> {
+    ready
+        .as_ref()
+        .map(|r| CreatorWatch::start(r, stop.clone(), filters.clone()))
+        .transpose()
+        .map_err(|e| format!("watching create: {e}"))
+}
+
+/// The VMM's jail ([`crate::jail::root`]): its state directory and socket
+/// directory.
+fn vmm_jail(dir: &Path, plan: &VmPlan) -> crate::jail::root::Jail {
+    let state_dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let socket_dir = plan
+        .control_socket
+        .parent()
+        .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()))
+        .filter(|p| *p != state_dir);
+    crate::jail::root::Jail {
+        state_dir,
+        // The shares are the fs server's, not the VMM's.
+        share: None,
+        socket_dir,
+    }
+}
+
+/// What the VM is built from once the host's side is ready.
+struct Prepared {
+    config: crate::vmm::config::VmConfig,
+    taps: Vec<crate::vmm::devices::virtio::net::tap::Tap>,
+    network: crate::agent_proto::NetSetup,
+}
+
+/// The host's side of the VM, once `create` said go and the main thread
+/// entered its cgroup namespace: the fs servers follow the VMM into its
+/// cgroup (`cgroup`, as the host names it), the network is attached, the
+/// VM's config chosen (a template, or a boot), and what the VMM's user
+/// writes later is given to it.
+fn prepare_vm(
+    dir: &Path,
+    id: &str,
+    staged: &Staged,
+    cgroup: &str,
+    stop: &Arc<EventFd>,
+    creator_gone: &dyn Fn() -> bool,
+) -> Result<Prepared, String> {
+    let Staged {
+        state: st,
+        plan,
+        share_root,
+        fs_servers,
+        start_cgroup,
+    } = staged;
     // The fs servers were born where the VMM started: they follow it into
     // its cgroup (their file I/O is the container's).
-    let cgroup = crate::runtime::cgroup::own_cgroup();
     if cgroup != start_cgroup {
-        let dir =
+        let cgroup_dir =
             Path::new(crate::runtime::cgroup::CGROUP_ROOT).join(cgroup.trim_start_matches('/'));
-        for (_, server) in &fs_servers {
-            if let Err(e) = server.join_cgroup(&dir) {
+        for (_, server) in fs_servers {
+            if let Err(e) = server.join_cgroup(&cgroup_dir) {
                 if nix::unistd::geteuid().is_root() && !crate::paths::in_user_namespace() {
-                    return fail(&mut ready, e.to_string());
+                    return Err(e.to_string());
                 }
                 log::warn!("container {id}: {e}");
             }
@@ -354,25 +597,21 @@ fn run_vm(root: &Path, id: &str, start: Start) -> Option<ExitStatus> {
         } else {
             n.netns.clone()
         };
-        match crate::net::attach(&netns, &dir, n.own) {
-            Ok(a) => {
-                for w in &a.warnings {
-                    log::warn!("container {id}: {w}");
-                }
-                log::info!(
-                    "container {id}: {} NIC(s) from {}",
-                    a.nics.len(),
-                    netns.display()
-                );
-                network = a.setup;
-                nics = a.nics;
-                taps = a.taps;
-            }
-            Err(e) => return fail(&mut ready, e.to_string()),
+        let a = crate::net::attach(&netns, dir, n.own).map_err(|e| e.to_string())?;
+        for w in &a.warnings {
+            log::warn!("container {id}: {w}");
         }
+        log::info!(
+            "container {id}: {} NIC(s) from {}",
+            a.nics.len(),
+            netns.display()
+        );
+        network = a.setup;
+        nics = a.nics;
+        taps = a.taps;
     }
     let mut config = plan.vm_config(None, &nics, share_root.as_deref());
-    config.timeline = Some(dir.clone());
+    config.timeline = Some(dir.to_path_buf());
     // Templates have no NICs (yet).
     let use_template = plan.snapshot && config.net.is_empty();
     let cache = crate::paths::cache_dir();
@@ -382,53 +621,91 @@ fn run_vm(root: &Path, id: &str, start: Start) -> Option<ExitStatus> {
     if template.is_none() {
         // The initramfs is built only for a VM that boots: this one, or
         // the template it will be restored from.
-        match crate::boot::initramfs_bytes(&plan.init) {
-            Ok(b) => config.initramfs = Some(crate::vmm::config::Initramfs::Bytes(Arc::new(b))),
-            Err(e) => return fail(&mut ready, e.to_string()),
-        }
+        let bytes = crate::boot::initramfs_bytes(&plan.init).map_err(|e| e.to_string())?;
+        config.initramfs = Some(crate::vmm::config::Initramfs::Bytes(Arc::new(bytes)));
         if use_template {
             match crate::runtime::template::ensure(&config, &plan.init, &cache, Some(stop.clone()))
             {
                 Ok(t) => template = Some(t),
-                Err(_) if creator_gone() => return fail(&mut ready, CREATOR_GONE.into()),
+                Err(_) if creator_gone() => return Err(CREATOR_GONE.into()),
                 Err(e) => log::warn!("container {id}: booting without a template: {e}"),
             }
         }
     }
     if let Some(t) = template {
         config.snapshot = Some(crate::vmm::config::Snapshot::Restore(t));
-        crate::timeline::mark(&dir, "vmm.template");
+        crate::timeline::mark(dir, "vmm.template");
     }
-    crate::timeline::mark(&dir, "vmm.build");
+    crate::timeline::mark(dir, "vmm.build");
     // What the VMM still writes once its threads are its own user's.
     if let Some(user) = &plan.vmm_user {
-        if let Err(e) = give_to_user(&dir, &plan, &st.vmm_log, user) {
-            return fail(&mut ready, e);
-        }
-        if let Err(e) = crate::jail::user::limit_threads(plan.vcpus) {
-            return fail(&mut ready, format!("limiting the VMM's threads: {e}"));
+        give_to_user(dir, plan, &st.vmm_log, user)?;
+        // A user of a user namespace's map may be shared (one map for
+        // every container is common): no per-user thread limit there.
+        if user.in_ns.is_none() {
+            crate::jail::user::limit_threads(plan.vcpus)
+                .map_err(|e| format!("limiting the VMM's threads: {e}"))?;
         }
     }
+    Ok(Prepared {
+        config,
+        taps,
+        network,
+    })
+}
+
+/// What [`drive_vm`] runs with.
+struct Drive<'a> {
+    ready: Option<std::fs::File>,
+    stop: Arc<EventFd>,
+    creator: Option<CreatorWatch>,
+    filters: Option<Arc<Filters>>,
+    /// Set once the worker runs under its seccomp filter.
+    filtered: &'a AtomicBool,
+    mask: nix::sys::signal::SigSet,
+    staged: Staged,
+    prepared: Prepared,
+    jail: Option<JailEntry>,
+    vsock_listener: Option<std::os::unix::net::UnixListener>,
+}
+
+/// Builds and runs the VM on a thread of its own, creates the container in
+/// it, answers `create`, and relays until the container ends.
+fn drive_vm(root: &Path, id: &str, drive: Drive) -> Option<ExitStatus> {
+    let Drive {
+        mut ready,
+        stop,
+        creator,
+        filters,
+        filtered,
+        mask,
+        staged,
+        prepared,
+        jail,
+        vsock_listener,
+    } = drive;
+    let Staged {
+        state: st,
+        plan,
+        mut fs_servers,
+        ..
+    } = staged;
+    let Prepared {
+        config,
+        taps,
+        network,
+    } = prepared;
+    let fail = |ready: &mut Option<std::fs::File>, msg: String| fail(id, ready, msg);
+    let dir = state::container_dir(root, id);
+    let creator_gone = || creator.as_ref().is_some_and(CreatorWatch::gone);
     let controls = RunControls {
         stop: Some(stop.clone()),
         taps,
         seccomp: filters.clone(),
         // Every thread but the main one (in the container's view) gets the
         // jail as its root once the VM is built.
-        jail: (filters.is_some() && plan.vmm_jail).then(|| {
-            let state_dir = std::path::absolute(&dir).unwrap_or_else(|_| dir.clone());
-            let socket_dir = plan
-                .control_socket
-                .parent()
-                .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()))
-                .filter(|p| *p != state_dir);
-            crate::jail::root::Jail {
-                state_dir,
-                // The shares are the fs server's, not the VMM's.
-                share: None,
-                socket_dir,
-            }
-        }),
+        jail,
+        vsock_listener,
         socket_owner: plan.vmm_user.map(|u| (u.uid, u.gid)),
         fs_servers: fs_servers
             .iter_mut()

@@ -173,9 +173,13 @@ pub struct RunControls {
     /// calling thread the device filter before the event loop serves any
     /// queue.
     pub seccomp: Option<Arc<crate::jail::seccomp::Filters>>,
-    /// The root the calling thread pivots into once the VM is built, before
-    /// the device filter and the event loop ([`crate::jail::root`]).
-    pub jail: Option<crate::jail::root::Jail>,
+    /// The root the calling thread pivots (or, made ready, `chroot`s) into
+    /// once the VM is built, before the device filter and the event loop
+    /// ([`crate::jail::root`]).
+    pub jail: Option<JailEntry>,
+    /// The vsock socket, bound already (and given to its owner) by a VMM
+    /// that builds its VM without privileges over its state directory.
+    pub vsock_listener: Option<std::os::unix::net::UnixListener>,
     /// Who owns the vsock socket once it is bound (uid, gid): the VMM's own
     /// user ([`crate::jail::user`]), whose threads connect to it.
     pub socket_owner: Option<(u32, u32)>,
@@ -183,6 +187,25 @@ pub struct RunControls {
     /// tag: the [`super::config::FsConfig`] with that tag is served there
     /// (the others in the device thread).
     pub fs_servers: Vec<(String, super::devices::virtio::fs::backend::Client)>,
+}
+
+/// How the VM thread enters its jail.
+#[derive(Debug)]
+pub enum JailEntry {
+    /// Builds it and pivots into it ([`crate::jail::root::Jail::enter`]).
+    Pivot(crate::jail::root::Jail),
+    /// `chroot`s into the one made ready
+    /// ([`crate::jail::root::PreparedJail::enter`]).
+    Chroot(crate::jail::root::PreparedJail),
+}
+
+impl JailEntry {
+    fn enter(self) -> Result<(), crate::jail::root::RootError> {
+        match self {
+            JailEntry::Pivot(jail) => jail.enter(),
+            JailEntry::Chroot(jail) => jail.enter(),
+        }
+    }
 }
 
 /// [`build_and_run`] with [`RunControls`].
@@ -373,11 +396,15 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
         event_manager.add_subscriber(net);
     }
     if let Some(vs) = &config.vsock {
-        let vsock = Vsock::new(vs.guest_cid, &vs.uds_path).map_err(|e| BuildError::Vsock {
-            path: vs.uds_path.clone(),
-            reason: e.to_string(),
+        let prebound = controls.vsock_listener.take();
+        let owned = prebound.is_some();
+        let vsock = Vsock::with_listener(vs.guest_cid, &vs.uds_path, prebound).map_err(|e| {
+            BuildError::Vsock {
+                path: vs.uds_path.clone(),
+                reason: e.to_string(),
+            }
         })?;
-        if let Some((uid, gid)) = controls.socket_owner {
+        if let Some((uid, gid)) = controls.socket_owner.filter(|_| !owned) {
             std::os::unix::fs::chown(&vs.uds_path, Some(uid), Some(gid)).map_err(|e| {
                 BuildError::Vsock {
                     path: vs.uds_path.clone(),
@@ -535,7 +562,7 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
     if !remote_fs.is_empty() {
         step("fs servers ready");
     }
-    if let Some(jail) = &controls.jail {
+    if let Some(jail) = controls.jail.take() {
         if let Err(e) = jail.enter() {
             let stopped = vcpu::stop_all(threads, &stop);
             if stopped.stuck > 0 {

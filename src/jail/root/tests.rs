@@ -170,3 +170,76 @@ fn jail_paths_are_absolute_without_dot_dot() {
     assert!(inside(j, Path::new("/a/../../b")).is_err());
     assert!(inside(j, Path::new("")).is_err());
 }
+
+/// The VMM of a user namespace: its jail is made in the staging namespace
+/// before the main thread moves into the view and the process into the
+/// user namespace; a thread started then gets the staging root back (with
+/// the staging namespace's mounts under it, which its own mount namespace,
+/// the view's, does not have), then `chroot`s into the jail, which holds
+/// what a pivoted one does; the main thread keeps the view.
+#[test]
+fn a_vmm_in_a_user_namespace_gets_the_staging_root_then_its_jail() {
+    use crate::jail::ns::{Ns, UserNs};
+    with_staged(|top, state, share| {
+        let sockets = top.join("short/0123");
+        std::fs::create_dir_all(&sockets).unwrap();
+        std::fs::write(sockets.join("vsock"), b"s").unwrap();
+        let view = top.join("view");
+        std::fs::create_dir(&view).unwrap();
+        std::fs::write(view.join("in-the-view"), b"v").unwrap();
+        let jail = Jail {
+            state_dir: state.clone(),
+            share: Some(share.clone()),
+            socket_dir: Some(sockets.clone()),
+        }
+        .prepare()
+        .unwrap();
+        let staging = StagingRoot::open().unwrap();
+        let map = "0 100000 65536\n";
+        let userns = UserNs::prepare(&Ns::New, std::process::id(), map, map).unwrap();
+        // The main thread's view, as storage::view makes it.
+        slave_mount_namespace(CloneFlags::CLONE_FS).unwrap();
+        mount(
+            Some(&view),
+            &view,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap();
+        nix::unistd::chdir(&view).unwrap();
+        nix::unistd::pivot_root(".", ".").unwrap();
+        umount2(".", MntFlags::MNT_DETACH).unwrap();
+        nix::unistd::chdir("/").unwrap();
+        let host_ns = std::fs::read_link(format!("/proc/{}/ns/user", std::process::id()));
+        userns.enter().unwrap();
+        let main_in_view = roots() == vec!["in-the-view".to_owned()];
+        let top = top.to_path_buf();
+        let worker = std::thread::spawn(move || {
+            let top = top.as_path();
+            staging.enter().unwrap();
+            // The staging namespace's mounts (the share's tmpfs and its
+            // bind) are there again, and /proc shows another user namespace.
+            let staged = std::fs::read(share.join("m0/f")).unwrap() == b"shared"
+                && std::fs::read_link("/proc/self/ns/user").ok() != host_ns.ok();
+            jail.enter().unwrap();
+            assert_eq!(roots(), vec![first_component(top)]);
+            assert_eq!(std::fs::read(state.join("state.json")).unwrap(), b"{}");
+            assert_eq!(std::fs::read(sockets.join("vsock")).unwrap(), b"s");
+            assert!(
+                !share.join("m0/f").exists(),
+                "the shares are the fs server's"
+            );
+            assert!(!Path::new("/proc").exists());
+            nothing_of_the_host(top);
+            // Without CAP_SYS_CHROOT (a VMM thread drops it) there is no way
+            // back out.
+            crate::jail::caps::limit_thread(0, crate::jail::caps::last_cap()).unwrap();
+            let stuck =
+                nix::unistd::chroot("/..").is_err() && roots() == vec![first_component(top)];
+            staged && stuck
+        });
+        let worker_ok = worker.join().unwrap();
+        main_in_view && worker_ok && roots() == vec!["in-the-view".to_owned()]
+    });
+}

@@ -327,6 +327,7 @@ fn vmm_threads_drop_to_the_vmm_user_and_the_fs_server_does_not() {
         uid: super::super::user::RANGE_START + 11,
         gid: super::super::user::RANGE_START + 12,
         claimed: false,
+        in_ns: None,
     };
     let field = crate::test_support::status_words;
     let filters = Filters::compile(Mode::Log).unwrap().for_user(Some(user));

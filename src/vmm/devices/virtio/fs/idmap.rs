@@ -45,6 +45,8 @@ pub enum IdMapError {
     },
     #[error("{which}: {count} ranges; the kernel allows at most {MAX_RANGES}")]
     TooMany { which: &'static str, count: usize },
+    #[error("{which}: line {line} is not `inside outside count`")]
+    Malformed { which: &'static str, line: usize },
 }
 
 /// A checked map of one kind of id.
@@ -107,6 +109,45 @@ impl IdMap {
         Ok(IdMap { ranges })
     }
 
+    /// Parses a map as `/proc/PID/uid_map` shows it (`inside outside
+    /// count` per line), checked as [`IdMap::new`] checks a spec's.
+    pub fn parse_proc(which: &'static str, text: &str) -> Result<IdMap, IdMapError> {
+        let mut ranges = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let bad = || IdMapError::Malformed { which, line: i + 1 };
+            let mut words = line.split_whitespace().map(str::parse::<u32>);
+            let mut next = || words.next().and_then(Result::ok).ok_or_else(bad);
+            let (container, host, size) = (next()?, next()?, next()?);
+            if words.next().is_some() {
+                return Err(bad());
+            }
+            ranges.push(IdRange {
+                container,
+                host,
+                size,
+            });
+            if ranges.len() > MAX_RANGES {
+                return Err(IdMapError::TooMany {
+                    which,
+                    count: ranges.len(),
+                });
+            }
+        }
+        IdMap::new(which, ranges)
+    }
+
+    /// The map as `/proc/PID/uid_map` takes it (one `inside outside count`
+    /// line per range).
+    pub fn proc_text(&self) -> String {
+        self.ranges
+            .iter()
+            .map(|r| format!("{} {} {}\n", r.container, r.host, r.size))
+            .collect()
+    }
+
     /// The ranges, in order.
     pub fn ranges(&self) -> &[IdRange] {
         &self.ranges
@@ -163,6 +204,45 @@ pub struct IdMaps {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proc_maps_parse_round_trip_and_refuse_junk() {
+        let text = "         0       1000       2000\n      5000     100000         10\n";
+        let m = IdMap::parse_proc("uid_map", text).unwrap();
+        assert_eq!(m.ranges(), &[r(0, 1000, 2000), r(5000, 100_000, 10)]);
+        assert_eq!(IdMap::parse_proc("uid_map", &m.proc_text()).unwrap(), m);
+        assert_eq!(m.proc_text(), "0 1000 2000\n5000 100000 10\n");
+        // The host's own map, and an empty one (no map yet).
+        let host = IdMap::parse_proc("uid_map", "0 0 4294967295\n").unwrap();
+        assert_eq!(host.to_host(7), Some(7));
+        assert!(IdMap::parse_proc("uid_map", "").unwrap().is_identity());
+        for junk in [
+            "0 1000\n",
+            "0 1000 2000 7\n",
+            "a b c\n",
+            "-1 0 1\n",
+            "0 0 4294967296\n",
+        ] {
+            let e = IdMap::parse_proc("uid_map", junk).unwrap_err();
+            assert!(
+                matches!(e, IdMapError::Malformed { line: 1, .. }),
+                "{junk:?}: {e}"
+            );
+        }
+        assert!(matches!(
+            IdMap::parse_proc("uid_map", "0 0 1\n0 5 1\n").unwrap_err(),
+            IdMapError::Overlap { .. }
+        ));
+        assert!(matches!(
+            IdMap::parse_proc("uid_map", "0 0 0\n").unwrap_err(),
+            IdMapError::Empty { .. }
+        ));
+        let many: String = (0..400).map(|i| format!("{i} {i} 1\n")).collect();
+        assert!(matches!(
+            IdMap::parse_proc("uid_map", &many).unwrap_err(),
+            IdMapError::TooMany { .. }
+        ));
+    }
 
     fn r(container: u32, host: u32, size: u32) -> IdRange {
         IdRange {

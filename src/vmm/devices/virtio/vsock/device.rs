@@ -63,21 +63,15 @@ impl Vsock {
     /// clients on the Unix socket `uds_path` (a stale socket file there is
     /// replaced; any other file is an error).
     pub fn new(guest_cid: u64, uds_path: &Path) -> Result<Vsock, VsockError> {
-        if !(MIN_GUEST_CID..=MAX_GUEST_CID).contains(&guest_cid) {
-            return Err(VsockError::InvalidCid { cid: guest_cid });
-        }
-        let path = || uds_path.to_path_buf();
-        let core = VirtioCore::new(
-            TYPE_VSOCK,
-            format!("vsock {}", uds_path.display()),
-            1u64 << VIRTIO_F_VERSION_1,
-            &[QUEUE_SIZE; NUM_QUEUES],
-        )?;
-        let timer = TimerFd::new().map_err(|errno| VsockError::Timer {
-            path: path(),
-            source: std::io::Error::from_raw_os_error(errno.errno()),
-        })?;
+        Vsock::with_listener(guest_cid, uds_path, None)
+    }
 
+    /// Binds the Unix socket host clients connect to at `uds_path` (a
+    /// stale socket file there is replaced; any other file is an error),
+    /// for [`Vsock::with_listener`]: a VMM that gives up its privileges
+    /// before it builds its devices binds it first.
+    pub fn bind_listener(uds_path: &Path) -> Result<UnixListener, VsockError> {
+        let path = || uds_path.to_path_buf();
         match fs::symlink_metadata(uds_path) {
             Ok(meta) if meta.file_type().is_socket() => {
                 debug!("vsock: replacing stale socket {}", uds_path.display());
@@ -95,10 +89,37 @@ impl Vsock {
                 })
             }
         }
-        let listener = UnixListener::bind(uds_path).map_err(|source| VsockError::Bind {
+        UnixListener::bind(uds_path).map_err(|source| VsockError::Bind {
             path: path(),
             source,
+        })
+    }
+
+    /// [`Vsock::new`] on `listener` when given (bound at `uds_path` by
+    /// [`Vsock::bind_listener`]).
+    pub fn with_listener(
+        guest_cid: u64,
+        uds_path: &Path,
+        listener: Option<UnixListener>,
+    ) -> Result<Vsock, VsockError> {
+        if !(MIN_GUEST_CID..=MAX_GUEST_CID).contains(&guest_cid) {
+            return Err(VsockError::InvalidCid { cid: guest_cid });
+        }
+        let path = || uds_path.to_path_buf();
+        let core = VirtioCore::new(
+            TYPE_VSOCK,
+            format!("vsock {}", uds_path.display()),
+            1u64 << VIRTIO_F_VERSION_1,
+            &[QUEUE_SIZE; NUM_QUEUES],
+        )?;
+        let timer = TimerFd::new().map_err(|errno| VsockError::Timer {
+            path: path(),
+            source: std::io::Error::from_raw_os_error(errno.errno()),
         })?;
+        let listener = match listener {
+            Some(l) => l,
+            None => Vsock::bind_listener(uds_path)?,
+        };
         let socket_id = fs::symlink_metadata(uds_path)
             .ok()
             .map(|meta| (meta.dev(), meta.ino()));
