@@ -29,11 +29,19 @@ They are read from `<state>/<id>/timeline` before the container is deleted.
 Each mode's slices chain from the spawn of `create` to `guest.exec`, so
 they add up to its total; a slice whose marks are missing is reported so.
 
+With `--userns` every bundle also has a new user namespace (container ids
+0-65535 on host ids 100000-165535): the VMM then does its privileged work
+on one thread before it enters the namespace (docs/oci.md, "The state
+pid's user namespace"), marked `vmm.userns` once its worker has the host's
+paths back; the slice from `vmm.build` to it is the jail, the view and
+the namespace.
+
 Between `create` returning and `start` there is only this script's spawn of
 `husk start` (an engine's own gap). Needs a KVM with vmx/svm: run it through
 tests/testhost/run (make bench-breakdown does).
 """
 
+import json
 import os
 import statistics
 import subprocess
@@ -86,7 +94,24 @@ MODE_TEXT = {"restore": "restored from the template VM's snapshot (husk's defaul
 TOTAL = ("total: spawn of create to the process's first instruction", "spawn", "guest.exec")
 # The restore warm-up's slice that builds the template VM (boot + snapshot).
 TEMPLATE_BUILD = ("template VM build (first container: boot, snapshot)", "vmm.go", "vmm.template")
-for _slices in SLICES.values():
+# With --userns: the user namespace's part of the VMM, after vmm.build.
+USERNS_SLICE = ("jail, view, user namespace (one thread), worker start", "vmm.build", "vmm.userns")
+# Container ids 0-65535 on these host ids, with --userns.
+USERNS_MAP = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+
+
+def with_userns(slices):
+    """`slices` with USERNS_SLICE put in after vmm.build."""
+    out = []
+    for label, a, b in slices:
+        if a == USERNS_SLICE[1]:
+            out.append(USERNS_SLICE)
+            a = USERNS_SLICE[2]
+        out.append((label, a, b))
+    return out
+
+
+for _slices in list(SLICES.values()) + [with_userns(s) for s in SLICES.values()]:
     # Each slice starts where the one before ended, the first at the total's
     # start and the last at its end: they add up to the total.
     assert [a for _, a, _ in _slices] == [TOTAL[1]] + [b for _, _, b in _slices[:-1]]
@@ -155,11 +180,24 @@ def print_table(mode, slices, runs, values):
 
 
 def main():
-    args = bench_args(__doc__).parse_args()
+    ap = bench_args(__doc__)
+    ap.add_argument("--userns", action="store_true",
+                    help="give every container a new user namespace (the VMM enters it too)")
+    args = ap.parse_args()
+    slice_sets = {mode: with_userns(SLICES[mode]) if args.userns else SLICES[mode] for mode in SLICES}
     with tempfile.TemporaryDirectory() as work:
         bundle = os.path.join(work, "bundle")
         os.makedirs(bundle)
         make_bundle(bundle, ["/bin/true"])
+        if args.userns:
+            config_path = os.path.join(bundle, "config.json")
+            with open(config_path) as f:
+                config = json.load(f)
+            config["linux"]["namespaces"].append({"type": "user"})
+            config["linux"]["uidMappings"] = USERNS_MAP
+            config["linux"]["gidMappings"] = USERNS_MAP
+            with open(config_path, "w") as f:
+                json.dump(config, f)
         # The same rootfs in each mode, so one cached image.
         bundles = {}
         for mode, annotations in HUSK_MODES.items():
@@ -173,12 +211,13 @@ def main():
         for i in range(args.runs):
             for mode in HUSK_MODES:
                 runs[mode].append(one_start(husk, root, bundles[mode], f"{mode}-{i}"))
-    slices = {mode: summarize(SLICES[mode], runs[mode]) for mode in HUSK_MODES}
-    print(f"husk start-up breakdown: create + start of /bin/true, {args.runs} runs per mode (after a "
+    slices = {mode: summarize(slice_sets[mode], runs[mode]) for mode in HUSK_MODES}
+    userns = ", every container with a new user namespace" if args.userns else ""
+    print(f"husk start-up breakdown: create + start of /bin/true{userns}, {args.runs} runs per mode (after a "
           "warm-up of each, modes alternating), medians with min-max, host monotonic clock")
     print()
     for mode in HUSK_MODES:
-        print_table(mode, SLICES[mode], runs[mode], slices[mode])
+        print_table(mode, slice_sets[mode], runs[mode], slices[mode])
     w = warm["restore"]
     for label, a, b in (TEMPLATE_BUILD, TOTAL):
         gone = [n for n in (a, b) if n not in w]
@@ -194,9 +233,9 @@ def main():
               f"(cold/restore {statistics.median(totals['cold']) / statistics.median(totals['restore']):.2f}x)")
     if args.json:
         write_json(args.json, "breakdown", {
-            "runs": args.runs, "process": ["/bin/true"],
+            "runs": args.runs, "process": ["/bin/true"], "userns": args.userns,
             "modes": {mode: {"annotations": HUSK_MODES[mode],
-                             "slices": [[label, a, b] for label, a, b in SLICES[mode] + [TOTAL]],
+                             "slices": [[label, a, b] for label, a, b in slice_sets[mode] + [TOTAL]],
                              "slices_ms": slices[mode], "marks_ns": runs[mode], "warmup_marks_ns": warm[mode]}
                       for mode in HUSK_MODES}})
 

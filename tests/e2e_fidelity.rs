@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use common::oci::{b, Env, LIMIT};
-use common::wait_bounded;
+use common::{spaced_lines, wait_bounded};
 use serde_json::Value;
 
 /// Paths of runc's default config the guest kernel lacks (built without
@@ -386,13 +386,8 @@ fn an_exec_joins_the_containers_namespaces() {
         "cat /proc/self/uid_map; id -u; cat /proc/1/cmdline | tr '\\0' ' '; echo; hostname",
     ]);
     assert!(done.status.success(), "{}", done.stderr);
-    let lines: Vec<String> = done
-        .stdout
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-        .collect();
     assert_eq!(
-        lines,
+        spaced_lines(&done.stdout),
         ["0 1000 2000", "0", "sleep 1000", "husk-test"],
         "{}",
         done.stdout

@@ -650,15 +650,17 @@ fn the_bundles_seccomp_profile_is_enforced_and_bad_ones_refused() {
 /// named as the spec says), the host's when the spec has no entry, the
 /// ones a path names; a path that is not such a namespace fails create
 /// clearly.
+/// The namespace of `kind` process `pid` is in (`/proc/PID/ns/KIND`).
+fn ns_of(pid: i64, kind: &str) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
 #[test]
 fn the_pid_has_the_namespaces_the_spec_asks_for() {
     let env = Env::new();
-    let ns_of = |pid: i64, kind: &str| {
-        std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
-            .unwrap()
-            .to_string_lossy()
-            .into_owned()
-    };
     let host = |kind: &str| ns_of(i64::from(std::process::id()), kind);
     // The pids of `pid` in each pid namespace it is in, outermost first.
     let ns_pids = |pid: i64| -> Vec<i64> {
@@ -776,19 +778,9 @@ fn the_pid_has_the_namespaces_the_spec_asks_for() {
 #[test]
 fn the_pid_is_in_the_specs_user_namespace() {
     let env = Env::new();
-    let ns_of = |pid: i64, kind: &str| {
-        std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
-            .unwrap()
-            .to_string_lossy()
-            .into_owned()
-    };
     let host_user = ns_of(i64::from(std::process::id()), "user");
     let lines = |path: String| -> Vec<String> {
-        std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{path}: {e}"))
-            .lines()
-            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-            .collect()
+        spaced_lines(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}")))
     };
     // Every thread of `pid`: its uid line and effective capabilities.
     let threads = |pid: i64| -> Vec<(String, String)> {
@@ -838,12 +830,12 @@ fn the_pid_is_in_the_specs_user_namespace() {
     // The container: its own user namespace with the maps, as before.
     let done = env.husk(&["exec", "us1", "sh", "-c", "cat /proc/self/uid_map; id -u"]);
     assert!(done.status.success(), "{}", done.stderr);
-    let inside: Vec<String> = done
-        .stdout
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-        .collect();
-    assert_eq!(inside, ["0 1000 2000", "0"], "{}", done.stdout);
+    assert_eq!(
+        spaced_lines(&done.stdout),
+        ["0 1000 2000", "0"],
+        "{}",
+        done.stdout
+    );
     // The view engines copy through.
     let view = Command::new("nsenter")
         .args(["-t", &pid1.to_string(), "-m", "ls", "/"])

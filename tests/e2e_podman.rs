@@ -402,6 +402,67 @@ fn podman_build_runs_each_step_in_a_husk_vm() {
 /// The engine's side of issue 14's bug and faults: `podman create` then
 /// `podman rm` leaves no VM, and a VMM killed from outside is the
 /// container exiting with 137, after which `podman rm` leaves nothing.
+/// podman's `--uidmap` / `--gidmap`: the container's process and the state
+/// pid (the VMM podman inspects) are each in a user namespace with the
+/// maps, the VMM's threads run as the container's root on the host without
+/// capabilities, and exec and `podman cp` (through the pid's mount
+/// namespace) work as with runc.
+#[test]
+fn podman_uidmap_puts_the_container_and_its_pid_in_a_user_namespace() {
+    let p = Podman::new();
+    let done = p.podman(&[
+        "run",
+        "-d",
+        "--name",
+        "um",
+        "--uidmap",
+        "0:100000:65536",
+        "--gidmap",
+        "0:200000:65536",
+        IMAGE,
+        "sleep",
+        "1000",
+    ]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let done = p.podman(&["inspect", "--format", "{{.State.Pid}}", "um"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let pid: u32 = done.stdout.trim().parse().unwrap();
+    let read =
+        |what: &str| spaced_lines(&std::fs::read_to_string(format!("/proc/{pid}/{what}")).unwrap());
+    assert_eq!(read("uid_map"), ["0 100000 65536"]);
+    assert_eq!(read("gid_map"), ["0 200000 65536"]);
+    let own = std::fs::read_link("/proc/self/ns/user").unwrap();
+    assert_ne!(
+        std::fs::read_link(format!("/proc/{pid}/ns/user")).unwrap(),
+        own
+    );
+    let status = read("status");
+    assert!(
+        status.contains(&"Uid: 100000 100000 100000 100000".to_owned())
+            && status.contains(&"Gid: 200000 200000 200000 200000".to_owned())
+            && status.contains(&"CapEff: 0000000000000000".to_owned()),
+        "{status:?}"
+    );
+    let done = p.podman(&["exec", "um", "sh", "-c", "cat /proc/self/uid_map; id -u"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(
+        spaced_lines(&done.stdout),
+        ["0 100000 65536", "0"],
+        "{}",
+        done.stdout
+    );
+    let file = p.dir.path().join("copied-in");
+    std::fs::write(&file, "through the pid's mount namespace\n").unwrap();
+    let done = p.podman(&["cp", file.to_str().unwrap(), "um:/tmp/copied-in"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let done = p.podman(&["exec", "um", "cat", "/tmp/copied-in"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(done.stdout, "through the pid's mount namespace\n");
+    let done = p.podman(&["rm", "--force", "um"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    p.assert_no_vm();
+}
+
 #[test]
 fn podman_create_rm_and_a_killed_vmm_leave_nothing() {
     let p = Podman::new();

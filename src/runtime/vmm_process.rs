@@ -103,57 +103,40 @@ pub fn run(root: &Path, id: &str) -> Option<ExitStatus> {
             },
         );
     }
-    let view_mounts = staged
-        .share_root
-        .as_deref()
-        .map_or_else(Vec::new, |share_root| {
-            crate::storage::view::mounts(&staged.plan.container, &staged.plan.shares, share_root)
-        });
-    let rootfs = staged.state.rootfs.clone();
-    let create_points = staged.plan.rootfs_image.is_none();
-    let read_only = staged.plan.container.readonly_root;
+    let view = View::of(&staged);
     let (view_tx, view_rx) = mpsc::channel::<Result<(), String>>();
     let (went_tx, went_rx) = mpsc::channel::<()>();
     let (main_done_tx, main_done_rx) = mpsc::channel::<Result<(), String>>();
     let worker = {
-        let (root, id) = (root.to_path_buf(), id.to_owned());
         let filters = filters.clone();
-        std::thread::Builder::new()
-            .name("vmm-main".into())
-            .spawn(move || {
-                let filtered = AtomicBool::new(false);
-                let ending = match view_rx.recv() {
-                    Ok(Ok(())) => run_vm(
-                        &root,
-                        &id,
-                        Start {
-                            ready,
-                            go,
-                            staged,
-                            mask,
-                            filters,
-                            filtered: &filtered,
-                            went: went_tx,
-                            main_done: main_done_rx,
-                        },
-                    ),
-                    Ok(Err(msg)) => fail(&id, &mut ready, msg),
-                    Err(_) => fail(&id, &mut ready, "the main thread went away".into()),
-                };
-                finish(&root, &id, filtered.load(Ordering::SeqCst));
-                ending
-            })
+        spawn_worker(root, id, move |root, id, filtered| {
+            let ending = match view_rx.recv() {
+                Ok(Ok(())) => run_vm(
+                    root,
+                    id,
+                    Start {
+                        ready,
+                        go,
+                        staged,
+                        mask,
+                        filters,
+                        filtered,
+                        went: went_tx,
+                        main_done: main_done_rx,
+                    },
+                ),
+                Ok(Err(msg)) => fail(id, &mut ready, msg),
+                Err(_) => fail(id, &mut ready, "the main thread went away".into()),
+            };
+            finish(root, id, filtered.load(Ordering::SeqCst));
+            ending
+        })
     };
-    let worker = match worker {
-        Ok(w) => w,
-        Err(e) => {
-            log::error!("container {id}: starting the VMM's worker thread: {e}");
-            finish(root, id, false);
-            return None;
-        }
+    let Some(worker) = worker else {
+        finish(root, id, false);
+        return None;
     };
-    let view = crate::storage::view::enter(&dir, &rootfs, &view_mounts, create_points, read_only)
-        .map_err(|e| e.to_string());
+    let view = view.enter(&dir);
     let viewed = view.is_ok();
     let _ = view_tx.send(view);
     // Once `create` has put the process in its cgroup and said go: the
@@ -170,10 +153,73 @@ pub fn run(root: &Path, id: &str) -> Option<ExitStatus> {
     if let Some(entered) = entered {
         let _ = main_done_tx.send(entered.and(filtered));
     }
+    join_worker(id, worker)
+}
+
+/// Starts the VMM's worker thread, which runs `body` (with the container's
+/// root, its id, and the flag of its filter); `None` (logged) when it could
+/// not start.
+fn spawn_worker(
+    root: &Path,
+    id: &str,
+    body: impl FnOnce(&Path, &str, &AtomicBool) -> Option<ExitStatus> + Send + 'static,
+) -> Option<std::thread::JoinHandle<Option<ExitStatus>>> {
+    let (root_buf, id_buf) = (root.to_path_buf(), id.to_owned());
+    std::thread::Builder::new()
+        .name("vmm-main".into())
+        .spawn(move || body(&root_buf, &id_buf, &AtomicBool::new(false)))
+        .map_err(|e| log::error!("container {id}: starting the VMM's worker thread: {e}"))
+        .ok()
+}
+
+/// How the worker ended the container.
+fn join_worker(
+    id: &str,
+    worker: std::thread::JoinHandle<Option<ExitStatus>>,
+) -> Option<ExitStatus> {
     worker.join().unwrap_or_else(|_| {
         log::error!("container {id}: the VMM's worker thread panicked");
         None
     })
+}
+
+/// The container's view of its files ([`crate::storage::view`]), as the
+/// main thread makes it.
+struct View {
+    mounts: Vec<crate::storage::view::ViewMount>,
+    rootfs: PathBuf,
+    create_points: bool,
+    read_only: bool,
+}
+
+impl View {
+    fn of(staged: &Staged) -> View {
+        let plan = &staged.plan;
+        View {
+            mounts: staged
+                .share_root
+                .as_deref()
+                .map_or_else(Vec::new, |share_root| {
+                    crate::storage::view::mounts(&plan.container, &plan.shares, share_root)
+                }),
+            rootfs: staged.state.rootfs.clone(),
+            // A block rootfs's image is keyed by its tree: nothing is made in it.
+            create_points: plan.rootfs_image.is_none(),
+            read_only: plan.container.readonly_root,
+        }
+    }
+
+    /// Moves the calling thread into it.
+    fn enter(&self, dir: &Path) -> Result<(), String> {
+        crate::storage::view::enter(
+            dir,
+            &self.rootfs,
+            &self.mounts,
+            self.create_points,
+            self.read_only,
+        )
+        .map_err(|e| e.to_string())
+    }
 }
 
 /// What the main thread prepared for the worker.
@@ -315,21 +361,16 @@ fn run_vm(root: &Path, id: &str, start: Start) -> Option<ExitStatus> {
     let fail = |ready: &mut Option<std::fs::File>, msg: String| fail(id, ready, msg);
     let dir = state::container_dir(root, id);
 
-    let stop = match EventFd::new(EFD_NONBLOCK) {
-        Ok(e) => Arc::new(e),
-        Err(e) => return fail(&mut ready, format!("eventfd: {e}")),
+    let stop = match after_go(&dir, go) {
+        Ok(stop) => stop,
+        Err(msg) => return fail(&mut ready, msg),
     };
-    // Host hooks run now, in `create`; they may set up our network namespace.
-    if !wait_for_go(go) {
-        return fail(&mut ready, "create gave up before the VM started".into());
-    }
     // From here on a `create` that dies stops whatever VM is being made.
     let creator = match watch_creator(&ready, &stop, &filters) {
         Ok(w) => w,
         Err(msg) => return fail(&mut ready, msg),
     };
     let creator_gone = || creator.as_ref().is_some_and(CreatorWatch::gone);
-    crate::timeline::mark(&dir, "vmm.go");
     // The main thread roots its cgroup namespace in the cgroup `create`
     // has put this process in, and takes its filter, before the VM exists.
     let _ = went.send(());
@@ -386,11 +427,7 @@ fn run_in_user_ns(root: &Path, id: &str, start: InUserNs) -> Option<ExitStatus> 
     } = start;
     let dir = state::container_dir(root, id);
     let privileged = (|| -> Result<_, String> {
-        let stop = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?);
-        if !wait_for_go(go) {
-            return Err("create gave up before the VM started".into());
-        }
-        crate::timeline::mark(&dir, "vmm.go");
+        let stop = after_go(&dir, go)?;
         // As the host names it: read before the cgroup namespace is entered.
         let cgroup = crate::runtime::cgroup::own_cgroup();
         cgroup_ns.enter(Kind::Cgroup).map_err(|e| e.to_string())?;
@@ -431,68 +468,52 @@ fn run_in_user_ns(root: &Path, id: &str, start: InUserNs) -> Option<ExitStatus> 
             return None;
         }
     };
-    let view_mounts = staged
-        .share_root
-        .as_deref()
-        .map_or_else(Vec::new, |share_root| {
-            crate::storage::view::mounts(&staged.plan.container, &staged.plan.shares, share_root)
-        });
-    let entered = crate::storage::view::enter(
-        &dir,
-        &staged.state.rootfs,
-        &view_mounts,
-        staged.plan.rootfs_image.is_none(),
-        staged.plan.container.readonly_root,
-    )
-    .map_err(|e| e.to_string())
-    .and_then(|()| userns.enter().map_err(|e| e.to_string()));
+    let entered = View::of(&staged)
+        .enter(&dir)
+        .and_then(|()| userns.enter().map_err(|e| e.to_string()));
     if let Err(msg) = entered {
         fail(id, &mut ready, msg);
         // Out of the host's namespaces by now: the plumbing is delete's.
         finish(root, id, true);
         return None;
     }
-    crate::timeline::mark(&dir, "vmm.userns");
     let worker = {
-        let (root, id) = (root.to_path_buf(), id.to_owned());
         let filters = filters.clone();
-        std::thread::Builder::new()
-            .name("vmm-main".into())
-            .spawn(move || {
-                let filtered = AtomicBool::new(false);
-                let ending = match staging.enter() {
-                    Err(e) => fail(&id, &mut ready, e.to_string()),
-                    Ok(()) => match watch_creator(&ready, &stop, &filters) {
-                        Err(msg) => fail(&id, &mut ready, msg),
-                        Ok(creator) => drive_vm(
-                            &root,
-                            &id,
-                            Drive {
-                                ready,
-                                stop,
-                                creator,
-                                filters,
-                                filtered: &filtered,
-                                mask,
-                                staged,
-                                prepared,
-                                jail: jail.map(JailEntry::Chroot),
-                                vsock_listener: Some(listener),
-                            },
-                        ),
-                    },
-                };
-                finish(&root, &id, true);
-                ending
-            })
-    };
-    let worker = match worker {
-        Ok(w) => w,
-        Err(e) => {
-            log::error!("container {id}: starting the VMM's worker thread: {e}");
+        spawn_worker(root, id, move |root, id, filtered| {
+            // The host's paths are back from here (the main thread is in
+            // the view): the user namespace's mark goes in now.
+            let staged_root = staging.enter().map(|()| {
+                crate::timeline::mark(&state::container_dir(root, id), "vmm.userns");
+            });
+            let ending = match staged_root {
+                Err(e) => fail(id, &mut ready, e.to_string()),
+                Ok(()) => match watch_creator(&ready, &stop, &filters) {
+                    Err(msg) => fail(id, &mut ready, msg),
+                    Ok(creator) => drive_vm(
+                        root,
+                        id,
+                        Drive {
+                            ready,
+                            stop,
+                            creator,
+                            filters,
+                            filtered,
+                            mask,
+                            staged,
+                            prepared,
+                            jail: jail.map(JailEntry::Chroot),
+                            vsock_listener: Some(listener),
+                        },
+                    ),
+                },
+            };
             finish(root, id, true);
-            return None;
-        }
+            ending
+        })
+    };
+    let Some(worker) = worker else {
+        finish(root, id, true);
+        return None;
     };
     if let Some(f) = &filters {
         if let Err(e) = f.apply(Thread::Supervisor) {
@@ -500,10 +521,7 @@ fn run_in_user_ns(root: &Path, id: &str, start: InUserNs) -> Option<ExitStatus> 
             log::error!("container {id}: {e}");
         }
     }
-    worker.join().unwrap_or_else(|_| {
-        log::error!("container {id}: the VMM's worker thread panicked");
-        None
-    })
+    join_worker(id, worker)
 }
 
 /// What [`run_in_user_ns`] starts with.
@@ -514,6 +532,18 @@ struct InUserNs {
     filters: Option<Arc<Filters>>,
     cgroup_ns: OpenedNs,
     mask: nix::sys::signal::SigSet,
+}
+
+/// The event that stops the VM, once `create` said go: its host hooks
+/// have run by then (they may have set up the network namespace) and the
+/// process is in its cgroup.
+fn after_go(dir: &Path, go: Option<std::fs::File>) -> Result<Arc<EventFd>, String> {
+    let stop = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?);
+    if !wait_for_go(go) {
+        return Err("create gave up before the VM started".into());
+    }
+    crate::timeline::mark(dir, "vmm.go");
+    Ok(stop)
 }
 
 /// Starts watching `create` (when the VMM has one) until the container is

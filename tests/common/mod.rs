@@ -325,3 +325,11 @@ pub fn status_field(status: &str, key: &str) -> String {
         .find_map(|l| l.strip_prefix(key))
         .map_or_else(String::new, |v| v.trim().to_owned())
 }
+
+/// The lines of `text`, each with its runs of blanks made one space (how a
+/// `uid_map` or a `status` line compares whatever its padding).
+pub fn spaced_lines(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
+}
