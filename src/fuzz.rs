@@ -354,18 +354,41 @@ pub fn snapshot_state(data: &[u8]) {
 }
 
 /// `config.json` as `create` reads it: the spec, then every translation
-/// of it (rootfs mode, snapshot and network plans, id maps, the guest's
-/// container spec, its seccomp profile).
+/// of it (rootfs mode, snapshot and network plans, id maps and the VMM's
+/// user in a user namespace of them, the guest's container spec, its
+/// seccomp profile). The same bytes as text are also a `/proc/PID/uid_map`
+/// (a joined user namespace's, [`crate::jail::ns::read_maps`]): a map that
+/// parses writes back as itself.
 pub fn oci_config(data: &[u8]) {
+    use crate::jail::user::{in_namespace, Choice};
     use crate::runtime::guest_spec::{container_spec, BindSource};
     use crate::runtime::vm_plan;
+    use crate::vmm::devices::virtio::fs::idmap::IdMap;
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(map) = IdMap::parse_proc("uid_map", text) {
+            assert_eq!(
+                IdMap::parse_proc("uid_map", &map.proc_text()),
+                Ok(map.clone())
+            );
+            if let Ok(Some(user)) = in_namespace(Choice::Auto, &map, &map) {
+                assert!(user.uid != 0 && user.gid != 0, "{user:?}");
+            }
+        }
+    }
     let Ok(spec) = serde_json::from_slice::<oci_spec::runtime::Spec>(data) else {
         return;
     };
     let _ = vm_plan::rootfs_mode(&spec);
     let _ = vm_plan::snapshot_allowed(&spec);
     let _ = vm_plan::network_plan(&spec);
-    let _ = vm_plan::id_maps(&spec);
+    if let Ok(ids) = vm_plan::id_maps(&spec) {
+        if let Ok(Some(user)) = in_namespace(Choice::Auto, &ids.uid, &ids.gid) {
+            assert!(user.uid != 0 && user.gid != 0, "{user:?}");
+            let ns = user.thread_ids();
+            assert_eq!(ids.uid.to_host(ns.uid), Some(user.uid));
+            assert_eq!(ids.gid.to_host(ns.gid), Some(user.gid));
+        }
+    }
     let read = |p: &Path| -> Result<BindSource, String> {
         match p.as_os_str().len() % 4 {
             0 => Ok(BindSource::Directory),
