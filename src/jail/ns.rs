@@ -1,4 +1,4 @@
-//! The VMM's pid, cgroup, uts and ipc namespaces: what the spec gives the
+//! The VMM's user, pid, cgroup, uts and ipc namespaces: what the spec gives the
 //! container, as runc gives it to the container's pid.
 //!
 //! The container's processes live in the guest, which has its own hostname,
@@ -24,6 +24,10 @@
 //!   before the main thread moves into the container's view);
 //! - uts, ipc: the VMM's main thread, before it starts any other
 //!   ([`enter`]).
+//! - user: the VMM's main thread, last, once the process has one thread
+//!   and needs no host privilege any more ([`UserNs`]; the VMM's order of
+//!   work for it is `runtime::vmm_process`'s `run_in_user_ns`): a new one
+//!   gets the spec's maps, written by a child from outside.
 //!
 //! Either way the VMM's threads cannot change a hostname, reach an IPC
 //! object or signal a process outside it once their capabilities are

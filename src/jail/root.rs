@@ -24,6 +24,14 @@
 //!    which lives in the container's view, [`crate::storage::view`]) now
 //!    has the jail as `/`.
 //!
+//! A VMM that enters a user namespace cannot pivot (it has no privilege
+//! over the staging mount namespace by then): its main thread builds the
+//! same jail before the process enters the namespace ([`Jail::prepare`]),
+//! and the VM thread `chroot`s into it ([`PreparedJail::enter`]); its
+//! threads had the staging namespace's root back the same way
+//! ([`StagingRoot`]), since they start after the main thread moved into the
+//! container's view.
+
 //! Escapes a jail must not leave open: a directory descriptor from before
 //! the pivot (`openat(fd, "..")` walks up the old tree, detached or not).
 //! The VMM holds none: the virtio-fs server opens its share and
