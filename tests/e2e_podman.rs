@@ -807,9 +807,41 @@ fn rootless_podman_runs_husk_containers() {
     assert_eq!(done.stdout.trim(), "exec rootless");
     let done = user.podman(&["rm", "--force", "bg"]);
     assert!(done.status.success(), "{}", done.stderr);
-    let start = std::time::Instant::now();
-    while !user.vmms().is_empty() && start.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert!(user.vmms().is_empty(), "the VMM outlived podman rm");
+    let gone = |user: &RootlessUser| {
+        let start = std::time::Instant::now();
+        while !user.vmms().is_empty() && start.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(user.vmms().is_empty(), "the VMM outlived podman rm");
+    };
+    gone(&user);
+
+    // `--userns=keep-id` (a user namespace inside podman's own, the user's
+    // uid kept): the process is that uid, and the VMM, nested, is in a
+    // user namespace of its own below its parent's.
+    let done = user.podman(&[
+        "run",
+        "-d",
+        "--name",
+        "keep",
+        "--userns=keep-id",
+        "--network",
+        "none",
+        "husk-busybox",
+        "sleep",
+        "1000",
+    ]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let done = user.podman(&["exec", "keep", "id", "-u"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(done.stdout.trim(), user.uid.to_string());
+    let vmms = user.vmms();
+    assert_eq!(vmms.len(), 1, "{vmms:?}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", vmms[0])).unwrap();
+    let parent = status_field(&status, "PPid:");
+    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/user")).unwrap();
+    assert_ne!(ns(&vmms[0].to_string()), ns(&parent));
+    let done = user.podman(&["rm", "--force", "keep"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    gone(&user);
 }
