@@ -60,6 +60,11 @@ impl<'a> Input<'a> {
         u64::from_le_bytes(self.array())
     }
 
+    /// How many bytes are left.
+    pub fn rest_len(&self) -> usize {
+        self.0.len()
+    }
+
     pub fn rest(&mut self) -> &'a [u8] {
         self.bytes(self.0.len())
     }
@@ -473,6 +478,40 @@ pub fn fs_server_channel(data: &[u8]) {
     assert!(!Path::new("/planted").exists());
 }
 
+/// The boot timer port: any run of guest reads and writes (any offset,
+/// length and bytes): reads give zeros, unknown events and odd writes are
+/// ignored, and the timeline holds at most [`MAX_BOOT_EVENTS`] of the
+/// guest's events however many it sends.
+///
+/// [`MAX_BOOT_EVENTS`]: crate::vmm::devices::boot_timer::MAX_BOOT_EVENTS
+pub fn boot_timer(data: &[u8]) {
+    use crate::vmm::bus::BusDevice as _;
+    use crate::vmm::devices::boot_timer::{BootTimer, MAX_BOOT_EVENTS};
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut timer = BootTimer::new(Some(dir.path().to_path_buf()));
+    let mut input = Input::new(data);
+    // Each access takes at least one byte: the loop ends.
+    for _ in 0..1024 {
+        let op = input.u8();
+        if input.rest_len() == 0 && op == 0 {
+            break;
+        }
+        let offset = u64::from(op >> 4);
+        let len = usize::from((op >> 1) & 3) + usize::from(op & 0x80 != 0) * 5;
+        if op & 1 == 0 {
+            let bytes = input.bytes(len).to_vec();
+            timer.write(offset, &bytes);
+        } else {
+            let mut buf = vec![0xa5; len];
+            timer.read(offset, &mut buf);
+            assert!(buf.iter().all(|b| *b == 0), "a read gave {buf:?}");
+        }
+    }
+    let events = crate::timeline::read(dir.path());
+    assert!(events.len() <= MAX_BOOT_EVENTS, "{} events", events.len());
+    assert!(events.iter().all(|(name, _)| name.starts_with("guest.")));
+}
+
 /// A fuzz target: takes any bytes, returns without panicking.
 pub type Target = fn(&[u8]);
 
@@ -489,6 +528,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("snapshot_state", snapshot_state),
     ("oci_config", oci_config),
     ("seccomp_profile", seccomp_profile),
+    ("boot_timer", boot_timer),
 ];
 
 #[cfg(test)]
