@@ -760,8 +760,39 @@ fn the_pid_has_the_namespaces_the_spec_asks_for() {
         env.assert_gone(id);
     }
     // ns2 is in ns1's pid namespace: it goes first (with ns1, pid 1 of it,
-    // it would die too, as under runc).
-    for id in ["ns2", "ns4", "ns1"] {
+    // it would die too, as under runc). Its fs servers, in that namespace,
+    // go to ns1's VMM when ns2's ends: reaped, as an init reaps orphans,
+    // not left as zombies for as long as ns1 lives.
+    let done = env.husk(&["delete", "--force", "ns2"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    env.assert_gone("ns2");
+    let zombies_of = |parent: i64| -> Vec<String> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
+                continue;
+            };
+            let field = |k: &str| common::status_field(&status, k);
+            if field("PPid:") == parent.to_string() && field("State:").starts_with('Z') {
+                out.push(format!(
+                    "{} {}",
+                    e.file_name().to_string_lossy(),
+                    field("Name:")
+                ));
+            }
+        }
+        out
+    };
+    let mut left = zombies_of(pid1);
+    for _ in 0..50 {
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        left = zombies_of(pid1);
+    }
+    assert!(left.is_empty(), "zombies under ns1's VMM: {left:?}");
+    for id in ["ns4", "ns1"] {
         let done = env.husk(&["delete", "--force", id]);
         assert!(done.status.success(), "{}", done.stderr);
         env.assert_gone(id);

@@ -176,6 +176,18 @@ pub fn own_pid() -> u32 {
     })
 }
 
+/// From now on the kernel reaps this process's children as they end (its
+/// own, and the orphans it adopts: a VMM that is pid 1 of a pid namespace
+/// other containers' VMMs joined gets their fs servers once those VMMs
+/// end, as an init gets orphans); nothing may wait for a child afterwards.
+pub fn reap_children_automatically() -> nix::Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+    // SAFETY: installs no handler (SIG_IGN), which no code of this process
+    // relies on for SIGCHLD.
+    unsafe { sigaction(Signal::SIGCHLD, &ignore) }.map(|_| ())
+}
+
 /// This process's identity as a file-name part, `PID-STARTTIME`, for work
 /// files whose owner may die without removing them ([`owner_is_alive`]).
 pub fn own_tag() -> String {

@@ -766,6 +766,12 @@ fn drive_vm(root: &Path, id: &str, drive: Drive) -> Option<ExitStatus> {
         }
         filtered.store(true, Ordering::SeqCst);
         crate::jail::seccomp::fault_point("supervisor");
+        // The VMM runs no command from here on (the network plumbing is
+        // delete's): children, and orphans of the VMMs that joined this
+        // one's pid namespace, are reaped as they end, not left zombies.
+        if let Err(e) = crate::runtime::process::reap_children_automatically() {
+            log::warn!("container {id}: reaping children: {e}");
+        }
     }
 
     let alive = || !vm.is_finished();
