@@ -146,6 +146,15 @@ pub enum NsError {
     },
 }
 
+/// The error of `step` entering a namespace of `kind`, for `map_err`.
+fn entering(kind: Kind, step: &'static str) -> impl FnOnce(nix::Error) -> NsError {
+    move |errno| NsError::Enter {
+        kind: kind.name(),
+        step,
+        errno,
+    }
+}
+
 /// Whether the namespace files `a` and `b` are the same namespace.
 fn same_namespace(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt as _;
@@ -199,13 +208,7 @@ impl OpenedNs {
     /// this is the namespace of the thread's children. Needs
     /// `CAP_SYS_ADMIN` for anything but [`OpenedNs::Host`].
     pub fn enter(self, kind: Kind) -> Result<(), NsError> {
-        let err = |step| {
-            move |errno| NsError::Enter {
-                kind: kind.name(),
-                step,
-                errno,
-            }
-        };
+        let err = |step| entering(kind, step);
         let flag = nix::sched::CloneFlags::from_bits_truncate(kind.clone_flag());
         match self {
             OpenedNs::Host => Ok(()),
@@ -224,11 +227,7 @@ pub fn enter(ns: &VmmNamespaces) -> Result<(), NsError> {
     }
     if ns.uts == Ns::New {
         if let Some(name) = &ns.hostname {
-            nix::unistd::sethostname(name).map_err(|errno| NsError::Enter {
-                kind: "uts",
-                step: "sethostname",
-                errno,
-            })?;
+            nix::unistd::sethostname(name).map_err(entering(Kind::Uts, "sethostname"))?;
         }
     }
     Ok(())
@@ -275,13 +274,7 @@ impl UserNs {
     /// numbers it); `uid_map` and `gid_map` are the maps of a new one
     /// (`inside outside count` lines).
     pub fn prepare(ns: &Ns, pid: u32, uid_map: &str, gid_map: &str) -> Result<UserNs, NsError> {
-        let err = |step| {
-            move |errno| NsError::Enter {
-                kind: "user",
-                step,
-                errno,
-            }
-        };
+        let err = |step| entering(Kind::User, step);
         match ns {
             Ns::Host => Ok(UserNs::Host),
             Ns::Join(path) => Ok(UserNs::Join(open_checked(Kind::User, path)?)),
@@ -334,13 +327,7 @@ impl UserNs {
     /// this returns. The process then has every capability in it, and
     /// none outside.
     pub fn enter(self) -> Result<(), NsError> {
-        let err = |step| {
-            move |errno| NsError::Enter {
-                kind: "user",
-                step,
-                errno,
-            }
-        };
+        let err = |step| entering(Kind::User, step);
         let alone = |call: &mut dyn FnMut() -> nix::Result<()>| {
             let until = std::time::Instant::now() + ONE_THREAD_WAIT;
             loop {

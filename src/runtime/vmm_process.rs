@@ -437,14 +437,7 @@ fn run_in_user_ns(root: &Path, id: &str, start: InUserNs) -> Option<ExitStatus> 
             crate::vmm::devices::virtio::vsock::Vsock::bind_listener(&plan.control_socket)
                 .map_err(|e| e.to_string())?;
         if let Some(user) = &plan.vmm_user {
-            std::os::unix::fs::chown(&plan.control_socket, Some(user.uid), Some(user.gid))
-                .map_err(|e| {
-                    format!(
-                        "giving {} to the VMM's user {}: {e}",
-                        plan.control_socket.display(),
-                        user.uid
-                    )
-                })?;
+            give(&plan.control_socket, user)?;
         }
         let jail = (filters.is_some() && plan.vmm_jail)
             .then(|| vmm_jail(&dir, plan).prepare())
@@ -855,15 +848,7 @@ fn give_to_user(
     user: &crate::jail::user::VmmUser,
 ) -> Result<(), String> {
     use std::os::unix::fs::OpenOptionsExt as _;
-    let own = |path: &Path| -> Result<(), String> {
-        std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid)).map_err(|e| {
-            format!(
-                "giving {} to the VMM's user {}: {e}",
-                path.display(),
-                user.uid
-            )
-        })
-    };
+    let own = |path: &Path| give(path, user);
     let files = [
         dir.join(crate::timeline::TIMELINE_FILE),
         dir.join(state::EXIT_FILE),
@@ -885,6 +870,17 @@ fn give_to_user(
         }
     }
     Ok(())
+}
+
+/// Makes `path` the VMM's user's (its host ids).
+fn give(path: &Path, user: &crate::jail::user::VmmUser) -> Result<(), String> {
+    std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid)).map_err(|e| {
+        format!(
+            "giving {} to the VMM's user {}: {e}",
+            path.display(),
+            user.uid
+        )
+    })
 }
 
 /// Why a VMM gives up when its `create` went away.
