@@ -22,8 +22,10 @@ the process + delete), which is what an engine waits for. The first run of
 each contender is left out (husk's template VM is built then).
 
 Then the same through podman (`podman run --rm IMAGE python3 -c ...`, the
-image imported from the same tree, vfs storage), husk vs runc, which is the
-start a podman user sees.
+image imported from the same tree, vfs storage), husk vs husk-cold (the
+annotation io.husk.snapshot=false) vs runc, which is the start a podman user
+sees: with `--network none` and with podman's default network (one NIC on
+its bridge, what `podman run` gives without options).
 
 Needs a KVM with vmx/svm for husk: make bench-image runs it through the KVM
 test host. Prints Markdown tables; --json FILE also writes the raw numbers.
@@ -116,6 +118,8 @@ def timed(argv, env=None):
 def main():
     ap = bench_args(__doc__, runs=5)
     ap.add_argument("--podman-runs", type=int, default=3)
+    ap.add_argument("--podman-networks", default="none,default",
+                    help="comma-separated: none (--network none), default (podman's bridge)")
     args = ap.parse_args()
     for tool in ("runc", "podman"):
         if not shutil.which(tool):
@@ -167,14 +171,27 @@ def main():
         base = ["podman", "--root", os.path.join(pod, "storage"), "--runroot", os.path.join(pod, "run"),
                 "--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "file"]
         timed(base + ["import", tar, IMAGE], env)
-        runtimes = {"husk": args.husk, "runc": shutil.which("runc")}
-        podman = {name: [] for name in runtimes}
+        runtimes = {
+            "husk": [args.husk, []],
+            "husk-cold": [args.husk, ["--annotation", "io.husk.snapshot=false"]],
+            "runc": [shutil.which("runc"), []],
+        }
+        networks = {
+            "none": ["--network", "none"],
+            "default": [],
+        }
+        wanted = [n for n in args.podman_networks.split(",") if n]
+        for net in wanted:
+            if net not in networks:
+                sys.exit(f"--podman-networks: {net!r} is not one of {', '.join(networks)}")
+        podman = {net: {name: [] for name in runtimes} for net in wanted}
         for n in range(args.podman_runs + 1):
-            for name, runtime in runtimes.items():
-                t = timed(base + ["--runtime", runtime, "run", "--rm", "--network", "none", IMAGE,
-                                  "/usr/bin/python3", "-c", SCRIPT], env)
-                if n > 0:
-                    podman[name].append(t)
+            for net in wanted:
+                for name, (runtime, extra) in runtimes.items():
+                    t = timed(base + ["--runtime", runtime, "run", "--rm"] + networks[net] + extra
+                              + [IMAGE, "/usr/bin/python3", "-c", SCRIPT], env)
+                    if n > 0:
+                        podman[net][name].append(t)
         subprocess.run(base + ["rm", "--all", "--force"], capture_output=True)
         subprocess.run(base + ["rmi", "--all", "--force"], capture_output=True)
     finally:
@@ -190,13 +207,16 @@ def main():
     for name, values in results.items():
         print(f"| {name} | {ms_summary(values)} | {statistics.median(values) / runc:.2f} |")
     print()
-    print(f"`podman run --rm --network none IMAGE python3 -c ...`, {args.podman_runs} runs each:")
+    print(f"`podman run --rm [--network none] IMAGE python3 -c ...`, {args.podman_runs} runs each "
+          "(first left out):")
     print()
-    print("| runtime | wall time, median (min-max) | / runc |")
-    print("|---|---|---|")
-    prunc = statistics.median(podman["runc"])
-    for name, values in podman.items():
-        print(f"| {name} | {ms_summary(values)} | {statistics.median(values) / prunc:.2f} |")
+    print("| network | runtime | wall time, median (min-max) | / runc |")
+    print("|---|---|---|---|")
+    for net, by_runtime in podman.items():
+        prunc = statistics.median(by_runtime["runc"])
+        label = "`--network none`" if net == "none" else "default (bridge, 1 NIC)"
+        for name, values in by_runtime.items():
+            print(f"| {label} | {name} | {ms_summary(values)} | {statistics.median(values) / prunc:.2f} |")
     if args.json:
         write_json(args.json, "image", {"args": vars(args), "tree": {"files": files, "bytes": size},
                                         "oci": results, "podman": podman,

@@ -159,6 +159,15 @@ fn exec(env: &Env, id: &str, cmd: &str) -> String {
 }
 
 /// The namespace has no husk tap and no redirect left.
+/// Whether container `id` (created, not yet deleted) was restored from a
+/// template VM rather than booted, from its start-up timeline.
+fn restored(env: &Env, id: &str) -> bool {
+    std::fs::read_to_string(env.root().join(id).join("timeline"))
+        .unwrap()
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some("vmm.restored"))
+}
+
 fn assert_netns_clean(ns: &str) {
     let links = sh(&format!("ip -n {ns} -o link show"));
     assert!(!links.contains("husktap"), "tap left in {ns}:\n{links}");
@@ -200,14 +209,33 @@ fn a_container_keeps_its_namespace_address_routes_and_dns() {
         }));
     std::fs::write(bundle.join("config.json"), config.to_string()).unwrap();
 
+    // The test host knew the address on another MAC (a container before
+    // this one): the guest's announcement corrects it without any traffic
+    // from here.
+    let bridge = &lan.bridge;
+    sh(&format!(
+        "ip neigh replace 10.91.0.2 lladdr 02:00:00:00:00:99 dev {bridge} nud stale"
+    ));
+
     let done = env.husk(&["create", "--bundle", b(&bundle), "web"]);
     assert!(done.status.success(), "{}", done.stderr);
+    // A VM with a NIC starts from a template VM like any other.
+    assert!(restored(&env, "web"), "booted cold");
     // Redirects are in place while the container lives.
     let qdiscs = sh(&format!(
         "ip netns exec {ns} tc filter show dev eth0 ingress"
     ));
     assert!(qdiscs.contains("husktap0"), "{qdiscs}");
     assert!(env.husk(&["start", "web"]).status.success());
+    let mut neigh = String::new();
+    for _ in 0..100 {
+        neigh = sh(&format!("ip neigh show 10.91.0.2 dev {bridge}"));
+        if neigh.contains(&ns_mac) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(neigh.contains(&ns_mac), "not announced as {ns_mac}: {neigh}");
 
     // From the test host and from another namespace, at the engine's address.
     let url = format!("http://{}:8080/", lan.ip(2));
@@ -323,6 +351,8 @@ fn each_interface_of_the_namespace_is_a_nic() {
         .husk(&["run", "-d", "--bundle", b(&bundle), "two"])
         .status
         .success());
+    // Two NICs (MTUs 1500 and 1400): a template of that shape.
+    assert!(restored(&env, "two"), "booted cold");
     assert_eq!(fetch(None, "http://10.94.0.2:8080/"), "two nics\n");
     assert_eq!(fetch(None, "http://10.95.0.2:8080/"), "two nics\n");
     let addrs = exec(&env, "two", "ip -o addr; ip -o link");
@@ -334,6 +364,14 @@ fn each_interface_of_the_namespace_is_a_nic() {
     assert!(has("eth0", "inet 10.94.0.2/24"), "{addrs}");
     assert!(has("eth1", "inet 10.95.0.2/24"), "{addrs}");
     assert!(has("eth1:", "mtu 1400"), "{addrs}");
+    // Each NIC has its namespace interface's MAC, not the template's.
+    for (ifname, lan) in [("eth0", &front), ("eth1", &back)] {
+        let link: serde_json::Value =
+            serde_json::from_str(&sh(&format!("ip -n {ns} -j link show {ifname}"))).unwrap();
+        let mac = link[0]["address"].as_str().unwrap();
+        assert!(has(&format!("{ifname}:"), mac), "{ifname} of {}: {addrs}", lan.bridge);
+    }
+    assert!(!addrs.contains("02:68:75:73"), "a placeholder MAC is left: {addrs}");
     assert!(env.husk(&["delete", "--force", "two"]).status.success());
     env.assert_gone("two");
     assert_netns_clean(&ns);

@@ -397,6 +397,12 @@ pub struct GuestNic {
     /// Addresses with their prefixes, IPv4 and IPv6.
     #[serde(default)]
     pub addrs: Vec<IpPrefix>,
+    /// The MAC the guest's device had when the guest probed it, where that
+    /// is not `mac`: a VM restored from a template VM probed its NICs with
+    /// the template's placeholder MACs. The guest finds the interface by
+    /// this one and gives it `mac` before anything else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probed_mac: Option<String>,
 }
 
 /// One route of the namespace's main table (routes the kernel derives from

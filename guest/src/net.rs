@@ -8,7 +8,11 @@
 //!    `eth0`, `eth1`, ... in probe order, which need not be the wanted order)
 //!    and rename the ones whose name differs, through a temporary name where
 //!    two want each other's names (renaming needs the interface down, which
-//!    it still is);
+//!    it still is). A NIC with a `probed_mac` (a VM restored from a template
+//!    VM, whose guest probed its NICs with placeholder MACs) is found by
+//!    that one first and given its own; then `arp_notify` (IPv4) and
+//!    `ndisc_notify` (IPv6) are turned on, so each interface announces its
+//!    addresses when it comes up;
 //! 4. per NIC, in the given order: MTU; for IPv6 addresses `disable_ipv6=0`
 //!    (where present) and `accept_dad=0`, so the addresses are usable at once
 //!    instead of tentative; the addresses; then up;
@@ -20,7 +24,7 @@
 //! ioctls can hold more than one. IPv6 addresses need no labels.
 //!
 //! Every side effect goes through [`NetOps`]; [`RealNetOps`] implements it with
-//! plain socket ioctls (no netlink) and `/proc/sys/net/ipv6/conf`.
+//! plain socket ioctls (no netlink) and `/proc/sys/net/ipv{4,6}/conf`.
 
 use std::collections::HashSet;
 use std::ffi::CStr;
@@ -46,6 +50,9 @@ pub const MAX_IFNAME_LEN: usize = libc::IFNAMSIZ - 1;
 /// `rtentry_to_fib_config` in `net/ipv4/fib_frontend.c`).
 pub const MAX_IPV4_ROUTE_METRIC: u32 = 32766;
 
+/// Length of an Ethernet address.
+pub const MAC_LEN: usize = 6;
+
 /// Prefix of the temporary names used to swap interface names.
 const TEMP_NAME_PREFIX: &str = "husk-tmp";
 
@@ -67,6 +74,11 @@ pub trait NetOps {
     fn interfaces(&mut self) -> Result<Vec<Interface>, Errno>;
     /// Renames a (down) interface.
     fn rename(&mut self, from: &str, to: &str) -> Result<(), Errno>;
+    /// Sets a (down) Ethernet interface's MAC.
+    fn set_mac(&mut self, ifname: &str, mac: [u8; MAC_LEN]) -> Result<(), Errno>;
+    /// Writes `/proc/sys/net/ipv4/conf/<ifname>/<key>` (`all` for every
+    /// interface).
+    fn set_ipv4_conf(&mut self, ifname: &str, key: &str, value: &str) -> Result<(), Errno>;
     fn set_mtu(&mut self, ifname: &str, mtu: u32) -> Result<(), Errno>;
     /// Writes `/proc/sys/net/ipv6/conf/<ifname>/<key>`; `ENOENT` when the
     /// kernel has no such setting (no IPv6).
@@ -109,6 +121,24 @@ pub enum NetError {
     DuplicateName { name: String },
     #[error("two guest NICs both have MAC {mac}")]
     DuplicateMac { mac: String },
+    #[error("MAC {mac:?} of the NIC to be named {name} is not six colon-separated hex bytes")]
+    BadMac { mac: String, name: String },
+    #[error("two guest NICs were both probed with MAC {mac}")]
+    DuplicateProbedMac { mac: String },
+    #[error("setting MAC {mac} on {ifname} (probed as {probed}): {}", .errno.desc())]
+    SetMac {
+        ifname: String,
+        mac: String,
+        probed: String,
+        errno: Errno,
+    },
+    #[error("setting net.ipv4.conf.{ifname}.{key}={value}: {}", .errno.desc())]
+    Ipv4Conf {
+        ifname: String,
+        key: &'static str,
+        value: &'static str,
+        errno: Errno,
+    },
     #[error(
         "address {addr}/{prefix_len} on {ifname}: prefix length too long for the address family"
     )]
@@ -236,10 +266,12 @@ pub fn configure_with(ops: &mut impl NetOps, setup: &NetSetup) -> Result<(), Net
         // `validate` made sure no route names a device.
         return Ok(());
     }
-    let found = ops
+    let mut found = ops
         .interfaces()
         .map_err(|errno| NetError::ListInterfaces { errno })?;
+    readdress_nics(ops, &setup.nics, &mut found)?;
     let current = find_nics(&setup.nics, &found)?;
+    announce(ops, &setup.nics)?;
     rename_nics(ops, &setup.nics, current, &found)?;
     for nic in &setup.nics {
         configure_nic(ops, nic)?;
@@ -254,6 +286,7 @@ pub fn configure_with(ops: &mut impl NetOps, setup: &NetSetup) -> Result<(), Net
 fn validate(setup: &NetSetup) -> Result<(), NetError> {
     let mut names = HashSet::new();
     let mut macs = HashSet::new();
+    let mut probed_macs = HashSet::new();
     for nic in &setup.nics {
         check_name(nic)?;
         if !names.insert(nic.name.as_str()) {
@@ -265,6 +298,15 @@ fn validate(setup: &NetSetup) -> Result<(), NetError> {
             return Err(NetError::DuplicateMac {
                 mac: nic.mac.clone(),
             });
+        }
+        if let Some(probed) = &nic.probed_mac {
+            parse_mac(&nic.mac, &nic.name)?;
+            parse_mac(probed, &nic.name)?;
+            if !probed_macs.insert(probed.to_ascii_lowercase()) {
+                return Err(NetError::DuplicateProbedMac {
+                    mac: probed.clone(),
+                });
+            }
         }
         for (addr, prefix_len) in nic.addrs.iter().map(|p| (p.addr, p.prefix_len)) {
             if prefix_len > max_prefix(addr) {
@@ -400,32 +442,121 @@ fn ipv4_label(name: &str, index: usize) -> String {
     }
 }
 
+/// `aa:bb:cc:dd:ee:ff` (either case) as bytes; `name` is the NIC's, for
+/// the error.
+fn parse_mac(text: &str, name: &str) -> Result<[u8; MAC_LEN], NetError> {
+    let bad = || NetError::BadMac {
+        mac: text.to_owned(),
+        name: name.to_owned(),
+    };
+    let mut mac = [0u8; MAC_LEN];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next().ok_or_else(bad)?;
+        // `from_str_radix` alone would take "+1".
+        if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+    }
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    Ok(mac)
+}
+
+/// Gives each NIC that was probed with another MAC (a VM restored from a
+/// template VM) its own, and updates `found` to match. Every interface is
+/// looked up by its probed MAC before any is changed, so a NIC's new MAC
+/// may be another's probed one.
+fn readdress_nics(
+    ops: &mut impl NetOps,
+    nics: &[GuestNic],
+    found: &mut [Interface],
+) -> Result<(), NetError> {
+    let mut changes = Vec::new();
+    for nic in nics {
+        let Some(probed) = &nic.probed_mac else {
+            continue;
+        };
+        let index = interface_index(probed, &nic.name, found)?;
+        changes.push((index, nic, probed));
+    }
+    for (index, nic, probed) in changes {
+        // `validate` checked both MACs.
+        let mac = parse_mac(&nic.mac, &nic.name)?;
+        let interface = &mut found[index];
+        ops.set_mac(&interface.name, mac)
+            .map_err(|errno| NetError::SetMac {
+                ifname: interface.name.clone(),
+                mac: nic.mac.clone(),
+                probed: probed.clone(),
+                errno,
+            })?;
+        interface.mac = Some(nic.mac.to_ascii_lowercase());
+    }
+    Ok(())
+}
+
+/// Has the kernel announce each address when its interface comes up
+/// (a gratuitous ARP, an unsolicited neighbour advertisement), so the
+/// bridge and the neighbours learn the NIC's MAC at once, even where they
+/// knew the address on another MAC (a container before this one).
+fn announce(ops: &mut impl NetOps, nics: &[GuestNic]) -> Result<(), NetError> {
+    let addrs = || nics.iter().flat_map(|n| &n.addrs);
+    if addrs().any(|p| p.addr.is_ipv4()) {
+        ops.set_ipv4_conf("all", "arp_notify", "1")
+            .map_err(|errno| NetError::Ipv4Conf {
+                ifname: "all".into(),
+                key: "arp_notify",
+                value: "1",
+                errno,
+            })?;
+    }
+    if addrs().any(|p| p.addr.is_ipv6()) {
+        match ops.set_ipv6_conf("all", "ndisc_notify", "1") {
+            // No IPv6 in the guest kernel: `prepare_ipv6` says so.
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(errno) => {
+                return Err(NetError::Ipv6Conf {
+                    ifname: "all".into(),
+                    key: "ndisc_notify",
+                    value: "1",
+                    errno,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The index in `found` of the one interface with MAC `mac`; `name` is the
+/// NIC's wanted name, for the error.
+fn interface_index(mac: &str, name: &str, found: &[Interface]) -> Result<usize, NetError> {
+    let matching: Vec<usize> = found
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| i.mac.as_deref().is_some_and(|m| m.eq_ignore_ascii_case(mac)))
+        .map(|(index, _)| index)
+        .collect();
+    match matching.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(NetError::NoInterfaceWithMac {
+            mac: mac.to_owned(),
+            name: name.to_owned(),
+        }),
+        _ => Err(NetError::AmbiguousMac {
+            mac: mac.to_owned(),
+            name: name.to_owned(),
+            found: matching.iter().map(|&i| found[i].name.clone()).collect(),
+        }),
+    }
+}
+
 /// The current name of each NIC's interface, in the order of `nics`.
 fn find_nics(nics: &[GuestNic], found: &[Interface]) -> Result<Vec<String>, NetError> {
     nics.iter()
-        .map(|nic| {
-            let matching: Vec<String> = found
-                .iter()
-                .filter(|i| {
-                    i.mac
-                        .as_deref()
-                        .is_some_and(|mac| mac.eq_ignore_ascii_case(&nic.mac))
-                })
-                .map(|i| i.name.clone())
-                .collect();
-            match matching.as_slice() {
-                [one] => Ok(one.clone()),
-                [] => Err(NetError::NoInterfaceWithMac {
-                    mac: nic.mac.clone(),
-                    name: nic.name.clone(),
-                }),
-                _ => Err(NetError::AmbiguousMac {
-                    mac: nic.mac.clone(),
-                    name: nic.name.clone(),
-                    found: matching,
-                }),
-            }
-        })
+        .map(|nic| Ok(found[interface_index(&nic.mac, &nic.name, found)?].name.clone()))
         .collect()
 }
 
@@ -646,6 +777,16 @@ fn open_socket(slot: &mut Option<OwnedFd>, family: AddressFamily) -> Result<Borr
     slot.as_ref().map(AsFd::as_fd).ok_or(Errno::EBADF)
 }
 
+/// Writes `value` to the sysctl file `path`.
+fn write_sysctl(path: &str, value: &str) -> Result<(), Errno> {
+    let os_errno = crate::agent::spawn::errno_of;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(os_errno)?;
+    file.write_all(value.as_bytes()).map_err(os_errno)
+}
+
 /// Runs one ioctl whose argument is a pointer to `arg`.
 ///
 /// # Safety
@@ -780,14 +921,26 @@ impl NetOps for RealNetOps {
         unsafe { ioctl(fd, libc::SIOCSIFMTU, &mut ifr) }
     }
 
+    fn set_mac(&mut self, ifname: &str, mac: [u8; MAC_LEN]) -> Result<(), Errno> {
+        let fd = self.inet()?;
+        let mut ifr = ifreq(ifname)?;
+        // SAFETY: `sockaddr` is plain old data; all zeroes is a valid value.
+        let mut hwaddr: libc::sockaddr = unsafe { std::mem::zeroed() };
+        hwaddr.sa_family = libc::ARPHRD_ETHER;
+        for (dst, src) in hwaddr.sa_data.iter_mut().zip(mac) {
+            *dst = c_char::from_ne_bytes([src]);
+        }
+        ifr.ifr_ifru.ifru_hwaddr = hwaddr;
+        // SAFETY: SIOCSIFHWADDR reads a `struct ifreq`.
+        unsafe { ioctl(fd, libc::SIOCSIFHWADDR, &mut ifr) }
+    }
+
+    fn set_ipv4_conf(&mut self, ifname: &str, key: &str, value: &str) -> Result<(), Errno> {
+        write_sysctl(&format!("/proc/sys/net/ipv4/conf/{ifname}/{key}"), value)
+    }
+
     fn set_ipv6_conf(&mut self, ifname: &str, key: &str, value: &str) -> Result<(), Errno> {
-        let path = format!("/proc/sys/net/ipv6/conf/{ifname}/{key}");
-        let os_errno = crate::agent::spawn::errno_of;
-        let mut file = OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(os_errno)?;
-        file.write_all(value.as_bytes()).map_err(os_errno)
+        write_sysctl(&format!("/proc/sys/net/ipv6/conf/{ifname}/{key}"), value)
     }
 
     fn add_ipv4(&mut self, label: &str, addr: Ipv4Addr, prefix_len: u8) -> Result<(), Errno> {
@@ -908,6 +1061,8 @@ mod tests {
     enum Op {
         Interfaces,
         Rename(String, String),
+        Mac(String, String),
+        Ipv4Conf(String, String, String),
         Mtu(String, u32),
         Ipv6Conf(String, String, String),
         AddV4(String, Ipv4Addr, u8),
@@ -975,6 +1130,22 @@ mod tests {
             interface.ok_or(Errno::ENODEV)?.name = to.into();
             Ok(())
         }
+        fn set_mac(&mut self, ifname: &str, mac: [u8; MAC_LEN]) -> Result<(), Errno> {
+            let text = format_mac(&mac.map(|b| c_char::from_ne_bytes([b])));
+            self.ops.push(Op::Mac(ifname.into(), text.clone()));
+            let interface = self.interfaces.iter_mut().find(|i| i.name == ifname);
+            interface.ok_or(Errno::ENODEV)?.mac = Some(text);
+            Ok(())
+        }
+        fn set_ipv4_conf(&mut self, ifname: &str, key: &str, value: &str) -> Result<(), Errno> {
+            self.ops
+                .push(Op::Ipv4Conf(ifname.into(), key.into(), value.into()));
+            if ifname == "all" {
+                Ok(())
+            } else {
+                self.exists(ifname)
+            }
+        }
         fn set_mtu(&mut self, ifname: &str, mtu: u32) -> Result<(), Errno> {
             self.ops.push(Op::Mtu(ifname.into(), mtu));
             self.exists(ifname)?;
@@ -985,6 +1156,9 @@ mod tests {
                 .push(Op::Ipv6Conf(ifname.into(), key.into(), value.into()));
             if self.no_ipv6 {
                 return Err(Errno::ENOENT);
+            }
+            if ifname == "all" {
+                return Ok(());
             }
             self.exists(ifname)
         }
@@ -1040,6 +1214,7 @@ mod tests {
             name: name.into(),
             mtu: 1500,
             addrs: addrs.iter().map(|a| prefix(a)).collect(),
+            probed_mac: None,
         }
     }
 
@@ -1093,6 +1268,8 @@ mod tests {
             vec![
                 up("lo"),
                 Op::Interfaces,
+                Op::Ipv4Conf("all".into(), "arp_notify".into(), "1".into()),
+                Op::Ipv6Conf("all".into(), "ndisc_notify".into(), "1".into()),
                 Op::Mtu("eth0".into(), 1450),
                 Op::Ipv6Conf("eth0".into(), "disable_ipv6".into(), "0".into()),
                 Op::Ipv6Conf("eth0".into(), "accept_dad".into(), "0".into()),
@@ -1117,6 +1294,7 @@ mod tests {
             vec![
                 up("lo"),
                 Op::Interfaces,
+                Op::Ipv4Conf("all".into(), "arp_notify".into(), "1".into()),
                 Op::AddV4("eth0".into(), v4("10.0.0.2"), 24),
                 up("eth0"),
             ]
@@ -1176,6 +1354,7 @@ mod tests {
             vec![
                 up("lo"),
                 Op::Interfaces,
+                Op::Ipv4Conf("all".into(), "arp_notify".into(), "1".into()),
                 Op::Rename("eth0".into(), "net0".into()),
                 Op::Mtu("net0".into(), 1500),
                 Op::AddV4("net0".into(), v4("10.0.0.2"), 24),
@@ -1220,6 +1399,7 @@ mod tests {
             vec![
                 up("lo"),
                 Op::Interfaces,
+                Op::Ipv4Conf("all".into(), "arp_notify".into(), "1".into()),
                 Op::Rename("eth0".into(), "husk-tmp0".into()),
                 Op::Rename("eth1".into(), "eth0".into()),
                 Op::Rename("husk-tmp0".into(), "eth1".into()),
@@ -1233,6 +1413,88 @@ mod tests {
         );
         assert_eq!(ops.name_of(MAC_A), "eth1");
         assert_eq!(ops.name_of(MAC_B), "eth0");
+    }
+
+    /// Placeholder MACs a template VM's guest probed its NICs with.
+    const PROBED_0: &str = "02:68:75:73:6b:00";
+    const PROBED_1: &str = "02:68:75:73:6b:01";
+
+    fn probed(mut nic: GuestNic, mac: &str) -> GuestNic {
+        nic.probed_mac = Some(mac.into());
+        nic
+    }
+
+    #[test]
+    fn restored_nics_get_their_own_macs_before_they_are_named() {
+        let mut ops = Recorder::with(&[("eth0", PROBED_0), ("eth1", PROBED_1)]);
+        // The second device holds the first NIC of the setup.
+        let nics = vec![
+            probed(nic(MAC_A, "eth0", &["10.0.0.2/24"]), PROBED_1),
+            probed(nic(MAC_B, "eth1", &["10.0.1.2/24"]), PROBED_0),
+        ];
+        configure_with(&mut ops, &setup(nics, vec![])).expect("configure");
+        assert_eq!(
+            ops.ops[..4],
+            [
+                up("lo"),
+                Op::Interfaces,
+                Op::Mac("eth1".into(), MAC_A.into()),
+                Op::Mac("eth0".into(), MAC_B.into()),
+            ]
+        );
+        assert_eq!(ops.name_of(MAC_A), "eth0");
+        assert_eq!(ops.name_of(MAC_B), "eth1");
+        let macs = ops.ops.iter().filter(|op| matches!(op, Op::Mac(..)));
+        assert_eq!(macs.count(), 2);
+        assert!(ops.ops.contains(&up("eth0")) && ops.ops.contains(&up("eth1")));
+    }
+
+    #[test]
+    fn a_nics_own_mac_may_be_the_probed_mac_of_another() {
+        // Every interface is found by its probed MAC before any changes.
+        let mut ops = Recorder::with(&[("eth0", PROBED_0), ("eth1", PROBED_1)]);
+        let nics = vec![
+            probed(nic(PROBED_1, "eth0", &[]), PROBED_0),
+            probed(nic(PROBED_0, "eth1", &[]), PROBED_1),
+        ];
+        configure_with(&mut ops, &setup(nics, vec![])).expect("configure");
+        assert_eq!(ops.name_of(PROBED_1), "eth0");
+        assert_eq!(ops.name_of(PROBED_0), "eth1");
+        assert!(!ops.ops.iter().any(|op| matches!(op, Op::Rename(..))));
+    }
+
+    #[test]
+    fn bad_probed_macs_are_refused_before_anything_changes() {
+        let cases = [
+            (vec![probed(nic(MAC_A, "eth0", &[]), "02:68:75:73:6b")], "not six"),
+            (vec![probed(nic(MAC_A, "eth0", &[]), "02:68:75:73:6b:0g")], "not six"),
+            (vec![probed(nic(MAC_A, "eth0", &[]), "02:68:75:73:6b:00:01")], "not six"),
+            (vec![probed(nic(MAC_A, "eth0", &[]), "02:68:75:73:6b:+1")], "not six"),
+            (vec![probed(nic("junk", "eth0", &[]), PROBED_0)], "not six"),
+            (
+                vec![
+                    probed(nic(MAC_A, "eth0", &[]), PROBED_0),
+                    probed(nic(MAC_B, "eth1", &[]), PROBED_0),
+                ],
+                "both probed",
+            ),
+        ];
+        for (nics, want) in cases {
+            let mut ops = Recorder::with(&[("eth0", PROBED_0), ("eth1", PROBED_1)]);
+            let err = configure_with(&mut ops, &setup(nics.clone(), vec![])).expect_err("bad");
+            assert!(err.to_string().contains(want), "{nics:?}: {err}");
+            assert!(ops.ops.is_empty(), "{nics:?}: {:?}", ops.ops);
+        }
+    }
+
+    #[test]
+    fn a_probed_mac_no_interface_has_changes_nothing() {
+        let mut ops = Recorder::with(&[("eth0", PROBED_0)]);
+        let nics = vec![probed(nic(MAC_A, "eth0", &[]), PROBED_1)];
+        let err = configure_with(&mut ops, &setup(nics, vec![])).expect_err("missing");
+        assert!(matches!(err, NetError::NoInterfaceWithMac { ref mac, .. } if mac == PROBED_1));
+        assert!(!ops.ops.iter().any(|op| matches!(op, Op::Mac(..) | Op::Rename(..))));
+        assert_eq!(ops.name_of(PROBED_0), "eth0");
     }
 
     #[test]

@@ -174,6 +174,7 @@ pub fn plan(
             name: link.ifname.clone(),
             mtu: link.mtu,
             addrs,
+            probed_mac: None,
         });
     }
     let tagged = v4_routes.iter().map(|r| (r, false));

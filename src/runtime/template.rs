@@ -1,5 +1,4 @@
-//! Template VMs: a container VM without NICs starts from a snapshot instead
-//! of booting.
+//! Template VMs: a container VM starts from a snapshot instead of booting.
 //!
 //! The first container of a kind boots a template VM: the same kernel,
 //! initramfs, root image, memory, vCPUs and command line as the container's
@@ -14,10 +13,19 @@
 //! create, so clones share neither the template's time nor its random
 //! state.
 //!
+//! A container's NICs are in its template too, as devices with nothing
+//! behind them ([`Detached`](crate::vmm::devices::virtio::net::Detached))
+//! and placeholder MACs ([`placeholder_mac`]): the guest probes them, and
+//! each restored VM rebuilds them on its own taps at the saved ring
+//! positions. The agent then finds each NIC by its placeholder, gives it the
+//! container's MAC ([`mark_probed_macs`]) and configures it as after a cold
+//! boot.
+//!
 //! The key covers everything the guest saw while booting: the kernel,
 //! husk-init and the root image (path, size, modification time, inode), its
 //! virtio-fs devices' tags (a template's serve an empty directory; the
-//! guest only probes them), the
+//! guest only probes them), its NICs' shape (count, MTU, offloads; not
+//! their taps or MACs), the
 //! memory size, vCPU count, command line and vsock CID, the husk binary (its
 //! device model and snapshot format), and the host's CPU flags and kernel
 //! release (KVM's CPUID and MSRs). A changed input makes a new key; the
@@ -64,8 +72,28 @@ pub enum TemplateError {
     Build(#[from] crate::vmm::builder::BuildError),
     #[error("template VM ended without a snapshot ({0:?}); its console: {1}")]
     NoSnapshot(VmExit, String),
-    #[error("a VM with NICs cannot start from a template")]
-    HasNics,
+}
+
+/// The MAC a template VM's `index`th NIC has (locally administered,
+/// `02:68:75:73:..`, "husk"): what a restored guest's interface is found by
+/// before it gets the container's MAC.
+pub fn placeholder_mac(index: usize) -> [u8; 6] {
+    // At most a few dozen virtio devices fit the VM's IRQ lines.
+    let [hi, lo] = u16::try_from(index).unwrap_or(u16::MAX).to_be_bytes();
+    [0x02, b'h', b'u', b's', hi, lo]
+}
+
+/// Tells the guest of a VM restored from a template (`config`, the
+/// container's own VM config) which interface each of `setup`'s NICs is:
+/// the one with the placeholder MAC of its device's place among the VM's
+/// NICs.
+pub fn mark_probed_macs(config: &VmConfig, setup: &mut crate::agent_proto::NetSetup) {
+    for (index, nic) in config.net.iter().enumerate() {
+        let mac = crate::net::inspect::format_mac(&nic.mac);
+        if let Some(g) = setup.nics.iter_mut().find(|g| g.mac.eq_ignore_ascii_case(&mac)) {
+            g.probed_mac = Some(crate::net::inspect::format_mac(&placeholder_mac(index)));
+        }
+    }
 }
 
 fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> TemplateError + '_ {
@@ -139,6 +167,11 @@ pub fn key(config: &VmConfig, init: &Path) -> String {
     for fs in &config.fs {
         text.push_str(&format!("|fs={}", fs.tag));
     }
+    // What the guest's driver read at probe: the features (offloads) and
+    // the MTU it may set; the MAC it is told later, the tap is the host's.
+    for nic in &config.net {
+        text.push_str(&format!("|nic=mtu:{}:offload:{}", nic.mtu, nic.offload));
+    }
     format!(
         "{:016x}{:016x}",
         crate::runtime::state::fnv1a(text.as_bytes()),
@@ -154,9 +187,6 @@ fn complete(dir: &Path) -> bool {
 /// The complete template for VMs like `config` under `cache`, if there is
 /// one (marked used); `init` is the husk-init binary of its initramfs.
 pub fn find(config: &VmConfig, init: &Path, cache: &Path) -> Option<PathBuf> {
-    if !config.net.is_empty() {
-        return None;
-    }
     found(cache.join(TEMPLATES_DIR).join(key(config, init)))
 }
 
@@ -179,9 +209,6 @@ pub fn ensure(
     cache: &Path,
     stop: Option<Arc<EventFd>>,
 ) -> Result<PathBuf, TemplateError> {
-    if !config.net.is_empty() {
-        return Err(TemplateError::HasNics);
-    }
     let templates = cache.join(TEMPLATES_DIR);
     let key = key(config, init);
     let dir = templates.join(&key);
@@ -274,6 +301,26 @@ fn build(
     work: &Path,
     stop: Option<Arc<EventFd>>,
 ) -> Result<VmExit, TemplateError> {
+    let t = template_config(config, work)?;
+    // No seccomp filters: the template VM runs husk-init only (no
+    // container's code), and its VMM thread writes the snapshot files.
+    let controls = crate::vmm::builder::RunControls {
+        stop,
+        taps: Vec::new(),
+        seccomp: None,
+        jail: None,
+        vsock_listener: None,
+        socket_owner: None,
+        fs_servers: Vec::new(),
+    };
+    Ok(crate::vmm::builder::run_with(t, controls)?)
+}
+
+/// The template VM of a container VM `config`, working in `work`: the same
+/// VM with nothing of the container's: its shares are an empty directory,
+/// its NICs detached with placeholder MACs, its console and vsock socket
+/// its own.
+fn template_config(config: &VmConfig, work: &Path) -> Result<VmConfig, TemplateError> {
     let mut t = config.clone();
     // The template's virtio-fs devices serve an empty directory, read-only:
     // the guest probes them at boot and mounts nothing; a restored
@@ -292,21 +339,15 @@ fn build(
         guest_cid: v.guest_cid,
         uds_path: work.join("vsock"),
     });
+    for (index, nic) in t.net.iter_mut().enumerate() {
+        nic.tap = format!("template-nic{index}");
+        nic.mac = placeholder_mac(index);
+        nic.detached = true;
+    }
     t.timeout = Some(TEMPLATE_BOOT_TIMEOUT);
     t.timeline = None;
     t.snapshot = Some(Snapshot::TakeWhenAgentListens(work.to_path_buf()));
-    // No seccomp filters: the template VM runs husk-init only (no
-    // container's code), and its VMM thread writes the snapshot files.
-    let controls = crate::vmm::builder::RunControls {
-        stop,
-        taps: Vec::new(),
-        seccomp: None,
-        jail: None,
-        vsock_listener: None,
-        socket_owner: None,
-        fs_servers: Vec::new(),
-    };
-    Ok(crate::vmm::builder::run_with(t, controls)?)
+    Ok(t)
 }
 
 #[cfg(test)]
@@ -400,22 +441,95 @@ mod tests {
         assert!(building.exists(), "an incomplete one is not a template");
     }
 
+    fn nic(tap: &str, last: u8, mtu: u16) -> crate::vmm::config::NetConfig {
+        crate::vmm::config::NetConfig {
+            tap: tap.into(),
+            mac: [0x0a, 0x58, 0x0a, 0x58, 0, last],
+            mtu,
+            offload: true,
+            detached: false,
+        }
+    }
+
     #[test]
-    fn a_vm_with_nics_gets_no_template_and_nothing_is_written() {
+    fn the_key_follows_the_nics_shape_not_their_taps_or_macs() {
+        let dir = tempfile::tempdir().unwrap();
+        let init = dir.path().join("husk-init");
+        std::fs::write(&init, b"init").unwrap();
+        let none = config(dir.path());
+        let mut one = none.clone();
+        one.net = vec![nic("husktap0", 2, 1500)];
+        assert_ne!(key(&none, &init), key(&one, &init));
+        let mut other = none.clone();
+        other.net = vec![nic("husktap7", 9, 1500)];
+        assert_eq!(key(&one, &init), key(&other, &init), "another tap and MAC");
+        let mut two = one.clone();
+        two.net.push(nic("husktap1", 3, 1500));
+        assert_ne!(key(&one, &init), key(&two, &init), "the count");
+        let mut mtu = none.clone();
+        mtu.net = vec![nic("husktap0", 2, 65520)];
+        assert_ne!(key(&one, &init), key(&mtu, &init), "the MTU");
+        let mut plain = one.clone();
+        plain.net[0].offload = false;
+        assert_ne!(key(&one, &init), key(&plain, &init), "the offloads");
+    }
+
+    #[test]
+    fn a_template_has_the_nics_detached_with_placeholder_macs_and_nothing_of_the_container() {
         let dir = tempfile::tempdir().unwrap();
         let mut c = config(dir.path());
-        c.net = vec![crate::vmm::config::NetConfig {
-            tap: "t0".into(),
-            mac: [2, 0, 0, 0, 0, 1],
-            mtu: 1500,
-            offload: true,
+        c.net = vec![nic("husktap0", 2, 1500), nic("husktap1", 3, 9000)];
+        c.fs = vec![crate::vmm::config::FsConfig {
+            tag: "husk".into(),
+            root: dir.path().join("rootfs"),
+            read_only: false,
+            ids: Default::default(),
         }];
-        let cache = dir.path().join("cache");
-        assert!(matches!(
-            ensure(&c, Path::new("/i"), &cache, None),
-            Err(TemplateError::HasNics)
-        ));
-        assert!(!cache.exists());
+        let work = dir.path().join("work");
+        let t = template_config(&c, &work).unwrap();
+        assert_eq!(t.net.len(), 2);
+        for (i, (n, orig)) in t.net.iter().zip(&c.net).enumerate() {
+            assert!(n.detached, "{n:?}");
+            assert_eq!(n.mac, placeholder_mac(i));
+            assert_eq!((n.mtu, n.offload), (orig.mtu, orig.offload));
+            assert!(!n.tap.starts_with("husktap"), "{n:?}");
+        }
+        assert_ne!(placeholder_mac(0), placeholder_mac(1));
+        assert_eq!(placeholder_mac(1), [0x02, b'h', b'u', b's', 0, 1]);
+        assert_eq!(t.fs[0].root, work.join(TEMPLATE_SHARE_DIR));
+        assert!(t.fs[0].read_only);
+        assert_eq!(t.vsock.as_ref().unwrap().uds_path, work.join("vsock"));
+        assert!(matches!(t.snapshot, Some(Snapshot::TakeWhenAgentListens(ref w)) if *w == work));
+        // The key is the container's: the template is found by it.
+        let init = dir.path().join("husk-init");
+        std::fs::write(&init, b"init").unwrap();
+        assert_eq!(key(&t, &init), key(&c, &init));
+    }
+
+    #[test]
+    fn each_nic_of_the_setup_is_told_its_placeholder_by_its_devices_place() {
+        use crate::agent_proto::{GuestNic, NetSetup};
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path());
+        c.net = vec![nic("husktap0", 2, 1500), nic("husktap1", 3, 1500)];
+        let guest_nic = |mac: &str, name: &str| GuestNic {
+            mac: mac.into(),
+            name: name.into(),
+            mtu: 1500,
+            addrs: Vec::new(),
+            probed_mac: None,
+        };
+        // The setup lists them in another order, MACs in upper case.
+        let mut setup = NetSetup {
+            nics: vec![
+                guest_nic("0A:58:0A:58:00:03", "eth1"),
+                guest_nic("0a:58:0a:58:00:02", "eth0"),
+            ],
+            routes: Vec::new(),
+        };
+        mark_probed_macs(&c, &mut setup);
+        assert_eq!(setup.nics[0].probed_mac.as_deref(), Some("02:68:75:73:00:01"));
+        assert_eq!(setup.nics[1].probed_mac.as_deref(), Some("02:68:75:73:00:00"));
     }
 
     #[test]

@@ -422,6 +422,7 @@ impl VmPlan {
                 // attach() refused MTUs beyond u16.
                 mtu: u16::try_from(n.mtu).unwrap_or(u16::MAX),
                 offload,
+                detached: false,
             })
             .collect();
         c.fs = share_root
@@ -513,6 +514,7 @@ mod tests {
                 mac: [2, 0, 0, 0, 0, 1],
                 mtu: 1450,
                 offload: false,
+                detached: false,
             }]
         );
         assert!(c.cmdline.contains("husk.agent=1") && c.cmdline.contains("husk.overlay=1"));

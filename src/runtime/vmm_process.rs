@@ -61,6 +61,7 @@ const FORWARDED: [nix::sys::signal::Signal; 6] = [
 /// The worker starts only once the view is made, and fails the create when
 /// it could not be; it builds no VM before the main thread is done.
 pub fn run(root: &Path, id: &str) -> Option<ExitStatus> {
+    one_heap_arena();
     let mut ready = take_ready_fd();
     let go = take_go_fd();
     let dir = state::container_dir(root, id);
@@ -570,6 +571,22 @@ fn vmm_jail(dir: &Path, plan: &VmPlan) -> crate::jail::root::Jail {
     }
 }
 
+/// Every thread allocates from glibc's main heap (`M_ARENA_MAX` 1), before
+/// any thread but this one exists. glibc gives threads arenas of their own
+/// otherwise, and the first time it shrinks one it reads
+/// `/proc/sys/vm/overcommit_memory`: an `openat` that no thread's filter
+/// allows (the VMM died of SIGSYS when its device thread freed enough
+/// memory). The main heap shrinks with `brk`, which every filter allows.
+/// Fewer arenas are also less memory per VMM; its threads allocate little
+/// and seldom at once.
+fn one_heap_arena() {
+    // SAFETY: mallopt only sets a parameter of the allocator; called while
+    // the process has one thread, before any arena but the main one.
+    if unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) } != 1 {
+        log::warn!("mallopt(M_ARENA_MAX, 1) failed: threads may get heaps of their own");
+    }
+}
+
 /// What the VM is built from once the host's side is ready.
 struct Prepared {
     config: crate::vmm::config::VmConfig,
@@ -635,8 +652,7 @@ fn prepare_vm(
     }
     let mut config = plan.vm_config(None, &nics, share_root.as_deref());
     config.timeline = Some(dir.to_path_buf());
-    // Templates have no NICs (yet).
-    let use_template = plan.snapshot && config.net.is_empty();
+    let use_template = plan.snapshot;
     let cache = crate::paths::cache_dir();
     let mut template = use_template
         .then(|| crate::runtime::template::find(&config, &plan.init, &cache))
@@ -657,6 +673,8 @@ fn prepare_vm(
     }
     if let Some(t) = template {
         config.snapshot = Some(crate::vmm::config::Snapshot::Restore(t));
+        // The guest probed its NICs with the template's MACs.
+        crate::runtime::template::mark_probed_macs(&config, &mut network);
         crate::timeline::mark(dir, "vmm.template");
     }
     crate::timeline::mark(dir, "vmm.build");

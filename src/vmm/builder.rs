@@ -50,7 +50,7 @@ use super::devices::serial::{self, ConsoleTail, ConsoleWriter, Serial};
 use super::devices::virtio::block::Block;
 use super::devices::virtio::fs::Fs;
 use super::devices::virtio::mmio::MmioTransport;
-use super::devices::virtio::net::{Net, Tap};
+use super::devices::virtio::net::{Detached, Net, Tap};
 use super::devices::virtio::vsock::Vsock;
 use super::devices::virtio::VirtioDevice;
 use super::snapshot::{self, SnapshotError, VcpuState, VmSnapshot, VmState};
@@ -380,17 +380,25 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
         event_manager.add_subscriber(block);
     }
     for nic in &config.net {
+        let net_error = |reason: String| BuildError::Net {
+            tap: nic.tap.clone(),
+            reason,
+        };
+        if nic.detached {
+            let backend = Detached::new(&nic.tap).map_err(|e| net_error(e.to_string()))?;
+            let net = Net::new(backend, nic.mac, nic.mtu, nic.offload)
+                .map_err(|e| net_error(e.to_string()))?;
+            let net = Arc::new(Mutex::new(net));
+            attach.attach(net.clone(), std::path::Path::new(&nic.tap))?;
+            event_manager.add_subscriber(net);
+            continue;
+        }
         let tap = match controls.taps.iter().position(|t| t.name() == nic.tap) {
             Some(i) => controls.taps.swap_remove(i),
-            None => Tap::open(&nic.tap).map_err(|e| BuildError::Net {
-                tap: nic.tap.clone(),
-                reason: e.to_string(),
-            })?,
+            None => Tap::open(&nic.tap).map_err(|e| net_error(e.to_string()))?,
         };
-        let net = Net::new(tap, nic.mac, nic.mtu, nic.offload).map_err(|e| BuildError::Net {
-            tap: nic.tap.clone(),
-            reason: e.to_string(),
-        })?;
+        let net =
+            Net::new(tap, nic.mac, nic.mtu, nic.offload).map_err(|e| net_error(e.to_string()))?;
         let net = Arc::new(Mutex::new(net));
         attach.attach(net.clone(), std::path::Path::new(&nic.tap))?;
         event_manager.add_subscriber(net);

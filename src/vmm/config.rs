@@ -69,6 +69,10 @@ pub struct NetConfig {
     pub mtu: u16,
     /// Offer checksum and segmentation offloads to the guest.
     pub offload: bool,
+    /// No tap behind it (`tap` only names it in logs): the guest's frames
+    /// are dropped and none arrive. A template VM's NICs, which its guest
+    /// only probes ([`crate::runtime::template`]).
+    pub detached: bool,
 }
 
 /// One virtio-fs device: a host directory the guest mounts by its tag.

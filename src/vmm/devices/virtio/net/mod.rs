@@ -6,6 +6,8 @@
 //! - [`device`]: [`Net`], its features, its [`VirtioCore`](super::VirtioCore)
 //!   (queues, activation), config space and the rx / tx queue processing.
 //! - [`event_handler`]: the event-manager side.
+//! - [`detached`]: [`Detached`], a host side with nothing behind it (a
+//!   template VM's NICs, which its guest only probes).
 //!
 //! # Frames
 //!
@@ -98,6 +100,7 @@
 //! it and log it (at warn for the 1st, 2nd, 4th, 8th, ... drop each way, at
 //! debug otherwise); they never panic.
 
+mod detached;
 mod device;
 mod event_handler;
 pub mod tap;
@@ -105,6 +108,7 @@ pub mod tap;
 #[cfg_attr(not(test), allow(dead_code, unused_imports))]
 pub(crate) mod test_utils;
 
+pub use detached::Detached;
 pub use device::{Net, NetCounters};
 
 use super::DeviceError;
