@@ -179,6 +179,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             container::start(root, &a.container_id)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Pause(a) => {
+            container::pause(root, &a.container_id)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Resume(a) => {
+            container::resume(root, &a.container_id)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::State(a) => {
             print!("{}", container::state(root, &a.container_id)?);
             Ok(ExitCode::SUCCESS)

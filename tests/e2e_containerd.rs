@@ -441,6 +441,18 @@ fn ctr_with_the_husk_shim_runs_execs_kills_and_deletes() {
     let done = wait_bounded(long, LIMIT, "ctr task exec e2");
     assert_eq!(done.status.code(), Some(137), "{}", done.stderr);
 
+    // Pause and resume through the shim: the VM freezes and thaws.
+    let done = c.ctr(&["task", "pause", "bg"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    wait_status(&c, "bg", "PAUSED");
+    let done = c.ctr(&["task", "exec", "--exec-id", "e3", "bg", "true"]);
+    assert!(!done.status.success(), "exec in a paused task ran");
+    let done = c.ctr(&["task", "resume", "bg"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    wait_status(&c, "bg", "RUNNING");
+    let done = c.ctr(&["task", "exec", "--exec-id", "e4", "bg", "true"]);
+    assert!(done.status.success(), "{}", done.stderr);
+
     // `sleep` is pid 1 of its namespace, which ignores a TERM it has no
     // handler for, as under runc: TERM changes nothing, KILL ends it.
     assert!(c

@@ -235,7 +235,10 @@ fn a_container_keeps_its_namespace_address_routes_and_dns() {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    assert!(neigh.contains(&ns_mac), "not announced as {ns_mac}: {neigh}");
+    assert!(
+        neigh.contains(&ns_mac),
+        "not announced as {ns_mac}: {neigh}"
+    );
 
     // From the test host and from another namespace, at the engine's address.
     let url = format!("http://{}:8080/", lan.ip(2));
@@ -369,9 +372,16 @@ fn each_interface_of_the_namespace_is_a_nic() {
         let link: serde_json::Value =
             serde_json::from_str(&sh(&format!("ip -n {ns} -j link show {ifname}"))).unwrap();
         let mac = link[0]["address"].as_str().unwrap();
-        assert!(has(&format!("{ifname}:"), mac), "{ifname} of {}: {addrs}", lan.bridge);
+        assert!(
+            has(&format!("{ifname}:"), mac),
+            "{ifname} of {}: {addrs}",
+            lan.bridge
+        );
     }
-    assert!(!addrs.contains("02:68:75:73"), "a placeholder MAC is left: {addrs}");
+    assert!(
+        !addrs.contains("02:68:75:73"),
+        "a placeholder MAC is left: {addrs}"
+    );
     assert!(env.husk(&["delete", "--force", "two"]).status.success());
     env.assert_gone("two");
     assert_netns_clean(&ns);

@@ -57,6 +57,123 @@ fn create_start_kill_delete_walks_the_lifecycle() {
     assert!(gone.stderr.contains("does not exist"), "{}", gone.stderr);
 }
 
+/// The container's cgroup directory, from its record.
+fn cgroup_of(env: &Env, id: &str) -> std::path::PathBuf {
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.root().join(id).join("state.json")).unwrap())
+            .unwrap();
+    std::path::PathBuf::from(record["cgroup"].as_str().expect("a cgroup"))
+}
+
+/// The counter a [`COUNTING`] container writes into its rootfs, as the
+/// host sees it.
+fn counter(bundle: &std::path::Path) -> u64 {
+    std::fs::read_to_string(bundle.join("rootfs/counter"))
+        .unwrap_or_default()
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+/// A process that counts ten times a second into /counter.
+const COUNTING: &str = "i=0; while true; do i=$((i+1)); echo $i > /counter; sleep 0.1; done";
+
+/// Waits up to 30 s for `bundle`'s counter to pass `above`.
+fn counter_passes(bundle: &std::path::Path, above: u64) -> u64 {
+    for _ in 0..300 {
+        let now = counter(bundle);
+        if now > above {
+            return now;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("the counter stayed at {}", counter(bundle));
+}
+
+#[test]
+fn pause_freezes_the_whole_vm_and_resume_thaws_it() {
+    let env = Env::new();
+    let bundle = env.bundle("b", &["sh", "-c", COUNTING], |_| {});
+    let done = env.husk(&["create", "--bundle", b(&bundle), "p1"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    // Only a running container pauses, only a paused one resumes.
+    let early = env.husk(&["pause", "p1"]);
+    assert!(!early.status.success());
+    assert!(
+        early.stderr.contains("container not running"),
+        "{}",
+        early.stderr
+    );
+    assert!(env.husk(&["start", "p1"]).status.success());
+    let not_paused = env.husk(&["resume", "p1"]);
+    assert!(!not_paused.status.success());
+    assert!(
+        not_paused.stderr.contains("container not paused"),
+        "{}",
+        not_paused.stderr
+    );
+    counter_passes(&bundle, 0);
+
+    let done = env.husk(&["pause", "p1"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(env.state("p1")["status"], "paused");
+    let list = env.husk(&["list", "--format", "json"]);
+    assert!(list.stdout.contains("\"paused\""), "{}", list.stdout);
+    // The kernel froze every task of the cgroup: the VMM's threads and
+    // its fs server.
+    let cgroup = cgroup_of(&env, "p1");
+    let events = std::fs::read_to_string(cgroup.join("cgroup.events")).unwrap();
+    assert!(events.contains("frozen 1"), "{events}");
+    let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap();
+    assert!(
+        procs.split_whitespace().count() >= 2,
+        "VMM and fs server: {procs}"
+    );
+    // The guest makes no progress.
+    let frozen_at = counter(&bundle);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(counter(&bundle), frozen_at, "the guest ran while paused");
+    // What needs the frozen VM is refused, naming the way out.
+    for (args, want) in [
+        (vec!["exec", "p1", "true"], "paused"),
+        (vec!["kill", "p1", "TERM"], "resume it first"),
+        (vec!["ps", "p1"], "paused"),
+        (vec!["delete", "p1"], "not stopped: paused"),
+        (vec!["pause", "p1"], "container not running"),
+    ] {
+        let done = env.husk(&args);
+        assert!(!done.status.success(), "{args:?}");
+        assert!(done.stderr.contains(want), "{args:?}: {}", done.stderr);
+    }
+
+    let done = env.husk(&["resume", "p1"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(env.state("p1")["status"], "running");
+    let events = std::fs::read_to_string(cgroup.join("cgroup.events")).unwrap();
+    assert!(events.contains("frozen 0"), "{events}");
+    counter_passes(&bundle, frozen_at);
+    let exec = env.husk(&["exec", "p1", "cat", "/counter"]);
+    assert!(exec.status.success(), "{}", exec.stderr);
+
+    // SIGKILL reaches a paused container (it thaws it), as with runc.
+    assert!(env.husk(&["pause", "p1"]).status.success());
+    assert!(env.husk(&["kill", "p1", "KILL"]).status.success());
+    env.wait_status("p1", "stopped");
+    assert!(env.husk(&["delete", "p1"]).status.success());
+    env.assert_gone("p1");
+    assert!(!cgroup.exists(), "cgroup {} left", cgroup.display());
+
+    // delete --force of a paused container leaves nothing either.
+    let done = env.husk(&["run", "-d", "--bundle", b(&bundle), "p2"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert!(env.husk(&["pause", "p2"]).status.success());
+    let cgroup = cgroup_of(&env, "p2");
+    let done = env.husk(&["delete", "--force", "p2"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    env.assert_gone("p2");
+    assert!(!cgroup.exists(), "cgroup {} left", cgroup.display());
+}
+
 /// `podman create` + `podman rm`, a failed `docker run`, containerd's
 /// delete of a created task: deleting a container that never started ends
 /// its VM and removes its cgroup, with and without --force.

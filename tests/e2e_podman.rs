@@ -196,6 +196,52 @@ fn podman_detached_exec_logs_ports_stop_and_rm() {
     assert!(!cg_dir.exists(), "cgroup {cgroup} left behind");
 }
 
+/// `podman pause` freezes the container's VM (its published port stops
+/// answering, exec is refused), `unpause` thaws it where it was, and
+/// `rm -f` of a paused container leaves nothing.
+#[test]
+fn podman_pause_and_unpause_freeze_and_thaw_the_vm() {
+    let p = Podman::new();
+    let done = p.podman(&[
+        "run", "-d", "--name", "frozen", "-p", "18091:80", IMAGE, "httpd", "-f", "-p", "80", "-h",
+        "/www",
+    ]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let url = "http://127.0.0.1:18091/";
+    assert_eq!(fetch(None, url), "served through podman\n");
+    let status = |p: &Podman| {
+        let done = p.podman(&["inspect", "--format", "{{.State.Status}}", "frozen"]);
+        done.stdout.trim().to_owned()
+    };
+
+    let done = p.podman(&["pause", "frozen"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(status(&p), "paused");
+    // Nothing in the VM answers: not the server, not an exec.
+    let once = std::process::Command::new("python3")
+        .args([
+            "-c",
+            &format!("import urllib.request; urllib.request.urlopen('{url}', timeout=3)"),
+        ])
+        .output()
+        .unwrap();
+    assert!(!once.status.success(), "a paused VM answered");
+    let done = p.podman(&["exec", "frozen", "true"]);
+    assert!(!done.status.success(), "exec in a paused container ran");
+
+    let done = p.podman(&["unpause", "frozen"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(status(&p), "running");
+    assert_eq!(fetch(None, url), "served through podman\n");
+    let done = p.podman(&["exec", "frozen", "cat", "/www/index.html"]);
+    assert!(done.status.success(), "{}", done.stderr);
+
+    assert!(p.podman(&["pause", "frozen"]).status.success());
+    let done = p.podman(&["rm", "-f", "frozen"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    p.assert_no_vm();
+}
+
 /// `-v DIR:/data`, `:ro` and a named volume: shared over virtio-fs, each
 /// write visible on the host, a read-only one refused inside, and nothing
 /// left after `--rm`.

@@ -536,7 +536,11 @@ fn interface_index(mac: &str, name: &str, found: &[Interface]) -> Result<usize, 
     let matching: Vec<usize> = found
         .iter()
         .enumerate()
-        .filter(|(_, i)| i.mac.as_deref().is_some_and(|m| m.eq_ignore_ascii_case(mac)))
+        .filter(|(_, i)| {
+            i.mac
+                .as_deref()
+                .is_some_and(|m| m.eq_ignore_ascii_case(mac))
+        })
         .map(|(index, _)| index)
         .collect();
     match matching.as_slice() {
@@ -556,7 +560,11 @@ fn interface_index(mac: &str, name: &str, found: &[Interface]) -> Result<usize, 
 /// The current name of each NIC's interface, in the order of `nics`.
 fn find_nics(nics: &[GuestNic], found: &[Interface]) -> Result<Vec<String>, NetError> {
     nics.iter()
-        .map(|nic| Ok(found[interface_index(&nic.mac, &nic.name, found)?].name.clone()))
+        .map(|nic| {
+            Ok(found[interface_index(&nic.mac, &nic.name, found)?]
+                .name
+                .clone())
+        })
         .collect()
 }
 
@@ -1466,10 +1474,22 @@ mod tests {
     #[test]
     fn bad_probed_macs_are_refused_before_anything_changes() {
         let cases = [
-            (vec![probed(nic(MAC_A, "eth0", &[]), "02:68:75:73:6b")], "not six"),
-            (vec![probed(nic(MAC_A, "eth0", &[]), "02:68:75:73:6b:0g")], "not six"),
-            (vec![probed(nic(MAC_A, "eth0", &[]), "02:68:75:73:6b:00:01")], "not six"),
-            (vec![probed(nic(MAC_A, "eth0", &[]), "02:68:75:73:6b:+1")], "not six"),
+            (
+                vec![probed(nic(MAC_A, "eth0", &[]), "02:68:75:73:6b")],
+                "not six",
+            ),
+            (
+                vec![probed(nic(MAC_A, "eth0", &[]), "02:68:75:73:6b:0g")],
+                "not six",
+            ),
+            (
+                vec![probed(nic(MAC_A, "eth0", &[]), "02:68:75:73:6b:00:01")],
+                "not six",
+            ),
+            (
+                vec![probed(nic(MAC_A, "eth0", &[]), "02:68:75:73:6b:+1")],
+                "not six",
+            ),
             (vec![probed(nic("junk", "eth0", &[]), PROBED_0)], "not six"),
             (
                 vec![
@@ -1493,7 +1513,10 @@ mod tests {
         let nics = vec![probed(nic(MAC_A, "eth0", &[]), PROBED_1)];
         let err = configure_with(&mut ops, &setup(nics, vec![])).expect_err("missing");
         assert!(matches!(err, NetError::NoInterfaceWithMac { ref mac, .. } if mac == PROBED_1));
-        assert!(!ops.ops.iter().any(|op| matches!(op, Op::Mac(..) | Op::Rename(..))));
+        assert!(!ops
+            .ops
+            .iter()
+            .any(|op| matches!(op, Op::Mac(..) | Op::Rename(..))));
         assert_eq!(ops.name_of(PROBED_0), "eth0");
     }
 

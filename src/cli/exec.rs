@@ -76,7 +76,8 @@ pub struct ExecArgs {
     /// Accepted for runc compatibility (a sub-cgroup: PATH or CONTROLLER:PATH).
     #[arg(long, value_name = "CGROUP")]
     pub cgroup: Vec<String>,
-    /// Accepted for runc compatibility (husk has no paused state).
+    /// Accepted for runc compatibility; a paused container is refused all
+    /// the same (its frozen VM cannot take the exec until `resume`).
     #[arg(long)]
     pub ignore_paused: bool,
     /// The container id.

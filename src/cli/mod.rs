@@ -27,6 +27,7 @@ pub mod features;
 pub mod husk_verbs;
 pub mod kill;
 pub mod list;
+pub mod pause;
 pub mod ps;
 pub mod run;
 pub mod signal;
@@ -40,6 +41,7 @@ pub use exec::{ExecArgs, ExecUser};
 pub use features::FeaturesArgs;
 pub use kill::KillArgs;
 pub use list::ListArgs;
+pub use pause::{PauseArgs, ResumeArgs};
 pub use ps::PsArgs;
 pub use run::RunArgs;
 pub use signal::parse_signal;
@@ -199,6 +201,10 @@ pub enum Command {
     Run(RunArgs),
     /// Run a new process inside a container.
     Exec(ExecArgs),
+    /// Freeze a running container's VM (its cgroup).
+    Pause(PauseArgs),
+    /// Thaw a paused container's VM.
+    Resume(ResumeArgs),
     /// List the processes running inside a container.
     Ps(PsArgs),
     /// List the containers under --root.

@@ -62,6 +62,16 @@ pub enum CgroupError {
         procs: Vec<String>,
         source: std::io::Error,
     },
+    #[error(
+        "cgroup {dir}: not {} after {waited_ms} ms (cgroup.events: {events:?})",
+        if *frozen { "frozen" } else { "thawed" }
+    )]
+    FreezeTimeout {
+        dir: PathBuf,
+        frozen: bool,
+        waited_ms: u128,
+        events: String,
+    },
 }
 
 /// The container's resources as cgroup2 files and values.
@@ -345,6 +355,55 @@ pub fn remove(dir: &Path) -> Result<(), CgroupError> {
     }
 }
 
+/// How long [`freeze`] waits for the kernel to freeze or thaw every task
+/// of a cgroup (runc waits about as long; a task in an uninterruptible
+/// sleep, such as a vCPU in a long MMIO exit, holds it up).
+const FREEZE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether `cgroup.events` text says the cgroup is frozen.
+fn events_frozen(events: &str) -> Option<bool> {
+    events.lines().find_map(|l| match l.split_once(' ') {
+        Some(("frozen", v)) => Some(v.trim() == "1"),
+        _ => None,
+    })
+}
+
+/// Freezes (`frozen`) or thaws the cgroup v2 at `dir` (`cgroup.freeze`)
+/// and waits until the kernel says every task in it is
+/// (`cgroup.events`). A freeze that does not complete in [`FREEZE_WAIT`]
+/// is undone and is an error.
+pub fn freeze(dir: &Path, frozen: bool) -> Result<(), CgroupError> {
+    freeze_within(dir, frozen, FREEZE_WAIT)
+}
+
+fn freeze_within(dir: &Path, frozen: bool, wait: std::time::Duration) -> Result<(), CgroupError> {
+    write_file(dir, "cgroup.freeze", if frozen { "1" } else { "0" })?;
+    let start = std::time::Instant::now();
+    loop {
+        let events = std::fs::read_to_string(dir.join("cgroup.events")).map_err(|source| {
+            CgroupError::Io {
+                path: dir.join("cgroup.events"),
+                source,
+            }
+        })?;
+        if events_frozen(&events) == Some(frozen) {
+            return Ok(());
+        }
+        if start.elapsed() >= wait {
+            if frozen {
+                let _ = write_file(dir, "cgroup.freeze", "0");
+            }
+            return Err(CgroupError::FreezeTimeout {
+                dir: dir.to_path_buf(),
+                frozen,
+                waited_ms: start.elapsed().as_millis(),
+                events: events.trim().replace('\n', ", "),
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// What a cgroup has used, from its interface files (cgroup v2 names).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -595,6 +654,41 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(gone.contains("gone"), "{gone}");
+    }
+
+    #[test]
+    fn freezing_waits_for_the_kernel_and_undoes_a_freeze_that_does_not_complete() {
+        assert_eq!(events_frozen("populated 1\nfrozen 1\n"), Some(true));
+        assert_eq!(events_frozen("populated 1\nfrozen 0\n"), Some(false));
+        assert_eq!(events_frozen("populated 1\n"), None);
+        assert_eq!(events_frozen("frozen1\nfrozen x"), Some(false));
+
+        // A directory standing in for a cgroup whose kernel side says frozen.
+        let dir = tempfile::tempdir().unwrap();
+        let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+        std::fs::write(dir.path().join("cgroup.events"), "populated 1\nfrozen 1\n").unwrap();
+        freeze(dir.path(), true).unwrap();
+        assert_eq!(read("cgroup.freeze"), "1");
+
+        // It never thaws: the error says so, after the wait.
+        let wait = std::time::Duration::from_millis(30);
+        let err = freeze_within(dir.path(), false, wait).unwrap_err();
+        assert!(
+            matches!(err, CgroupError::FreezeTimeout { frozen: false, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("not thawed"), "{err}");
+
+        // It never freezes: the freeze is taken back.
+        std::fs::write(dir.path().join("cgroup.events"), "populated 1\nfrozen 0\n").unwrap();
+        let err = freeze_within(dir.path(), true, wait).unwrap_err();
+        assert!(err.to_string().contains("not frozen after"), "{err}");
+        assert_eq!(read("cgroup.freeze"), "0");
+
+        // No cgroup there at all.
+        let gone = dir.path().join("gone");
+        let err = freeze(&gone, true).unwrap_err();
+        assert!(matches!(err, CgroupError::Write { .. }), "{err}");
     }
 
     #[test]

@@ -109,6 +109,21 @@ pub enum ContainerError {
         left.join("; ")
     )]
     Leftovers { id: String, left: Vec<String> },
+    #[error(
+        "container {id} is paused: its VM is frozen, so signal {signal} cannot reach its \
+         process; resume it first (SIGKILL alone is delivered: it thaws the VM)"
+    )]
+    PausedSignal { id: String, signal: i32 },
+    #[error(
+        "container {id} is paused: its VM is frozen and cannot list its processes; resume it first"
+    )]
+    PausedPs { id: String },
+    #[error(
+        "container {id} has no cgroup of its own (rootless without a delegated cgroup, or a \
+         cgroup v1 host): husk pauses a VM by freezing its cgroup v2; run it where husk can \
+         make one (rootful, or a delegated systemd user slice)"
+    )]
+    NoCgroupToFreeze { id: String },
 }
 
 /// What `create` needs besides the CLI arguments.
@@ -810,8 +825,21 @@ fn is_vmm_of(args: &[&[u8]], cwd: &Path, root: &Path, id: &str) -> bool {
 
 /// `kill`.
 pub fn kill(root: &Path, id: &str, signal: i32, all: bool) -> Result<(), ContainerError> {
-    let st = load_fresh(root, id)?;
+    let mut st = load_fresh(root, id)?;
     st.ensure(Operation::Kill)?;
+    if st.status == Status::Paused {
+        // runc sends the signal, then thaws; a frozen VM takes no signal,
+        // so SIGKILL thaws it first, and other signals are refused as
+        // docker and podman refuse them for a paused container.
+        if signal != libc::SIGKILL {
+            return Err(ContainerError::PausedSignal {
+                id: id.to_owned(),
+                signal,
+            });
+        }
+        thaw(root, &st)?;
+        st.status = Status::Running;
+    }
     if st.status == Status::Created {
         // No process runs yet: the signal ends the container, as it would
         // runc's waiting init. Only the VMM exists to receive it.
@@ -824,6 +852,54 @@ pub fn kill(root: &Path, id: &str, signal: i32, all: bool) -> Result<(), Contain
     let mut conn = connect(&st)?;
     conn.request(&Request::Signal { signal, all })?;
     Ok(())
+}
+
+/// `pause`: freezes the container's cgroup, which holds its VMM (vCPUs,
+/// device threads) and its fs servers, so the whole VM stops where it is
+/// (as runc freezes a container's processes); the status becomes `paused`.
+/// Memory stays as it is; the guest's clock jumps at `resume`.
+pub fn pause(root: &Path, id: &str) -> Result<(), ContainerError> {
+    let st = load_fresh(root, id)?;
+    st.ensure(Operation::Pause)?;
+    let cgroup = frozen_cgroup(&st)?;
+    crate::runtime::cgroup::freeze(cgroup, true)?;
+    // The record as it is now: the VMM may have recorded an end (or been
+    // killed) while we froze it.
+    let mut now = State::load_current(root, id, &ProcProbe)?;
+    if now.status != Status::Running {
+        let _ = crate::runtime::cgroup::freeze(cgroup, false);
+        now.ensure(Operation::Pause)?;
+    }
+    now.status = Status::Paused;
+    now.save(root)?;
+    Ok(())
+}
+
+/// `resume`: thaws a paused container's cgroup; the status is `running`
+/// again.
+pub fn resume(root: &Path, id: &str) -> Result<(), ContainerError> {
+    let st = load_fresh(root, id)?;
+    st.ensure(Operation::Resume)?;
+    thaw(root, &st)
+}
+
+/// Thaws paused `st`'s cgroup and records it running.
+fn thaw(root: &Path, st: &State) -> Result<(), ContainerError> {
+    crate::runtime::cgroup::freeze(frozen_cgroup(st)?, false)?;
+    let mut now = State::load(root, &st.id)?;
+    if now.status == Status::Paused {
+        now.status = Status::Running;
+        now.save(root)?;
+    }
+    Ok(())
+}
+
+/// The cgroup `pause` freezes: the container's own, on cgroup v2.
+fn frozen_cgroup(st: &State) -> Result<&Path, ContainerError> {
+    st.cgroup
+        .as_deref()
+        .filter(|c| c.join("cgroup.freeze").exists())
+        .ok_or_else(|| ContainerError::NoCgroupToFreeze { id: st.id.clone() })
 }
 
 /// How long `delete --force` waits for a create it interrupted (by killing
@@ -880,8 +956,15 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), ContainerError> 
         Ok(st) => {
             // The lock is ours, so a `creating` record is one whose create
             // died: nothing will move it on.
-            if st.status == Status::Running && !force {
+            if matches!(st.status, Status::Running | Status::Paused) && !force {
                 st.ensure(Operation::Delete)?;
+            }
+            if st.status == Status::Paused {
+                // A frozen VMM answers no signal but SIGKILL: thawed, it
+                // ends as a running one does.
+                if let Err(e) = thaw(root, &st) {
+                    log::warn!("container {id}: {e}");
+                }
             }
             Some(st)
         }
@@ -1057,6 +1140,9 @@ pub fn ps(root: &Path, id: &str) -> Result<Vec<crate::agent_proto::ProcessInfo>,
     let st = load_fresh(root, id)?;
     if st.status == Status::Stopped {
         return Ok(Vec::new());
+    }
+    if st.status == Status::Paused {
+        return Err(ContainerError::PausedPs { id: id.to_owned() });
     }
     let mut conn = connect(&st)?;
     match conn.request(&Request::Ps)? {

@@ -108,16 +108,20 @@ pub enum Status {
     Created,
     /// The user process runs.
     Running,
+    /// The VM is frozen (`pause`): its vCPUs and device threads, the fs
+    /// server, everything in the container's cgroup, until `resume`.
+    Paused,
     /// The user process exited, or the VMM is gone.
     Stopped,
 }
 
 impl Status {
     /// Every status, in lifecycle order.
-    pub const ALL: [Status; 4] = [
+    pub const ALL: [Status; 5] = [
         Status::Creating,
         Status::Created,
         Status::Running,
+        Status::Paused,
         Status::Stopped,
     ];
 
@@ -126,9 +130,10 @@ impl Status {
         self == Status::Created
     }
 
-    /// Signals reach a container whose VM is up (runc: created or running).
+    /// Signals reach a container whose VM is up (runc: created, running or
+    /// paused; a paused one takes only SIGKILL, which thaws it first).
     pub fn can_kill(self) -> bool {
-        matches!(self, Status::Created | Status::Running)
+        matches!(self, Status::Created | Status::Running | Status::Paused)
     }
 
     /// Deletable without `--force`: stopped, or created (runc deletes a
@@ -137,10 +142,21 @@ impl Status {
         matches!(self, Status::Created | Status::Stopped)
     }
 
-    /// runc refuses exec only in a stopped container; a created VM's init
+    /// runc refuses exec in a stopped container (and a paused one, unless
+    /// told to wait: a frozen VM's agent cannot answer); a created VM's init
     /// can already run processes.
     pub fn can_exec(self) -> bool {
         matches!(self, Status::Created | Status::Running)
+    }
+
+    /// Only a running container is paused (youki's rule; docker and podman
+    /// pause running containers only).
+    pub fn can_pause(self) -> bool {
+        self == Status::Running
+    }
+
+    pub fn can_resume(self) -> bool {
+        self == Status::Paused
     }
 
     /// Whether the VMM process should be alive in this status.
@@ -155,15 +171,18 @@ impl Status {
             Operation::Kill => self.can_kill(),
             Operation::Delete => self.can_delete(),
             Operation::Exec => self.can_exec(),
+            Operation::Pause => self.can_pause(),
+            Operation::Resume => self.can_resume(),
         }
     }
 
-    /// The OCI name: `creating`, `created`, `running`, `stopped`.
+    /// The OCI name: `creating`, `created`, `running`, `paused`, `stopped`.
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Creating => "creating",
             Status::Created => "created",
             Status::Running => "running",
+            Status::Paused => "paused",
             Status::Stopped => "stopped",
         }
     }
@@ -182,6 +201,8 @@ pub enum Operation {
     Kill,
     Delete,
     Exec,
+    Pause,
+    Resume,
 }
 
 /// runc's message for refusing `op` in `status`.
@@ -193,7 +214,12 @@ fn refusal(op: Operation, id: &str, status: Status) -> String {
         (Operation::Kill, _) => "container not running".into(),
         (Operation::Delete, s) => format!("cannot delete container {id} that is not stopped: {s}"),
         (Operation::Exec, Status::Stopped) => "cannot exec in a stopped container".into(),
+        (Operation::Exec, Status::Paused) => {
+            "cannot exec in a paused container: its VM is frozen; `resume` it first".into()
+        }
         (Operation::Exec, s) => format!("cannot exec in a container in the {s} state"),
+        (Operation::Pause, _) => "container not running".into(),
+        (Operation::Resume, _) => "container not paused".into(),
     }
 }
 
@@ -880,9 +906,17 @@ mod tests {
     }
 
     #[test]
-    fn running_can_kill_and_exec_only() {
+    fn running_can_kill_exec_and_pause_only() {
         let s = Status::Running;
         assert!(!s.can_start() && s.can_kill() && !s.can_delete() && s.can_exec());
+        assert!(s.can_pause() && !s.can_resume());
+        assert_eq!(
+            with_status(s)
+                .ensure(Operation::Resume)
+                .unwrap_err()
+                .to_string(),
+            "container not paused"
+        );
         let st = with_status(s);
         assert_eq!(
             st.ensure(Operation::Start).unwrap_err().to_string(),
@@ -891,6 +925,32 @@ mod tests {
         assert_eq!(
             st.ensure(Operation::Delete).unwrap_err().to_string(),
             "cannot delete container c that is not stopped: running"
+        );
+    }
+
+    #[test]
+    fn paused_can_be_resumed_and_killed_only() {
+        let s = Status::Paused;
+        assert!(s.can_resume() && s.can_kill() && s.has_process());
+        assert!(!s.can_start() && !s.can_delete() && !s.can_exec() && !s.can_pause());
+        let st = with_status(s);
+        assert!(st.ensure(Operation::Resume).is_ok() && st.ensure(Operation::Kill).is_ok());
+        assert_eq!(
+            st.ensure(Operation::Pause).unwrap_err().to_string(),
+            "container not running"
+        );
+        assert_eq!(
+            st.ensure(Operation::Delete).unwrap_err().to_string(),
+            "cannot delete container c that is not stopped: paused"
+        );
+        assert!(st
+            .ensure(Operation::Exec)
+            .unwrap_err()
+            .to_string()
+            .starts_with("cannot exec in a paused container"));
+        assert_eq!(
+            st.ensure(Operation::Start).unwrap_err().to_string(),
+            "cannot start a container in the paused state"
         );
     }
 

@@ -90,7 +90,11 @@ pub fn placeholder_mac(index: usize) -> [u8; 6] {
 pub fn mark_probed_macs(config: &VmConfig, setup: &mut crate::agent_proto::NetSetup) {
     for (index, nic) in config.net.iter().enumerate() {
         let mac = crate::net::inspect::format_mac(&nic.mac);
-        if let Some(g) = setup.nics.iter_mut().find(|g| g.mac.eq_ignore_ascii_case(&mac)) {
+        if let Some(g) = setup
+            .nics
+            .iter_mut()
+            .find(|g| g.mac.eq_ignore_ascii_case(&mac))
+        {
             g.probed_mac = Some(crate::net::inspect::format_mac(&placeholder_mac(index)));
         }
     }
@@ -528,8 +532,14 @@ mod tests {
             routes: Vec::new(),
         };
         mark_probed_macs(&c, &mut setup);
-        assert_eq!(setup.nics[0].probed_mac.as_deref(), Some("02:68:75:73:00:01"));
-        assert_eq!(setup.nics[1].probed_mac.as_deref(), Some("02:68:75:73:00:00"));
+        assert_eq!(
+            setup.nics[0].probed_mac.as_deref(),
+            Some("02:68:75:73:00:01")
+        );
+        assert_eq!(
+            setup.nics[1].probed_mac.as_deref(),
+            Some("02:68:75:73:00:00")
+        );
     }
 
     #[test]

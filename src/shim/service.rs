@@ -13,7 +13,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
+    TaskResumed, TaskStart,
 };
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::{self, MessageDyn};
@@ -268,9 +269,11 @@ struct Proc {
 }
 
 impl Proc {
-    fn status(&self) -> api::Status {
+    /// Its status; `paused` is its task's (a paused VM holds every process).
+    fn status(&self, paused: bool) -> api::Status {
         match (self.exit.get(), self.started) {
             (Some(_), _) => api::Status::STOPPED,
+            (None, true) if paused => api::Status::PAUSED,
             (None, true) => api::Status::RUNNING,
             (None, false) => api::Status::CREATED,
         }
@@ -281,6 +284,8 @@ impl Proc {
 struct Task {
     bundle: PathBuf,
     mounted_rootfs: bool,
+    /// Its VM is frozen (`Pause`) until `Resume`.
+    paused: bool,
     init: Proc,
     execs: HashMap<String, Proc>,
 }
@@ -462,6 +467,7 @@ impl Service {
             Task {
                 bundle,
                 mounted_rootfs,
+                paused: false,
                 init: Proc {
                     pid,
                     stdio: stdio_paths,
@@ -629,10 +635,47 @@ impl Service {
         })
     }
 
+    /// `Pause` (`paused`) or `Resume`: freezes or thaws the task's VM and
+    /// says so on the event stream.
+    pub fn set_paused(&self, id: &str, paused: bool) -> TtrpcResult<()> {
+        // The task lock is not held while the kernel freezes the VM.
+        self.with_proc(id, "", |_, _| Ok(()))?;
+        let result = if paused {
+            container::pause(&self.root, id)
+        } else {
+            container::resume(&self.root, id)
+        };
+        result.map_err(|e| runtime_error(if paused { "pause" } else { "resume" }, &e))?;
+        self.with_proc(id, "", |task, _| {
+            task.paused = paused;
+            Ok(())
+        })?;
+        let container_id = id.to_owned();
+        if paused {
+            self.events.publish(
+                topics::TASK_PAUSED_EVENT_TOPIC,
+                Box::new(TaskPaused {
+                    container_id,
+                    ..Default::default()
+                }),
+            );
+        } else {
+            self.events.publish(
+                topics::TASK_RESUMED_EVENT_TOPIC,
+                Box::new(TaskResumed {
+                    container_id,
+                    ..Default::default()
+                }),
+            );
+        }
+        Ok(())
+    }
+
     /// `State`.
     pub fn process_state(&self, id: &str, exec_id: &str) -> TtrpcResult<api::StateResponse> {
         self.with_proc(id, exec_id, |task, exec_id| {
             let bundle = task.bundle.to_string_lossy().into_owned();
+            let paused = task.paused;
             let p = Self::proc_of(task, exec_id);
             let exit = p.exit.get();
             Ok(api::StateResponse {
@@ -640,7 +683,7 @@ impl Service {
                 exec_id: exec_id.to_owned(),
                 bundle,
                 pid: p.pid,
-                status: p.status().into(),
+                status: p.status(paused).into(),
                 stdin: p.stdio.stdin.clone(),
                 stdout: p.stdio.stdout.clone(),
                 stderr: p.stdio.stderr.clone(),
@@ -674,8 +717,18 @@ impl Service {
             })
         })?;
         match writer {
-            None => container::kill(&self.root, &req.id, signal, req.all)
-                .map_err(|e| runtime_error("kill", &e)),
+            None => {
+                container::kill(&self.root, &req.id, signal, req.all)
+                    .map_err(|e| runtime_error("kill", &e))?;
+                if signal == libc::SIGKILL {
+                    // SIGKILL thawed a paused VM.
+                    let _ = self.with_proc(&req.id, "", |task, _| {
+                        task.paused = false;
+                        Ok(())
+                    });
+                }
+                Ok(())
+            }
             Some(None) => Err(rpc_error(
                 Code::FAILED_PRECONDITION,
                 format!("exec {} has not been started", req.exec_id),
@@ -1060,18 +1113,12 @@ impl containerd_shim::Task for Service {
         Ok(api::Empty::new())
     }
 
-    fn pause(&self, _ctx: &TtrpcContext, _req: api::PauseRequest) -> TtrpcResult<api::Empty> {
-        Err(rpc_error(
-            Code::UNIMPLEMENTED,
-            "husk cannot pause a container",
-        ))
+    fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        self.set_paused(&req.id, true).map(|()| api::Empty::new())
     }
 
-    fn resume(&self, _ctx: &TtrpcContext, _req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
-        Err(rpc_error(
-            Code::UNIMPLEMENTED,
-            "husk cannot pause or resume a container",
-        ))
+    fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
+        self.set_paused(&req.id, false).map(|()| api::Empty::new())
     }
 
     fn checkpoint(
