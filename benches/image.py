@@ -11,6 +11,9 @@ http.client, decimal"`.
 Contenders, alternating, N rounds, each run with a fresh container id:
   husk virtio-fs         the default: the bundle's rootfs served from the
                          host; nothing is built per image
+  husk virtio-fs (new tree)  the same on a fresh copy of the tree each run:
+                         the first container of a new image (the template
+                         VM does not depend on the image)
   husk block (cached)    io.husk.rootfs=block with the image already in the
                          cache (the second container of an unchanged tree)
   husk block (new tree)  io.husk.rootfs=block on a fresh copy of the tree,
@@ -148,8 +151,15 @@ def main():
             subprocess.run(["cp", "-a", tree, copy], check=True)
             return bundle(os.path.join(work, f"b-new-{n}"), copy, {"io.husk.rootfs": "block"})
 
+        def fresh_share(n):
+            copy = os.path.join(work, f"tree-s{n}")
+            subprocess.run(["cp", "-a", tree, copy], check=True)
+            return bundle(os.path.join(work, f"b-snew-{n}"), copy)
+
         contenders = {
             "husk virtio-fs": lambda n: [args.husk, "--root", state, "run", "--bundle", share, f"s{n}"],
+            "husk virtio-fs (new tree)": lambda n: [args.husk, "--root", state, "run", "--bundle",
+                                                    fresh_share(n), f"t{n}"],
             "husk block (cached)": lambda n: [args.husk, "--root", state, "run", "--bundle", block, f"c{n}"],
             "husk block (new tree)": lambda n: [args.husk, "--root", state, "run", "--bundle",
                                                 fresh_block(n), f"n{n}"],

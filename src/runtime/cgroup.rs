@@ -63,6 +63,17 @@ pub enum CgroupError {
         source: std::io::Error,
     },
     #[error(
+        "cgroup {dir}: the kernel thread {comm} ({pid}) in it cannot be frozen (KVM's huge page \
+         recovery thread of the VM, which Linux before 6.13 places in its VM's cgroup), and \
+         moving it to the root cgroup failed: {source}"
+    )]
+    KernelThread {
+        dir: PathBuf,
+        pid: u32,
+        comm: String,
+        source: std::io::Error,
+    },
+    #[error(
         "cgroup {dir}: not {} after {waited_ms} ms (cgroup.events: {events:?})",
         if *frozen { "frozen" } else { "thawed" }
     )]
@@ -368,6 +379,53 @@ fn events_frozen(events: &str) -> Option<bool> {
     })
 }
 
+/// `PF_KTHREAD` (`linux/sched.h`): the task is a kernel thread.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// The `flags` field of a `/proc/PID/stat` line (the ninth; the command
+/// name, in parentheses, may hold spaces and parentheses itself).
+fn stat_flags(stat: &str) -> Option<u64> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    // After the name: state, ppid, pgrp, session, tty_nr, tpgid, flags.
+    rest.split_whitespace().nth(6)?.parse().ok()
+}
+
+/// Moves the kernel threads in the cgroup at `dir` to the root cgroup. A
+/// kernel thread is never frozen, so the cgroup would never report
+/// `frozen 1`: KVM (Linux before 6.13) starts a huge page recovery thread
+/// per VM and attaches it to the cgroup of the process that made the VM.
+/// It uses next to no CPU; the root cgroup is the one cgroup every
+/// process may be moved into whatever its controllers.
+fn release_kernel_threads(dir: &Path) -> Result<(), CgroupError> {
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    for pid in procs
+        .split_whitespace()
+        .filter_map(|p| p.parse::<u32>().ok())
+    {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat_flags(&stat).is_none_or(|f| f & PF_KTHREAD == 0) {
+            continue;
+        }
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        std::fs::write(Path::new(CGROUP_ROOT).join("cgroup.procs"), pid.to_string()).map_err(
+            |source| CgroupError::KernelThread {
+                dir: dir.to_path_buf(),
+                pid,
+                comm: comm.clone(),
+                source,
+            },
+        )?;
+        log::info!(
+            "cgroup {}: kernel thread {comm} ({pid}) moved to the root cgroup so it can freeze",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// Freezes (`frozen`) or thaws the cgroup v2 at `dir` (`cgroup.freeze`)
 /// and waits until the kernel says every task in it is
 /// (`cgroup.events`). A freeze that does not complete in [`FREEZE_WAIT`]
@@ -377,6 +435,9 @@ pub fn freeze(dir: &Path, frozen: bool) -> Result<(), CgroupError> {
 }
 
 fn freeze_within(dir: &Path, frozen: bool, wait: std::time::Duration) -> Result<(), CgroupError> {
+    if frozen {
+        release_kernel_threads(dir)?;
+    }
     write_file(dir, "cgroup.freeze", if frozen { "1" } else { "0" })?;
     let start = std::time::Instant::now();
     loop {
@@ -689,6 +750,25 @@ mod tests {
         let gone = dir.path().join("gone");
         let err = freeze(&gone, true).unwrap_err();
         assert!(matches!(err, CgroupError::Write { .. }), "{err}");
+    }
+
+    #[test]
+    fn kernel_threads_are_told_by_their_stat_flags() {
+        let kthread = "164 (kvm-nx-lpage-recovery-163) S 2 0 0 0 -1 2129984 0 0 0 0";
+        assert_eq!(stat_flags(kthread), Some(2_129_984));
+        assert_ne!(stat_flags(kthread).unwrap() & PF_KTHREAD, 0);
+        let odd_name = "7 (a) b (c)) R 1 7 7 0 -1 4194560 12 0";
+        assert_eq!(stat_flags(odd_name), Some(4_194_560));
+        assert_eq!(stat_flags(odd_name).unwrap() & PF_KTHREAD, 0);
+        assert_eq!(stat_flags("garbage"), None);
+        assert_eq!(stat_flags("1 (x) S 0"), None);
+        let me = std::fs::read_to_string("/proc/self/stat").unwrap();
+        assert_eq!(stat_flags(&me).unwrap() & PF_KTHREAD, 0, "{me}");
+        if let Ok(kthreadd) = std::fs::read_to_string("/proc/2/stat") {
+            if kthreadd.contains("(kthreadd)") {
+                assert_ne!(stat_flags(&kthreadd).unwrap() & PF_KTHREAD, 0);
+            }
+        }
     }
 
     #[test]

@@ -245,6 +245,10 @@ pub fn exec_process(
     Ok(p)
 }
 
+/// The exit status of an exec that could not be started (the shell's and
+/// docker's "could not run" status).
+const EXEC_NOT_STARTED: u32 = 126;
+
 /// What runs for a process's stdio in the shim.
 enum Plumbing {
     /// The VMM's stdin pipe feed and/or terminal master.
@@ -544,15 +548,29 @@ impl Service {
                 )),
             }
         })?;
-        let st = container::exec_target(&self.root, id).map_err(|e| runtime_error("exec", &e))?;
-        let out = stdio::open_output(&stdio_paths.stdout)
-            .map_err(|e| rpc_error(Code::INVALID_ARGUMENT, format!("exec stdio: {e}")))?;
-        let err = stdio::open_output(&stdio_paths.stderr)
-            .map_err(|e| rpc_error(Code::INVALID_ARGUMENT, format!("exec stdio: {e}")))?;
-        let (conn, guest_pid) =
-            container::exec_open(&st, *spec).map_err(|e| runtime_error("exec", &e))?;
-        let writer = vmm_process::session_writer(&conn)
-            .map_err(|e| rpc_error(Code::INTERNAL, format!("exec session: {e}")))?;
+        let opened = (|| {
+            let st =
+                container::exec_target(&self.root, id).map_err(|e| runtime_error("exec", &e))?;
+            let out = stdio::open_output(&stdio_paths.stdout)
+                .map_err(|e| rpc_error(Code::INVALID_ARGUMENT, format!("exec stdio: {e}")))?;
+            let err = stdio::open_output(&stdio_paths.stderr)
+                .map_err(|e| rpc_error(Code::INVALID_ARGUMENT, format!("exec stdio: {e}")))?;
+            let (conn, guest_pid) =
+                container::exec_open(&st, *spec).map_err(|e| runtime_error("exec", &e))?;
+            let writer = vmm_process::session_writer(&conn)
+                .map_err(|e| rpc_error(Code::INTERNAL, format!("exec session: {e}")))?;
+            Ok((out, err, conn, guest_pid, writer))
+        })();
+        let (out, err, conn, guest_pid, writer) = match opened {
+            Ok(o) => o,
+            Err(e) => {
+                // containerd waits on an exec before it starts it: an exec
+                // that could not start has ended (else that `Wait` would
+                // block its connection, and the shim's exit, for ever).
+                exit.set(EXEC_NOT_STARTED);
+                return Err(e);
+            }
+        };
         let pid = u32::try_from(guest_pid).unwrap_or(0);
         self.with_proc(id, exec_id, |task, exec_id| {
             let p = Self::proc_of(task, exec_id);
@@ -1258,6 +1276,63 @@ mod tests {
             .unwrap_err();
         assert_eq!(code_of(&e), Code::INVALID_ARGUMENT);
         assert!(lock(&events.0).is_empty());
+    }
+
+    #[test]
+    fn an_exec_that_cannot_start_ends_so_its_waiters_and_the_shim_can_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _, _) = service(dir.path());
+        let proc = |exec: bool| Proc {
+            pid: 0,
+            stdio: StdioPaths::default(),
+            started: !exec,
+            exit: Arc::new(ExitCell::default()),
+            plumbing: if exec {
+                Plumbing::Exec {
+                    spec: Box::new(
+                        exec_process(
+                            Some(&process_any(
+                                r#"{"args":["true"],"cwd":"/","user":{"uid":0,"gid":0}}"#,
+                            )),
+                            false,
+                        )
+                        .unwrap(),
+                    ),
+                    writer: None,
+                }
+            } else {
+                Plumbing::Init {
+                    feed: None,
+                    pty: None,
+                }
+            },
+        };
+        // A task whose container is gone (or paused): its exec cannot start.
+        s.tasks().insert(
+            "t".into(),
+            Task {
+                bundle: dir.path().to_path_buf(),
+                mounted_rootfs: false,
+                paused: false,
+                init: proc(false),
+                execs: HashMap::from([("e".to_owned(), proc(true))]),
+            },
+        );
+        let waiter = {
+            let exit = s.with_proc("t", "e", |task, _| Ok(Arc::clone(&task.execs["e"].exit)));
+            let exit = exit.unwrap();
+            std::thread::spawn(move || exit.wait(Some(Duration::from_secs(30))))
+        };
+        let err = s.start_process("t", "e").unwrap_err();
+        assert!(message_of(&err).contains("husk exec failed"), "{err:?}");
+        let ended = waiter.join().unwrap().expect("the waiter woke");
+        assert_eq!(ended.status, EXEC_NOT_STARTED);
+        assert_eq!(
+            s.wait_process("t", "e").unwrap().exit_status,
+            EXEC_NOT_STARTED
+        );
+        // It can be deleted like any ended exec.
+        s.delete_process("t", "e").unwrap();
     }
 
     #[test]
