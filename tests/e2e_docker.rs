@@ -224,8 +224,21 @@ fn docker_runs_husk_containers_with_its_bridge_network() {
     assert_eq!(state.stdout.trim(), "137", "{}", state.stderr);
     assert!(d.docker(&["rm", "web"]).status.success());
 
+    // pause and unpause (containerd's runc shim runs `husk pause`), then
     // kill and wait.
     let done = d.run(&["-d", "--name", "bg"], &["sleep", "1000"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let status = |d: &Docker| {
+        let done = d.docker(&["inspect", "-f", "{{.State.Status}}", "bg"]);
+        done.stdout.trim().to_owned()
+    };
+    let done = d.docker(&["pause", "bg"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(status(&d), "paused");
+    let done = d.docker(&["unpause", "bg"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(status(&d), "running");
+    let done = d.docker(&["exec", "bg", "true"]);
     assert!(done.status.success(), "{}", done.stderr);
     assert!(d.docker(&["kill", "bg"]).status.success());
     let done = d.docker(&["wait", "bg"]);
