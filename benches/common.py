@@ -9,6 +9,8 @@ import platform
 import re
 import statistics
 import subprocess
+import sys
+import time
 
 from rootfs import busybox_rootfs
 
@@ -125,6 +127,17 @@ def version(argv):
         return None
     out = (p.stdout or p.stderr).strip().splitlines()
     return out[0] if out else None
+
+
+def timed_ok(argv, env=None):
+    """Seconds `argv` took; a failure ends the benchmark with its output."""
+    start = time.monotonic()
+    p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env,
+                       timeout=1800)
+    elapsed = time.monotonic() - start
+    if p.returncode != 0:
+        sys.exit(f"{' '.join(argv)}: exit {p.returncode}: {p.stderr[-2000:]}")
+    return elapsed
 
 
 def ms_summary(values):

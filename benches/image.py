@@ -43,9 +43,9 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import time
 
 from common import bench_args, ms_summary, version, write_json
+from common import timed_ok as timed
 from rootfs import busybox_rootfs, copy_with_libs
 
 SCRIPT = "import json, email.parser, http.client, decimal"
@@ -106,16 +106,6 @@ def bundle(path, rootfs, annotations=None):
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(config, f)
     return path
-
-
-def timed(argv, env=None):
-    start = time.monotonic()
-    p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env,
-                       timeout=1800)
-    elapsed = time.monotonic() - start
-    if p.returncode != 0:
-        sys.exit(f"{' '.join(argv)}: exit {p.returncode}: {p.stderr[-2000:]}")
-    return elapsed
 
 
 def main():
