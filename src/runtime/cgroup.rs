@@ -382,12 +382,14 @@ fn events_frozen(events: &str) -> Option<bool> {
 /// `PF_KTHREAD` (`linux/sched.h`): the task is a kernel thread.
 const PF_KTHREAD: u64 = 0x0020_0000;
 
-/// The `flags` field of a `/proc/PID/stat` line (the ninth; the command
-/// name, in parentheses, may hold spaces and parentheses itself).
+/// Field of `flags` in `/proc/PID/stat` (proc(5)).
+const STAT_FLAGS_FIELD: usize = 9;
+
+/// The `flags` field of a `/proc/PID/stat` line.
 fn stat_flags(stat: &str) -> Option<u64> {
-    let (_, rest) = stat.rsplit_once(')')?;
-    // After the name: state, ppid, pgrp, session, tty_nr, tpgid, flags.
-    rest.split_whitespace().nth(6)?.parse().ok()
+    crate::runtime::state::stat_field(stat, STAT_FLAGS_FIELD)?
+        .parse()
+        .ok()
 }
 
 /// Moves the kernel threads in the cgroup at `dir` to the root cgroup. A

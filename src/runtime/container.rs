@@ -875,6 +875,11 @@ pub fn pause(root: &Path, id: &str) -> Result<(), ContainerError> {
     Ok(())
 }
 
+/// The status of container `id`, brought up to date.
+pub fn status(root: &Path, id: &str) -> Result<Status, ContainerError> {
+    Ok(load_fresh(root, id)?.status)
+}
+
 /// `resume`: thaws a paused container's cgroup; the status is `running`
 /// again.
 pub fn resume(root: &Path, id: &str) -> Result<(), ContainerError> {

@@ -366,18 +366,24 @@ pub fn same_process(now: Option<u64>, recorded: Option<u64>) -> bool {
 }
 
 /// `starttime` from the text of `/proc/PID/stat`, or `None` if the process
-/// is a zombie or dead (states `Z`, `X`, `x`) or the text is malformed. The
-/// command name (field 2) is in parentheses and may contain spaces and
-/// parentheses, so fields are counted after its last `)`.
+/// is a zombie or dead (states `Z`, `X`, `x`) or the text is malformed
+/// ([`stat_field`]).
 pub fn parse_stat_start_time(stat: &str) -> Option<u64> {
-    let (_, rest) = stat.rsplit_once(')')?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts at field 3.
-    let state = fields.get(STAT_STATE_FIELD - 3)?;
-    if matches!(*state, "Z" | "X" | "x") {
+    let state = stat_field(stat, STAT_STATE_FIELD)?;
+    if matches!(state, "Z" | "X" | "x") {
         return None;
     }
-    fields.get(STAT_STARTTIME_FIELD - 3)?.parse().ok()
+    stat_field(stat, STAT_STARTTIME_FIELD)?.parse().ok()
+}
+
+/// Field `n` (numbered from 1 as in proc(5), 3 or later) of the text of
+/// `/proc/PID/stat`. The command name (field 2) is in parentheses and may
+/// contain spaces and parentheses, so fields are counted after its last
+/// `)`.
+pub fn stat_field(stat: &str, n: usize) -> Option<&str> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    // `rest` starts at field 3.
+    rest.split_whitespace().nth(n.checked_sub(3)?)
 }
 
 /// `<root>/<id>`.

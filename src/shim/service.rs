@@ -26,7 +26,7 @@ use containerd_shim::{api, ExitSignal, TtrpcContext, TtrpcResult};
 use super::stdio::{self, ShimPty, StdinFeed, StdioPaths};
 use crate::agent_proto::{ProcessSpec, Request};
 use crate::runtime::container::{self, ContainerError, CreateRequest, VmmStdio};
-use crate::runtime::state::ExitStatus;
+use crate::runtime::state::{ExitStatus, Status};
 use crate::runtime::vmm_process::{self, SessionIo, SessionWriter};
 
 /// How long `Delete` waits for a killed VMM's exit to be recorded.
@@ -273,11 +273,11 @@ struct Proc {
 }
 
 impl Proc {
-    /// Its status; `paused` is its task's (a paused VM holds every process).
-    fn status(&self, paused: bool) -> api::Status {
+    /// Its status; a running process of a paused VM is `PAUSED` (see
+    /// [`Service::process_state`]).
+    fn status(&self) -> api::Status {
         match (self.exit.get(), self.started) {
             (Some(_), _) => api::Status::STOPPED,
-            (None, true) if paused => api::Status::PAUSED,
             (None, true) => api::Status::RUNNING,
             (None, false) => api::Status::CREATED,
         }
@@ -288,8 +288,6 @@ impl Proc {
 struct Task {
     bundle: PathBuf,
     mounted_rootfs: bool,
-    /// Its VM is frozen (`Pause`) until `Resume`.
-    paused: bool,
     init: Proc,
     execs: HashMap<String, Proc>,
 }
@@ -471,7 +469,6 @@ impl Service {
             Task {
                 bundle,
                 mounted_rootfs,
-                paused: false,
                 init: Proc {
                     pid,
                     stdio: stdio_paths,
@@ -664,10 +661,6 @@ impl Service {
             container::resume(&self.root, id)
         };
         result.map_err(|e| runtime_error(if paused { "pause" } else { "resume" }, &e))?;
-        self.with_proc(id, "", |task, _| {
-            task.paused = paused;
-            Ok(())
-        })?;
         let container_id = id.to_owned();
         if paused {
             self.events.publish(
@@ -691,9 +684,8 @@ impl Service {
 
     /// `State`.
     pub fn process_state(&self, id: &str, exec_id: &str) -> TtrpcResult<api::StateResponse> {
-        self.with_proc(id, exec_id, |task, exec_id| {
+        let mut state = self.with_proc(id, exec_id, |task, exec_id| {
             let bundle = task.bundle.to_string_lossy().into_owned();
-            let paused = task.paused;
             let p = Self::proc_of(task, exec_id);
             let exit = p.exit.get();
             Ok(api::StateResponse {
@@ -701,7 +693,7 @@ impl Service {
                 exec_id: exec_id.to_owned(),
                 bundle,
                 pid: p.pid,
-                status: p.status(paused).into(),
+                status: p.status().into(),
                 stdin: p.stdio.stdin.clone(),
                 stdout: p.stdio.stdout.clone(),
                 stderr: p.stdio.stderr.clone(),
@@ -710,7 +702,15 @@ impl Service {
                 exited_at: exit.map(|e| timestamp(e.at)).into(),
                 ..Default::default()
             })
-        })
+        })?;
+        // Whether the VM is frozen is the container record's (`Pause`,
+        // `Resume`, and a SIGKILL that thaws it all go through it).
+        if state.status == api::Status::RUNNING.into()
+            && container::status(&self.root, id).is_ok_and(|s| s == Status::Paused)
+        {
+            state.status = api::Status::PAUSED.into();
+        }
+        Ok(state)
     }
 
     /// `Kill`.
@@ -735,18 +735,8 @@ impl Service {
             })
         })?;
         match writer {
-            None => {
-                container::kill(&self.root, &req.id, signal, req.all)
-                    .map_err(|e| runtime_error("kill", &e))?;
-                if signal == libc::SIGKILL {
-                    // SIGKILL thawed a paused VM.
-                    let _ = self.with_proc(&req.id, "", |task, _| {
-                        task.paused = false;
-                        Ok(())
-                    });
-                }
-                Ok(())
-            }
+            None => container::kill(&self.root, &req.id, signal, req.all)
+                .map_err(|e| runtime_error("kill", &e)),
             Some(None) => Err(rpc_error(
                 Code::FAILED_PRECONDITION,
                 format!("exec {} has not been started", req.exec_id),
@@ -1313,7 +1303,6 @@ mod tests {
             Task {
                 bundle: dir.path().to_path_buf(),
                 mounted_rootfs: false,
-                paused: false,
                 init: proc(false),
                 execs: HashMap::from([("e".to_owned(), proc(true))]),
             },
