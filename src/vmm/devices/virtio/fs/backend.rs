@@ -29,6 +29,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use fuse_backend_rs::api::server::{Server, MAX_BUFFER_SIZE};
@@ -42,7 +43,7 @@ use vm_memory_017::{Bytes as _, FileOffset, GuestAddress, GuestMemoryMmap};
 
 use super::channel::{self, At, Words as _};
 use super::idmap::IdMaps;
-use super::share::Share;
+use super::share::{Share, ShareState};
 use super::{FsError, ENTRY_TIMEOUT};
 
 /// What fuse-backend-rs reads of one request header beyond its payload
@@ -65,6 +66,15 @@ const UNDECODABLE_LOGGED: u64 = 16;
 /// Request kinds from the device.
 const KIND_REQUEST: u32 = 1;
 const KIND_RESET: u32 = 2;
+/// The server's state for a checkpoint: the request is the offset (a
+/// little-endian `u64`) of the part wanted; the answer that part, shorter
+/// than its room at the end.
+const KIND_SAVE: u32 = 3;
+/// A part of a checkpoint's state for the server (appended), or, empty,
+/// the end of it: the server's session is made from it.
+const KIND_LOAD: u32 = 4;
+/// Most bytes of a state a server takes ([`KIND_LOAD`]).
+pub const MAX_STATE: usize = 256 << 20;
 /// Answer statuses from the server.
 const STATUS_REPLY: u32 = 0;
 const STATUS_UNDECODABLE: u32 = 1;
@@ -73,6 +83,8 @@ const STATUS_BROKEN: u32 = 3;
 /// The server's first word on the stream (before any kick): confined,
 /// serving from now on.
 const STATUS_READY: u32 = 4;
+/// A part of the state, or the state taken.
+const STATUS_STATE: u32 = 5;
 
 // The loopback's layout in the server's memory: a split virtqueue of two
 // descriptors (virtio 1.2 section 2.7: the table 16-byte aligned, the
@@ -115,6 +127,8 @@ pub enum BackendError {
     Protocol(String),
     #[error("the fs server process cannot serve: {0}")]
     Broken(String),
+    #[error("{0}")]
+    State(String),
 }
 
 /// The private virtqueue a [`FsServer`] feeds its requests through.
@@ -173,7 +187,7 @@ impl Loopback {
     /// answering into at most `cap` bytes at [`REPLY_AT`].
     fn serve(
         &mut self,
-        server: &Server<Share>,
+        server: &Server<Arc<Share>>,
         len: usize,
         cap: usize,
     ) -> Result<Result<usize, fuse_backend_rs::Error>, BackendError> {
@@ -217,9 +231,18 @@ pub struct FsServer {
     /// The session: made at the first request after the server was made
     /// or reset, so that the share and `/proc/self/fd` are opened where
     /// the server runs (inside its jail), never before.
-    server: Option<Server<Share>>,
+    server: Option<Session>,
     lo: Loopback,
     undecodable: u64,
+    /// The state being saved ([`KIND_SAVE`]), or loaded ([`KIND_LOAD`]).
+    saving: Vec<u8>,
+    loading: Vec<u8>,
+}
+
+/// The FUSE server of one share and the share itself (for its state).
+struct Session {
+    server: Server<Arc<Share>>,
+    share: Arc<Share>,
 }
 
 impl std::fmt::Debug for FsServer {
@@ -232,13 +255,8 @@ impl std::fmt::Debug for FsServer {
     }
 }
 
-/// fuse-backend-rs's passthrough of `root` behind husk's policy layer.
-fn session(
-    root: &Path,
-    read_only: bool,
-    ids: &IdMaps,
-    tag: &str,
-) -> Result<Server<Share>, FsError> {
+/// fuse-backend-rs's passthrough of `root`.
+fn passthrough(root: &Path, tag: &str) -> Result<PassthroughFs, FsError> {
     let root_dir = root
         .to_str()
         .ok_or_else(|| FsError::Path {
@@ -264,7 +282,29 @@ fn session(
         path: root.to_path_buf(),
         source,
     })?;
-    Ok(Server::new(Share::new(fs, read_only, ids.clone())))
+    Ok(fs)
+}
+
+/// The passthrough of `root` behind husk's policy layer: a new session,
+/// or the one `state` held (a restored VM's).
+fn session(
+    root: &Path,
+    read_only: bool,
+    ids: &IdMaps,
+    tag: &str,
+    state: Option<&ShareState>,
+) -> Result<Session, BackendError> {
+    let fs = passthrough(root, tag)?;
+    let share = match state {
+        None => Share::new(fs, read_only, ids.clone()),
+        Some(state) => Share::restored(fs, read_only, ids.clone(), state)
+            .map_err(|e| BackendError::State(format!("virtio-fs {tag}: {e}")))?,
+    };
+    let share = Arc::new(share);
+    Ok(Session {
+        server: Server::new(share.clone()),
+        share,
+    })
 }
 
 impl FsServer {
@@ -307,6 +347,8 @@ impl FsServer {
             server: None,
             lo: Loopback::new(channel)?,
             undecodable: 0,
+            saving: Vec::new(),
+            loading: Vec::new(),
         })
     }
 
@@ -328,12 +370,18 @@ impl FsServer {
     /// into at most `cap` bytes.
     fn serve(&mut self, len: usize, cap: usize) -> Result<Outcome, BackendError> {
         if self.server.is_none() {
-            self.server = Some(session(&self.root, self.read_only, &self.ids, &self.tag)?);
+            self.server = Some(session(
+                &self.root,
+                self.read_only,
+                &self.ids,
+                &self.tag,
+                None,
+            )?);
         }
-        let Some(server) = &self.server else {
+        let Some(session) = &self.server else {
             return Err(BackendError::Loopback("no session".into()));
         };
-        match self.lo.serve(server, len, cap)? {
+        match self.lo.serve(&session.server, len, cap)? {
             Ok(n) => Ok(Outcome::Reply(n.min(cap))),
             Err(e) => {
                 self.undecodable += 1;
@@ -343,6 +391,100 @@ impl FsServer {
                 Ok(Outcome::Undecodable)
             }
         }
+    }
+
+    /// What the guest holds of the share, for a checkpoint (nothing when
+    /// it never mounted it).
+    pub fn save_state(&self) -> Result<ShareState, BackendError> {
+        match &self.server {
+            None => Ok(ShareState::default()),
+            Some(s) => s
+                .share
+                .save()
+                .map_err(|e| BackendError::State(format!("virtio-fs {}: {e}", self.tag))),
+        }
+    }
+
+    /// Makes the session a checkpoint's: the guest's ids of `state` stand
+    /// for the same files again.
+    pub fn load_state(&mut self, state: &ShareState) -> Result<(), BackendError> {
+        self.server = if state == &ShareState::default() {
+            None
+        } else {
+            Some(session(
+                &self.root,
+                self.read_only,
+                &self.ids,
+                &self.tag,
+                Some(state),
+            )?)
+        };
+        Ok(())
+    }
+
+    /// [`KIND_SAVE`]: the part of the state at the offset in the request,
+    /// at most `cap` bytes of it, into the answer area.
+    fn save_part(&mut self, len: usize, cap: usize) -> Result<usize, BackendError> {
+        let mut offset = [0u8; 8];
+        if len != offset.len() {
+            return Err(BackendError::Protocol(format!(
+                "a save request of {len} bytes"
+            )));
+        }
+        self.lo
+            .mem
+            .read_slice(&mut offset, GuestAddress(REQUEST_AT))
+            .map_err(|e| BackendError::Loopback(e.to_string()))?;
+        let offset = usize::try_from(u64::from_le_bytes(offset)).unwrap_or(usize::MAX);
+        if offset == 0 {
+            self.saving = serde_json::to_vec(&self.save_state()?)
+                .map_err(|e| BackendError::State(e.to_string()))?;
+        }
+        let part = self.saving.get(offset..).unwrap_or_default();
+        let part = part.get(..cap.min(MAX_REPLY)).unwrap_or(part);
+        self.lo
+            .mem
+            .write_slice(part, GuestAddress(REPLY_AT))
+            .map_err(|e| BackendError::Loopback(e.to_string()))?;
+        let n = part.len();
+        if offset + n >= self.saving.len() {
+            self.saving = Vec::new();
+        }
+        Ok(n)
+    }
+
+    /// [`KIND_LOAD`]: `len` more bytes of a state, or (0) its end.
+    fn load_part(&mut self, len: usize) -> Result<(), BackendError> {
+        if len == 0 {
+            let bytes = std::mem::take(&mut self.loading);
+            let state: ShareState = serde_json::from_slice(&bytes)
+                .map_err(|e| BackendError::State(format!("a checkpoint's fs state: {e}")))?;
+            return self.load_state(&state);
+        }
+        if self.loading.len() + len > MAX_STATE {
+            self.loading = Vec::new();
+            return Err(BackendError::State(format!(
+                "a checkpoint's fs state of more than {MAX_STATE} bytes"
+            )));
+        }
+        let at = self.loading.len();
+        self.loading.resize(at + len, 0);
+        self.lo
+            .mem
+            .read_slice(&mut self.loading[at..], GuestAddress(REQUEST_AT))
+            .map_err(|e| BackendError::Loopback(e.to_string()))
+    }
+
+    /// Writes `e` as a reason into the answer area; its length.
+    fn reason(&self, e: &BackendError) -> Result<usize, BackendError> {
+        let reason = e.to_string();
+        let reason = reason.as_bytes();
+        let reason = reason.get(..MAX_REASON).unwrap_or(reason);
+        self.lo
+            .mem
+            .write_slice(reason, GuestAddress(REPLY_AT))
+            .map_err(|e| BackendError::Loopback(e.to_string()))?;
+        Ok(reason.len())
     }
 
     /// Serves `request`; the answer (when there is one) goes into `reply`.
@@ -611,6 +753,69 @@ impl Client {
     }
 }
 
+impl Client {
+    /// The server's state, for a checkpoint ([`KIND_SAVE`], part by part).
+    pub fn save_state(&mut self) -> Result<ShareState, BackendError> {
+        let mut bytes = Vec::new();
+        loop {
+            self.load(&(bytes.len() as u64).to_le_bytes())?;
+            let (status, n) = self.exchange(KIND_SAVE, 8, MAX_REPLY as u32)?;
+            let n = usize::try_from(n).unwrap_or(usize::MAX);
+            match status {
+                STATUS_STATE if n <= MAX_REPLY && bytes.len() + n <= MAX_STATE => {
+                    let at = bytes.len();
+                    bytes.resize(at + n, 0);
+                    self.read_answer(&mut bytes[at..])?;
+                    if n < MAX_REPLY {
+                        break;
+                    }
+                }
+                STATUS_BROKEN if n <= MAX_REASON => {
+                    let mut reason = vec![0u8; n];
+                    self.read_answer(&mut reason)?;
+                    return Err(BackendError::State(
+                        String::from_utf8_lossy(&reason).into_owned(),
+                    ));
+                }
+                other => {
+                    return Err(BackendError::Protocol(format!(
+                        "status {other} with {n} bytes to a save"
+                    )))
+                }
+            }
+        }
+        serde_json::from_slice(&bytes)
+            .map_err(|e| BackendError::Protocol(format!("the saved state: {e}")))
+    }
+
+    /// Gives the server a checkpoint's state ([`KIND_LOAD`], part by part).
+    pub fn load_state(&mut self, state: &ShareState) -> Result<(), BackendError> {
+        let bytes = serde_json::to_vec(state).map_err(|e| BackendError::State(e.to_string()))?;
+        let mut parts: Vec<&[u8]> = bytes.chunks(MAX_REQUEST).collect();
+        parts.push(&[]);
+        for part in parts {
+            self.load(part)?;
+            let len = u32::try_from(part.len()).unwrap_or(u32::MAX);
+            match self.exchange(KIND_LOAD, len, 0)? {
+                (STATUS_STATE, 0) => {}
+                (STATUS_BROKEN, n) if usize::try_from(n).is_ok_and(|n| n <= MAX_REASON) => {
+                    let mut reason = vec![0u8; n as usize];
+                    self.read_answer(&mut reason)?;
+                    return Err(BackendError::State(
+                        String::from_utf8_lossy(&reason).into_owned(),
+                    ));
+                }
+                (status, n) => {
+                    return Err(BackendError::Protocol(format!(
+                        "status {status} with {n} bytes to a load"
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Where a device's requests are served.
 #[derive(Debug)]
 pub enum Backend {
@@ -640,6 +845,22 @@ impl Backend {
                 Ok(())
             }
             Backend::Remote(c) => c.reset(),
+        }
+    }
+
+    /// The server's state, for a checkpoint.
+    pub fn save_state(&mut self) -> Result<ShareState, BackendError> {
+        match self {
+            Backend::Local(s) => s.save_state(),
+            Backend::Remote(c) => c.save_state(),
+        }
+    }
+
+    /// Makes the server's session a checkpoint's.
+    pub fn load_state(&mut self, state: &ShareState) -> Result<(), BackendError> {
+        match self {
+            Backend::Local(s) => s.load_state(state),
+            Backend::Remote(c) => c.load_state(state),
         }
     }
 
@@ -709,21 +930,21 @@ pub fn serve(
                 server.reset();
                 (STATUS_RESET, 0)
             }
+            KIND_SAVE if len <= MAX_REQUEST && cap <= MAX_REPLY => {
+                match server.save_part(len, cap) {
+                    Ok(n) => (STATUS_STATE, n),
+                    Err(e) => (STATUS_BROKEN, server.reason(&e)?),
+                }
+            }
+            KIND_LOAD if len <= MAX_REQUEST && cap == 0 => match server.load_part(len) {
+                Ok(()) => (STATUS_STATE, 0),
+                Err(e) => (STATUS_BROKEN, server.reason(&e)?),
+            },
             KIND_REQUEST if len <= MAX_REQUEST && cap <= MAX_REPLY => {
                 match server.serve(len, cap) {
                     Ok(Outcome::Reply(n)) => (STATUS_REPLY, n),
                     Ok(Outcome::Undecodable) => (STATUS_UNDECODABLE, 0),
-                    Err(e) => {
-                        let reason = e.to_string();
-                        let reason = reason.as_bytes();
-                        let reason = reason.get(..MAX_REASON).unwrap_or(reason);
-                        server
-                            .lo
-                            .mem
-                            .write_slice(reason, GuestAddress(REPLY_AT))
-                            .map_err(|e| BackendError::Loopback(e.to_string()))?;
-                        (STATUS_BROKEN, reason.len())
-                    }
+                    Err(e) => (STATUS_BROKEN, server.reason(&e)?),
                 }
             }
             _ => {

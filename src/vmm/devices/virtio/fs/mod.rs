@@ -41,7 +41,8 @@ pub mod channel;
 mod device;
 mod event_handler;
 pub mod idmap;
-mod share;
+pub mod nodes;
+pub mod share;
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod test_utils;
 

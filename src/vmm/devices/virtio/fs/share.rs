@@ -22,20 +22,27 @@
 //!
 //! Everything else is passed through unchanged.
 
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::io;
+use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use fuse_backend_rs::abi::fuse_abi::{
     stat64, statvfs64, CreateIn, FsOptions, OpenOptions, SetattrValid,
 };
+use fuse_backend_rs::api::filesystem::ROOT_ID;
 use fuse_backend_rs::api::filesystem::{
     Context, DirEntry, Entry, FileLock, FileSystem, GetxattrReply, ListxattrReply, ZeroCopyReader,
     ZeroCopyWriter,
 };
 use fuse_backend_rs::passthrough::PassthroughFs;
+use serde::{Deserialize, Serialize};
 
 use super::idmap::IdMaps;
+use super::nodes::Table;
 
 /// What husk adds to the passthrough's `FUSE_INIT` answer: large writes
 /// (`FUSE_BIG_WRITES`, `FUSE_MAX_PAGES`).
@@ -71,6 +78,14 @@ pub struct Share {
     inner: PassthroughFs,
     read_only: bool,
     ids: IdMaps,
+    /// The guest's node ids and handles ([`super::nodes`]).
+    table: Mutex<Table>,
+    /// The table translates ids (a restored share): set at construction.
+    remapped: bool,
+}
+
+fn ebadf() -> io::Error {
+    io::Error::from_raw_os_error(libc::EBADF)
 }
 
 impl Share {
@@ -79,7 +94,216 @@ impl Share {
             inner,
             read_only,
             ids,
+            table: Mutex::new(Table::new()),
+            remapped: false,
         }
+    }
+
+    /// A share put back from a checkpoint: every node of `state` looked up
+    /// again by its path, one component at a time as the guest would, each
+    /// open file opened again; the guest's ids are translated from now on.
+    pub fn restored(
+        inner: PassthroughFs,
+        read_only: bool,
+        ids: IdMaps,
+        state: &ShareState,
+    ) -> Result<Share, StateError> {
+        let share = Share {
+            inner,
+            read_only,
+            ids,
+            table: Mutex::new(Table::remapped(0, 0)),
+            remapped: true,
+        };
+        let ctx = Context::default();
+        if let Some(bits) = state.init {
+            share
+                .inner
+                .init(FsOptions::from_bits_truncate(bits))
+                .map_err(StateError::Root)?;
+            share.table().init = Some(bits);
+        }
+        for node in &state.nodes {
+            let path = PathBuf::from(std::ffi::OsStr::from_bytes(&node.path));
+            let missing = |source| StateError::Missing {
+                path: path.clone(),
+                source,
+            };
+            let mut at = ROOT_ID;
+            let mut kind = libc::S_IFDIR;
+            for name in node.path.split(|&b| b == b'/').filter(|n| !n.is_empty()) {
+                let name = CString::new(name)
+                    .map_err(|_| missing(io::Error::from_raw_os_error(libc::EINVAL)))?;
+                let entry = share.inner.lookup(&ctx, at, &name).map_err(missing)?;
+                if entry.inode == 0 {
+                    return Err(missing(io::Error::from_raw_os_error(libc::ENOENT)));
+                }
+                // The walk holds only the last name's lookup.
+                if at != ROOT_ID {
+                    share.inner.forget(&ctx, at, 1);
+                }
+                at = entry.inode;
+                kind = entry.attr.st_mode & libc::S_IFMT;
+            }
+            if at == ROOT_ID {
+                continue;
+            }
+            if kind != node.kind {
+                share.inner.forget(&ctx, at, 1);
+                return Err(StateError::Changed { path });
+            }
+            share.table().restored_node(node.id, at, node.lookups);
+        }
+        for h in &state.handles {
+            let inner = share
+                .table()
+                .inner_node(h.node)
+                .ok_or(StateError::Dangling {
+                    fh: h.fh,
+                    node: h.node,
+                })?;
+            let path = || {
+                state
+                    .nodes
+                    .iter()
+                    .find(|n| n.id == h.node)
+                    .map(|n| PathBuf::from(std::ffi::OsStr::from_bytes(&n.path)))
+                    .unwrap_or_else(|| PathBuf::from("/"))
+            };
+            let reopened = if h.dir {
+                share.inner.opendir(&ctx, inner, h.flags).map(|(fh, _)| fh)
+            } else {
+                share
+                    .inner
+                    .open(&ctx, inner, h.flags & !CREATING_FLAGS, 0)
+                    .map(|(fh, _, _)| fh)
+            };
+            let fh = reopened
+                .and_then(|fh| fh.ok_or_else(ebadf))
+                .map_err(|source| StateError::Reopen {
+                    path: path(),
+                    source,
+                })?;
+            share.table().restored_handle(
+                h.fh,
+                super::nodes::Open {
+                    inner: fh,
+                    node: h.node,
+                    flags: h.flags,
+                    dir: h.dir,
+                },
+            );
+        }
+        Ok(share)
+    }
+
+    /// What the guest holds of this share, for a checkpoint (with the VM
+    /// stopped: nothing changes the table meanwhile). A node is named by
+    /// the path its handle has now (`/proc/self/fd`), checked to still
+    /// name the same file; a node no path names is left out when the guest
+    /// only knows it (it gets `EBADF` for it after the restore, as for a
+    /// file removed on the host) and fails the checkpoint when the guest
+    /// holds it open.
+    pub fn save(&self) -> Result<ShareState, StateError> {
+        let root = self
+            .inner
+            .readlinkat_proc_file(ROOT_ID)
+            .map_err(StateError::Root)?;
+        let table = self.table();
+        let open_nodes: std::collections::HashSet<u64> =
+            table.handles().map(|(_, o)| o.node).collect();
+        let mut state = ShareState {
+            init: table.init,
+            ..ShareState::default()
+        };
+        for (id, node) in table.nodes() {
+            match self.path_of(&root, node.inner) {
+                Some((path, kind)) => state.nodes.push(SavedNode {
+                    id,
+                    path,
+                    kind,
+                    lookups: node.lookups,
+                }),
+                None if open_nodes.contains(&id) => {
+                    let path = self
+                        .inner
+                        .readlinkat_proc_file(node.inner)
+                        .unwrap_or_default();
+                    return Err(StateError::Unnamed { path });
+                }
+                None => {
+                    log::warn!("fs: node {id} has no path any more; the restored guest loses it")
+                }
+            }
+        }
+        for (fh, open) in table.handles() {
+            state.handles.push(SavedHandle {
+                fh,
+                node: open.node,
+                flags: open.flags,
+                dir: open.dir,
+            });
+        }
+        state.nodes.sort_by(|a, b| a.path.cmp(&b.path));
+        state.handles.sort_by_key(|h| h.fh);
+        Ok(state)
+    }
+
+    /// The path under `root` of the passthrough's `inode` and its file
+    /// type, when that path still names it.
+    fn path_of(&self, root: &Path, inode: Inode) -> Option<(Vec<u8>, u32)> {
+        let path = self.inner.readlinkat_proc_file(inode).ok()?;
+        let (st, _) = self.inner.getattr(&Context::default(), inode, None).ok()?;
+        let meta = std::fs::symlink_metadata(&path).ok()?;
+        // An unlinked file's link reads "PATH (deleted)": no file of that
+        // name, or another one.
+        if meta.ino() != st.st_ino || meta.dev() != st.st_dev {
+            return None;
+        }
+        let rel = path.strip_prefix(root).ok()?;
+        Some((
+            rel.as_os_str().as_bytes().to_vec(),
+            st.st_mode & libc::S_IFMT,
+        ))
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The passthrough's inode of the guest's `node`.
+    fn node(&self, node: Inode) -> io::Result<Inode> {
+        if !self.remapped {
+            return Ok(node);
+        }
+        self.table().inner_node(node).ok_or_else(ebadf)
+    }
+
+    /// The passthrough's handle of the guest's `handle`.
+    fn handle(&self, handle: Handle) -> io::Result<Handle> {
+        if !self.remapped {
+            return Ok(handle);
+        }
+        self.table().inner_handle(handle).ok_or_else(ebadf)
+    }
+
+    fn opt_handle(&self, handle: Option<Handle>) -> io::Result<Option<Handle>> {
+        handle.map(|h| self.handle(h)).transpose()
+    }
+
+    /// An entry of the passthrough as the guest gets it: its id, its
+    /// attributes in container ids; one more lookup held.
+    fn given(&self, mut e: Entry) -> Entry {
+        e.inode = self.table().looked_up(e.inode);
+        self.entry(e)
+    }
+
+    /// A handle the passthrough opened on the guest's `node`, as the
+    /// guest gets it.
+    fn opened(&self, node: Inode, handle: Option<Handle>, flags: u32, dir: bool) -> Option<Handle> {
+        handle.map(|h| self.table().opened(node, h, flags, dir))
     }
 
     /// The request's caller with host ids: the owner of what it creates.
@@ -141,11 +365,68 @@ impl Share {
 type Inode = u64;
 type Handle = u64;
 
+/// What a checkpoint keeps of a share: the options of the guest's
+/// `FUSE_INIT`, each node the guest holds by its path under the share, and
+/// each file it holds open ([`super::nodes`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareState {
+    pub init: Option<u64>,
+    pub nodes: Vec<SavedNode>,
+    pub handles: Vec<SavedHandle>,
+}
+
+/// A node the guest holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedNode {
+    /// The guest's node id.
+    pub id: u64,
+    /// Its path under the share's root (bytes: a name need not be UTF-8).
+    pub path: Vec<u8>,
+    /// Its file type (`st_mode & S_IFMT`).
+    pub kind: u32,
+    /// The lookups the guest holds.
+    pub lookups: u64,
+}
+
+/// A file or directory the guest holds open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedHandle {
+    pub fh: u64,
+    pub node: u64,
+    pub flags: u32,
+    pub dir: bool,
+}
+
+/// Why a share's state could not be written down or put back.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("finding the path of the share's root: {0}")]
+    Root(io::Error),
+    #[error(
+        "the guest holds {path} open, but it was deleted or moved on the host: a checkpoint \
+         cannot keep a file that no path names (close it, or keep it under a path, before \
+         checkpointing)"
+    )]
+    Unnamed { path: PathBuf },
+    #[error("the checkpoint's file {path} is not in the share any more: {source}")]
+    Missing { path: PathBuf, source: io::Error },
+    #[error("the checkpoint's file {path} is a different kind of file now")]
+    Changed { path: PathBuf },
+    #[error("reopening the checkpoint's open file {path}: {source}")]
+    Reopen { path: PathBuf, source: io::Error },
+    #[error("the checkpoint holds handle {fh} of node {node}, which it does not list")]
+    Dangling { fh: u64, node: u64 },
+}
+
+/// `open(2)` flags that made a file, not ones to open it again with.
+const CREATING_FLAGS: u32 = (libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC) as u32;
+
 impl FileSystem for Share {
     type Inode = Inode;
     type Handle = Handle;
 
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
+        self.table().init = Some(capable.bits());
         // Requests of up to 1 MiB (`max_pages`), not one page at a time:
         // the passthrough serves any size the server accepts, and the
         // server bounds what a guest may send (`MAX_BUFFER_SIZE`).
@@ -157,15 +438,26 @@ impl FileSystem for Share {
     }
 
     fn lookup(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<Entry> {
-        self.inner.lookup(ctx, parent, name).map(|e| self.entry(e))
+        let parent = self.node(parent)?;
+        self.inner.lookup(ctx, parent, name).map(|e| self.given(e))
     }
 
     fn forget(&self, ctx: &Context, inode: Inode, count: u64) {
-        self.inner.forget(ctx, inode, count)
+        let forwarded = self.table().forget(inode, count);
+        if let Some((inner, count)) = forwarded {
+            self.inner.forget(ctx, inner, count)
+        }
     }
 
     fn batch_forget(&self, ctx: &Context, requests: Vec<(Inode, u64)>) {
-        self.inner.batch_forget(ctx, requests)
+        let forwarded = {
+            let mut table = self.table();
+            requests
+                .into_iter()
+                .filter_map(|(inode, count)| table.forget(inode, count))
+                .collect::<Vec<_>>()
+        };
+        self.inner.batch_forget(ctx, forwarded)
     }
 
     fn getattr(
@@ -174,6 +466,7 @@ impl FileSystem for Share {
         inode: Inode,
         handle: Option<Handle>,
     ) -> io::Result<(stat64, Duration)> {
+        let (inode, handle) = (self.node(inode)?, self.opt_handle(handle)?);
         let (st, timeout) = self.inner.getattr(ctx, inode, handle)?;
         Ok((self.attr(st), timeout))
     }
@@ -187,6 +480,7 @@ impl FileSystem for Share {
         valid: SetattrValid,
     ) -> io::Result<(stat64, Duration)> {
         self.writable()?;
+        let (inode, handle) = (self.node(inode)?, self.opt_handle(handle)?);
         let mut attr = attr;
         let einval = || io::Error::from_raw_os_error(libc::EINVAL);
         if valid.contains(SetattrValid::UID) {
@@ -200,7 +494,7 @@ impl FileSystem for Share {
     }
 
     fn readlink(&self, ctx: &Context, inode: Inode) -> io::Result<Vec<u8>> {
-        self.inner.readlink(ctx, inode)
+        self.inner.readlink(ctx, self.node(inode)?)
     }
 
     fn symlink(
@@ -212,9 +506,10 @@ impl FileSystem for Share {
     ) -> io::Result<Entry> {
         self.writable()?;
         let ctx = self.host_ctx(ctx)?;
+        let parent = self.node(parent)?;
         self.inner
             .symlink(&ctx, linkname, parent, name)
-            .map(|e| self.entry(e))
+            .map(|e| self.given(e))
     }
 
     fn mknod(
@@ -228,9 +523,10 @@ impl FileSystem for Share {
     ) -> io::Result<Entry> {
         self.writable()?;
         let ctx = self.host_ctx(ctx)?;
+        let inode = self.node(inode)?;
         self.inner
             .mknod(&ctx, inode, name, mode, rdev, umask)
-            .map(|e| self.entry(e))
+            .map(|e| self.given(e))
     }
 
     fn mkdir(
@@ -243,19 +539,20 @@ impl FileSystem for Share {
     ) -> io::Result<Entry> {
         self.writable()?;
         let ctx = self.host_ctx(ctx)?;
+        let parent = self.node(parent)?;
         self.inner
             .mkdir(&ctx, parent, name, mode, umask)
-            .map(|e| self.entry(e))
+            .map(|e| self.given(e))
     }
 
     fn unlink(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()> {
         self.writable()?;
-        self.inner.unlink(ctx, parent, name)
+        self.inner.unlink(ctx, self.node(parent)?, name)
     }
 
     fn rmdir(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<()> {
         self.writable()?;
-        self.inner.rmdir(ctx, parent, name)
+        self.inner.rmdir(ctx, self.node(parent)?, name)
     }
 
     fn rename(
@@ -268,6 +565,7 @@ impl FileSystem for Share {
         flags: u32,
     ) -> io::Result<()> {
         self.writable()?;
+        let (olddir, newdir) = (self.node(olddir)?, self.node(newdir)?);
         self.inner
             .rename(ctx, olddir, oldname, newdir, newname, flags)
     }
@@ -280,9 +578,10 @@ impl FileSystem for Share {
         newname: &CStr,
     ) -> io::Result<Entry> {
         self.writable()?;
+        let (inode, newparent) = (self.node(inode)?, self.node(newparent)?);
         self.inner
             .link(ctx, inode, newparent, newname)
-            .map(|e| self.entry(e))
+            .map(|e| self.given(e))
     }
 
     fn open(
@@ -295,8 +594,15 @@ impl FileSystem for Share {
         if flags & WRITE_FLAGS != 0 {
             self.writable()?;
         }
+        let guest = inode;
+        let inode = self.node(inode)?;
         self.not_theirs_check(ctx, inode, access_wanted(flags))?;
-        self.inner.open(ctx, inode, flags, fuse_flags)
+        let (handle, options, passthrough) = self.inner.open(ctx, inode, flags, fuse_flags)?;
+        Ok((
+            self.opened(guest, handle, flags, false),
+            options,
+            passthrough,
+        ))
     }
 
     fn create(
@@ -308,8 +614,11 @@ impl FileSystem for Share {
     ) -> io::Result<(Entry, Option<Handle>, OpenOptions, Option<u32>)> {
         self.writable()?;
         let ctx = self.host_ctx(ctx)?;
+        let parent = self.node(parent)?;
         let (entry, handle, options, passthrough) = self.inner.create(&ctx, parent, name, args)?;
-        Ok((self.entry(entry), handle, options, passthrough))
+        let entry = self.given(entry);
+        let handle = self.opened(entry.inode, handle, args.flags, false);
+        Ok((entry, handle, options, passthrough))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -324,6 +633,7 @@ impl FileSystem for Share {
         lock_owner: Option<u64>,
         flags: u32,
     ) -> io::Result<usize> {
+        let (inode, handle) = (self.node(inode)?, self.handle(handle)?);
         self.inner
             .read(ctx, inode, handle, w, size, offset, lock_owner, flags)
     }
@@ -343,6 +653,7 @@ impl FileSystem for Share {
         fuse_flags: u32,
     ) -> io::Result<usize> {
         self.writable()?;
+        let (inode, handle) = (self.node(inode)?, self.handle(handle)?);
         self.inner.write(
             ctx,
             inode,
@@ -364,10 +675,12 @@ impl FileSystem for Share {
         handle: Handle,
         lock_owner: u64,
     ) -> io::Result<()> {
+        let (inode, handle) = (self.node(inode)?, self.handle(handle)?);
         self.inner.flush(ctx, inode, handle, lock_owner)
     }
 
     fn fsync(&self, ctx: &Context, inode: Inode, datasync: bool, handle: Handle) -> io::Result<()> {
+        let (inode, handle) = (self.node(inode)?, self.handle(handle)?);
         self.inner.fsync(ctx, inode, datasync, handle)
     }
 
@@ -381,6 +694,7 @@ impl FileSystem for Share {
         length: u64,
     ) -> io::Result<()> {
         self.writable()?;
+        let (inode, handle) = (self.node(inode)?, self.handle(handle)?);
         self.inner
             .fallocate(ctx, inode, handle, mode, offset, length)
     }
@@ -396,12 +710,14 @@ impl FileSystem for Share {
         flock_release: bool,
         lock_owner: Option<u64>,
     ) -> io::Result<()> {
+        let inode = self.node(inode)?;
+        let handle = self.table().released(handle).ok_or_else(ebadf)?;
         self.inner
             .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)
     }
 
     fn statfs(&self, ctx: &Context, inode: Inode) -> io::Result<statvfs64> {
-        self.inner.statfs(ctx, inode)
+        self.inner.statfs(ctx, self.node(inode)?)
     }
 
     fn setxattr(
@@ -413,7 +729,8 @@ impl FileSystem for Share {
         flags: u32,
     ) -> io::Result<()> {
         self.writable()?;
-        self.inner.setxattr(ctx, inode, name, value, flags)
+        self.inner
+            .setxattr(ctx, self.node(inode)?, name, value, flags)
     }
 
     fn getxattr(
@@ -423,16 +740,16 @@ impl FileSystem for Share {
         name: &CStr,
         size: u32,
     ) -> io::Result<GetxattrReply> {
-        self.inner.getxattr(ctx, inode, name, size)
+        self.inner.getxattr(ctx, self.node(inode)?, name, size)
     }
 
     fn listxattr(&self, ctx: &Context, inode: Inode, size: u32) -> io::Result<ListxattrReply> {
-        self.inner.listxattr(ctx, inode, size)
+        self.inner.listxattr(ctx, self.node(inode)?, size)
     }
 
     fn removexattr(&self, ctx: &Context, inode: Inode, name: &CStr) -> io::Result<()> {
         self.writable()?;
-        self.inner.removexattr(ctx, inode, name)
+        self.inner.removexattr(ctx, self.node(inode)?, name)
     }
 
     fn opendir(
@@ -441,8 +758,11 @@ impl FileSystem for Share {
         inode: Inode,
         flags: u32,
     ) -> io::Result<(Option<Handle>, OpenOptions)> {
+        let guest = inode;
+        let inode = self.node(inode)?;
         self.not_theirs_check(ctx, inode, READ)?;
-        self.inner.opendir(ctx, inode, flags)
+        let (handle, options) = self.inner.opendir(ctx, inode, flags)?;
+        Ok((self.opened(guest, handle, flags, true), options))
     }
 
     fn readdir(
@@ -454,6 +774,7 @@ impl FileSystem for Share {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
+        let (inode, handle) = (self.node(inode)?, self.handle(handle)?);
         self.inner
             .readdir(ctx, inode, handle, size, offset, add_entry)
     }
@@ -467,9 +788,10 @@ impl FileSystem for Share {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
+        let (inode, handle) = (self.node(inode)?, self.handle(handle)?);
         self.inner
             .readdirplus(ctx, inode, handle, size, offset, &mut |d, e| {
-                add_entry(d, self.entry(e))
+                add_entry(d, self.given(e))
             })
     }
 
@@ -480,6 +802,7 @@ impl FileSystem for Share {
         datasync: bool,
         handle: Handle,
     ) -> io::Result<()> {
+        let (inode, handle) = (self.node(inode)?, self.handle(handle)?);
         self.inner.fsyncdir(ctx, inode, datasync, handle)
     }
 
@@ -490,6 +813,8 @@ impl FileSystem for Share {
         flags: u32,
         handle: Handle,
     ) -> io::Result<()> {
+        let inode = self.node(inode)?;
+        let handle = self.table().released(handle).ok_or_else(ebadf)?;
         self.inner.releasedir(ctx, inode, flags, handle)
     }
 
@@ -501,7 +826,7 @@ impl FileSystem for Share {
         let ctx = self
             .host_ctx(ctx)
             .map_err(|_| io::Error::from_raw_os_error(libc::EACCES))?;
-        self.inner.access(&ctx, inode, mask)
+        self.inner.access(&ctx, self.node(inode)?, mask)
     }
 
     fn lseek(
@@ -512,6 +837,7 @@ impl FileSystem for Share {
         offset: u64,
         whence: u32,
     ) -> io::Result<u64> {
+        let (inode, handle) = (self.node(inode)?, self.handle(handle)?);
         self.inner.lseek(ctx, inode, handle, offset, whence)
     }
 
@@ -524,6 +850,7 @@ impl FileSystem for Share {
         lock: FileLock,
         flags: u32,
     ) -> io::Result<FileLock> {
+        let (inode, handle) = (self.node(inode)?, self.handle(handle)?);
         self.inner.getlk(ctx, inode, handle, owner, lock, flags)
     }
 
@@ -537,6 +864,7 @@ impl FileSystem for Share {
         lock: FileLock,
         flags: u32,
     ) -> io::Result<()> {
+        let (inode, handle) = (self.node(inode)?, self.handle(handle)?);
         self.inner.setlk(ctx, inode, handle, owner, lock, flags)
     }
 
@@ -550,6 +878,7 @@ impl FileSystem for Share {
         lock: FileLock,
         flags: u32,
     ) -> io::Result<()> {
+        let (inode, handle) = (self.node(inode)?, self.handle(handle)?);
         self.inner.setlkw(ctx, inode, handle, owner, lock, flags)
     }
 }

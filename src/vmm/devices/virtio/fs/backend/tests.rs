@@ -314,3 +314,147 @@ fn a_client_waits_for_its_server_to_be_ready() {
         Err(BackendError::Protocol(_))
     ));
 }
+
+/// `FUSE_OPEN`, `FUSE_READ`, `FUSE_OPENDIR` (include/uapi/linux/fuse.h).
+const FUSE_OPEN: u32 = 14;
+const FUSE_READ: u32 = 15;
+const FUSE_OPENDIR: u32 = 27;
+
+/// Serves `msg` through `c`; the answer, its error checked to be `errno`.
+fn ask(c: &mut Client, msg: &[u8], errno: i32) -> Vec<u8> {
+    let mut reply = Vec::new();
+    assert!(matches!(
+        c.call(msg, 1 << 16, &mut reply).unwrap(),
+        Outcome::Reply(_)
+    ));
+    assert_eq!(error_of(&reply), errno, "{reply:?}");
+    reply
+}
+
+fn lookup_in(c: &mut Client, parent: u64, name: &str, unique: u64) -> u64 {
+    let mut body = name.as_bytes().to_vec();
+    body.push(0);
+    let reply = ask(
+        c,
+        &fuse_message(FUSE_LOOKUP, parent, unique, (0, 0), &body),
+        0,
+    );
+    u64::from_le_bytes(reply[16..24].try_into().unwrap())
+}
+
+fn open_on(c: &mut Client, opcode: u32, node: u64, flags: u32, unique: u64) -> u64 {
+    let body: Vec<u8> = [flags, 0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let reply = ask(c, &fuse_message(opcode, node, unique, (0, 0), &body), 0);
+    u64::from_le_bytes(reply[16..24].try_into().unwrap())
+}
+
+fn read_from(c: &mut Client, node: u64, fh: u64, unique: u64) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&fh.to_le_bytes());
+    body.extend_from_slice(&0u64.to_le_bytes()); // offset
+    body.extend_from_slice(&64u32.to_le_bytes()); // size
+    body.extend_from_slice(&[0u8; 20]); // read flags, lock owner, flags, padding
+    let reply = ask(c, &fuse_message(FUSE_READ, node, unique, (0, 0), &body), 0);
+    reply[OUT_HEADER..].to_vec()
+}
+
+#[test]
+fn a_checkpointed_share_gives_a_new_server_the_guests_ids_back() {
+    let dir = share();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    std::fs::write(dir.path().join("sub/f"), b"in sub").unwrap();
+    let (mut a, serving_a) = remote(&dir);
+    ask(
+        &mut a,
+        &fuse_message(FUSE_INIT, 0, 1, (0, 0), &init_body(0)),
+        0,
+    );
+    let sub = lookup_in(&mut a, ROOT, "sub", 2);
+    let f = lookup_in(&mut a, sub, "f", 3);
+    let _again = lookup_in(&mut a, sub, "f", 4);
+    let fh = open_on(&mut a, FUSE_OPEN, f, libc::O_RDWR as u32, 5);
+    let dh = open_on(&mut a, FUSE_OPENDIR, sub, libc::O_RDONLY as u32, 6);
+    assert_eq!(read_from(&mut a, f, fh, 7), b"in sub");
+    // Renamed on the host while the guest holds it: saved by its new path.
+    std::fs::rename(dir.path().join("sub"), dir.path().join("moved")).unwrap();
+    let state = a.save_state().unwrap();
+    assert_eq!(state.handles.len(), 2);
+    let saved_f = state.nodes.iter().find(|n| n.id == f).unwrap();
+    assert_eq!(saved_f.path, b"moved/f");
+    assert_eq!(saved_f.lookups, 2);
+    assert!(state.init.is_some());
+    drop(a);
+    serving_a.join().unwrap().unwrap();
+
+    // A new server (a restored VM's) with that state.
+    let (mut b, serving_b) = remote(&dir);
+    b.load_state(&state).unwrap();
+    assert_eq!(
+        read_from(&mut b, f, fh, 8),
+        b"in sub",
+        "old node, old handle"
+    );
+    let getattr = fuse_message(FUSE_GETATTR, sub, 9, (0, 0), &[0u8; 16]);
+    ask(&mut b, &getattr, 0);
+    let _ = dh;
+    // A file looked up now gets an id no old one had.
+    let hello = lookup_in(&mut b, ROOT, "hello", 10);
+    assert!(![sub, f].contains(&hello), "{hello}");
+    // Ids the guest never got are refused.
+    let bogus = fuse_message(FUSE_GETATTR, 999, 11, (0, 0), &[0u8; 16]);
+    ask(&mut b, &bogus, -libc::EBADF);
+    // And what the restored server holds is saved again the same way.
+    let again = b.save_state().unwrap();
+    assert!(again
+        .nodes
+        .iter()
+        .any(|n| n.id == f && n.path == b"moved/f"));
+    assert!(again
+        .nodes
+        .iter()
+        .any(|n| n.id == hello && n.path == b"hello"));
+    drop(b);
+    serving_b.join().unwrap().unwrap();
+}
+
+#[test]
+fn a_checkpoint_refuses_an_open_file_no_path_names_and_a_restore_a_missing_one() {
+    let dir = share();
+    let (mut a, _serving) = remote(&dir);
+    ask(
+        &mut a,
+        &fuse_message(FUSE_INIT, 0, 1, (0, 0), &init_body(0)),
+        0,
+    );
+    let hello = lookup_in(&mut a, ROOT, "hello", 2);
+    let _fh = open_on(&mut a, FUSE_OPEN, hello, libc::O_RDONLY as u32, 3);
+    let state = a.save_state().unwrap();
+    std::fs::remove_file(dir.path().join("hello")).unwrap();
+    let err = a.save_state().unwrap_err().to_string();
+    assert!(
+        err.contains("deleted or moved") && err.contains("hello"),
+        "{err}"
+    );
+
+    // The restore of the earlier state: its file is gone.
+    let (mut b, _serving_b) = remote(&dir);
+    let err = b.load_state(&state).unwrap_err().to_string();
+    assert!(
+        err.contains("not in the share") && err.contains("hello"),
+        "{err}"
+    );
+    // A file of another kind under the same name.
+    std::fs::create_dir(dir.path().join("hello")).unwrap();
+    let err = b.load_state(&state).unwrap_err().to_string();
+    assert!(err.contains("different kind"), "{err}");
+    // A state that is no state.
+    let mut c = FsServer::new("t", dir.path(), false, IdMaps::default()).unwrap();
+    c.loading = b"{not json".to_vec();
+    assert!(c.load_part(0).is_err());
+    // The server goes on serving after refusing.
+    ask(
+        &mut b,
+        &fuse_message(FUSE_INIT, 0, 4, (0, 0), &init_body(0)),
+        0,
+    );
+}
