@@ -268,6 +268,10 @@ pub fn exit_status(exit: &VmExit) -> (u8, Option<String>) {
             EXIT_GUEST_FAILED,
             Some("the VM was snapshotted instead of running its command".into()),
         ),
+        VmExit::Checkpointed => (
+            EXIT_GUEST_FAILED,
+            Some("the VM was checkpointed before its command ended".into()),
+        ),
     }
 }
 

@@ -447,6 +447,18 @@ pub enum Request {
     Resize { rows: u16, cols: u16 },
     /// List the container's processes.
     Ps,
+    /// Get ready for a checkpoint (one-shot): the main session's output
+    /// stops after an [`Event::Detached`] on its connection (the process
+    /// blocks once its pipes fill), the guest's file data is written out
+    /// and its caches dropped. Refused while exec sessions run.
+    Checkpoint,
+    /// The checkpoint was given up (one-shot): output flows again.
+    CheckpointAbort,
+    /// The VM was restored from a checkpoint: this connection becomes the
+    /// main session (answered [`Response::Reattached`], then the output
+    /// held since the checkpoint); the guest's clock and random pool are
+    /// set from the host's first.
+    Reattach { host_sync: HostSync },
 }
 
 /// A process as `ps` reports it.
@@ -473,6 +485,11 @@ pub enum Response {
     Ps {
         processes: Vec<ProcessInfo>,
     },
+    /// The main session is this connection again; `pid` is the container
+    /// process's pid inside the guest.
+    Reattached {
+        pid: i32,
+    },
     /// The request failed; `message` says why, for the user.
     Error {
         message: String,
@@ -486,6 +503,9 @@ pub enum Event {
     /// The main session's process started (sent on the main connection when
     /// `Start` arrives on another one); stdin frames are read from then on.
     Started { pid: i32 },
+    /// The main session stops here for a checkpoint: no frame follows on
+    /// this connection (the restored VM's host gets the rest).
+    Detached,
     /// The session's process ended (after all its output was sent).
     Exited {
         code: Option<i32>,

@@ -1192,6 +1192,10 @@ pub fn relay_io(
                         let _ = tx.send(());
                     }
                 }
+                // The guest holds the rest of the output for the VM
+                // restored from the checkpoint; this connection ends with
+                // the VM.
+                Ok(Event::Detached) => log::info!("session: detached for a checkpoint"),
                 Ok(Event::Exited { code, signal }) => {
                     return Some(match (code, signal) {
                         (_, Some(sig)) => ExitStatus::Signal(sig),

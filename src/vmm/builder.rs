@@ -74,6 +74,9 @@ pub enum VmExit {
     /// The VM was paused and written to its snapshot directory
     /// ([`Snapshot::TakeWhenAgentListens`]).
     Snapshotted,
+    /// A host client asked for a checkpoint: the VM was paused and written
+    /// to its checkpoint directory ([`VmConfig::checkpoint`]).
+    Checkpointed,
 }
 
 /// Why a VM could not be built or run.
@@ -230,7 +233,7 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
         })?;
 
     let restore = match &config.snapshot {
-        Some(Snapshot::Restore(dir)) => {
+        Some(Snapshot::Restore(dir) | Snapshot::Resume(dir)) => {
             let snap = VmSnapshot::read(dir)?;
             if snap.mem_bytes != config.mem_bytes() || snap.vcpus.len() != usize::from(vcpus) {
                 return Err(SnapshotError::Mismatch(format!(
@@ -244,6 +247,10 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
             }
             Some((dir.clone(), snap))
         }
+        _ => None,
+    };
+    let resume = match &config.snapshot {
+        Some(Snapshot::Resume(dir)) => Some(snapshot::read_fs_states(dir)?),
         _ => None,
     };
     let take = match &config.snapshot {
@@ -403,6 +410,8 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
         attach.attach(net.clone(), std::path::Path::new(&nic.tap))?;
         event_manager.add_subscriber(net);
     }
+    let mut vsock_dev = None;
+    let mut checkpoint_evt = None;
     if let Some(vs) = &config.vsock {
         let prebound = controls.vsock_listener.take();
         let owned = prebound.is_some();
@@ -420,11 +429,19 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
                 }
             })?;
         }
+        let mut vsock = vsock;
+        if config.checkpoint.is_some() {
+            let evt = EventFd::new(EFD_NONBLOCK).map_err(io("checkpoint eventfd"))?;
+            vsock.on_checkpoint_request(evt.try_clone().map_err(io("checkpoint eventfd"))?);
+            checkpoint_evt = Some(evt);
+        }
         let vsock = Arc::new(Mutex::new(vsock));
         attach.attach(vsock.clone(), &vs.uds_path)?;
+        vsock_dev = Some(vsock.clone());
         event_manager.add_subscriber(vsock);
     }
     let mut remote_fs = Vec::new();
+    let mut fs_devices = Vec::new();
     for share in &config.fs {
         let mut fs = Fs::new(&share.tag, &share.root, share.read_only)
             .and_then(|fs| fs.with_ids(share.ids.clone()))
@@ -443,6 +460,7 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
         }
         let fs = Arc::new(Mutex::new(fs));
         attach.attach(fs.clone(), &share.root)?;
+        fs_devices.push((share.tag.clone(), fs.clone()));
         if remote.is_some() {
             remote_fs.push(fs.clone());
         }
@@ -553,6 +571,7 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
         controls.stop,
         config.timeout,
         agent_evt,
+        checkpoint_evt,
     )?));
     event_manager.add_subscriber(watcher.clone());
     // The fs servers started while the VM was built; each must be confined
@@ -569,6 +588,18 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
     }
     if !remote_fs.is_empty() {
         step("fs servers ready");
+    }
+    // A checkpoint's guest gets its files back before the event loop
+    // serves its first request, and learns its vsock connections are gone.
+    if let Some(states) = &resume {
+        if let Err(e) = resume_devices(states, &fs_devices, vsock_dev.as_ref()) {
+            let stopped = vcpu::stop_all(threads, &stop);
+            if stopped.stuck > 0 {
+                log::warn!("{} vCPU thread(s) did not stop", stopped.stuck);
+            }
+            return Err(e);
+        }
+        step("checkpoint resumed");
     }
     if let Some(jail) = controls.jail.take() {
         if let Err(e) = jail.enter() {
@@ -604,13 +635,28 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
         log::warn!("{} vCPU thread(s) did not stop", stopped.stuck);
     }
     let _ = std::io::stdout().flush();
-    if let (End::Snapshot, Some(dir)) = (ended, &take) {
+    let snapshot_to = match (ended, &take, &config.checkpoint) {
+        (End::Snapshot, Some(dir), _) => Some((dir, VmExit::Snapshotted)),
+        (End::Checkpoint, _, Some(dir)) => Some((dir, VmExit::Checkpointed)),
+        _ => None,
+    };
+    if let Some((dir, exit)) = snapshot_to {
         if stopped.stuck > 0 || stopped.vcpus.len() != usize::from(vcpus) {
             return Err(SnapshotError::Mismatch(format!(
                 "{} of {vcpus} vCPUs stopped",
                 stopped.vcpus.len()
             ))
             .into());
+        }
+        if exit == VmExit::Checkpointed {
+            let mut states = Vec::with_capacity(fs_devices.len());
+            for (tag, fs) in &fs_devices {
+                let state = lock(fs)
+                    .save_state()
+                    .map_err(|e| BuildError::FsServer(e.to_string()))?;
+                states.push((tag.clone(), state));
+            }
+            snapshot::write_fs_states(dir, &states)?;
         }
         let msr_list = snapshot::msr_list(&kvm)?;
         let vm_state = VmState::save(&vm)?;
@@ -633,7 +679,7 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
         }
         .write(dir)?;
         step("snapshot written");
-        return Ok(VmExit::Snapshotted);
+        return Ok(exit);
     }
 
     let reported = *lock(&reported);
@@ -819,6 +865,38 @@ fn load_initramfs(
     })
 }
 
+/// Gives each virtio-fs server of a VM resumed from a checkpoint the
+/// state its guest left (by tag; a share the checkpoint does not list was
+/// never mounted), then tells the guest its vsock transport was reset.
+fn resume_devices(
+    states: &snapshot::FsStates,
+    fs_devices: &[(String, Arc<Mutex<Fs>>)],
+    vsock: Option<&Arc<Mutex<Vsock>>>,
+) -> Result<(), BuildError> {
+    for (tag, state) in states {
+        let Some((_, fs)) = fs_devices.iter().find(|(t, _)| t == tag) else {
+            return Err(SnapshotError::Mismatch(format!(
+                "the checkpoint has files of virtio-fs {tag}, which the VM does not have"
+            ))
+            .into());
+        };
+        lock(fs)
+            .load_state(state)
+            .map_err(|e| BuildError::FsServer(e.to_string()))?;
+    }
+    if let Some(vsock) = vsock {
+        match lock(vsock).send_transport_reset() {
+            Ok(true) => {}
+            Ok(false) => log::warn!(
+                "the restored guest offered no vsock event buffer: its old connections \
+                 are not reset"
+            ),
+            Err(e) => log::warn!("vsock transport reset: {e}"),
+        }
+    }
+    Ok(())
+}
+
 /// Why the event loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
@@ -831,6 +909,8 @@ enum End {
     Stopped,
     /// The agent listens: time for the snapshot.
     Snapshot,
+    /// A host client asked for a checkpoint.
+    Checkpoint,
 }
 
 /// Watches the exit and reset events and the timeout timer.
@@ -841,6 +921,8 @@ struct EndWatcher {
     timer: Option<(TimerFd, Duration)>,
     /// Signalled by the boot timer when the agent listens (a VM to snapshot).
     agent: Option<EventFd>,
+    /// Signalled by the vsock device when a checkpoint is asked for.
+    checkpoint: Option<EventFd>,
     ended: Option<End>,
 }
 
@@ -851,6 +933,7 @@ impl EndWatcher {
         stop: Option<Arc<EventFd>>,
         timeout: Option<Duration>,
         agent: Option<EventFd>,
+        checkpoint: Option<EventFd>,
     ) -> Result<Self, BuildError> {
         let timer = match timeout {
             Some(d) => {
@@ -870,6 +953,7 @@ impl EndWatcher {
             stop,
             timer,
             agent,
+            checkpoint,
             ended: None,
         })
     }
@@ -887,6 +971,9 @@ impl MutEventSubscriber for EndWatcher {
         }
         if let Some(agent) = &self.agent {
             fds.push(Events::new(agent, event_manager::EventSet::IN));
+        }
+        if let Some(c) = &self.checkpoint {
+            fds.push(Events::new(c, event_manager::EventSet::IN));
         }
         for e in fds {
             if let Err(err) = ops.add(e) {
@@ -915,6 +1002,11 @@ impl MutEventSubscriber for EndWatcher {
                 let _ = agent.read();
             }
             self.ended.get_or_insert(End::Snapshot);
+        } else if self.checkpoint.as_ref().is_some_and(|c| c.as_raw_fd() == fd) {
+            if let Some(c) = &self.checkpoint {
+                let _ = c.read();
+            }
+            self.ended.get_or_insert(End::Checkpoint);
         } else if let Some((t, d)) = &mut self.timer {
             if fd == t.as_raw_fd() {
                 let _ = t.wait();

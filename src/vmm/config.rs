@@ -116,6 +116,11 @@ pub struct VmConfig {
     pub timeline: Option<PathBuf>,
     /// Snapshot this VM, or start it from a snapshot ([`Snapshot`]).
     pub snapshot: Option<Snapshot>,
+    /// Where the VM writes a checkpoint when a host client asks for one
+    /// (the `CHECKPOINT` line on its vsock socket), and then ends with
+    /// [`crate::vmm::VmExit::Checkpointed`]; `None`: it cannot be
+    /// checkpointed.
+    pub checkpoint: Option<PathBuf>,
 }
 
 /// What a VM does with a snapshot directory ([`crate::vmm::snapshot`]).
@@ -131,6 +136,12 @@ pub enum Snapshot {
     /// vCPUs, the same devices in the same order); the kernel and
     /// initramfs are not loaded.
     Restore(PathBuf),
+    /// Continue from a checkpoint in the directory (`husk checkpoint`):
+    /// restored as [`Snapshot::Restore`], then each virtio-fs server takes
+    /// the guest's files back ([`crate::vmm::snapshot::FS_STATE_FILE`])
+    /// and the guest is told its vsock transport was reset (its connections
+    /// went with the VM that was checkpointed).
+    Resume(PathBuf),
 }
 
 /// A configuration that cannot describe a VM.
@@ -165,6 +176,7 @@ impl VmConfig {
             timeout: None,
             timeline: None,
             snapshot: None,
+            checkpoint: None,
         }
     }
 

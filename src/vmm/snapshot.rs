@@ -45,6 +45,8 @@ use vm_memory::{
 /// Guest RAM of a snapshot.
 pub const MEMORY_FILE: &str = "memory";
 /// Everything else of a snapshot ([`VmSnapshot`], JSON).
+/// The virtio-fs servers' states of a checkpoint, by tag.
+pub const FS_STATE_FILE: &str = "fs.json";
 pub const STATE_FILE: &str = "state.json";
 /// Bumped whenever [`VmSnapshot`] changes meaning; a snapshot of another
 /// format is refused.
@@ -395,6 +397,27 @@ impl VmSnapshot {
         }
         Ok(snap)
     }
+}
+
+/// The virtio-fs servers' states of a checkpoint (by tag), written to
+/// `dir/`[`FS_STATE_FILE`].
+pub type FsStates = Vec<(String, crate::vmm::devices::virtio::fs::share::ShareState)>;
+
+pub fn write_fs_states(dir: &Path, states: &FsStates) -> Result<(), SnapshotError> {
+    let path = dir.join(FS_STATE_FILE);
+    let data = serde_json::to_vec(states).map_err(|source| SnapshotError::Json {
+        path: path.clone(),
+        source,
+    })?;
+    private_file(&path)
+        .and_then(|mut f| f.write_all(&data))
+        .map_err(io_at(&path))
+}
+
+pub fn read_fs_states(dir: &Path) -> Result<FsStates, SnapshotError> {
+    let path = dir.join(FS_STATE_FILE);
+    let data = std::fs::read(&path).map_err(io_at(&path))?;
+    serde_json::from_slice(&data).map_err(|source| SnapshotError::Json { path, source })
 }
 
 /// A new (or truncated) file only its owner may read: guest memory and

@@ -87,6 +87,91 @@ impl<C: Connection> FrameSink for FrameWriter<C> {
     }
 }
 
+/// The main session's sink, which outlives its connection: a checkpoint
+/// *holds* it (a marker frame goes out, then every sender waits: the
+/// process's output stays in its pipes, in guest memory), and a restored
+/// VM's host *attaches* a new connection, which gets what follows.
+pub struct Relink {
+    state: Mutex<RelinkState>,
+    changed: Condvar,
+}
+
+struct RelinkState {
+    current: Arc<dyn FrameSink>,
+    held: bool,
+}
+
+impl Relink {
+    pub fn new(sink: Arc<dyn FrameSink>) -> Arc<Relink> {
+        Arc::new(Relink {
+            state: Mutex::new(RelinkState {
+                current: sink,
+                held: false,
+            }),
+            changed: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RelinkState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits while held; the guard of the state once it is not.
+    fn unheld(&self) -> MutexGuard<'_, RelinkState> {
+        let mut state = self.lock();
+        while state.held {
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        state
+    }
+
+    /// Sends `marker` on the current connection (after every frame sent
+    /// before it), then holds every later frame. False when already held.
+    pub fn hold(&self, marker: &Frame) -> bool {
+        let mut state = self.lock();
+        if state.held {
+            return false;
+        }
+        state.current.send(marker);
+        state.held = true;
+        true
+    }
+
+    pub fn is_held(&self) -> bool {
+        self.lock().held
+    }
+
+    /// Whether `sink` is the connection frames go to (and it is not held).
+    pub fn flows_to(&self, sink: &Arc<dyn FrameSink>) -> bool {
+        let state = self.lock();
+        !state.held && std::ptr::addr_eq(Arc::as_ptr(&state.current), Arc::as_ptr(sink))
+    }
+
+    /// Frames go to `sink` from now on, held ones first.
+    pub fn attach(&self, sink: Arc<dyn FrameSink>) {
+        let mut state = self.lock();
+        state.current = sink;
+        state.held = false;
+        self.changed.notify_all();
+    }
+
+    /// Frames flow again to the connection they went to.
+    pub fn release(&self) {
+        self.lock().held = false;
+        self.changed.notify_all();
+    }
+}
+
+impl FrameSink for Relink {
+    fn send(&self, frame: &Frame) -> bool {
+        self.unheld().current.send(frame)
+    }
+
+    fn close(&self) {
+        self.unheld().current.close()
+    }
+}
+
 /// A running process as its connection's reader sees it: where stdin
 /// frames, stdin EOF and resizes go.
 pub struct ProcIo {
@@ -375,6 +460,46 @@ mod tests {
             || {},
         );
         assert_eq!(status, ExitStatus::Signal(9));
+    }
+
+    #[test]
+    fn a_held_relink_sends_its_marker_then_waits_for_the_next_connection() {
+        let first = Arc::new(Collect::default());
+        let second = Arc::new(Collect::default());
+        let first_sink: Arc<dyn FrameSink> = first.clone();
+        let second_sink: Arc<dyn FrameSink> = second.clone();
+        let relink = Relink::new(first_sink.clone());
+        let frame = |b: &[u8]| Frame::new(FrameKind::Stdout, b.to_vec());
+        assert!(relink.send(&frame(b"before")));
+        assert!(relink.flows_to(&first_sink));
+        assert!(relink.hold(&frame(b"marker")));
+        assert!(!relink.hold(&frame(b"again")), "held once");
+        assert!(!relink.flows_to(&first_sink));
+        let sender = {
+            let relink = Arc::clone(&relink);
+            std::thread::spawn(move || {
+                relink.send(&Frame::new(FrameKind::Stdout, b"after".to_vec()))
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!sender.is_finished(), "a held frame waits");
+        relink.attach(second_sink.clone());
+        assert!(sender.join().unwrap());
+        assert!(relink.flows_to(&second_sink));
+        let got = |c: &Collect| {
+            c.0.lock()
+                .unwrap()
+                .iter()
+                .map(|f| f.payload.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(got(&first), vec![b"before".to_vec(), b"marker".to_vec()]);
+        assert_eq!(got(&second), vec![b"after".to_vec()]);
+        // Given up: frames flow to the same connection again.
+        assert!(relink.hold(&frame(b"m2")));
+        relink.release();
+        assert!(relink.send(&frame(b"again")));
+        assert_eq!(got(&second).len(), 3);
     }
 
     #[test]

@@ -45,6 +45,7 @@ pub mod vsock;
 use std::fs::File;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -55,7 +56,7 @@ use crate::agent_proto::{
     ContainerSpec, Event, Frame, FrameError, FrameKind, ProcessInfo, ProcessSpec, Request,
     Response, AGENT_PORT,
 };
-use conn::{pump_output, Connection, FrameSink, FrameWriter, IoSlot, ProcIo, DRAIN_IDLE};
+use conn::{pump_output, Connection, FrameSink, FrameWriter, IoSlot, ProcIo, Relink, DRAIN_IDLE};
 use reaper::{ExitStatus, Reaper};
 use setup::SetupError;
 use spawn::{errno_text, Launch, Prepared, SpawnError, Spawned};
@@ -93,6 +94,11 @@ pub trait Platform: Send + Sync + 'static {
     fn log(&self, line: &str);
     /// Reports a moment of the start to the VMM (boot timer port).
     fn boot_mark(&self, event: crate::proto::BootEvent);
+    /// Before a checkpoint: file data written out to the host, caches
+    /// dropped (fewer files held over virtio-fs, less memory to save).
+    fn quiesce(&self) {}
+    /// After a restore: the guest's clock and random pool from the host's.
+    fn resync(&self, _host_sync: &crate::agent_proto::HostSync) {}
 }
 
 /// The real guest.
@@ -132,6 +138,20 @@ impl Platform for GuestPlatform {
     fn boot_mark(&self, event: crate::proto::BootEvent) {
         crate::boot_timer::mark(event);
     }
+
+    fn quiesce(&self) {
+        // SAFETY: sync takes no arguments and has no memory effects.
+        unsafe { libc::sync() };
+        if let Err(e) = std::fs::write("/proc/sys/vm/drop_caches", "3") {
+            self.log(&format!("checkpoint: dropping caches: {e}"));
+        }
+    }
+
+    fn resync(&self, host_sync: &crate::agent_proto::HostSync) {
+        for problem in crate::host_sync::apply(host_sync) {
+            self.log(&problem);
+        }
+    }
 }
 
 /// The container's main process, through its life.
@@ -170,6 +190,11 @@ pub struct Agent<P: Platform> {
     holder: Mutex<Option<container::Holder>>,
     /// The container's namespaces, which every exec and guest hook joins.
     namespaces: Mutex<Option<Arc<container::Namespaces>>>,
+    /// The main session's sink and its process's slot (from `Create`): a
+    /// restored VM's host takes them over (`Reattach`).
+    main_sink: Mutex<Option<(Arc<Relink>, Arc<IoSlot>)>>,
+    /// Exec sessions running (a checkpoint is refused while any is).
+    execs: Arc<AtomicUsize>,
 }
 
 /// Why `Start` failed, and how the main session ends if it must.
@@ -193,7 +218,86 @@ impl<P: Platform> Agent<P> {
             seccomp: Mutex::new(None),
             holder: Mutex::new(None),
             namespaces: Mutex::new(None),
+            main_sink: Mutex::new(None),
+            execs: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    fn main_session(&self) -> Option<(Arc<Relink>, Arc<IoSlot>)> {
+        self.main_sink
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// `Checkpoint`: holds the main session's output (see
+    /// [`Request::Checkpoint`]).
+    pub fn checkpoint(&self) -> Result<(), String> {
+        let main = self.lock_main();
+        let Main::Running { exited: false, .. } = &*main else {
+            return Err("the container is not running".into());
+        };
+        let execs = self.execs.load(Ordering::SeqCst);
+        if execs > 0 {
+            return Err(format!(
+                "{execs} exec session(s) still running in the container: a checkpoint cannot \
+                 keep their connections; wait for them to end first"
+            ));
+        }
+        let Some((relink, _)) = self.main_session() else {
+            return Err("the container has no main session".into());
+        };
+        if !relink.hold(&Frame::json(FrameKind::Event, &Event::Detached)) {
+            return Err("a checkpoint is already under way".into());
+        }
+        drop(main);
+        self.platform.quiesce();
+        Ok(())
+    }
+
+    /// `CheckpointAbort`: the main session's output flows again.
+    pub fn checkpoint_abort(&self) -> Result<(), String> {
+        match self.main_session() {
+            Some((relink, _)) if relink.is_held() => {
+                relink.release();
+                Ok(())
+            }
+            _ => Err("no checkpoint is under way".into()),
+        }
+    }
+
+    /// `Reattach`: `sink`'s connection becomes the main session; the
+    /// answer goes there before the held output.
+    pub fn reattach(
+        &self,
+        host_sync: &crate::agent_proto::HostSync,
+        sink: Arc<dyn FrameSink>,
+    ) -> Result<Arc<IoSlot>, String> {
+        let pid = match &*self.lock_main() {
+            Main::Running { pid, .. } => *pid,
+            _ => return Err("the container is not running".into()),
+        };
+        let Some((relink, slot)) = self.main_session() else {
+            return Err("the container has no main session".into());
+        };
+        if !relink.is_held() {
+            return Err("the container was not checkpointed: its session is live".into());
+        }
+        self.platform.resync(host_sync);
+        sink.send(&Frame::json(
+            FrameKind::Response,
+            &Response::Reattached { pid },
+        ));
+        relink.attach(sink);
+        Ok(slot)
+    }
+
+    /// Whether `slot` and `sink` are a main session whose frames now go to
+    /// another connection (or are held for one): its input ending is not
+    /// the end of the process's stdin.
+    fn detached_main(&self, slot: &Arc<IoSlot>, sink: &Arc<dyn FrameSink>) -> bool {
+        self.main_session()
+            .is_some_and(|(relink, main)| Arc::ptr_eq(&main, slot) && !relink.flows_to(sink))
     }
 
     fn lock_main(&self) -> MutexGuard<'_, Main> {
@@ -304,7 +408,11 @@ impl<P: Platform> Agent<P> {
     ) -> std::io::Result<()> {
         let platform = Arc::clone(&self.platform);
         let main = Arc::clone(&self.main);
-        std::thread::Builder::new()
+        let execs = Arc::clone(&self.execs);
+        if !is_main {
+            execs.fetch_add(1, Ordering::SeqCst);
+        }
+        let started = std::thread::Builder::new()
             .name(
                 if is_main {
                     "main-session"
@@ -329,8 +437,14 @@ impl<P: Platform> Agent<P> {
                 }
                 sink.send(&Frame::json(FrameKind::Event, &status.event()));
                 sink.close();
-            })
-            .map(drop)
+                if !is_main {
+                    execs.fetch_sub(1, Ordering::SeqCst);
+                }
+            });
+        if started.is_err() && !is_main {
+            self.execs.fetch_sub(1, Ordering::SeqCst);
+        }
+        started.map(drop)
     }
 
     /// Runs OCI hooks inside the container, one after the other, each with
@@ -441,6 +555,10 @@ impl<P: Platform> Agent<P> {
         self.report_unknown_caps(&prepared);
         *self.seccomp.lock().unwrap_or_else(|e| e.into_inner()) = spec.seccomp.clone();
         let slot = IoSlot::pending();
+        let relink = Relink::new(sink);
+        *self.main_sink.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((Arc::clone(&relink), Arc::clone(&slot)));
+        let sink: Arc<dyn FrameSink> = relink;
         sink.send(&Frame::json(FrameKind::Response, &Response::Created));
         *main = Main::Created {
             id: spec.id,
@@ -648,6 +766,9 @@ fn op_name(request: &Request) -> &'static str {
         Request::Signal { .. } => "signal",
         Request::Resize { .. } => "resize",
         Request::Ps => "ps",
+        Request::Checkpoint => "checkpoint",
+        Request::CheckpointAbort => "checkpoint abort",
+        Request::Reattach { .. } => "reattach",
     }
 }
 
@@ -691,6 +812,19 @@ fn idle_frame<P: Platform>(
             }
             return Err(());
         }
+        Request::Checkpoint | Request::CheckpointAbort => {
+            let done = if matches!(request, Request::Checkpoint) {
+                agent.checkpoint()
+            } else {
+                agent.checkpoint_abort()
+            };
+            match done {
+                Ok(()) => respond(&**sink, &Response::Ok),
+                Err(m) => error(&**sink, m),
+            }
+            return Err(());
+        }
+        Request::Reattach { host_sync } => agent.reattach(&host_sync, Arc::clone(sink)),
         Request::Resize { .. } => Err("resize: this connection has no process".into()),
     };
     match session {
@@ -776,6 +910,9 @@ pub fn handle_connection<C: Connection, P: Platform>(agent: &Agent<P>, mut conn:
         }
     }
     match session {
+        // A checkpointed main session's connection went with the old VM's
+        // host: the process's stdin is the next connection's.
+        Some(slot) if agent.detached_main(&slot, &sink) => {}
         // No more input can come: the process's stdin ends.
         Some(slot) => {
             if let Some(io) = slot.wait() {

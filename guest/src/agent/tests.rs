@@ -860,3 +860,114 @@ fn a_filter_the_kernel_refuses_fails_the_process_naming_seccomp() {
     });
     assert!(matches!(c.response(), Response::Error { .. }));
 }
+
+/// Reads frames until the `Detached` marker; the output before it.
+fn until_detached(c: &mut Client) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let frame = c.recv().expect("Detached before EOF");
+        match frame.kind {
+            FrameKind::Stdout => out.extend(&frame.payload),
+            FrameKind::Event => match frame.parse::<Event>("event").unwrap() {
+                Event::Started { .. } => {}
+                Event::Detached => return out,
+                other => panic!("{other:?} before Detached"),
+            },
+            other => panic!("unexpected {other:?} frame"),
+        }
+    }
+}
+
+#[test]
+fn a_checkpoint_holds_the_main_output_until_a_new_connection_reattaches() {
+    // `cat` echoes stdin: what is typed after the restore comes back on the
+    // new connection, and the old connection's end did not close its stdin.
+    let (agent, mut main) = created(&["cat"]);
+    assert_eq!(
+        Client::one_shot(&agent, &Request::Checkpoint),
+        Response::Error {
+            message: "the container is not running".into()
+        }
+    );
+    assert!(matches!(
+        Client::one_shot(&agent, &Request::Start),
+        Response::Started { .. }
+    ));
+    main.send(Frame::new(FrameKind::Stdin, b"one\n".to_vec()));
+    // An exec session holds the checkpoint off until it ends.
+    let (mut e, _) = exec(&agent, process(&["sleep", "0.3"]));
+    let refused = Client::one_shot(&agent, &Request::Checkpoint);
+    assert!(
+        matches!(&refused, Response::Error { message } if message.contains("exec session")),
+        "{refused:?}"
+    );
+    assert_eq!(e.until_exit().2, exited(0));
+    // The output so far, then the marker.
+    let deadline = Instant::now() + TIMEOUT;
+    let mut seen = Vec::new();
+    while !seen.ends_with(b"one\n") {
+        assert!(Instant::now() < deadline);
+        let f = main.recv().unwrap();
+        if f.kind == FrameKind::Stdout {
+            seen.extend(&f.payload);
+        }
+    }
+    assert_eq!(Client::one_shot(&agent, &Request::Checkpoint), Response::Ok);
+    assert!(matches!(
+        Client::one_shot(&agent, &Request::Checkpoint),
+        Response::Error { .. }
+    ));
+    assert!(until_detached(&mut main).is_empty());
+    // The old VM's host is gone: its connection ends, not the process's
+    // stdin.
+    drop(main);
+    std::thread::sleep(Duration::from_millis(100));
+    // A reattach before a checkpoint would be refused; now it is the main
+    // session.
+    let mut again = Client::connect(&agent);
+    again.request(&Request::Reattach {
+        host_sync: Default::default(),
+    });
+    let Response::Reattached { pid } = again.response() else {
+        panic!("expected Reattached");
+    };
+    assert!(pid > 0);
+    assert!(matches!(
+        Client::one_shot(
+            &agent,
+            &Request::Reattach {
+                host_sync: Default::default()
+            }
+        ),
+        Response::Error { .. }
+    ));
+    again.send(Frame::new(FrameKind::Stdin, b"two\n".to_vec()));
+    again.send(Frame::new(FrameKind::StdinEof, vec![]));
+    let (out, _, event) = again.until_exit();
+    assert_eq!(out, b"two\n");
+    assert_eq!(event, exited(0));
+}
+
+#[test]
+fn a_checkpoint_given_up_lets_the_output_flow_on_the_same_connection() {
+    let (agent, mut main) = created(&["cat"]);
+    assert!(matches!(
+        Client::one_shot(&agent, &Request::Start),
+        Response::Started { .. }
+    ));
+    assert!(matches!(
+        Client::one_shot(&agent, &Request::CheckpointAbort),
+        Response::Error { .. }
+    ));
+    assert_eq!(Client::one_shot(&agent, &Request::Checkpoint), Response::Ok);
+    assert!(until_detached(&mut main).is_empty());
+    main.send(Frame::new(FrameKind::Stdin, b"held\n".to_vec()));
+    assert_eq!(
+        Client::one_shot(&agent, &Request::CheckpointAbort),
+        Response::Ok
+    );
+    main.send(Frame::new(FrameKind::StdinEof, vec![]));
+    let (out, _, event) = main.until_exit();
+    assert_eq!(out, b"held\n");
+    assert_eq!(event, exited(0));
+}

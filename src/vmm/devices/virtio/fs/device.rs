@@ -190,6 +190,18 @@ impl Fs {
     }
 
     /// The tag the guest mounts.
+    /// What the guest holds of the share, for a checkpoint (the VM is
+    /// stopped).
+    pub fn save_state(&mut self) -> Result<super::share::ShareState, BackendError> {
+        self.backend.save_state()
+    }
+
+    /// Makes the server's session a checkpoint's, before the restored
+    /// guest sends its first request.
+    pub fn load_state(&mut self, state: &super::share::ShareState) -> Result<(), BackendError> {
+        self.backend.load_state(state)
+    }
+
     pub fn tag(&self) -> &str {
         &self.tag
     }

@@ -13,9 +13,14 @@ use vmm_sys_util::timerfd::TimerFd;
 use super::muxer::Muxer;
 use super::packet::{read_tx, RxBuffer};
 use super::{
-    VsockError, CONFIG_SPACE_SIZE, MAX_GUEST_CID, MAX_PKT_PAYLOAD, MIN_GUEST_CID, NUM_QUEUES,
-    QUEUE_SIZE, RX_QUEUE, TX_QUEUE,
+    VsockError, CONFIG_SPACE_SIZE, EVENT_QUEUE, MAX_GUEST_CID, MAX_PKT_PAYLOAD, MIN_GUEST_CID,
+    NUM_QUEUES, QUEUE_SIZE, RX_QUEUE, TX_QUEUE,
 };
+
+/// `struct virtio_vsock_event` (section 5.10.6.6): one `le32` id.
+const EVENT_SIZE: u32 = 4;
+/// `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`.
+const EVENT_TRANSPORT_RESET: u32 = 0;
 use crate::vmm::devices::virtio::{VirtioCore, VirtioDevice, TYPE_VSOCK, VIRTIO_F_VERSION_1};
 
 /// Malformed guest packets logged at `warn` before only every power of two
@@ -151,6 +156,12 @@ impl Vsock {
         self.guest_cid
     }
 
+    /// `evt` is written when a host client asks for a checkpoint (its
+    /// `CHECKPOINT` line, [`super::muxer::CHECKPOINT_LINE`]).
+    pub fn on_checkpoint_request(&mut self, evt: vmm_sys_util::eventfd::EventFd) {
+        self.muxer.checkpoint = Some(evt);
+    }
+
     /// The socket host clients connect to.
     pub fn uds_path(&self) -> &Path {
         &self.uds_path
@@ -261,6 +272,33 @@ impl Vsock {
             used |= active.add_used(RX_QUEUE, head, used_len)?;
         }
         Ok(used)
+    }
+
+    /// Tells the driver its transport was reset
+    /// (`VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`, section 5.10.6.6): a VM
+    /// restored from a checkpoint has none of the connections its guest
+    /// had, and the guest closes them all (its listening sockets stay).
+    /// Takes one buffer of the event queue; false when the driver offered
+    /// none (or one too small, which is returned unwritten).
+    pub fn send_transport_reset(&mut self) -> Result<bool, VsockError> {
+        let mut active = self.core.active_mut()?;
+        let mem = active.mem;
+        let Some(chain) = active.queue(EVENT_QUEUE)?.pop_descriptor_chain(mem) else {
+            return Ok(false);
+        };
+        let head = chain.head_index();
+        let room = chain
+            .clone()
+            .find(|d| d.is_write_only() && d.len() >= EVENT_SIZE)
+            .map(|d| d.addr());
+        let written = room.is_some_and(|addr| {
+            vm_memory::Bytes::write_obj(mem, EVENT_TRANSPORT_RESET.to_le(), addr).is_ok()
+        });
+        let len = if written { EVENT_SIZE } else { 0 };
+        active.add_used(EVENT_QUEUE, head, len)?;
+        drop(active);
+        self.core.signal_used(&[EVENT_QUEUE])?;
+        Ok(written)
     }
 
     /// Interrupts the driver once if a queue with used buffers asks for
@@ -566,6 +604,27 @@ mod tests {
         h.notify(EVENT_QUEUE);
         h.drain();
         assert_eq!(h.evq.used_idx(), 0);
+    }
+
+    #[test]
+    fn a_transport_reset_takes_one_event_buffer_and_interrupts() {
+        let mut h = Harness::new();
+        // None offered yet: nothing is sent.
+        assert!(!h.vsock.lock().unwrap().send_transport_reset().unwrap());
+        h.mem
+            .write_obj(0xffff_ffffu32, vm_memory::GuestAddress(0x1_0000))
+            .unwrap();
+        h.evq.add_chain(&[(0x1_0000, 4, F_WRITE)]);
+        // One too small is given back unwritten.
+        h.evq.add_chain(&[(0x1_1000, 2, F_WRITE)]);
+        let before = h.interrupt.count();
+        assert!(h.vsock.lock().unwrap().send_transport_reset().unwrap());
+        assert_eq!(h.evq.used_idx(), 1);
+        let id: u32 = h.mem.read_obj(vm_memory::GuestAddress(0x1_0000)).unwrap();
+        assert_eq!(id, EVENT_TRANSPORT_RESET);
+        assert!(h.interrupt.count() > before);
+        assert!(!h.vsock.lock().unwrap().send_transport_reset().unwrap());
+        assert_eq!(h.evq.used_idx(), 2);
     }
 
     #[test]

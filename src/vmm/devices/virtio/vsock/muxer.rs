@@ -71,6 +71,8 @@ struct HostClient {
 enum LineStatus {
     Pending,
     Connect(u32),
+    /// `CHECKPOINT`: the host asks for the VM to be checkpointed.
+    Checkpoint,
     Close(&'static str),
 }
 
@@ -83,10 +85,13 @@ impl HostClient {
             match self.stream.read(&mut byte) {
                 Ok(0) => return LineStatus::Close("closed before sending a CONNECT line"),
                 Ok(_) if byte[0] == b'\n' => {
+                    if self.line == CHECKPOINT_LINE {
+                        return LineStatus::Checkpoint;
+                    }
                     return match parse_connect(&self.line) {
                         Some(port) => LineStatus::Connect(port),
                         None => LineStatus::Close("malformed CONNECT line"),
-                    }
+                    };
                 }
                 Ok(_) => {
                     self.line.push(byte[0]);
@@ -101,6 +106,11 @@ impl HostClient {
         }
     }
 }
+
+/// The line a host client sends instead of `CONNECT` to have the VM
+/// checkpointed (`husk checkpoint`, which may reach the socket as anyone
+/// who may talk to the guest's agent).
+pub const CHECKPOINT_LINE: &[u8] = b"CHECKPOINT";
 
 /// Parses `CONNECT <port>` (decimal, no sign, nothing else).
 fn parse_connect(line: &[u8]) -> Option<u32> {
@@ -133,6 +143,9 @@ pub struct Muxer {
     /// Sockets to take out of epoll (if registered) and close.
     closed: Vec<(UnixStream, bool)>,
     next_local_port: u32,
+    /// Written when a host client asks for a checkpoint (a VM that can be
+    /// checkpointed has one).
+    pub checkpoint: Option<vmm_sys_util::eventfd::EventFd>,
 }
 
 impl Muxer {
@@ -151,6 +164,7 @@ impl Muxer {
             replies: VecDeque::new(),
             closed: Vec::new(),
             next_local_port: EPHEMERAL_PORT_FIRST,
+            checkpoint: None,
         }
     }
 
@@ -262,6 +276,19 @@ impl Muxer {
                 if let Some(client) = self.clients.remove(&fd) {
                     self.host_connect(client, port);
                 }
+            }
+            LineStatus::Checkpoint => {
+                match &self.checkpoint {
+                    Some(evt) => {
+                        info!("vsock {}: checkpoint asked for", self.uds_path.display());
+                        let _ = evt.write(1);
+                    }
+                    None => info!(
+                        "vsock {}: checkpoint asked for; this VM cannot be checkpointed",
+                        self.uds_path.display()
+                    ),
+                }
+                self.close_client(fd);
             }
         }
     }
