@@ -128,6 +128,7 @@ fn create_request(
         vmm_args.push("--debug".to_owned());
     }
     Ok(CreateRequest {
+        restore_from: None,
         root: global.root.clone(),
         id: id.to_owned(),
         bundle: opts.bundle.clone(),
@@ -178,6 +179,47 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Start(a) => {
             container::start(root, &a.container_id)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Checkpoint(a) => {
+            husk::runtime::checkpoint::checkpoint(
+                root,
+                &a.container_id,
+                &husk::runtime::checkpoint::CheckpointOptions {
+                    image_path: a.image_path.clone(),
+                    leave_running: a.leave_running,
+                    pre_dump: a.pre_dump,
+                    lazy: a.lazy_pages || a.page_server.is_some() || a.parent_path.is_some(),
+                },
+            )
+            .context("husk checkpoint failed")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Restore(a) => {
+            if a.lazy_pages {
+                anyhow::bail!(
+                    "husk restore failed: --lazy-pages is not supported (restore without it)"
+                );
+            }
+            let image = husk::runtime::checkpoint::check_image(&a.image_path)
+                .context("husk restore failed")?;
+            let mut req = create_request(g, &a.opts, &a.container_id)?;
+            req.restore_from = Some(image);
+            req.vmm_args
+                .extend(["--log".to_owned(), vmm_log(root, &a.container_id)]);
+            let pid = container::create(&req).context("husk restore failed")?;
+            container::mark_restored(root, &a.container_id).context("husk restore failed")?;
+            if a.detach {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let status = container::wait_child(pid);
+            let _ = container::delete(root, &a.container_id, true);
+            Ok(match status {
+                nix::sys::wait::WaitStatus::Exited(_, c) => exit_like(Some(ExitStatus::Code(c))),
+                nix::sys::wait::WaitStatus::Signaled(_, s, _) => {
+                    exit_like(Some(ExitStatus::Signal(s as i32)))
+                }
+                _ => ExitCode::from(u8::MAX),
+            })
         }
         Command::Pause(a) => {
             container::pause(root, &a.container_id)?;

@@ -174,6 +174,107 @@ fn pause_freezes_the_whole_vm_and_resume_thaws_it() {
     assert!(!cgroup.exists(), "cgroup {} left", cgroup.display());
 }
 
+/// `husk checkpoint` writes the running VM to a directory and removes the
+/// container; `husk restore` continues it: the shell's counter (in guest
+/// memory) goes on from where it stopped, and the file it holds open over
+/// virtio-fs is still the one it appends to. A restored container is
+/// checkpointed and restored again.
+#[test]
+fn checkpoint_and_restore_continue_the_container_where_it_stopped() {
+    let env = Env::new();
+    let script = "exec 3>>/log; i=0; while true; do i=$((i+1)); echo $i > /counter; \
+                  echo $i >&3; sleep 0.1; done";
+    let bundle = env.bundle("b", &["sh", "-c", script], |_| {});
+    let log_lines = || -> Vec<u64> {
+        std::fs::read_to_string(bundle.join("rootfs/log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.trim().parse().unwrap())
+            .collect()
+    };
+    // Bad input: no such container, no checkpoint in a directory.
+    let done = env.husk(&[
+        "checkpoint",
+        "--image-path",
+        b(&env.dir.path().join("x")),
+        "nope",
+    ]);
+    assert!(!done.status.success());
+    assert!(done.stderr.contains("does not exist"), "{}", done.stderr);
+    let empty = env.dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let done = env.husk(&[
+        "restore",
+        "--bundle",
+        b(&bundle),
+        "--image-path",
+        b(&empty),
+        "-d",
+        "r0",
+    ]);
+    assert!(!done.status.success());
+    assert!(
+        done.stderr.contains("not a husk checkpoint"),
+        "{}",
+        done.stderr
+    );
+    env.assert_gone("r0");
+
+    let done = env.husk(&["run", "-d", "--bundle", b(&bundle), "c1"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let mut last = counter_passes(&bundle, 2);
+    for (round, (from, to)) in [("c1", "c2"), ("c2", "c3")].into_iter().enumerate() {
+        let image = env.dir.path().join(format!("img{round}"));
+        let done = env.husk(&["checkpoint", "--image-path", b(&image), from]);
+        assert!(done.status.success(), "checkpoint {from}: {}", done.stderr);
+        // The container is gone, its VM with it; the counter stands still.
+        env.assert_gone(from);
+        let stopped_at = counter(&bundle);
+        assert!(stopped_at >= last, "{stopped_at} < {last}");
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(
+            counter(&bundle),
+            stopped_at,
+            "a VM still runs after the checkpoint"
+        );
+        for f in ["state.json", "fs.json", "memory"] {
+            assert!(image.join(f).is_file(), "{f} missing in the checkpoint");
+        }
+
+        let done = env.husk(&[
+            "restore",
+            "--bundle",
+            b(&bundle),
+            "--image-path",
+            b(&image),
+            "-d",
+            to,
+        ]);
+        assert!(done.status.success(), "restore {to}: {}", done.stderr);
+        assert_eq!(env.state(to)["status"], "running");
+        last = counter_passes(&bundle, stopped_at);
+        // It went on from memory (a new process would start again at 1).
+        assert!(
+            last > stopped_at && last < stopped_at + 100,
+            "{stopped_at} then {last}"
+        );
+        // The descriptor it opened before the checkpoint still appends to
+        // the same file: every number once, in order.
+        let lines = log_lines();
+        assert!(
+            lines.iter().enumerate().all(|(i, n)| *n == i as u64 + 1),
+            "{lines:?}"
+        );
+        // A new agent connection works in the restored VM.
+        let exec = env.husk(&["exec", to, "cat", "/counter"]);
+        assert!(exec.status.success(), "{}", exec.stderr);
+    }
+    assert!(env.husk(&["kill", "c3", "KILL"]).status.success());
+    env.wait_status("c3", "stopped");
+    assert!(env.husk(&["delete", "c3"]).status.success());
+    env.assert_gone("c3");
+}
+
 /// `podman create` + `podman rm`, a failed `docker run`, containerd's
 /// delete of a created task: deleting a container that never started ends
 /// its VM and removes its cgroup, with and without --force.

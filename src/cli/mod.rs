@@ -20,6 +20,7 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
 
+pub mod checkpoint;
 pub mod create;
 pub mod delete;
 pub mod exec;
@@ -35,6 +36,7 @@ pub mod spec;
 pub mod start;
 pub mod state;
 
+pub use checkpoint::{CheckpointArgs, RestoreArgs};
 pub use create::{CreateArgs, CreateOpts};
 pub use delete::DeleteArgs;
 pub use exec::{ExecArgs, ExecUser};
@@ -205,6 +207,10 @@ pub enum Command {
     Pause(PauseArgs),
     /// Thaw a paused container's VM.
     Resume(ResumeArgs),
+    /// Write a running container's VM to a directory (the container ends).
+    Checkpoint(CheckpointArgs),
+    /// Create and start a container from a checkpoint.
+    Restore(RestoreArgs),
     /// List the processes running inside a container.
     Ps(PsArgs),
     /// List the containers under --root.

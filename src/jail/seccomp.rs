@@ -489,6 +489,35 @@ fn ioctls(requests: &[u64]) -> Vec<SeccompRule> {
 
 /// `_IO(KVMIO, 0x80)` (`linux/kvm.h`).
 const KVM_RUN: u64 = 0xae80;
+
+/// `_IOC(dir, KVMIO, nr, size)` (`asm-generic/ioctl.h`).
+const fn kvm_ioc(dir: u64, nr: u64, size: usize) -> u64 {
+    (dir << 30) | ((size as u64) << 16) | (0xae << 8) | nr
+}
+const IOC_READ: u64 = 2;
+const IOC_RW: u64 = 3;
+
+/// What the device thread reads of its own VM to write a checkpoint once
+/// the vCPUs stopped (`linux/kvm.h`): getters only, no setter.
+const CHECKPOINT_IOCTLS: [u64; 13] = {
+    use kvm_bindings as k;
+    use std::mem::size_of;
+    [
+        kvm_ioc(IOC_READ, 0x98, size_of::<k::kvm_mp_state>()),
+        kvm_ioc(IOC_READ, 0x81, size_of::<k::kvm_regs>()),
+        kvm_ioc(IOC_READ, 0x83, size_of::<k::kvm_sregs>()),
+        kvm_ioc(IOC_READ, 0xa4, size_of::<k::kvm_xsave>()),
+        kvm_ioc(IOC_READ, 0xa6, size_of::<k::kvm_xcrs>()),
+        kvm_ioc(IOC_READ, 0xa1, size_of::<k::kvm_debugregs>()),
+        kvm_ioc(IOC_READ, 0x8e, size_of::<k::kvm_lapic_state>()),
+        kvm_ioc(IOC_RW, 0x88, size_of::<k::kvm_msrs>()),
+        kvm_ioc(IOC_READ, 0x9f, size_of::<k::kvm_vcpu_events>()),
+        kvm_ioc(0, 0xa3, 0),
+        kvm_ioc(IOC_RW, 0x62, size_of::<k::kvm_irqchip>()),
+        kvm_ioc(IOC_READ, 0x9f, size_of::<k::kvm_pit_state2>()),
+        kvm_ioc(IOC_READ, 0x7c, size_of::<k::kvm_clock_data>()),
+    ]
+};
 /// `_IOW('T', 208, unsigned int)` (`linux/if_tun.h`).
 const TUNSETOFFLOAD: u64 = 0x4004_54d0;
 /// `FIONBIO` (`asm-generic/ioctls.h`): what Rust's `set_nonblocking` uses.
@@ -614,9 +643,14 @@ fn rules(thread: Thread, pid: u64) -> BTreeMap<i64, Vec<SeccompRule>> {
                 ],
             );
             r.insert(libc::SYS_socket, unix_sockets());
+            // A checkpoint's memory file is sized (its descriptor was
+            // opened before the filter).
+            r.insert(libc::SYS_ftruncate, vec![]);
             // Offloads as the guest acks them; vsock streams made
-            // non-blocking.
-            r.insert(libc::SYS_ioctl, ioctls(&[TUNSETOFFLOAD, FIONBIO]));
+            // non-blocking; the VM's state for a checkpoint.
+            let mut requests = vec![TUNSETOFFLOAD, FIONBIO];
+            requests.extend(CHECKPOINT_IOCTLS);
+            r.insert(libc::SYS_ioctl, ioctls(&requests));
         }
         Thread::Supervisor => {
             any(

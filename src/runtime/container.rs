@@ -142,6 +142,10 @@ pub struct CreateRequest {
     pub stdio: VmmStdio,
     /// `--systemd-cgroup`: `linux.cgroupsPath` is `slice:prefix:name`.
     pub systemd_cgroup: bool,
+    /// `husk restore`: the VM continues from this checkpoint directory
+    /// instead of booting, and its container process is the one that was
+    /// checkpointed (running once `create` returns).
+    pub restore_from: Option<PathBuf>,
 }
 
 /// Where the VMM process's stdio (the container process's, relayed) goes.
@@ -307,6 +311,7 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
         vmm_jail,
         vmm_ns,
         vmm_user,
+        restore_from: req.restore_from.clone(),
     };
     plan.save(&dir)?;
     crate::runtime::hooks::save(&dir, b.spec.hooks().as_ref())?;
@@ -686,12 +691,12 @@ pub fn send_pty_master(socket: &Path) -> Result<OwnedFd, ContainerError> {
     Ok(pty.slave)
 }
 
-fn load_fresh(root: &Path, id: &str) -> Result<State, ContainerError> {
+pub(crate) fn load_fresh(root: &Path, id: &str) -> Result<State, ContainerError> {
     bundle::validate_id(id)?;
     Ok(State::load_current(root, id, &ProcProbe)?)
 }
 
-fn connect(st: &State) -> Result<AgentConn, ContainerError> {
+pub(crate) fn connect(st: &State) -> Result<AgentConn, ContainerError> {
     let pid = st.pid.unwrap_or(0);
     let alive = move || vmm_alive(pid);
     Ok(AgentConn::connect(
@@ -701,7 +706,7 @@ fn connect(st: &State) -> Result<AgentConn, ContainerError> {
     )?)
 }
 
-fn vmm_alive(pid: i32) -> bool {
+pub(crate) fn vmm_alive(pid: i32) -> bool {
     ProcProbe.start_time(pid).is_some()
 }
 
@@ -736,6 +741,18 @@ pub fn start(root: &Path, id: &str) -> Result<(), ContainerError> {
             h.poststart().as_deref().unwrap_or_default(),
             &json,
         );
+    }
+    Ok(())
+}
+
+/// After `create` of a container restored from a checkpoint
+/// ([`CreateRequest::restore_from`]): its process was running when it was
+/// checkpointed and runs again, so it is `running` at once (no `start`).
+pub fn mark_restored(root: &Path, id: &str) -> Result<(), ContainerError> {
+    let mut now = State::load(root, id)?;
+    if now.status == Status::Created {
+        now.status = Status::Running;
+        now.save(root)?;
     }
     Ok(())
 }

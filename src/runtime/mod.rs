@@ -16,6 +16,7 @@
 
 pub mod bundle;
 pub mod cgroup;
+pub mod checkpoint;
 pub mod container;
 pub mod features;
 pub mod fs_server;

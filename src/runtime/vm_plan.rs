@@ -228,6 +228,9 @@ pub struct VmPlan {
     /// jail).
     #[serde(default)]
     pub vmm_user: Option<crate::jail::user::VmmUser>,
+    /// `husk restore`: the checkpoint the VM continues from.
+    #[serde(default)]
+    pub restore_from: Option<PathBuf>,
 }
 
 /// The uid and gid mappings of a container with a new user namespace

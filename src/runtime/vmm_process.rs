@@ -652,6 +652,28 @@ fn prepare_vm(
     }
     let mut config = plan.vm_config(None, &nics, share_root.as_deref());
     config.timeline = Some(dir.to_path_buf());
+    // A checkpoint goes to the state directory (the VMM's jail holds it),
+    // from where `husk checkpoint` moves it to its image path.
+    let checkpoint_dir = std::path::absolute(dir)
+        .unwrap_or_else(|_| dir.to_path_buf())
+        .join(crate::runtime::checkpoint::WORK_DIR);
+    if let Some(image) = &plan.restore_from {
+        config.snapshot = Some(crate::vmm::config::Snapshot::Resume(image.clone()));
+        config.checkpoint = Some(checkpoint_dir);
+        crate::timeline::mark(dir, "vmm.build");
+        if let Some(user) = &plan.vmm_user {
+            give_to_user(dir, plan, &st.vmm_log, user)?;
+            if user.in_ns.is_none() {
+                crate::jail::user::limit_threads(plan.vcpus)
+                    .map_err(|e| format!("limiting the VMM's threads: {e}"))?;
+            }
+        }
+        return Ok(Prepared {
+            config,
+            taps,
+            network,
+        });
+    }
     let use_template = plan.snapshot;
     let cache = crate::paths::cache_dir();
     let mut template = use_template
@@ -677,6 +699,7 @@ fn prepare_vm(
         crate::runtime::template::mark_probed_macs(&config, &mut network);
         crate::timeline::mark(dir, "vmm.template");
     }
+    config.checkpoint = Some(checkpoint_dir);
     crate::timeline::mark(dir, "vmm.build");
     // What the VMM still writes once its threads are its own user's.
     if let Some(user) = &plan.vmm_user {
@@ -807,6 +830,43 @@ fn drive_vm(root: &Path, id: &str, drive: Drive) -> Option<ExitStatus> {
             return fail(&mut ready, msg);
         }
     };
+    if plan.restore_from.is_some() {
+        // The container process runs already: it takes this connection as
+        // its main session.
+        match conn.request(&Request::Reattach {
+            host_sync: host_sync(),
+        }) {
+            Ok(Response::Reattached { pid }) => {
+                log::info!("container {id}: restored from a checkpoint (guest pid {pid})");
+            }
+            Ok(other) => {
+                stop_vm(vm);
+                return fail(
+                    &mut ready,
+                    format!("unexpected answer to reattach: {other:?}"),
+                );
+            }
+            Err(e) => {
+                stop_vm(vm);
+                return fail(
+                    &mut ready,
+                    format!("reattaching to the restored guest: {e}"),
+                );
+            }
+        }
+        crate::timeline::mark(&dir, "vmm.created");
+        if let Some(w) = &creator {
+            w.finish();
+        }
+        if creator_gone() || !answer_ready(&mut ready, "ready") {
+            stop_vm(vm);
+            return fail(&mut ready, CREATOR_GONE.into());
+        }
+        watch_record(root, id, stop.clone());
+        spawn_signal_forwarder(mask, plan.control_socket.clone());
+        let ending = relay(conn, false);
+        return end_of(root, id, &dir, ending, vm, stop_vm);
+    }
     // Hooks in the guest get the state as it is now: creating, this pid.
     let mut spec = plan.container.clone();
     spec.network = network;
@@ -843,11 +903,24 @@ fn drive_vm(root: &Path, id: &str, drive: Drive) -> Option<ExitStatus> {
 
     spawn_signal_forwarder(mask, plan.control_socket.clone());
     let ending = relay(conn, true);
+    end_of(root, id, &dir, ending, vm, stop_vm)
+}
+
+/// The container's process ended (`ending`; none when its session ended
+/// without a status, as at a checkpoint): recorded, and the VM stopped.
+fn end_of<T>(
+    _root: &Path,
+    id: &str,
+    dir: &Path,
+    ending: Option<ExitStatus>,
+    vm: T,
+    stop_vm: impl FnOnce(T),
+) -> Option<ExitStatus> {
     log::info!("container {id}: process ended: {ending:?}");
     // Into the exit file, not the record: this thread may run as the
     // VMM's own user, which cannot write the record.
     if let Some(ending) = ending {
-        if let Err(e) = state::write_exit(&dir, ending) {
+        if let Err(e) = state::write_exit(dir, ending) {
             log::warn!("container {id}: recording how it ended: {e}");
         }
     }

@@ -418,6 +418,7 @@ impl Service {
             }
         };
         let request = CreateRequest {
+            restore_from: None,
             root: self.root.clone(),
             id: id.clone(),
             bundle: bundle.clone(),

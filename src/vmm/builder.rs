@@ -257,6 +257,15 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
         Some(Snapshot::TakeWhenAgentListens(dir)) => Some(dir.clone()),
         _ => None,
     };
+    // Opened now: the thread that writes a checkpoint opens no file later.
+    let checkpoint = config
+        .checkpoint
+        .as_deref()
+        .map(|dir| {
+            let files = snapshot::CheckpointFiles::create(dir)?;
+            Ok::<_, SnapshotError>((files, snapshot::msr_list(&kvm)?))
+        })
+        .transpose()?;
 
     step("KVM opened");
     // 2. VM, irqchip, PIT.
@@ -430,7 +439,7 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
             })?;
         }
         let mut vsock = vsock;
-        if config.checkpoint.is_some() {
+        if checkpoint.is_some() {
             let evt = EventFd::new(EFD_NONBLOCK).map_err(io("checkpoint eventfd"))?;
             vsock.on_checkpoint_request(evt.try_clone().map_err(io("checkpoint eventfd"))?);
             checkpoint_evt = Some(evt);
@@ -635,12 +644,11 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
         log::warn!("{} vCPU thread(s) did not stop", stopped.stuck);
     }
     let _ = std::io::stdout().flush();
-    let snapshot_to = match (ended, &take, &config.checkpoint) {
-        (End::Snapshot, Some(dir), _) => Some((dir, VmExit::Snapshotted)),
-        (End::Checkpoint, _, Some(dir)) => Some((dir, VmExit::Checkpointed)),
-        _ => None,
+    let to_snapshot = match (ended, &take, &checkpoint) {
+        (End::Snapshot, Some(_), _) | (End::Checkpoint, _, Some(_)) => true,
+        _ => false,
     };
-    if let Some((dir, exit)) = snapshot_to {
+    if to_snapshot {
         if stopped.stuck > 0 || stopped.vcpus.len() != usize::from(vcpus) {
             return Err(SnapshotError::Mismatch(format!(
                 "{} of {vcpus} vCPUs stopped",
@@ -648,17 +656,10 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
             ))
             .into());
         }
-        if exit == VmExit::Checkpointed {
-            let mut states = Vec::with_capacity(fs_devices.len());
-            for (tag, fs) in &fs_devices {
-                let state = lock(fs)
-                    .save_state()
-                    .map_err(|e| BuildError::FsServer(e.to_string()))?;
-                states.push((tag.clone(), state));
-            }
-            snapshot::write_fs_states(dir, &states)?;
-        }
-        let msr_list = snapshot::msr_list(&kvm)?;
+        let msr_list = match &checkpoint {
+            Some((_, list)) if ended == End::Checkpoint => list.clone(),
+            _ => snapshot::msr_list(&kvm)?,
+        };
         let vm_state = VmState::save(&vm)?;
         let vcpu_states = stopped
             .vcpus
@@ -667,8 +668,7 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
             .collect::<Result<Vec<_>, _>>()?;
         let serial_state = lock(&com1).state();
         let transport_states = transports.iter().map(|t| lock(t).save()).collect();
-        let regions = snapshot::save_memory(&mem, dir)?;
-        VmSnapshot {
+        let snap = |regions| VmSnapshot {
             format: snapshot::FORMAT,
             mem_bytes: config.mem_bytes(),
             regions,
@@ -676,10 +676,25 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
             vcpus: vcpu_states,
             serial: serial_state,
             transports: transport_states,
+        };
+        if let (End::Checkpoint, Some((files, _))) = (ended, &checkpoint) {
+            let mut states = Vec::with_capacity(fs_devices.len());
+            for (tag, fs) in &fs_devices {
+                let state = lock(fs)
+                    .save_state()
+                    .map_err(|e| BuildError::FsServer(e.to_string()))?;
+                states.push((tag.clone(), state));
+            }
+            files.write(&states, &mem, snap)?;
+            step("checkpoint written");
+            return Ok(VmExit::Checkpointed);
         }
-        .write(dir)?;
-        step("snapshot written");
-        return Ok(exit);
+        if let Some(dir) = &take {
+            let regions = snapshot::save_memory(&mem, dir)?;
+            snap(regions).write(dir)?;
+            step("snapshot written");
+            return Ok(VmExit::Snapshotted);
+        }
     }
 
     let reported = *lock(&reported);
@@ -1002,7 +1017,11 @@ impl MutEventSubscriber for EndWatcher {
                 let _ = agent.read();
             }
             self.ended.get_or_insert(End::Snapshot);
-        } else if self.checkpoint.as_ref().is_some_and(|c| c.as_raw_fd() == fd) {
+        } else if self
+            .checkpoint
+            .as_ref()
+            .is_some_and(|c| c.as_raw_fd() == fd)
+        {
             if let Some(c) = &self.checkpoint {
                 let _ = c.read();
             }

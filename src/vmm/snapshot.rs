@@ -399,20 +399,66 @@ impl VmSnapshot {
     }
 }
 
+/// The files a checkpoint is written to, made (empty) and opened when the
+/// VM is built: the thread that writes them later runs under a filter
+/// that opens no file.
+#[derive(Debug)]
+pub struct CheckpointFiles {
+    pub dir: PathBuf,
+    state: File,
+    fs: File,
+    memory: File,
+}
+
+impl CheckpointFiles {
+    /// Makes `dir` (mode 0700) and its three files.
+    pub fn create(dir: &Path) -> Result<CheckpointFiles, SnapshotError> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_at(dir)(e)),
+        }
+        let open = |name: &str| {
+            let path = dir.join(name);
+            private_file(&path).map_err(io_at(&path))
+        };
+        Ok(CheckpointFiles {
+            dir: dir.to_path_buf(),
+            state: open(STATE_FILE)?,
+            fs: open(FS_STATE_FILE)?,
+            memory: open(MEMORY_FILE)?,
+        })
+    }
+
+    /// Writes the checkpoint: the fs servers' states, guest RAM, then the
+    /// VM state (last: a checkpoint whose state file has data is whole).
+    pub fn write(
+        &self,
+        fs: &FsStates,
+        mem: &GuestMemoryMmap,
+        snap: impl FnOnce(Vec<RegionSnapshot>) -> VmSnapshot,
+    ) -> Result<(), SnapshotError> {
+        let fs_path = self.dir.join(FS_STATE_FILE);
+        let data = serde_json::to_vec(fs).map_err(|source| SnapshotError::Json {
+            path: fs_path.clone(),
+            source,
+        })?;
+        (&self.fs).write_all(&data).map_err(io_at(&fs_path))?;
+        let regions = save_memory_into(mem, &self.memory, &self.dir.join(MEMORY_FILE))?;
+        let state_path = self.dir.join(STATE_FILE);
+        let data = serde_json::to_vec(&snap(regions)).map_err(|source| SnapshotError::Json {
+            path: state_path.clone(),
+            source,
+        })?;
+        (&self.state).write_all(&data).map_err(io_at(&state_path))?;
+        self.state.sync_all().map_err(io_at(&state_path))
+    }
+}
+
 /// The virtio-fs servers' states of a checkpoint (by tag), written to
 /// `dir/`[`FS_STATE_FILE`].
 pub type FsStates = Vec<(String, crate::vmm::devices::virtio::fs::share::ShareState)>;
-
-pub fn write_fs_states(dir: &Path, states: &FsStates) -> Result<(), SnapshotError> {
-    let path = dir.join(FS_STATE_FILE);
-    let data = serde_json::to_vec(states).map_err(|source| SnapshotError::Json {
-        path: path.clone(),
-        source,
-    })?;
-    private_file(&path)
-        .and_then(|mut f| f.write_all(&data))
-        .map_err(io_at(&path))
-}
 
 pub fn read_fs_states(dir: &Path) -> Result<FsStates, SnapshotError> {
     let path = dir.join(FS_STATE_FILE);
@@ -442,6 +488,16 @@ pub fn save_memory(
 ) -> Result<Vec<RegionSnapshot>, SnapshotError> {
     let path = dir.join(MEMORY_FILE);
     let file = private_file(&path).map_err(io_at(&path))?;
+    save_memory_into(mem, &file, &path)
+}
+
+/// Writes guest RAM to `file` (named `path` in errors), as
+/// [`save_memory`].
+pub fn save_memory_into(
+    mem: &GuestMemoryMmap,
+    file: &File,
+    path: &Path,
+) -> Result<Vec<RegionSnapshot>, SnapshotError> {
     let mut regions = Vec::new();
     let mut offset = 0u64;
     let mut buf = vec![0u8; SAVE_CHUNK];

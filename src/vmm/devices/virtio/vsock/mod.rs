@@ -96,6 +96,7 @@ mod connection;
 mod device;
 mod event_handler;
 mod muxer;
+pub use muxer::CHECKPOINT_LINE;
 mod packet;
 #[cfg(any(test, feature = "fuzzing"))]
 #[cfg_attr(not(test), allow(dead_code, unused_imports))]
