@@ -481,6 +481,7 @@ mod tests {
             vmm_seccomp: crate::jail::seccomp::Mode::Log,
             vmm_jail: false,
             vmm_user: None,
+            restore_from: None,
             vmm_ns: crate::jail::ns::VmmNamespaces {
                 uts: crate::jail::ns::Ns::New,
                 ipc: crate::jail::ns::Ns::Join("/proc/1/ns/ipc".into()),
@@ -633,6 +634,7 @@ mod tests {
             vmm_jail: true,
             vmm_ns: Default::default(),
             vmm_user: None,
+            restore_from: None,
         };
         let c = plan.vm_config(None, &[], Some(Path::new("/s/share")));
         assert!(c.block.is_empty());

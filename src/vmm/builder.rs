@@ -644,10 +644,10 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
         log::warn!("{} vCPU thread(s) did not stop", stopped.stuck);
     }
     let _ = std::io::stdout().flush();
-    let to_snapshot = match (ended, &take, &checkpoint) {
-        (End::Snapshot, Some(_), _) | (End::Checkpoint, _, Some(_)) => true,
-        _ => false,
-    };
+    let to_snapshot = matches!(
+        (ended, &take, &checkpoint),
+        (End::Snapshot, Some(_), _) | (End::Checkpoint, _, Some(_))
+    );
     if to_snapshot {
         if stopped.stuck > 0 || stopped.vcpus.len() != usize::from(vcpus) {
             return Err(SnapshotError::Mismatch(format!(

@@ -517,15 +517,15 @@ pub fn save_memory_into(
             for (i, page) in chunk.chunks(PAGE).enumerate() {
                 if page.iter().any(|&b| b != 0) {
                     let at = offset + done + (i * PAGE) as u64;
-                    file.write_all_at(page, at).map_err(io_at(&path))?;
+                    file.write_all_at(page, at).map_err(io_at(path))?;
                 }
             }
             done += n as u64;
         }
         offset += size;
     }
-    file.set_len(offset).map_err(io_at(&path))?;
-    file.sync_all().map_err(io_at(&path))?;
+    file.set_len(offset).map_err(io_at(path))?;
+    file.sync_all().map_err(io_at(path))?;
     Ok(regions)
 }
 

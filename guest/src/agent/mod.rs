@@ -409,9 +409,6 @@ impl<P: Platform> Agent<P> {
         let platform = Arc::clone(&self.platform);
         let main = Arc::clone(&self.main);
         let execs = Arc::clone(&self.execs);
-        if !is_main {
-            execs.fetch_add(1, Ordering::SeqCst);
-        }
         let started = std::thread::Builder::new()
             .name(
                 if is_main {
@@ -435,15 +432,14 @@ impl<P: Platform> Agent<P> {
                         *main = Main::Stopped { id: id.clone() };
                     }
                 }
-                sink.send(&Frame::json(FrameKind::Event, &status.event()));
-                sink.close();
+                // Over before the host hears so: a checkpoint asked for
+                // after `Exited` is not refused for it.
                 if !is_main {
                     execs.fetch_sub(1, Ordering::SeqCst);
                 }
+                sink.send(&Frame::json(FrameKind::Event, &status.event()));
+                sink.close();
             });
-        if started.is_err() && !is_main {
-            self.execs.fetch_sub(1, Ordering::SeqCst);
-        }
         started.map(drop)
     }
 
@@ -690,6 +686,9 @@ impl<P: Platform> Agent<P> {
             })
             .map_err(|e| e.to_string())?;
         let pid = spawned.pid;
+        // Counted before the host hears of it (a checkpoint refuses while
+        // any runs); its session thread counts it out.
+        self.execs.fetch_add(1, Ordering::SeqCst);
         sink.send(&Frame::json(
             FrameKind::Response,
             &Response::Started { pid },
@@ -698,6 +697,7 @@ impl<P: Platform> Agent<P> {
         if let Err(e) = self.start_session_thread(spawned.outputs, end, Arc::clone(&sink), false) {
             // SAFETY: kill has no memory effects; the pid is our unreaped child.
             unsafe { libc::kill(pid, libc::SIGKILL) };
+            self.execs.fetch_sub(1, Ordering::SeqCst);
             self.platform
                 .log(&format!("exec session thread for pid {pid}: {e}"));
             sink.close();

@@ -895,12 +895,13 @@ fn a_checkpoint_holds_the_main_output_until_a_new_connection_reattaches() {
     ));
     main.send(Frame::new(FrameKind::Stdin, b"one\n".to_vec()));
     // An exec session holds the checkpoint off until it ends.
-    let (mut e, _) = exec(&agent, process(&["sleep", "0.3"]));
+    let (mut e, _) = exec(&agent, process(&["cat"]));
     let refused = Client::one_shot(&agent, &Request::Checkpoint);
     assert!(
         matches!(&refused, Response::Error { message } if message.contains("exec session")),
         "{refused:?}"
     );
+    e.send(Frame::new(FrameKind::StdinEof, vec![]));
     assert_eq!(e.until_exit().2, exited(0));
     // The output so far, then the marker.
     let deadline = Instant::now() + TIMEOUT;

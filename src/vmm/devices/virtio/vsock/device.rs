@@ -296,7 +296,6 @@ impl Vsock {
         });
         let len = if written { EVENT_SIZE } else { 0 };
         active.add_used(EVENT_QUEUE, head, len)?;
-        drop(active);
         self.core.signal_used(&[EVENT_QUEUE])?;
         Ok(written)
     }
