@@ -13,7 +13,9 @@ die() { log "error: $*"; exit 1; }
 # fio the storage benchmark; gcc with libc6-dev (static libc) builds the
 # seccomp probe of the end-to-end tests;
 # podman, conmon, containerd and docker.io the engine tests; uidmap and
-# slirp4netns rootless podman.
+# slirp4netns rootless podman; criu only because podman's checkpoint and
+# restore check its version before they call the runtime (husk does not
+# use it).
 declare -A tools=(
     [qemu-system-x86_64]=qemu-system-x86
     [busybox]=busybox-static
@@ -38,6 +40,7 @@ declare -A tools=(
     [iptables]=iptables
     [podman]=podman
     [conmon]=conmon
+    [criu]=criu
     [newuidmap]=uidmap
     [slirp4netns]=slirp4netns
     [containerd]=containerd

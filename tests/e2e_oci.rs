@@ -237,7 +237,7 @@ fn checkpoint_and_restore_continue_the_container_where_it_stopped() {
             stopped_at,
             "a VM still runs after the checkpoint"
         );
-        for f in ["state.json", "fs.json", "memory"] {
+        for f in ["state.json", "fs.json", "memory", "inventory.img"] {
             assert!(image.join(f).is_file(), "{f} missing in the checkpoint");
         }
 

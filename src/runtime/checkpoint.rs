@@ -45,6 +45,26 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(300);
 const POLL: Duration = Duration::from_millis(10);
 /// The files of a checkpoint.
 const FILES: [&str; 3] = [STATE_FILE, FS_STATE_FILE, MEMORY_FILE];
+/// The checkpoint's descriptor, written last (a checkpoint that has it is
+/// whole). The name is CRIU's inventory's: podman looks for that file to
+/// tell a complete checkpoint before it restores one. The content is
+/// husk's (JSON), which CRIU's tools do not read.
+pub const INVENTORY: &str = "inventory.img";
+/// The descriptor's format.
+const INVENTORY_FORMAT: u32 = 1;
+
+/// What [`INVENTORY`] says.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Inventory {
+    /// "husk": a checkpoint of husk's, not CRIU's.
+    pub runtime: String,
+    pub format: u32,
+    /// The husk that wrote it.
+    pub version: String,
+    /// The container it was taken of.
+    pub id: String,
+    pub files: Vec<String>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -178,14 +198,39 @@ pub fn checkpoint(root: &Path, id: &str, opts: &CheckpointOptions) -> Result<(),
             log: st.vmm_log.clone(),
         });
     }
-    // The memory file last: a checkpoint with a state file is whole.
-    for name in [FS_STATE_FILE, MEMORY_FILE, STATE_FILE] {
+    let _ = std::fs::remove_file(image.join(INVENTORY));
+    for name in FILES {
         move_file(&work.join(name), &image.join(name))?;
     }
+    write_inventory(&image, id)?;
     let _ = std::fs::remove_dir_all(&work);
     log::info!("container {id}: checkpointed to {}", image.display());
     container::delete(root, id, true)?;
     Ok(())
+}
+
+/// Writes [`INVENTORY`] into `image` (durably: it marks the checkpoint
+/// whole).
+fn write_inventory(image: &Path, id: &str) -> Result<(), CheckpointError> {
+    let path = image.join(INVENTORY);
+    let inventory = Inventory {
+        runtime: "husk".into(),
+        format: INVENTORY_FORMAT,
+        version: env!("CARGO_PKG_VERSION").into(),
+        id: id.to_owned(),
+        files: FILES.iter().map(|f| (*f).to_owned()).collect(),
+    };
+    let data = serde_json::to_vec_pretty(&inventory)
+        .map_err(|e| io_at(&path)(std::io::Error::other(e)))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io_at(&path))?;
+    f.write_all(&data).map_err(io_at(&path))?;
+    f.sync_all().map_err(io_at(&path))
 }
 
 /// Whether `path` is a file with something in it.
@@ -277,11 +322,22 @@ fn copy_data(src: &mut std::fs::File, dst: &mut std::fs::File, len: u64) -> std:
 /// from it; its absolute path.
 pub fn check_image(image: &Path) -> Result<PathBuf, CheckpointError> {
     let image = std::path::absolute(image).unwrap_or(image.to_path_buf());
+    let not = |missing: &str| CheckpointError::NotACheckpoint {
+        path: image.clone(),
+        missing: missing.to_owned(),
+    };
+    let inventory: Inventory = std::fs::read(image.join(INVENTORY))
+        .ok()
+        .and_then(|d| serde_json::from_slice(&d).ok())
+        .ok_or_else(|| not(&format!("{INVENTORY} of husk's")))?;
+    if inventory.runtime != "husk" || inventory.format != INVENTORY_FORMAT {
+        return Err(not(&format!(
+            "{INVENTORY} of husk's format {INVENTORY_FORMAT}, not {} format {}",
+            inventory.runtime, inventory.format
+        )));
+    }
     if let Some(missing) = FILES.iter().find(|f| !has_data(&image.join(f))) {
-        return Err(CheckpointError::NotACheckpoint {
-            path: image,
-            missing: (*missing).to_owned(),
-        });
+        return Err(not(missing));
     }
     Ok(image)
 }
@@ -329,6 +385,7 @@ mod tests {
         for f in FILES {
             std::fs::write(dir.path().join(f), b"").unwrap();
         }
+        write_inventory(dir.path(), "c1").unwrap();
         assert!(
             check_image(dir.path()).is_err(),
             "empty files are no checkpoint"
@@ -337,6 +394,10 @@ mod tests {
             std::fs::write(dir.path().join(f), b"x").unwrap();
         }
         assert_eq!(check_image(dir.path()).unwrap(), dir.path());
+        // CRIU's inventory (or anything else under that name) is not ours.
+        std::fs::write(dir.path().join(INVENTORY), b"\x54\x56\x43\x19").unwrap();
+        let err = check_image(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("inventory.img of husk's"), "{err}");
     }
 
     #[test]

@@ -848,9 +848,13 @@ fn drive_vm(root: &Path, id: &str, drive: Drive) -> Option<ExitStatus> {
             }
             Err(e) => {
                 stop_vm(vm);
+                let console = std::fs::read_to_string(&plan.console_log).unwrap_or_default();
                 return fail(
                     &mut ready,
-                    format!("reattaching to the restored guest: {e}"),
+                    format!(
+                        "reattaching to the restored guest: {e}; its console: {}",
+                        console_tail(&console)
+                    ),
                 );
             }
         }

@@ -49,6 +49,11 @@ pub struct Vsock {
     scratch: Vec<u8>,
     /// Malformed guest packets so far.
     bad_packets: u64,
+    /// A transport reset was sent and the driver has not yet given its
+    /// event buffer back (which it does once it has reset its sockets):
+    /// nothing goes to the guest meanwhile, so no new connection can
+    /// reach it before the reset and be reset with the old ones.
+    pub(super) awaiting_reset: bool,
 }
 
 impl std::fmt::Debug for Vsock {
@@ -138,6 +143,7 @@ impl Vsock {
             muxer: Muxer::new(guest_cid, uds_path, listener, timer),
             scratch: vec![0; MAX_PKT_PAYLOAD],
             bad_packets: 0,
+            awaiting_reset: false,
         };
         vsock
             .muxer
@@ -234,6 +240,9 @@ impl Vsock {
             uds_path,
             ..
         } = self;
+        if self.awaiting_reset {
+            return Ok(false);
+        }
         let mut active = core.active_mut()?;
         let mem = active.mem;
         let mut used = false;
@@ -296,6 +305,7 @@ impl Vsock {
         });
         let len = if written { EVENT_SIZE } else { 0 };
         active.add_used(EVENT_QUEUE, head, len)?;
+        self.awaiting_reset = written;
         self.core.signal_used(&[EVENT_QUEUE])?;
         Ok(written)
     }
@@ -624,6 +634,28 @@ mod tests {
         assert!(h.interrupt.count() > before);
         assert!(!h.vsock.lock().unwrap().send_transport_reset().unwrap());
         assert_eq!(h.evq.used_idx(), 2);
+    }
+
+    #[test]
+    fn after_a_transport_reset_nothing_reaches_the_guest_until_it_gives_its_buffer_back() {
+        let mut h = Harness::new();
+        h.add_rx_buffers(8);
+        h.evq.add_chain(&[(0x1_0000, 4, F_WRITE)]);
+        assert!(h.vsock.lock().unwrap().send_transport_reset().unwrap());
+        // A host client connects meanwhile: its request waits.
+        let mut client = std::os::unix::net::UnixStream::connect(&h.uds).unwrap();
+        std::io::Write::write_all(&mut client, b"CONNECT 1024\n").unwrap();
+        h.drain();
+        let before = h.rxq.used_idx();
+        assert_eq!(
+            before, 0,
+            "a packet went to the guest before it reset its sockets"
+        );
+        // The driver handled the event and posts the buffer again.
+        h.evq.add_chain(&[(0x1_0000, 4, F_WRITE)]);
+        h.notify(EVENT_QUEUE);
+        h.drain();
+        assert!(h.rxq.used_idx() > before, "the connection request went out");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::{error, warn};
 
 use super::device::Vsock;
+use super::EVENT_QUEUE;
 use crate::vmm::devices::virtio::core::CoreEvent;
 
 impl MutEventSubscriber for Vsock {
@@ -24,11 +25,14 @@ impl MutEventSubscriber for Vsock {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let fd = events.fd();
         match self.core.handle_event(fd, ops) {
+            // The driver gave its event buffer back after a transport
+            // reset: it has reset its old sockets, what waited may go.
+            CoreEvent::Queue(EVENT_QUEUE) => self.awaiting_reset = false,
             // Activation registered the queue events; a reset (which also
             // writes the activate event) left the muxer work to sync. rx:
             // new buffers, tx: new packets; both queues are looked at after
-            // every event anyway. The event queue is never used (the device
-            // has no events to send).
+            // every event anyway. The event queue is used only for a
+            // restored VM's transport reset.
             CoreEvent::Activate | CoreEvent::Queue(_) => {}
             CoreEvent::Other if fd == self.muxer.listener.as_raw_fd() => {
                 self.muxer.accept_clients();
