@@ -6,7 +6,7 @@ INIT_TARGET := x86_64-unknown-linux-musl
 TESTHOST    := $(CURDIR)/tests/testhost/run
 export HUSK_INIT := $(CURDIR)/target/$(INIT_TARGET)/release/husk-init
 
-.PHONY: all deps kernel build demo test unit lint e2e soak fuzz bench-deps bench bench-boot bench-run bench-net bench-storage bench-fs-channel bench-image bench-density bench-breakdown bench-pause bench-podman-net bench-plot clean
+.PHONY: all deps kernel build demo test unit lint e2e soak fuzz bench-deps bench bench-boot bench-run bench-net bench-storage bench-fs-channel bench-image bench-density bench-breakdown bench-pause bench-checkpoint bench-podman-net bench-plot clean
 
 all: build
 
@@ -78,7 +78,7 @@ BENCH_OUT   := $(CURDIR)/benches/results
 # Debian's interpreter: python3-matplotlib is installed for it.
 PLOT_PYTHON ?= /usr/bin/python3
 
-bench: bench-boot bench-run bench-breakdown bench-net bench-storage bench-fs-channel bench-image bench-density bench-pause bench-podman-net bench-plot
+bench: bench-boot bench-run bench-breakdown bench-net bench-storage bench-fs-channel bench-image bench-density bench-pause bench-checkpoint bench-podman-net bench-plot
 
 bench-boot: kernel build
 	mkdir -p $(BENCH_OUT)
@@ -120,6 +120,10 @@ bench-image: kernel build
 bench-pause: kernel build
 	mkdir -p $(BENCH_OUT)
 	$(TESTHOST) --rw $(BENCH_OUT) -- python3 benches/pause.py --runs $${RUNS:-10} --json $(BENCH_OUT)/pause.json
+
+bench-checkpoint: kernel build
+	mkdir -p $(BENCH_OUT)
+	$(TESTHOST) --rw $(BENCH_OUT) -- python3 benches/checkpoint.py --runs $${RUNS:-5} --json $(BENCH_OUT)/checkpoint.json
 
 bench-podman-net: kernel build
 	$(TESTHOST) -- env RUNS=$${RUNS:-5} benches/podman_net.sh

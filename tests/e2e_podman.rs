@@ -242,6 +242,105 @@ fn podman_pause_and_unpause_freeze_and_thaw_the_vm() {
     p.assert_no_vm();
 }
 
+/// `podman container checkpoint` / `restore`, and `--export` / `--import`:
+/// the container's VM is written to podman's checkpoint directory and
+/// continued from it; the shell's counter (guest memory) goes on, and the
+/// output it wrote around the checkpoint reaches `podman logs` once, in
+/// order.
+#[test]
+fn podman_checkpoint_and_restore_continue_the_container() {
+    let p = Podman::new();
+    let done = p.podman(&[
+        "run",
+        "-d",
+        "--name",
+        "ck",
+        IMAGE,
+        "sh",
+        "-c",
+        "i=0; while true; do i=$((i+1)); echo $i; echo $i > /counter; sleep 0.2; done",
+    ]);
+    assert!(done.status.success(), "{}", done.stderr);
+    // The shell truncates the file before each write: a read may find it
+    // empty.
+    let counter = |p: &Podman| -> u64 {
+        for _ in 0..20 {
+            let done = p.podman(&["exec", "ck", "cat", "/counter"]);
+            assert!(done.status.success(), "{}", done.stderr);
+            if let Ok(n) = done.stdout.trim().parse() {
+                return n;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("/counter stayed empty");
+    };
+    let state = |p: &Podman, field: &str| {
+        let done = p.podman(&[
+            "inspect",
+            "--format",
+            &format!("{{{{.State.{field}}}}}"),
+            "ck",
+        ]);
+        done.stdout.trim().to_owned()
+    };
+    let mut before = 0;
+    for _ in 0..100 {
+        before = counter(&p);
+        if before >= 3 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(before >= 3, "the counter did not move: {before}");
+
+    let done = p.podman(&["container", "checkpoint", "ck"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(state(&p, "Status"), "exited");
+    assert_eq!(state(&p, "Checkpointed"), "true");
+    p.assert_no_vm();
+    let done = p.podman(&["container", "restore", "ck"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(state(&p, "Status"), "running");
+    let after = counter(&p);
+    assert!(
+        after >= before && after < before + 200,
+        "{before} then {after}"
+    );
+    // Every number once and in order: nothing lost or repeated across the
+    // checkpoint.
+    std::thread::sleep(Duration::from_secs(1));
+    let logs = p.podman(&["logs", "ck"]);
+    let numbers: Vec<u64> = logs
+        .stdout
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    assert!(numbers.len() as u64 > after / 2, "{numbers:?}");
+    assert!(
+        numbers.iter().enumerate().all(|(i, n)| *n == i as u64 + 1),
+        "{numbers:?}"
+    );
+
+    // Exported with its changes, removed, imported: it goes on again.
+    let archive = runtime_root_of(&p).join("ck.tar.zst");
+    let archive = archive.to_str().unwrap();
+    let done = p.podman(&["container", "checkpoint", "--export", archive, "ck"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let exported_at = std::fs::metadata(archive).map(|m| m.len()).unwrap_or(0);
+    assert!(exported_at > 0, "no archive");
+    assert!(p.podman(&["rm", "-f", "ck"]).status.success());
+    p.assert_no_vm();
+    let done = p.podman(&["container", "restore", "--import", archive]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(state(&p, "Status"), "running");
+    let imported = counter(&p);
+    assert!(imported >= after, "{after} then {imported}");
+
+    let done = p.podman(&["rm", "-f", "ck"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    p.assert_no_vm();
+}
+
 /// `-v DIR:/data`, `:ro` and a named volume: shared over virtio-fs, each
 /// write visible on the host, a read-only one refused inside, and nothing
 /// left after `--rm`.
