@@ -42,13 +42,18 @@ def disk_bytes(path):
 
 
 def run_timed(argv):
-    """(seconds, None), or (None, the end of its error) when it failed."""
-    start = time.monotonic()
-    p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.PIPE, text=True, timeout=600)
-    elapsed = time.monotonic() - start
-    if p.returncode != 0:
-        return None, " ".join(p.stderr.split())[-300:] or f"exit {p.returncode}"
+    """(seconds, None), or (None, the end of its error) when it failed.
+    Its stderr goes to a file, not a pipe: a detached container (`restore
+    --detach`) keeps what it was given open, and a pipe would never end."""
+    with tempfile.TemporaryFile() as err:
+        start = time.monotonic()
+        p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=err, timeout=600)
+        elapsed = time.monotonic() - start
+        if p.returncode != 0:
+            err.seek(0)
+            text = err.read().decode(errors="replace")
+            return None, " ".join(text.split())[-300:] or f"exit {p.returncode}"
     return elapsed, None
 
 
@@ -64,7 +69,7 @@ def main():
                for name in runtimes}
     bundles = {}
     running = []
-    quiet = dict(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    quiet = dict(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for name, rt in runtimes.items():
             bundle = os.path.join(work, f"b-{name}")
