@@ -118,6 +118,22 @@ fn exit_like(ending: Option<ExitStatus>) -> ExitCode {
     }
 }
 
+/// `run` and `restore` without `--detach`: waits for the VMM, deletes the
+/// container unless `keep`, and ends as its process did.
+fn wait_like(root: &std::path::Path, id: &str, pid: u32, keep: bool) -> ExitCode {
+    let status = container::wait_child(pid);
+    if !keep {
+        let _ = container::delete(root, id, true);
+    }
+    match status {
+        nix::sys::wait::WaitStatus::Exited(_, c) => exit_like(Some(ExitStatus::Code(c))),
+        nix::sys::wait::WaitStatus::Signaled(_, s, _) => {
+            exit_like(Some(ExitStatus::Signal(s as i32)))
+        }
+        _ => ExitCode::from(u8::MAX),
+    }
+}
+
 fn create_request(
     global: &GlobalOpts,
     opts: &husk::cli::CreateOpts,
@@ -164,17 +180,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if a.detach {
                 return Ok(ExitCode::SUCCESS);
             }
-            let status = container::wait_child(pid);
-            if !a.keep {
-                let _ = container::delete(root, &a.container_id, true);
-            }
-            Ok(match status {
-                nix::sys::wait::WaitStatus::Exited(_, c) => exit_like(Some(ExitStatus::Code(c))),
-                nix::sys::wait::WaitStatus::Signaled(_, s, _) => {
-                    exit_like(Some(ExitStatus::Signal(s as i32)))
-                }
-                _ => ExitCode::from(u8::MAX),
-            })
+            Ok(wait_like(root, &a.container_id, pid, a.keep))
         }
         Command::Start(a) => {
             container::start(root, &a.container_id)?;
@@ -211,15 +217,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if a.detach {
                 return Ok(ExitCode::SUCCESS);
             }
-            let status = container::wait_child(pid);
-            let _ = container::delete(root, &a.container_id, true);
-            Ok(match status {
-                nix::sys::wait::WaitStatus::Exited(_, c) => exit_like(Some(ExitStatus::Code(c))),
-                nix::sys::wait::WaitStatus::Signaled(_, s, _) => {
-                    exit_like(Some(ExitStatus::Signal(s as i32)))
-                }
-                _ => ExitCode::from(u8::MAX),
-            })
+            Ok(wait_like(root, &a.container_id, pid, false))
         }
         Command::Pause(a) => {
             container::pause(root, &a.container_id)?;

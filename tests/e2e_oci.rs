@@ -240,6 +240,25 @@ fn checkpoint_and_restore_continue_the_container_where_it_stopped() {
         for f in ["state.json", "fs.json", "memory", "inventory.img"] {
             assert!(image.join(f).is_file(), "{f} missing in the checkpoint");
         }
+        if round == 0 {
+            // A bundle that asks for another VM is refused, naming the
+            // mismatch, and leaves nothing; the checkpoint stays usable.
+            let bigger = env.bundle("bigger", &["true"], |c| {
+                c["annotations"] = serde_json::json!({"io.husk.vm.memory_mib": "384"});
+            });
+            let done = env.husk(&[
+                "restore",
+                "--bundle",
+                b(&bigger),
+                "--image-path",
+                b(&image),
+                "-d",
+                "wrong",
+            ]);
+            assert!(!done.status.success(), "restored into another VM size");
+            assert!(done.stderr.contains("memory"), "{}", done.stderr);
+            env.assert_gone("wrong");
+        }
 
         let done = env.husk(&[
             "restore",
@@ -269,10 +288,55 @@ fn checkpoint_and_restore_continue_the_container_where_it_stopped() {
         let exec = env.husk(&["exec", to, "cat", "/counter"]);
         assert!(exec.status.success(), "{}", exec.stderr);
     }
+    // --leave-running: written twice over (the VMM rewrites its files), the
+    // container runs on; a restore from the copy goes on from that point.
+    let live = env.dir.path().join("live");
+    let mut at = 0;
+    for _ in 0..2 {
+        at = counter(&bundle);
+        let done = env.husk(&[
+            "checkpoint",
+            "--leave-running",
+            "--image-path",
+            b(&live),
+            "c3",
+        ]);
+        assert!(done.status.success(), "{}", done.stderr);
+        assert_eq!(env.state("c3")["status"], "running");
+        last = counter_passes(&bundle, counter(&bundle));
+    }
+    assert!(last > at);
     assert!(env.husk(&["kill", "c3", "KILL"]).status.success());
     env.wait_status("c3", "stopped");
     assert!(env.husk(&["delete", "c3"]).status.success());
     env.assert_gone("c3");
+    let final_c3 = counter(&bundle);
+    let done = env.husk(&[
+        "restore",
+        "--bundle",
+        b(&bundle),
+        "--image-path",
+        b(&live),
+        "-d",
+        "c4",
+    ]);
+    assert!(done.status.success(), "{}", done.stderr);
+    // It goes on from the second live checkpoint: below what c3 reached
+    // after it.
+    let mut resumed = final_c3;
+    for _ in 0..300 {
+        resumed = counter(&bundle);
+        if resumed != final_c3 && resumed != 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        resumed >= at && resumed < final_c3,
+        "checkpointed at {at}, c3 ended at {final_c3}, c4 wrote {resumed}"
+    );
+    assert!(env.husk(&["delete", "--force", "c4"]).status.success());
+    env.assert_gone("c4");
 }
 
 /// `podman create` + `podman rm`, a failed `docker run`, containerd's

@@ -321,6 +321,12 @@ fn podman_checkpoint_and_restore_continue_the_container() {
         "{numbers:?}"
     );
 
+    // --leave-running: it runs on.
+    let done = p.podman(&["container", "checkpoint", "--leave-running", "ck"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(state(&p, "Status"), "running");
+    let after = counter(&p).max(after);
+
     // Exported with its changes, removed, imported: it goes on again.
     let archive = runtime_root_of(&p).join("ck.tar.zst");
     let archive = archive.to_str().unwrap();

@@ -5,6 +5,23 @@ use std::path::PathBuf;
 
 use super::create::CreateOpts;
 
+/// CRIU's options both verbs take (runc's names): accepted, with no effect.
+/// A VM's TCP connections, Unix sockets, terminal and file locks are in its
+/// memory and go with it, and its cgroup is husk's, made again at restore.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct CriuFlags {
+    #[arg(long)]
+    pub tcp_established: bool,
+    #[arg(long)]
+    pub ext_unix_sk: bool,
+    #[arg(long)]
+    pub shell_job: bool,
+    #[arg(long)]
+    pub file_locks: bool,
+    #[arg(long)]
+    pub manage_cgroups_mode: Option<String>,
+}
+
 /// `husk checkpoint`: write a running container's VM to a directory; the
 /// container is removed then (as runc does without `--leave-running`).
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
@@ -15,23 +32,12 @@ pub struct CheckpointArgs {
     /// Accepted for runc compatibility (CRIU's logs; husk writes none).
     #[arg(long)]
     pub work_path: Option<PathBuf>,
-    /// Keep the container running after the checkpoint: not supported yet
-    /// (refused).
+    /// Keep the container running after the checkpoint (its VM stands still
+    /// while it is written).
     #[arg(long)]
     pub leave_running: bool,
-    /// Accepted: a VM's TCP connections, Unix sockets, terminal and file
-    /// locks are in its memory and go with it.
-    #[arg(long)]
-    pub tcp_established: bool,
-    #[arg(long)]
-    pub ext_unix_sk: bool,
-    #[arg(long)]
-    pub shell_job: bool,
-    #[arg(long)]
-    pub file_locks: bool,
-    /// Accepted (the container's cgroup is husk's, made again at restore).
-    #[arg(long)]
-    pub manage_cgroups_mode: Option<String>,
+    #[command(flatten)]
+    pub criu: CriuFlags,
     /// Incremental and lazy checkpoints: not supported (refused).
     #[arg(long)]
     pub pre_dump: bool,
@@ -63,17 +69,8 @@ pub struct RestoreArgs {
     /// Accepted for runc compatibility (the VMM reaps its own children).
     #[arg(long)]
     pub no_subreaper: bool,
-    /// Accepted: what CRIU needs told, a VM snapshot holds.
-    #[arg(long)]
-    pub tcp_established: bool,
-    #[arg(long)]
-    pub ext_unix_sk: bool,
-    #[arg(long)]
-    pub shell_job: bool,
-    #[arg(long)]
-    pub file_locks: bool,
-    #[arg(long)]
-    pub manage_cgroups_mode: Option<String>,
+    #[command(flatten)]
+    pub criu: CriuFlags,
     #[arg(long)]
     pub lsm_profile: Option<String>,
     #[arg(long)]
@@ -110,7 +107,7 @@ mod tests {
             panic!("not checkpoint");
         };
         assert_eq!(a.image_path, Path::new("/img"));
-        assert!(a.tcp_established && a.file_locks && !a.leave_running);
+        assert!(a.criu.tcp_established && a.criu.file_locks && !a.leave_running);
         assert_eq!(a.container_id, "c1");
         let Command::Checkpoint(d) = parse(&["checkpoint", "c2"]).unwrap().command else {
             panic!("not checkpoint");
@@ -146,7 +143,7 @@ mod tests {
         assert_eq!(a.opts.bundle, Path::new("/b"));
         assert_eq!(a.image_path, Path::new("/img"));
         assert_eq!(a.opts.pid_file.as_deref(), Some(Path::new("/p")));
-        assert!(a.detach && a.tcp_established);
+        assert!(a.detach && a.criu.tcp_established);
         assert_eq!(a.container_id, "c1");
     }
 }

@@ -497,8 +497,9 @@ const fn kvm_ioc(dir: u64, nr: u64, size: usize) -> u64 {
 const IOC_READ: u64 = 2;
 const IOC_RW: u64 = 3;
 
-/// What the device thread reads of its own VM to write a checkpoint once
-/// the vCPUs stopped (`linux/kvm.h`): getters only, no setter.
+/// What a VMM reads of its own VM to write a checkpoint (`linux/kvm.h`):
+/// getters only, no setter. A parked vCPU thread reads its vCPU's, the
+/// device thread the VM's.
 const CHECKPOINT_IOCTLS: [u64; 13] = {
     use kvm_bindings as k;
     use std::mem::size_of;
@@ -605,8 +606,11 @@ fn rules(thread: Thread, pid: u64) -> BTreeMap<i64, Vec<SeccompRule>> {
     match thread {
         Thread::Vcpu => {
             // A driver's DRIVER_OK write activates its device on the vCPU
-            // that made it: the net device then sets the tap's offloads.
-            r.insert(libc::SYS_ioctl, ioctls(&[KVM_RUN, TUNSETOFFLOAD]));
+            // that made it: the net device then sets the tap's offloads. A
+            // vCPU parked for a checkpoint saves its own state.
+            let mut requests = vec![KVM_RUN, TUNSETOFFLOAD];
+            requests.extend(CHECKPOINT_IOCTLS);
+            r.insert(libc::SYS_ioctl, ioctls(&requests));
         }
         Thread::Devices => {
             // Block, tap and vsock data.

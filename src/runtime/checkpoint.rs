@@ -43,6 +43,8 @@ pub const WORK_DIR: &str = "checkpoint";
 const WRITE_TIMEOUT: Duration = Duration::from_secs(300);
 /// How often its end is looked for.
 const POLL: Duration = Duration::from_millis(10);
+/// Most bytes of the VMM's answer line.
+const MAX_ANSWER: usize = 4096;
 /// The files of a checkpoint.
 const FILES: [&str; 3] = [STATE_FILE, FS_STATE_FILE, MEMORY_FILE];
 /// The checkpoint's descriptor, written last (a checkpoint that has it is
@@ -75,8 +77,8 @@ pub enum CheckpointError {
     )]
     NotRunning { id: String, status: String },
     #[error(
-        "{flag} is not supported: husk writes the whole VM once and the container ends \
-         (run husk checkpoint without it)"
+        "{flag} is not supported: husk writes the whole VM at once (run husk checkpoint \
+         without it)"
     )]
     Unsupported { flag: &'static str },
     #[error(
@@ -100,6 +102,8 @@ pub enum CheckpointError {
         missing: String,
         log: PathBuf,
     },
+    #[error("the VM could not write its checkpoint, and runs on: {0}")]
+    Failed(String),
     #[error("the VMM of container {id} did not end within {secs} s of the checkpoint")]
     Timeout { id: String, secs: u64 },
     #[error("{path}: {source}")]
@@ -133,7 +137,6 @@ pub struct CheckpointOptions {
 /// `husk checkpoint` (see the module docs).
 pub fn checkpoint(root: &Path, id: &str, opts: &CheckpointOptions) -> Result<(), CheckpointError> {
     for (set, flag) in [
-        (opts.leave_running, "--leave-running"),
         (opts.pre_dump, "--pre-dump"),
         (opts.lazy, "--lazy-pages / --page-server / --parent-path"),
     ] {
@@ -172,12 +175,31 @@ pub fn checkpoint(root: &Path, id: &str, opts: &CheckpointOptions) -> Result<(),
         Ok(other) => return Err(CheckpointError::Refused(format!("{other:?}"))),
         Err(e) => return Err(CheckpointError::Refused(e.to_string())),
     }
-    if let Err(e) = ask_vmm(&st.control_socket) {
+    let release = |st: &state::State| {
         // Output flows again: the container runs on as before.
-        if let Ok(mut c) = container::connect(&st) {
+        if let Ok(mut c) = container::connect(st) {
             let _ = c.request(&Request::CheckpointAbort);
         }
+    };
+    if let Err(e) = ask_vmm(&st.control_socket, opts.leave_running) {
+        // A VM that could not write its checkpoint runs on.
+        release(&st);
         return Err(e);
+    }
+    let _ = std::fs::remove_file(image.join(INVENTORY));
+    if opts.leave_running {
+        // The VMM keeps its files for the next checkpoint: copied.
+        let copied = FILES
+            .iter()
+            .try_for_each(|name| copy_file(&work.join(name), &image.join(name)));
+        release(&st);
+        copied?;
+        write_inventory(&image, id)?;
+        log::info!(
+            "container {id}: checkpointed to {} (running on)",
+            image.display()
+        );
+        return Ok(());
     }
     let pid = st.pid.unwrap_or(0);
     let deadline = Instant::now() + WRITE_TIMEOUT;
@@ -239,29 +261,48 @@ fn has_data(path: &Path) -> bool {
 }
 
 /// Sends the `CHECKPOINT` line to the VMM's vsock socket.
-fn ask_vmm(socket: &Path) -> Result<(), CheckpointError> {
+fn ask_vmm(socket: &Path, leave_running: bool) -> Result<(), CheckpointError> {
+    use crate::vmm::devices::virtio::vsock::{CHECKPOINT_LINE, CHECKPOINT_OK, LEAVE_RUNNING};
     let ask = |source| CheckpointError::Ask {
         path: socket.to_path_buf(),
         source,
     };
     let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(ask)?;
-    let mut line = crate::vmm::devices::virtio::vsock::CHECKPOINT_LINE.to_vec();
+    let mut line = CHECKPOINT_LINE.to_vec();
+    if leave_running {
+        line.extend_from_slice(LEAVE_RUNNING);
+    }
     line.push(b'\n');
     s.write_all(&line).map_err(ask)?;
-    // The VMM closes it once it has the line.
-    let _ = s.set_read_timeout(Some(WRITE_TIMEOUT));
-    let _ = s.read(&mut [0u8; 1]);
-    Ok(())
+    // The VMM answers once the checkpoint is written (or could not be).
+    s.set_read_timeout(Some(WRITE_TIMEOUT)).map_err(ask)?;
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while answer.len() < MAX_ANSWER {
+        match s.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) => answer.push(byte[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(ask(e)),
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    match answer.strip_prefix("ERR ") {
+        _ if answer == CHECKPOINT_OK => Ok(()),
+        Some(why) => Err(CheckpointError::Failed(why.to_owned())),
+        None if answer.is_empty() => Err(CheckpointError::Failed(
+            "the VMM ended without answering (see its log)".into(),
+        )),
+        None => Err(CheckpointError::Failed(format!(
+            "unexpected answer {answer:?}"
+        ))),
+    }
 }
 
-/// Moves `from` to `to`: a rename, or across file systems a copy that
-/// keeps `from`'s holes (guest RAM is mostly holes) and then removes it.
-fn move_file(from: &Path, to: &Path) -> Result<(), CheckpointError> {
-    match std::fs::rename(from, to) {
-        Ok(()) => return Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {}
-        Err(e) => return Err(io_at(from)(e)),
-    }
+/// Copies `from` to `to` keeping its holes (a checkpoint the VMM writes
+/// again later).
+fn copy_file(from: &Path, to: &Path) -> Result<(), CheckpointError> {
     let mut src = std::fs::File::open(from).map_err(io_at(from))?;
     let len = src.metadata().map_err(io_at(from))?.len();
     let mut dst = std::fs::OpenOptions::new()
@@ -273,7 +314,18 @@ fn move_file(from: &Path, to: &Path) -> Result<(), CheckpointError> {
         .map_err(io_at(to))?;
     copy_data(&mut src, &mut dst, len).map_err(io_at(to))?;
     dst.set_len(len).map_err(io_at(to))?;
-    dst.sync_all().map_err(io_at(to))?;
+    dst.sync_all().map_err(io_at(to))
+}
+
+/// Moves `from` to `to`: a rename, or across file systems a copy that
+/// keeps `from`'s holes (guest RAM is mostly holes) and then removes it.
+fn move_file(from: &Path, to: &Path) -> Result<(), CheckpointError> {
+    match std::fs::rename(from, to) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {}
+        Err(e) => return Err(io_at(from)(e)),
+    }
+    copy_file(from, to)?;
     std::fs::remove_file(from).map_err(io_at(from))
 }
 
@@ -404,10 +456,10 @@ mod tests {
     fn what_a_vm_cannot_do_is_refused_before_anything() {
         let dir = tempfile::tempdir().unwrap();
         let opts = CheckpointOptions {
-            leave_running: true,
+            pre_dump: true,
             ..Default::default()
         };
         let err = checkpoint(dir.path(), "c1", &opts).unwrap_err().to_string();
-        assert!(err.contains("--leave-running"), "{err}");
+        assert!(err.contains("--pre-dump"), "{err}");
     }
 }

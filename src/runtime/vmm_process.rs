@@ -657,22 +657,10 @@ fn prepare_vm(
     let checkpoint_dir = std::path::absolute(dir)
         .unwrap_or_else(|_| dir.to_path_buf())
         .join(crate::runtime::checkpoint::WORK_DIR);
+    config.checkpoint = Some(checkpoint_dir);
     if let Some(image) = &plan.restore_from {
         config.snapshot = Some(crate::vmm::config::Snapshot::Resume(image.clone()));
-        config.checkpoint = Some(checkpoint_dir);
-        crate::timeline::mark(dir, "vmm.build");
-        if let Some(user) = &plan.vmm_user {
-            give_to_user(dir, plan, &st.vmm_log, user)?;
-            if user.in_ns.is_none() {
-                crate::jail::user::limit_threads(plan.vcpus)
-                    .map_err(|e| format!("limiting the VMM's threads: {e}"))?;
-            }
-        }
-        return Ok(Prepared {
-            config,
-            taps,
-            network,
-        });
+        return built(dir, plan, st, config, taps, network);
     }
     let use_template = plan.snapshot;
     let cache = crate::paths::cache_dir();
@@ -699,9 +687,20 @@ fn prepare_vm(
         crate::runtime::template::mark_probed_macs(&config, &mut network);
         crate::timeline::mark(dir, "vmm.template");
     }
-    config.checkpoint = Some(checkpoint_dir);
+    built(dir, plan, st, config, taps, network)
+}
+
+/// The VM's config is chosen: what the VMM still writes once its threads
+/// are its own user's is given to that user.
+fn built(
+    dir: &Path,
+    plan: &VmPlan,
+    st: &State,
+    config: crate::vmm::config::VmConfig,
+    taps: Vec<crate::vmm::devices::virtio::net::tap::Tap>,
+    network: crate::agent_proto::NetSetup,
+) -> Result<Prepared, String> {
     crate::timeline::mark(dir, "vmm.build");
-    // What the VMM still writes once its threads are its own user's.
     if let Some(user) = &plan.vmm_user {
         give_to_user(dir, plan, &st.vmm_log, user)?;
         // A user of a user namespace's map may be shared (one map for

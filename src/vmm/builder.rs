@@ -51,7 +51,7 @@ use super::devices::virtio::block::Block;
 use super::devices::virtio::fs::Fs;
 use super::devices::virtio::mmio::MmioTransport;
 use super::devices::virtio::net::{Detached, Net, Tap};
-use super::devices::virtio::vsock::Vsock;
+use super::devices::virtio::vsock::{Vsock, CHECKPOINT_OK};
 use super::devices::virtio::VirtioDevice;
 use super::snapshot::{self, SnapshotError, VcpuState, VmSnapshot, VmState};
 use super::vcpu::{self, VcpuShared, VcpuStop};
@@ -519,6 +519,7 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
         stop: stop.clone(),
         exit_evt: exit_evt.clone(),
         outcome: Arc::default(),
+        park: Arc::default(),
     };
     let mut vcpu_fds = Vec::with_capacity(usize::from(vcpus));
     let mut amd = false;
@@ -632,8 +633,41 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
         fault_point("devices");
     }
     let ended = loop {
-        if let Some(end) = lock(&watcher).ended {
-            break end;
+        let end = lock(&watcher).ended.take();
+        match (end, &checkpoint, &vsock_dev) {
+            (Some(End::Checkpoint), Some((files, msrs)), Some(vsock)) => {
+                let leave_running = lock(vsock).checkpoint_leaves_running();
+                let written = write_checkpoint(&Live {
+                    files,
+                    msrs,
+                    threads: &threads,
+                    park: &shared.park,
+                    vm: &vm,
+                    com1: &com1,
+                    transports: &transports,
+                    fs_devices: &fs_devices,
+                    mem: &mem,
+                    mem_bytes: config.mem_bytes(),
+                });
+                let answer = match &written {
+                    Ok(()) => CHECKPOINT_OK.to_owned(),
+                    Err(e) => {
+                        log::error!("checkpoint: {e}");
+                        format!("ERR {e}")
+                    }
+                };
+                lock(vsock).checkpoint_done(&answer);
+                if written.is_ok() && !leave_running {
+                    // Parked: stopped with the VM.
+                    step("checkpoint written");
+                    break End::Checkpoint;
+                }
+                // The VM runs on: after a checkpoint that leaves it
+                // running, or one that failed (nothing is lost).
+                shared.park.release();
+            }
+            (Some(end), _, _) => break end,
+            (None, _, _) => {}
         }
         event_manager
             .run_with_timeout(EVENT_WAIT_MS)
@@ -644,10 +678,10 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
         log::warn!("{} vCPU thread(s) did not stop", stopped.stuck);
     }
     let _ = std::io::stdout().flush();
-    let to_snapshot = matches!(
-        (ended, &take, &checkpoint),
-        (End::Snapshot, Some(_), _) | (End::Checkpoint, _, Some(_))
-    );
+    if ended == End::Checkpoint {
+        return Ok(VmExit::Checkpointed);
+    }
+    let to_snapshot = matches!((ended, &take), (End::Snapshot, Some(_)));
     if to_snapshot {
         if stopped.stuck > 0 || stopped.vcpus.len() != usize::from(vcpus) {
             return Err(SnapshotError::Mismatch(format!(
@@ -656,10 +690,7 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
             ))
             .into());
         }
-        let msr_list = match &checkpoint {
-            Some((_, list)) if ended == End::Checkpoint => list.clone(),
-            _ => snapshot::msr_list(&kvm)?,
-        };
+        let msr_list = snapshot::msr_list(&kvm)?;
         let vm_state = VmState::save(&vm)?;
         let vcpu_states = stopped
             .vcpus
@@ -677,18 +708,6 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
             serial: serial_state,
             transports: transport_states,
         };
-        if let (End::Checkpoint, Some((files, _))) = (ended, &checkpoint) {
-            let mut states = Vec::with_capacity(fs_devices.len());
-            for (tag, fs) in &fs_devices {
-                let state = lock(fs)
-                    .save_state()
-                    .map_err(|e| BuildError::FsServer(e.to_string()))?;
-                states.push((tag.clone(), state));
-            }
-            files.write(&states, &mem, snap)?;
-            step("checkpoint written");
-            return Ok(VmExit::Checkpointed);
-        }
         if let Some(dir) = &take {
             let regions = snapshot::save_memory(&mem, dir)?;
             snap(regions).write(dir)?;
@@ -878,6 +897,47 @@ fn load_initramfs(
         addr,
         size: data.len(),
     })
+}
+
+/// What a checkpoint of a running VM reads.
+struct Live<'a> {
+    files: &'a snapshot::CheckpointFiles,
+    msrs: &'a [u32],
+    threads: &'a [std::thread::JoinHandle<kvm_ioctls::VcpuFd>],
+    park: &'a vcpu::Park,
+    vm: &'a VmFd,
+    com1: &'a Arc<Mutex<Serial>>,
+    transports: &'a [Arc<Mutex<MmioTransport>>],
+    fs_devices: &'a [(String, Arc<Mutex<Fs>>)],
+    mem: &'a GuestMemoryMmap,
+    mem_bytes: u64,
+}
+
+/// Writes a checkpoint of the running VM, on the event loop's thread (no
+/// device runs meanwhile): the vCPUs park and save their own state, then
+/// the VM's, the devices' and each fs server's state and guest RAM are
+/// written ([`snapshot::CheckpointFiles`]). The vCPUs stay parked: the
+/// caller releases them, or stops them with the VM.
+fn write_checkpoint(live: &Live) -> Result<(), String> {
+    let vcpus = live.park.park_all(live.threads, live.msrs)?;
+    let vm = VmState::save(live.vm).map_err(|e| e.to_string())?;
+    let mut states = Vec::with_capacity(live.fs_devices.len());
+    for (tag, fs) in live.fs_devices {
+        let state = lock(fs).save_state().map_err(|e| e.to_string())?;
+        states.push((tag.clone(), state));
+    }
+    let snap = |regions| VmSnapshot {
+        format: snapshot::FORMAT,
+        mem_bytes: live.mem_bytes,
+        regions,
+        vm,
+        vcpus,
+        serial: lock(live.com1).state(),
+        transports: live.transports.iter().map(|t| lock(t).save()).collect(),
+    };
+    live.files
+        .write(&states, live.mem, snap)
+        .map_err(|e| e.to_string())
 }
 
 /// Gives each virtio-fs server of a VM resumed from a checkpoint the

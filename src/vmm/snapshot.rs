@@ -431,8 +431,8 @@ impl CheckpointFiles {
         })
     }
 
-    /// Writes the checkpoint: the fs servers' states, guest RAM, then the
-    /// VM state (last: a checkpoint whose state file has data is whole).
+    /// Writes the checkpoint over any earlier one: the fs servers' states,
+    /// guest RAM, then the VM state.
     pub fn write(
         &self,
         fs: &FsStates,
@@ -444,14 +444,23 @@ impl CheckpointFiles {
             path: fs_path.clone(),
             source,
         })?;
-        (&self.fs).write_all(&data).map_err(io_at(&fs_path))?;
+        for (file, name) in [
+            (&self.state, STATE_FILE),
+            (&self.fs, FS_STATE_FILE),
+            (&self.memory, MEMORY_FILE),
+        ] {
+            file.set_len(0).map_err(io_at(&self.dir.join(name)))?;
+        }
+        self.fs.write_all_at(&data, 0).map_err(io_at(&fs_path))?;
         let regions = save_memory_into(mem, &self.memory, &self.dir.join(MEMORY_FILE))?;
         let state_path = self.dir.join(STATE_FILE);
         let data = serde_json::to_vec(&snap(regions)).map_err(|source| SnapshotError::Json {
             path: state_path.clone(),
             source,
         })?;
-        (&self.state).write_all(&data).map_err(io_at(&state_path))?;
+        self.state
+            .write_all_at(&data, 0)
+            .map_err(io_at(&state_path))?;
         self.state.sync_all().map_err(io_at(&state_path))
     }
 }

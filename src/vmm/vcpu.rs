@@ -7,7 +7,7 @@
 //! returns `EINTR` and the loop sees the flag.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,105 @@ pub struct VcpuShared {
     pub exit_evt: Arc<EventFd>,
     /// The first vCPU's reason wins.
     pub outcome: Arc<Mutex<Option<VcpuStop>>>,
+    /// Parks the vCPUs for a checkpoint of a VM that goes on running.
+    pub park: Arc<Park>,
+}
+
+/// Parking: every vCPU thread leaves `KVM_RUN`, completes its last exit,
+/// saves its own state ([`super::snapshot::VcpuState`]) and waits until
+/// released; the VM stands still meanwhile and its vCPUs run on after.
+#[derive(Default)]
+pub struct Park {
+    state: Mutex<ParkState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct ParkState {
+    wanted: bool,
+    /// The MSRs each vCPU saves.
+    msrs: Vec<u32>,
+    /// Each vCPU's state once it parked, by id.
+    saved: Vec<Option<Result<super::snapshot::VcpuState, String>>>,
+}
+
+/// How long [`Park::park_all`] waits for every vCPU to park.
+const PARK_LIMIT: Duration = Duration::from_secs(5);
+
+impl Park {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ParkState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn wanted(&self) -> bool {
+        self.lock().wanted
+    }
+
+    /// On a vCPU thread that saw [`Park::wanted`]: saves the vCPU's state
+    /// and waits until released (or the VM stops).
+    fn park_here(&self, vcpu: &VcpuFd, id: u8, stop: &AtomicBool) {
+        let mut state = self.lock();
+        let saved = super::snapshot::VcpuState::save(vcpu, &state.msrs).map_err(|e| e.to_string());
+        if let Some(slot) = state.saved.get_mut(usize::from(id)) {
+            *slot = Some(saved);
+        }
+        self.changed.notify_all();
+        while state.wanted && !stop.load(Ordering::SeqCst) {
+            state = self
+                .changed
+                .wait_timeout(state, KICK_INTERVAL * 10)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Parks every vCPU of `threads` (kicking them out of `KVM_RUN`) and
+    /// returns their states, in vCPU order; the vCPUs stay parked until
+    /// [`Park::release`], also when this fails.
+    pub fn park_all(
+        &self,
+        threads: &[JoinHandle<VcpuFd>],
+        msrs: &[u32],
+    ) -> Result<Vec<super::snapshot::VcpuState>, String> {
+        {
+            let mut state = self.lock();
+            state.wanted = true;
+            state.msrs = msrs.to_vec();
+            state.saved = (0..threads.len()).map(|_| None).collect();
+        }
+        let start = Instant::now();
+        loop {
+            if self.lock().saved.iter().all(Option::is_some) {
+                break;
+            }
+            if start.elapsed() > PARK_LIMIT {
+                return Err(format!(
+                    "the vCPUs did not stop within {} s",
+                    PARK_LIMIT.as_secs()
+                ));
+            }
+            for t in threads {
+                let _ = t.kill(kick_signal());
+            }
+            std::thread::sleep(KICK_INTERVAL);
+        }
+        let saved = std::mem::take(&mut self.lock().saved);
+        saved
+            .into_iter()
+            .enumerate()
+            .map(|(id, s)| s.unwrap_or_else(|| Err(format!("vCPU {id} saved nothing"))))
+            .collect()
+    }
+
+    /// Lets the parked vCPUs run on.
+    pub fn release(&self) {
+        let mut state = self.lock();
+        state.wanted = false;
+        state.saved.clear();
+        self.changed.notify_all();
+    }
 }
 
 impl VcpuShared {
@@ -77,6 +176,11 @@ pub fn run(mut vcpu: VcpuFd, id: u8, shared: VcpuShared) -> VcpuFd {
         if shared.stop.load(Ordering::SeqCst) {
             complete_pending(&mut vcpu, id);
             return vcpu;
+        }
+        if shared.park.wanted() {
+            complete_pending(&mut vcpu, id);
+            shared.park.park_here(&vcpu, id, &shared.stop);
+            continue;
         }
         match vcpu.run() {
             Ok(VcpuExit::IoIn(port, data)) => {

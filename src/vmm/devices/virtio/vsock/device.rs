@@ -168,6 +168,17 @@ impl Vsock {
         self.muxer.checkpoint = Some(evt);
     }
 
+    /// Whether the checkpoint a host client asked for leaves the VM
+    /// running.
+    pub fn checkpoint_leaves_running(&self) -> bool {
+        self.muxer.checkpoint_leaves_running()
+    }
+
+    /// Answers the host client that asked for the checkpoint.
+    pub fn checkpoint_done(&mut self, answer: &str) {
+        self.muxer.checkpoint_done(answer);
+    }
+
     /// The socket host clients connect to.
     pub fn uds_path(&self) -> &Path {
         &self.uds_path

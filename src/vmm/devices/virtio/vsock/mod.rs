@@ -96,7 +96,7 @@ mod connection;
 mod device;
 mod event_handler;
 mod muxer;
-pub use muxer::CHECKPOINT_LINE;
+pub use muxer::{CHECKPOINT_LINE, CHECKPOINT_OK, LEAVE_RUNNING};
 mod packet;
 #[cfg(any(test, feature = "fuzzing"))]
 #[cfg_attr(not(test), allow(dead_code, unused_imports))]

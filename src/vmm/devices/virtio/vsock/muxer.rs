@@ -71,8 +71,10 @@ struct HostClient {
 enum LineStatus {
     Pending,
     Connect(u32),
-    /// `CHECKPOINT`: the host asks for the VM to be checkpointed.
-    Checkpoint,
+    /// `CHECKPOINT` (then the VM ends) or `CHECKPOINT leave-running`.
+    Checkpoint {
+        leave_running: bool,
+    },
     Close(&'static str),
 }
 
@@ -85,8 +87,20 @@ impl HostClient {
             match self.stream.read(&mut byte) {
                 Ok(0) => return LineStatus::Close("closed before sending a CONNECT line"),
                 Ok(_) if byte[0] == b'\n' => {
-                    if self.line == CHECKPOINT_LINE {
-                        return LineStatus::Checkpoint;
+                    if let Some(rest) = self.line.strip_prefix(CHECKPOINT_LINE) {
+                        match rest {
+                            b"" => {
+                                return LineStatus::Checkpoint {
+                                    leave_running: false,
+                                }
+                            }
+                            LEAVE_RUNNING => {
+                                return LineStatus::Checkpoint {
+                                    leave_running: true,
+                                }
+                            }
+                            _ => return LineStatus::Close("malformed CHECKPOINT line"),
+                        }
                     }
                     return match parse_connect(&self.line) {
                         Some(port) => LineStatus::Connect(port),
@@ -111,6 +125,14 @@ impl HostClient {
 /// checkpointed (`husk checkpoint`, which may reach the socket as anyone
 /// who may talk to the guest's agent).
 pub const CHECKPOINT_LINE: &[u8] = b"CHECKPOINT";
+/// What follows [`CHECKPOINT_LINE`] (after a space) for a checkpoint after
+/// which the VM runs on.
+pub const LEAVE_RUNNING: &[u8] = b" leave-running";
+/// The answer line to a checkpoint that was written (else `ERR <why>`).
+pub const CHECKPOINT_OK: &str = "OK";
+/// How long a host client that asked for a checkpoint is kept for its
+/// answer.
+const CHECKPOINT_ANSWER_LIMIT: Duration = Duration::from_secs(600);
 
 /// Parses `CONNECT <port>` (decimal, no sign, nothing else).
 fn parse_connect(line: &[u8]) -> Option<u32> {
@@ -146,6 +168,9 @@ pub struct Muxer {
     /// Written when a host client asks for a checkpoint (a VM that can be
     /// checkpointed has one).
     pub checkpoint: Option<vmm_sys_util::eventfd::EventFd>,
+    /// The client that asked (it gets the answer line), and whether the VM
+    /// runs on after.
+    checkpoint_asked: Option<(RawFd, bool)>,
 }
 
 impl Muxer {
@@ -165,6 +190,7 @@ impl Muxer {
             closed: Vec::new(),
             next_local_port: EPHEMERAL_PORT_FIRST,
             checkpoint: None,
+            checkpoint_asked: None,
         }
     }
 
@@ -277,23 +303,62 @@ impl Muxer {
                     self.host_connect(client, port);
                 }
             }
-            LineStatus::Checkpoint => {
-                match &self.checkpoint {
-                    Some(evt) => {
-                        info!("vsock {}: checkpoint asked for", self.uds_path.display());
+            LineStatus::Checkpoint { leave_running } => {
+                let refused = match (&self.checkpoint, self.checkpoint_asked) {
+                    (None, _) => Some("this VM cannot be checkpointed"),
+                    (Some(_), Some(_)) => Some("a checkpoint is under way"),
+                    (Some(evt), None) => {
+                        info!(
+                            "vsock {}: checkpoint asked for (leave running: {leave_running})",
+                            self.uds_path.display()
+                        );
                         let _ = evt.write(1);
+                        None
                     }
-                    None => info!(
-                        "vsock {}: checkpoint asked for; this VM cannot be checkpointed",
-                        self.uds_path.display()
-                    ),
+                };
+                match refused {
+                    Some(why) => {
+                        self.answer_client(fd, &format!("ERR {why}"));
+                    }
+                    None => {
+                        // Kept (not read from any more) for its answer.
+                        if let Some(client) = self.clients.get_mut(&fd) {
+                            client.deadline = Instant::now() + CHECKPOINT_ANSWER_LIMIT;
+                        }
+                        self.checkpoint_asked = Some((fd, leave_running));
+                    }
                 }
-                self.close_client(fd);
             }
         }
     }
 
+    /// The checkpoint asked for: whether the VM runs on after it.
+    pub fn checkpoint_leaves_running(&self) -> bool {
+        self.checkpoint_asked.is_some_and(|(_, leave)| leave)
+    }
+
+    /// Answers the client that asked for the checkpoint ([`CHECKPOINT_OK`]
+    /// or `ERR <why>`) and closes it.
+    pub fn checkpoint_done(&mut self, answer: &str) {
+        if let Some((fd, _)) = self.checkpoint_asked.take() {
+            self.answer_client(fd, answer);
+        }
+    }
+
+    /// Writes `line` to a host client (a short line fits its socket
+    /// buffer) and closes it.
+    fn answer_client(&mut self, fd: RawFd, line: &str) {
+        if let Some(client) = self.clients.get_mut(&fd) {
+            let _ = std::io::Write::write_all(&mut client.stream, format!("{line}\n").as_bytes());
+        }
+        self.close_client(fd);
+    }
+
     fn close_client(&mut self, fd: RawFd) {
+        if self.checkpoint_asked.is_some_and(|(asked, _)| asked == fd) {
+            // Its answer has nowhere to go; the checkpoint still happens.
+            self.checkpoint_asked = self.checkpoint_asked.map(|(_, leave)| (-1, leave));
+        }
         if let Some(client) = self.clients.remove(&fd) {
             self.closed.push((client.stream, client.registered));
         }
