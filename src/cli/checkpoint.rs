@@ -10,13 +10,13 @@ use super::create::CreateOpts;
 /// memory and go with it, and its cgroup is husk's, made again at restore.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct CriuFlags {
-    #[arg(long)]
+    #[arg(long, overrides_with = "tcp_established")]
     pub tcp_established: bool,
-    #[arg(long)]
+    #[arg(long, overrides_with = "ext_unix_sk")]
     pub ext_unix_sk: bool,
-    #[arg(long)]
+    #[arg(long, overrides_with = "shell_job")]
     pub shell_job: bool,
-    #[arg(long)]
+    #[arg(long, overrides_with = "file_locks")]
     pub file_locks: bool,
     #[arg(long)]
     pub manage_cgroups_mode: Option<String>,
@@ -33,8 +33,8 @@ pub struct CheckpointArgs {
     #[arg(long)]
     pub work_path: Option<PathBuf>,
     /// Keep the container running after the checkpoint (its VM stands still
-    /// while it is written).
-    #[arg(long)]
+    /// while it is written). podman 4.3 passes it twice: taken once.
+    #[arg(long, overrides_with = "leave_running")]
     pub leave_running: bool,
     #[command(flatten)]
     pub criu: CriuFlags,
@@ -113,6 +113,21 @@ mod tests {
             panic!("not checkpoint");
         };
         assert_eq!(d.image_path, Path::new("checkpoint"));
+        // podman 4.3 repeats --leave-running (runc takes a flag twice).
+        let Command::Checkpoint(r) = parse(&[
+            "checkpoint",
+            "--leave-running",
+            "--leave-running",
+            "--tcp-established",
+            "--tcp-established",
+            "c3",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not checkpoint");
+        };
+        assert!(r.leave_running && r.criu.tcp_established);
         assert!(parse(&["checkpoint"]).is_err());
     }
 

@@ -814,18 +814,26 @@ fn drive_vm(root: &Path, id: &str, drive: Drive) -> Option<ExitStatus> {
             c
         }
         Err(e) => {
-            let msg = if creator_gone() {
-                CREATOR_GONE.to_owned()
-            } else if vm.is_finished() {
-                let console = std::fs::read_to_string(&plan.console_log).unwrap_or_default();
-                format!(
-                    "the VM stopped before its agent answered: {}",
-                    console_tail(&console)
-                )
-            } else {
-                e.to_string()
+            if creator_gone() {
+                stop_vm(vm);
+                return fail(&mut ready, CREATOR_GONE.to_owned());
+            }
+            if !vm.is_finished() {
+                stop_vm(vm);
+                return fail(&mut ready, e.to_string());
+            }
+            // Why it ended: a VM that could not be built (a checkpoint of
+            // another VM, say) says so; one that ran, its console.
+            let msg = match vm.join() {
+                Ok(Err(build)) => format!("the VM could not be built: {build}"),
+                _ => {
+                    let console = std::fs::read_to_string(&plan.console_log).unwrap_or_default();
+                    format!(
+                        "the VM stopped before its agent answered: {}",
+                        console_tail(&console)
+                    )
+                }
             };
-            stop_vm(vm);
             return fail(&mut ready, msg);
         }
     };
