@@ -45,6 +45,9 @@ pub struct VcpuShared {
 /// released; the VM stands still meanwhile and its vCPUs run on after.
 #[derive(Default)]
 pub struct Park {
+    /// Set while parking is wanted: what every vCPU exit looks at (no lock
+    /// on the hot path).
+    wanted: AtomicBool,
     state: Mutex<ParkState>,
     changed: Condvar,
 }
@@ -69,7 +72,7 @@ impl Park {
     }
 
     fn wanted(&self) -> bool {
-        self.lock().wanted
+        self.wanted.load(Ordering::SeqCst)
     }
 
     /// On a vCPU thread that saw [`Park::wanted`]: saves the vCPU's state
@@ -103,6 +106,7 @@ impl Park {
             state.wanted = true;
             state.msrs = msrs.to_vec();
             state.saved = (0..threads.len()).map(|_| None).collect();
+            self.wanted.store(true, Ordering::SeqCst);
         }
         let start = Instant::now();
         loop {
@@ -133,6 +137,7 @@ impl Park {
         let mut state = self.lock();
         state.wanted = false;
         state.saved.clear();
+        self.wanted.store(false, Ordering::SeqCst);
         self.changed.notify_all();
     }
 }
