@@ -310,7 +310,9 @@ fn checkpoint_and_restore_continue_the_container_where_it_stopped() {
     env.wait_status("c3", "stopped");
     assert!(env.husk(&["delete", "c3"]).status.success());
     env.assert_gone("c3");
-    let final_c3 = counter(&bundle);
+    // What c3 appended to the log up to its end; c4 appends after it.
+    let c3_log = log_lines();
+    let final_c3 = *c3_log.last().unwrap();
     let done = env.husk(&[
         "restore",
         "--bundle",
@@ -322,19 +324,21 @@ fn checkpoint_and_restore_continue_the_container_where_it_stopped() {
     ]);
     assert!(done.status.success(), "{}", done.stderr);
     // It goes on from the second live checkpoint (taken at `at` or a few
-    // counts later, while the guest got ready): not from the first, and
-    // at most one past what c3 reached after it.
-    let mut resumed = final_c3;
+    // counts later, while the guest got ready): its first number is past
+    // that, and at most one past c3's last (not from the first checkpoint,
+    // not from the start).
+    let mut first = None;
     for _ in 0..300 {
-        resumed = counter(&bundle);
-        if resumed != final_c3 && resumed != 0 {
+        if let Some(n) = log_lines().get(c3_log.len()) {
+            first = Some(*n);
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    let first = first.expect("c4 appended nothing to the log");
     assert!(
-        resumed >= at && resumed <= final_c3 + 1,
-        "checkpointed at {at}, c3 ended at {final_c3}, c4 wrote {resumed}"
+        first > at && first <= final_c3 + 1,
+        "checkpointed at {at}, c3 ended at {final_c3}, c4 went on at {first}"
     );
     assert!(env.husk(&["delete", "--force", "c4"]).status.success());
     env.assert_gone("c4");

@@ -255,10 +255,13 @@ fn podman_checkpoint_and_restore_continue_the_container() {
         "-d",
         "--name",
         "ck",
+        "-p",
+        "18094:80",
         IMAGE,
         "sh",
         "-c",
-        "i=0; while true; do i=$((i+1)); echo $i; echo $i > /counter; sleep 0.2; done",
+        "httpd -p 80 -h /www; i=0; while true; do i=$((i+1)); echo $i; echo $i > /counter; \
+         sleep 0.2; done",
     ]);
     assert!(done.status.success(), "{}", done.stderr);
     // The shell truncates the file before each write: a read may find it
@@ -305,6 +308,13 @@ fn podman_checkpoint_and_restore_continue_the_container() {
     assert!(
         after >= before && after < before + 200,
         "{before} then {after}"
+    );
+    // The server listening before the checkpoint answers on the published
+    // port after it (its socket is guest memory; podman made the network
+    // again with the same address and MAC).
+    assert_eq!(
+        fetch(None, "http://127.0.0.1:18094/"),
+        "served through podman\n"
     );
     // Every number once and in order: nothing lost or repeated across the
     // checkpoint.

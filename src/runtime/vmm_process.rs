@@ -837,7 +837,8 @@ fn drive_vm(root: &Path, id: &str, drive: Drive) -> Option<ExitStatus> {
             return fail(&mut ready, msg);
         }
     };
-    if plan.restore_from.is_some() {
+    let restored = plan.restore_from.is_some();
+    let set_up = if restored {
         // The container process runs already: it takes this connection as
         // its main session.
         match conn.request(&Request::Reattach {
@@ -845,61 +846,36 @@ fn drive_vm(root: &Path, id: &str, drive: Drive) -> Option<ExitStatus> {
         }) {
             Ok(Response::Reattached { pid }) => {
                 log::info!("container {id}: restored from a checkpoint (guest pid {pid})");
+                Ok(())
             }
-            Ok(other) => {
-                stop_vm(vm);
-                return fail(
-                    &mut ready,
-                    format!("unexpected answer to reattach: {other:?}"),
-                );
-            }
+            Ok(other) => Err(format!("unexpected answer to reattach: {other:?}")),
             Err(e) => {
-                stop_vm(vm);
                 let console = std::fs::read_to_string(&plan.console_log).unwrap_or_default();
-                return fail(
-                    &mut ready,
-                    format!(
-                        "reattaching to the restored guest: {e}; its console: {}",
-                        console_tail(&console)
-                    ),
-                );
+                Err(format!(
+                    "reattaching to the restored guest: {e}; its console: {}",
+                    console_tail(&console)
+                ))
             }
         }
-        crate::timeline::mark(&dir, "vmm.created");
-        if let Some(w) = &creator {
-            w.finish();
+    } else {
+        // Hooks in the guest get the state as it is now: creating, this pid.
+        let mut spec = plan.container.clone();
+        spec.network = network;
+        spec.host_sync = host_sync();
+        let mut hook_view = st.clone();
+        hook_view.pid = i32::try_from(crate::runtime::process::own_pid()).ok();
+        spec.hook_state = crate::runtime::output::render_state(&hook_view);
+        match conn.request(&Request::Create {
+            spec: Box::new(spec),
+        }) {
+            Ok(Response::Created) => Ok(()),
+            Ok(other) => Err(format!("unexpected answer to create: {other:?}")),
+            Err(e) => Err(e.to_string()),
         }
-        if creator_gone() || !answer_ready(&mut ready, "ready") {
-            stop_vm(vm);
-            return fail(&mut ready, CREATOR_GONE.into());
-        }
-        watch_record(root, id, stop.clone());
-        spawn_signal_forwarder(mask, plan.control_socket.clone());
-        let ending = relay(conn, false);
-        return end_of(root, id, &dir, ending, vm, stop_vm);
-    }
-    // Hooks in the guest get the state as it is now: creating, this pid.
-    let mut spec = plan.container.clone();
-    spec.network = network;
-    spec.host_sync = host_sync();
-    let mut hook_view = st.clone();
-    hook_view.pid = i32::try_from(crate::runtime::process::own_pid()).ok();
-    spec.hook_state = crate::runtime::output::render_state(&hook_view);
-    match conn.request(&Request::Create {
-        spec: Box::new(spec),
-    }) {
-        Ok(Response::Created) => {}
-        Ok(other) => {
-            stop_vm(vm);
-            return fail(
-                &mut ready,
-                format!("unexpected answer to create: {other:?}"),
-            );
-        }
-        Err(e) => {
-            stop_vm(vm);
-            return fail(&mut ready, e.to_string());
-        }
+    };
+    if let Err(msg) = set_up {
+        stop_vm(vm);
+        return fail(&mut ready, msg);
     }
     crate::timeline::mark(&dir, "vmm.created");
     if let Some(w) = &creator {
@@ -913,25 +889,14 @@ fn drive_vm(root: &Path, id: &str, drive: Drive) -> Option<ExitStatus> {
     watch_record(root, id, stop.clone());
 
     spawn_signal_forwarder(mask, plan.control_socket.clone());
-    let ending = relay(conn, true);
-    end_of(root, id, &dir, ending, vm, stop_vm)
-}
-
-/// The container's process ended (`ending`; none when its session ended
-/// without a status, as at a checkpoint): recorded, and the VM stopped.
-fn end_of<T>(
-    _root: &Path,
-    id: &str,
-    dir: &Path,
-    ending: Option<ExitStatus>,
-    vm: T,
-    stop_vm: impl FnOnce(T),
-) -> Option<ExitStatus> {
+    // A restored process runs already: its stdin flows at once.
+    let ending = relay(conn, !restored);
+    // None: the session ended without a status (a checkpoint took the VM).
     log::info!("container {id}: process ended: {ending:?}");
     // Into the exit file, not the record: this thread may run as the
     // VMM's own user, which cannot write the record.
     if let Some(ending) = ending {
-        if let Err(e) = state::write_exit(dir, ending) {
+        if let Err(e) = state::write_exit(&dir, ending) {
             log::warn!("container {id}: recording how it ended: {e}");
         }
     }
