@@ -213,7 +213,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             req.vmm_args
                 .extend(["--log".to_owned(), vmm_log(root, &a.container_id)]);
             let pid = container::create(&req).context("husk restore failed")?;
-            container::mark_restored(root, &a.container_id).context("husk restore failed")?;
+            container::mark_running(root, &a.container_id).context("husk restore failed")?;
             if a.detach {
                 return Ok(ExitCode::SUCCESS);
             }

@@ -725,12 +725,7 @@ pub fn start(root: &Path, id: &str) -> Result<(), ContainerError> {
         }
     }
     // The VMM may already have recorded the end of a short-lived process.
-    let mut now = State::load(root, id)?;
-    if now.status == Status::Created {
-        now.status = Status::Running;
-        now.save(root)?;
-    }
-    st.status = now.status;
+    st.status = mark_running(root, id)?;
     let dir = state::container_dir(root, id);
     crate::timeline::mark_at(&dir, "start.begin", began);
     crate::timeline::mark(&dir, "start.end");
@@ -745,16 +740,18 @@ pub fn start(root: &Path, id: &str) -> Result<(), ContainerError> {
     Ok(())
 }
 
-/// After `create` of a container restored from a checkpoint
-/// ([`CreateRequest::restore_from`]): its process was running when it was
-/// checkpointed and runs again, so it is `running` at once (no `start`).
-pub fn mark_restored(root: &Path, id: &str) -> Result<(), ContainerError> {
+/// A `created` container's process runs: after `start`, or after `create`
+/// of a container restored from a checkpoint
+/// ([`CreateRequest::restore_from`], whose process runs at once). A status
+/// the VMM already moved on (a process that has ended) is left as it is;
+/// the status now.
+pub fn mark_running(root: &Path, id: &str) -> Result<Status, ContainerError> {
     let mut now = State::load(root, id)?;
     if now.status == Status::Created {
         now.status = Status::Running;
         now.save(root)?;
     }
-    Ok(())
+    Ok(now.status)
 }
 
 /// `state`: the OCI state JSON.

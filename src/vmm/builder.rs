@@ -681,8 +681,7 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
     if ended == End::Checkpoint {
         return Ok(VmExit::Checkpointed);
     }
-    let to_snapshot = matches!((ended, &take), (End::Snapshot, Some(_)));
-    if to_snapshot {
+    if let (End::Snapshot, Some(dir)) = (ended, &take) {
         if stopped.stuck > 0 || stopped.vcpus.len() != usize::from(vcpus) {
             return Err(SnapshotError::Mismatch(format!(
                 "{} of {vcpus} vCPUs stopped",
@@ -691,29 +690,15 @@ pub fn run_with(mut config: VmConfig, mut controls: RunControls) -> Result<VmExi
             .into());
         }
         let msr_list = snapshot::msr_list(&kvm)?;
-        let vm_state = VmState::save(&vm)?;
         let vcpu_states = stopped
             .vcpus
             .iter()
             .map(|fd| VcpuState::save(fd, &msr_list))
             .collect::<Result<Vec<_>, _>>()?;
-        let serial_state = lock(&com1).state();
-        let transport_states = transports.iter().map(|t| lock(t).save()).collect();
-        let snap = |regions| VmSnapshot {
-            format: snapshot::FORMAT,
-            mem_bytes: config.mem_bytes(),
-            regions,
-            vm: vm_state,
-            vcpus: vcpu_states,
-            serial: serial_state,
-            transports: transport_states,
-        };
-        if let Some(dir) = &take {
-            let regions = snapshot::save_memory(&mem, dir)?;
-            snap(regions).write(dir)?;
-            step("snapshot written");
-            return Ok(VmExit::Snapshotted);
-        }
+        let snap = snapshot_of(&vm, vcpu_states, &com1, &transports, config.mem_bytes())?;
+        snap(snapshot::save_memory(&mem, dir)?).write(dir)?;
+        step("snapshot written");
+        return Ok(VmExit::Snapshotted);
     }
 
     let reported = *lock(&reported);
@@ -899,6 +884,30 @@ fn load_initramfs(
     })
 }
 
+/// Everything of a snapshot but guest RAM, once the vCPUs stand still
+/// (stopped, or parked) with `vcpus` their state: the VM's, the serial
+/// port's and each virtio transport's; it takes where guest RAM went.
+fn snapshot_of(
+    vm: &VmFd,
+    vcpus: Vec<VcpuState>,
+    com1: &Arc<Mutex<Serial>>,
+    transports: &[Arc<Mutex<MmioTransport>>],
+    mem_bytes: u64,
+) -> Result<impl FnOnce(Vec<snapshot::RegionSnapshot>) -> VmSnapshot, SnapshotError> {
+    let vm = VmState::save(vm)?;
+    let serial = lock(com1).state();
+    let transports = transports.iter().map(|t| lock(t).save()).collect();
+    Ok(move |regions| VmSnapshot {
+        format: snapshot::FORMAT,
+        mem_bytes,
+        regions,
+        vm,
+        vcpus,
+        serial,
+        transports,
+    })
+}
+
 /// What a checkpoint of a running VM reads.
 struct Live<'a> {
     files: &'a snapshot::CheckpointFiles,
@@ -920,21 +929,13 @@ struct Live<'a> {
 /// caller releases them, or stops them with the VM.
 fn write_checkpoint(live: &Live) -> Result<(), String> {
     let vcpus = live.park.park_all(live.threads, live.msrs)?;
-    let vm = VmState::save(live.vm).map_err(|e| e.to_string())?;
+    let snap = snapshot_of(live.vm, vcpus, live.com1, live.transports, live.mem_bytes)
+        .map_err(|e| e.to_string())?;
     let mut states = Vec::with_capacity(live.fs_devices.len());
     for (tag, fs) in live.fs_devices {
         let state = lock(fs).save_state().map_err(|e| e.to_string())?;
         states.push((tag.clone(), state));
     }
-    let snap = |regions| VmSnapshot {
-        format: snapshot::FORMAT,
-        mem_bytes: live.mem_bytes,
-        regions,
-        vm,
-        vcpus,
-        serial: lock(live.com1).state(),
-        transports: live.transports.iter().map(|t| lock(t).save()).collect(),
-    };
     live.files
         .write(&states, live.mem, snap)
         .map_err(|e| e.to_string())

@@ -45,9 +45,9 @@ use vm_memory::{
 /// Guest RAM of a snapshot.
 pub const MEMORY_FILE: &str = "memory";
 /// Everything else of a snapshot ([`VmSnapshot`], JSON).
+pub const STATE_FILE: &str = "state.json";
 /// The virtio-fs servers' states of a checkpoint, by tag.
 pub const FS_STATE_FILE: &str = "fs.json";
-pub const STATE_FILE: &str = "state.json";
 /// Bumped whenever [`VmSnapshot`] changes meaning; a snapshot of another
 /// format is refused.
 pub const FORMAT: u32 = 1;

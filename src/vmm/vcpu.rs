@@ -54,7 +54,6 @@ pub struct Park {
 
 #[derive(Default)]
 struct ParkState {
-    wanted: bool,
     /// The MSRs each vCPU saves.
     msrs: Vec<u32>,
     /// Each vCPU's state once it parked, by id.
@@ -84,7 +83,8 @@ impl Park {
             *slot = Some(saved);
         }
         self.changed.notify_all();
-        while state.wanted && !stop.load(Ordering::SeqCst) {
+        // `wanted` is cleared under this lock before the wake-up.
+        while self.wanted() && !stop.load(Ordering::SeqCst) {
             state = self
                 .changed
                 .wait_timeout(state, KICK_INTERVAL * 10)
@@ -103,7 +103,6 @@ impl Park {
     ) -> Result<Vec<super::snapshot::VcpuState>, String> {
         {
             let mut state = self.lock();
-            state.wanted = true;
             state.msrs = msrs.to_vec();
             state.saved = (0..threads.len()).map(|_| None).collect();
             self.wanted.store(true, Ordering::SeqCst);
@@ -135,7 +134,6 @@ impl Park {
     /// Lets the parked vCPUs run on.
     pub fn release(&self) {
         let mut state = self.lock();
-        state.wanted = false;
         state.saved.clear();
         self.wanted.store(false, Ordering::SeqCst);
         self.changed.notify_all();

@@ -16,12 +16,12 @@ use super::{
     VsockError, CONFIG_SPACE_SIZE, EVENT_QUEUE, MAX_GUEST_CID, MAX_PKT_PAYLOAD, MIN_GUEST_CID,
     NUM_QUEUES, QUEUE_SIZE, RX_QUEUE, TX_QUEUE,
 };
+use crate::vmm::devices::virtio::{VirtioCore, VirtioDevice, TYPE_VSOCK, VIRTIO_F_VERSION_1};
 
 /// `struct virtio_vsock_event` (section 5.10.6.6): one `le32` id.
 const EVENT_SIZE: u32 = 4;
 /// `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`.
 const EVENT_TRANSPORT_RESET: u32 = 0;
-use crate::vmm::devices::virtio::{VirtioCore, VirtioDevice, TYPE_VSOCK, VIRTIO_F_VERSION_1};
 
 /// Malformed guest packets logged at `warn` before only every power of two
 /// is (a hostile guest can't flood the log).
