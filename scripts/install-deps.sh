@@ -15,7 +15,8 @@ die() { log "error: $*"; exit 1; }
 # podman, conmon, containerd and docker.io the engine tests; uidmap and
 # slirp4netns rootless podman; criu only because podman's checkpoint and
 # restore check its version before they call the runtime (husk does not
-# use it).
+# use it); protoc (protobuf-compiler) builds the Kubernetes CRI client of the
+# CRI end-to-end tests (the k8s-cri crate's protobufs).
 declare -A tools=(
     [qemu-system-x86_64]=qemu-system-x86
     [busybox]=busybox-static
@@ -46,6 +47,7 @@ declare -A tools=(
     [containerd]=containerd
     [ctr]=containerd
     [dockerd]=docker.io
+    [protoc]=protobuf-compiler
 )
 want=()
 for tool in "${!tools[@]}"; do

@@ -145,6 +145,7 @@ fn create_request(
     }
     Ok(CreateRequest {
         restore_from: None,
+        pod_share: None,
         root: global.root.clone(),
         id: id.to_owned(),
         bundle: opts.bundle.clone(),

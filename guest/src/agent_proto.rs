@@ -308,6 +308,11 @@ pub struct ContainerSpec {
     pub uid_map: Vec<IdMapping>,
     #[serde(default)]
     pub gid_map: Vec<IdMapping>,
+    /// The namespace types (`pid`, `ipc`, `uts`) a later container of a pod
+    /// shares with the VM's first container (the pod's sandbox) instead of
+    /// getting its own: the CRI's pod-level namespaces.
+    #[serde(default)]
+    pub join_namespaces: Vec<String>,
 }
 
 /// One range of a user namespace's map: container ids
@@ -361,6 +366,17 @@ pub const BPF_MAXINSNS: usize = 4096;
 /// in the share ([`ContainerSpec::share_tag`]), bound on `destination` with
 /// the mount's options (`ro`, `rbind`, `nosuid`, propagation, ...).
 pub const SHARE_FSTYPE: &str = "husk.share";
+
+/// `MountSpec::fstype` of a pod's shared memory: one tmpfs of the guest
+/// ([`POD_SHM_DIR`], made by the first container that asks, with that
+/// mount's options) that every container of the pod binds on
+/// `destination` (`/dev/shm`), as the CRI shares one host tmpfs between a
+/// pod's containers.
+pub const POD_SHM_FSTYPE: &str = "husk.pod-shm";
+
+/// Where the guest keeps a pod's shared memory (in its devtmpfs, never on
+/// a container's root file system).
+pub const POD_SHM_DIR: &str = "/dev/.husk-pod-shm";
 
 /// What the guest takes from the host at create. A VM restored from a
 /// template snapshot wakes with the template's wall clock and random pool;
@@ -435,14 +451,32 @@ pub struct NetSetup {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     /// Prepare the container; this connection becomes the main session.
+    /// The VM's first `Create` also sets the guest up (network, clock); a
+    /// later one, with another id, adds a container of the same pod.
     Create { spec: Box<ContainerSpec> },
-    /// Run the prepared container process.
-    Start,
+    /// Run the prepared container process. `container` names a container
+    /// of the VM (`None`: the first), here and below.
+    Start {
+        #[serde(default)]
+        container: Option<String>,
+    },
     /// Run an extra process; this connection becomes its session.
-    Exec { process: Box<ProcessSpec> },
+    Exec {
+        process: Box<ProcessSpec>,
+        #[serde(default)]
+        container: Option<String>,
+    },
     /// Send a signal to the container process, or (`all`) to every process
     /// in the container.
-    Signal { signal: i32, all: bool },
+    Signal {
+        signal: i32,
+        all: bool,
+        #[serde(default)]
+        container: Option<String>,
+    },
+    /// Forget a later container of a pod whose process has ended (or never
+    /// started): what is left of it in the guest goes (one-shot).
+    Remove { container: String },
     /// Resize the terminal of this connection's process.
     Resize { rows: u16, cols: u16 },
     /// List the container's processes.
@@ -525,6 +559,7 @@ mod tests {
                 &Request::Signal {
                     signal: 9,
                     all: true,
+                    container: None,
                 },
             ),
             Frame::new(FrameKind::Stdout, b"hello".to_vec()),

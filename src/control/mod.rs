@@ -173,10 +173,10 @@ mod tests {
         let agent = fake_agent(&path, Response::Started { pid: 9 });
         let mut conn = AgentConn::connect(&path, Duration::from_secs(2), &|| true).unwrap();
         assert_eq!(
-            conn.request(&Request::Start).unwrap(),
+            conn.request(&Request::Start { container: None }).unwrap(),
             Response::Started { pid: 9 }
         );
-        assert_eq!(agent.join().unwrap(), Request::Start);
+        assert_eq!(agent.join().unwrap(), Request::Start { container: None });
     }
 
     #[test]

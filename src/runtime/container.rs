@@ -146,6 +146,9 @@ pub struct CreateRequest {
     /// instead of booting, and its container process is the one that was
     /// checkpointed (running once `create` returns).
     pub restore_from: Option<PathBuf>,
+    /// A pod's sandbox: its pod directory ([`crate::storage::pod`]), which
+    /// the VM also serves, for the pod's later containers.
+    pub pod_share: Option<PathBuf>,
 }
 
 /// Where the VMM process's stdio (the container process's, relayed) goes.
@@ -211,6 +214,11 @@ pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
             .into());
         }
         guest_spec::share_rootfs(&mut container, &mut shares, &b.rootfs);
+    }
+    if let Some(dir) = &req.pod_share {
+        shares.push(crate::storage::pod::share(dir));
+        container.share_tag = Some(guest_spec::SHARE_TAG.to_owned());
+        crate::runtime::pod::share_shm(&mut container);
     }
     let terminal = container.process.terminal;
     let own_pty = matches!(req.stdio, VmmStdio::Terminal(_));
@@ -716,7 +724,7 @@ pub fn start(root: &Path, id: &str) -> Result<(), ContainerError> {
     let mut st = load_fresh(root, id)?;
     st.ensure(Operation::Start)?;
     let mut conn = connect(&st)?;
-    match conn.request(&Request::Start)? {
+    match conn.request(&Request::Start { container: None })? {
         Response::Started { .. } => {}
         other => {
             return Err(ContainerError::Io(format!(
@@ -864,7 +872,11 @@ pub fn kill(root: &Path, id: &str, signal: i32, all: bool) -> Result<(), Contain
         return Ok(());
     }
     let mut conn = connect(&st)?;
-    conn.request(&Request::Signal { signal, all })?;
+    conn.request(&Request::Signal {
+        signal,
+        all,
+        container: None,
+    })?;
     Ok(())
 }
 
@@ -1225,6 +1237,7 @@ pub fn exec_open(st: &State, process: ProcessSpec) -> Result<(AgentConn, i32), C
     let mut conn = connect(st)?;
     match conn.request(&Request::Exec {
         process: Box::new(process),
+        container: None,
     })? {
         Response::Started { pid } => Ok((conn, pid)),
         other => Err(ContainerError::Io(format!(

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::{Mount, Process, Spec};
 
 /// Where engines bind a host tmpfs for POSIX shared memory.
-const SHM: &str = "/dev/shm";
+pub const SHM: &str = "/dev/shm";
 /// The guest's own `/dev/shm` in its place (podman's default size).
 const SHM_OPTIONS: [&str; 5] = ["nosuid", "nodev", "noexec", "mode=1777", "size=65536k"];
 
@@ -339,6 +339,8 @@ pub fn container_spec(
         // Checked and filled in by create (`vm_plan::id_maps`).
         uid_map: Vec::new(),
         gid_map: Vec::new(),
+        // A pod's later containers only (the shim's).
+        join_namespaces: Vec::new(),
         devices: spec_devices(linux).into_iter().chain(devices).collect(),
     };
     Ok((container, shares))

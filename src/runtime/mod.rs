@@ -24,6 +24,7 @@ pub mod guest_spec;
 pub mod hooks;
 pub mod keeper;
 pub mod output;
+pub mod pod;
 pub mod process;
 pub mod spec;
 pub mod state;

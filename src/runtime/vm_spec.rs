@@ -9,6 +9,11 @@
 //! * vCPUs: `ceil(cpu.quota / cpu.period)` when a quota is set, the number
 //!   of CPUs in `cpu.cpus` when a cpuset is set, the smaller of the two when
 //!   both are, clamped to [1, [`MAX_VCPUS`]]; neither gives [`DEFAULT_VCPUS`];
+//! * a pod's sandbox: containerd's pod sizing annotations (1.7 and later,
+//!   [`CRI_SANDBOX_MEMORY`], [`CRI_SANDBOX_CPU_QUOTA`] /
+//!   [`CRI_SANDBOX_CPU_PERIOD`]: what the kubelet sums over the pod's
+//!   containers) size the pod's VM the same way, in place of the sandbox's
+//!   own (empty) resources;
 //! * the annotations [`ANNOTATION_MEMORY_MIB`] and [`ANNOTATION_VCPUS`]
 //!   override either result exactly (no overhead, no clamping: a value
 //!   outside the range is an error naming the annotation).
@@ -36,6 +41,12 @@ pub const DEFAULT_CFS_PERIOD_US: u64 = 100_000;
 pub const ANNOTATION_MEMORY_MIB: &str = "io.husk.vm.memory_mib";
 /// Annotation that sets the vCPU count, overriding the CPU limits.
 pub const ANNOTATION_VCPUS: &str = "io.husk.vm.vcpus";
+/// containerd's pod memory limit (bytes) on a sandbox's spec.
+pub const CRI_SANDBOX_MEMORY: &str = "io.kubernetes.cri.sandbox-memory";
+/// containerd's pod CPU quota (µs a period) on a sandbox's spec.
+pub const CRI_SANDBOX_CPU_QUOTA: &str = "io.kubernetes.cri.sandbox-cpu-quota";
+/// containerd's pod CPU period (µs) on a sandbox's spec.
+pub const CRI_SANDBOX_CPU_PERIOD: &str = "io.kubernetes.cri.sandbox-cpu-period";
 /// Prefix of husk's VM annotations.
 pub const ANNOTATION_PREFIX: &str = "io.husk.vm.";
 
@@ -90,6 +101,16 @@ pub fn vm_sizing(spec: &Spec) -> Result<VmSizing, VmSpecError> {
 
     let annotations = spec.annotations().as_ref();
     let annotation = |name: &'static str| annotations.and_then(|a| a.get(name));
+    // containerd writes these, not the user: one that does not parse is
+    // left out.
+    let number = |name: &'static str| annotation(name).and_then(|v| v.trim().parse::<i64>().ok());
+    if let Some(limit) = number(CRI_SANDBOX_MEMORY).filter(|&l| l > 0) {
+        sizing.mem_mib = memory_mib_for_limit(Some(limit));
+    }
+    if let Some(quota) = number(CRI_SANDBOX_CPU_QUOTA).filter(|&q| q > 0) {
+        let period = number(CRI_SANDBOX_CPU_PERIOD).and_then(|p| u64::try_from(p).ok());
+        sizing.vcpus = vcpus_for_cpu(Some(quota), period, None)?;
+    }
     if let Some(value) = annotation(ANNOTATION_MEMORY_MIB) {
         sizing.mem_mib = parse_annotation(
             ANNOTATION_MEMORY_MIB,
@@ -452,5 +473,35 @@ mod tests {
     fn annotation_names_share_the_prefix() {
         assert!(ANNOTATION_MEMORY_MIB.starts_with(ANNOTATION_PREFIX));
         assert!(ANNOTATION_VCPUS.starts_with(ANNOTATION_PREFIX));
+    }
+
+    #[test]
+    fn a_pod_sandbox_is_sized_from_containerds_pod_annotations() {
+        let sandbox = |a: serde_json::Value| vm_sizing(&spec(serde_json::json!({}), a)).unwrap();
+        // 256 MiB summed over the pod's containers, 1.5 CPUs.
+        let s = sandbox(serde_json::json!({
+            CRI_SANDBOX_MEMORY: "268435456",
+            CRI_SANDBOX_CPU_QUOTA: "150000",
+            CRI_SANDBOX_CPU_PERIOD: "100000",
+        }));
+        assert_eq!(
+            s,
+            VmSizing {
+                mem_mib: 256 + MEMORY_OVERHEAD_MIB,
+                vcpus: 2
+            }
+        );
+        // No limits (0, or not numbers): husk's defaults.
+        let s = sandbox(serde_json::json!({
+            CRI_SANDBOX_MEMORY: "0",
+            CRI_SANDBOX_CPU_QUOTA: "lots",
+        }));
+        assert_eq!(s, VmSizing::default());
+        // husk's own annotations still decide.
+        let s = sandbox(serde_json::json!({
+            CRI_SANDBOX_MEMORY: "268435456",
+            ANNOTATION_MEMORY_MIB: "1024",
+        }));
+        assert_eq!(s.mem_mib, 1024);
     }
 }

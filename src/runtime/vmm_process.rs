@@ -1113,7 +1113,11 @@ fn spawn_signal_forwarder(mask: nix::sys::signal::SigSet, socket: std::path::Pat
                     log::info!("forwarding signal {signal} to the container");
                     match AgentConn::connect_once(&socket) {
                         Ok(mut c) => {
-                            if let Err(e) = c.request(&Request::Signal { signal, all: false }) {
+                            if let Err(e) = c.request(&Request::Signal {
+                                signal,
+                                all: false,
+                                container: None,
+                            }) {
                                 log::warn!("forwarding signal {signal}: {e}");
                             }
                         }

@@ -261,6 +261,9 @@ enum Plumbing {
         spec: Box<ProcessSpec>,
         writer: Option<SessionWriter>,
     },
+    /// A pod's later container's process: its session (opened at create,
+    /// relayed from then on) in the pod's VM.
+    Member { writer: SessionWriter },
 }
 
 /// A task's process (init or exec) as the shim tracks it.
@@ -284,12 +287,24 @@ impl Proc {
     }
 }
 
+/// What a task is in a pod ([`crate::runtime::pod`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PodRole {
+    /// A VM of its own (not a CRI pod's).
+    Alone,
+    /// A pod's sandbox: its VM serves the pod directory `dir`.
+    Sandbox { dir: PathBuf },
+    /// A container added to the VM of the pod's sandbox task `sandbox`.
+    Member { sandbox: String },
+}
+
 /// A task: its bundle, whether the shim mounted its rootfs, its processes.
 struct Task {
     bundle: PathBuf,
     mounted_rootfs: bool,
     init: Proc,
     execs: HashMap<String, Proc>,
+    pod: PodRole,
 }
 
 /// The task service.
@@ -381,10 +396,38 @@ impl Service {
             ));
         }
         let bundle = PathBuf::from(&req.bundle);
+        let role = crate::runtime::bundle::load(&bundle)
+            .map(|b| crate::runtime::pod::role(&b.spec))
+            .unwrap_or(crate::runtime::pod::Role::Alone);
+        if let crate::runtime::pod::Role::Member { sandbox } = &role {
+            let in_pod_vm = matches!(
+                self.tasks().get(sandbox).map(|t| &t.pod),
+                Some(PodRole::Sandbox { .. })
+            );
+            if in_pod_vm {
+                return self.create_member(req, sandbox);
+            }
+        }
         let mounted_rootfs = !req.rootfs.is_empty();
         if mounted_rootfs {
             mount_rootfs(&bundle, &req.rootfs)?;
         }
+        let pod_dir = if role == crate::runtime::pod::Role::Sandbox {
+            match crate::storage::pod::prepare(&self.root, &id) {
+                Ok(dir) => Some(dir),
+                Err(e) => {
+                    if mounted_rootfs {
+                        unmount_rootfs(&bundle);
+                    }
+                    return Err(rpc_error(
+                        Code::INTERNAL,
+                        format!("husk create failed: the pod directory: {e}"),
+                    ));
+                }
+            }
+        } else {
+            None
+        };
         let stdio_paths = StdioPaths {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
@@ -403,6 +446,9 @@ impl Service {
             if mounted_rootfs {
                 unmount_rootfs(&bundle);
             }
+            if let Some(dir) = &pod_dir {
+                crate::storage::pod::release(dir);
+            }
         };
         let (stdio, plumbing) = match wire_init_stdio(&stdio_paths) {
             Ok(w) => w,
@@ -419,6 +465,7 @@ impl Service {
         };
         let request = CreateRequest {
             restore_from: None,
+            pod_share: pod_dir.clone(),
             root: self.root.clone(),
             id: id.clone(),
             bundle: bundle.clone(),
@@ -478,6 +525,10 @@ impl Service {
                     plumbing,
                 },
                 execs: HashMap::new(),
+                pod: match pod_dir {
+                    Some(dir) => PodRole::Sandbox { dir },
+                    None => PodRole::Alone,
+                },
             },
         );
         Ok(api::CreateTaskResponse {
@@ -486,11 +537,144 @@ impl Service {
         })
     }
 
+    /// `Create` of a pod's later container: mounts its rootfs, adds it to
+    /// the VM of its sandbox ([`crate::runtime::pod::create`]) and relays
+    /// its session to its stdio. Its pid is the pod VMM's.
+    fn create_member(
+        &self,
+        req: &api::CreateTaskRequest,
+        sandbox: &str,
+    ) -> TtrpcResult<api::CreateTaskResponse> {
+        let id = req.id.clone();
+        let bundle = PathBuf::from(&req.bundle);
+        let pid = self.with_proc(sandbox, "", |task, _| Ok(task.init.pid))?;
+        let mounted_rootfs = !req.rootfs.is_empty();
+        if mounted_rootfs {
+            mount_rootfs(&bundle, &req.rootfs)?;
+        }
+        let stdio_paths = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let undo = || {
+            if mounted_rootfs {
+                unmount_rootfs(&bundle);
+            }
+        };
+        let opened = (|| {
+            let out = stdio::open_output(&stdio_paths.stdout)
+                .map_err(|e| rpc_error(Code::INVALID_ARGUMENT, format!("task stdio: {e}")))?;
+            let err = stdio::open_output(&stdio_paths.stderr)
+                .map_err(|e| rpc_error(Code::INVALID_ARGUMENT, format!("task stdio: {e}")))?;
+            let conn = crate::runtime::pod::create(&self.root, sandbox, &id, &bundle)
+                .map_err(|e| runtime_error("create", &e))?;
+            let writer = vmm_process::session_writer(&conn)
+                .map_err(|e| rpc_error(Code::INTERNAL, format!("container session: {e}")))?;
+            Ok((out, err, conn, writer))
+        })();
+        let (out, err, conn, writer) = match opened {
+            Ok(o) => o,
+            Err(e) => {
+                undo();
+                return Err(e);
+            }
+        };
+        let exit = Arc::new(ExitCell::default());
+        let io = SessionIo {
+            stdin: Box::new(stdio::LazyFifo::new(&stdio_paths.stdin)),
+            stdout: Box::new(out),
+            stderr: Box::new(err),
+            follow_winsize: None,
+        };
+        let events = Arc::clone(&self.events);
+        let cid = id.clone();
+        let stdin_path = stdio_paths.stdin.clone();
+        let relay_writer = Arc::clone(&writer);
+        let relay_exit = Arc::clone(&exit);
+        let relayed = std::thread::Builder::new()
+            .name(format!("ctr-{id}"))
+            .spawn(move || {
+                let status = vmm_process::relay_io(conn, &relay_writer, true, io);
+                stdio::release_fifo(&stdin_path);
+                let e = relay_exit.set(exit_code(status));
+                log::info!("container {cid}: its process exited with {}", e.status);
+                events.publish(
+                    topics::TASK_EXIT_EVENT_TOPIC,
+                    Box::new(TaskExit {
+                        container_id: cid.clone(),
+                        id: cid,
+                        pid,
+                        exit_status: e.status,
+                        exited_at: Some(timestamp(e.at)).into(),
+                        ..Default::default()
+                    }),
+                );
+            });
+        if let Err(e) = relayed {
+            let _ = crate::runtime::pod::remove(&self.root, sandbox, &id);
+            undo();
+            return Err(rpc_error(
+                Code::INTERNAL,
+                format!("container relay thread: {e}"),
+            ));
+        }
+        self.events.publish(
+            topics::TASK_CREATE_EVENT_TOPIC,
+            Box::new(TaskCreate {
+                container_id: id.clone(),
+                bundle: req.bundle.clone(),
+                rootfs: req.rootfs.clone(),
+                io: Some(TaskIO {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: req.terminal,
+                    ..Default::default()
+                })
+                .into(),
+                pid,
+                ..Default::default()
+            }),
+        );
+        self.tasks().insert(
+            id,
+            Task {
+                bundle,
+                mounted_rootfs,
+                init: Proc {
+                    pid,
+                    stdio: stdio_paths,
+                    started: false,
+                    exit,
+                    plumbing: Plumbing::Member { writer },
+                },
+                execs: HashMap::new(),
+                pod: PodRole::Member {
+                    sandbox: sandbox.to_owned(),
+                },
+            },
+        );
+        Ok(api::CreateTaskResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    /// The sandbox task of `id` when it is a pod's later container.
+    fn sandbox_of(&self, id: &str) -> Option<String> {
+        match self.tasks().get(id).map(|t| &t.pod) {
+            Some(PodRole::Member { sandbox }) => Some(sandbox.clone()),
+            _ => None,
+        }
+    }
+
     /// Waits for the VMM on a thread of its own; records and publishes its end.
     fn watch_init(&self, id: &str, pid: u32, plumbing: &Plumbing, exit: Arc<ExitCell>) {
         let (feed, pty) = match plumbing {
             Plumbing::Init { feed, pty } => (feed.clone(), pty.clone()),
-            Plumbing::Exec { .. } => (None, None),
+            Plumbing::Exec { .. } | Plumbing::Member { .. } => (None, None),
         };
         let events = Arc::clone(&self.events);
         let cid = id.to_owned();
@@ -546,15 +730,25 @@ impl Service {
                 )),
             }
         })?;
+        let sandbox = self.sandbox_of(id);
         let opened = (|| {
-            let st =
-                container::exec_target(&self.root, id).map_err(|e| runtime_error("exec", &e))?;
+            let st = match &sandbox {
+                None => Some(
+                    container::exec_target(&self.root, id)
+                        .map_err(|e| runtime_error("exec", &e))?,
+                ),
+                Some(_) => None,
+            };
             let out = stdio::open_output(&stdio_paths.stdout)
                 .map_err(|e| rpc_error(Code::INVALID_ARGUMENT, format!("exec stdio: {e}")))?;
             let err = stdio::open_output(&stdio_paths.stderr)
                 .map_err(|e| rpc_error(Code::INVALID_ARGUMENT, format!("exec stdio: {e}")))?;
-            let (conn, guest_pid) =
-                container::exec_open(&st, *spec).map_err(|e| runtime_error("exec", &e))?;
+            let (conn, guest_pid) = match (&st, &sandbox) {
+                (_, Some(sb)) => crate::runtime::pod::exec(&self.root, sb, id, *spec),
+                (Some(st), None) => container::exec_open(st, *spec),
+                (None, None) => Err(ContainerError::Io(format!("task {id}: no VM to exec in"))),
+            }
+            .map_err(|e| runtime_error("exec", &e))?;
             let writer = vmm_process::session_writer(&conn)
                 .map_err(|e| rpc_error(Code::INTERNAL, format!("exec session: {e}")))?;
             Ok((out, err, conn, guest_pid, writer))
@@ -632,7 +826,13 @@ impl Service {
             }
             Ok(task.init.pid)
         })?;
-        container::start(&self.root, id).map_err(|e| runtime_error("start", &e))?;
+        match self.sandbox_of(id) {
+            None => container::start(&self.root, id).map_err(|e| runtime_error("start", &e))?,
+            Some(sandbox) => {
+                crate::runtime::pod::start(&self.root, &sandbox, id)
+                    .map_err(|e| runtime_error("start", &e))?;
+            }
+        }
         self.with_proc(id, "", |task, _| {
             task.init.started = true;
             Ok(())
@@ -656,6 +856,14 @@ impl Service {
     pub fn set_paused(&self, id: &str, paused: bool) -> TtrpcResult<()> {
         // The task lock is not held while the kernel freezes the VM.
         self.with_proc(id, "", |_, _| Ok(()))?;
+        if self.sandbox_of(id).is_some() {
+            return Err(rpc_error(
+                Code::UNIMPLEMENTED,
+                format!(
+                    "task {id} is a container of a pod's VM: pausing one container of a pod is                      not supported yet (pause the pod's sandbox to freeze the whole pod)"
+                ),
+            ));
+        }
         let result = if paused {
             container::pause(&self.root, id)
         } else {
@@ -732,9 +940,14 @@ impl Service {
             }
             Ok(match &p.plumbing {
                 Plumbing::Exec { writer, .. } => Some(writer.clone()),
-                Plumbing::Init { .. } => None,
+                Plumbing::Init { .. } | Plumbing::Member { .. } => None,
             })
         })?;
+        if req.exec_id.is_empty() {
+            if let Some(sandbox) = self.sandbox_of(&req.id) {
+                return self.kill_member(&req.id, &sandbox, signal, req.all);
+            }
+        }
         match writer {
             None => container::kill(&self.root, &req.id, signal, req.all)
                 .map_err(|e| runtime_error("kill", &e)),
@@ -742,16 +955,45 @@ impl Service {
                 Code::FAILED_PRECONDITION,
                 format!("exec {} has not been started", req.exec_id),
             )),
-            Some(Some(w)) => {
-                vmm_process::send_session_request(&w, &Request::Signal { signal, all: false })
-                    .map_err(|e| {
-                        rpc_error(
-                            Code::UNKNOWN,
-                            format!("signalling exec {}: {e}", req.exec_id),
-                        )
-                    })
-            }
+            Some(Some(w)) => vmm_process::send_session_request(
+                &w,
+                &Request::Signal {
+                    signal,
+                    all: false,
+                    container: None,
+                },
+            )
+            .map_err(|e| {
+                rpc_error(
+                    Code::UNKNOWN,
+                    format!("signalling exec {}: {e}", req.exec_id),
+                )
+            }),
         }
+    }
+
+    /// `Kill` of a pod's later container: its process (`all`: every process
+    /// of it) in the pod's VM. One that never started ends at once, as a
+    /// runc container's waiting init would.
+    fn kill_member(&self, id: &str, sandbox: &str, signal: i32, all: bool) -> TtrpcResult<()> {
+        let (started, writer, exit) = self.with_proc(id, "", |task, _| {
+            let writer = match &task.init.plumbing {
+                Plumbing::Member { writer } => Some(Arc::clone(writer)),
+                _ => None,
+            };
+            Ok((task.init.started, writer, Arc::clone(&task.init.exit)))
+        })?;
+        if !started {
+            // The relay ends with its connection; the guest frees the rest
+            // at delete.
+            if let Some(w) = writer {
+                let _ = crate::vmm::bus::lock(&w).shutdown(std::net::Shutdown::Both);
+            }
+            exit.set(128 + u32::try_from(signal).unwrap_or(0));
+            return Ok(());
+        }
+        crate::runtime::pod::signal(&self.root, sandbox, id, signal, all)
+            .map_err(|e| runtime_error("kill", &e))
     }
 
     /// `Exec`: registers the process; `Start` runs it.
@@ -845,6 +1087,9 @@ impl Service {
                 format!("task {id} is running: kill it first"),
             ));
         }
+        if let Some(sandbox) = self.sandbox_of(id) {
+            return self.delete_member(id, &sandbox);
+        }
         if let Err(e) = container::delete(&self.root, id, true) {
             return Err(runtime_error("delete", &e));
         }
@@ -856,6 +1101,9 @@ impl Service {
         if let Some(task) = task {
             if task.mounted_rootfs {
                 unmount_rootfs(&task.bundle);
+            }
+            if let PodRole::Sandbox { dir } = &task.pod {
+                crate::storage::pod::release(dir);
             }
         }
         let exit = ended.or_else(|| exit.get());
@@ -873,10 +1121,42 @@ impl Service {
         Ok(delete_response(pid, exit))
     }
 
+    /// `Delete` of a pod's later container that ended (or never started).
+    fn delete_member(&self, id: &str, sandbox: &str) -> TtrpcResult<api::DeleteResponse> {
+        crate::runtime::pod::remove(&self.root, sandbox, id)
+            .map_err(|e| runtime_error("delete", &e))?;
+        let task = self.tasks().remove(id);
+        let (pid, exit) = match &task {
+            Some(t) => (t.init.pid, t.init.exit.get()),
+            None => (0, None),
+        };
+        if let Some(task) = &task {
+            if let Plumbing::Member { writer } = &task.init.plumbing {
+                let _ = crate::vmm::bus::lock(writer).shutdown(std::net::Shutdown::Both);
+            }
+            if task.mounted_rootfs {
+                unmount_rootfs(&task.bundle);
+            }
+        }
+        self.events.publish(
+            topics::TASK_DELETE_EVENT_TOPIC,
+            Box::new(TaskDelete {
+                container_id: id.to_owned(),
+                id: id.to_owned(),
+                pid,
+                exit_status: exit.map_or(EXIT_UNKNOWN, |e| e.status),
+                exited_at: exit.map(|e| timestamp(e.at)).into(),
+                ..Default::default()
+            }),
+        );
+        Ok(delete_response(pid, exit))
+    }
+
     /// `Pids`: the processes inside the VM.
     pub fn pids(&self, id: &str) -> TtrpcResult<api::PidsResponse> {
         self.with_proc(id, "", |_, _| Ok(()))?;
-        let procs = container::ps(&self.root, id).map_err(|e| runtime_error("ps", &e))?;
+        let vm = self.sandbox_of(id).unwrap_or_else(|| id.to_owned());
+        let procs = container::ps(&self.root, &vm).map_err(|e| runtime_error("ps", &e))?;
         Ok(api::PidsResponse {
             processes: procs
                 .into_iter()
@@ -893,7 +1173,10 @@ impl Service {
     /// cgroup v2 metrics, as the runc shim answers.
     pub fn stats(&self, id: &str) -> TtrpcResult<api::StatsResponse> {
         self.with_proc(id, "", |_, _| Ok(()))?;
-        let stats = container::stats(&self.root, id).map_err(|e| runtime_error("stats", &e))?;
+        // A pod's container: the pod VM's (per-container figures from the
+        // guest are not reported yet).
+        let vm = self.sandbox_of(id).unwrap_or_else(|| id.to_owned());
+        let stats = container::stats(&self.root, &vm).map_err(|e| runtime_error("stats", &e))?;
         Ok(api::StatsResponse {
             stats: protobuf::MessageField::some(metrics_any(&stats)?),
             ..Default::default()
@@ -916,7 +1199,10 @@ impl Service {
                 Plumbing::Init { pty: Some(pty), .. } => lock(pty).resize(cols, rows),
                 Plumbing::Exec {
                     writer: Some(w), ..
-                } => vmm_process::send_session_request(w, &Request::Resize { rows, cols }),
+                }
+                | Plumbing::Member { writer: w } => {
+                    vmm_process::send_session_request(w, &Request::Resize { rows, cols })
+                }
                 _ => Ok(()),
             };
             result.map_err(|e| rpc_error(Code::UNKNOWN, format!("resizing the terminal: {e}")))
@@ -935,7 +1221,8 @@ impl Service {
                 } => feed.close(),
                 Plumbing::Exec {
                     writer: Some(w), ..
-                } => vmm_process::send_stdin_eof(w),
+                }
+                | Plumbing::Member { writer: w } => vmm_process::send_stdin_eof(w),
                 _ => {}
             }
             Ok(())
@@ -1304,6 +1591,7 @@ mod tests {
             Task {
                 bundle: dir.path().to_path_buf(),
                 mounted_rootfs: false,
+                pod: PodRole::Alone,
                 init: proc(false),
                 execs: HashMap::from([("e".to_owned(), proc(true))]),
             },

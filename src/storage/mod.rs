@@ -3,5 +3,6 @@
 //! container's view of them that engines join through its pid ([`view`]);
 //! the block images of `io.husk.rootfs=block` are in [`crate::rootfs`].
 
+pub mod pod;
 pub mod share;
 pub mod view;

@@ -73,6 +73,8 @@ pub struct Namespaces {
     pub pid: Option<OwnedFd>,
     /// The others, joined in this order (mount first).
     pub others: Vec<OwnedFd>,
+    /// Their names under `/proc/PID/ns` (`mnt`, `uts`, ...), in that order.
+    pub names: Vec<&'static str>,
     /// Whether the container has a user namespace of its own, and the
     /// namespace once its process has made it (at `Start`).
     pub has_user: bool,
@@ -80,6 +82,13 @@ pub struct Namespaces {
 }
 
 impl Namespaces {
+    /// The namespace `name` (`uts`, `ipc`, ...) if the container has its own.
+    pub fn named(&self, name: &str) -> Option<&OwnedFd> {
+        self.names
+            .iter()
+            .position(|n| *n == name)
+            .and_then(|i| self.others.get(i))
+    }
     /// The user namespace to join, if the container has one.
     pub fn user_fd(&self) -> Result<Option<RawFd>, &'static str> {
         if !self.has_user {
@@ -253,6 +262,7 @@ pub fn fork_in_pid_ns<T, E: From<Errno>>(
 /// The forked child: new namespaces, the descriptors in place, init's
 /// binary again. Raw system calls only (init has threads).
 fn holder_child(
+    join: &[RawFd],
     flags: libc::c_int,
     spec: RawFd,
     control: RawFd,
@@ -267,6 +277,13 @@ fn holder_child(
         // SAFETY: _exit is async-signal-safe and never returns.
         unsafe { libc::_exit(127) }
     };
+    for fd in join {
+        // SAFETY: setns takes a namespace descriptor the agent opened
+        // before the fork, and a flag.
+        if unsafe { libc::setns(*fd, 0) } < 0 {
+            fail(Errno::last_raw());
+        }
+    }
     // SAFETY: unshare takes flags only.
     if unsafe { libc::unshare(flags) } < 0 {
         fail(Errno::last_raw());
@@ -294,9 +311,93 @@ fn holder_child(
     fail(Errno::last_raw())
 }
 
+/// Mounts the pod's shared memory tmpfs ([`crate::agent_proto::POD_SHM_DIR`])
+/// with the data and flag options of `options` (`size=`, `mode=`,
+/// `nosuid`...), unless it is mounted already (by the pod's first
+/// container that asked).
+pub fn pod_shm(options: &[String]) -> Result<(), String> {
+    use crate::agent_proto::POD_SHM_DIR;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("reading the guest's mounts: {e}"))?;
+    if mountinfo
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(POD_SHM_DIR))
+    {
+        return Ok(());
+    }
+    let parsed = setup::parse_options(options);
+    match std::fs::create_dir(POD_SHM_DIR) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("creating {POD_SHM_DIR}: {e}")),
+    }
+    let data = parsed.data.join(",");
+    nix::mount::mount(
+        Some("shm"),
+        POD_SHM_DIR,
+        Some("tmpfs"),
+        parsed.flags,
+        (!data.is_empty()).then_some(data.as_str()),
+    )
+    .map_err(|e| format!("mounting the pod's shared memory on {POD_SHM_DIR}: {e}"))
+}
+
+/// The namespace types a later container of a pod may share with the pod's
+/// first container (its sandbox), by their names under `/proc/PID/ns`.
+const JOINABLE: [(&str, &str); 3] = [("pid", "pid"), ("ipc", "ipc"), ("uts", "uts")];
+
+/// Sends `signal` to every process of the pid namespace whose init is
+/// `init` (`ns`: the container's namespaces): `kill(-1)` from inside it,
+/// by a short-lived child that joins it (which spares the namespace's
+/// init), then `init` itself. Without a pid namespace of its own, only
+/// `init` gets it.
+pub fn signal_pid_namespace(ns: Option<&Namespaces>, init: i32, signal: i32) -> Result<(), Errno> {
+    let Some(pid_ns) = ns.and_then(|n| n.pid.as_ref()) else {
+        // SAFETY: kill has no memory effects.
+        return Errno::result(unsafe { libc::kill(init, signal) }).map(drop);
+    };
+    let (tx, rx) = std::sync::mpsc::channel::<Result<nix::unistd::Pid, Errno>>();
+    let fd = pid_ns.as_raw_fd();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let r = (|| {
+                let saved = pid_for_children()?;
+                nix::sched::setns(
+                    // SAFETY: fd stays open for the scope (borrowed from ns).
+                    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+                    nix::sched::CloneFlags::CLONE_NEWPID,
+                )?;
+                // SAFETY: the child only calls kill and _exit.
+                let forked = unsafe { nix::unistd::fork() };
+                let _ = nix::sched::setns(&saved, nix::sched::CloneFlags::CLONE_NEWPID);
+                match forked? {
+                    nix::unistd::ForkResult::Child => {
+                        // SAFETY: async-signal-safe calls only after fork.
+                        unsafe {
+                            let rc = libc::kill(-1, signal);
+                            libc::_exit(if rc == 0 { 0 } else { 1 })
+                        }
+                    }
+                    nix::unistd::ForkResult::Parent { child } => Ok(child),
+                }
+            })();
+            let _ = tx.send(r);
+        });
+    });
+    // The reaper thread reaps the child.
+    rx.recv().map_err(|_| Errno::EIO)??;
+    // SAFETY: kill has no memory effects.
+    Errno::result(unsafe { libc::kill(init, signal) }).map(drop)
+}
+
 /// `Create`'s side: starts the holder for `spec` and waits until the
-/// container is set up (or why it is not).
-pub fn launch(spec: &ContainerSpec, reaper: &Reaper) -> Result<Holder, String> {
+/// container is set up (or why it is not). `join`: the pod's first
+/// container's namespaces, for the types in `spec.join_namespaces`.
+pub fn launch(
+    spec: &ContainerSpec,
+    reaper: &Reaper,
+    join: Option<&Namespaces>,
+) -> Result<Holder, String> {
     let json = serde_json::to_vec(spec).map_err(|e| format!("encoding the spec: {e}"))?;
     let maps = (!spec.uid_map.is_empty() || !spec.gid_map.is_empty()).then(|| {
         (
@@ -304,13 +405,49 @@ pub fn launch(spec: &ContainerSpec, reaper: &Reaper) -> Result<Holder, String> {
             crate::agent_proto::map_text(&spec.gid_map),
         )
     });
-    let wants = |kind: &str| spec.namespaces.iter().any(|n| n == kind);
+    let joins = |kind: &str| spec.join_namespaces.iter().any(|n| n == kind);
+    let wants = |kind: &str| !joins(kind) && spec.namespaces.iter().any(|n| n == kind);
+    if let Some(kind) = spec
+        .join_namespaces
+        .iter()
+        .find(|k| !JOINABLE.iter().any(|(t, _)| t == k))
+    {
+        return Err(format!(
+            "a container of a pod shares the pod's pid, ipc and uts namespaces, not its {kind} one"
+        ));
+    }
+    let mut join_fds: Vec<RawFd> = Vec::new();
+    let mut join_pid = None;
+    for (kind, name) in JOINABLE {
+        if !joins(kind) {
+            continue;
+        }
+        let fd = join.and_then(|ns| {
+            if kind == "pid" {
+                ns.pid.as_ref()
+            } else {
+                ns.named(name)
+            }
+        });
+        let Some(fd) = fd else {
+            return Err(format!(
+                "the pod's first container has no {kind} namespace of its own to share"
+            ));
+        };
+        if kind == "pid" {
+            join_pid = Some(fd);
+        } else {
+            join_fds.push(fd.as_raw_fd());
+        }
+    }
     let new_pid = wants("pid");
     let mut flags = libc::CLONE_NEWNS;
     let mut joined = vec!["mnt"];
     for (kind, flag, name) in KINDS.into_iter().skip(1) {
         if wants(kind) {
             flags |= flag;
+            joined.push(name);
+        } else if joins(kind) {
             joined.push(name);
         }
     }
@@ -334,14 +471,14 @@ pub fn launch(spec: &ContainerSpec, reaper: &Reaper) -> Result<Holder, String> {
         Box::new(move |status| exit.exited(status))
     };
     let (spec_raw, control_raw) = (spec_r.as_raw_fd(), child_control.as_raw_fd());
-    let pid = fork_in_pid_ns(new_pid, None, || {
+    let pid = fork_in_pid_ns(new_pid, join_pid, || {
         reaper.fork_registered(
             || {
                 // SAFETY: the child runs only holder_child: raw system calls
                 // on data built before the fork; it never returns.
                 match unsafe { nix::unistd::fork() } {
                     Ok(nix::unistd::ForkResult::Child) => {
-                        holder_child(flags, spec_raw, control_raw, &argv)
+                        holder_child(&join_fds, flags, spec_raw, control_raw, &argv)
                     }
                     Ok(nix::unistd::ForkResult::Parent { child }) => Ok(child.as_raw()),
                     Err(errno) => Err(errno),
@@ -385,7 +522,7 @@ pub fn launch(spec: &ContainerSpec, reaper: &Reaper) -> Result<Holder, String> {
         });
     }
     let opened = (|| {
-        let pid_ns = if new_pid {
+        let pid_ns = if new_pid || join_pid.is_some() {
             Some(open_ns(pid, "pid")?)
         } else {
             None
@@ -398,6 +535,7 @@ pub fn launch(spec: &ContainerSpec, reaper: &Reaper) -> Result<Holder, String> {
             root_pid: pid,
             pid: pid_ns,
             others,
+            names: joined.clone(),
             has_user: maps.is_some(),
             user: Mutex::new(None),
         })

@@ -78,10 +78,13 @@ pub trait Platform: Send + Sync + 'static {
     /// The container's own namespaces and file systems
     /// ([`container::launch`]): its holder, or `None` where the container
     /// runs in the agent's namespaces (the agent's tests on a host).
+    /// `join`: the pod's first container's namespaces, for a later
+    /// container that shares some ([`ContainerSpec::join_namespaces`]).
     fn holder(
         &self,
         _spec: &ContainerSpec,
         _reaper: &Reaper,
+        _join: Option<&container::Namespaces>,
     ) -> Result<Option<container::Holder>, String> {
         Ok(None)
     }
@@ -94,6 +97,12 @@ pub trait Platform: Send + Sync + 'static {
     fn log(&self, line: &str);
     /// Reports a moment of the start to the VMM (boot timer port).
     fn boot_mark(&self, event: crate::proto::BootEvent);
+    /// A pod's shared memory ([`crate::agent_proto::POD_SHM_FSTYPE`]): the
+    /// guest's tmpfs at [`crate::agent_proto::POD_SHM_DIR`], mounted with
+    /// `options` if it is not yet.
+    fn pod_shm(&self, _options: &[String]) -> Result<(), String> {
+        Ok(())
+    }
     /// Before a checkpoint: file data written out to the host, caches
     /// dropped (fewer files held over virtio-fs, less memory to save).
     fn quiesce(&self) {}
@@ -117,8 +126,9 @@ impl Platform for GuestPlatform {
         &self,
         spec: &ContainerSpec,
         reaper: &Reaper,
+        join: Option<&container::Namespaces>,
     ) -> Result<Option<container::Holder>, String> {
-        container::launch(spec, reaper).map(Some)
+        container::launch(spec, reaper, join).map(Some)
     }
 
     fn signal_all(&self, signal: i32) -> Result<(), Errno> {
@@ -137,6 +147,10 @@ impl Platform for GuestPlatform {
 
     fn boot_mark(&self, event: crate::proto::BootEvent) {
         crate::boot_timer::mark(event);
+    }
+
+    fn pod_shm(&self, options: &[String]) -> Result<(), String> {
+        container::pod_shm(options)
     }
 
     fn quiesce(&self) {
@@ -177,10 +191,12 @@ enum Main {
 /// Largest signal number accepted.
 const MAX_SIGNAL: i32 = 64;
 
-/// The container, as `Create`, `Start`, `Exec`, `Signal` and `Ps` see it.
-pub struct Agent<P: Platform> {
-    platform: Arc<P>,
-    reaper: Arc<Reaper>,
+/// One container of the VM: the first one (the only one outside a pod),
+/// or a later container of the same pod.
+struct Ctr {
+    /// The VM's first container: its setup was the guest's, its end ends
+    /// every process of the guest.
+    first: bool,
     main: Arc<Mutex<Main>>,
     /// The container's seccomp filter (from `Create`): loaded into its
     /// process and every exec, as runc does.
@@ -195,6 +211,51 @@ pub struct Agent<P: Platform> {
     main_sink: Mutex<Option<(Arc<Relink>, Arc<IoSlot>)>>,
     /// Exec sessions running (a checkpoint is refused while any is).
     execs: Arc<AtomicUsize>,
+}
+
+impl Ctr {
+    fn new(first: bool) -> Ctr {
+        Ctr {
+            first,
+            main: Arc::new(Mutex::new(Main::Empty)),
+            seccomp: Mutex::new(None),
+            holder: Mutex::new(None),
+            namespaces: Mutex::new(None),
+            main_sink: Mutex::new(None),
+            execs: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    fn lock_main(&self) -> MutexGuard<'_, Main> {
+        self.main.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn main_session(&self) -> Option<(Arc<Relink>, Arc<IoSlot>)> {
+        self.main_sink
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The container's namespaces, once `Create` made them.
+    fn namespaces(&self) -> Option<Arc<container::Namespaces>> {
+        self.namespaces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Most containers one VM holds (a pod's).
+pub const MAX_CONTAINERS: usize = 64;
+
+/// The VM's containers, as `Create`, `Start`, `Exec`, `Signal` and `Ps`
+/// see them: one, or a pod's (the first is the pod's sandbox).
+pub struct Agent<P: Platform> {
+    platform: Arc<P>,
+    reaper: Arc<Reaper>,
+    /// In creation order; ids are unique.
+    containers: Mutex<Vec<(String, Arc<Ctr>)>>,
 }
 
 /// Why `Start` failed, and how the main session ends if it must.
@@ -214,37 +275,57 @@ impl<P: Platform> Agent<P> {
         Agent {
             platform: Arc::new(platform),
             reaper,
-            main: Arc::new(Mutex::new(Main::Empty)),
-            seccomp: Mutex::new(None),
-            holder: Mutex::new(None),
-            namespaces: Mutex::new(None),
-            main_sink: Mutex::new(None),
-            execs: Arc::new(AtomicUsize::new(0)),
+            containers: Mutex::new(Vec::new()),
         }
     }
 
-    fn main_session(&self) -> Option<(Arc<Relink>, Arc<IoSlot>)> {
-        self.main_sink
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    fn lock_containers(&self) -> MutexGuard<'_, Vec<(String, Arc<Ctr>)>> {
+        self.containers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Container `id` (`None`: the VM's first).
+    fn ctr(&self, id: Option<&str>) -> Result<Arc<Ctr>, String> {
+        let list = self.lock_containers();
+        match id {
+            None => list
+                .first()
+                .map(|(_, c)| Arc::clone(c))
+                .ok_or_else(|| "container not created".to_owned()),
+            Some(id) => list
+                .iter()
+                .find(|(i, _)| i == id)
+                .map(|(_, c)| Arc::clone(c))
+                .ok_or_else(|| format!("no container {id} in this VM")),
+        }
+    }
+
+    /// The first container, for the requests only it takes (checkpoint,
+    /// reattach).
+    fn first(&self) -> Result<Arc<Ctr>, String> {
+        self.ctr(None)
     }
 
     /// `Checkpoint`: holds the main session's output (see
     /// [`Request::Checkpoint`]).
     pub fn checkpoint(&self) -> Result<(), String> {
-        let main = self.lock_main();
+        if self.lock_containers().len() > 1 {
+            return Err("a pod of several containers cannot be checkpointed".into());
+        }
+        let ctr = self
+            .first()
+            .map_err(|_| "the container is not running".to_owned())?;
+        let main = ctr.lock_main();
         let Main::Running { exited: false, .. } = &*main else {
             return Err("the container is not running".into());
         };
-        let execs = self.execs.load(Ordering::SeqCst);
+        let execs = ctr.execs.load(Ordering::SeqCst);
         if execs > 0 {
             return Err(format!(
                 "{execs} exec session(s) still running in the container: a checkpoint cannot \
                  keep their connections; wait for them to end first"
             ));
         }
-        let Some((relink, _)) = self.main_session() else {
+        let Some((relink, _)) = ctr.main_session() else {
             return Err("the container has no main session".into());
         };
         if !relink.hold(&Frame::json(FrameKind::Event, &Event::Detached)) {
@@ -257,7 +338,7 @@ impl<P: Platform> Agent<P> {
 
     /// `CheckpointAbort`: the main session's output flows again.
     pub fn checkpoint_abort(&self) -> Result<(), String> {
-        match self.main_session() {
+        match self.first().ok().and_then(|c| c.main_session()) {
             Some((relink, _)) if relink.is_held() => {
                 relink.release();
                 Ok(())
@@ -273,11 +354,14 @@ impl<P: Platform> Agent<P> {
         host_sync: &crate::agent_proto::HostSync,
         sink: Arc<dyn FrameSink>,
     ) -> Result<Arc<IoSlot>, String> {
-        let pid = match &*self.lock_main() {
+        let ctr = self
+            .first()
+            .map_err(|_| "the container is not running".to_owned())?;
+        let pid = match &*ctr.lock_main() {
             Main::Running { pid, .. } => *pid,
             _ => return Err("the container is not running".into()),
         };
-        let Some((relink, slot)) = self.main_session() else {
+        let Some((relink, slot)) = ctr.main_session() else {
             return Err("the container has no main session".into());
         };
         if !relink.is_held() {
@@ -296,12 +380,10 @@ impl<P: Platform> Agent<P> {
     /// another connection (or are held for one): its input ending is not
     /// the end of the process's stdin.
     fn detached_main(&self, slot: &Arc<IoSlot>, sink: &Arc<dyn FrameSink>) -> bool {
-        self.main_session()
+        self.first()
+            .ok()
+            .and_then(|c| c.main_session())
             .is_some_and(|(relink, main)| Arc::ptr_eq(&main, slot) && !relink.flows_to(sink))
-    }
-
-    fn lock_main(&self) -> MutexGuard<'_, Main> {
-        self.main.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn report_unknown_caps(&self, prepared: &Prepared) {
@@ -317,6 +399,7 @@ impl<P: Platform> Agent<P> {
     /// reaper thread), returning the process and what its session waits on.
     fn spawn_session(
         &self,
+        ctr: &Ctr,
         prepared: &Prepared,
         main: bool,
         also: impl FnOnce() + Send + 'static,
@@ -334,9 +417,9 @@ impl<P: Platform> Agent<P> {
             drop(wake_w);
         });
         let spawned = if main {
-            self.spawn_main(prepared, on_exit)?
+            self.spawn_main(ctr, prepared, on_exit)?
         } else {
-            self.spawn_inside(prepared, on_exit)?
+            self.spawn_inside(ctr, prepared, on_exit)?
         };
         Ok((
             spawned,
@@ -347,18 +430,10 @@ impl<P: Platform> Agent<P> {
         ))
     }
 
-    /// The container's namespaces, once `Create` made them.
-    fn namespaces(&self) -> Option<Arc<container::Namespaces>> {
-        self.namespaces
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
     /// Checks and converts a process spec, looking the program up in the
     /// container's root once it has one of its own.
-    fn prepare(&self, spec: &ProcessSpec) -> Result<Prepared, SpawnError> {
-        let Some(ns) = self.namespaces() else {
+    fn prepare(&self, ctr: &Ctr, spec: &ProcessSpec) -> Result<Prepared, SpawnError> {
+        let Some(ns) = ctr.namespaces() else {
             return Prepared::new(spec);
         };
         let root = std::fs::OpenOptions::new()
@@ -376,10 +451,11 @@ impl<P: Platform> Agent<P> {
     /// them.
     fn spawn_inside(
         &self,
+        ctr: &Ctr,
         prepared: &Prepared,
         on_exit: reaper::OnExit,
     ) -> Result<Spawned, SpawnError> {
-        match self.namespaces().as_deref() {
+        match ctr.namespaces().as_deref() {
             Some(ns) => spawn::spawn_with(prepared, &self.reaper, on_exit, Launch::Enter(ns)),
             None => spawn::spawn(prepared, &self.reaper, on_exit),
         }
@@ -388,10 +464,11 @@ impl<P: Platform> Agent<P> {
     /// Spawns the main process: the holder becomes it, where there is one.
     fn spawn_main(
         &self,
+        ctr: &Ctr,
         prepared: &Prepared,
         on_exit: reaper::OnExit,
     ) -> Result<Spawned, SpawnError> {
-        let holder = self.holder.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let holder = ctr.holder.lock().unwrap_or_else(|e| e.into_inner()).take();
         match &holder {
             Some(h) => spawn::spawn_with(prepared, &self.reaper, on_exit, Launch::Handoff(h)),
             None => spawn::spawn(prepared, &self.reaper, on_exit),
@@ -401,14 +478,18 @@ impl<P: Platform> Agent<P> {
     /// Runs a session's output pump and its end on a new thread.
     fn start_session_thread(
         &self,
+        ctr: &Ctr,
         outputs: Vec<(File, FrameKind)>,
         end: SessionEnd,
         sink: Arc<dyn FrameSink>,
         is_main: bool,
     ) -> std::io::Result<()> {
         let platform = Arc::clone(&self.platform);
-        let main = Arc::clone(&self.main);
-        let execs = Arc::clone(&self.execs);
+        let main = Arc::clone(&ctr.main);
+        let execs = Arc::clone(&ctr.execs);
+        // A later container of a pod has a pid namespace of its own (or
+        // shares the pod's): its end is not the guest's.
+        let ends_guest = ctr.first;
         let started = std::thread::Builder::new()
             .name(
                 if is_main {
@@ -420,7 +501,7 @@ impl<P: Platform> Agent<P> {
             )
             .spawn(move || {
                 let status = pump_output(outputs, end.wake, &end.exits, &*sink, DRAIN_IDLE, || {
-                    if is_main {
+                    if is_main && ends_guest {
                         platform.main_exited();
                     }
                 });
@@ -448,6 +529,7 @@ impl<P: Platform> Agent<P> {
     /// timeout, or a program that cannot run) ends the run.
     fn run_hooks(
         &self,
+        ctr: &Ctr,
         kind: &str,
         hooks: &[crate::agent_proto::GuestHook],
         state: &str,
@@ -466,13 +548,13 @@ impl<P: Platform> Agent<P> {
                 cwd: "/".into(),
                 ..Default::default()
             };
-            let prepared = self.prepare(&spec).map_err(|e| fail(e.to_string()))?;
+            let prepared = self.prepare(ctr, &spec).map_err(|e| fail(e.to_string()))?;
             let (tx, rx) = mpsc::channel();
             let on_exit = Box::new(move |status: ExitStatus| {
                 let _ = tx.send(status);
             });
             let spawned = self
-                .spawn_inside(&prepared, on_exit)
+                .spawn_inside(ctr, &prepared, on_exit)
                 .map_err(|e| fail(e.to_string()))?;
             if let Some(mut stdin) = spawned.stdin {
                 use std::io::Write as _;
@@ -520,39 +602,86 @@ impl<P: Platform> Agent<P> {
 
     /// `Create`: sets the container up, prepares its process and answers
     /// `Created` on `sink` (before any other request can start it). The
-    /// returned slot gets the process at `Start`.
+    /// returned slot gets the process at `Start`. The VM's first container
+    /// also sets the guest up; a later one (a pod's) joins the first one's
+    /// namespaces that its spec lists.
     pub fn create(
         &self,
         spec: ContainerSpec,
         sink: Arc<dyn FrameSink>,
     ) -> Result<Arc<IoSlot>, String> {
-        let mut main = self.lock_main();
-        match &*main {
-            Main::Empty => {}
-            Main::Created { id, .. } | Main::Running { id, .. } | Main::Stopped { id } => {
+        let ctr = {
+            let mut list = self.lock_containers();
+            if let Some((id, _)) = list.iter().find(|(id, _)| *id == spec.id) {
                 return Err(format!("container {id} already created"));
             }
+            if let Some((id, _)) = list.first().filter(|_| spec.id.is_empty()) {
+                return Err(format!("container {id} already created"));
+            }
+            if list.len() >= MAX_CONTAINERS {
+                return Err(format!(
+                    "this VM already holds {MAX_CONTAINERS} containers, the most one pod may have"
+                ));
+            }
+            let ctr = Arc::new(Ctr::new(list.is_empty()));
+            list.push((spec.id.clone(), Arc::clone(&ctr)));
+            ctr
+        };
+        let made = self.create_in(&ctr, spec, sink);
+        if made.is_err() {
+            self.lock_containers()
+                .retain(|(_, c)| !Arc::ptr_eq(c, &ctr));
         }
-        self.platform.setup(&spec).map_err(|e| e.to_string())?;
-        if let Some(holder) = self.platform.holder(&spec, &self.reaper)? {
-            *self.namespaces.lock().unwrap_or_else(|e| e.into_inner()) =
+        made
+    }
+
+    fn create_in(
+        &self,
+        ctr: &Arc<Ctr>,
+        spec: ContainerSpec,
+        sink: Arc<dyn FrameSink>,
+    ) -> Result<Arc<IoSlot>, String> {
+        let mut main = ctr.lock_main();
+        let join = if ctr.first {
+            if !spec.join_namespaces.is_empty() {
+                return Err("the VM's first container has no pod namespaces to join".into());
+            }
+            self.platform.setup(&spec).map_err(|e| e.to_string())?;
+            None
+        } else if spec.join_namespaces.is_empty() {
+            None
+        } else {
+            self.first()?.namespaces()
+        };
+        if let Some(m) = spec
+            .mounts
+            .iter()
+            .find(|m| m.fstype == crate::agent_proto::POD_SHM_FSTYPE)
+        {
+            self.platform.pod_shm(&m.options)?;
+        }
+        if let Some(holder) = self.platform.holder(&spec, &self.reaper, join.as_deref())? {
+            *ctr.namespaces.lock().unwrap_or_else(|e| e.into_inner()) =
                 Some(Arc::clone(&holder.namespaces));
-            *self.holder.lock().unwrap_or_else(|e| e.into_inner()) = Some(holder);
+            *ctr.holder.lock().unwrap_or_else(|e| e.into_inner()) = Some(holder);
         }
         self.run_hooks(
+            ctr,
             "createContainer",
             &spec.create_container_hooks,
             &spec.hook_state,
         )?;
-        let mut prepared = self.prepare(&spec.process).map_err(|e| e.to_string())?;
+        let mut prepared = self
+            .prepare(ctr, &spec.process)
+            .map_err(|e| e.to_string())?;
         if let Some(program) = &spec.seccomp {
             prepared.set_seccomp(program).map_err(|e| e.to_string())?;
         }
         self.report_unknown_caps(&prepared);
-        *self.seccomp.lock().unwrap_or_else(|e| e.into_inner()) = spec.seccomp.clone();
+        *ctr.seccomp.lock().unwrap_or_else(|e| e.into_inner()) = spec.seccomp.clone();
         let slot = IoSlot::pending();
         let relink = Relink::new(sink);
-        *self.main_sink.lock().unwrap_or_else(|e| e.into_inner()) =
+        *ctr.main_sink.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((Arc::clone(&relink), Arc::clone(&slot)));
         let sink: Arc<dyn FrameSink> = relink;
         sink.send(&Frame::json(FrameKind::Response, &Response::Created));
@@ -572,8 +701,17 @@ impl<P: Platform> Agent<P> {
     /// to `reply` before the main session can end: the host stops the VM at
     /// `Exited`, and the answer must not be lost with it.
     pub fn start(&self, reply: &dyn FrameSink) {
-        let mut main = self.lock_main();
-        match self.start_locked(&mut main) {
+        self.start_in(None, reply);
+    }
+
+    /// `Start` of container `id` (`None`: the first).
+    pub fn start_in(&self, id: Option<&str>, reply: &dyn FrameSink) {
+        let ctr = match self.ctr(id) {
+            Ok(c) => c,
+            Err(m) => return error(reply, m),
+        };
+        let mut main = ctr.lock_main();
+        match self.start_locked(&ctr, &mut main) {
             Ok(pid) => respond(reply, &Response::Started { pid }),
             Err(failure) => {
                 error(reply, failure.message);
@@ -585,7 +723,7 @@ impl<P: Platform> Agent<P> {
         }
     }
 
-    fn start_locked(&self, main: &mut Main) -> Result<i32, StartFailure> {
+    fn start_locked(&self, ctr: &Ctr, main: &mut Main) -> Result<i32, StartFailure> {
         let refuse = |message: String| StartFailure {
             message,
             main_end: None,
@@ -608,7 +746,7 @@ impl<P: Platform> Agent<P> {
         else {
             return Err(refuse("container not created".into()));
         };
-        if let Err(message) = self.run_hooks("startContainer", &start_hooks, &hook_state) {
+        if let Err(message) = self.run_hooks(ctr, "startContainer", &start_hooks, &hook_state) {
             // Like runc: a failed startContainer hook stops the container.
             slot.abandon();
             return Err(StartFailure {
@@ -616,7 +754,7 @@ impl<P: Platform> Agent<P> {
                 main_end: Some((sink, ExitStatus::Code(1))),
             });
         }
-        let state = Arc::clone(&self.main);
+        let state = Arc::clone(&ctr.main);
         let live = Arc::new(Mutex::new(true));
         let reaped = Arc::clone(&live);
         let mark_exited = move || {
@@ -626,7 +764,7 @@ impl<P: Platform> Agent<P> {
                 *exited = true;
             }
         };
-        let (spawned, end) = match self.spawn_session(&prepared, true, mark_exited) {
+        let (spawned, end) = match self.spawn_session(ctr, &prepared, true, mark_exited) {
             Ok(s) => s,
             Err(err) => {
                 // Like runc: a container whose process cannot start stops.
@@ -651,7 +789,7 @@ impl<P: Platform> Agent<P> {
         slot.fill(Arc::new(
             ProcIo::new(pid, spawned.stdin, spawned.terminal).with_liveness(live),
         ));
-        if let Err(e) = self.start_session_thread(spawned.outputs, end, sink, true) {
+        if let Err(e) = self.start_session_thread(ctr, spawned.outputs, end, sink, true) {
             // SAFETY: kill has no memory effects; the pid is our unreaped child.
             unsafe { libc::kill(pid, libc::SIGKILL) };
             return Err(refuse(format!("starting the session thread: {e}")));
@@ -666,38 +804,51 @@ impl<P: Platform> Agent<P> {
         process: ProcessSpec,
         sink: Arc<dyn FrameSink>,
     ) -> Result<Arc<IoSlot>, String> {
-        match &*self.lock_main() {
+        self.exec_in(None, process, sink)
+    }
+
+    /// `Exec` in container `id` (`None`: the first).
+    pub fn exec_in(
+        &self,
+        id: Option<&str>,
+        process: ProcessSpec,
+        sink: Arc<dyn FrameSink>,
+    ) -> Result<Arc<IoSlot>, String> {
+        let ctr = self.ctr(id)?;
+        match &*ctr.lock_main() {
             Main::Empty => return Err("container not created".into()),
             Main::Running { exited: true, .. } | Main::Stopped { .. } => {
                 return Err("cannot exec in a stopped container".into());
             }
             Main::Created { .. } | Main::Running { .. } => {}
         }
-        let mut prepared = self.prepare(&process).map_err(|e| e.to_string())?;
-        if let Some(program) = &*self.seccomp.lock().unwrap_or_else(|e| e.into_inner()) {
+        let mut prepared = self.prepare(&ctr, &process).map_err(|e| e.to_string())?;
+        if let Some(program) = &*ctr.seccomp.lock().unwrap_or_else(|e| e.into_inner()) {
             prepared.set_seccomp(program).map_err(|e| e.to_string())?;
         }
         self.report_unknown_caps(&prepared);
         let live = Arc::new(Mutex::new(true));
         let reaped = Arc::clone(&live);
         let (spawned, end) = self
-            .spawn_session(&prepared, false, move || {
+            .spawn_session(&ctr, &prepared, false, move || {
                 *reaped.lock().unwrap_or_else(|e| e.into_inner()) = false;
             })
             .map_err(|e| e.to_string())?;
         let pid = spawned.pid;
         // Counted before the host hears of it (a checkpoint refuses while
         // any runs); its session thread counts it out.
-        self.execs.fetch_add(1, Ordering::SeqCst);
+        ctr.execs.fetch_add(1, Ordering::SeqCst);
         sink.send(&Frame::json(
             FrameKind::Response,
             &Response::Started { pid },
         ));
         let io = Arc::new(ProcIo::new(pid, spawned.stdin, spawned.terminal).with_liveness(live));
-        if let Err(e) = self.start_session_thread(spawned.outputs, end, Arc::clone(&sink), false) {
+        if let Err(e) =
+            self.start_session_thread(&ctr, spawned.outputs, end, Arc::clone(&sink), false)
+        {
             // SAFETY: kill has no memory effects; the pid is our unreaped child.
             unsafe { libc::kill(pid, libc::SIGKILL) };
-            self.execs.fetch_sub(1, Ordering::SeqCst);
+            ctr.execs.fetch_sub(1, Ordering::SeqCst);
             self.platform
                 .log(&format!("exec session thread for pid {pid}: {e}"));
             sink.close();
@@ -709,16 +860,26 @@ impl<P: Platform> Agent<P> {
     /// The answer goes to `reply` before the main session can end (see
     /// [`Agent::start`]).
     pub fn signal(&self, signal: i32, all: bool, reply: &dyn FrameSink) {
+        self.signal_in(None, signal, all, reply);
+    }
+
+    /// `Signal` to container `id` (`None`: the first). `all` in a later
+    /// container of a pod reaches the processes of its pid namespace.
+    pub fn signal_in(&self, id: Option<&str>, signal: i32, all: bool, reply: &dyn FrameSink) {
+        let ctr = match self.ctr(id) {
+            Ok(c) => c,
+            Err(m) => return error(reply, m),
+        };
         // The lock is held so the reaper cannot mark the process exited (and
         // its pid be reused) in between, and `Exited` waits for the answer.
-        let main = self.lock_main();
-        match self.signal_locked(&main, signal, all) {
+        let main = ctr.lock_main();
+        match self.signal_locked(&ctr, &main, signal, all) {
             Ok(()) => respond(reply, &Response::Ok),
             Err(message) => error(reply, message),
         }
     }
 
-    fn signal_locked(&self, main: &Main, signal: i32, all: bool) -> Result<(), String> {
+    fn signal_locked(&self, ctr: &Ctr, main: &Main, signal: i32, all: bool) -> Result<(), String> {
         if !(0..=MAX_SIGNAL).contains(&signal) {
             return Err(format!("invalid signal {signal}"));
         }
@@ -728,14 +889,42 @@ impl<P: Platform> Agent<P> {
         else {
             return Err("container not running".into());
         };
-        let result = if all {
+        let result = if all && ctr.first {
             self.platform.signal_all(signal)
+        } else if all {
+            container::signal_pid_namespace(ctr.namespaces().as_deref(), *pid, signal)
         } else {
             // SAFETY: kill has no memory effects; `pid` is our child and not
             // yet reaped (checked under the lock).
             Errno::result(unsafe { libc::kill(*pid, signal) }).map(drop)
         };
         result.map_err(|e| format!("sending signal {signal}: {}", errno_text(e)))
+    }
+
+    /// `Remove`: a later container of a pod whose process ended (or never
+    /// started) goes: a holder still waiting ends, the namespaces it kept
+    /// open close (its mounts go with the last of its processes).
+    pub fn remove(&self, id: &str) -> Result<(), String> {
+        let ctr = self.ctr(Some(id))?;
+        if ctr.first {
+            return Err(format!(
+                "container {id} is the pod's first: it goes with the VM"
+            ));
+        }
+        {
+            let main = ctr.lock_main();
+            if let Main::Running { exited: false, .. } = &*main {
+                return Err(format!("container {id} is running: stop it first"));
+            }
+        }
+        if let Some(holder) = ctr.holder.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            // SAFETY: kill has no memory effects; the holder is our child,
+            // reaped by the reaper only.
+            unsafe { libc::kill(holder.pid, libc::SIGKILL) };
+        }
+        self.lock_containers()
+            .retain(|(_, c)| !Arc::ptr_eq(c, &ctr));
+        Ok(())
     }
 
     /// `Ps`.
@@ -761,7 +950,7 @@ fn error(sink: &dyn FrameSink, message: impl Into<String>) {
 fn op_name(request: &Request) -> &'static str {
     match request {
         Request::Create { .. } => "create",
-        Request::Start => "start",
+        Request::Start { .. } => "start",
         Request::Exec { .. } => "exec",
         Request::Signal { .. } => "signal",
         Request::Resize { .. } => "resize",
@@ -769,6 +958,7 @@ fn op_name(request: &Request) -> &'static str {
         Request::Checkpoint => "checkpoint",
         Request::CheckpointAbort => "checkpoint abort",
         Request::Reattach { .. } => "reattach",
+        Request::Remove { .. } => "remove",
     }
 }
 
@@ -795,14 +985,20 @@ fn idle_frame<P: Platform>(
     };
     let session = match request {
         Request::Create { spec } => agent.create(*spec, Arc::clone(sink)),
-        Request::Exec { process } => agent.exec(*process, Arc::clone(sink)),
-        Request::Start => {
-            agent.start(&**sink);
+        Request::Exec { process, container } => {
+            agent.exec_in(container.as_deref(), *process, Arc::clone(sink))
+        }
+        Request::Start { container } => {
+            agent.start_in(container.as_deref(), &**sink);
             inject_start_fault();
             return Err(());
         }
-        Request::Signal { signal, all } => {
-            agent.signal(signal, all, &**sink);
+        Request::Signal {
+            signal,
+            all,
+            container,
+        } => {
+            agent.signal_in(container.as_deref(), signal, all, &**sink);
             return Err(());
         }
         Request::Ps => {
@@ -825,6 +1021,13 @@ fn idle_frame<P: Platform>(
             return Err(());
         }
         Request::Reattach { host_sync } => agent.reattach(&host_sync, Arc::clone(sink)),
+        Request::Remove { container } => {
+            match agent.remove(&container) {
+                Ok(()) => respond(&**sink, &Response::Ok),
+                Err(m) => error(&**sink, m),
+            }
+            return Err(());
+        }
         Request::Resize { .. } => Err("resize: this connection has no process".into()),
     };
     match session {
@@ -860,7 +1063,9 @@ fn session_frame<P: Platform>(agent: &Agent<P>, sink: &dyn FrameSink, slot: &IoS
                 }
             }
             // A signal on a session goes to that session's process only.
-            Ok(Request::Signal { signal, all: false }) => match slot.wait() {
+            Ok(Request::Signal {
+                signal, all: false, ..
+            }) => match slot.wait() {
                 Some(io) => match io.signal(signal) {
                     Ok(()) => respond(sink, &Response::Ok),
                     Err(m) => error(sink, m),

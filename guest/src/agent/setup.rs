@@ -34,7 +34,9 @@ use nix::errno::Errno;
 use nix::mount::MsFlags;
 
 use super::spawn::{errno_of, errno_text};
-use crate::agent_proto::{ContainerSpec, DeviceSpec, MountSpec, SHARE_FSTYPE};
+use crate::agent_proto::{
+    ContainerSpec, DeviceSpec, MountSpec, POD_SHM_DIR, POD_SHM_FSTYPE, SHARE_FSTYPE,
+};
 
 /// What is at a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,9 +233,20 @@ pub trait SetupOs {
 pub const SHARED_ROOT: &str = "/.husk-root";
 /// Step 2: binds the share's directory `name` on [`SHARED_ROOT`] (see the
 /// module docs).
+/// Whether `name` names an entry of the share: plain components (a
+/// pod's later containers have theirs under `pod/ID/`), none of them `.`
+/// or `..`.
+pub fn share_name_ok(name: &str) -> bool {
+    const MAX_DEPTH: usize = 4;
+    !name.is_empty()
+        && name.split('/').count() <= MAX_DEPTH
+        && name
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('\0'))
+}
+
 fn bind_shared_root(share: &str, name: &str, os: &mut impl SetupOs) -> Result<(), SetupError> {
-    let plain = !name.is_empty() && name != "." && name != ".." && !name.contains('/');
-    if !plain {
+    if !share_name_ok(name) {
         return Err(SetupError::ShareName {
             name: name.to_owned(),
             target: "/".into(),
@@ -255,19 +268,31 @@ fn bind_shared_root(share: &str, name: &str, os: &mut impl SetupOs) -> Result<()
 /// while the share is mounted: (tree, what is at its root).
 type Tree = (usize, PathKind);
 
-/// Step 2: the trees of the spec's [`SHARE_FSTYPE`] mounts, by mount index.
+/// Step 2: the trees of the spec's [`SHARE_FSTYPE`] mounts (and of the
+/// pod's shared memory for a [`POD_SHM_FSTYPE`] one), by mount index.
 fn clone_share_trees(
     spec: &ContainerSpec,
-    share: &str,
+    share: Option<&str>,
     os: &mut impl SetupOs,
 ) -> Result<Vec<Option<Tree>>, SetupError> {
     let mut trees = Vec::with_capacity(spec.mounts.len());
     for m in &spec.mounts {
+        if m.fstype == POD_SHM_FSTYPE {
+            let tree = os
+                .clone_tree(POD_SHM_DIR, false)
+                .map_err(|errno| SetupError::Mount {
+                    step: "mount",
+                    call: format!("copying the pod's shared memory {POD_SHM_DIR}"),
+                    errno,
+                })?;
+            trees.push(Some((tree, PathKind::Dir)));
+            continue;
+        }
         if m.fstype != SHARE_FSTYPE {
             trees.push(None);
             continue;
         }
-        let bind = share_bind(m, Some(share))?;
+        let bind = share_bind(m, share)?;
         let kind = os.kind(&bind.source);
         if kind == PathKind::Missing {
             return Err(SetupError::BindSource {
@@ -288,6 +313,24 @@ fn clone_share_trees(
     Ok(trees)
 }
 
+/// A [`POD_SHM_FSTYPE`] mount as the bind of the pod's tmpfs: its flag
+/// options (the tmpfs's own, `size=` and `mode=`, were the tmpfs's).
+fn pod_shm_bind(m: &MountSpec) -> MountSpec {
+    let mut options: Vec<String> = m
+        .options
+        .iter()
+        .filter(|o| !o.contains('='))
+        .cloned()
+        .collect();
+    options.push("bind".into());
+    MountSpec {
+        destination: m.destination.clone(),
+        fstype: "bind".into(),
+        source: POD_SHM_DIR.into(),
+        options,
+    }
+}
+
 /// A [`SHARE_FSTYPE`] mount as the bind from the share it stands for.
 fn share_bind(m: &MountSpec, share: Option<&str>) -> Result<MountSpec, SetupError> {
     let Some(root) = share else {
@@ -295,9 +338,7 @@ fn share_bind(m: &MountSpec, share: Option<&str>) -> Result<MountSpec, SetupErro
             target: m.destination.clone(),
         });
     };
-    let plain =
-        !m.source.is_empty() && m.source != "." && m.source != ".." && !m.source.contains('/');
-    if !plain {
+    if !share_name_ok(&m.source) {
         return Err(SetupError::ShareName {
             name: m.source.clone(),
             target: m.destination.clone(),
@@ -802,9 +843,9 @@ pub fn apply(spec: &ContainerSpec, os: &mut impl SetupOs) -> Result<(), SetupErr
             .root_share
             .as_deref()
             .map_or(Ok(()), |name| bind_shared_root(share, name, os))
-            .and_then(|()| clone_share_trees(spec, share, os)),
+            .and_then(|()| clone_share_trees(spec, Some(share), os)),
         None if spec.root_share.is_some() => Err(SetupError::NoShare { target: "/".into() }),
-        None => Ok(vec![None; spec.mounts.len()]),
+        None => clone_share_trees(spec, None, os),
     };
     if share.is_some() {
         os.release_share();
@@ -875,6 +916,10 @@ fn apply_mounts(
         let (m, source_kind) = match (m.fstype == SHARE_FSTYPE, tree) {
             (true, Some((_, kind))) => {
                 shared = share_bind(m, Some(""))?;
+                (&shared, kind)
+            }
+            (false, Some((_, kind))) if m.fstype == POD_SHM_FSTYPE => {
+                shared = pod_shm_bind(m);
                 (&shared, kind)
             }
             (true, None) => {
@@ -2086,5 +2131,27 @@ mod tests {
         let err = apply(&spec, &mut os).unwrap_err().to_string();
         assert!(err.contains("/.husk-root"), "{err}");
         assert!(!os.calls.iter().any(|c| c.starts_with("switch_root")));
+    }
+
+    #[test]
+    fn share_names_are_plain_components() {
+        for ok in ["rootfs", "m0", "pod/abc/rootfs", "pod/abc/m12"] {
+            assert!(share_name_ok(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "/",
+            "/etc",
+            "a/",
+            "a//b",
+            "..",
+            ".",
+            "pod/../x",
+            "pod/./x",
+            "a\0b",
+            "a/b/c/d/e",
+        ] {
+            assert!(!share_name_ok(bad), "{bad:?}");
+        }
     }
 }

@@ -153,6 +153,7 @@ fn created(main: &[&str]) -> (TestAgent, Client) {
 fn exec(agent: &TestAgent, p: ProcessSpec) -> (Client, i32) {
     let mut c = Client::connect(agent);
     c.request(&Request::Exec {
+        container: None,
         process: Box::new(p),
     });
     match c.response() {
@@ -205,6 +206,7 @@ fn exec_of_a_missing_program_is_an_error_naming_it() {
     let r = Client::one_shot(
         &agent,
         &Request::Exec {
+            container: None,
             process: Box::new(process(&["no-such-program-xyz"])),
         },
     );
@@ -217,6 +219,7 @@ fn exec_of_a_missing_program_is_an_error_naming_it() {
     let r = Client::one_shot(
         &agent,
         &Request::Exec {
+            container: None,
             process: Box::new(process(&["/bin/no-such-program"])),
         },
     );
@@ -230,6 +233,7 @@ fn exec_of_a_missing_program_is_an_error_naming_it() {
     let r = Client::one_shot(
         &agent,
         &Request::Exec {
+            container: None,
             process: Box::new(process(&["/etc/passwd"])),
         },
     );
@@ -244,6 +248,7 @@ fn exec_of_a_missing_program_is_an_error_naming_it() {
     let Response::Error { message } = Client::one_shot(
         &agent,
         &Request::Exec {
+            container: None,
             process: Box::new(bad_cwd),
         },
     ) else {
@@ -303,7 +308,8 @@ fn main_process_runs_at_start_and_streams_on_the_create_connection() {
     let (agent, mut main) = created(&["sh", "-c", "cat; echo bye >&2; exit 4"]);
     // Stdin sent before Start waits for the process.
     main.send(Frame::new(FrameKind::Stdin, b"early ".to_vec()));
-    let Response::Started { pid } = Client::one_shot(&agent, &Request::Start) else {
+    let Response::Started { pid } = Client::one_shot(&agent, &Request::Start { container: None })
+    else {
         panic!("expected Started");
     };
     assert!(pid > 0);
@@ -318,7 +324,7 @@ fn main_process_runs_at_start_and_streams_on_the_create_connection() {
     assert_eq!(out, b"early late");
     assert_eq!(err, b"bye\n");
     assert_eq!(event, exited(4));
-    let again = Client::one_shot(&agent, &Request::Start);
+    let again = Client::one_shot(&agent, &Request::Start { container: None });
     assert_eq!(
         again,
         Response::Error {
@@ -328,6 +334,7 @@ fn main_process_runs_at_start_and_streams_on_the_create_connection() {
     let r = Client::one_shot(
         &agent,
         &Request::Exec {
+            container: None,
             process: Box::new(process(&["true"])),
         },
     );
@@ -352,7 +359,8 @@ fn starting_the_main_process_marks_the_boot_timer() {
     });
     assert_eq!(c.response(), Response::Created);
     assert!(platform.marks.lock().unwrap().is_empty());
-    let Response::Started { .. } = Client::one_shot(&agent, &Request::Start) else {
+    let Response::Started { .. } = Client::one_shot(&agent, &Request::Start { container: None })
+    else {
         panic!("expected Started");
     };
     assert_eq!(
@@ -367,6 +375,7 @@ fn signal_reaches_the_main_process() {
     let not_yet = Client::one_shot(
         &agent,
         &Request::Signal {
+            container: None,
             signal: 15,
             all: false,
         },
@@ -377,12 +386,14 @@ fn signal_reaches_the_main_process() {
             message: "container not running".into()
         }
     );
-    let Response::Started { .. } = Client::one_shot(&agent, &Request::Start) else {
+    let Response::Started { .. } = Client::one_shot(&agent, &Request::Start { container: None })
+    else {
         panic!("expected Started");
     };
     let r = Client::one_shot(
         &agent,
         &Request::Signal {
+            container: None,
             signal: 15,
             all: false,
         },
@@ -392,6 +403,7 @@ fn signal_reaches_the_main_process() {
     let after = Client::one_shot(
         &agent,
         &Request::Signal {
+            container: None,
             signal: 9,
             all: false,
         },
@@ -409,6 +421,7 @@ fn a_signal_on_an_exec_session_reaches_only_that_process() {
     let (agent, _main) = created(&["true"]);
     let (mut c, pid) = exec(&agent, process(&["sleep", "30"]));
     c.request(&Request::Signal {
+        container: None,
         signal: 99,
         all: false,
     });
@@ -419,6 +432,7 @@ fn a_signal_on_an_exec_session_reaches_only_that_process() {
         }
     );
     c.request(&Request::Signal {
+        container: None,
         signal: 15,
         all: false,
     });
@@ -439,12 +453,14 @@ fn signal_all_goes_through_the_platform_and_bad_signals_are_refused() {
         }),
     });
     assert_eq!(main.response(), Response::Created);
-    let Response::Started { pid } = Client::one_shot(&agent, &Request::Start) else {
+    let Response::Started { pid } = Client::one_shot(&agent, &Request::Start { container: None })
+    else {
         panic!("expected Started");
     };
     let r = Client::one_shot(
         &agent,
         &Request::Signal {
+            container: None,
             signal: 1000,
             all: false,
         },
@@ -453,6 +469,7 @@ fn signal_all_goes_through_the_platform_and_bad_signals_are_refused() {
     let r = Client::one_shot(
         &agent,
         &Request::Signal {
+            container: None,
             signal: 10,
             all: true,
         },
@@ -467,7 +484,7 @@ fn signal_all_goes_through_the_platform_and_bad_signals_are_refused() {
 #[test]
 fn a_main_process_that_cannot_execute_fails_start_and_ends_the_session() {
     let (agent, mut main) = created(&["/etc/passwd"]);
-    let r = Client::one_shot(&agent, &Request::Start);
+    let r = Client::one_shot(&agent, &Request::Start { container: None });
     assert_eq!(
         r,
         Response::Error {
@@ -480,7 +497,7 @@ fn a_main_process_that_cannot_execute_fails_start_and_ends_the_session() {
 #[test]
 fn requests_out_of_order_are_errors() {
     let (agent, _) = agent();
-    let start = Client::one_shot(&agent, &Request::Start);
+    let start = Client::one_shot(&agent, &Request::Start { container: None });
     assert_eq!(
         start,
         Response::Error {
@@ -490,6 +507,7 @@ fn requests_out_of_order_are_errors() {
     let exec = Client::one_shot(
         &agent,
         &Request::Exec {
+            container: None,
             process: Box::new(process(&["true"])),
         },
     );
@@ -817,7 +835,8 @@ fn the_containers_seccomp_filter_reaches_its_process_and_execs() {
         assert_eq!(event, exited(0));
     }
 
-    let Response::Started { .. } = Client::one_shot(&agent, &Request::Start) else {
+    let Response::Started { .. } = Client::one_shot(&agent, &Request::Start { container: None })
+    else {
         panic!("expected Started");
     };
     let (out, err, event) = c.until_exit();
@@ -838,11 +857,12 @@ fn a_filter_the_kernel_refuses_fails_the_process_naming_seccomp() {
         flags: 0,
         filter: vec![crate::agent_proto::SockFilter(0x05, 0, 0, 9)],
     };
-    *agent.seccomp.lock().unwrap() = Some(bad);
+    *agent.first().unwrap().seccomp.lock().unwrap() = Some(bad);
     let mut p = process(&["true"]);
     p.no_new_privileges = true;
     let mut c = Client::connect(&agent);
     c.request(&Request::Exec {
+        container: None,
         process: Box::new(p),
     });
     match c.response() {
@@ -853,9 +873,10 @@ fn a_filter_the_kernel_refuses_fails_the_process_naming_seccomp() {
     }
     // An empty program is refused before any fork.
     let empty = crate::agent_proto::SeccompProgram::default();
-    *agent.seccomp.lock().unwrap() = Some(empty);
+    *agent.first().unwrap().seccomp.lock().unwrap() = Some(empty);
     let mut c = Client::connect(&agent);
     c.request(&Request::Exec {
+        container: None,
         process: Box::new(process(&["true"])),
     });
     assert!(matches!(c.response(), Response::Error { .. }));
@@ -890,7 +911,7 @@ fn a_checkpoint_holds_the_main_output_until_a_new_connection_reattaches() {
         }
     );
     assert!(matches!(
-        Client::one_shot(&agent, &Request::Start),
+        Client::one_shot(&agent, &Request::Start { container: None }),
         Response::Started { .. }
     ));
     main.send(Frame::new(FrameKind::Stdin, b"one\n".to_vec()));
@@ -953,7 +974,7 @@ fn a_checkpoint_holds_the_main_output_until_a_new_connection_reattaches() {
 fn a_checkpoint_given_up_lets_the_output_flow_on_the_same_connection() {
     let (agent, mut main) = created(&["cat"]);
     assert!(matches!(
-        Client::one_shot(&agent, &Request::Start),
+        Client::one_shot(&agent, &Request::Start { container: None }),
         Response::Started { .. }
     ));
     assert!(matches!(
@@ -971,4 +992,134 @@ fn a_checkpoint_given_up_lets_the_output_flow_on_the_same_connection() {
     let (out, _, event) = main.until_exit();
     assert_eq!(out, b"held\n");
     assert_eq!(event, exited(0));
+}
+
+#[test]
+fn a_pods_later_container_runs_beside_the_first_and_goes_when_removed() {
+    let (agent, platform) = agent();
+    let create = |id: &str, main: &[&str]| {
+        let mut c = Client::connect(&agent);
+        c.request(&Request::Create {
+            spec: Box::new(ContainerSpec {
+                id: id.into(),
+                process: process(main),
+                ..Default::default()
+            }),
+        });
+        (c.response(), c)
+    };
+    let (r, _first) = create("sandbox", &["sleep", "30"]);
+    assert_eq!(r, Response::Created);
+    let (r, mut second) = create("app", &["sh", "-c", "echo two; exit 4"]);
+    assert_eq!(r, Response::Created);
+    // The guest is set up once, by the first.
+    assert_eq!(*platform.setups.lock().unwrap(), ["sandbox"]);
+    // Ids are unique.
+    let (r, _) = create("app", &["true"]);
+    assert!(
+        matches!(&r, Response::Error { message } if message.contains("already created")),
+        "{r:?}"
+    );
+    let start = |id: Option<&str>| {
+        Client::one_shot(
+            &agent,
+            &Request::Start {
+                container: id.map(str::to_owned),
+            },
+        )
+    };
+    assert!(matches!(start(Some("app")), Response::Started { .. }));
+    let (out, _, event) = second.until_exit();
+    assert_eq!(out, b"two\n");
+    assert_eq!(event, exited(4));
+    // Its end is not the guest's: the first is still created and starts.
+    assert!(matches!(start(None), Response::Started { .. }));
+    // Requests name a container of the VM.
+    let r = start(Some("nope"));
+    assert!(
+        matches!(&r, Response::Error { message } if message.contains("no container nope")),
+        "{r:?}"
+    );
+    let remove = |id: &str| {
+        Client::one_shot(
+            &agent,
+            &Request::Remove {
+                container: id.into(),
+            },
+        )
+    };
+    let r = remove("sandbox");
+    assert!(
+        matches!(&r, Response::Error { message } if message.contains("goes with the VM")),
+        "{r:?}"
+    );
+    assert_eq!(remove("app"), Response::Ok);
+    assert!(matches!(start(Some("app")), Response::Error { .. }));
+    // The first container's requests still reach it.
+    let r = Client::one_shot(
+        &agent,
+        &Request::Signal {
+            signal: libc::SIGKILL,
+            all: false,
+            container: None,
+        },
+    );
+    assert_eq!(r, Response::Ok);
+}
+
+#[test]
+fn a_running_pod_container_is_not_removed_and_an_exec_names_its_container() {
+    let (agent, _) = agent();
+    for (id, main) in [("sandbox", ["sleep", "30"]), ("app", ["sleep", "30"])] {
+        let mut c = Client::connect(&agent);
+        c.request(&Request::Create {
+            spec: Box::new(ContainerSpec {
+                id: id.into(),
+                process: process(&main),
+                ..Default::default()
+            }),
+        });
+        assert_eq!(c.response(), Response::Created);
+        std::mem::forget(c);
+    }
+    let r = Client::one_shot(
+        &agent,
+        &Request::Start {
+            container: Some("app".into()),
+        },
+    );
+    assert!(matches!(r, Response::Started { .. }), "{r:?}");
+    let r = Client::one_shot(
+        &agent,
+        &Request::Remove {
+            container: "app".into(),
+        },
+    );
+    assert!(
+        matches!(&r, Response::Error { message } if message.contains("running")),
+        "{r:?}"
+    );
+    let mut c = Client::connect(&agent);
+    c.request(&Request::Exec {
+        process: Box::new(process(&["sh", "-c", "echo in-app"])),
+        container: Some("app".into()),
+    });
+    assert!(matches!(c.response(), Response::Started { .. }));
+    let (out, _, event) = c.until_exit();
+    assert_eq!((out.as_slice(), event), (&b"in-app\n"[..], exited(0)));
+    let mut c = Client::connect(&agent);
+    c.request(&Request::Exec {
+        process: Box::new(process(&["true"])),
+        container: Some("nope".into()),
+    });
+    assert!(matches!(c.response(), Response::Error { .. }));
+    let r = Client::one_shot(
+        &agent,
+        &Request::Signal {
+            signal: libc::SIGKILL,
+            all: true,
+            container: Some("app".into()),
+        },
+    );
+    assert_eq!(r, Response::Ok);
 }
