@@ -6,7 +6,7 @@ INIT_TARGET := x86_64-unknown-linux-musl
 TESTHOST    := $(CURDIR)/tests/testhost/run
 export HUSK_INIT := $(CURDIR)/target/$(INIT_TARGET)/release/husk-init
 
-.PHONY: all deps kernel build demo test unit lint e2e soak fuzz bench-deps bench bench-boot bench-run bench-net bench-storage bench-fs-channel bench-image bench-density bench-breakdown bench-pause bench-checkpoint bench-podman-net bench-plot clean
+.PHONY: all deps kernel build demo test unit lint e2e soak fuzz bench-deps bench bench-boot bench-run bench-net bench-storage bench-fs-channel bench-image bench-density bench-breakdown bench-pause bench-checkpoint bench-pod bench-podman-net bench-plot clean
 
 all: build
 
@@ -78,7 +78,7 @@ BENCH_OUT   := $(CURDIR)/benches/results
 # Debian's interpreter: python3-matplotlib is installed for it.
 PLOT_PYTHON ?= /usr/bin/python3
 
-bench: bench-boot bench-run bench-breakdown bench-net bench-storage bench-fs-channel bench-image bench-density bench-pause bench-checkpoint bench-podman-net bench-plot
+bench: bench-boot bench-run bench-breakdown bench-net bench-storage bench-fs-channel bench-image bench-density bench-pause bench-checkpoint bench-pod bench-podman-net bench-plot
 
 bench-boot: kernel build
 	mkdir -p $(BENCH_OUT)
@@ -124,6 +124,12 @@ bench-pause: kernel build
 bench-checkpoint: kernel build
 	mkdir -p $(BENCH_OUT)
 	$(TESTHOST) --rw $(BENCH_OUT) -- python3 benches/checkpoint.py --runs $${RUNS:-5} --json $(BENCH_OUT)/checkpoint.json
+
+bench-pod: kernel build
+	mkdir -p $(BENCH_OUT)
+	exe=$$(cargo bench --bench pod --no-run --message-format=json 2>/dev/null | \
+		python3 -c 'import json,sys; [print(m["executable"]) for m in map(json.loads, sys.stdin) if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "pod"]'); \
+	$(TESTHOST) --rw $(BENCH_OUT) -- "$$exe" --runs $${RUNS:-5} --pods $${PODS:-4} --json $(BENCH_OUT)/pod.json
 
 bench-podman-net: kernel build
 	$(TESTHOST) -- env RUNS=$${RUNS:-5} benches/podman_net.sh

@@ -2,547 +2,17 @@
 //! (gRPC on containerd's CRI socket, the `k8s-cri` protobufs), with the
 //! `husk` runtime handler (containerd-shim-husk-v2) next to `runc`.
 //!
-//! containerd runs with a configuration of this test's own: state on a tmpfs,
-//! the native snapshotter, a CNI bridge of the test host's own, the test
-//! image as the sandbox ("pause") image.
+//! The harness (containerd with its CRI plugin, the client) is
+//! `tests/common/cri.rs`.
 
 mod common;
+#[path = "common/cri.rs"]
+mod cri_harness;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use cri_harness::*;
 use k8s_cri::v1 as cri;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use tonic::transport::Channel;
-
-/// The test image (busybox), also the pods' sandbox image.
-const IMAGE: &str = "localhost/husk-cri:latest";
-/// The sandbox image's command: waits for a signal, as `pause` does.
-const PAUSE_CMD: &str =
-    r#"CMD ["/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 1000 & wait $!; done"]"#;
-/// containerd's namespace for Kubernetes.
-const NAMESPACE: &str = "k8s.io";
-/// The pods' CNI bridge and subnet (inside the test host only).
-const CNI_CONFIG: &str = r#"{
-  "cniVersion": "0.4.0",
-  "name": "husk-cri-e2e",
-  "plugins": [
-    {
-      "type": "bridge",
-      "bridge": "husk-cri0",
-      "isGateway": true,
-      "ipMasq": false,
-      "ipam": {
-        "type": "host-local",
-        "ranges": [[{"subnet": "10.89.7.0/24"}]],
-        "routes": [{"dst": "0.0.0.0/0"}]
-      }
-    }
-  ]
-}
-"#;
-/// The cgroup containerd's CRI puts pods under when the pod names none.
-const CGROUP_PARENT: &str = "/sys/fs/cgroup/k8s.io";
-/// The CNI bridge of [`CNI_CONFIG`].
-const CNI_BRIDGE: &str = "husk-cri0";
-/// How long one CRI call may take (a pod start boots a VM under TCG).
-const CALL_LIMIT: Duration = Duration::from_secs(180);
-
-/// A containerd daemon of this test's own with the CRI plugin on.
-struct Containerd {
-    /// First: it checks for leaks after the teardown, before the directory goes.
-    _census: census::Census,
-    dir: tempfile::TempDir,
-    daemon: Child,
-    rt: tokio::runtime::Runtime,
-    client: RuntimeServiceClient<Channel>,
-}
-
-impl Containerd {
-    fn start() -> Containerd {
-        let census = require_kvm();
-        let dir = engines::tmpfs_workdir();
-        let d = dir.path();
-        std::fs::create_dir(d.join("cni")).unwrap();
-        std::fs::write(d.join("cni/10-husk-cri-e2e.conflist"), CNI_CONFIG).unwrap();
-        let config = format!(
-            r#"version = 2
-root = "{0}/root"
-state = "{0}/state"
-[grpc]
-  address = "{0}/containerd.sock"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{IMAGE}"
-  disable_apparmor = true
-  enable_selinux = false
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "native"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.husk]
-      runtime_type = "io.containerd.husk.v2"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "{0}/cni"
-"#,
-            d.display()
-        );
-        std::fs::write(d.join("config.toml"), config).unwrap();
-        let bin = d.join("bin");
-        std::fs::create_dir(&bin).unwrap();
-        std::os::unix::fs::symlink(shim_binary(), bin.join("containerd-shim-husk-v2")).unwrap();
-        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
-        let daemon = Command::new("containerd")
-            .arg("--config")
-            .arg(d.join("config.toml"))
-            .env(
-                "PATH",
-                format!(
-                    "{}:{}",
-                    bin.display(),
-                    std::env::var("PATH").unwrap_or_default()
-                ),
-            )
-            .env("HUSK_SHIM_ROOT", d.join("husk-shim"))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("containerd (Debian package)");
-        let sock = d.join("containerd.sock");
-        engines::wait_for_socket(&sock, "containerd");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let client = rt.block_on(connect(sock));
-        let c = Containerd {
-            _census: census,
-            dir,
-            daemon,
-            rt,
-            client,
-        };
-        c.import_image();
-        c
-    }
-
-    /// busybox rootfs -> podman import (with the pause command) -> OCI
-    /// archive -> `ctr -n k8s.io image import`.
-    fn import_image(&self) {
-        let d = self.dir.path();
-        let tar = d.join("rootfs.tar");
-        engines::image_tarball(d, &tar, "served through the CRI\n");
-        let podman = |args: &[&str]| {
-            let mut cmd = Command::new("podman");
-            cmd.arg("--root")
-                .arg(d.join("podman"))
-                .arg("--runroot")
-                .arg(d.join("podman-run"))
-                .args(["--storage-driver", "vfs", "--events-backend", "file"])
-                .args(args);
-            let out = cmd.output().unwrap();
-            assert!(
-                out.status.success(),
-                "podman {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        podman(&[
-            "import",
-            "--change",
-            PAUSE_CMD,
-            tar.to_str().unwrap(),
-            IMAGE,
-        ]);
-        let archive = d.join("image.tar");
-        podman(&[
-            "save",
-            "--format",
-            "oci-archive",
-            "-o",
-            archive.to_str().unwrap(),
-            IMAGE,
-        ]);
-        let out = Command::new("ctr")
-            .arg("--address")
-            .arg(d.join("containerd.sock"))
-            .args([
-                "-n",
-                NAMESPACE,
-                "image",
-                "import",
-                "--snapshotter",
-                "native",
-            ])
-            .arg(&archive)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ctr image import: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// Runs one CRI call, bounded.
-    fn call<F, T>(&self, what: &str, f: impl FnOnce(RuntimeServiceClient<Channel>) -> F) -> T
-    where
-        F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-    {
-        let client = self.client.clone();
-        match self
-            .rt
-            .block_on(async { tokio::time::timeout(CALL_LIMIT, f(client)).await })
-        {
-            Ok(Ok(r)) => r.into_inner(),
-            Ok(Err(status)) => panic!("CRI {what}: {:?}: {}", status.code(), status.message()),
-            Err(_) => panic!("CRI {what}: no answer within {CALL_LIMIT:?}"),
-        }
-    }
-
-    /// Like [`Self::call`], but returns the error status instead of failing.
-    fn try_call<F, T>(
-        &self,
-        what: &str,
-        f: impl FnOnce(RuntimeServiceClient<Channel>) -> F,
-    ) -> Result<T, tonic::Status>
-    where
-        F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-    {
-        let client = self.client.clone();
-        match self
-            .rt
-            .block_on(async { tokio::time::timeout(CALL_LIMIT, f(client)).await })
-        {
-            Ok(r) => r.map(tonic::Response::into_inner),
-            Err(_) => panic!("CRI {what}: no answer within {CALL_LIMIT:?}"),
-        }
-    }
-
-    /// A pod's configuration: `name`, logs under this test's directory.
-    fn pod_config(&self, name: &str) -> cri::PodSandboxConfig {
-        let logs = self.dir.path().join("pods").join(name);
-        std::fs::create_dir_all(&logs).unwrap();
-        cri::PodSandboxConfig {
-            metadata: Some(cri::PodSandboxMetadata {
-                name: name.into(),
-                uid: format!("uid-{name}"),
-                namespace: "default".into(),
-                attempt: 0,
-            }),
-            hostname: name.into(),
-            log_directory: logs.to_string_lossy().into_owned(),
-            linux: Some(cri::LinuxPodSandboxConfig::default()),
-            ..Default::default()
-        }
-    }
-
-    /// `RunPodSandbox` with `handler`; the pod's id.
-    fn run_pod(&self, config: &cri::PodSandboxConfig, handler: &str) -> String {
-        let req = cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: handler.into(),
-        };
-        self.call("RunPodSandbox", |mut c| async move {
-            c.run_pod_sandbox(req).await
-        })
-        .pod_sandbox_id
-    }
-
-    /// `CreateContainer` of `name` running `command` in pod `pod`, with a
-    /// pid namespace of its own (the kubelet's default); its id.
-    fn create(
-        &self,
-        pod: &str,
-        pod_config: &cri::PodSandboxConfig,
-        name: &str,
-        command: &[&str],
-        mounts: Vec<cri::Mount>,
-    ) -> String {
-        self.create_with_pid(
-            pod,
-            pod_config,
-            name,
-            command,
-            mounts,
-            cri::NamespaceMode::Container,
-        )
-    }
-
-    /// [`Self::create`] with the pid namespace `pid` (`Pod`: the pod's,
-    /// as with `shareProcessNamespace`).
-    fn create_with_pid(
-        &self,
-        pod: &str,
-        pod_config: &cri::PodSandboxConfig,
-        name: &str,
-        command: &[&str],
-        mounts: Vec<cri::Mount>,
-        pid: cri::NamespaceMode,
-    ) -> String {
-        let config = cri::ContainerConfig {
-            metadata: Some(cri::ContainerMetadata {
-                name: name.into(),
-                attempt: 0,
-            }),
-            image: Some(cri::ImageSpec {
-                image: IMAGE.into(),
-                ..Default::default()
-            }),
-            command: command.iter().map(|s| s.to_string()).collect(),
-            log_path: format!("{name}.log"),
-            mounts,
-            linux: Some(cri::LinuxContainerConfig {
-                security_context: Some(cri::LinuxContainerSecurityContext {
-                    namespace_options: Some(cri::NamespaceOption {
-                        pid: pid as i32,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let req = cri::CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(config),
-            sandbox_config: Some(pod_config.clone()),
-        };
-        self.call("CreateContainer", |mut c| async move {
-            c.create_container(req).await
-        })
-        .container_id
-    }
-
-    fn start_container(&self, id: &str) {
-        let req = cri::StartContainerRequest {
-            container_id: id.into(),
-        };
-        self.call("StartContainer", |mut c| async move {
-            c.start_container(req).await
-        });
-    }
-
-    fn container_status(&self, id: &str) -> cri::ContainerStatus {
-        let req = cri::ContainerStatusRequest {
-            container_id: id.into(),
-            verbose: false,
-        };
-        self.call("ContainerStatus", |mut c| async move {
-            c.container_status(req).await
-        })
-        .status
-        .expect("a container status")
-    }
-
-    /// Waits until container `id` has exited; its status.
-    fn wait_exited(&self, id: &str) -> cri::ContainerStatus {
-        let start = Instant::now();
-        loop {
-            let s = self.container_status(id);
-            if s.state == cri::ContainerState::ContainerExited as i32 {
-                return s;
-            }
-            assert!(
-                start.elapsed() < CALL_LIMIT,
-                "container {id} did not exit: {s:?}"
-            );
-            std::thread::sleep(Duration::from_millis(300));
-        }
-    }
-
-    /// `ExecSync`: (exit code, stdout, stderr).
-    fn exec_sync(&self, id: &str, cmd: &[&str], timeout_s: i64) -> (i32, String, String) {
-        let req = cri::ExecSyncRequest {
-            container_id: id.into(),
-            cmd: cmd.iter().map(|s| s.to_string()).collect(),
-            timeout: timeout_s,
-        };
-        let r = self.call("ExecSync", |mut c| async move { c.exec_sync(req).await });
-        (
-            r.exit_code,
-            String::from_utf8_lossy(&r.stdout).into_owned(),
-            String::from_utf8_lossy(&r.stderr).into_owned(),
-        )
-    }
-
-    fn stop_container(&self, id: &str, timeout: i64) {
-        let req = cri::StopContainerRequest {
-            container_id: id.into(),
-            timeout,
-        };
-        self.call("StopContainer", |mut c| async move {
-            c.stop_container(req).await
-        });
-    }
-
-    fn remove_container(&self, id: &str) {
-        let req = cri::RemoveContainerRequest {
-            container_id: id.into(),
-        };
-        self.call("RemoveContainer", |mut c| async move {
-            c.remove_container(req).await
-        });
-    }
-
-    /// `StopPodSandbox` then `RemovePodSandbox` (`crictl rmp -f`).
-    fn remove_pod(&self, pod: &str) {
-        let req = cri::StopPodSandboxRequest {
-            pod_sandbox_id: pod.into(),
-        };
-        self.call("StopPodSandbox", |mut c| async move {
-            c.stop_pod_sandbox(req).await
-        });
-        let req = cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod.into(),
-        };
-        self.call("RemovePodSandbox", |mut c| async move {
-            c.remove_pod_sandbox(req).await
-        });
-    }
-
-    /// The lines container `name` of pod `pod_name` logged, without the CRI
-    /// log format's timestamp, stream and tag.
-    fn log_lines(&self, pod_name: &str, name: &str) -> Vec<String> {
-        let path = self
-            .dir
-            .path()
-            .join("pods")
-            .join(pod_name)
-            .join(format!("{name}.log"));
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        text.lines()
-            .filter_map(|l| l.splitn(4, ' ').nth(3).map(str::to_owned))
-            .collect()
-    }
-
-    /// husk VMMs running now.
-    fn vmms(&self) -> Vec<String> {
-        engines::processes(|l| l.starts_with(&*husk().to_string_lossy()) && l.contains(" vmm "))
-    }
-
-    /// Nothing of husk's shim is left: no VMM, no shim, no container state,
-    /// no mount under containerd's or husk's state.
-    fn assert_nothing_left(&self) {
-        engines::assert_no_vmm(|l| l.starts_with(&*husk().to_string_lossy()));
-        let start = Instant::now();
-        loop {
-            let shims = engines::processes(|l| l.contains("containerd-shim-husk-v2"));
-            if shims.is_empty() {
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "shims left: {shims:?}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let state = self.dir.path().join("husk-shim").join(NAMESPACE);
-        let left = engines::state_entries(&state);
-        assert!(left.is_empty(), "container state left: {left:?}");
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let d = self.dir.path().to_string_lossy().into_owned();
-        let leaked: Vec<&str> = mounts
-            .lines()
-            .filter(|l| l.contains(&format!("{d}/")))
-            .collect();
-        assert!(leaked.is_empty(), "mounts left: {leaked:?}");
-    }
-
-    fn dump_logs(&self) {
-        let tail = |path: &Path| {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            lines[lines.len().saturating_sub(60)..].join("\n")
-        };
-        let d = self.dir.path();
-        eprintln!("--- containerd.log\n{}", tail(&d.join("containerd.log")));
-        let state = d.join("husk-shim").join(NAMESPACE);
-        for entry in std::fs::read_dir(state).into_iter().flatten().flatten() {
-            let log = entry.path().join("vmm.log");
-            eprintln!("--- {}\n{}", log.display(), tail(&log));
-        }
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.dump_logs();
-        }
-        let _ = self.daemon.kill();
-        let _ = self.daemon.wait();
-        // CRI's network namespaces and the pods' shm mounts live under the
-        // state directory; a failed test may leave some.
-        let _ = Command::new("umount")
-            .arg("-R")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-        // What this test's containerd and CNI made outside it: the pods'
-        // parent cgroup (CRI's default, `k8s.io`; each container's own
-        // cgroup in it is the runtime's to remove, which the census checks)
-        // and the CNI bridge.
-        let _ = std::fs::remove_dir(CGROUP_PARENT);
-        let _ = Command::new("ip")
-            .args(["link", "del", CNI_BRIDGE])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-/// A CRI client on containerd's socket.
-async fn connect(sock: PathBuf) -> RuntimeServiceClient<Channel> {
-    let channel = tonic::transport::Endpoint::try_from("http://[::]:0")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let sock = sock.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(sock).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        }))
-        .await
-        .expect("connecting to containerd's CRI socket");
-    RuntimeServiceClient::new(channel)
-}
-
-fn husk() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_husk"))
-}
-
-fn shim_binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-husk-v2"))
-}
-
-/// A directory mount of the host into a container.
-fn mount(host: &Path, container: &str) -> cri::Mount {
-    cri::Mount {
-        container_path: container.into(),
-        host_path: host.to_string_lossy().into_owned(),
-        ..Default::default()
-    }
-}
-
-/// Prints a process's ipc and pid namespaces, one a line.
-const NS_CMD: &[&str] = &[
-    "sh",
-    "-c",
-    "readlink /proc/self/ns/ipc; readlink /proc/self/ns/pid",
-];
-
-/// The pod's VMMs: those whose command line names one of `ids`.
-fn pod_vmms(c: &Containerd, ids: &[&str]) -> Vec<String> {
-    c.vmms()
-        .into_iter()
-        .filter(|l| ids.iter().any(|id| l.contains(id)))
-        .collect()
-}
 
 #[test]
 fn a_pod_is_one_vm_whose_containers_share_localhost_ipc_and_volumes() {
@@ -617,6 +87,19 @@ fn a_pod_is_one_vm_whose_containers_share_localhost_ipc_and_volumes() {
     assert_ne!(a_pid.trim(), b_pid.trim(), "a pid namespace per container");
     let (_, host, _) = c.exec_sync(&b, &["hostname"], 60);
     assert_eq!(host.trim(), "duo");
+    // containerd's `Pids` of a container: its own processes (in the VM).
+    let pids = |id: &str| -> Vec<String> {
+        let out = c.ctr(&["task", "ps", id]);
+        out.lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .collect()
+    };
+    let (a_pids, b_pids) = (pids(&a), pids(&b));
+    assert!(
+        !a_pids.is_empty() && !b_pids.is_empty() && a_pids.iter().all(|p| !b_pids.contains(p)),
+        "each container's own processes: a {a_pids:?}, b {b_pids:?}"
+    );
     let (_, init, _) = c.exec_sync(&b, &["cat", "/proc/1/cmdline"], 60);
     assert!(
         init.contains("until wget"),
@@ -752,5 +235,142 @@ fn a_pod_container_that_exits_non_zero_reports_it_and_leaves_nothing() {
     c.remove_container(&a);
     c.remove_container(&never);
     c.remove_pod(&pod);
+    c.assert_nothing_left();
+}
+
+#[test]
+fn a_pod_containers_limits_apply_in_its_vm_and_an_oom_kill_is_reported() {
+    let c = Containerd::start();
+    let config = c.pod_config("limits");
+    let pod = c.run_pod(&config, "husk");
+    let limit = 32 << 20;
+    let limited = || {
+        Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: limit,
+            cpu_quota: 50_000,
+            cpu_period: 100_000,
+            ..Default::default()
+        })
+    };
+    let calm = c.create_with(
+        &pod,
+        &config,
+        "calm",
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; while :; do sleep 1000 & wait $!; done",
+        ],
+        vec![],
+        cri::NamespaceMode::Container,
+        limited(),
+    );
+    c.start_container(&calm);
+    // The container's own cgroup in the guest, seen through its cgroup
+    // namespace as runc's would be.
+    let (code, out, err) = c.exec_sync(
+        &calm,
+        &["cat", "/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/cpu.max"],
+        60,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, format!("{limit}\n50000 100000\n"));
+    // Its execs count against it: they join its cgroup (the root of its
+    // cgroup namespace).
+    let (_, cgroup, _) = c.exec_sync(&calm, &["cat", "/proc/self/cgroup"], 60);
+    assert_eq!(cgroup, "0::/\n");
+    // A probe's timeout is honoured: the exec is killed, the call returns.
+    let began = Instant::now();
+    let req = cri::ExecSyncRequest {
+        container_id: calm.clone(),
+        cmd: vec!["sleep".into(), "60".into()],
+        timeout: 2,
+    };
+    let timed_out = c.try_call("ExecSync", |mut cl| async move { cl.exec_sync(req).await });
+    assert!(
+        began.elapsed() < Duration::from_secs(40),
+        "ExecSync's timeout of 2 s took {:?}: {timed_out:?}",
+        began.elapsed()
+    );
+    assert!(timed_out.is_err(), "{timed_out:?}");
+    // A container that outgrows its limit is killed by the guest's OOM
+    // killer and reported as the CRI reports it under runc.
+    let hog = c.create_with(
+        &pod,
+        &config,
+        "hog",
+        &["tail", "/dev/zero"],
+        vec![],
+        cri::NamespaceMode::Container,
+        limited(),
+    );
+    c.start_container(&hog);
+    let status = c.wait_exited(&hog);
+    assert_eq!(
+        (status.exit_code, status.reason.as_str()),
+        (137, "OOMKilled"),
+        "{status:?}"
+    );
+    // The pod and its other container live on.
+    let (code, _, _) = c.exec_sync(&calm, &["true"], 60);
+    assert_eq!(code, 0);
+    c.remove_container(&hog);
+    c.stop_container(&calm, 10);
+    c.wait_exited(&calm);
+    c.remove_container(&calm);
+    c.remove_pod(&pod);
+    c.assert_nothing_left();
+}
+
+/// Pods started at once.
+const PARALLEL_PODS: usize = 10;
+
+#[test]
+fn ten_pods_start_in_parallel_each_in_its_own_vm_and_leave_nothing() {
+    let c = Containerd::start();
+    let pods: Vec<(String, cri::PodSandboxConfig, String)> = std::thread::scope(|s| {
+        let started: Vec<_> = (0..PARALLEL_PODS)
+            .map(|i| {
+                let c = &c;
+                s.spawn(move || {
+                    let name = format!("p{i}");
+                    let config = c.pod_config(&name);
+                    let pod = c.run_pod(&config, "husk");
+                    let ctr = c.create(
+                        &pod,
+                        &config,
+                        "main",
+                        &["sh", "-c", &format!("echo pod {i} up; hostname")],
+                        vec![],
+                    );
+                    c.start_container(&ctr);
+                    (pod, config, ctr)
+                })
+            })
+            .collect();
+        started.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, (_, config, ctr)) in pods.iter().enumerate() {
+        let status = c.wait_exited(ctr);
+        assert_eq!(status.exit_code, 0, "pod {i}: {status:?}");
+        let name = &config.metadata.as_ref().unwrap().name;
+        assert_eq!(
+            c.log_lines(name, "main"),
+            vec![format!("pod {i} up"), name.clone()],
+            "pod {i}"
+        );
+    }
+    let ids: Vec<&str> = pods.iter().map(|(p, _, _)| p.as_str()).collect();
+    let vmms = pod_vmms(&c, &ids);
+    assert_eq!(vmms.len(), PARALLEL_PODS, "a VM per pod: {vmms:#?}");
+    std::thread::scope(|s| {
+        for (pod, _, ctr) in &pods {
+            let c = &c;
+            s.spawn(move || {
+                c.remove_container(ctr);
+                c.remove_pod(pod);
+            });
+        }
+    });
     c.assert_nothing_left();
 }

@@ -313,6 +313,26 @@ pub struct ContainerSpec {
     /// getting its own: the CRI's pod-level namespaces.
     #[serde(default)]
     pub join_namespaces: Vec<String>,
+    /// A pod's later container's own limits, applied to a cgroup of its own
+    /// in the guest (`None`: no cgroup of its own; a container alone in its
+    /// VM is limited by the VM's size).
+    #[serde(default)]
+    pub resources: Option<GuestResources>,
+}
+
+/// A container's limits inside the guest (cgroup v2 files).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestResources {
+    /// `memory.max`, bytes.
+    pub memory_max: Option<u64>,
+    /// `memory.swap.max`, bytes.
+    pub memory_swap_max: Option<u64>,
+    /// `pids.max`.
+    pub pids_max: Option<u64>,
+    /// `cpu.max`: quota and period, µs.
+    pub cpu_max: Option<(u64, u64)>,
+    /// `cpu.weight` (1..=10000).
+    pub cpu_weight: Option<u64>,
 }
 
 /// One range of a user namespace's map: container ids
@@ -479,8 +499,12 @@ pub enum Request {
     Remove { container: String },
     /// Resize the terminal of this connection's process.
     Resize { rows: u16, cols: u16 },
-    /// List the container's processes.
-    Ps,
+    /// List the VM's processes (`container`: those of that container of a
+    /// pod).
+    Ps {
+        #[serde(default)]
+        container: Option<String>,
+    },
     /// Get ready for a checkpoint (one-shot): the main session's output
     /// stops after an [`Event::Detached`] on its connection (the process
     /// blocks once its pipes fill), the guest's file data is written out
@@ -540,6 +564,9 @@ pub enum Event {
     /// The main session stops here for a checkpoint: no frame follows on
     /// this connection (the restored VM's host gets the rest).
     Detached,
+    /// The container's cgroup killed a process for want of memory (sent on
+    /// the main session of a pod's container, before its `Exited`).
+    OomKilled,
     /// The session's process ended (after all its output was sent).
     Exited {
         code: Option<i32>,

@@ -190,7 +190,7 @@ mod tests {
             },
         );
         let mut conn = AgentConn::connect(&path, Duration::from_secs(2), &|| true).unwrap();
-        let err = conn.request(&Request::Ps).unwrap_err();
+        let err = conn.request(&Request::Ps { container: None }).unwrap_err();
         assert_eq!(err.to_string(), "container not running");
     }
 

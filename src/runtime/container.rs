@@ -1176,7 +1176,7 @@ pub fn ps(root: &Path, id: &str) -> Result<Vec<crate::agent_proto::ProcessInfo>,
         return Err(ContainerError::PausedPs { id: id.to_owned() });
     }
     let mut conn = connect(&st)?;
-    match conn.request(&Request::Ps)? {
+    match conn.request(&Request::Ps { container: None })? {
         Response::Ps { processes } => Ok(processes),
         other => Err(ContainerError::Io(format!(
             "unexpected answer to ps: {other:?}"

@@ -341,6 +341,7 @@ pub fn container_spec(
         gid_map: Vec::new(),
         // A pod's later containers only (the shim's).
         join_namespaces: Vec::new(),
+        resources: None,
         devices: spec_devices(linux).into_iter().chain(devices).collect(),
     };
     Ok((container, shares))

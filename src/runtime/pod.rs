@@ -19,7 +19,7 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use super::container::{self, ContainerError};
 use super::guest_spec::{self, SharedDir, SHARE_TAG};
 use crate::agent_proto::{
-    ContainerSpec, ProcessSpec, Request, Response, POD_SHM_FSTYPE, SHARE_FSTYPE,
+    ContainerSpec, GuestResources, ProcessSpec, Request, Response, POD_SHM_FSTYPE, SHARE_FSTYPE,
 };
 use crate::control::AgentConn;
 use crate::storage::pod::{self as pod_dir, POD_SHARE, ROOTFS};
@@ -66,6 +66,36 @@ pub fn share_shm(spec: &mut ContainerSpec) {
         if m.destination == guest_spec::SHM && m.fstype == "tmpfs" {
             m.fstype = POD_SHM_FSTYPE.into();
         }
+    }
+}
+
+/// A container's `linux.resources` as its cgroup in the pod's guest gets
+/// them (cgroup v2, as runc writes them on the host).
+pub fn resources(spec: &Spec) -> GuestResources {
+    let r = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+    let positive = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok()).filter(|&v| v > 0);
+    let memory = r.and_then(|r| r.memory().as_ref());
+    let cpu = r.and_then(|r| r.cpu().as_ref());
+    let memory_max = positive(memory.and_then(|m| m.limit()));
+    GuestResources {
+        memory_max,
+        // runc: swap is memory+swap in the spec, swap alone in cgroup v2.
+        memory_swap_max: positive(memory.and_then(|m| m.swap()))
+            .zip(memory_max)
+            .map(|(total, mem)| total.saturating_sub(mem)),
+        pids_max: positive(r.and_then(|r| r.pids().as_ref()).map(|p| p.limit())),
+        cpu_max: positive(cpu.and_then(|c| c.quota())).map(|quota| {
+            let period = cpu
+                .and_then(|c| c.period())
+                .filter(|&p| p > 0)
+                .unwrap_or(super::vm_spec::DEFAULT_CFS_PERIOD_US);
+            (quota, period)
+        }),
+        // runc's conversion of cgroup v1 shares (2..=262144) to a weight.
+        cpu_weight: cpu
+            .and_then(|c| c.shares())
+            .filter(|&s| s > 0)
+            .map(|s| 1 + (s.clamp(2, 262_144) - 2) * 9999 / 262_142),
     }
 }
 
@@ -117,6 +147,7 @@ pub fn member_spec(
         guest.hostname = None;
     }
     guest.join_namespaces = joined;
+    guest.resources = Some(resources(spec));
     share_shm(&mut guest);
     guest.share_tag = Some(SHARE_TAG.to_owned());
     guest.root_share = Some(share_name(id, ROOTFS));
@@ -221,6 +252,27 @@ pub fn exec(
         Response::Started { pid } => Ok((conn, pid)),
         other => Err(ContainerError::Io(format!(
             "unexpected answer to exec: {other:?}"
+        ))),
+    }
+}
+
+/// The processes of container `id` of the pod (the sandbox's own, for the
+/// sandbox).
+pub fn ps(
+    root: &Path,
+    sandbox: &str,
+    id: &str,
+) -> Result<Vec<crate::agent_proto::ProcessInfo>, ContainerError> {
+    match request(
+        root,
+        sandbox,
+        &Request::Ps {
+            container: Some(id.to_owned()),
+        },
+    )? {
+        Response::Ps { processes } => Ok(processes),
+        other => Err(ContainerError::Io(format!(
+            "unexpected answer to ps: {other:?}"
         ))),
     }
 }
@@ -333,6 +385,38 @@ mod tests {
         let (g, _) = member_spec("c1", &shared_pid, Path::new("/b"), &dir).unwrap();
         assert_eq!(g.join_namespaces, vec!["ipc", "uts", "pid"]);
         assert!(!g.namespaces.contains(&"pid".to_string()));
+    }
+
+    #[test]
+    fn a_members_limits_become_its_guest_cgroups() {
+        let mut s = cri_container(serde_json::json!({"type": "pid"}));
+        let mut linux = s.linux().clone().unwrap();
+        linux.set_resources(Some(
+            serde_json::from_value(serde_json::json!({
+                "memory": {"limit": 33554432, "swap": 33554432},
+                "cpu": {"shares": 1024, "quota": 50000, "period": 100000},
+                "pids": {"limit": 100}
+            }))
+            .unwrap(),
+        ));
+        s.set_linux(Some(linux));
+        let r = resources(&s);
+        assert_eq!(
+            r,
+            GuestResources {
+                memory_max: Some(32 << 20),
+                memory_swap_max: Some(0),
+                pids_max: Some(100),
+                cpu_max: Some((50_000, 100_000)),
+                cpu_weight: Some(39),
+            }
+        );
+        // No limits: a cgroup of its own all the same (for its OOM events).
+        let bare = resources(&cri_container(serde_json::json!({"type": "pid"})));
+        assert_eq!(bare, GuestResources::default());
+        let dir = |_: &Path| Ok(guest_spec::BindSource::Directory);
+        let (g, _) = member_spec("c1", &s, Path::new("/b"), &dir).unwrap();
+        assert_eq!(g.resources, Some(r));
     }
 
     #[test]

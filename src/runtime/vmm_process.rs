@@ -1138,6 +1138,9 @@ pub struct SessionIo {
     pub stderr: Box<dyn Write + Send>,
     /// A terminal whose size changes are forwarded to the process's.
     pub follow_winsize: Option<RawFd>,
+    /// Called when the guest says the container's cgroup killed a process
+    /// for want of memory (a pod's container, before its end).
+    pub on_oom: Option<Box<dyn FnMut() + Send>>,
 }
 
 impl SessionIo {
@@ -1152,6 +1155,7 @@ impl SessionIo {
             follow_winsize: nix::unistd::isatty(stdin_fd)
                 .unwrap_or(false)
                 .then_some(stdin_fd),
+            on_oom: None,
         }
     }
 }
@@ -1194,6 +1198,7 @@ pub fn relay_io(
         mut stdout,
         mut stderr,
         follow_winsize,
+        mut on_oom,
     } = io;
     let (started_tx, started_rx) = mpsc::channel::<()>();
     {
@@ -1249,6 +1254,11 @@ pub fn relay_io(
                 // restored from the checkpoint; this connection ends with
                 // the VM.
                 Ok(Event::Detached) => log::info!("session: detached for a checkpoint"),
+                Ok(Event::OomKilled) => {
+                    if let Some(f) = on_oom.as_mut() {
+                        f();
+                    }
+                }
                 Ok(Event::Exited { code, signal }) => {
                     return Some(match (code, signal) {
                         (_, Some(sig)) => ExitStatus::Signal(sig),

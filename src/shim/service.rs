@@ -13,7 +13,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
     TaskResumed, TaskStart,
 };
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
@@ -582,11 +582,24 @@ impl Service {
             }
         };
         let exit = Arc::new(ExitCell::default());
+        // containerd's CRI reports a container that exits after an OOM
+        // event as `OOMKilled`, as under runc's shim.
+        let oom_events = Arc::clone(&self.events);
+        let oom_id = id.clone();
         let io = SessionIo {
             stdin: Box::new(stdio::LazyFifo::new(&stdio_paths.stdin)),
             stdout: Box::new(out),
             stderr: Box::new(err),
             follow_winsize: None,
+            on_oom: Some(Box::new(move || {
+                oom_events.publish(
+                    topics::TASK_OOM_EVENT_TOPIC,
+                    Box::new(TaskOOM {
+                        container_id: oom_id.clone(),
+                        ..Default::default()
+                    }),
+                );
+            })),
         };
         let events = Arc::clone(&self.events);
         let cid = id.clone();
@@ -778,6 +791,7 @@ impl Service {
             stdout: Box::new(out),
             stderr: Box::new(err),
             follow_winsize: None,
+            on_oom: None,
         };
         let events = Arc::clone(&self.events);
         let (cid, eid) = (id.to_owned(), exec_id.to_owned());
@@ -1155,8 +1169,17 @@ impl Service {
     /// `Pids`: the processes inside the VM.
     pub fn pids(&self, id: &str) -> TtrpcResult<api::PidsResponse> {
         self.with_proc(id, "", |_, _| Ok(()))?;
-        let vm = self.sandbox_of(id).unwrap_or_else(|| id.to_owned());
-        let procs = container::ps(&self.root, &vm).map_err(|e| runtime_error("ps", &e))?;
+        let pod = match self.tasks().get(id).map(|t| &t.pod) {
+            Some(PodRole::Member { sandbox }) => Some(sandbox.clone()),
+            Some(PodRole::Sandbox { .. }) => Some(id.to_owned()),
+            _ => None,
+        };
+        let procs = match pod {
+            // A pod's container: its own processes in the pod's VM.
+            Some(vm) => crate::runtime::pod::ps(&self.root, &vm, id),
+            None => container::ps(&self.root, id),
+        }
+        .map_err(|e| runtime_error("ps", &e))?;
         Ok(api::PidsResponse {
             processes: procs
                 .into_iter()

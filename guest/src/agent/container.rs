@@ -25,6 +25,7 @@
 use std::fs::File;
 use std::io::{Read as _, Write as _};
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::sync::{Arc, Mutex};
 
 use nix::errno::Errno;
@@ -75,6 +76,9 @@ pub struct Namespaces {
     pub others: Vec<OwnedFd>,
     /// Their names under `/proc/PID/ns` (`mnt`, `uts`, ...), in that order.
     pub names: Vec<&'static str>,
+    /// The container's own cgroup's `cgroup.procs` (a pod's container),
+    /// which its execs join.
+    pub cgroup_procs: Option<OwnedFd>,
     /// Whether the container has a user namespace of its own, and the
     /// namespace once its process has made it (at `Start`).
     pub has_user: bool,
@@ -262,6 +266,7 @@ pub fn fork_in_pid_ns<T, E: From<Errno>>(
 /// The forked child: new namespaces, the descriptors in place, init's
 /// binary again. Raw system calls only (init has threads).
 fn holder_child(
+    cgroup_procs: Option<RawFd>,
     join: &[RawFd],
     flags: libc::c_int,
     spec: RawFd,
@@ -277,6 +282,15 @@ fn holder_child(
         // SAFETY: _exit is async-signal-safe and never returns.
         unsafe { libc::_exit(127) }
     };
+    if let Some(fd) = cgroup_procs {
+        // Into the container's cgroup first: its cgroup namespace (made
+        // below) is rooted there.
+        // SAFETY: writes from a static buffer to a descriptor opened before
+        // the fork.
+        if unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } < 0 {
+            fail(Errno::last_raw());
+        }
+    }
     for fd in join {
         // SAFETY: setns takes a namespace descriptor the agent opened
         // before the fork, and a flag.
@@ -342,6 +356,145 @@ pub fn pod_shm(options: &[String]) -> Result<(), String> {
     .map_err(|e| format!("mounting the pod's shared memory on {POD_SHM_DIR}: {e}"))
 }
 
+/// Where the agent mounts the guest's cgroup2 hierarchy for the cgroups of
+/// a pod's containers (in the guest's devtmpfs, in its own namespace).
+pub const CGROUP_ROOT: &str = "/dev/.husk-cgroup";
+/// The controllers a pod container's cgroup gets, where the kernel has them.
+const CGROUP_CONTROLLERS: [&str; 3] = ["memory", "pids", "cpu"];
+
+/// A pod container's cgroup in the guest: made with its limits, its
+/// `cgroup.procs` open for the holder to move itself into before it makes
+/// its cgroup namespace (so the container's `/sys/fs/cgroup` is this one).
+pub struct GuestCgroup {
+    pub path: std::path::PathBuf,
+    pub procs: OwnedFd,
+}
+
+impl GuestCgroup {
+    /// Whether the kernel killed a process of it for want of memory.
+    pub fn oom_killed(&self) -> bool {
+        std::fs::read_to_string(self.path.join("memory.events"))
+            .map(|t| oom_kills(&t) > 0)
+            .unwrap_or(false)
+    }
+
+    /// Removes it (its processes are gone; a few tries while the last are
+    /// reaped).
+    pub fn remove(&self) {
+        for _ in 0..50 {
+            match std::fs::remove_dir(&self.path) {
+                Ok(()) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        }
+        eprintln!(
+            "{} removing the cgroup {}: still busy",
+            crate::proto::LOG_PREFIX,
+            self.path.display()
+        );
+    }
+}
+
+/// `oom_kill` of a `memory.events` file.
+pub fn oom_kills(events: &str) -> u64 {
+    events
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The cgroup v2 files and values for `r`.
+pub fn cgroup_files(r: &crate::agent_proto::GuestResources) -> Vec<(&'static str, String)> {
+    let mut files = Vec::new();
+    if let Some(m) = r.memory_max {
+        files.push(("memory.max", m.to_string()));
+    }
+    if let Some(s) = r.memory_swap_max {
+        files.push(("memory.swap.max", s.to_string()));
+    }
+    if let Some(p) = r.pids_max {
+        files.push(("pids.max", p.to_string()));
+    }
+    if let Some((quota, period)) = r.cpu_max {
+        files.push(("cpu.max", format!("{quota} {period}")));
+    }
+    if let Some(w) = r.cpu_weight {
+        files.push(("cpu.weight", w.clamp(1, 10_000).to_string()));
+    }
+    files
+}
+
+/// Makes container `id`'s cgroup with `resources` (see [`GuestCgroup`]).
+pub fn guest_cgroup(
+    id: &str,
+    resources: &crate::agent_proto::GuestResources,
+) -> Result<GuestCgroup, String> {
+    let plain = !id.is_empty() && id != "." && id != ".." && !id.contains('/');
+    if !plain {
+        return Err(format!("container id {id:?} is not a cgroup name"));
+    }
+    let root = std::path::Path::new(CGROUP_ROOT);
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("reading the guest's mounts: {e}"))?;
+    if !mountinfo
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(CGROUP_ROOT))
+    {
+        match std::fs::create_dir(root) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(format!("creating {CGROUP_ROOT}: {e}")),
+        }
+        nix::mount::mount(
+            Some("cgroup2"),
+            root,
+            Some("cgroup2"),
+            nix::mount::MsFlags::MS_NOSUID
+                | nix::mount::MsFlags::MS_NODEV
+                | nix::mount::MsFlags::MS_NOEXEC,
+            None::<&str>,
+        )
+        .map_err(|e| format!("mounting cgroup2 on {CGROUP_ROOT}: {e}"))?;
+        let have = std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+        let enable: Vec<String> = CGROUP_CONTROLLERS
+            .iter()
+            .filter(|c| have.split_whitespace().any(|h| h == **c))
+            .map(|c| format!("+{c}"))
+            .collect();
+        if !enable.is_empty() {
+            std::fs::write(root.join("cgroup.subtree_control"), enable.join(" "))
+                .map_err(|e| format!("enabling the cgroup controllers {enable:?}: {e}"))?;
+        }
+    }
+    let path = root.join(id);
+    match std::fs::create_dir(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("creating the cgroup {}: {e}", path.display())),
+    }
+    let made = (|| {
+        for (file, value) in cgroup_files(resources) {
+            std::fs::write(path.join(file), &value)
+                .map_err(|e| format!("setting {file} of container {id} to {value}: {e}"))?;
+        }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(path.join("cgroup.procs"))
+            .map(OwnedFd::from)
+            .map_err(|e| format!("opening {}/cgroup.procs: {e}", path.display()))
+    })();
+    match made {
+        Ok(procs) => Ok(GuestCgroup { path, procs }),
+        Err(e) => {
+            let _ = std::fs::remove_dir(&path);
+            Err(e)
+        }
+    }
+}
+
 /// The namespace types a later container of a pod may share with the pod's
 /// first container (its sandbox), by their names under `/proc/PID/ns`.
 const JOINABLE: [(&str, &str); 3] = [("pid", "pid"), ("ipc", "ipc"), ("uts", "uts")];
@@ -397,7 +550,9 @@ pub fn launch(
     spec: &ContainerSpec,
     reaper: &Reaper,
     join: Option<&Namespaces>,
+    cgroup: Option<&GuestCgroup>,
 ) -> Result<Holder, String> {
+    let cgroup_procs = cgroup.map(|c| c.procs.as_raw_fd());
     let json = serde_json::to_vec(spec).map_err(|e| format!("encoding the spec: {e}"))?;
     let maps = (!spec.uid_map.is_empty() || !spec.gid_map.is_empty()).then(|| {
         (
@@ -478,7 +633,7 @@ pub fn launch(
                 // on data built before the fork; it never returns.
                 match unsafe { nix::unistd::fork() } {
                     Ok(nix::unistd::ForkResult::Child) => {
-                        holder_child(&join_fds, flags, spec_raw, control_raw, &argv)
+                        holder_child(cgroup_procs, &join_fds, flags, spec_raw, control_raw, &argv)
                     }
                     Ok(nix::unistd::ForkResult::Parent { child }) => Ok(child.as_raw()),
                     Err(errno) => Err(errno),
@@ -536,6 +691,14 @@ pub fn launch(
             pid: pid_ns,
             others,
             names: joined.clone(),
+            cgroup_procs: match cgroup {
+                Some(c) => Some(
+                    c.procs
+                        .try_clone()
+                        .map_err(|e| format!("the container's cgroup: {e}"))?,
+                ),
+                None => None,
+            },
             has_user: maps.is_some(),
             user: Mutex::new(None),
         })
@@ -657,4 +820,48 @@ fn set_up() -> Result<(Prepared, bool), String> {
         prepared,
         !spec.uid_map.is_empty() || !spec.gid_map.is_empty(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent_proto::GuestResources;
+
+    #[test]
+    fn limits_become_cgroup_files() {
+        assert!(cgroup_files(&GuestResources::default()).is_empty());
+        let files = cgroup_files(&GuestResources {
+            memory_max: Some(32 << 20),
+            memory_swap_max: Some(0),
+            pids_max: Some(100),
+            cpu_max: Some((50_000, 100_000)),
+            cpu_weight: Some(20_000),
+        });
+        assert_eq!(
+            files,
+            vec![
+                ("memory.max", "33554432".to_string()),
+                ("memory.swap.max", "0".into()),
+                ("pids.max", "100".into()),
+                ("cpu.max", "50000 100000".into()),
+                ("cpu.weight", "10000".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn oom_kills_are_read_from_memory_events() {
+        let events = "low 0\nhigh 0\nmax 12\noom 2\noom_kill 1\noom_group_kill 0\n";
+        assert_eq!(oom_kills(events), 1);
+        assert_eq!(oom_kills("oom 3\n"), 0);
+        assert_eq!(oom_kills("oom_kill nope\n"), 0);
+        assert_eq!(oom_kills(""), 0);
+    }
+
+    #[test]
+    fn a_cgroup_name_must_be_plain() {
+        for bad in ["", ".", "..", "a/b"] {
+            assert!(guest_cgroup(bad, &GuestResources::default()).is_err());
+        }
+    }
 }

@@ -85,7 +85,18 @@ pub trait Platform: Send + Sync + 'static {
         _spec: &ContainerSpec,
         _reaper: &Reaper,
         _join: Option<&container::Namespaces>,
+        _cgroup: Option<&container::GuestCgroup>,
     ) -> Result<Option<container::Holder>, String> {
+        Ok(None)
+    }
+    /// A pod's container's own cgroup with its limits
+    /// ([`ContainerSpec::resources`]); `None` where containers get none
+    /// (the agent's tests on a host).
+    fn cgroup(
+        &self,
+        _id: &str,
+        _resources: &crate::agent_proto::GuestResources,
+    ) -> Result<Option<container::GuestCgroup>, String> {
         Ok(None)
     }
     /// Sends `signal` to every process but init (`kill(-1, signal)`).
@@ -127,8 +138,17 @@ impl Platform for GuestPlatform {
         spec: &ContainerSpec,
         reaper: &Reaper,
         join: Option<&container::Namespaces>,
+        cgroup: Option<&container::GuestCgroup>,
     ) -> Result<Option<container::Holder>, String> {
-        container::launch(spec, reaper, join).map(Some)
+        container::launch(spec, reaper, join, cgroup).map(Some)
+    }
+
+    fn cgroup(
+        &self,
+        id: &str,
+        resources: &crate::agent_proto::GuestResources,
+    ) -> Result<Option<container::GuestCgroup>, String> {
+        container::guest_cgroup(id, resources).map(Some)
     }
 
     fn signal_all(&self, signal: i32) -> Result<(), Errno> {
@@ -211,6 +231,8 @@ struct Ctr {
     main_sink: Mutex<Option<(Arc<Relink>, Arc<IoSlot>)>>,
     /// Exec sessions running (a checkpoint is refused while any is).
     execs: Arc<AtomicUsize>,
+    /// A pod's container's own cgroup in the guest, if it has one.
+    cgroup: Mutex<Option<Arc<container::GuestCgroup>>>,
 }
 
 impl Ctr {
@@ -223,7 +245,15 @@ impl Ctr {
             namespaces: Mutex::new(None),
             main_sink: Mutex::new(None),
             execs: Arc::new(AtomicUsize::new(0)),
+            cgroup: Mutex::new(None),
         }
+    }
+
+    fn cgroup(&self) -> Option<Arc<container::GuestCgroup>> {
+        self.cgroup
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn lock_main(&self) -> MutexGuard<'_, Main> {
@@ -487,6 +517,7 @@ impl<P: Platform> Agent<P> {
         let platform = Arc::clone(&self.platform);
         let main = Arc::clone(&ctr.main);
         let execs = Arc::clone(&ctr.execs);
+        let cgroup = if is_main { ctr.cgroup() } else { None };
         // A later container of a pod has a pid namespace of its own (or
         // shares the pod's): its end is not the guest's.
         let ends_guest = ctr.first;
@@ -517,6 +548,9 @@ impl<P: Platform> Agent<P> {
                 // after `Exited` is not refused for it.
                 if !is_main {
                     execs.fetch_sub(1, Ordering::SeqCst);
+                }
+                if cgroup.is_some_and(|c| c.oom_killed()) {
+                    sink.send(&Frame::json(FrameKind::Event, &Event::OomKilled));
                 }
                 sink.send(&Frame::json(FrameKind::Event, &status.event()));
                 sink.close();
@@ -660,7 +694,24 @@ impl<P: Platform> Agent<P> {
         {
             self.platform.pod_shm(&m.options)?;
         }
-        if let Some(holder) = self.platform.holder(&spec, &self.reaper, join.as_deref())? {
+        let cgroup = match &spec.resources {
+            Some(r) if !ctr.first => self.platform.cgroup(&spec.id, r)?.map(Arc::new),
+            _ => None,
+        };
+        *ctr.cgroup.lock().unwrap_or_else(|e| e.into_inner()) = cgroup.clone();
+        let holder = self
+            .platform
+            .holder(&spec, &self.reaper, join.as_deref(), cgroup.as_deref());
+        let holder = match holder {
+            Ok(h) => h,
+            Err(e) => {
+                if let Some(c) = &cgroup {
+                    c.remove();
+                }
+                return Err(e);
+            }
+        };
+        if let Some(holder) = holder {
             *ctr.namespaces.lock().unwrap_or_else(|e| e.into_inner()) =
                 Some(Arc::clone(&holder.namespaces));
             *ctr.holder.lock().unwrap_or_else(|e| e.into_inner()) = Some(holder);
@@ -924,12 +975,53 @@ impl<P: Platform> Agent<P> {
         }
         self.lock_containers()
             .retain(|(_, c)| !Arc::ptr_eq(c, &ctr));
+        // Its namespaces close with it; its cgroup goes once its last
+        // processes are reaped.
+        *ctr.namespaces.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        if let Some(c) = ctr.cgroup.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            c.remove();
+        }
         Ok(())
     }
 
     /// `Ps`.
     pub fn ps(&self) -> Result<Vec<ProcessInfo>, String> {
         ps::list(Path::new("/proc")).map_err(|e| format!("listing /proc: {e}"))
+    }
+
+    /// `Ps` of container `id` (`None`: the whole VM). A pod's later
+    /// container: the processes of its cgroup; the pod's first: those of
+    /// no later container's.
+    pub fn ps_in(&self, id: Option<&str>) -> Result<Vec<ProcessInfo>, String> {
+        let all = self.ps()?;
+        let Some(id) = id else {
+            return Ok(all);
+        };
+        let ctr = self.ctr(Some(id))?;
+        let pids_of = |c: &container::GuestCgroup| -> Vec<i32> {
+            std::fs::read_to_string(c.path.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect()
+        };
+        if let Some(cg) = ctr.cgroup() {
+            let mine = pids_of(&cg);
+            return Ok(all.into_iter().filter(|p| mine.contains(&p.pid)).collect());
+        }
+        if !ctr.first {
+            return Ok(all);
+        }
+        let others: Vec<i32> = self
+            .lock_containers()
+            .iter()
+            .filter_map(|(_, c)| c.cgroup())
+            .flat_map(|c| pids_of(&c))
+            .collect();
+        Ok(all
+            .into_iter()
+            .filter(|p| !others.contains(&p.pid))
+            .collect())
     }
 }
 
@@ -954,7 +1046,7 @@ fn op_name(request: &Request) -> &'static str {
         Request::Exec { .. } => "exec",
         Request::Signal { .. } => "signal",
         Request::Resize { .. } => "resize",
-        Request::Ps => "ps",
+        Request::Ps { .. } => "ps",
         Request::Checkpoint => "checkpoint",
         Request::CheckpointAbort => "checkpoint abort",
         Request::Reattach { .. } => "reattach",
@@ -1001,8 +1093,8 @@ fn idle_frame<P: Platform>(
             agent.signal_in(container.as_deref(), signal, all, &**sink);
             return Err(());
         }
-        Request::Ps => {
-            match agent.ps() {
+        Request::Ps { container } => {
+            match agent.ps_in(container.as_deref()) {
                 Ok(processes) => respond(&**sink, &Response::Ps { processes }),
                 Err(m) => error(&**sink, m),
             }

@@ -581,6 +581,10 @@ struct Rlimit64 {
 /// What the child works on; all of it built before `fork`.
 struct ChildCtx<'a> {
     p: &'a Prepared,
+    /// The container's cgroup's `cgroup.procs` (a pod's container): the
+    /// child moves itself there first, as runc's exec joins the
+    /// container's cgroup.
+    cgroup_procs: Option<RawFd>,
     /// Namespaces to join first (`setns`), the mount one first.
     enter: &'a [RawFd],
     /// The container's user namespace, joined after the limits (which
@@ -650,7 +654,18 @@ fn check(ctx: &ChildCtx, result: libc::c_long, step: Step, index: u32) {
 /// data: see the module docs for the order.
 fn child_main(ctx: &ChildCtx) -> ! {
     let p = ctx.p;
-    // 0. The container's namespaces (an exec or a hook).
+    // 0. The container's cgroup and namespaces (an exec or a hook).
+    if let Some(fd) = ctx.cgroup_procs {
+        // SAFETY: writes from a static buffer to a descriptor opened before
+        // the fork.
+        let rc = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
+        check(
+            ctx,
+            libc::c_long::try_from(rc).unwrap_or(-1),
+            Step::Enter,
+            0,
+        );
+    }
     for (i, fd) in (0..).zip(ctx.enter) {
         // SAFETY: setns takes a descriptor and flags only.
         let rc = unsafe { libc::setns(*fd, 0) };
@@ -1049,8 +1064,13 @@ pub fn spawn_with(
         })?,
         _ => None,
     };
+    let cgroup_procs = match &launch {
+        Launch::Enter(ns) => ns.cgroup_procs.as_ref().map(|f| f.as_raw_fd()),
+        _ => None,
+    };
     let ctx = ChildCtx {
         p,
+        cgroup_procs,
         enter: &enter,
         user_ns,
         new_user: None,
@@ -1142,6 +1162,7 @@ pub fn run_here(
     let (argv, envp) = (null_terminated(&p.argv), null_terminated(&p.envp));
     let ctx = ChildCtx {
         p,
+        cgroup_procs: None,
         enter: &[],
         user_ns: None,
         new_user,

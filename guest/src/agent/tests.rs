@@ -288,7 +288,8 @@ fn output_held_open_by_a_leftover_does_not_hold_exited() {
 fn ps_lists_an_exec_child_and_init_reaps_it_on_kill() {
     let (agent, _main) = created(&["true"]);
     let (mut c, pid) = exec(&agent, process(&["sleep", "30"]));
-    let Response::Ps { processes } = Client::one_shot(&agent, &Request::Ps) else {
+    let Response::Ps { processes } = Client::one_shot(&agent, &Request::Ps { container: None })
+    else {
         panic!("expected Ps");
     };
     let child = processes
@@ -652,7 +653,7 @@ fn garbage_never_crashes_the_agent() {
         raw_exchange(&agent, &bytes);
     }
     assert!(matches!(
-        Client::one_shot(&agent, &Request::Ps),
+        Client::one_shot(&agent, &Request::Ps { container: None }),
         Response::Ps { .. }
     ));
 }
@@ -663,7 +664,7 @@ fn a_session_survives_bad_frames() {
     let (mut c, _) = exec(&agent, process(&["cat"]));
     c.send(Frame::new(FrameKind::Request, b"{nope".to_vec()));
     assert!(matches!(c.response(), Response::Error { .. }));
-    c.request(&Request::Ps);
+    c.request(&Request::Ps { container: None });
     assert_eq!(
         c.response(),
         Response::Error {
