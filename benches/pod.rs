@@ -53,13 +53,26 @@ fn args() -> Args {
     a
 }
 
-/// One pod started until its container's first line; its time.
-fn pod_start(c: &Containerd, handler: &str, name: &str) -> Duration {
+/// Where a pod start's time went: `RunPodSandbox`, `CreateContainer`,
+/// `StartContainer`, then the wait for the first line.
+#[derive(Debug, Clone, Copy)]
+struct Phases {
+    run_pod: Duration,
+    create: Duration,
+    start: Duration,
+    first_line: Duration,
+}
+
+/// One pod started until its container's first line: its time, by phase.
+fn pod_start(c: &Containerd, handler: &str, name: &str) -> (Duration, Phases) {
     let began = Instant::now();
     let config = c.pod_config(name);
     let pod = c.run_pod(&config, handler);
+    let t_pod = began.elapsed();
     let ctr = c.create(&pod, &config, "main", &["echo", "ready"], vec![]);
+    let t_create = began.elapsed();
     c.start_container(&ctr);
+    let t_start = began.elapsed();
     while !c.log_lines(name, "main").iter().any(|l| l == "ready") {
         assert!(
             began.elapsed() < FIRST_LINE_LIMIT,
@@ -71,7 +84,13 @@ fn pod_start(c: &Containerd, handler: &str, name: &str) -> Duration {
     c.wait_exited(&ctr);
     c.remove_container(&ctr);
     c.remove_pod(&pod);
-    took
+    let phases = Phases {
+        run_pod: t_pod,
+        create: t_create - t_pod,
+        start: t_start - t_create,
+        first_line: took - t_start,
+    };
+    (took, phases)
 }
 
 fn mem_available_kib() -> u64 {
@@ -132,12 +151,20 @@ fn main() {
     let mut results = serde_json::Map::new();
     for handler in HANDLERS {
         pod_start(&c, handler, &format!("warm-{handler}"));
-        let times: Vec<Duration> = (0..a.runs)
+        let (times, phases): (Vec<Duration>, Vec<Phases>) = (0..a.runs)
             .map(|i| pod_start(&c, handler, &format!("{handler}-{i}")))
-            .collect();
+            .unzip();
         let ms: Vec<f64> = times.iter().map(|t| t.as_secs_f64() * 1e3).collect();
         let med = median(times).as_secs_f64() * 1e3;
-        eprintln!("pod: {handler}: pod start median {med:.0} ms over {ms:.0?}");
+        let phase =
+            |f: fn(&Phases) -> Duration| median(phases.iter().map(f).collect()).as_secs_f64() * 1e3;
+        let by_phase = serde_json::json!({
+            "run_pod_sandbox_ms": phase(|p| p.run_pod),
+            "create_container_ms": phase(|p| p.create),
+            "start_container_ms": phase(|p| p.start),
+            "to_first_line_ms": phase(|p| p.first_line),
+        });
+        eprintln!("pod: {handler}: pod start median {med:.0} ms over {ms:.0?}; phases (medians) {by_phase}");
         let kib = memory_per_pod(&c, handler, a.pods);
         eprintln!(
             "pod: {handler}: {:.1} MiB of host memory per idle pod ({} pods)",
@@ -149,6 +176,7 @@ fn main() {
             serde_json::json!({
                 "pod_start_ms": ms,
                 "pod_start_median_ms": med,
+                "phases_median": by_phase,
                 "memory_per_idle_pod_mib": kib as f64 / 1024.0,
             }),
         );

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod control;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
+pub mod install;
 pub mod jail;
 pub mod lockfile;
 pub mod lru;

@@ -311,6 +311,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Boot(a) => boot(a),
+        Command::Install(a) => install(&a),
         Command::Image(a) => {
             husk::rootfs::image::build_ext4(&a.dir, &a.output)?;
             Ok(ExitCode::SUCCESS)
@@ -322,6 +323,42 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn install(a: &husk::cli::install::InstallArgs) -> anyhow::Result<ExitCode> {
+    use husk::cli::install::EngineArg;
+    use husk::install::Engine;
+    let engine = match a.engine {
+        EngineArg::Podman => Engine::Podman,
+        EngineArg::Docker => Engine::Docker,
+        EngineArg::Containerd => Engine::Containerd,
+        EngineArg::Cri => Engine::Cri,
+    };
+    let husk = match &a.husk {
+        Some(p) => std::path::absolute(p).with_context(|| format!("--husk {}", p.display()))?,
+        None => std::env::current_exe().context("finding the husk binary")?,
+    };
+    let report =
+        husk::install::install(engine, a.uninstall, a.config.as_deref(), &husk, a.dry_run)?;
+    let verb = if a.dry_run { "would change" } else { "changed" };
+    if report.changes.is_empty() {
+        println!(
+            "husk is {} {:?}: nothing to change",
+            if a.uninstall {
+                "not registered with"
+            } else {
+                "already registered with"
+            },
+            format!("{:?}", a.engine).to_lowercase()
+        );
+    }
+    for c in &report.changes {
+        println!("{verb}: {c}");
+    }
+    if let Some(next) = report.restart.filter(|_| !a.dry_run) {
+        println!("next: {next}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn vmm_log(root: &Path, id: &str) -> String {

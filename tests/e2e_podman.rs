@@ -39,8 +39,15 @@ impl Podman {
     }
 
     fn podman(&self, args: &[&str]) -> Finished {
+        self.podman_as(&Self::husk().to_string_lossy(), &[], args)
+    }
+
+    /// podman with `--runtime runtime` (a path, or a name containers.conf
+    /// gives) and the environment `envs`.
+    fn podman_as(&self, runtime: &str, envs: &[(&str, &Path)], args: &[&str]) -> Finished {
         let d = self.dir.path();
         let mut cmd = Command::new("podman");
+        cmd.envs(envs.iter().copied());
         cmd.arg("--root")
             .arg(d.join("storage"))
             .arg("--runroot")
@@ -54,7 +61,7 @@ impl Podman {
                 "file",
             ])
             .arg("--runtime")
-            .arg(Self::husk())
+            .arg(runtime)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -1005,4 +1012,46 @@ fn rootless_podman_runs_husk_containers() {
     let done = user.podman(&["rm", "--force", "keep"]);
     assert!(done.status.success(), "{}", done.stderr);
     gone(&user);
+}
+
+#[test]
+fn podman_runs_husk_by_name_once_husk_install_registered_it() {
+    let p = Podman::new();
+    let conf = p.dir.path().join("containers.conf");
+    std::fs::write(&conf, "[containers]\nlog_size_max = 1048576\n").unwrap();
+    let install = |extra: &[&str]| {
+        let out = Command::new(Podman::husk())
+            .args(["install", "--engine", "podman", "--config"])
+            .arg(&conf)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let said = install(&[]);
+    assert!(said.contains("[engine.runtimes] husk"), "{said}");
+    assert!(install(&[]).contains("nothing to change"));
+    let text = std::fs::read_to_string(&conf).unwrap();
+    assert!(
+        text.starts_with("[containers]\nlog_size_max = 1048576\n"),
+        "{text}"
+    );
+    let done = p.podman_as(
+        "husk",
+        &[("CONTAINERS_CONF", &conf)],
+        &["run", "--rm", IMAGE, "echo", "found by name"],
+    );
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(done.stdout.trim(), "found by name");
+    // Uninstalled: the entry goes, the rest stays.
+    assert!(install(&["--uninstall"]).contains("removed"));
+    let text = std::fs::read_to_string(&conf).unwrap();
+    assert!(!text.contains("husk"), "{text}");
+    assert!(text.contains("log_size_max = 1048576"), "{text}");
+    p.assert_no_vm();
 }

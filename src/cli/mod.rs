@@ -26,6 +26,7 @@ pub mod delete;
 pub mod exec;
 pub mod features;
 pub mod husk_verbs;
+pub mod install;
 pub mod kill;
 pub mod list;
 pub mod pause;
@@ -221,6 +222,9 @@ pub enum Command {
     Spec(SpecArgs),
     /// Tell whether this host can run husk microVMs, and if not, why.
     Check(husk_verbs::CheckArgs),
+    /// Register husk with a container engine (podman, docker, containerd,
+    /// cri), keeping the engine's other settings; --uninstall undoes it.
+    Install(install::InstallArgs),
     /// Boot a microVM, run COMMAND in it, print its output, exit with its status.
     Boot(husk_verbs::BootArgs),
     /// Build an ext4 block image from a root filesystem directory.
