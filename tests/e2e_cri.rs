@@ -128,6 +128,29 @@ fn a_pod_is_one_vm_whose_containers_share_localhost_ipc_and_volumes() {
     c.stop_container(&shared, 2);
     c.wait_exited(&shared);
     c.remove_container(&shared);
+    // What the kubelet changes in a volume while the pod runs (a configMap
+    // or secret update: new files, then the `..data` link swapped to them,
+    // as its atomic writer does) is seen inside without a restart.
+    let config_map = empty_dir.join("config");
+    std::fs::create_dir_all(config_map.join("..v1")).unwrap();
+    std::fs::write(config_map.join("..v1/key"), "one\n").unwrap();
+    std::os::unix::fs::symlink("..v1", config_map.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/key", config_map.join("key")).unwrap();
+    let read_key = || c.exec_sync(&b, &["cat", "/cache/config/key"], 60).1;
+    assert_eq!(read_key(), "one\n");
+    std::fs::create_dir_all(config_map.join("..v2")).unwrap();
+    std::fs::write(config_map.join("..v2/key"), "two\n").unwrap();
+    std::os::unix::fs::symlink("..v2", config_map.join("..data_tmp")).unwrap();
+    std::fs::rename(config_map.join("..data_tmp"), config_map.join("..data")).unwrap();
+    let began = Instant::now();
+    while read_key() != "two\n" {
+        assert!(
+            began.elapsed() < Duration::from_secs(30),
+            "the update never reached the container: {:?}",
+            read_key()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     // Stopping one container leaves the other running.
     c.stop_container(&b, 10);
     let status = c.wait_exited(&b);

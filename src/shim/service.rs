@@ -298,6 +298,17 @@ enum PodRole {
     Member { sandbox: String },
 }
 
+/// Whose session a relay thread carries ([`Service::relay`]).
+struct Relay {
+    container_id: String,
+    /// The exec's id, or the container's for its main process.
+    id: String,
+    pid: u32,
+    stdin_path: String,
+    /// The main session of a created container: stdin flows once it runs.
+    wait_for_start: bool,
+}
+
 /// A task: its bundle, whether the shim mounted its rootfs, its processes.
 struct Task {
     bundle: PathBuf,
@@ -494,43 +505,11 @@ impl Service {
         drop(request);
         let exit = Arc::new(ExitCell::default());
         self.watch_init(&id, pid, &plumbing, Arc::clone(&exit));
-        self.events.publish(
-            topics::TASK_CREATE_EVENT_TOPIC,
-            Box::new(TaskCreate {
-                container_id: id.clone(),
-                bundle: req.bundle.clone(),
-                rootfs: req.rootfs.clone(),
-                io: Some(TaskIO {
-                    stdin: req.stdin.clone(),
-                    stdout: req.stdout.clone(),
-                    stderr: req.stderr.clone(),
-                    terminal: req.terminal,
-                    ..Default::default()
-                })
-                .into(),
-                pid,
-                ..Default::default()
-            }),
-        );
-        self.tasks().insert(
-            id,
-            Task {
-                bundle,
-                mounted_rootfs,
-                init: Proc {
-                    pid,
-                    stdio: stdio_paths,
-                    started: false,
-                    exit,
-                    plumbing,
-                },
-                execs: HashMap::new(),
-                pod: match pod_dir {
-                    Some(dir) => PodRole::Sandbox { dir },
-                    None => PodRole::Alone,
-                },
-            },
-        );
+        let pod = match pod_dir {
+            Some(dir) => PodRole::Sandbox { dir },
+            None => PodRole::Alone,
+        };
+        self.add_task(req, pid, stdio_paths, exit, plumbing, mounted_rootfs, pod);
         Ok(api::CreateTaskResponse {
             pid,
             ..Default::default()
@@ -601,30 +580,19 @@ impl Service {
                 );
             })),
         };
-        let events = Arc::clone(&self.events);
-        let cid = id.clone();
-        let stdin_path = stdio_paths.stdin.clone();
-        let relay_writer = Arc::clone(&writer);
-        let relay_exit = Arc::clone(&exit);
-        let relayed = std::thread::Builder::new()
-            .name(format!("ctr-{id}"))
-            .spawn(move || {
-                let status = vmm_process::relay_io(conn, &relay_writer, true, io);
-                stdio::release_fifo(&stdin_path);
-                let e = relay_exit.set(exit_code(status));
-                log::info!("container {cid}: its process exited with {}", e.status);
-                events.publish(
-                    topics::TASK_EXIT_EVENT_TOPIC,
-                    Box::new(TaskExit {
-                        container_id: cid.clone(),
-                        id: cid,
-                        pid,
-                        exit_status: e.status,
-                        exited_at: Some(timestamp(e.at)).into(),
-                        ..Default::default()
-                    }),
-                );
-            });
+        let relayed = self.relay(
+            Relay {
+                container_id: id.clone(),
+                id: id.clone(),
+                pid,
+                stdin_path: stdio_paths.stdin.clone(),
+                wait_for_start: true,
+            },
+            conn,
+            Arc::clone(&writer),
+            io,
+            Arc::clone(&exit),
+        );
         if let Err(e) = relayed {
             let _ = crate::runtime::pod::remove(&self.root, sandbox, &id);
             undo();
@@ -633,10 +601,72 @@ impl Service {
                 format!("container relay thread: {e}"),
             ));
         }
+        let pod = PodRole::Member {
+            sandbox: sandbox.to_owned(),
+        };
+        let plumbing = Plumbing::Member { writer };
+        self.add_task(req, pid, stdio_paths, exit, plumbing, mounted_rootfs, pod);
+        Ok(api::CreateTaskResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    /// Relays an agent session (an exec's, or a pod container's main one)
+    /// on a thread of its own until its process ends, then records the end
+    /// and publishes `/tasks/exit`.
+    fn relay(
+        &self,
+        what: Relay,
+        conn: crate::control::AgentConn,
+        writer: SessionWriter,
+        io: SessionIo,
+        exit: Arc<ExitCell>,
+    ) -> std::io::Result<()> {
+        let events = Arc::clone(&self.events);
+        std::thread::Builder::new()
+            .name(format!("relay-{}", what.id))
+            .spawn(move || {
+                let status = vmm_process::relay_io(conn, &writer, what.wait_for_start, io);
+                stdio::release_fifo(&what.stdin_path);
+                let e = exit.set(exit_code(status));
+                log::info!(
+                    "container {}: process {} exited with {}",
+                    what.container_id,
+                    what.id,
+                    e.status
+                );
+                events.publish(
+                    topics::TASK_EXIT_EVENT_TOPIC,
+                    Box::new(TaskExit {
+                        container_id: what.container_id,
+                        id: what.id,
+                        pid: what.pid,
+                        exit_status: e.status,
+                        exited_at: Some(timestamp(e.at)).into(),
+                        ..Default::default()
+                    }),
+                );
+            })
+            .map(drop)
+    }
+
+    /// Publishes a created task and records it.
+    #[allow(clippy::too_many_arguments)]
+    fn add_task(
+        &self,
+        req: &api::CreateTaskRequest,
+        pid: u32,
+        stdio: StdioPaths,
+        exit: Arc<ExitCell>,
+        plumbing: Plumbing,
+        mounted_rootfs: bool,
+        pod: PodRole,
+    ) {
         self.events.publish(
             topics::TASK_CREATE_EVENT_TOPIC,
             Box::new(TaskCreate {
-                container_id: id.clone(),
+                container_id: req.id.clone(),
                 bundle: req.bundle.clone(),
                 rootfs: req.rootfs.clone(),
                 io: Some(TaskIO {
@@ -652,27 +682,21 @@ impl Service {
             }),
         );
         self.tasks().insert(
-            id,
+            req.id.clone(),
             Task {
-                bundle,
+                bundle: PathBuf::from(&req.bundle),
                 mounted_rootfs,
                 init: Proc {
                     pid,
-                    stdio: stdio_paths,
+                    stdio,
                     started: false,
                     exit,
-                    plumbing: Plumbing::Member { writer },
+                    plumbing,
                 },
                 execs: HashMap::new(),
-                pod: PodRole::Member {
-                    sandbox: sandbox.to_owned(),
-                },
+                pod,
             },
         );
-        Ok(api::CreateTaskResponse {
-            pid,
-            ..Default::default()
-        })
     }
 
     /// The sandbox task of `id` when it is a pod's later container.
@@ -793,28 +817,20 @@ impl Service {
             follow_winsize: None,
             on_oom: None,
         };
-        let events = Arc::clone(&self.events);
-        let (cid, eid) = (id.to_owned(), exec_id.to_owned());
-        let stdin_path = stdio_paths.stdin.clone();
-        std::thread::Builder::new()
-            .name(format!("exec-{exec_id}"))
-            .spawn(move || {
-                let status = vmm_process::relay_io(conn, &writer, false, io);
-                stdio::release_fifo(&stdin_path);
-                let e = exit.set(exit_code(status));
-                events.publish(
-                    topics::TASK_EXIT_EVENT_TOPIC,
-                    Box::new(TaskExit {
-                        container_id: cid,
-                        id: eid,
-                        pid,
-                        exit_status: e.status,
-                        exited_at: Some(timestamp(e.at)).into(),
-                        ..Default::default()
-                    }),
-                );
-            })
-            .map_err(|e| rpc_error(Code::INTERNAL, format!("exec relay thread: {e}")))?;
+        self.relay(
+            Relay {
+                container_id: id.to_owned(),
+                id: exec_id.to_owned(),
+                pid,
+                stdin_path: stdio_paths.stdin.clone(),
+                wait_for_start: false,
+            },
+            conn,
+            writer,
+            io,
+            exit,
+        )
+        .map_err(|e| rpc_error(Code::INTERNAL, format!("exec relay thread: {e}")))?;
         self.events.publish(
             topics::TASK_EXEC_STARTED_EVENT_TOPIC,
             Box::new(TaskExecStarted {

@@ -466,18 +466,7 @@ state = "{0}/state"
     /// no mount under containerd's or husk's state.
     pub fn assert_nothing_left(&self) {
         engines::assert_no_vmm(|l| l.starts_with(&*husk().to_string_lossy()));
-        let start = Instant::now();
-        loop {
-            let shims = engines::processes(|l| l.contains("containerd-shim-husk-v2"));
-            if shims.is_empty() {
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "shims left: {shims:?}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        engines::assert_no_husk_shim();
         let state = self.dir.path().join("husk-shim").join(NAMESPACE);
         let left = engines::state_entries(&state);
         assert!(left.is_empty(), "container state left: {left:?}");
@@ -491,11 +480,7 @@ state = "{0}/state"
     }
 
     pub fn dump_logs(&self) {
-        let tail = |path: &Path| {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            lines[lines.len().saturating_sub(60)..].join("\n")
-        };
+        let tail = |path: &std::path::Path| engines::log_tail(path, 60);
         let d = self.dir.path();
         eprintln!("--- containerd.log\n{}", tail(&d.join("containerd.log")));
         let state = d.join("husk-shim").join(NAMESPACE);

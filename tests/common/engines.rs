@@ -97,3 +97,27 @@ pub fn state_entries(root: &Path) -> Vec<std::path::PathBuf> {
     left.extend(entries(&locks));
     left
 }
+
+/// Fails unless, within a short wait, no `containerd-shim-husk-v2` process
+/// is left.
+pub fn assert_no_husk_shim() {
+    let start = Instant::now();
+    loop {
+        let shims = processes(|l| l.contains("containerd-shim-husk-v2"));
+        if shims.is_empty() {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "shims left: {shims:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The last `n` lines of a log file (empty if it cannot be read).
+pub fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
