@@ -337,6 +337,51 @@ fn a_pod_containers_limits_apply_in_its_vm_and_an_oom_kill_is_reported() {
     // The pod and its other container live on.
     let (code, _, _) = c.exec_sync(&calm, &["true"], 60);
     assert_eq!(code, 0);
+    // A pod whose cgroup the kubelet limited (containerd 1.6 passes no pod
+    // sizing annotations) gets a VM of that size, less what the VMM takes.
+    /// Removes the test's pod cgroup at the end, failed or not.
+    struct PodCgroup(&'static std::path::Path);
+    impl Drop for PodCgroup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir(self.0);
+        }
+    }
+    let pod_cgroup = PodCgroup(std::path::Path::new("/sys/fs/cgroup/husk-e2e-pod"));
+    std::fs::create_dir(pod_cgroup.0).unwrap();
+    let big = {
+        std::fs::write(pod_cgroup.0.join("memory.max"), format!("{}", 400u64 << 20)).unwrap();
+        let mut big_config = c.pod_config("big");
+        big_config.linux.as_mut().unwrap().cgroup_parent = "/husk-e2e-pod".into();
+        let big_pod = c.run_pod(&big_config, "husk");
+        let ctr = c.create(
+            &big_pod,
+            &big_config,
+            "main",
+            &[
+                "sh",
+                "-c",
+                "trap 'exit 0' TERM; while :; do sleep 1000 & wait $!; done",
+            ],
+            vec![],
+        );
+        c.start_container(&ctr);
+        let (_, meminfo, _) = c.exec_sync(&ctr, &["grep", "MemTotal", "/proc/meminfo"], 60);
+        c.stop_container(&ctr, 2);
+        c.wait_exited(&ctr);
+        c.remove_container(&ctr);
+        c.remove_pod(&big_pod);
+        meminfo
+    };
+    drop(pod_cgroup);
+    let kib: u64 = big
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        (300 << 10..=368 << 10).contains(&kib),
+        "a pod VM of 400 - 32 MiB: {big}"
+    );
     c.remove_container(&hog);
     c.stop_container(&calm, 10);
     c.wait_exited(&calm);

@@ -182,7 +182,20 @@ fn create_timeout() -> Duration {
 pub fn create(req: &CreateRequest) -> Result<u32, ContainerError> {
     let began = crate::timeline::now_ns();
     let b = bundle::load_for_create(&req.bundle, &req.root, &req.id)?;
-    let sizing = vm_spec::vm_sizing(&b.spec)?;
+    let mut sizing = vm_spec::vm_sizing(&b.spec)?;
+    if req.pod_share.is_some() && !vm_spec::sized_by_annotations(&b.spec) {
+        // A pod's VM holds all its containers: containerd before 1.7 says
+        // nothing of their limits, but the kubelet's pod cgroup does.
+        if let Some((memory, cpu)) = pod_cgroup_limits(req, &b.spec) {
+            sizing = vm_spec::pod_from_cgroup(sizing, &memory, &cpu);
+            log::info!(
+                "container {}: pod VM sized from its pod cgroup: {} MiB, {} vCPUs",
+                req.id,
+                sizing.mem_mib,
+                sizing.vcpus
+            );
+        }
+    }
     let (mut container, mut shares) =
         guest_spec::container_spec(&req.id, &b.spec, &b.path, &guest_spec::read_bind_source)?;
     let rootfs_mode = crate::runtime::vm_plan::rootfs_mode(&b.spec)?;
@@ -500,6 +513,35 @@ fn seccomp_report(log: &Path) -> Option<String> {
 /// cgroup2 mount) and the settings there ([`crate::runtime::cgroup`]);
 /// `None` where husk cannot manage cgroups (not root, or no cgroup2 mount),
 /// with a warning for the latter. Checked before anything is made.
+/// The `memory.max` and `cpu.max` of the cgroup above the one
+/// `linux.cgroupsPath` names (a pod sandbox's: the kubelet's pod cgroup),
+/// where there is one to read.
+fn pod_cgroup_limits(
+    req: &CreateRequest,
+    spec: &oci_spec::runtime::Spec,
+) -> Option<(String, String)> {
+    use crate::runtime::cgroup;
+    let given = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().as_ref())
+        .map(|p| p.to_string_lossy().into_owned())?;
+    let rel = cgroup::relative_path(
+        Some(&given),
+        req.systemd_cgroup,
+        &req.id,
+        &cgroup::own_cgroup(),
+    )
+    .ok()?;
+    let pod = Path::new(cgroup::CGROUP_ROOT).join(rel.parent()?);
+    if pod == Path::new(cgroup::CGROUP_ROOT) {
+        return None;
+    }
+    let memory = std::fs::read_to_string(pod.join("memory.max")).ok()?;
+    let cpu = std::fs::read_to_string(pod.join("cpu.max")).unwrap_or_default();
+    Some((memory, cpu))
+}
+
 fn cgroup_plan(
     req: &CreateRequest,
     spec: &oci_spec::runtime::Spec,

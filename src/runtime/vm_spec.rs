@@ -41,6 +41,10 @@ pub const DEFAULT_CFS_PERIOD_US: u64 = 100_000;
 pub const ANNOTATION_MEMORY_MIB: &str = "io.husk.vm.memory_mib";
 /// Annotation that sets the vCPU count, overriding the CPU limits.
 pub const ANNOTATION_VCPUS: &str = "io.husk.vm.vcpus";
+/// What a pod VM's host processes (VMM, fs server) take beside its guest
+/// RAM, left out of the pod cgroup's limit when the VM is sized from it
+/// ([`pod_from_cgroup`]).
+pub const POD_PROCESSES_MIB: u32 = 32;
 /// containerd's pod memory limit (bytes) on a sandbox's spec.
 pub const CRI_SANDBOX_MEMORY: &str = "io.kubernetes.cri.sandbox-memory";
 /// containerd's pod CPU quota (µs a period) on a sandbox's spec.
@@ -123,6 +127,45 @@ pub fn vm_sizing(spec: &Spec) -> Result<VmSizing, VmSpecError> {
         sizing.vcpus = parse_annotation(ANNOTATION_VCPUS, value, 1, MAX_VCPUS)?;
     }
     Ok(sizing)
+}
+
+/// Whether `spec` says how big its VM is: husk's annotations, or
+/// containerd's pod sizing ones.
+pub fn sized_by_annotations(spec: &Spec) -> bool {
+    spec.annotations().as_ref().is_some_and(|a| {
+        [
+            ANNOTATION_MEMORY_MIB,
+            ANNOTATION_VCPUS,
+            CRI_SANDBOX_MEMORY,
+            CRI_SANDBOX_CPU_QUOTA,
+        ]
+        .iter()
+        .any(|k| a.contains_key(*k))
+    })
+}
+
+/// A pod VM sized from the pod cgroup the kubelet made (the sandbox
+/// cgroup's parent), given its `memory.max` and `cpu.max` files' text:
+/// the pod's memory limit (the containers' limits and the RuntimeClass
+/// overhead) less [`POD_PROCESSES_MIB`] is the guest's RAM, its CPU quota
+/// the vCPUs; `max` (no limit) keeps `sizing`'s.
+pub fn pod_from_cgroup(sizing: VmSizing, memory_max: &str, cpu_max: &str) -> VmSizing {
+    let mut out = sizing;
+    if let Ok(bytes) = memory_max.trim().parse::<u64>() {
+        let mib = (bytes / MIB).saturating_sub(u64::from(POD_PROCESSES_MIB));
+        out.mem_mib =
+            u32::try_from(mib.clamp(u64::from(MIN_MEMORY_MIB), u64::from(MAX_MEMORY_MIB)))
+                .unwrap_or(MAX_MEMORY_MIB);
+    }
+    let mut parts = cpu_max.split_whitespace();
+    if let (Some(quota), Some(period)) = (parts.next(), parts.next()) {
+        if let (Ok(q), Ok(p)) = (quota.parse::<i64>(), period.parse::<u64>()) {
+            if let Ok(v) = vcpus_for_cpu(Some(q), Some(p), None) {
+                out.vcpus = v;
+            }
+        }
+    }
+    out
 }
 
 /// MiB of guest memory for a cgroup memory limit in bytes.
@@ -503,5 +546,37 @@ mod tests {
             ANNOTATION_MEMORY_MIB: "1024",
         }));
         assert_eq!(s.mem_mib, 1024);
+    }
+
+    #[test]
+    fn a_pod_vm_without_annotations_is_sized_from_its_pod_cgroup() {
+        let default = VmSizing::default();
+        // 512 MiB of limits + 96 MiB of RuntimeClass overhead, 2.5 CPUs.
+        let pod_limit = (512u64 + 96) << 20;
+        let s = pod_from_cgroup(default, &format!("{pod_limit}\n"), "250000 100000\n");
+        assert_eq!(
+            s,
+            VmSizing {
+                mem_mib: 512 + 96 - POD_PROCESSES_MIB,
+                vcpus: 3
+            }
+        );
+        // No limits: the defaults stay.
+        assert_eq!(pod_from_cgroup(default, "max\n", "max 100000\n"), default);
+        // A tiny limit still gives a guest that boots; nonsense is ignored.
+        assert_eq!(
+            pod_from_cgroup(default, "1048576", "").mem_mib,
+            MIN_MEMORY_MIB
+        );
+        assert_eq!(pod_from_cgroup(default, "lots", "x y"), default);
+        let annotated = spec(
+            serde_json::json!({}),
+            serde_json::json!({ANNOTATION_MEMORY_MIB: "300"}),
+        );
+        assert!(sized_by_annotations(&annotated));
+        assert!(!sized_by_annotations(&spec(
+            serde_json::json!({}),
+            serde_json::Value::Null
+        )));
     }
 }
