@@ -115,7 +115,7 @@ fn a_pod_is_one_vm_whose_containers_share_localhost_ipc_and_volumes() {
         &pod,
         &config,
         "shared-pid",
-        &["sleep", "1000"],
+        &["sh", "-c", "sleep 999 & exec sleep 1000"],
         vec![],
         cri::NamespaceMode::Pod,
     );
@@ -128,6 +128,26 @@ fn a_pod_is_one_vm_whose_containers_share_localhost_ipc_and_volumes() {
     c.stop_container(&shared, 2);
     c.wait_exited(&shared);
     c.remove_container(&shared);
+    // What it started went with it (its cgroup is killed, as runc's shim
+    // does), though the pod's pid namespace lives on.
+    let look = c.create_with_pid(
+        &pod,
+        &config,
+        "shared-pid-2",
+        &["sleep", "1000"],
+        vec![],
+        cri::NamespaceMode::Pod,
+    );
+    c.start_container(&look);
+    let (_, ps, _) = c.exec_sync(&look, &["ps"], 60);
+    assert!(
+        ps.contains("sleep 1000"),
+        "ps lists the pod's processes: {ps}"
+    );
+    assert!(!ps.contains("sleep 999"), "left behind: {ps}");
+    c.stop_container(&look, 2);
+    c.wait_exited(&look);
+    c.remove_container(&look);
     // What the kubelet changes in a volume while the pod runs (a configMap
     // or secret update: new files, then the `..data` link swapped to them,
     // as its atomic writer does) is seen inside without a restart.
@@ -302,6 +322,9 @@ fn a_pod_containers_limits_apply_in_its_vm_and_an_oom_kill_is_reported() {
     // cgroup namespace).
     let (_, cgroup, _) = c.exec_sync(&calm, &["cat", "/proc/self/cgroup"], 60);
     assert_eq!(cgroup, "0::/\n");
+    // Its stats are its own cgroup's in the guest (its limit, not the VM's).
+    let metrics = c.ctr(&["task", "metrics", &calm]);
+    assert!(metrics.contains(&limit.to_string()), "{metrics}");
     // A probe's timeout is honoured: the exec is killed, the call returns.
     let began = Instant::now();
     let req = cri::ExecSyncRequest {

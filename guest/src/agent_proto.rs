@@ -27,6 +27,18 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The cgroup v2 files [`Request::Stats`] reads.
+pub const STAT_FILES: [&str; 8] = [
+    "pids.current",
+    "pids.max",
+    "cpu.stat",
+    "memory.current",
+    "memory.max",
+    "memory.peak",
+    "memory.stat",
+    "memory.events",
+];
+
 /// Vsock port the agent listens on.
 pub const AGENT_PORT: u32 = 1024;
 /// Largest frame accepted (kind + payload), to bound memory.
@@ -497,6 +509,9 @@ pub enum Request {
     /// Forget a later container of a pod whose process has ended (or never
     /// started): what is left of it in the guest goes (one-shot).
     Remove { container: String },
+    /// The cgroup statistics of a later container of a pod: its cgroup's
+    /// [`STAT_FILES`], as they read (one-shot).
+    Stats { container: String },
     /// Resize the terminal of this connection's process.
     Resize { rows: u16, cols: u16 },
     /// List the VM's processes (`container`: those of that container of a
@@ -547,6 +562,11 @@ pub enum Response {
     /// process's pid inside the guest.
     Reattached {
         pid: i32,
+    },
+    /// [`Request::Stats`]: (file name, its text) of each of
+    /// [`STAT_FILES`] the cgroup has.
+    Stats {
+        files: Vec<(String, String)>,
     },
     /// The request failed; `message` says why, for the user.
     Error {

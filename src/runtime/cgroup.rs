@@ -514,8 +514,15 @@ pub fn read_stats(dir: &Path) -> Result<Stats, CgroupError> {
             source: std::io::Error::from(std::io::ErrorKind::NotFound),
         });
     }
-    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
-    Ok(Stats {
+    Ok(stats_from(|f| {
+        std::fs::read_to_string(dir.join(f)).unwrap_or_default()
+    }))
+}
+
+/// The statistics from the text of each cgroup file (`read(name)`; empty
+/// for a file there is not).
+pub fn stats_from(read: impl Fn(&str) -> String) -> Stats {
+    Stats {
         pids_current: read("pids.current").trim().parse().unwrap_or(0),
         pids_limit: limit_value(&read("pids.max")),
         cpu: flat_keyed(&read("cpu.stat")),
@@ -524,7 +531,7 @@ pub fn read_stats(dir: &Path) -> Result<Stats, CgroupError> {
         memory_peak: read("memory.peak").trim().parse().unwrap_or(0),
         memory: flat_keyed(&read("memory.stat")),
         memory_events: flat_keyed(&read("memory.events")),
-    })
+    }
 }
 
 #[cfg(test)]

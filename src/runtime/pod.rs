@@ -277,6 +277,32 @@ pub fn ps(
     }
 }
 
+/// The statistics of container `id`'s own cgroup in the pod's VM.
+pub fn stats(
+    root: &Path,
+    sandbox: &str,
+    id: &str,
+) -> Result<crate::runtime::cgroup::Stats, ContainerError> {
+    match request(
+        root,
+        sandbox,
+        &Request::Stats {
+            container: id.to_owned(),
+        },
+    )? {
+        Response::Stats { files } => Ok(crate::runtime::cgroup::stats_from(|name| {
+            files
+                .iter()
+                .find(|(f, _)| f == name)
+                .map(|(_, t)| t.clone())
+                .unwrap_or_default()
+        })),
+        other => Err(ContainerError::Io(format!(
+            "unexpected answer to stats: {other:?}"
+        ))),
+    }
+}
+
 /// Frees container `id`: the guest forgets it (when its VM still runs),
 /// its binds leave the pod directory.
 pub fn remove(root: &Path, sandbox: &str, id: &str) -> Result<(), ContainerError> {

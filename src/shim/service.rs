@@ -1212,10 +1212,12 @@ impl Service {
     /// cgroup v2 metrics, as the runc shim answers.
     pub fn stats(&self, id: &str) -> TtrpcResult<api::StatsResponse> {
         self.with_proc(id, "", |_, _| Ok(()))?;
-        // A pod's container: the pod VM's (per-container figures from the
-        // guest are not reported yet).
-        let vm = self.sandbox_of(id).unwrap_or_else(|| id.to_owned());
-        let stats = container::stats(&self.root, &vm).map_err(|e| runtime_error("stats", &e))?;
+        // A pod's later container: its own cgroup in the pod's VM.
+        let stats = match self.sandbox_of(id) {
+            Some(sandbox) => crate::runtime::pod::stats(&self.root, &sandbox, id),
+            None => container::stats(&self.root, id),
+        }
+        .map_err(|e| runtime_error("stats", &e))?;
         Ok(api::StatsResponse {
             stats: protobuf::MessageField::some(metrics_any(&stats)?),
             ..Default::default()

@@ -378,6 +378,17 @@ impl GuestCgroup {
             .unwrap_or(false)
     }
 
+    /// Kills every process left in it (`cgroup.kill`, Linux 5.14).
+    pub fn kill(&self) {
+        if let Err(e) = std::fs::write(self.path.join("cgroup.kill"), "1") {
+            eprintln!(
+                "{} killing what is left in {}: {e}",
+                crate::proto::LOG_PREFIX,
+                self.path.display()
+            );
+        }
+    }
+
     /// Removes it (its processes are gone; a few tries while the last are
     /// reaped).
     pub fn remove(&self) {

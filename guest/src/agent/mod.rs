@@ -519,7 +519,9 @@ impl<P: Platform> Agent<P> {
         let execs = Arc::clone(&ctr.execs);
         let cgroup = if is_main { ctr.cgroup() } else { None };
         // A later container of a pod has a pid namespace of its own (or
-        // shares the pod's): its end is not the guest's.
+        // shares the pod's): its end is not the guest's. What it leaves in
+        // the pod's pid namespace goes with its cgroup, as runc's shim
+        // kills a container's cgroup when its init ends.
         let ends_guest = ctr.first;
         let started = std::thread::Builder::new()
             .name(
@@ -534,6 +536,8 @@ impl<P: Platform> Agent<P> {
                 let status = pump_output(outputs, end.wake, &end.exits, &*sink, DRAIN_IDLE, || {
                     if is_main && ends_guest {
                         platform.main_exited();
+                    } else if let Some(c) = cgroup.as_deref().filter(|_| is_main) {
+                        c.kill();
                     }
                 });
                 if is_main {
@@ -984,6 +988,21 @@ impl<P: Platform> Agent<P> {
         Ok(())
     }
 
+    /// `Stats` of a later container of a pod: its cgroup's files.
+    pub fn stats(&self, id: &str) -> Result<Vec<(String, String)>, String> {
+        let ctr = self.ctr(Some(id))?;
+        let cgroup = ctr
+            .cgroup()
+            .ok_or_else(|| format!("container {id} has no cgroup of its own in this VM"))?;
+        Ok(crate::agent_proto::STAT_FILES
+            .iter()
+            .filter_map(|f| {
+                let text = std::fs::read_to_string(cgroup.path.join(f)).ok()?;
+                Some(((*f).to_owned(), text))
+            })
+            .collect())
+    }
+
     /// `Ps`.
     pub fn ps(&self) -> Result<Vec<ProcessInfo>, String> {
         ps::list(Path::new("/proc")).map_err(|e| format!("listing /proc: {e}"))
@@ -1051,6 +1070,7 @@ fn op_name(request: &Request) -> &'static str {
         Request::CheckpointAbort => "checkpoint abort",
         Request::Reattach { .. } => "reattach",
         Request::Remove { .. } => "remove",
+        Request::Stats { .. } => "stats",
     }
 }
 
@@ -1116,6 +1136,13 @@ fn idle_frame<P: Platform>(
         Request::Remove { container } => {
             match agent.remove(&container) {
                 Ok(()) => respond(&**sink, &Response::Ok),
+                Err(m) => error(&**sink, m),
+            }
+            return Err(());
+        }
+        Request::Stats { container } => {
+            match agent.stats(&container) {
+                Ok(files) => respond(&**sink, &Response::Stats { files }),
                 Err(m) => error(&**sink, m),
             }
             return Err(());

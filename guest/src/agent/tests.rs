@@ -1100,6 +1100,17 @@ fn a_running_pod_container_is_not_removed_and_an_exec_names_its_container() {
         matches!(&r, Response::Error { message } if message.contains("running")),
         "{r:?}"
     );
+    // Stats need the container's own cgroup (none on a host's test
+    // platform), and name a container of the VM.
+    for id in ["app", "nope"] {
+        let r = Client::one_shot(
+            &agent,
+            &Request::Stats {
+                container: id.into(),
+            },
+        );
+        assert!(matches!(r, Response::Error { .. }), "{r:?}");
+    }
     let mut c = Client::connect(&agent);
     c.request(&Request::Exec {
         process: Box::new(process(&["sh", "-c", "echo in-app"])),
