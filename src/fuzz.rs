@@ -328,7 +328,17 @@ pub fn agent_frames(data: &[u8]) {
         match Frame::read_from(&mut reader) {
             Ok(Some(frame)) => {
                 let _ = frame.parse::<Request>("request");
-                let _ = frame.parse::<Response>("response");
+                // A pod container's statistics, as the host reads the
+                // guest's cgroup files.
+                if let Ok(Response::Stats { files }) = frame.parse::<Response>("response") {
+                    let _ = crate::runtime::cgroup::stats_from(|name| {
+                        files
+                            .iter()
+                            .find(|(f, _)| f == name)
+                            .map(|(_, t)| t.clone())
+                            .unwrap_or_default()
+                    });
+                }
                 let _ = frame.parse::<Event>("event");
             }
             Ok(None) | Err(_) => break,
