@@ -90,29 +90,8 @@ impl Containerd {
 
     /// busybox rootfs -> podman import -> OCI archive -> ctr image import.
     fn import_image(&self) {
-        let d = self.dir.path();
-        let tar = d.join("rootfs.tar");
-        engines::image_tarball(d, &tar, "served through containerd\n");
-        let podman = |args: &[&str]| {
-            let mut cmd = Command::new("podman");
-            cmd.arg("--root")
-                .arg(d.join("podman"))
-                .arg("--runroot")
-                .arg(d.join("podman-run"))
-                .args(["--storage-driver", "vfs", "--events-backend", "file"])
-                .args(args);
-            run_ok(&mut cmd);
-        };
-        podman(&["import", tar.to_str().unwrap(), IMAGE]);
-        let archive = d.join("image.tar");
-        podman(&[
-            "save",
-            "--format",
-            "oci-archive",
-            "-o",
-            archive.to_str().unwrap(),
-            IMAGE,
-        ]);
+        let archive =
+            engines::oci_archive(self.dir.path(), IMAGE, "served through containerd\n", &[]);
         let done = self.ctr(&[
             "image",
             "import",
@@ -241,15 +220,6 @@ fn wait_status(c: &Containerd, id: &str, status: &str) {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-fn run_ok(cmd: &mut Command) {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn tasks(c: &Containerd) -> String {

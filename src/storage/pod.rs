@@ -160,13 +160,7 @@ fn bind_one(own: &Path, s: &SharedDir) -> Result<(), ShareError> {
         ));
     }
     let target = own.join(&s.name);
-    if s.file {
-        std::fs::File::create(&target)
-            .map(drop)
-            .map_err(dir_err("creating", &target))?;
-    } else {
-        std::fs::create_dir(&target).map_err(dir_err("creating", &target))?;
-    }
+    super::share::mount_point(&target, s.file)?;
     attach_restricted(&s.source, &target, s.read_only, s.recursive)
         .map_err(|e| bind_err(format!("{e} (pods need Linux 5.12 or later)")))
 }

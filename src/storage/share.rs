@@ -137,6 +137,21 @@ pub(crate) fn restrict(path: &Path, read_only: bool, recursive: bool) -> Result<
     mount(None::<&str>, path, None::<&str>, flags, None::<&str>)
 }
 
+/// Makes the mount point of a share at `target`: an empty file for a file,
+/// a directory otherwise.
+pub(crate) fn mount_point(target: &Path, file: bool) -> Result<(), ShareError> {
+    let made = if file {
+        std::fs::File::create(target).map(drop)
+    } else {
+        std::fs::create_dir(target)
+    };
+    made.map_err(|source| ShareError::Dir {
+        step: "creating",
+        path: target.to_path_buf(),
+        source,
+    })
+}
+
 /// Stages `shares` under `<state_dir>/share` in a new mount namespace of
 /// the calling process (see the module docs); returns that directory.
 /// Call it before the process starts other threads.
@@ -169,13 +184,7 @@ pub fn stage(state_dir: &Path, shares: &[SharedDir]) -> Result<PathBuf, ShareErr
         .map_err(|(step, e)| dir_err(step, &root)(std::io::Error::from(e)))?;
     for s in shares {
         let target = root.join(&s.name);
-        if s.file {
-            std::fs::File::create(&target)
-                .map(drop)
-                .map_err(dir_err("creating", &target))?;
-        } else {
-            std::fs::create_dir(&target).map_err(dir_err("creating", &target))?;
-        }
+        mount_point(&target, s.file)?;
         let bind_err = |e: nix::Error| ShareError::Bind {
             destination_hint: s.name.clone(),
             source_path: s.source.clone(),

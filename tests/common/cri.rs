@@ -136,39 +136,7 @@ state = "{0}/state"
     /// archive -> `ctr -n k8s.io image import`.
     pub fn import_image(&self) {
         let d = self.dir.path();
-        let tar = d.join("rootfs.tar");
-        engines::image_tarball(d, &tar, "served through the CRI\n");
-        let podman = |args: &[&str]| {
-            let mut cmd = Command::new("podman");
-            cmd.arg("--root")
-                .arg(d.join("podman"))
-                .arg("--runroot")
-                .arg(d.join("podman-run"))
-                .args(["--storage-driver", "vfs", "--events-backend", "file"])
-                .args(args);
-            let out = cmd.output().unwrap();
-            assert!(
-                out.status.success(),
-                "podman {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        podman(&[
-            "import",
-            "--change",
-            PAUSE_CMD,
-            tar.to_str().unwrap(),
-            IMAGE,
-        ]);
-        let archive = d.join("image.tar");
-        podman(&[
-            "save",
-            "--format",
-            "oci-archive",
-            "-o",
-            archive.to_str().unwrap(),
-            IMAGE,
-        ]);
+        let archive = engines::oci_archive(d, IMAGE, "served through the CRI\n", &[PAUSE_CMD]);
         let out = Command::new("ctr")
             .arg("--address")
             .arg(d.join("containerd.sock"))

@@ -121,3 +121,44 @@ pub fn log_tail(path: &Path, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+/// The test image ([`image_tarball`]: busybox, `/www/index.html` saying
+/// `page`; each of `changes` a podman `--change`) as an OCI archive named
+/// `image`, made by a podman of its own under `work`; the archive's path
+/// (for `ctr image import`).
+pub fn oci_archive(work: &Path, image: &str, page: &str, changes: &[&str]) -> std::path::PathBuf {
+    let tar = work.join("rootfs.tar");
+    image_tarball(work, &tar, page);
+    let podman = |args: &[&str]| {
+        let out = Command::new("podman")
+            .arg("--root")
+            .arg(work.join("podman"))
+            .arg("--runroot")
+            .arg(work.join("podman-run"))
+            .args(["--storage-driver", "vfs", "--events-backend", "file"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "podman {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let mut import = vec!["import"];
+    for c in changes {
+        import.extend(["--change", c]);
+    }
+    import.extend([tar.to_str().unwrap(), image]);
+    podman(&import);
+    let archive = work.join("image.tar");
+    podman(&[
+        "save",
+        "--format",
+        "oci-archive",
+        "-o",
+        archive.to_str().unwrap(),
+        image,
+    ]);
+    archive
+}
