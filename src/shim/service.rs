@@ -415,9 +415,17 @@ impl Service {
                 self.tasks().get(sandbox).map(|t| &t.pod),
                 Some(PodRole::Sandbox { .. })
             );
-            if in_pod_vm {
-                return self.create_member(req, sandbox);
+            if !in_pod_vm {
+                // A VM of its own would take the pod's network namespace
+                // from the pod's VM: refused, not half-made.
+                return Err(rpc_error(
+                    Code::FAILED_PRECONDITION,
+                    format!(
+                        "husk create failed: container {id} belongs to pod sandbox {sandbox},                          whose VM this shim does not hold (a sandbox made by another runtime                          or an older husk): recreate the pod"
+                    ),
+                ));
             }
+            return self.create_member(req, sandbox);
         }
         let mounted_rootfs = !req.rootfs.is_empty();
         if mounted_rootfs {
@@ -1696,6 +1704,41 @@ mod tests {
             .unwrap_err();
         assert_eq!(code_of(&e), Code::INVALID_ARGUMENT);
         assert!(message_of(&e).contains("/nonexistent/dir/stdout"), "{e:?}");
+    }
+
+    #[test]
+    fn a_pod_container_without_its_pods_vm_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let (s, events, _) = service(&root);
+        let bundle = dir.path().join("bundle");
+        std::fs::create_dir_all(bundle.join("rootfs")).unwrap();
+        std::fs::write(
+            bundle.join("config.json"),
+            serde_json::json!({
+                "ociVersion": "1.0.2",
+                "process": {"args": ["true"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+                "root": {"path": "rootfs"},
+                "annotations": {
+                    crate::runtime::pod::CONTAINER_TYPE_ANNOTATION: "container",
+                    crate::runtime::pod::SANDBOX_ID_ANNOTATION: "sb1"
+                }
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let e = s
+            .create_task(&api::CreateTaskRequest {
+                id: "c1".into(),
+                bundle: bundle.to_string_lossy().into_owned(),
+                ..Default::default()
+            })
+            .unwrap_err();
+        assert_eq!(code_of(&e), Code::FAILED_PRECONDITION, "{e:?}");
+        assert!(message_of(&e).contains("pod sandbox sb1"), "{e:?}");
+        assert!(s.tasks().is_empty());
+        assert!(lock(&events.0).is_empty());
+        assert!(!root.join("c1").exists());
     }
 
     #[test]
