@@ -67,10 +67,16 @@ fn a_pod_is_one_vm_whose_containers_share_localhost_ipc_and_volumes() {
             "in-shm".into()
         ]
     );
-    assert_eq!(
-        std::fs::read_to_string(empty_dir.join("from-b")).unwrap(),
-        "b-was-here\n"
-    );
+    // B writes after its last line: its write may still be on the way.
+    let began = Instant::now();
+    while std::fs::read_to_string(empty_dir.join("from-b")).unwrap_or_default() != "b-was-here\n" {
+        assert!(
+            began.elapsed() < Duration::from_secs(30),
+            "b's file never reached the host: {:?}",
+            std::fs::read_to_string(empty_dir.join("from-b"))
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // One VM for the pod: the sandbox's.
     let vmms = pod_vmms(&c, &[&pod, &a, &b]);
     assert_eq!(vmms.len(), 1, "one VM per pod: {vmms:#?}");
