@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-use super::share::ShareError;
+use super::share::{MountAttr, ShareError, AT_RECURSIVE, MOUNT_ATTR_NODEV, MOUNT_ATTR_RDONLY};
 use crate::runtime::guest_spec::SharedDir;
 
 /// The pod directory's name in the sandbox VM's share.
@@ -167,20 +167,8 @@ fn bind_one(own: &Path, s: &SharedDir) -> Result<(), ShareError> {
 
 /// `open_tree(2)`, `mount_setattr(2)` and `move_mount(2)` flags.
 const OPEN_TREE_CLONE: libc::c_uint = 1;
-const AT_RECURSIVE: libc::c_uint = 0x8000;
 const AT_EMPTY_PATH: libc::c_uint = 0x1000;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
-const MOUNT_ATTR_RDONLY: u64 = 0x1;
-const MOUNT_ATTR_NODEV: u64 = 0x4;
-
-/// `struct mount_attr`.
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
 
 /// Binds `source` on `target` already `nodev` (and read-only): the copy is
 /// made detached, restricted, then attached, so the copies that reach the
@@ -198,8 +186,11 @@ fn attach_restricted(
     let src = CString::new(source.as_os_str().as_bytes()).map_err(|_| nix::Error::EINVAL)?;
     let dst = CString::new(target.as_os_str().as_bytes()).map_err(|_| nix::Error::EINVAL)?;
     let mut flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
+    // AT_RECURSIVE's bits as open_tree's flag type (a small positive
+    // constant).
+    let at_recursive = AT_RECURSIVE.unsigned_abs();
     if recursive {
-        flags |= AT_RECURSIVE;
+        flags |= at_recursive;
     }
     // SAFETY: open_tree reads the NUL-terminated path and returns a new
     // descriptor or -1; no memory of ours is written.
@@ -216,7 +207,7 @@ fn attach_restricted(
     };
     let mut set_flags = AT_EMPTY_PATH;
     if recursive {
-        set_flags |= AT_RECURSIVE;
+        set_flags |= at_recursive;
     }
     // SAFETY: `attr` is a properly laid out `struct mount_attr` whose size
     // is passed, read only; the empty path with AT_EMPTY_PATH names `tree`.

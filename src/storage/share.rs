@@ -42,15 +42,15 @@ pub const MAX_SHARES: usize = 1024;
 
 /// `mount_setattr(2)` (Linux 5.12): `struct mount_attr` and its flags.
 #[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
+pub(crate) struct MountAttr {
+    pub(crate) attr_set: u64,
+    pub(crate) attr_clr: u64,
+    pub(crate) propagation: u64,
+    pub(crate) userns_fd: u64,
 }
-const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
-const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
-const AT_RECURSIVE: libc::c_int = 0x8000;
+pub(crate) const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
+pub(crate) const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
+pub(crate) const AT_RECURSIVE: libc::c_int = 0x8000;
 
 /// Why the shares could not be staged.
 #[derive(Debug, thiserror::Error)]
